@@ -1,0 +1,333 @@
+//! Owning packet buffers and fixed-size bursts of them.
+
+use std::ptr::NonNull;
+
+use dpdk_sys::rte_mbuf;
+
+/// The largest burst l4lb moves at once (RX burst size is configured up to this).
+pub const BURST_MAX: usize = 64;
+
+/// An owned packet buffer; freed back to its mempool on drop.
+///
+/// l4lb configures no scatter-gather, so a packet is one segment and
+/// [`Mbuf::data`] is the whole packet. Must be dropped before its mempool.
+#[repr(transparent)]
+pub struct Mbuf(NonNull<rte_mbuf>);
+
+// SAFETY: an mbuf has exactly one owner; DPDK lets any thread free it.
+unsafe impl Send for Mbuf {}
+
+impl Mbuf {
+    /// Takes ownership of a raw mbuf.
+    ///
+    /// # Safety
+    /// `ptr` must be a valid, single-segment mbuf that nobody else owns.
+    pub(crate) unsafe fn from_raw(ptr: NonNull<rte_mbuf>) -> Mbuf {
+        Mbuf(ptr)
+    }
+
+    /// Gives up ownership (e.g. to a TX ring) without freeing.
+    pub(crate) fn into_raw(self) -> *mut rte_mbuf {
+        let p = self.0.as_ptr();
+        std::mem::forget(self);
+        p
+    }
+
+    #[inline(always)]
+    fn raw(&self) -> &rte_mbuf {
+        // SAFETY: we own a valid mbuf for as long as `self` lives.
+        unsafe { self.0.as_ref() }
+    }
+
+    /// Packet bytes.
+    #[inline(always)]
+    pub fn data(&self) -> &[u8] {
+        let m = self.raw();
+        // SAFETY: buf_addr + data_off .. + data_len lies inside the mbuf's
+        // buffer (DPDK invariant), and `&self` keeps it alive and unaliased.
+        unsafe {
+            std::slice::from_raw_parts(
+                (m.buf_addr as *const u8).add(m.data_off as usize),
+                m.data_len as usize,
+            )
+        }
+    }
+
+    /// Packet bytes, writable.
+    #[inline(always)]
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let m = self.raw();
+        let (addr, off, len) = (
+            m.buf_addr as *mut u8,
+            m.data_off as usize,
+            m.data_len as usize,
+        );
+        // SAFETY: as in `data`; `&mut self` makes the access exclusive.
+        unsafe { std::slice::from_raw_parts_mut(addr.add(off), len) }
+    }
+
+    /// Length of the packet in bytes.
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.raw().data_len as usize
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Free bytes in front of the packet.
+    pub fn headroom(&self) -> usize {
+        // SAFETY: valid owned mbuf.
+        unsafe { dpdk_sys::l4lb_pktmbuf_headroom(self.0.as_ptr()) as usize }
+    }
+
+    /// Free bytes after the packet.
+    pub fn tailroom(&self) -> usize {
+        // SAFETY: valid owned mbuf.
+        unsafe { dpdk_sys::l4lb_pktmbuf_tailroom(self.0.as_ptr()) as usize }
+    }
+
+    /// Grows the packet at the front by `n` bytes (uninitialised contents are
+    /// the old headroom) and returns the whole packet, or `None` when the
+    /// headroom is too small (the packet is unchanged).
+    #[inline]
+    pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
+        let n = u16::try_from(n).ok()?;
+        // SAFETY: valid owned mbuf; rte_pktmbuf_prepend checks the headroom.
+        let p = unsafe { dpdk_sys::l4lb_pktmbuf_prepend(self.0.as_ptr(), n) };
+        (!p.is_null()).then(|| self.data_mut())
+    }
+
+    /// Removes `n` bytes from the front; false (and no change) if `n > len`.
+    #[inline]
+    pub fn trim_front(&mut self, n: usize) -> bool {
+        let Ok(n) = u16::try_from(n) else {
+            return false;
+        };
+        // SAFETY: valid owned mbuf; rte_pktmbuf_adj checks the length.
+        !unsafe { dpdk_sys::l4lb_pktmbuf_adj(self.0.as_ptr(), n) }.is_null()
+    }
+
+    /// Removes `n` bytes from the end; false (and no change) if `n > len`.
+    #[inline]
+    pub fn trim_back(&mut self, n: usize) -> bool {
+        let Ok(n) = u16::try_from(n) else {
+            return false;
+        };
+        // SAFETY: valid owned mbuf; rte_pktmbuf_trim checks the length.
+        unsafe { dpdk_sys::l4lb_pktmbuf_trim(self.0.as_ptr(), n) == 0 }
+    }
+
+    /// Grows the packet at the end by `n` bytes and returns the new tail, or
+    /// `None` when the tailroom is too small.
+    #[inline]
+    pub fn append(&mut self, n: usize) -> Option<&mut [u8]> {
+        let n16 = u16::try_from(n).ok()?;
+        // SAFETY: valid owned mbuf; rte_pktmbuf_append checks the tailroom and
+        // returns a pointer to `n` writable bytes inside the buffer.
+        unsafe {
+            let p = dpdk_sys::l4lb_pktmbuf_append(self.0.as_ptr(), n16);
+            (!p.is_null()).then(|| std::slice::from_raw_parts_mut(p as *mut u8, n))
+        }
+    }
+
+    /// Replaces the contents with `bytes`; false if they do not fit.
+    pub fn set_data(&mut self, bytes: &[u8]) -> bool {
+        let len = self.len();
+        if !self.trim_back(len) {
+            return false;
+        }
+        match self.append(bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The port the packet was received on.
+    pub fn rx_port(&self) -> u16 {
+        self.raw().port
+    }
+
+    /// The NIC's RSS hash of the packet, when the device computed one.
+    #[inline]
+    pub fn rss_hash(&self) -> Option<u32> {
+        let m = self.raw();
+        // SAFETY: reading a plain-old-data union field; `hash.rss` is valid
+        // whenever RTE_MBUF_F_RX_RSS_HASH is set.
+        (m.ol_flags & dpdk_sys::consts::mbuf_f_rx_rss_hash() != 0)
+            .then(|| unsafe { m.__bindgen_anon_2.hash.rss })
+    }
+
+    /// Prefetches the packet's first cache line.
+    #[inline(always)]
+    pub fn prefetch_data(&self) {
+        let m = self.raw();
+        // SAFETY: prefetch is a hint; the address is inside the mbuf buffer.
+        unsafe {
+            dpdk_sys::l4lb_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize).cast())
+        }
+    }
+}
+
+impl Drop for Mbuf {
+    fn drop(&mut self) {
+        // SAFETY: we own the mbuf and nobody uses it after this.
+        unsafe { dpdk_sys::l4lb_pktmbuf_free(self.0.as_ptr()) }
+    }
+}
+
+impl std::fmt::Debug for Mbuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mbuf").field("len", &self.len()).finish()
+    }
+}
+
+/// A fixed-capacity burst of owned mbufs; no allocation, remaining mbufs are
+/// freed on drop.
+pub struct Burst {
+    ptrs: [*mut rte_mbuf; BURST_MAX],
+    len: usize,
+}
+
+// SAFETY: a Burst owns its mbufs, which any thread may use or free.
+unsafe impl Send for Burst {}
+
+impl Default for Burst {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Burst {
+    pub const fn new() -> Self {
+        Burst {
+            ptrs: [std::ptr::null_mut(); BURST_MAX],
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    #[inline(always)]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    #[inline(always)]
+    pub fn is_full(&self) -> bool {
+        self.len == BURST_MAX
+    }
+
+    /// Adds a packet; gives it back when the burst is full.
+    #[inline]
+    pub fn push(&mut self, m: Mbuf) -> Result<(), Mbuf> {
+        if self.len == BURST_MAX {
+            return Err(m);
+        }
+        self.ptrs[self.len] = m.into_raw();
+        self.len += 1;
+        Ok(())
+    }
+
+    #[inline(always)]
+    pub fn as_slice(&self) -> &[Mbuf] {
+        // SAFETY: Mbuf is repr(transparent) over NonNull<rte_mbuf>, and the
+        // first `len` pointers are owned, non-null mbufs.
+        unsafe { std::slice::from_raw_parts(self.ptrs.as_ptr() as *const Mbuf, self.len) }
+    }
+
+    #[inline(always)]
+    pub fn as_mut_slice(&mut self) -> &mut [Mbuf] {
+        // SAFETY: as in `as_slice`, exclusive through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptrs.as_mut_ptr() as *mut Mbuf, self.len) }
+    }
+
+    /// Takes every packet out, in order. Packets the iterator does not yield
+    /// are freed when it is dropped.
+    #[inline]
+    pub fn drain(&mut self) -> Drain<'_> {
+        let end = self.len;
+        self.len = 0;
+        Drain {
+            burst: self,
+            next: 0,
+            end,
+        }
+    }
+
+    /// Frees every packet.
+    pub fn clear(&mut self) {
+        drop(self.drain());
+    }
+
+    /// Spare slots for a device to fill: (pointer to the first free slot, count).
+    #[inline(always)]
+    pub(crate) fn spare_raw(&mut self) -> (*mut *mut rte_mbuf, usize) {
+        // SAFETY: len <= BURST_MAX, so the offset stays inside the array.
+        (
+            unsafe { self.ptrs.as_mut_ptr().add(self.len) },
+            BURST_MAX - self.len,
+        )
+    }
+
+    /// Marks `n` spare slots as filled by a device.
+    ///
+    /// # Safety
+    /// The `n` slots after `len` must hold owned, valid mbufs.
+    #[inline(always)]
+    pub(crate) unsafe fn commit(&mut self, n: usize) {
+        debug_assert!(self.len + n <= BURST_MAX);
+        self.len += n;
+    }
+}
+
+impl Drop for Burst {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Iterator returned by [`Burst::drain`].
+pub struct Drain<'a> {
+    burst: &'a mut Burst,
+    next: usize,
+    end: usize,
+}
+
+impl Iterator for Drain<'_> {
+    type Item = Mbuf;
+
+    #[inline]
+    fn next(&mut self) -> Option<Mbuf> {
+        if self.next == self.end {
+            return None;
+        }
+        let p = self.burst.ptrs[self.next];
+        self.next += 1;
+        // SAFETY: slots below `end` were owned by the burst, and each is yielded once.
+        Some(unsafe { Mbuf::from_raw(NonNull::new_unchecked(p)) })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end - self.next;
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Drain<'_> {}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        for m in self.by_ref() {
+            drop(m);
+        }
+    }
+}

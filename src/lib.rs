@@ -1,0 +1,6 @@
+//! l4lb: a userspace L4 load balancer on DPDK.
+//!
+//! Only [`dpdk`] contains `unsafe` code; every other module is safe Rust.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod dpdk;
