@@ -4,3 +4,4 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod dpdk;
+pub mod pcap;
