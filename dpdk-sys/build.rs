@@ -12,19 +12,14 @@ fn main() {
     println!("cargo:rerun-if-changed=src/shim.c");
     println!("cargo:rerun-if-env-changed=PKG_CONFIG_PATH");
 
-    let lib = match pkg_config::Config::new()
-        .atleast_version(MIN_VERSION)
-        .cargo_metadata(true)
-        .probe("libdpdk")
-    {
-        Ok(lib) => lib,
-        Err(_) => {
-            eprintln!(
-                "error: libdpdk >= {MIN_VERSION} not found by pkg-config; run scripts/setup.sh"
-            );
-            exit(1);
-        }
-    };
+    let lib =
+        match pkg_config::Config::new().atleast_version(MIN_VERSION).cargo_metadata(true).probe("libdpdk") {
+            Ok(lib) => lib,
+            Err(_) => {
+                eprintln!("error: libdpdk >= {MIN_VERSION} not found by pkg-config; run scripts/setup.sh");
+                exit(1);
+            }
+        };
 
     // The exact flags DPDK asks for (including `-include rte_config.h` and its
     // -march baseline), passed unchanged to both the C compiler and bindgen.
@@ -32,10 +27,8 @@ fn main() {
         .args(["--cflags", "libdpdk"])
         .output()
         .expect("pkg-config runs (it just found libdpdk)");
-    let cflags: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .map(str::to_owned)
-        .collect();
+    let cflags: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_owned).collect();
 
     let mut build = cc::Build::new();
     build.file("src/shim.c").warnings(false).opt_level(3);
@@ -82,9 +75,7 @@ fn main() {
             eprintln!("error: bindgen over the DPDK headers failed ({e}); run scripts/setup.sh");
             exit(1);
         });
-    bindings
-        .write_to_file(out_dir.join("bindings.rs"))
-        .expect("bindings written to OUT_DIR");
+    bindings.write_to_file(out_dir.join("bindings.rs")).expect("bindings written to OUT_DIR");
 
     // Let dependants find the include path (DEP_DPDK_INCLUDE).
     if let Some(inc) = lib.include_paths.first() {

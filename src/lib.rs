@@ -3,5 +3,8 @@
 //! Only [`dpdk`] contains `unsafe` code; every other module is safe Rust.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod app;
+pub mod control;
+pub mod dataplane;
 pub mod dpdk;
 pub mod pcap;

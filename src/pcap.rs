@@ -59,13 +59,7 @@ impl<R: Read> Reader<R> {
             m if m.swap_bytes() == MAGIC_NS => (true, true),
             m => return Err(PcapError::BadMagic(m)),
         };
-        let mut r = Reader {
-            inner,
-            swapped,
-            nanos,
-            index: 0,
-            link_type: 0,
-        };
+        let mut r = Reader { inner, swapped, nanos, index: 0, link_type: 0 };
         r.link_type = r.u32_at(&h, 20);
         if r.link_type != LINKTYPE_ETHERNET {
             return Err(PcapError::LinkType(r.link_type));
@@ -95,27 +89,15 @@ impl<R: Read> Reader<R> {
         let incl = self.u32_at(&h, 8);
         let orig_len = self.u32_at(&h, 12);
         if incl > MAX_RECORD {
-            return Err(PcapError::RecordTooLong {
-                index: self.index,
-                len: incl,
-            });
+            return Err(PcapError::RecordTooLong { index: self.index, len: incl });
         }
         let mut data = vec![0u8; incl as usize];
         if read_full(&mut self.inner, &mut data)? != data.len() {
             return Err(PcapError::Truncated { index: self.index });
         }
         self.index += 1;
-        let ts_nsec = if self.nanos {
-            frac
-        } else {
-            frac.saturating_mul(1000)
-        };
-        Ok(Some(Record {
-            ts_sec,
-            ts_nsec,
-            orig_len,
-            data,
-        }))
+        let ts_nsec = if self.nanos { frac } else { frac.saturating_mul(1000) };
+        Ok(Some(Record { ts_sec, ts_nsec, orig_len, data }))
     }
 }
 
@@ -183,10 +165,7 @@ pub fn read_file(path: &std::path::Path) -> Result<Vec<Record>, PcapError> {
 }
 
 /// Writes frames to a new pcap file (timestamps 0, 1 µs, 2 µs, …).
-pub fn write_file<'a>(
-    path: &std::path::Path,
-    frames: impl IntoIterator<Item = &'a [u8]>,
-) -> io::Result<()> {
+pub fn write_file<'a>(path: &std::path::Path, frames: impl IntoIterator<Item = &'a [u8]>) -> io::Result<()> {
     let mut w = Writer::new(io::BufWriter::new(std::fs::File::create(path)?))?;
     for (i, f) in frames.into_iter().enumerate() {
         w.write(0, i as u32, f)?;
@@ -204,10 +183,7 @@ mod tests {
         w.write(1, 2, &[1, 2, 3]).unwrap();
         w.write(3, 999_999, &[0xff; 60]).unwrap();
         let bytes = w.into_inner().unwrap();
-        let recs: Vec<Record> = Reader::new(&bytes[..])
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
+        let recs: Vec<Record> = Reader::new(&bytes[..]).unwrap().collect::<Result<_, _>>().unwrap();
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].data, vec![1, 2, 3]);
         assert_eq!((recs[0].ts_sec, recs[0].ts_nsec), (1, 2000));
@@ -228,46 +204,26 @@ mod tests {
         f.extend_from_slice(&2u32.to_be_bytes());
         f.extend_from_slice(&2u32.to_be_bytes());
         f.extend_from_slice(&[9, 8]);
-        let recs: Vec<Record> = Reader::new(&f[..])
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        assert_eq!(
-            recs,
-            vec![Record {
-                ts_sec: 5,
-                ts_nsec: 7,
-                orig_len: 2,
-                data: vec![9, 8]
-            }]
-        );
+        let recs: Vec<Record> = Reader::new(&f[..]).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(recs, vec![Record { ts_sec: 5, ts_nsec: 7, orig_len: 2, data: vec![9, 8] }]);
     }
 
     #[test]
     fn bad_inputs_are_errors() {
-        assert!(matches!(
-            Reader::new(&[0u8; 24][..]),
-            Err(PcapError::BadMagic(0))
-        ));
+        assert!(matches!(Reader::new(&[0u8; 24][..]), Err(PcapError::BadMagic(0))));
         assert!(matches!(Reader::new(&[0u8; 3][..]), Err(PcapError::Io(_))));
         let mut w = Writer::new(Vec::new()).unwrap();
         w.write(0, 0, &[1, 2, 3, 4]).unwrap();
         let mut bytes = w.into_inner().unwrap();
         bytes.pop();
         let mut r = Reader::new(&bytes[..]).unwrap();
-        assert!(matches!(
-            r.next_record(),
-            Err(PcapError::Truncated { index: 0 })
-        ));
+        assert!(matches!(r.next_record(), Err(PcapError::Truncated { index: 0 })));
         // An absurd record length is refused before allocating.
         let mut w = Writer::new(Vec::new()).unwrap();
         w.write(0, 0, &[1]).unwrap();
         let mut bytes = w.into_inner().unwrap();
         bytes[24 + 8..24 + 12].copy_from_slice(&u32::MAX.to_le_bytes());
         let mut r = Reader::new(&bytes[..]).unwrap();
-        assert!(matches!(
-            r.next_record(),
-            Err(PcapError::RecordTooLong { .. })
-        ));
+        assert!(matches!(r.next_record(), Err(PcapError::RecordTooLong { .. })));
     }
 }

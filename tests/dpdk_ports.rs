@@ -13,19 +13,10 @@ fn seq_of(frame: &[u8]) -> u16 {
 
 #[test]
 fn net_null_rx_generates_and_tx_consumes_on_two_queues() {
-    let eal = Eal::init(common::eal_args(&[
-        "--no-pci",
-        "--vdev",
-        "net_null0,size=128",
-    ]))
-    .unwrap();
+    let eal = Eal::init(common::eal_args(&["--no-pci", "--vdev", "net_null0,size=128"])).unwrap();
     let pool = Mempool::new(&eal, "null", 4095, 0, -1).unwrap();
     let id = Port::id_by_name(&eal, "net_null0").unwrap();
-    let cfg = PortConfig {
-        rx_queues: 2,
-        tx_queues: 2,
-        ..PortConfig::default()
-    };
+    let cfg = PortConfig { rx_queues: 2, tx_queues: 2, ..PortConfig::default() };
     let mut port = Port::configure(&eal, id, &cfg, &pool).unwrap();
     assert_eq!(port.info().driver, "net_null");
     assert_eq!((port.rx_queue_count(), port.tx_queue_count()), (2, 2));
@@ -53,10 +44,7 @@ fn net_null_rx_generates_and_tx_consumes_on_two_queues() {
         assert_eq!(stats.rx_packets, received as u64);
         assert_eq!(stats.tx_packets, received as u64);
         let xstats = port.xstats().unwrap();
-        let rx_good = xstats
-            .iter()
-            .find(|(n, _)| n == "rx_good_packets")
-            .expect("rx_good_packets xstat");
+        let rx_good = xstats.iter().find(|(n, _)| n == "rx_good_packets").expect("rx_good_packets xstat");
         assert_eq!(rx_good.1, received as u64);
     }
     assert_eq!(pool.in_use(), 0, "every mbuf is back in the pool");
@@ -68,24 +56,14 @@ fn net_pcap_frames_in_are_the_same_bytes_out() {
     let dir = std::env::temp_dir().join(format!("l4lb-pcap-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (inp, out) = (dir.join("in.pcap"), dir.join("out.pcap"));
-    let frames: Vec<Vec<u8>> = (0..300u16)
-        .map(|i| common::udp_frame(i, (i as usize * 7) % 1400))
-        .collect();
+    let frames: Vec<Vec<u8>> = (0..300u16).map(|i| common::udp_frame(i, (i as usize * 7) % 1400)).collect();
     l4lb::pcap::write_file(&inp, frames.iter().map(|f| &f[..])).unwrap();
-    let vdev = format!(
-        "net_pcap0,rx_pcap={},tx_pcap={}",
-        inp.display(),
-        out.display()
-    );
+    let vdev = format!("net_pcap0,rx_pcap={},tx_pcap={}", inp.display(), out.display());
     let eal = Eal::init(common::eal_args(&["--no-pci", "--vdev", &vdev])).unwrap();
     let pool = Mempool::new(&eal, "pcap", 2047, 0, -1).unwrap();
-    let mut port = Port::configure(
-        &eal,
-        Port::id_by_name(&eal, "net_pcap0").unwrap(),
-        &PortConfig::default(),
-        &pool,
-    )
-    .unwrap();
+    let mut port =
+        Port::configure(&eal, Port::id_by_name(&eal, "net_pcap0").unwrap(), &PortConfig::default(), &pool)
+            .unwrap();
     port.start().unwrap();
     {
         let mut rx = port.rx_queue(0).unwrap();
@@ -115,13 +93,9 @@ fn net_pcap_frames_in_are_the_same_bytes_out() {
 fn tx_buffer_keeps_what_the_device_refuses_and_leaks_nothing() {
     let eal = Eal::init(common::eal_args(&["--no-pci", "--vdev", "net_ring0"])).unwrap();
     let pool = Mempool::new(&eal, "ring", 8191, 0, -1).unwrap();
-    let mut port = Port::configure(
-        &eal,
-        Port::id_by_name(&eal, "net_ring0").unwrap(),
-        &PortConfig::default(),
-        &pool,
-    )
-    .unwrap();
+    let mut port =
+        Port::configure(&eal, Port::id_by_name(&eal, "net_ring0").unwrap(), &PortConfig::default(), &pool)
+            .unwrap();
     port.start().unwrap();
     {
         // net_ring loops a port's TX ring back to its RX; nobody receives
@@ -135,15 +109,8 @@ fn tx_buffer_keeps_what_the_device_refuses_and_leaks_nothing() {
             tx.push(m);
         }
         let sent = tx.stats().sent;
-        assert!(
-            sent > 0 && sent < total as u64,
-            "ring took {sent} of {total}"
-        );
-        assert_eq!(
-            tx.buffered() as u64,
-            total as u64 - sent,
-            "the rest is kept, not dropped"
-        );
+        assert!(sent > 0 && sent < total as u64, "ring took {sent} of {total}");
+        assert_eq!(tx.buffered() as u64, total as u64 - sent, "the rest is kept, not dropped");
         assert!(tx.stats().partial_bursts > 0);
         assert_eq!(tx.stats().dropped_full, 0);
 
@@ -234,10 +201,7 @@ fn lcore_scope_runs_borrowing_jobs_on_workers_and_reports_panics() {
     args[i + 1] = map;
     let eal = Eal::init(args).unwrap();
     let workers = eal.worker_lcores();
-    assert_eq!(
-        workers.iter().map(|l| l.id()).collect::<Vec<_>>(),
-        vec![1, 2]
-    );
+    assert_eq!(workers.iter().map(|l| l.id()).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(eal.main_lcore().id(), 0);
     let counter = AtomicU64::new(0);
     let (ret, joined) = lcore::scope(&eal, |s| {
@@ -247,8 +211,7 @@ fn lcore_scope_runs_borrowing_jobs_on_workers_and_reports_panics() {
             7
         })
         .unwrap();
-        s.launch(workers[1], || panic!("worker fails on purpose"))
-            .unwrap();
+        s.launch(workers[1], || panic!("worker fails on purpose")).unwrap();
         "done"
     });
     assert_eq!(ret, "done");
@@ -256,8 +219,5 @@ fn lcore_scope_runs_borrowing_jobs_on_workers_and_reports_panics() {
     assert_eq!(joined.len(), 2);
     assert_eq!(joined[0].1.as_ref().ok(), Some(&7));
     let err = joined[1].1.as_ref().unwrap_err().to_string();
-    assert!(
-        err.contains("lcore 2") && err.contains("worker fails on purpose"),
-        "{err}"
-    );
+    assert!(err.contains("lcore 2") && err.contains("worker fails on purpose"), "{err}");
 }

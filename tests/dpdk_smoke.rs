@@ -36,8 +36,6 @@ fn one_packet_round_trips_through_net_ring() {
 #[test]
 fn second_eal_init_in_one_process_is_an_error() {
     let _eal = Eal::init(common::eal_args(&["--no-pci", "--vdev", "net_null0"])).expect("EAL init");
-    let err = Eal::init(common::eal_args(&["--no-pci"]))
-        .err()
-        .expect("second init fails");
+    let err = Eal::init(common::eal_args(&["--no-pci"])).err().expect("second init fails");
     assert!(err.reason.contains("already initialised"), "{err}");
 }

@@ -48,22 +48,14 @@ impl Eal {
         for a in args {
             let a = a.as_ref();
             owned.push(CString::new(a).map_err(|_| {
-                DpdkError::invalid(
-                    "rte_eal_init",
-                    format!("argument {a:?} contains a NUL byte"),
-                )
+                DpdkError::invalid("rte_eal_init", format!("argument {a:?} contains a NUL byte"))
             })?);
         }
         // EAL may keep pointers into argv (device arguments, for one), so the
         // strings live for the rest of the process.
         let owned: &'static [CString] = Box::leak(owned.into_boxed_slice());
-        let argv: &'static mut [*mut c_char] = Box::leak(
-            owned
-                .iter()
-                .map(|s| s.as_ptr() as *mut c_char)
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-        );
+        let argv: &'static mut [*mut c_char] =
+            Box::leak(owned.iter().map(|s| s.as_ptr() as *mut c_char).collect::<Vec<_>>().into_boxed_slice());
         // SAFETY: argv holds argc valid NUL-terminated strings that are never
         // freed; EAL_STARTED guarantees this is the only call in the process.
         let ret = unsafe { dpdk_sys::rte_eal_init(argv.len() as c_int, argv.as_mut_ptr()) };
@@ -73,9 +65,7 @@ impl Eal {
         }
         // SAFETY: EAL is initialised.
         let tsc_hz = unsafe { dpdk_sys::rte_get_tsc_hz() };
-        Ok(Eal {
-            inner: Arc::new(EalInner { tsc_hz }),
-        })
+        Ok(Eal { inner: Arc::new(EalInner { tsc_hz }) })
     }
 
     /// Time-stamp counter ticks per second.

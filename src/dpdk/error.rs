@@ -18,14 +18,8 @@ impl DpdkError {
         let code = code.abs();
         // SAFETY: rte_strerror accepts any value and returns a pointer to a
         // NUL-terminated string in static or per-thread storage.
-        let reason = unsafe { CStr::from_ptr(dpdk_sys::rte_strerror(code)) }
-            .to_string_lossy()
-            .into_owned();
-        DpdkError {
-            op: op.into(),
-            code,
-            reason,
-        }
+        let reason = unsafe { CStr::from_ptr(dpdk_sys::rte_strerror(code)) }.to_string_lossy().into_owned();
+        DpdkError { op: op.into(), code, reason }
     }
 
     /// An error built from the thread's `rte_errno`.
@@ -37,11 +31,7 @@ impl DpdkError {
 
     /// A failed precondition checked in Rust before calling DPDK.
     pub fn invalid(op: impl Into<String>, reason: impl Into<String>) -> Self {
-        DpdkError {
-            op: op.into(),
-            code: libc::EINVAL,
-            reason: reason.into(),
-        }
+        DpdkError { op: op.into(), code: libc::EINVAL, reason: reason.into() }
     }
 
     /// Turns a DPDK `int` return (negative errno on failure) into a result.

@@ -44,6 +44,9 @@ impl Lcore {
     }
 }
 
+/// Each launched lcore with its job's return code or failure.
+pub type Joined = Vec<(Lcore, Result<i32, LcoreError>)>;
+
 type Job<'env> = Box<dyn FnOnce() -> i32 + Send + 'env>;
 
 /// Result slot the trampoline writes on the lcore, read after the join.
@@ -55,6 +58,9 @@ struct Launched {
 
 /// Handle given to [`scope`]'s closure for launching work on worker lcores.
 pub struct LaunchScope<'env> {
+    // Boxed on purpose: the lcore holds a raw pointer to its slot, which must
+    // not move when the Vec grows.
+    #[allow(clippy::vec_box)]
     launched: Mutex<Vec<Box<Launched>>>,
     _env: PhantomData<&'env mut &'env ()>,
 }
@@ -97,11 +103,7 @@ impl<'env> LaunchScope<'env> {
         // launched lcore before returning (also when unwinding), so the job never
         // runs or is dropped after the data it borrows is gone.
         let job: Job<'static> = unsafe { std::mem::transmute::<Job<'env>, Job<'static>>(job) };
-        let slot = Box::new(Launched {
-            lcore,
-            panic: Mutex::new(None),
-            job: Mutex::new(Some(job)),
-        });
+        let slot = Box::new(Launched { lcore, panic: Mutex::new(None), job: Mutex::new(Some(job)) });
         let arg = &*slot as *const Launched as *mut c_void;
         // SAFETY: `trampoline` matches lcore_function_t; `arg` points into a Box
         // that `self.launched` keeps until the join.
@@ -109,20 +111,14 @@ impl<'env> LaunchScope<'env> {
         if ret < 0 {
             return Err(LcoreError::Launch {
                 lcore: lcore.id(),
-                source: DpdkError::from_code(
-                    format!("rte_eal_remote_launch(lcore {})", lcore.id()),
-                    ret,
-                ),
+                source: DpdkError::from_code(format!("rte_eal_remote_launch(lcore {})", lcore.id()), ret),
             });
         }
-        self.launched
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot);
+        self.launched.lock().unwrap_or_else(|e| e.into_inner()).push(slot);
         Ok(())
     }
 
-    fn join_all(&self) -> Vec<(Lcore, Result<i32, LcoreError>)> {
+    fn join_all(&self) -> Joined {
         let slots = std::mem::take(&mut *self.launched.lock().unwrap_or_else(|e| e.into_inner()));
         slots
             .into_iter()
@@ -132,10 +128,9 @@ impl<'env> LaunchScope<'env> {
                 let code = unsafe { dpdk_sys::rte_eal_wait_lcore(slot.lcore.id()) };
                 let panic = slot.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
                 let res = match panic {
-                    Some(p) => Err(LcoreError::Panicked {
-                        lcore: slot.lcore.id(),
-                        message: panic_message(&p),
-                    }),
+                    Some(p) => {
+                        Err(LcoreError::Panicked { lcore: slot.lcore.id(), message: panic_message(&p) })
+                    }
                     None => Ok(code),
                 };
                 (slot.lcore, res)
@@ -163,14 +158,8 @@ fn panic_message(p: &Box<dyn Any + Send>) -> String {
 
 /// Runs `f`, which may launch borrowing jobs on worker lcores, then waits for
 /// every launched lcore. Returns `f`'s value and each lcore's outcome.
-pub fn scope<'env, R>(
-    _eal: &Eal,
-    f: impl FnOnce(&LaunchScope<'env>) -> R,
-) -> (R, Vec<(Lcore, Result<i32, LcoreError>)>) {
-    let s = LaunchScope {
-        launched: Mutex::new(Vec::new()),
-        _env: PhantomData,
-    };
+pub fn scope<'env, R>(_eal: &Eal, f: impl FnOnce(&LaunchScope<'env>) -> R) -> (R, Joined) {
+    let s = LaunchScope { launched: Mutex::new(Vec::new()), _env: PhantomData };
     let r = f(&s);
     let joined = s.join_all();
     (r, joined)

@@ -57,11 +57,7 @@ impl Mbuf {
     #[inline(always)]
     pub fn data_mut(&mut self) -> &mut [u8] {
         let m = self.raw();
-        let (addr, off, len) = (
-            m.buf_addr as *mut u8,
-            m.data_off as usize,
-            m.data_len as usize,
-        );
+        let (addr, off, len) = (m.buf_addr as *mut u8, m.data_off as usize, m.data_len as usize);
         // SAFETY: as in `data`; `&mut self` makes the access exclusive.
         unsafe { std::slice::from_raw_parts_mut(addr.add(off), len) }
     }
@@ -157,10 +153,10 @@ impl Mbuf {
     #[inline]
     pub fn rss_hash(&self) -> Option<u32> {
         let m = self.raw();
-        // SAFETY: reading a plain-old-data union field; `hash.rss` is valid
-        // whenever RTE_MBUF_F_RX_RSS_HASH is set.
+        // SAFETY: reading a plain-old-data union field of initialised memory;
+        // the value means the RSS hash whenever RTE_MBUF_F_RX_RSS_HASH is set.
         (m.ol_flags & dpdk_sys::consts::mbuf_f_rx_rss_hash() != 0)
-            .then(|| unsafe { m.__bindgen_anon_2.hash.rss })
+            .then_some(unsafe { m.__bindgen_anon_2.hash.rss })
     }
 
     /// Prefetches the packet's first cache line.
@@ -168,9 +164,7 @@ impl Mbuf {
     pub fn prefetch_data(&self) {
         let m = self.raw();
         // SAFETY: prefetch is a hint; the address is inside the mbuf buffer.
-        unsafe {
-            dpdk_sys::l4lb_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize).cast())
-        }
+        unsafe { dpdk_sys::l4lb_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize).cast()) }
     }
 }
 
@@ -205,10 +199,7 @@ impl Default for Burst {
 
 impl Burst {
     pub const fn new() -> Self {
-        Burst {
-            ptrs: [std::ptr::null_mut(); BURST_MAX],
-            len: 0,
-        }
+        Burst { ptrs: [std::ptr::null_mut(); BURST_MAX], len: 0 }
     }
 
     #[inline(always)]
@@ -256,11 +247,7 @@ impl Burst {
     pub fn drain(&mut self) -> Drain<'_> {
         let end = self.len;
         self.len = 0;
-        Drain {
-            burst: self,
-            next: 0,
-            end,
-        }
+        Drain { burst: self, next: 0, end }
     }
 
     /// Frees every packet.
@@ -272,10 +259,7 @@ impl Burst {
     #[inline(always)]
     pub(crate) fn spare_raw(&mut self) -> (*mut *mut rte_mbuf, usize) {
         // SAFETY: len <= BURST_MAX, so the offset stays inside the array.
-        (
-            unsafe { self.ptrs.as_mut_ptr().add(self.len) },
-            BURST_MAX - self.len,
-        )
+        (unsafe { self.ptrs.as_mut_ptr().add(self.len) }, BURST_MAX - self.len)
     }
 
     /// Marks `n` spare slots as filled by a device.

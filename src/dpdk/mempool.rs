@@ -41,21 +41,8 @@ impl Drop for PoolInner {
 impl Mempool {
     /// Creates a pool of `size` mbufs with a per-lcore cache and the default
     /// data room (2048 bytes + headroom), on NUMA socket `socket` (-1: any).
-    pub fn new(
-        eal: &Eal,
-        name: &str,
-        size: u32,
-        cache: u32,
-        socket: i32,
-    ) -> Result<Mempool, DpdkError> {
-        Self::with_data_room(
-            eal,
-            name,
-            size,
-            cache,
-            dpdk_sys::consts::mbuf_default_buf_size() as u16,
-            socket,
-        )
+    pub fn new(eal: &Eal, name: &str, size: u32, cache: u32, socket: i32) -> Result<Mempool, DpdkError> {
+        Self::with_data_room(eal, name, size, cache, dpdk_sys::consts::mbuf_default_buf_size() as u16, socket)
     }
 
     /// As [`Mempool::new`] with an explicit data room per mbuf (headroom included).
@@ -68,20 +55,12 @@ impl Mempool {
         socket: i32,
     ) -> Result<Mempool, DpdkError> {
         let op = || format!("rte_pktmbuf_pool_create({name}, {size} mbufs)");
-        let cname =
-            CString::new(name).map_err(|_| DpdkError::invalid(op(), "name contains NUL"))?;
+        let cname = CString::new(name).map_err(|_| DpdkError::invalid(op(), "name contains NUL"))?;
         // SAFETY: EAL is initialised (we hold `eal`); the name is a valid C string.
-        let p = unsafe {
-            dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), size, cache, 0, data_room, socket)
-        };
+        let p =
+            unsafe { dpdk_sys::rte_pktmbuf_pool_create(cname.as_ptr(), size, cache, 0, data_room, socket) };
         let ptr = NonNull::new(p).ok_or_else(|| DpdkError::from_errno(op()))?;
-        Ok(Mempool {
-            inner: Arc::new(PoolInner {
-                ptr,
-                name: name.to_owned(),
-                _eal: eal.clone(),
-            }),
-        })
+        Ok(Mempool { inner: Arc::new(PoolInner { ptr, name: name.to_owned(), _eal: eal.clone() }) })
     }
 
     pub fn name(&self) -> &str {

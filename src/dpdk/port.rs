@@ -23,14 +23,7 @@ pub struct PortConfig {
 
 impl Default for PortConfig {
     fn default() -> Self {
-        PortConfig {
-            rx_queues: 1,
-            tx_queues: 1,
-            rx_desc: 1024,
-            tx_desc: 1024,
-            mtu: None,
-            promiscuous: true,
-        }
+        PortConfig { rx_queues: 1, tx_queues: 1, rx_desc: 1024, tx_desc: 1024, mtu: None, promiscuous: true }
     }
 }
 
@@ -87,8 +80,7 @@ impl Port {
     /// Finds a port by device name (`net_tap0`, `0000:01:00.0`).
     pub fn id_by_name(_eal: &Eal, name: &str) -> Result<u16, DpdkError> {
         let op = || format!("rte_eth_dev_get_port_by_name({name})");
-        let cname =
-            CString::new(name).map_err(|_| DpdkError::invalid(op(), "name contains NUL"))?;
+        let cname = CString::new(name).map_err(|_| DpdkError::invalid(op(), "name contains NUL"))?;
         let mut id = 0u16;
         // SAFETY: EAL is initialised; `cname` is a valid C string and `id` a valid out pointer.
         let ret = unsafe { sys::rte_eth_dev_get_port_by_name(cname.as_ptr(), &mut id) };
@@ -114,9 +106,7 @@ impl Port {
                 if info.driver_name.is_null() {
                     String::new()
                 } else {
-                    CStr::from_ptr(info.driver_name)
-                        .to_string_lossy()
-                        .into_owned()
+                    CStr::from_ptr(info.driver_name).to_string_lossy().into_owned()
                 },
             )
         };
@@ -134,42 +124,25 @@ impl Port {
     /// Configures port `id`: queues (RSS over the RX queues when there are
     /// several and the device supports it), descriptors, MTU, promiscuous mode.
     /// RX queues take buffers from `pool`. The port is left stopped.
-    pub fn configure(
-        eal: &Eal,
-        id: u16,
-        cfg: &PortConfig,
-        pool: &Mempool,
-    ) -> Result<Port, DpdkError> {
+    pub fn configure(eal: &Eal, id: u16, cfg: &PortConfig, pool: &Mempool) -> Result<Port, DpdkError> {
         let info = Self::info_of(eal, id)?;
         let op = |what: &str| format!("{what}(port {id} {})", info.name);
         if cfg.rx_queues == 0 || cfg.tx_queues == 0 {
-            return Err(DpdkError::invalid(
-                op("configure"),
-                "a port needs at least one RX and one TX queue",
-            ));
+            return Err(DpdkError::invalid(op("configure"), "a port needs at least one RX and one TX queue"));
         }
         if cfg.rx_queues > info.max_rx_queues || cfg.tx_queues > info.max_tx_queues {
             return Err(DpdkError::invalid(
                 op("configure"),
                 format!(
                     "{} RX / {} TX queues asked, device {} allows {} / {}",
-                    cfg.rx_queues,
-                    cfg.tx_queues,
-                    info.driver,
-                    info.max_rx_queues,
-                    info.max_tx_queues
+                    cfg.rx_queues, cfg.tx_queues, info.driver, info.max_rx_queues, info.max_tx_queues
                 ),
             ));
         }
         // SAFETY: rte_eth_conf is plain data; all-zero is its documented default.
         let mut conf: sys::rte_eth_conf = unsafe { std::mem::zeroed() };
-        let wanted =
-            sys::consts::eth_rss_ip() | sys::consts::eth_rss_tcp() | sys::consts::eth_rss_udp();
-        let rss_hf = if cfg.rx_queues > 1 {
-            wanted & info.rss_offloads
-        } else {
-            0
-        };
+        let wanted = sys::consts::eth_rss_ip() | sys::consts::eth_rss_tcp() | sys::consts::eth_rss_udp();
+        let rss_hf = if cfg.rx_queues > 1 { wanted & info.rss_offloads } else { 0 };
         if rss_hf != 0 {
             conf.rxmode.mq_mode = sys::consts::eth_mq_rx_rss() as _;
             conf.rx_adv_conf.rss_conf.rss_hf = rss_hf;
@@ -188,15 +161,13 @@ impl Port {
         for q in 0..cfg.rx_queues {
             // SAFETY: the port is configured; a null rxconf means device defaults;
             // the pool outlives the port (the port holds a clone).
-            let ret = unsafe {
-                sys::rte_eth_rx_queue_setup(id, q, nb_rx, socket, std::ptr::null(), pool.as_ptr())
-            };
+            let ret =
+                unsafe { sys::rte_eth_rx_queue_setup(id, q, nb_rx, socket, std::ptr::null(), pool.as_ptr()) };
             DpdkError::check(|| op(&format!("rte_eth_rx_queue_setup[{q}]")), ret)?;
         }
         for q in 0..cfg.tx_queues {
             // SAFETY: as above, null txconf means device defaults.
-            let ret =
-                unsafe { sys::rte_eth_tx_queue_setup(id, q, nb_tx, socket, std::ptr::null()) };
+            let ret = unsafe { sys::rte_eth_tx_queue_setup(id, q, nb_tx, socket, std::ptr::null()) };
             DpdkError::check(|| op(&format!("rte_eth_tx_queue_setup[{q}]")), ret)?;
         }
         let port = Port {
@@ -252,10 +223,7 @@ impl Port {
     pub fn start(&mut self) -> Result<(), DpdkError> {
         // SAFETY: the port is configured with all its queues set up.
         let ret = unsafe { sys::rte_eth_dev_start(self.id) };
-        DpdkError::check(
-            || format!("rte_eth_dev_start(port {} {})", self.id, self.info.name),
-            ret,
-        )?;
+        DpdkError::check(|| format!("rte_eth_dev_start(port {} {})", self.id, self.info.name), ret)?;
         self.started = true;
         Ok(())
     }
@@ -291,10 +259,7 @@ impl Port {
     pub fn set_mtu(&self, mtu: u16) -> Result<(), DpdkError> {
         // SAFETY: valid port.
         let ret = unsafe { sys::rte_eth_dev_set_mtu(self.id, mtu) };
-        DpdkError::check(
-            || format!("rte_eth_dev_set_mtu(port {}, {mtu})", self.id),
-            ret,
-        )?;
+        DpdkError::check(|| format!("rte_eth_dev_set_mtu(port {}, {mtu})", self.id), ret)?;
         Ok(())
     }
 
@@ -343,8 +308,7 @@ impl Port {
         let mut names = vec![sys::rte_eth_xstat_name::default(); n];
         let mut values = vec![sys::rte_eth_xstat::default(); n];
         // SAFETY: both buffers hold `n` entries.
-        let got_names =
-            unsafe { sys::rte_eth_xstats_get_names(self.id, names.as_mut_ptr(), n as u32) };
+        let got_names = unsafe { sys::rte_eth_xstats_get_names(self.id, names.as_mut_ptr(), n as u32) };
         // SAFETY: as above.
         let got_values = unsafe { sys::rte_eth_xstats_get(self.id, values.as_mut_ptr(), n as u32) };
         DpdkError::check(op, got_names)?;
@@ -363,18 +327,14 @@ impl Port {
 
     /// Takes RX queue `q`; each queue can be taken once.
     pub fn rx_queue(&self, q: u16) -> Result<RxQueue<'_>, DpdkError> {
-        take(&self.rx_taken, q, || {
-            format!("rx queue {q} of port {}", self.id)
-        })?;
+        take(&self.rx_taken, q, || format!("rx queue {q} of port {}", self.id))?;
         Ok(RxQueue::new(self.id, q))
     }
 
     /// Takes TX queue `q` with a buffer drained at least every `drain_tsc`
     /// TSC ticks; each queue can be taken once.
     pub fn tx_queue(&self, q: u16, drain_tsc: u64) -> Result<TxQueue<'_>, DpdkError> {
-        take(&self.tx_taken, q, || {
-            format!("tx queue {q} of port {}", self.id)
-        })?;
+        take(&self.tx_taken, q, || format!("tx queue {q} of port {}", self.id))?;
         Ok(TxQueue::new(self.id, q, drain_tsc))
     }
 }
@@ -382,9 +342,7 @@ impl Port {
 fn take(slots: &[AtomicBool], q: u16, what: impl FnOnce() -> String) -> Result<(), DpdkError> {
     match slots.get(q as usize) {
         None => Err(DpdkError::invalid(what(), "no such queue")),
-        Some(s) if s.swap(true, Ordering::AcqRel) => {
-            Err(DpdkError::invalid(what(), "queue already taken"))
-        }
+        Some(s) if s.swap(true, Ordering::AcqRel) => Err(DpdkError::invalid(what(), "queue already taken")),
         Some(_) => Ok(()),
     }
 }

@@ -17,11 +17,7 @@ pub struct RxQueue<'p> {
 
 impl RxQueue<'_> {
     pub(crate) fn new(port: u16, queue: u16) -> Self {
-        RxQueue {
-            port,
-            queue,
-            _port: PhantomData,
-        }
+        RxQueue { port, queue, _port: PhantomData }
     }
 
     pub fn port_id(&self) -> u16 {
@@ -161,14 +157,9 @@ impl TxQueue<'_> {
         // tx_burst takes at most u16::MAX; the buffer is far smaller.
         // SAFETY: this handle is the queue's only user; the first `len` slots
         // hold owned mbufs, and those the device takes become its own.
-        let n = unsafe {
-            dpdk_sys::l4lb_tx_burst(
-                self.port,
-                self.queue,
-                self.buf.as_mut_ptr(),
-                self.len as u16,
-            )
-        } as usize;
+        let n =
+            unsafe { dpdk_sys::l4lb_tx_burst(self.port, self.queue, self.buf.as_mut_ptr(), self.len as u16) }
+                as usize;
         sent += n;
         if n < self.len {
             self.stats.partial_bursts += 1;

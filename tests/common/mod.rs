@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::time::{Duration, Instant};
 
 /// EAL arguments for a test process: memory only in this process (no files
@@ -24,18 +26,9 @@ pub fn eal_args(extra: &[&str]) -> Vec<String> {
 /// `n` lcores (0..n), each allowed on every CPU, so a test never waits on a
 /// CPU that another lcore busy-polls.
 pub fn lcore_map(n: usize) -> String {
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let set = if cpus > 1 {
-        format!("(0-{})", cpus - 1)
-    } else {
-        "0".to_string()
-    };
-    (0..n)
-        .map(|i| format!("{i}@{set}"))
-        .collect::<Vec<_>>()
-        .join(",")
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let set = if cpus > 1 { format!("(0-{})", cpus - 1) } else { "0".to_string() };
+    (0..n).map(|i| format!("{i}@{set}")).collect::<Vec<_>>().join(",")
 }
 
 pub fn hugepages_free() -> bool {

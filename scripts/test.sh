@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one test command: setup, formatting and lint gates, then every test tier
+# (unit and property tests, DPDK vdev tests, TAP/namespace end-to-end tests),
+# each test in its own process (cargo-nextest; EAL starts once per process).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== doc tests"
+cargo test --workspace --doc --quiet
+
+echo "== unit, vdev and end-to-end tests"
+# The nextest summary line is the last thing printed.
+cargo nextest run --workspace --all-targets --no-fail-fast "$@"

@@ -1,0 +1,191 @@
+//! `l4lb run`: start EAL from the configuration, bring up the ports, run the
+//! workers until told to stop, then report and release everything.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
+use crate::dataplane::forward::{ForwardWorker, PollConfig, WorkerStats};
+use crate::dpdk::{lcore, DpdkError, Eal, Mempool, Port, PortConfig, PortStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("starting DPDK failed: {0}\n  hint: {1}")]
+    Eal(DpdkError, &'static str),
+    #[error("port `{port}` ({device}): {source}")]
+    Port { port: String, device: String, source: DpdkError },
+    #[error("packet buffer pool: {0}\n  hint: reserve more hugepages (scripts/setup-hugepages.sh) or lower dpdk.mbufs")]
+    Pool(DpdkError),
+    #[error("EAL started {got} lcores but the configuration expects {want} workers")]
+    Lcores { got: usize, want: usize },
+    #[error("worker: {0}")]
+    Worker(String),
+}
+
+/// Final figures of a run.
+#[derive(Debug, Default, Clone)]
+pub struct RunReport {
+    pub workers: WorkerStats,
+    pub ports: Vec<(String, PortStats)>,
+}
+
+/// Runs until `stop` is set. Progress and the final report go to `out`.
+pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<RunReport, RunError> {
+    let eal = Eal::init(cfg.eal_args()).map_err(|e| {
+        RunError::Eal(
+            e,
+            "check dpdk.devices and dpdk.lcores; without hugepages run scripts/setup-hugepages.sh or set dpdk.hugepages = false",
+        )
+    })?;
+    let workers = eal.worker_lcores();
+    if workers.len() != cfg.workers.len() {
+        return Err(RunError::Lcores { got: workers.len(), want: cfg.workers.len() });
+    }
+    let pool = Mempool::new(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, -1).map_err(RunError::Pool)?;
+
+    let mut ports = Vec::with_capacity(cfg.config.ports.len());
+    for (i, p) in cfg.config.ports.iter().enumerate() {
+        let port_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
+        let spec = cfg.config.dpdk.devices.iter().find(|d| device_name(d) == p.device).expect("validated");
+        let id = Port::id_by_name(&eal, device_name(spec)).map_err(port_err)?;
+        let pc = PortConfig {
+            rx_queues: cfg.rx_queues(i),
+            tx_queues: cfg.tx_queues(i),
+            rx_desc: p.rx_desc,
+            tx_desc: p.tx_desc,
+            mtu: p.mtu,
+            promiscuous: true,
+        };
+        let mut port = Port::configure(&eal, id, &pc, &pool).map_err(port_err)?;
+        port.start().map_err(port_err)?;
+        let mac = port.mac().map_err(port_err)?;
+        let _ = writeln!(
+            out,
+            "port {} ({}, driver {}): {} rx / {} tx queues, mac {}, rss {}",
+            p.name,
+            p.device,
+            port.info().driver,
+            pc.rx_queues,
+            pc.tx_queues,
+            fmt_mac(&mac),
+            if port.rss_hf() != 0 { "on" } else { "off" },
+        );
+        ports.push(port);
+    }
+
+    let w = &cfg.config.workers;
+    let poll = PollConfig {
+        burst_size: w.burst_size,
+        tx_drain_tsc: eal.us_to_tsc(w.tx_drain_us),
+        idle_polls_before_pause: w.idle_polls_before_pause,
+        idle_pause: Duration::from_micros(w.idle_pause_us),
+    };
+    // Worker k polls RX queues k, k+W, k+2W... of every port and owns TX queue k of every port.
+    let mut plans: Vec<ForwardWorker<'_>> = Vec::with_capacity(workers.len());
+    for k in 0..workers.len() {
+        let mut rx = Vec::new();
+        let mut tx = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let port_err = |source| RunError::Port {
+                port: cfg.config.ports[i].name.clone(),
+                device: cfg.config.ports[i].device.clone(),
+                source,
+            };
+            for q in (k..port.rx_queue_count() as usize).step_by(workers.len()) {
+                rx.push((port.rx_queue(q as u16).map_err(port_err)?, cfg.forward[i]));
+            }
+            let mut t = port.tx_queue(k as u16, poll.tx_drain_tsc).map_err(port_err)?;
+            t.set_flush_at(w.burst_size);
+            tx.push(t);
+        }
+        plans.push(ForwardWorker { rx, tx });
+    }
+
+    // Each worker writes its final counters here before its lcore returns.
+    let finals: Vec<Mutex<WorkerStats>> = workers.iter().map(|_| Mutex::default()).collect();
+    let (launch, joined) = lcore::scope(&eal, |s| {
+        for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
+            let launched = s.launch(*lc, move || {
+                let st = plan.run(poll, stop);
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = st;
+                0
+            });
+            if let Err(e) = launched {
+                stop.store(true, Ordering::SeqCst);
+                return Err(RunError::Worker(e.to_string()));
+            }
+        }
+        let ids: Vec<String> = workers.iter().map(|l| l.id().to_string()).collect();
+        let _ = writeln!(
+            out,
+            "l4lb running: {} ports, {} workers on lcores {}; Ctrl-C or SIGTERM stops",
+            ports.len(),
+            workers.len(),
+            ids.join(",")
+        );
+        let _ = out.flush();
+        // The management lcore's loop; health checks, reloads and stats join it later.
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    });
+    let mut report = RunReport::default();
+    for (lc, res) in &joined {
+        if let Err(e) = res {
+            let _ = writeln!(out, "worker on lcore {} failed: {e}", lc.id());
+        }
+    }
+    launch?;
+    for st in finals {
+        report.workers += st.into_inner().unwrap_or_else(|e| e.into_inner());
+    }
+    for (i, port) in ports.iter_mut().enumerate() {
+        let s = port.stats().unwrap_or_default();
+        report.ports.push((cfg.config.ports[i].name.clone(), s));
+        let _ = port.stop();
+    }
+    print_report(&report, out);
+    drop(ports);
+    drop(pool);
+    drop(eal);
+    Ok(report)
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+fn print_report(r: &RunReport, out: &mut dyn Write) {
+    let _ = writeln!(
+        out,
+        "{:<12} {:>12} {:>12} {:>14} {:>14} {:>10} {:>10}",
+        "port", "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "rx_missed", "errors"
+    );
+    for (name, s) in &r.ports {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12} {:>12} {:>14} {:>14} {:>10} {:>10}",
+            name,
+            s.rx_packets,
+            s.tx_packets,
+            s.rx_bytes,
+            s.tx_bytes,
+            s.rx_missed,
+            s.rx_errors + s.tx_errors
+        );
+    }
+    let w = &r.workers;
+    let polls = (w.busy_polls + w.idle_polls).max(1);
+    let _ = writeln!(
+        out,
+        "workers: rx {} tx {} dropped(no route) {} dropped(tx full) {} busy polls {:.1}%",
+        w.rx_packets,
+        w.tx_packets,
+        w.dropped_no_route,
+        w.dropped_tx_full,
+        100.0 * w.busy_polls as f64 / polls as f64
+    );
+}

@@ -1,0 +1,556 @@
+//! The l4lb configuration file: TOML read through serde, unknown keys refused,
+//! then checked as a whole. Every error names the file, the key and the reason.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use super::lcores::{self, LcoreMap};
+
+/// A configuration error: which file, which key (`ports[1].ipv4`), and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dpdk: DpdkSection,
+    #[serde(default)]
+    pub workers: WorkersSection,
+    pub ports: Vec<PortSection>,
+}
+
+/// `[dpdk]`: how EAL starts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// EAL `--lcores` map; the main (management) lcore is the lowest id unless
+    /// `main_lcore` says otherwise, every other lcore is a worker.
+    pub lcores: String,
+    #[serde(default)]
+    pub main_lcore: Option<u32>,
+    /// PCI addresses to use (`0000:01:00.0`) and virtual devices
+    /// (`net_tap0,iface=l4lb0`). With no PCI address, EAL runs with `--no-pci`.
+    pub devices: Vec<String>,
+    /// Use hugepages (`false`: `--no-huge`, for tests and small demos).
+    #[serde(default = "default_true")]
+    pub hugepages: bool,
+    /// Memory to reserve at start (`-m`), in MiB; default: EAL's dynamic memory.
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    /// Keep all DPDK memory private to the process (`--in-memory`): no files in
+    /// hugetlbfs or /var/run, but no secondary processes (dpdk-dumpcap).
+    #[serde(default)]
+    pub in_memory: bool,
+    /// EAL `--file-prefix`: distinct per l4lb instance on one host.
+    #[serde(default = "default_file_prefix")]
+    pub file_prefix: String,
+    /// Size of the packet-buffer pool; default: computed from ports and queues.
+    #[serde(default)]
+    pub mbufs: Option<u32>,
+    /// EAL log level (`--log-level`), e.g. "notice", "debug", "lib.eal:info".
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Further EAL arguments, passed as they are.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+/// `[workers]`: the poll loop.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersSection {
+    /// Packets per RX burst (1..=64).
+    pub burst_size: usize,
+    /// Longest time a packet waits in a TX buffer before it is sent, in µs.
+    pub tx_drain_us: u64,
+    /// Sleep this long after `idle_polls_before_pause` empty polls in a row
+    /// (0: never sleep — lowest latency, one busy core per worker).
+    pub idle_pause_us: u64,
+    pub idle_polls_before_pause: u32,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        WorkersSection { burst_size: 32, tx_drain_us: 100, idle_pause_us: 0, idle_polls_before_pause: 256 }
+    }
+}
+
+/// `[[ports]]`: one DPDK port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSection {
+    /// l4lb's name for the port (used in logs, stats and other keys).
+    pub name: String,
+    /// The DPDK device name: a PCI address or a vdev name from `dpdk.devices`.
+    pub device: String,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Cidr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Cidr>,
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// RX queues (default: one per worker); RSS spreads flows over them.
+    #[serde(default)]
+    pub rx_queues: Option<u16>,
+    /// TX queues (default and minimum: one per worker).
+    #[serde(default)]
+    pub tx_queues: Option<u16>,
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+    /// Plain forwarding: every packet received here leaves on this port.
+    #[serde(default)]
+    pub forward_to: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_file_prefix() -> String {
+    "l4lb".into()
+}
+fn default_desc() -> u16 {
+    1024
+}
+
+/// An address with a prefix length, `198.18.0.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// An address with a prefix length, `2001:db8::1/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+fn parse_cidr<A: FromStr>(s: &str, max: u8, family: &str) -> Result<(A, u8), String> {
+    let (a, p) = s.split_once('/').ok_or_else(|| {
+        format!("`{s}` is not an {family} address with a prefix length (like {})", example(family))
+    })?;
+    let addr = a.parse::<A>().map_err(|_| format!("`{a}` is not a valid {family} address"))?;
+    let prefix_len = p
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix length `{p}` is not between 0 and {max}"))?;
+    Ok((addr, prefix_len))
+}
+
+fn example(family: &str) -> &'static str {
+    if family == "IPv4" {
+        "198.18.0.1/24"
+    } else {
+        "2001:db8::1/64"
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cidr(s, 32, "IPv4").map(|(addr, prefix_len)| Ipv4Cidr { addr, prefix_len })
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cidr(s, 128, "IPv6").map(|(addr, prefix_len)| Ipv6Cidr { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Ipv4Cidr, Ipv6Cidr);
+
+/// A configuration that passed every check, with what the checks derived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub config: Config,
+    pub lcores: LcoreMap,
+    pub main_lcore: u32,
+    /// Worker lcore ids, in order.
+    pub workers: Vec<u32>,
+    /// For each port, the index of the port it forwards to.
+    pub forward: Vec<Option<usize>>,
+}
+
+impl Validated {
+    pub fn rx_queues(&self, port: usize) -> u16 {
+        self.config.ports[port].rx_queues.unwrap_or(self.workers.len() as u16)
+    }
+
+    pub fn tx_queues(&self, port: usize) -> u16 {
+        self.config.ports[port].tx_queues.unwrap_or(self.workers.len() as u16)
+    }
+
+    /// EAL arguments for this configuration.
+    pub fn eal_args(&self) -> Vec<String> {
+        let d = &self.config.dpdk;
+        let mut a: Vec<String> =
+            vec!["--lcores".into(), d.lcores.clone(), "--main-lcore".into(), self.main_lcore.to_string()];
+        a.extend(["--file-prefix".into(), d.file_prefix.clone()]);
+        if d.in_memory {
+            a.push("--in-memory".into());
+        }
+        if !d.hugepages {
+            a.push("--no-huge".into());
+            if d.memory_mb.is_none() {
+                a.extend(["-m".into(), "512".into()]);
+            }
+        }
+        if let Some(mb) = d.memory_mb {
+            a.extend(["-m".into(), mb.to_string()]);
+        }
+        let mut any_pci = false;
+        for dev in &d.devices {
+            if is_pci_address(dev) {
+                any_pci = true;
+                a.extend(["-a".into(), dev.clone()]);
+            } else {
+                a.extend(["--vdev".into(), dev.clone()]);
+            }
+        }
+        if !any_pci {
+            a.push("--no-pci".into());
+        }
+        if let Some(level) = &d.log_level {
+            a.extend(["--log-level".into(), level.clone()]);
+        }
+        a.extend(d.extra_args.iter().cloned());
+        a
+    }
+
+    /// Packet buffers to allocate: enough for every descriptor and buffer,
+    /// plus per-lcore caches and slack.
+    pub fn mbufs(&self) -> u32 {
+        if let Some(n) = self.config.dpdk.mbufs {
+            return n;
+        }
+        let mut n: u64 = 4096;
+        for (i, p) in self.config.ports.iter().enumerate() {
+            n += self.rx_queues(i) as u64 * p.rx_desc as u64;
+            n += self.tx_queues(i) as u64 * (p.tx_desc as u64 + crate::dpdk::TX_BUFFER_CAPACITY as u64);
+        }
+        n += (self.workers.len() as u64 + 1) * (MEMPOOL_CACHE as u64 + crate::dpdk::BURST_MAX as u64);
+        // A power of two minus one is the most memory-efficient mempool size.
+        (n.next_power_of_two() - 1).min(u32::MAX as u64) as u32
+    }
+}
+
+/// Per-lcore mempool cache size.
+pub const MEMPOOL_CACHE: u32 = 256;
+
+/// `0000:01:00.0` or `01:00.0`.
+pub fn is_pci_address(s: &str) -> bool {
+    let hex = |t: &str, n: usize| t.len() == n && t.chars().all(|c| c.is_ascii_hexdigit());
+    let (rest, func) = match s.rsplit_once('.') {
+        Some(x) => x,
+        None => return false,
+    };
+    if !(func.len() == 1 && func.as_bytes()[0].is_ascii_digit() && func.as_bytes()[0] <= b'7') {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    match parts.as_slice() {
+        [dom, bus, dev] => hex(dom, 4) && hex(bus, 2) && hex(dev, 2),
+        [bus, dev] => hex(bus, 2) && hex(dev, 2),
+        _ => false,
+    }
+}
+
+/// The ethdev name of a `dpdk.devices` entry: the part before the first comma.
+pub fn device_name(spec: &str) -> &str {
+    spec.split(',').next().unwrap_or(spec).trim()
+}
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)?.validate(&file)
+    }
+
+    /// Parses TOML text; `file` is used in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut msg = inner.message().to_owned();
+            let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let mut key = if path == "." { String::new() } else { path };
+            // serde reports a missing key at its parent: name the key itself.
+            if let Some(field) = msg.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
+                msg = "required key is missing".to_owned();
+            } else if let Some(rest) = msg.strip_prefix("unknown field `") {
+                if let Some((field, expected)) = rest.split_once('`') {
+                    let field = field.to_owned();
+                    let known = expected.trim_start_matches(", expected ").to_owned();
+                    if !key.ends_with(&field) {
+                        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                    }
+                    msg = format!("unknown key (known keys here: {known})");
+                }
+            }
+            if key.is_empty() {
+                key = "(syntax)".into();
+            }
+            if let Some(line) = line {
+                msg = format!("{msg} (line {line})");
+            }
+            ConfigError { file: file.to_owned(), key, reason: msg }
+        })
+    }
+
+    /// Checks the configuration as a whole.
+    pub fn validate(self, file: &str) -> Result<Validated, ConfigError> {
+        let err = |key: String, reason: String| ConfigError { file: file.to_owned(), key, reason };
+        let d = &self.dpdk;
+        let lcores = lcores::parse(&d.lcores).map_err(|r| err("dpdk.lcores".into(), r))?;
+        let main_lcore = match d.main_lcore {
+            Some(m) if lcores.ids().any(|id| id == m) => m,
+            Some(m) => return Err(err("dpdk.main_lcore".into(), format!("lcore {m} is not in dpdk.lcores"))),
+            None => lcores.ids().next().expect("parse returns at least one lcore"),
+        };
+        let workers: Vec<u32> = lcores.ids().filter(|id| *id != main_lcore).collect();
+        if workers.is_empty() {
+            return Err(err(
+                "dpdk.lcores".into(),
+                "needs at least two lcores: one for management, one or more workers".into(),
+            ));
+        }
+        if d.devices.is_empty() {
+            return Err(err("dpdk.devices".into(), "lists no device: add a PCI address or a vdev".into()));
+        }
+        let mut dev_names = HashSet::new();
+        for (i, dev) in d.devices.iter().enumerate() {
+            let name = device_name(dev);
+            if name.is_empty() {
+                return Err(err(format!("dpdk.devices[{i}]"), "empty device name".into()));
+            }
+            if !dev_names.insert(name) {
+                return Err(err(format!("dpdk.devices[{i}]"), format!("device `{name}` is listed twice")));
+            }
+        }
+        if d.file_prefix.is_empty() || d.file_prefix.contains('/') {
+            return Err(err("dpdk.file_prefix".into(), "must be a non-empty name without `/`".into()));
+        }
+        if d.mbufs.is_some_and(|n| n < 1024) {
+            return Err(err("dpdk.mbufs".into(), "must be at least 1024".into()));
+        }
+        let w = &self.workers;
+        if !(1..=crate::dpdk::BURST_MAX).contains(&w.burst_size) {
+            return Err(err("workers.burst_size".into(), format!("must be 1 to {}", crate::dpdk::BURST_MAX)));
+        }
+        if w.tx_drain_us == 0 || w.tx_drain_us > 100_000 {
+            return Err(err("workers.tx_drain_us".into(), "must be 1 to 100000 µs".into()));
+        }
+        if w.idle_pause_us > 100_000 {
+            return Err(err("workers.idle_pause_us".into(), "must be at most 100000 µs".into()));
+        }
+        if self.ports.is_empty() {
+            return Err(err("ports".into(), "at least one [[ports]] section is required".into()));
+        }
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let key = |k: &str| format!("ports[{i}].{k}");
+            if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err(key("name"), format!("`{}` must be letters, digits, `-` or `_`", p.name)));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(err(key("name"), format!("port name `{}` is used twice", p.name)));
+            }
+            if !dev_names.contains(p.device.as_str()) {
+                return Err(err(key("device"), format!("`{}` is not in dpdk.devices", p.device)));
+            }
+            if !devices.insert(p.device.as_str()) {
+                return Err(err(key("device"), format!("device `{}` is used by two ports", p.device)));
+            }
+            if let Some(mtu) = p.mtu {
+                if !(68..=9600).contains(&mtu) {
+                    return Err(err(key("mtu"), format!("{mtu} is not between 68 and 9600")));
+                }
+                if p.ipv6.is_some() && mtu < 1280 {
+                    return Err(err(key("mtu"), format!("{mtu} is below IPv6's minimum of 1280")));
+                }
+            }
+            for (k, v) in [("rx_queues", p.rx_queues), ("tx_queues", p.tx_queues)] {
+                if v == Some(0) || v.is_some_and(|v| v > 1024) {
+                    return Err(err(key(k), "must be 1 to 1024".into()));
+                }
+            }
+            if let Some(tx) = p.tx_queues {
+                if (tx as usize) < workers.len() {
+                    return Err(err(
+                        key("tx_queues"),
+                        format!(
+                            "{tx} is fewer than the {} workers; each worker needs its own TX queue",
+                            workers.len()
+                        ),
+                    ));
+                }
+            }
+            for (k, v) in [("rx_desc", p.rx_desc), ("tx_desc", p.tx_desc)] {
+                if !(32..=16384).contains(&v) {
+                    return Err(err(key(k), format!("{v} is not between 32 and 16384")));
+                }
+            }
+        }
+        let mut forward = Vec::with_capacity(self.ports.len());
+        for (i, p) in self.ports.iter().enumerate() {
+            forward.push(match &p.forward_to {
+                None => None,
+                Some(t) => Some(self.ports.iter().position(|q| &q.name == t).ok_or_else(|| {
+                    err(format!("ports[{i}].forward_to"), format!("there is no port named `{t}`"))
+                })?),
+            });
+        }
+        Ok(Validated { config: self, lcores, main_lcore, workers, forward })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[dpdk]
+lcores = "0@0,1@1"
+devices = ["net_tap0,iface=a", "net_tap1,iface=b"]
+hugepages = false
+
+[[ports]]
+name = "left"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+forward_to = "right"
+
+[[ports]]
+name = "right"
+device = "net_tap1"
+forward_to = "left"
+"#;
+
+    fn check(text: &str) -> Result<Validated, ConfigError> {
+        Config::parse(text, "t.toml")?.validate("t.toml")
+    }
+
+    #[test]
+    fn good_config() {
+        let v = check(GOOD).unwrap();
+        assert_eq!(v.main_lcore, 0);
+        assert_eq!(v.workers, vec![1]);
+        assert_eq!(v.forward, vec![Some(1), Some(0)]);
+        assert_eq!(v.config.ports[0].ipv4.unwrap().to_string(), "198.18.0.1/24");
+        let args = v.eal_args();
+        assert!(args.windows(2).any(|w| w == ["--vdev", "net_tap0,iface=a"]));
+        assert!(args.contains(&"--no-pci".to_string()));
+        assert!(args.contains(&"--no-huge".to_string()));
+        assert_eq!(v.rx_queues(0), 1);
+        assert!(v.mbufs() >= 4096 && (v.mbufs() + 1).is_power_of_two());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = check(&GOOD.replace("hugepages = false", "hugepages = false\nhugepage = 1")).unwrap_err();
+        assert_eq!(e.key, "dpdk.hugepage");
+        assert!(e.reason.starts_with("unknown key"), "{e}");
+        let e =
+            check(&GOOD.replace("forward_to = \"left\"", "forward_to = \"left\"\nspeed = 1")).unwrap_err();
+        assert_eq!(e.key, "ports[1].speed");
+    }
+
+    #[test]
+    fn bad_address_is_named() {
+        let e = check(&GOOD.replace("198.18.0.1/24", "198.18.0.300/24")).unwrap_err();
+        assert_eq!(e.key, "ports[0].ipv4");
+        assert!(e.reason.contains("198.18.0.300"), "{e}");
+        let e = check(&GOOD.replace("2001:db8::1/64", "2001:db8::1/129")).unwrap_err();
+        assert_eq!(e.key, "ports[0].ipv6");
+        assert!(e.reason.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn missing_section_is_named() {
+        let text = GOOD.split("[[ports]]").next().unwrap();
+        let e = check(text).unwrap_err();
+        assert_eq!(e.key, "ports");
+        assert!(e.reason.contains("missing"), "{e}");
+        let e = check(&GOOD.replace("[dpdk]", "[dpdkx]")).unwrap_err();
+        assert_eq!(e.key, "dpdkx");
+    }
+
+    #[test]
+    fn semantic_errors() {
+        let cases = [
+            ("lcores = \"0@0,1@1\"", "lcores = \"0\"", "dpdk.lcores"),
+            ("forward_to = \"right\"", "forward_to = \"nowhere\"", "ports[0].forward_to"),
+            ("device = \"net_tap1\"", "device = \"net_tap7\"", "ports[1].device"),
+            ("device = \"net_tap1\"", "device = \"net_tap0\"", "ports[1].device"),
+            ("name = \"right\"", "name = \"left\"", "ports[1].name"),
+            ("forward_to = \"left\"", "forward_to = \"left\"\nmtu = 20", "ports[1].mtu"),
+            ("forward_to = \"left\"", "forward_to = \"left\"\ntx_queues = 0", "ports[1].tx_queues"),
+        ];
+        for (from, to, key) in cases {
+            let e = check(&GOOD.replacen(from, to, 1)).unwrap_err();
+            assert_eq!(e.key, key, "{from} -> {to}: {e}");
+        }
+        let e = check("[dpdk\n").unwrap_err();
+        assert_eq!(e.key, "(syntax)");
+        assert!(e.reason.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn pci_addresses() {
+        assert!(is_pci_address("0000:01:00.0"));
+        assert!(is_pci_address("3b:00.1"));
+        assert!(!is_pci_address("net_tap0"));
+        assert!(!is_pci_address("0000:01:00.8"));
+        assert_eq!(device_name("net_tap0,iface=x"), "net_tap0");
+    }
+}

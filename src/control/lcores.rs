@@ -1,0 +1,112 @@
+//! Parsing of EAL's `--lcores` map, so `l4lb check` can validate it without
+//! starting DPDK: `LCORES[@CPUS][,LCORES[@CPUS]...]` where a set is `N`,
+//! `A-B` or `(N,A-B,...)`.
+
+use std::collections::BTreeSet;
+
+/// One parsed map: each lcore id with the CPUs it may run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LcoreMap {
+    pub entries: Vec<(u32, BTreeSet<u32>)>,
+}
+
+impl LcoreMap {
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.iter().map(|(id, _)| *id)
+    }
+}
+
+pub const MAX_LCORE: u32 = 128;
+
+pub fn parse(s: &str) -> Result<LcoreMap, String> {
+    let mut entries: Vec<(u32, BTreeSet<u32>)> = Vec::new();
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err("empty lcore map".into());
+    }
+    while !rest.is_empty() {
+        let (lcores, r) = parse_set(rest)?;
+        rest = r;
+        let cpus = if let Some(r) = rest.strip_prefix('@') {
+            let (cpus, r) = parse_set(r)?;
+            rest = r;
+            cpus
+        } else {
+            lcores.clone()
+        };
+        for id in lcores {
+            if id >= MAX_LCORE {
+                return Err(format!("lcore {id} is over DPDK's limit of {}", MAX_LCORE - 1));
+            }
+            if entries.iter().any(|(e, _)| *e == id) {
+                return Err(format!("lcore {id} appears twice"));
+            }
+            entries.push((id, cpus.clone()));
+        }
+        match rest.strip_prefix(',') {
+            Some(r) if !r.is_empty() => rest = r,
+            Some(_) => return Err("trailing comma".into()),
+            None if rest.is_empty() => {}
+            None => return Err(format!("unexpected `{rest}`")),
+        }
+    }
+    entries.sort_by_key(|(id, _)| *id);
+    Ok(LcoreMap { entries })
+}
+
+/// A single number, a range `A-B`, or a parenthesised list of those.
+fn parse_set(s: &str) -> Result<(BTreeSet<u32>, &str), String> {
+    if let Some(inner) = s.strip_prefix('(') {
+        let end = inner.find(')').ok_or("missing `)`")?;
+        let mut set = BTreeSet::new();
+        for part in inner[..end].split(',') {
+            set.extend(parse_range(part.trim())?);
+        }
+        if set.is_empty() {
+            return Err("empty `()` set".into());
+        }
+        Ok((set, &inner[end + 1..]))
+    } else {
+        let end = s.find(|c: char| !(c.is_ascii_digit() || c == '-')).unwrap_or(s.len());
+        Ok((parse_range(&s[..end])?.collect(), &s[end..]))
+    }
+}
+
+fn parse_range(s: &str) -> Result<impl Iterator<Item = u32>, String> {
+    let num = |t: &str| t.parse::<u32>().map_err(|_| format!("`{t}` is not a number"));
+    let (a, b) = match s.split_once('-') {
+        Some((a, b)) => (num(a)?, num(b)?),
+        None => (num(s)?, num(s)?),
+    };
+    if a > b {
+        return Err(format!("range `{s}` runs backwards"));
+    }
+    if b - a > 1024 {
+        return Err(format!("range `{s}` is too large"));
+    }
+    Ok(a..=b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forms() {
+        let m = parse("0@0,1@1").unwrap();
+        assert_eq!(m.ids().collect::<Vec<_>>(), vec![0, 1]);
+        let m = parse("(0-2)@(0,1),4").unwrap();
+        assert_eq!(m.ids().collect::<Vec<_>>(), vec![0, 1, 2, 4]);
+        assert_eq!(m.entries[0].1, BTreeSet::from([0, 1]));
+        assert_eq!(m.entries[3].1, BTreeSet::from([4]));
+        let m = parse("0-3").unwrap();
+        assert_eq!(m.ids().count(), 4);
+    }
+
+    #[test]
+    fn errors() {
+        for bad in ["", "a", "0,", "0,0", "3-1", "(0", "0@", "200", "0@(", "()"] {
+            assert!(parse(bad).is_err(), "{bad:?} should fail");
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! Management side: configuration (and, later, health checks, API, metrics).
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod lcores;

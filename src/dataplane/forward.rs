@@ -1,0 +1,102 @@
+//! The plain port-to-port forwarding worker: every packet received on a port
+//! leaves unchanged on that port's `forward_to` peer (or is dropped and
+//! counted). It is the poll loop the balancer's pipeline plugs into.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use crate::dpdk::{tsc, Burst, RxQueue, TxQueue};
+
+/// What one worker did; summed over workers at shutdown.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    /// Received on a port that forwards nowhere.
+    pub dropped_no_route: u64,
+    /// Freed because the TX buffer and the device were both full.
+    pub dropped_tx_full: u64,
+    /// Polls of all queues that found at least one packet.
+    pub busy_polls: u64,
+    /// Polls of all queues that found nothing.
+    pub idle_polls: u64,
+}
+
+impl std::ops::AddAssign for WorkerStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rx_packets += o.rx_packets;
+        self.tx_packets += o.tx_packets;
+        self.dropped_no_route += o.dropped_no_route;
+        self.dropped_tx_full += o.dropped_tx_full;
+        self.busy_polls += o.busy_polls;
+        self.idle_polls += o.idle_polls;
+    }
+}
+
+/// How the loop polls and backs off.
+#[derive(Debug, Clone, Copy)]
+pub struct PollConfig {
+    pub burst_size: usize,
+    pub tx_drain_tsc: u64,
+    /// Sleep after this many empty polls in a row (0 with `idle_pause` zero: never).
+    pub idle_polls_before_pause: u32,
+    pub idle_pause: Duration,
+}
+
+/// One worker's queues: the RX queues it polls, each with the index (into
+/// `tx`) of the port its packets leave on, and one TX queue per port.
+pub struct ForwardWorker<'p> {
+    pub rx: Vec<(RxQueue<'p>, Option<usize>)>,
+    pub tx: Vec<TxQueue<'p>>,
+}
+
+impl ForwardWorker<'_> {
+    /// Polls until `stop` is set, then sends what is buffered.
+    pub fn run(mut self, cfg: PollConfig, stop: &AtomicBool) -> WorkerStats {
+        let mut stats = WorkerStats::default();
+        let mut burst = Burst::new();
+        let mut idle_run = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let mut got = 0usize;
+            for (rxq, out) in self.rx.iter_mut() {
+                let n = rxq.burst_max(&mut burst, cfg.burst_size);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                match out {
+                    Some(o) => self.tx[*o].push_burst(&mut burst),
+                    None => {
+                        stats.dropped_no_route += n as u64;
+                        burst.clear();
+                    }
+                }
+            }
+            let now = tsc();
+            for t in self.tx.iter_mut() {
+                t.drain_if_due(now);
+            }
+            stats.rx_packets += got as u64;
+            if got > 0 {
+                stats.busy_polls += 1;
+                idle_run = 0;
+            } else {
+                stats.idle_polls += 1;
+                idle_run = idle_run.saturating_add(1);
+                if !cfg.idle_pause.is_zero() && idle_run >= cfg.idle_polls_before_pause {
+                    // Only when idle: the packet path never sleeps with traffic waiting.
+                    std::thread::sleep(cfg.idle_pause);
+                }
+            }
+        }
+        for t in self.tx.iter_mut() {
+            t.flush();
+            let s = t.stats();
+            stats.tx_packets += s.sent;
+            stats.dropped_tx_full += s.dropped_full;
+        }
+        // Dropping the TX queues frees (and the stats above omit) whatever the
+        // device still refused at the very end.
+        stats
+    }
+}

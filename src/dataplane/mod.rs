@@ -1,0 +1,4 @@
+//! The per-packet side: worker poll loops over DPDK queues.
+#![forbid(unsafe_code)]
+
+pub mod forward;

@@ -1,0 +1,88 @@
+//! `l4lb check`: good configs pass; broken ones exit 2 naming file, key, reason.
+use std::process::Command;
+
+const GOOD: &str = r#"
+[dpdk]
+lcores = "0@0,1@1"
+devices = ["net_tap0,iface=l4lb0", "net_tap1,iface=l4lb1"]
+
+[[ports]]
+name = "outside"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+forward_to = "inside"
+
+[[ports]]
+name = "inside"
+device = "net_tap1"
+forward_to = "outside"
+"#;
+
+fn check(name: &str, text: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("l4lb-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["check", "--config"]).arg(&path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn good_config_passes() {
+    let (code, out, _) = check("good.toml", GOOD);
+    assert_eq!(code, 0);
+    assert!(out.contains("good.toml: OK (2 ports, 1 workers"), "{out}");
+}
+
+#[test]
+fn shipped_configs_pass() {
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+        let path = entry.unwrap().path();
+        let out =
+            Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["check", "--config"]).arg(&path).output().unwrap();
+        assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn unknown_key_exits_2_with_key_and_reason() {
+    let (code, _, err) =
+        check("unknown.toml", &GOOD.replace("name = \"inside\"", "name = \"inside\"\nspeed_gbps = 100"));
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown.toml: ports[1].speed_gbps: unknown key"), "{err}");
+}
+
+#[test]
+fn bad_address_exits_2_with_key_and_reason() {
+    let (code, _, err) = check("badaddr.toml", &GOOD.replace("198.18.0.1/24", "198.18.0.1.5/24"));
+    assert_eq!(code, 2);
+    assert!(err.contains("badaddr.toml: ports[0].ipv4: `198.18.0.1.5` is not a valid IPv4 address"), "{err}");
+}
+
+#[test]
+fn missing_section_exits_2_with_key_and_reason() {
+    let no_dpdk = GOOD.replace("[dpdk]", "");
+    let text: String = no_dpdk
+        .lines()
+        .filter(|l| !l.starts_with("lcores") && !l.starts_with("devices"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (code, _, err) = check("nodpdk.toml", &text);
+    assert_eq!(code, 2);
+    assert!(err.contains("nodpdk.toml: dpdk: required key is missing"), "{err}");
+}
+
+#[test]
+fn missing_file_exits_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_l4lb"))
+        .args(["check", "--config", "/nonexistent/l4lb.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/l4lb.toml: (file): cannot read"));
+}
