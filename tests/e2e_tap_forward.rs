@@ -13,8 +13,7 @@ fn config(if_a: &str, if_b: &str) -> String {
 [dpdk]
 lcores = "{}"
 devices = ["net_tap0,iface={if_a}", "net_tap1,iface={if_b}"]
-in_memory = true
-hugepages = {}
+{}
 
 [workers]
 idle_pause_us = 200
@@ -30,7 +29,7 @@ device = "net_tap1"
 forward_to = "a"
 "#,
         common::lcore_map(2),
-        common::hugepages_free()
+        if common::hugepages_free() { "in_memory = true" } else { "hugepages = false" }
     )
 }
 

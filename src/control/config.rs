@@ -374,6 +374,13 @@ impl Config {
                 return Err(err(format!("dpdk.devices[{i}]"), format!("device `{name}` is listed twice")));
             }
         }
+        if d.in_memory && !d.hugepages {
+            return Err(err(
+                "dpdk.in_memory".into(),
+                "cannot be combined with hugepages = false (EAL's --no-huge already keeps memory private)"
+                    .into(),
+            ));
+        }
         if d.file_prefix.is_empty() || d.file_prefix.contains('/') {
             return Err(err("dpdk.file_prefix".into(), "must be a non-empty name without `/`".into()));
         }
@@ -529,6 +536,7 @@ forward_to = "left"
     fn semantic_errors() {
         let cases = [
             ("lcores = \"0@0,1@1\"", "lcores = \"0\"", "dpdk.lcores"),
+            ("hugepages = false", "hugepages = false\nin_memory = true", "dpdk.in_memory"),
             ("forward_to = \"right\"", "forward_to = \"nowhere\"", "ports[0].forward_to"),
             ("device = \"net_tap1\"", "device = \"net_tap7\"", "ports[1].device"),
             ("device = \"net_tap1\"", "device = \"net_tap0\"", "ports[1].device"),
