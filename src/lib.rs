@@ -7,4 +7,5 @@ pub mod app;
 pub mod control;
 pub mod dataplane;
 pub mod dpdk;
+pub mod net;
 pub mod pcap;

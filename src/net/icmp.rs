@@ -1,0 +1,166 @@
+//! ICMPv4 (RFC 792) and ICMPv6 (RFC 4443) with NDP neighbour solicitation and
+//! advertisement (RFC 4861).
+
+use std::net::Ipv6Addr;
+
+use super::ethernet::{mac_at, Mac};
+use super::ipv6::addr_at;
+use super::{be16, ParseError};
+
+pub const HEADER_LEN: usize = 8;
+
+pub mod v4 {
+    pub const ECHO_REPLY: u8 = 0;
+    pub const DEST_UNREACHABLE: u8 = 3;
+    pub const ECHO_REQUEST: u8 = 8;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    /// Code of DEST_UNREACHABLE: fragmentation needed and DF set.
+    pub const CODE_FRAG_NEEDED: u8 = 4;
+}
+
+pub mod v6 {
+    pub const DEST_UNREACHABLE: u8 = 1;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const TIME_EXCEEDED: u8 = 3;
+    pub const PARAMETER_PROBLEM: u8 = 4;
+    pub const ECHO_REQUEST: u8 = 128;
+    pub const ECHO_REPLY: u8 = 129;
+    pub const NEIGHBOR_SOLICIT: u8 = 135;
+    pub const NEIGHBOR_ADVERT: u8 = 136;
+    pub const OPT_SOURCE_LL: u8 = 1;
+    pub const OPT_TARGET_LL: u8 = 2;
+    /// NA flags: router, solicited, override.
+    pub const NA_SOLICITED: u32 = 0x4000_0000;
+    pub const NA_OVERRIDE: u32 = 0x2000_0000;
+}
+
+/// A view of an ICMP (v4 or v6) message: type, code, checksum, the 4-byte
+/// "rest of header" and the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<T: AsRef<[u8]>> {
+    buf: T,
+}
+
+impl<T: AsRef<[u8]>> Message<T> {
+    pub fn new_checked(buf: T) -> Result<Self, ParseError> {
+        if buf.as_ref().len() < HEADER_LEN {
+            return Err(ParseError::Truncated);
+        }
+        Ok(Message { buf })
+    }
+
+    pub fn msg_type(&self) -> u8 {
+        self.buf.as_ref()[0]
+    }
+    pub fn code(&self) -> u8 {
+        self.buf.as_ref()[1]
+    }
+    pub fn checksum(&self) -> u16 {
+        be16(self.buf.as_ref(), 2)
+    }
+    /// Bytes 4..8: identifier and sequence of an echo, the MTU of a
+    /// frag-needed (bytes 6..8) or packet-too-big (4..8).
+    pub fn rest(&self) -> [u8; 4] {
+        let b = self.buf.as_ref();
+        [b[4], b[5], b[6], b[7]]
+    }
+    /// Everything after the 8-byte header: the embedded packet of an error.
+    pub fn body(&self) -> &[u8] {
+        &self.buf.as_ref()[HEADER_LEN..]
+    }
+
+    /// True for ICMPv4 errors that carry the offending packet.
+    pub fn is_v4_error(&self) -> bool {
+        matches!(self.msg_type(), v4::DEST_UNREACHABLE | v4::TIME_EXCEEDED | v4::PARAMETER_PROBLEM)
+    }
+
+    /// True for ICMPv6 errors that carry the offending packet.
+    pub fn is_v6_error(&self) -> bool {
+        matches!(
+            self.msg_type(),
+            v6::DEST_UNREACHABLE | v6::PACKET_TOO_BIG | v6::TIME_EXCEEDED | v6::PARAMETER_PROBLEM
+        )
+    }
+}
+
+/// A neighbour solicitation or advertisement: target address and the
+/// link-layer address option, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ndp {
+    pub msg_type: u8,
+    pub target: Ipv6Addr,
+    /// Source link-layer address (NS) or target link-layer address (NA).
+    pub link_addr: Option<Mac>,
+    /// NA flags word (router/solicited/override), 0 for NS.
+    pub flags: u32,
+}
+
+/// Parses an NS or NA message (the whole ICMPv6 message). Options with a zero
+/// length are invalid (RFC 4861 §4.6) and refused.
+pub fn parse_ndp(b: &[u8]) -> Result<Ndp, ParseError> {
+    if b.len() < 24 {
+        return Err(ParseError::Truncated);
+    }
+    let msg_type = b[0];
+    if msg_type != v6::NEIGHBOR_SOLICIT && msg_type != v6::NEIGHBOR_ADVERT {
+        return Err(ParseError::Malformed);
+    }
+    if b[1] != 0 {
+        return Err(ParseError::Malformed);
+    }
+    let flags =
+        if msg_type == v6::NEIGHBOR_ADVERT { u32::from_be_bytes([b[4], b[5], b[6], b[7]]) } else { 0 };
+    let target = addr_at(b, 8);
+    let want = if msg_type == v6::NEIGHBOR_SOLICIT { v6::OPT_SOURCE_LL } else { v6::OPT_TARGET_LL };
+    let mut link_addr = None;
+    let mut off = 24;
+    while off + 2 <= b.len() {
+        let len = b[off + 1] as usize * 8;
+        if len == 0 {
+            return Err(ParseError::Malformed);
+        }
+        if off + len > b.len() {
+            return Err(ParseError::Truncated);
+        }
+        if b[off] == want && len >= 8 {
+            link_addr = Some(mac_at(b, off + 2));
+        }
+        off += len;
+    }
+    Ok(Ndp { msg_type, target, link_addr, flags })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_fields() {
+        let b = [8u8, 0, 0xab, 0xcd, 0, 1, 0, 2, 9, 9];
+        let m = Message::new_checked(&b[..]).unwrap();
+        assert_eq!((m.msg_type(), m.code(), m.checksum(), m.rest()), (8, 0, 0xabcd, [0, 1, 0, 2]));
+        assert_eq!(m.body(), &[9, 9]);
+        assert!(!m.is_v4_error());
+        assert_eq!(Message::new_checked(&b[..7]).unwrap_err(), ParseError::Truncated);
+    }
+
+    #[test]
+    fn ndp() {
+        let mut ns = vec![v6::NEIGHBOR_SOLICIT, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+        ns.extend_from_slice(&[v6::OPT_SOURCE_LL, 1, 2, 0, 0, 0, 0, 9]);
+        let n = parse_ndp(&ns).unwrap();
+        assert_eq!(n.target, "2001:db8::1".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(n.link_addr, Some([2, 0, 0, 0, 0, 9]));
+        let mut bad = ns.clone();
+        bad[25] = 0;
+        assert_eq!(parse_ndp(&bad).unwrap_err(), ParseError::Malformed);
+        let mut bad = ns.clone();
+        bad[25] = 2;
+        assert_eq!(parse_ndp(&bad).unwrap_err(), ParseError::Truncated);
+        assert_eq!(parse_ndp(&ns[..20]).unwrap_err(), ParseError::Truncated);
+        let no_opt = &ns[..24];
+        assert_eq!(parse_ndp(no_opt).unwrap().link_addr, None);
+    }
+}

@@ -1,0 +1,77 @@
+//! Pure packet code: zero-copy views over byte slices and the builders l4lb
+//! needs. Every view has a constructor that checks lengths once
+//! (`new_checked`), after which every accessor is panic-free.
+#![forbid(unsafe_code)]
+
+pub mod arp;
+pub mod checksum;
+pub mod ethernet;
+pub mod icmp;
+pub mod ipv4;
+pub mod ipv6;
+pub mod tcp;
+pub mod udp;
+
+/// Why a packet could not be parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParseError {
+    /// Shorter than its header or its own length field says.
+    Truncated,
+    /// A length or header-length field is impossible.
+    BadLength,
+    /// The version field is not what the view expects.
+    BadVersion,
+    /// IPv6 extension chain too long or malformed.
+    BadExtensionChain,
+    /// A field has a value the protocol forbids.
+    Malformed,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ParseError::Truncated => "truncated",
+            ParseError::BadLength => "bad length field",
+            ParseError::BadVersion => "bad version",
+            ParseError::BadExtensionChain => "bad IPv6 extension header chain",
+            ParseError::Malformed => "malformed",
+        })
+    }
+}
+
+impl std::error::Error for ParseError {}
+
+/// IP protocol numbers l4lb knows.
+pub mod proto {
+    pub const HOPOPT: u8 = 0;
+    pub const ICMP: u8 = 1;
+    pub const IPIP: u8 = 4;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const IPV6: u8 = 41;
+    pub const IPV6_ROUTE: u8 = 43;
+    pub const IPV6_FRAG: u8 = 44;
+    pub const ICMPV6: u8 = 58;
+    pub const IPV6_NONXT: u8 = 59;
+    pub const IPV6_OPTS: u8 = 60;
+}
+
+#[inline(always)]
+pub(crate) fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[inline(always)]
+pub(crate) fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+#[inline(always)]
+pub(crate) fn put16(b: &mut [u8], at: usize, v: u16) {
+    b[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline(always)]
+pub(crate) fn put32(b: &mut [u8], at: usize, v: u32) {
+    b[at..at + 4].copy_from_slice(&v.to_be_bytes());
+}
