@@ -4,6 +4,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod app;
+pub mod balancer;
 pub mod control;
 pub mod dataplane;
 pub mod dpdk;

@@ -1,0 +1,192 @@
+//! Flow keys: what names a flow, and how one is taken from a packet.
+//!
+//! - TCP and UDP: the 5-tuple (source, destination, ports, protocol).
+//! - ICMP errors (destination unreachable incl. frag-needed, packet-too-big,
+//!   time exceeded, parameter problem): the embedded packet's 5-tuple,
+//!   reversed. The embedded packet is one the backend sent (from the VIP to the
+//!   client); reversed, it is the client's flow, so the error reaches the
+//!   backend that owns the connection.
+//! - IP fragments: the 3-tuple (source, destination, protocol) for every
+//!   fragment, the first included, because later fragments carry no ports. All
+//!   pieces of a datagram reach one backend, at the price that all fragmented
+//!   traffic between one client and one VIP goes to one backend.
+//! - Any other protocol (and ICMP echo): the 3-tuple.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::hash::{hash_words, SEED_FLOW};
+use crate::net::{icmp, ipv4, ipv6, proto, tcp, ParseError};
+
+/// A flow's identity. Addresses are 16 bytes; IPv4 uses the IPv4-mapped form
+/// (`::ffff:a.b.c.d`). Ports are 0 in a 3-tuple.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub proto: u8,
+}
+
+/// How the key was derived (for counters and for `lookup` explanations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    FiveTuple,
+    /// Fragment of an IP datagram.
+    Fragment,
+    /// The reversed 5-tuple from an ICMP error's embedded packet.
+    IcmpError,
+    /// Protocol without ports.
+    ThreeTuple,
+}
+
+pub fn mapped(a: Ipv4Addr) -> [u8; 16] {
+    a.to_ipv6_mapped().octets()
+}
+
+impl FlowKey {
+    pub fn new(src: IpAddr, dst: IpAddr, proto: u8, src_port: u16, dst_port: u16) -> FlowKey {
+        let b = |a: IpAddr| match a {
+            IpAddr::V4(v4) => mapped(v4),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        FlowKey { src: b(src), dst: b(dst), src_port, dst_port, proto }
+    }
+
+    pub fn is_v4(&self) -> bool {
+        self.dst[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+    }
+
+    pub fn src_ip(&self) -> IpAddr {
+        to_ip(&self.src)
+    }
+
+    pub fn dst_ip(&self) -> IpAddr {
+        to_ip(&self.dst)
+    }
+
+    /// The flow hash (docs/maglev.md): five little-endian words — source
+    /// bytes 0..8 and 8..16, destination bytes 0..8 and 8..16, and
+    /// `[sport BE (2), dport BE (2), proto, 0, 0, 0]` — through
+    /// `hash_words(SEED_FLOW, ..)`.
+    #[inline]
+    pub fn hash(&self) -> u64 {
+        let w = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+        };
+        let sp = self.src_port.to_be_bytes();
+        let dp = self.dst_port.to_be_bytes();
+        let tail = u64::from_le_bytes([sp[0], sp[1], dp[0], dp[1], self.proto, 0, 0, 0]);
+        hash_words(SEED_FLOW, &[w(&self.src, 0), w(&self.src, 8), w(&self.dst, 0), w(&self.dst, 8), tail])
+    }
+}
+
+fn to_ip(b: &[u8; 16]) -> IpAddr {
+    let v6 = Ipv6Addr::from(*b);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+/// The key of an IPv4 packet (`ip` starts at the IPv4 header).
+pub fn key_v4(ip: &ipv4::Packet<&[u8]>) -> Result<(FlowKey, KeyKind), ParseError> {
+    let (src, dst, p) = (mapped(ip.src()), mapped(ip.dst()), ip.protocol());
+    if ip.is_fragment() {
+        return Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::Fragment));
+    }
+    let l4 = ip.payload();
+    match p {
+        proto::TCP | proto::UDP => {
+            let (sp, dp) = tcp::ports(l4).ok_or(ParseError::Truncated)?;
+            Ok((FlowKey { src, dst, src_port: sp, dst_port: dp, proto: p }, KeyKind::FiveTuple))
+        }
+        proto::ICMP => {
+            let m = icmp::Message::new_checked(l4)?;
+            if !m.is_v4_error() {
+                return Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::ThreeTuple));
+            }
+            // Embedded: IPv4 header + at least 8 bytes; its total length may
+            // exceed what was quoted, so check only the header.
+            let inner = m.body();
+            if inner.len() < ipv4::MIN_HEADER_LEN || inner[0] >> 4 != 4 {
+                return Err(ParseError::Malformed);
+            }
+            let ihl = (inner[0] & 0x0f) as usize * 4;
+            if ihl < ipv4::MIN_HEADER_LEN || inner.len() < ihl + 4 {
+                return Err(ParseError::Truncated);
+            }
+            let ip_at = |o: usize| Ipv4Addr::new(inner[o], inner[o + 1], inner[o + 2], inner[o + 3]);
+            let (isrc, idst, ip_proto) = (ip_at(12), ip_at(16), inner[9]);
+            let (sp, dp) = match ip_proto {
+                proto::TCP | proto::UDP => tcp::ports(&inner[ihl..]).ok_or(ParseError::Truncated)?,
+                _ => (0, 0),
+            };
+            Ok((
+                FlowKey { src: mapped(idst), dst: mapped(isrc), src_port: dp, dst_port: sp, proto: ip_proto },
+                KeyKind::IcmpError,
+            ))
+        }
+        _ => Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::ThreeTuple)),
+    }
+}
+
+/// The key of an IPv6 packet, given its walked extension chain.
+pub fn key_v6(ip: &ipv6::Packet<&[u8]>, upper: &ipv6::Upper) -> Result<(FlowKey, KeyKind), ParseError> {
+    let (src, dst) = (ip.src().octets(), ip.dst().octets());
+    let p = upper.protocol;
+    if upper.fragment.is_some() {
+        return Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::Fragment));
+    }
+    let l4 = &ip.payload()[upper.offset - ipv6::HEADER_LEN..];
+    match p {
+        proto::TCP | proto::UDP => {
+            let (sp, dp) = tcp::ports(l4).ok_or(ParseError::Truncated)?;
+            Ok((FlowKey { src, dst, src_port: sp, dst_port: dp, proto: p }, KeyKind::FiveTuple))
+        }
+        proto::ICMPV6 => {
+            let m = icmp::Message::new_checked(l4)?;
+            if !m.is_v6_error() {
+                return Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::ThreeTuple));
+            }
+            let inner = m.body();
+            if inner.len() < ipv6::HEADER_LEN || inner[0] >> 4 != 6 {
+                return Err(ParseError::Malformed);
+            }
+            let isrc: [u8; 16] = inner[8..24].try_into().map_err(|_| ParseError::Truncated)?;
+            let idst: [u8; 16] = inner[24..40].try_into().map_err(|_| ParseError::Truncated)?;
+            // Only a plain upper header is followed in a quoted packet.
+            let ip_proto = inner[6];
+            let (sp, dp) = match ip_proto {
+                proto::TCP | proto::UDP => {
+                    tcp::ports(&inner[ipv6::HEADER_LEN..]).ok_or(ParseError::Truncated)?
+                }
+                _ => (0, 0),
+            };
+            Ok((
+                FlowKey { src: idst, dst: isrc, src_port: dp, dst_port: sp, proto: ip_proto },
+                KeyKind::IcmpError,
+            ))
+        }
+        _ => Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::ThreeTuple)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v4_mapping_and_hash_is_stable() {
+        let k = FlowKey::new("198.18.0.2".parse().unwrap(), "198.18.100.1".parse().unwrap(), 6, 40000, 80);
+        assert!(k.is_v4());
+        assert_eq!(k.src_ip(), "198.18.0.2".parse::<IpAddr>().unwrap());
+        let k6 =
+            FlowKey::new("2001:db8::2".parse().unwrap(), "2001:db8:100::1".parse().unwrap(), 6, 40000, 80);
+        assert!(!k6.is_v4());
+        assert_ne!(k.hash(), k6.hash());
+        let mut k2 = k;
+        k2.src_port += 1;
+        assert_ne!(k.hash(), k2.hash());
+    }
+}

@@ -1,0 +1,475 @@
+//! The per-worker connection table.
+//!
+//! - Capacity is fixed at creation; nothing is allocated afterwards.
+//! - Entries live in buckets of 8. A key may sit in one of two buckets (the
+//!   second derived from the first and a 16-bit signature), which keeps lookup
+//!   and insert O(1) while filling the table past 90%.
+//! - Each bucket has a 16-byte signature line (8 × u16, 0 = empty) that is
+//!   checked before any entry is touched; entries are 64 bytes, one cache line.
+//! - Entries carry an expiry time set from the service's timeouts for their
+//!   TCP state or protocol. Expired entries count as absent and are reclaimed
+//!   by inserts and by an incremental [`FlowTable::sweep`].
+//! - When both buckets are full, insert evicts, in order: an expired entry,
+//!   the unconfirmed (SYN-only) or closing entry nearest expiry, and only then
+//!   the established entry nearest expiry. Evictions are counted per class.
+//! - Time is passed in (milliseconds); the table never reads a clock.
+
+use super::flow::FlowKey;
+use super::hash::fmix64;
+use super::Prefetch;
+
+pub const BUCKET_SLOTS: usize = 8;
+/// Smallest table: tests use small ones; production sizes are 1M-16M.
+pub const MIN_CAPACITY: usize = 64;
+pub const MAX_CAPACITY: usize = 1 << 26;
+
+/// A flow's state as seen from the client side only (DSR: replies bypass us).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum FlowState {
+    /// TCP: only SYNs seen so far (unconfirmed).
+    #[default]
+    SynSeen = 1,
+    /// TCP: the client sent a non-SYN segment (handshake completed).
+    Established = 2,
+    /// TCP: the client sent FIN or RST.
+    Closing = 3,
+    Udp = 4,
+    /// Other protocols and fragments.
+    Other = 5,
+}
+
+/// Idle timeouts in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn_ms: u64,
+    pub tcp_established_ms: u64,
+    pub tcp_closing_ms: u64,
+    pub udp_ms: u64,
+    pub other_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            tcp_syn_ms: 10_000,
+            tcp_established_ms: 900_000,
+            tcp_closing_ms: 10_000,
+            udp_ms: 300_000,
+            other_ms: 60_000,
+        }
+    }
+}
+
+impl Timeouts {
+    #[inline]
+    pub fn for_state(&self, s: FlowState) -> u64 {
+        match s {
+            FlowState::SynSeen => self.tcp_syn_ms,
+            FlowState::Established => self.tcp_established_ms,
+            FlowState::Closing => self.tcp_closing_ms,
+            FlowState::Udp => self.udp_ms,
+            FlowState::Other => self.other_ms,
+        }
+    }
+}
+
+/// One tracked flow: 64 bytes, one cache line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(C, align(64))]
+pub struct Entry {
+    pub key: FlowKey,
+    /// Stable backend id (see `state::Backend::id`).
+    pub backend: u32,
+    pub expires_ms: u64,
+    pub state: FlowState,
+}
+
+/// Counters of one table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowTableStats {
+    pub inserts: u64,
+    /// Expired entries reclaimed (by insert or sweep).
+    pub expired: u64,
+    pub evicted_unconfirmed: u64,
+    pub evicted_established: u64,
+}
+
+pub struct FlowTable {
+    sigs: Vec<[u16; BUCKET_SLOTS]>,
+    entries: Vec<Entry>,
+    mask: usize,
+    len: usize,
+    sweep_at: usize,
+    stats: FlowTableStats,
+}
+
+#[inline(always)]
+fn expired(e: &Entry, now_ms: u64) -> bool {
+    e.expires_ms <= now_ms
+}
+
+impl FlowTable {
+    /// A table for at least `capacity` flows (rounded up to a power of two,
+    /// clamped to MIN_CAPACITY..=MAX_CAPACITY). All memory is allocated here.
+    pub fn with_capacity(capacity: usize) -> FlowTable {
+        let cap = capacity.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
+        let buckets = cap / BUCKET_SLOTS;
+        FlowTable {
+            sigs: vec![[0u16; BUCKET_SLOTS]; buckets],
+            entries: vec![Entry::default(); cap],
+            mask: buckets - 1,
+            len: 0,
+            sweep_at: 0,
+            stats: FlowTableStats::default(),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Occupied slots, expired-but-not-reclaimed ones included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn stats(&self) -> FlowTableStats {
+        self.stats
+    }
+
+    #[inline(always)]
+    fn place(&self, hash: u64) -> (usize, usize, u16) {
+        let sig = ((hash >> 48) as u16) | 1;
+        let b1 = (hash as usize) & self.mask;
+        let b2 = (b1 ^ (fmix64(sig as u64) as usize)) & self.mask;
+        (b1, b2, sig)
+    }
+
+    /// Prefetches the signature lines a lookup of `hash` reads.
+    #[inline(always)]
+    pub fn prefetch<P: Prefetch>(&self, hash: u64, p: &P) {
+        let (b1, b2, _) = self.place(hash);
+        p.prefetch(&self.sigs[b1]);
+        p.prefetch(&self.sigs[b2]);
+    }
+
+    #[inline(always)]
+    fn find_in(&self, b: usize, sig: u16, key: &FlowKey, now_ms: u64) -> Option<usize> {
+        let s = &self.sigs[b];
+        for (i, &x) in s.iter().enumerate() {
+            if x == sig {
+                let slot = b * BUCKET_SLOTS + i;
+                let e = &self.entries[slot];
+                if e.key == *key && !expired(e, now_ms) {
+                    return Some(slot);
+                }
+            }
+        }
+        None
+    }
+
+    /// The slot of a live entry for `key` (`hash` = `key.hash()`).
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey, hash: u64, now_ms: u64) -> Option<usize> {
+        let (b1, b2, sig) = self.place(hash);
+        self.find_in(b1, sig, key, now_ms).or_else(|| self.find_in(b2, sig, key, now_ms))
+    }
+
+    /// Looks up a whole burst: first prefetches every signature line, then
+    /// every candidate entry, then compares keys. `out[i]` is the slot of
+    /// `keys[i]`, if live.
+    pub fn lookup_burst<P: Prefetch>(
+        &self,
+        keys: &[FlowKey],
+        hashes: &[u64],
+        now_ms: u64,
+        out: &mut [Option<usize>],
+        p: &P,
+    ) {
+        let n = keys.len().min(hashes.len()).min(out.len());
+        for &h in &hashes[..n] {
+            self.prefetch(h, p);
+        }
+        for &h in &hashes[..n] {
+            let (b1, _, sig) = self.place(h);
+            if let Some(i) = self.sigs[b1].iter().position(|&x| x == sig) {
+                p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+            }
+        }
+        for i in 0..n {
+            out[i] = self.lookup(&keys[i], hashes[i], now_ms);
+        }
+    }
+
+    pub fn entry(&self, slot: usize) -> &Entry {
+        &self.entries[slot]
+    }
+
+    /// Updates a live entry's state and expiry.
+    #[inline]
+    pub fn touch(&mut self, slot: usize, state: FlowState, expires_ms: u64) {
+        let e = &mut self.entries[slot];
+        e.state = state;
+        e.expires_ms = expires_ms;
+    }
+
+    /// Points a live entry at another backend (its old one went away).
+    pub fn rebind(&mut self, slot: usize, backend: u32, on_remove: &mut impl FnMut(&Entry)) {
+        on_remove(&self.entries[slot]);
+        self.entries[slot].backend = backend;
+    }
+
+    /// Inserts a flow known to be absent and returns its slot. Never fails:
+    /// when both buckets are full it reclaims or evicts (see module docs);
+    /// `on_remove` sees every entry that leaves.
+    pub fn insert(
+        &mut self,
+        key: FlowKey,
+        hash: u64,
+        backend: u32,
+        state: FlowState,
+        expires_ms: u64,
+        now_ms: u64,
+        on_remove: &mut impl FnMut(&Entry),
+    ) -> usize {
+        let (b1, b2, sig) = self.place(hash);
+        // Two choices: the emptier bucket (keeps buckets even, so the table
+        // fills far before any insert has to evict).
+        let (f1, f2) = (self.free_count(b1), self.free_count(b2));
+        let pick = if f1 >= f2 { self.free_slot(b1) } else { self.free_slot(b2) };
+        let slot = match pick.or_else(|| self.displace(b1).or_else(|| self.displace(b2))) {
+            Some(s) => {
+                self.len += 1;
+                s
+            }
+            None => {
+                let s = self.victim(b1, b2, now_ms);
+                let old = self.entries[s];
+                if expired(&old, now_ms) {
+                    self.stats.expired += 1;
+                } else if old.state == FlowState::Established {
+                    self.stats.evicted_established += 1;
+                } else {
+                    self.stats.evicted_unconfirmed += 1;
+                }
+                on_remove(&old);
+                s
+            }
+        };
+        self.sigs[slot / BUCKET_SLOTS][slot % BUCKET_SLOTS] = sig;
+        self.entries[slot] = Entry { key, backend, expires_ms, state };
+        self.stats.inserts += 1;
+        slot
+    }
+
+    #[inline]
+    fn free_count(&self, b: usize) -> usize {
+        self.sigs[b].iter().filter(|&&x| x == 0).count()
+    }
+
+    #[inline]
+    fn free_slot(&self, b: usize) -> Option<usize> {
+        self.sigs[b].iter().position(|&x| x == 0).map(|i| b * BUCKET_SLOTS + i)
+    }
+
+    /// Frees a slot in bucket `b` by moving one of its entries to that entry's
+    /// other bucket (partial-key cuckoo: the other bucket is `b ^ f(sig)`),
+    /// if one of those has room. One level deep: bounded work.
+    fn displace(&mut self, b: usize) -> Option<usize> {
+        for i in 0..BUCKET_SLOTS {
+            let sig = self.sigs[b][i];
+            let alt = (b ^ (fmix64(sig as u64) as usize)) & self.mask;
+            if alt == b {
+                continue;
+            }
+            if let Some(to) = self.free_slot(alt) {
+                let from = b * BUCKET_SLOTS + i;
+                self.entries[to] = self.entries[from];
+                self.sigs[alt][to % BUCKET_SLOTS] = sig;
+                self.sigs[b][i] = 0;
+                return Some(from);
+            }
+        }
+        None
+    }
+
+    /// Best slot to sacrifice among the 16 candidates.
+    fn victim(&self, b1: usize, b2: usize, now_ms: u64) -> usize {
+        let slots =
+            (b1 * BUCKET_SLOTS..(b1 + 1) * BUCKET_SLOTS).chain(b2 * BUCKET_SLOTS..(b2 + 1) * BUCKET_SLOTS);
+        // Rank: expired (0) < unconfirmed/closing (1) < established (2); then nearest expiry.
+        slots
+            .min_by_key(|&s| {
+                let e = &self.entries[s];
+                let class = if expired(e, now_ms) {
+                    0
+                } else if e.state == FlowState::Established {
+                    2
+                } else {
+                    1
+                };
+                (class, e.expires_ms)
+            })
+            .expect("16 candidates")
+    }
+
+    /// Removes a slot's entry.
+    pub fn remove(&mut self, slot: usize, on_remove: &mut impl FnMut(&Entry)) {
+        let (b, i) = (slot / BUCKET_SLOTS, slot % BUCKET_SLOTS);
+        if self.sigs[b][i] != 0 {
+            on_remove(&self.entries[slot]);
+            self.sigs[b][i] = 0;
+            self.len -= 1;
+        }
+    }
+
+    /// Reclaims expired entries in the next `buckets` buckets (round robin over
+    /// the table); returns how many it freed. Workers call it a little per
+    /// burst and more when idle, so counts of active flows stay true.
+    pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(&Entry)) -> usize {
+        let mut freed = 0;
+        for _ in 0..buckets.min(self.sigs.len()) {
+            let b = self.sweep_at;
+            self.sweep_at = (self.sweep_at + 1) & self.mask;
+            for i in 0..BUCKET_SLOTS {
+                let slot = b * BUCKET_SLOTS + i;
+                if self.sigs[b][i] != 0 && expired(&self.entries[slot], now_ms) {
+                    on_remove(&self.entries[slot]);
+                    self.sigs[b][i] = 0;
+                    self.len -= 1;
+                    self.stats.expired += 1;
+                    freed += 1;
+                }
+            }
+        }
+        freed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::NoPrefetch;
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey::new(
+            std::net::Ipv4Addr::from(0xc612_0000 | (i >> 16)).into(),
+            "198.18.100.1".parse().unwrap(),
+            6,
+            (i & 0xffff) as u16,
+            80,
+        )
+    }
+
+    #[test]
+    fn entry_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+        assert_eq!(std::mem::align_of::<Entry>(), 64);
+    }
+
+    #[test]
+    fn insert_lookup_touch_expire() {
+        let mut t = FlowTable::with_capacity(1024);
+        let mut removed = Vec::new();
+        let k = key(1);
+        assert_eq!(t.lookup(&k, k.hash(), 0), None);
+        let s = t.insert(k, k.hash(), 7, FlowState::SynSeen, 100, 0, &mut |e| removed.push(e.backend));
+        assert_eq!(t.lookup(&k, k.hash(), 50), Some(s));
+        assert_eq!(t.entry(s).backend, 7);
+        t.touch(s, FlowState::Established, 1000);
+        assert_eq!(t.lookup(&k, k.hash(), 999), Some(s));
+        assert_eq!(t.lookup(&k, k.hash(), 1000), None, "expired at its expiry time");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.sweep(1000, t.capacity(), &mut |e| removed.push(e.backend)), 1);
+        assert_eq!((t.len(), removed.as_slice()), (0, &[7][..]));
+    }
+
+    #[test]
+    fn fills_past_ninety_percent_without_eviction() {
+        let cap = 1 << 14;
+        let mut t = FlowTable::with_capacity(cap);
+        let n = cap * 9 / 10;
+        let mut evicted = 0;
+        for i in 0..n as u32 {
+            let k = key(i);
+            t.insert(k, k.hash(), i, FlowState::Established, 10_000, 0, &mut |_| evicted += 1);
+        }
+        assert_eq!(evicted, 0, "2-choice buckets of 8 with displacement hold 90% without evicting");
+        for i in 0..n as u32 {
+            let k = key(i);
+            let s = t.lookup(&k, k.hash(), 1).expect("present");
+            assert_eq!(t.entry(s).backend, i);
+        }
+        let mut first = None;
+        for i in n as u32..cap as u32 {
+            let k = key(i);
+            t.insert(k, k.hash(), i, FlowState::Established, 10_000, 0, &mut |_| {
+                first.get_or_insert(i);
+            });
+        }
+        println!("first eviction at load {:.3}", first.unwrap_or(cap as u32) as f64 / cap as f64);
+    }
+
+    #[test]
+    fn full_buckets_evict_stale_then_unconfirmed_then_established() {
+        let mut t = FlowTable::with_capacity(64); // 8 buckets
+                                                  // Keys whose two buckets are one fixed pair, so 16 of them fill it.
+        let pair = t.place(key(0).hash());
+        let keys: Vec<FlowKey> = (0u32..200_000)
+            .map(key)
+            .filter(|k| {
+                let p = t.place(k.hash());
+                (p.0, p.1) == (pair.0, pair.1)
+            })
+            .take(32)
+            .collect();
+        let mut same = keys.into_iter();
+        for n in 0..16u32 {
+            let (state, exp) = match n % 4 {
+                0 => (FlowState::Established, 50), // stale by t=100
+                1 => (FlowState::SynSeen, 5_000),  // unconfirmed
+                _ => (FlowState::Established, 10_000 + n as u64),
+            };
+            let k = same.next().unwrap();
+            t.insert(k, k.hash(), n, state, exp, 0, &mut |_| panic!("no eviction while filling"));
+        }
+        let mut classes = Vec::new();
+        for _ in 0..16 {
+            let k = same.next().unwrap();
+            t.insert(k, k.hash(), 99, FlowState::Established, 20_000, 100, &mut |e| {
+                classes.push(if e.expires_ms <= 100 {
+                    0
+                } else if e.state == FlowState::Established {
+                    2
+                } else {
+                    1
+                })
+            });
+        }
+        assert_eq!(classes, [[0; 4], [1; 4], [2; 4], [2; 4]].concat());
+        let s = t.stats();
+        assert_eq!((s.expired, s.evicted_unconfirmed, s.evicted_established), (4, 4, 8));
+        assert_eq!(t.len(), 16);
+    }
+
+    #[test]
+    fn burst_lookup_matches_single_lookups() {
+        let mut t = FlowTable::with_capacity(4096);
+        let keys: Vec<FlowKey> = (0..32).map(key).collect();
+        let hashes: Vec<u64> = keys.iter().map(|k| k.hash()).collect();
+        for (i, k) in keys.iter().enumerate().step_by(2) {
+            t.insert(*k, hashes[i], i as u32, FlowState::Udp, 1000, 0, &mut |_| {});
+        }
+        let mut out = [None; 32];
+        t.lookup_burst(&keys, &hashes, 10, &mut out, &NoPrefetch);
+        for i in 0..32 {
+            assert_eq!(out[i].is_some(), i % 2 == 0);
+            assert_eq!(out[i], t.lookup(&keys[i], hashes[i], 10));
+        }
+    }
+}
