@@ -1,1 +1,525 @@
+//! The forwarding state: everything a worker reads to decide, built whole by
+//! the management side and never changed afterwards (workers get an `Arc`).
+//! Also the schedulers, which pick a backend for a new flow.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::flow::{mapped, FlowKey};
+use super::flowtable::Timeouts;
+use super::hash::{hash_words, SEED_SOURCE};
+use super::maglev::{MaglevBackend, MaglevError, MaglevTable};
+use crate::net::ethernet::Mac;
+
+/// How packets reach the backend (direct server return in every case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forwarding {
+    /// Rewrite the destination MAC; the backend is on the same L2 segment.
+    L2,
+    /// IP-in-IP: 4in4, 6in6, or 4in6 when the backend is IPv6.
+    IpIp,
+    /// GUE variant 1 (UDP, inner IP directly) to this UDP port.
+    Gue { port: u16 },
+}
+
+/// How a new flow picks its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheduler {
+    /// Maglev on the flow hash: the same choice on every l4lb box.
+    Maglev,
+    /// Maglev on the (masked) source address: affinity without state.
+    SourceIp {
+        v4_prefix: u8,
+        v6_prefix: u8,
+    },
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    WeightedLeastConnections,
+    /// Health-check RTT × (active flows + 1), lowest wins.
+    LeastResponseTime,
+}
+
+/// A backend as workers see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Backend {
+    /// Stable id (survives state rebuilds); flows remember it.
+    pub id: u32,
+    pub addr: IpAddr,
+    pub weight: u32,
+    /// Existing flows continue; no new flow is sent here.
+    pub draining: bool,
+    /// Last health-check round-trip time in µs (0: unknown).
+    pub rtt_us: u32,
+    /// Destination MAC for this backend's packets: the backend itself in L2
+    /// mode, the next hop (backend or gateway) when encapsulating.
+    pub next_hop: Option<Mac>,
+    /// Index of the port its packets leave on.
+    pub port: usize,
+}
+
+impl Backend {
+    pub fn takes_new_flows(&self) -> bool {
+        self.weight > 0 && !self.draining
+    }
+}
+
+/// A port as the pipeline sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortInfo {
+    pub mac: Mac,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub mtu: u16,
+}
+
+/// A virtual service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub vip: IpAddr,
+    /// IP protocol (6 TCP, 17 UDP).
+    pub proto: u8,
+    /// 0: every port.
+    pub port: u16,
+    pub forwarding: Forwarding,
+    pub scheduler: Scheduler,
+    /// Source-IP persistence timeout (0: off).
+    pub persistence_ms: u64,
+    pub timeouts: Timeouts,
+    /// Answer ARP / neighbour solicitations for the VIP (one-arm L2 setups).
+    pub answer_arp: bool,
+    /// Slots in `ForwardingState::backends`, in configuration order.
+    pub backends: Vec<u32>,
+    /// Maglev over `backends` (entry = position in `backends`).
+    pub maglev: MaglevTable,
+    /// A stable id for persistence entries (hash of VIP, protocol, port).
+    pub persist_id: u32,
+}
+
+/// What a service needs to be built.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub vip: IpAddr,
+    pub proto: u8,
+    pub port: u16,
+    pub forwarding: Forwarding,
+    pub scheduler: Scheduler,
+    pub persistence_ms: u64,
+    pub timeouts: Timeouts,
+    pub answer_arp: bool,
+    pub maglev_size: u32,
+    pub backends: Vec<Backend>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BuildError {
+    #[error("service {service}: {source}")]
+    Maglev { service: String, source: MaglevError },
+    #[error("service {0}: the same VIP, protocol and port as an earlier service")]
+    Duplicate(String),
+    #[error("backend id {0} is used twice")]
+    DuplicateBackendId(u32),
+    #[error("service {0}: backend port index out of range")]
+    BadPort(String),
+}
+
+/// Lookup key of a service: VIP (16 bytes), protocol, port.
+type ServiceKey = ([u8; 16], u8, u16);
+
+/// The immutable state one generation of configuration and health produces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardingState {
+    pub generation: u64,
+    pub ports: Vec<PortInfo>,
+    pub services: Vec<Service>,
+    pub backends: Vec<Backend>,
+    index: Vec<(ServiceKey, u32)>,
+    by_id: Vec<u32>,
+}
+
+fn ip16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => mapped(v4),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl ForwardingState {
+    pub fn build(generation: u64, ports: Vec<PortInfo>, specs: Vec<ServiceSpec>) -> Result<Self, BuildError> {
+        let mut services = Vec::with_capacity(specs.len());
+        let mut backends: Vec<Backend> = Vec::new();
+        let mut index = Vec::with_capacity(specs.len());
+        for spec in specs {
+            let key = (ip16(spec.vip), spec.proto, spec.port);
+            if index.iter().any(|(k, _)| *k == key) {
+                return Err(BuildError::Duplicate(spec.name));
+            }
+            if spec.backends.iter().any(|b| b.port >= ports.len()) {
+                return Err(BuildError::BadPort(spec.name));
+            }
+            let mb: Vec<MaglevBackend> = spec
+                .backends
+                .iter()
+                .map(|b| MaglevBackend { id: ip16(b.addr), weight: if b.draining { 0 } else { b.weight } })
+                .collect();
+            let maglev = MaglevTable::build(&mb, spec.maglev_size)
+                .map_err(|source| BuildError::Maglev { service: spec.name.clone(), source })?;
+            let first = backends.len() as u32;
+            let slots: Vec<u32> = (first..first + spec.backends.len() as u32).collect();
+            backends.extend(spec.backends);
+            let persist_id = hash_words(
+                SEED_SOURCE,
+                &[key.1 as u64, key.2 as u64, u64::from_le_bytes(key.0[8..].try_into().unwrap_or_default())],
+            ) as u32;
+            index.push((key, services.len() as u32));
+            services.push(Service {
+                name: spec.name,
+                vip: spec.vip,
+                proto: spec.proto,
+                port: spec.port,
+                forwarding: spec.forwarding,
+                scheduler: spec.scheduler,
+                persistence_ms: spec.persistence_ms,
+                timeouts: spec.timeouts,
+                answer_arp: spec.answer_arp,
+                backends: slots,
+                maglev,
+                persist_id,
+            });
+        }
+        index.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let max_id = backends.iter().map(|b| b.id).max().map_or(0, |m| m as usize + 1);
+        let mut by_id = vec![u32::MAX; max_id];
+        for (slot, b) in backends.iter().enumerate() {
+            if by_id[b.id as usize] != u32::MAX {
+                return Err(BuildError::DuplicateBackendId(b.id));
+            }
+            by_id[b.id as usize] = slot as u32;
+        }
+        Ok(ForwardingState { generation, ports, services, backends, index, by_id })
+    }
+
+    /// The service for a destination: an exact port match first, then an
+    /// all-ports service on the VIP.
+    #[inline]
+    pub fn find_service(&self, dst: &[u8; 16], proto: u8, port: u16) -> Option<usize> {
+        let find = |p: u16| {
+            self.index
+                .binary_search_by(|(k, _)| (&k.0, k.1, k.2).cmp(&(dst, proto, p)))
+                .ok()
+                .map(|i| self.index[i].1 as usize)
+        };
+        find(port).or_else(|| if port != 0 { find(0) } else { None })
+    }
+
+    /// Is `addr` a VIP of some service (any protocol/port)?
+    pub fn is_vip(&self, addr: &[u8; 16]) -> Option<&Service> {
+        let i = self.index.partition_point(|(k, _)| &k.0 < addr);
+        self.index.get(i).filter(|(k, _)| &k.0 == addr).map(|(_, s)| &self.services[*s as usize])
+    }
+
+    /// The backend slot of a stable id, if it is in this state.
+    #[inline]
+    pub fn slot_of(&self, id: u32) -> Option<usize> {
+        self.by_id.get(id as usize).filter(|&&s| s != u32::MAX).map(|&s| s as usize)
+    }
+
+    /// The largest backend id + 1 (for per-id counters).
+    pub fn id_space(&self) -> usize {
+        self.by_id.len()
+    }
+}
+
+/// Per-worker mutable scheduler state for one service.
+#[derive(Debug, Clone, Default)]
+pub struct SchedState {
+    pub rr: u32,
+    /// Smooth weighted round robin's current weights, by position.
+    pub wrr: Vec<i64>,
+}
+
+impl Service {
+    /// Picks a backend slot for a new flow. `active` counts this worker's
+    /// active flows by backend id. Returns `None` when no backend takes new flows.
+    pub fn pick(
+        &self,
+        state: &ForwardingState,
+        key: &FlowKey,
+        hash: u64,
+        active: &[u32],
+        sched: &mut SchedState,
+    ) -> Option<usize> {
+        let b = |pos: usize| &state.backends[self.backends[pos] as usize];
+        let act = |pos: usize| active.get(b(pos).id as usize).copied().unwrap_or(0) as u64;
+        let n = self.backends.len();
+        let pos = match self.scheduler {
+            Scheduler::Maglev => self.maglev.lookup(hash)?,
+            Scheduler::SourceIp { v4_prefix, v6_prefix } => {
+                let src = masked_source(key, v4_prefix, v6_prefix);
+                let w0 = u64::from_le_bytes(src[..8].try_into().unwrap_or_default());
+                let w1 = u64::from_le_bytes(src[8..].try_into().unwrap_or_default());
+                self.maglev.lookup(hash_words(SEED_SOURCE, &[w0, w1]))?
+            }
+            Scheduler::RoundRobin => {
+                let mut found = None;
+                for _ in 0..n {
+                    let p = (sched.rr as usize) % n;
+                    sched.rr = sched.rr.wrapping_add(1);
+                    if b(p).takes_new_flows() {
+                        found = Some(p);
+                        break;
+                    }
+                }
+                found?
+            }
+            Scheduler::WeightedRoundRobin => {
+                // Smooth WRR (as nginx): each eligible backend gains its weight,
+                // the highest is chosen and loses the total.
+                if sched.wrr.len() != n {
+                    return None; // sized by the worker when the state arrives
+                }
+                let mut total = 0i64;
+                let mut best: Option<usize> = None;
+                for p in 0..n {
+                    if !b(p).takes_new_flows() {
+                        continue;
+                    }
+                    let w = b(p).weight as i64;
+                    sched.wrr[p] += w;
+                    total += w;
+                    if best.is_none_or(|q| sched.wrr[p] > sched.wrr[q]) {
+                        best = Some(p);
+                    }
+                }
+                let p = best?;
+                sched.wrr[p] -= total;
+                p
+            }
+            Scheduler::LeastConnections => least(n, sched, |p| b(p).takes_new_flows(), |p| (act(p), 1))?,
+            Scheduler::WeightedLeastConnections => {
+                least(n, sched, |p| b(p).takes_new_flows(), |p| (act(p) + 1, b(p).weight as u64))?
+            }
+            Scheduler::LeastResponseTime => least(
+                n,
+                sched,
+                |p| b(p).takes_new_flows(),
+                |p| ((b(p).rtt_us.max(1) as u64) * (act(p) + 1), 1),
+            )?,
+        };
+        Some(self.backends[pos] as usize)
+    }
+}
+
+/// The eligible position with the smallest cost `num / den`; ties go to the
+/// first after a rotating start, so equal backends share new flows.
+fn least(
+    n: usize,
+    sched: &mut SchedState,
+    eligible: impl Fn(usize) -> bool,
+    cost: impl Fn(usize) -> (u64, u64),
+) -> Option<usize> {
+    if n == 0 {
+        return None;
+    }
+    let start = sched.rr as usize % n;
+    sched.rr = sched.rr.wrapping_add(1);
+    let mut best: Option<(usize, (u64, u64))> = None;
+    for i in 0..n {
+        let p = (start + i) % n;
+        if !eligible(p) {
+            continue;
+        }
+        let c = cost(p);
+        let better = match best {
+            None => true,
+            Some((_, bc)) => (c.0 as u128) * (bc.1 as u128) < (bc.0 as u128) * (c.1 as u128),
+        };
+        if better {
+            best = Some((p, c));
+        }
+    }
+    best.map(|(p, _)| p)
+}
+
+/// The flow's source address with host bits cleared to the prefix length.
+pub fn masked_source(key: &FlowKey, v4_prefix: u8, v6_prefix: u8) -> [u8; 16] {
+    let mut a = key.src;
+    let bits = if key.is_v4() { 96 + v4_prefix.min(32) as usize } else { v6_prefix.min(128) as usize };
+    for (i, byte) in a.iter_mut().enumerate() {
+        let keep = bits.saturating_sub(i * 8).min(8);
+        *byte &= if keep == 0 { 0 } else { 0xffu8 << (8 - keep) };
+    }
+    a
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(id: u32, last: u8, weight: u32) -> Backend {
+        Backend {
+            id,
+            addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, last)),
+            weight,
+            draining: false,
+            rtt_us: 100,
+            next_hop: Some([2, 0, 0, 0, 0, last]),
+            port: 0,
+        }
+    }
+
+    pub(crate) fn state(sched: Scheduler, backends: Vec<Backend>) -> ForwardingState {
+        ForwardingState::build(
+            1,
+            vec![PortInfo {
+                mac: [2, 0, 0, 0, 0, 1],
+                ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+                ipv6: None,
+                mtu: 1500,
+            }],
+            vec![ServiceSpec {
+                name: "web".into(),
+                vip: "198.18.100.1".parse().unwrap(),
+                proto: 6,
+                port: 80,
+                forwarding: Forwarding::L2,
+                scheduler: sched,
+                persistence_ms: 0,
+                timeouts: Timeouts::default(),
+                answer_arp: false,
+                maglev_size: 4099,
+                backends,
+            }],
+        )
+        .unwrap()
+    }
+
+    fn key(i: u32) -> FlowKey {
+        FlowKey::new(
+            IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)),
+            "198.18.100.1".parse().unwrap(),
+            6,
+            1000 + (i % 50000) as u16,
+            80,
+        )
+    }
+
+    #[test]
+    fn service_lookup_exact_then_all_ports() {
+        let s = state(Scheduler::Maglev, vec![backend(0, 11, 1)]);
+        let vip = mapped(Ipv4Addr::new(198, 18, 100, 1));
+        assert_eq!(s.find_service(&vip, 6, 80), Some(0));
+        assert_eq!(s.find_service(&vip, 6, 81), None);
+        assert_eq!(s.find_service(&vip, 17, 80), None);
+        assert!(s.is_vip(&vip).is_some());
+        assert!(s.is_vip(&mapped(Ipv4Addr::new(198, 18, 100, 2))).is_none());
+        assert_eq!(s.slot_of(0), Some(0));
+        assert_eq!(s.slot_of(5), None);
+    }
+
+    fn spread(s: &ForwardingState, flows: u32) -> Vec<u32> {
+        let svc = &s.services[0];
+        let mut active = vec![0u32; s.id_space()];
+        let mut sched = SchedState { rr: 0, wrr: vec![0; svc.backends.len()] };
+        for i in 0..flows {
+            let k = key(i);
+            let slot = svc.pick(s, &k, k.hash(), &active, &mut sched).unwrap();
+            active[s.backends[slot].id as usize] += 1;
+        }
+        active
+    }
+
+    #[test]
+    fn round_robin_and_weighted() {
+        let bs = || vec![backend(0, 11, 1), backend(1, 12, 2), backend(2, 13, 3)];
+        assert_eq!(spread(&state(Scheduler::RoundRobin, bs()), 300), vec![100, 100, 100]);
+        assert_eq!(spread(&state(Scheduler::WeightedRoundRobin, bs()), 600), vec![100, 200, 300]);
+        assert_eq!(spread(&state(Scheduler::LeastConnections, bs()), 300), vec![100, 100, 100]);
+        assert_eq!(spread(&state(Scheduler::WeightedLeastConnections, bs()), 600), vec![100, 200, 300]);
+        let m = spread(&state(Scheduler::Maglev, bs()), 60_000);
+        for (got, w) in m.iter().zip([1.0, 2.0, 3.0]) {
+            let want = 60_000.0 * w / 6.0;
+            assert!((*got as f64 - want).abs() < want * 0.05, "{m:?}");
+        }
+    }
+
+    #[test]
+    fn least_response_time_prefers_fast_backends() {
+        let mut bs = vec![backend(0, 11, 1), backend(1, 12, 1)];
+        bs[0].rtt_us = 100;
+        bs[1].rtt_us = 300;
+        // Costs equalise when active0 + 1 = 3 (active1 + 1): 3:1 split.
+        assert_eq!(spread(&state(Scheduler::LeastResponseTime, bs), 400), vec![300, 100]);
+    }
+
+    #[test]
+    fn draining_and_zero_weight_get_no_new_flows() {
+        let mut bs = vec![backend(0, 11, 1), backend(1, 12, 1), backend(2, 13, 0)];
+        bs[1].draining = true;
+        for sched in [
+            Scheduler::Maglev,
+            Scheduler::RoundRobin,
+            Scheduler::WeightedRoundRobin,
+            Scheduler::LeastConnections,
+            Scheduler::WeightedLeastConnections,
+            Scheduler::LeastResponseTime,
+            Scheduler::SourceIp { v4_prefix: 32, v6_prefix: 128 },
+        ] {
+            assert_eq!(spread(&state(sched, bs.clone()), 100), vec![100, 0, 0], "{sched:?}");
+        }
+    }
+
+    #[test]
+    fn source_ip_is_sticky_per_prefix() {
+        let s = state(
+            Scheduler::SourceIp { v4_prefix: 24, v6_prefix: 64 },
+            vec![backend(0, 11, 1), backend(1, 12, 1), backend(2, 13, 1)],
+        );
+        let svc = &s.services[0];
+        let mut sched = SchedState::default();
+        let pick = |src: &str, port: u16, sched: &mut SchedState| {
+            let k = FlowKey::new(src.parse().unwrap(), "198.18.100.1".parse().unwrap(), 6, port, 80);
+            svc.pick(&s, &k, k.hash(), &[], sched).unwrap()
+        };
+        let first = pick("198.18.5.7", 1000, &mut sched);
+        for port in 1001..1100 {
+            assert_eq!(pick("198.18.5.7", port, &mut sched), first);
+            assert_eq!(pick("198.18.5.200", port, &mut sched), first, "same /24");
+        }
+        let k =
+            FlowKey::new("2001:db8:1:2:3:4:5:6".parse().unwrap(), "2001:db8::1".parse().unwrap(), 6, 1, 2);
+        let m = masked_source(&k, 24, 64);
+        assert_eq!(m, "2001:db8:1:2::".parse::<Ipv6Addr>().unwrap().octets());
+        let k4 = FlowKey::new("198.18.5.7".parse().unwrap(), "198.18.100.1".parse().unwrap(), 6, 1, 2);
+        assert_eq!(masked_source(&k4, 20, 0), mapped(Ipv4Addr::new(198, 18, 0, 0)));
+    }
+
+    #[test]
+    fn duplicate_services_and_ids_are_refused() {
+        let s = state(Scheduler::Maglev, vec![backend(0, 11, 1)]);
+        let svc = ServiceSpec {
+            name: "x".into(),
+            vip: s.services[0].vip,
+            proto: 6,
+            port: 80,
+            forwarding: Forwarding::L2,
+            scheduler: Scheduler::Maglev,
+            persistence_ms: 0,
+            timeouts: Timeouts::default(),
+            answer_arp: false,
+            maglev_size: 101,
+            backends: vec![backend(0, 11, 1)],
+        };
+        let mut other = svc.clone();
+        other.port = 81;
+        assert_eq!(
+            ForwardingState::build(1, s.ports.clone(), vec![svc.clone(), svc.clone()]).unwrap_err(),
+            BuildError::Duplicate("x".into())
+        );
+        assert_eq!(
+            ForwardingState::build(1, s.ports.clone(), vec![svc, other]).unwrap_err(),
+            BuildError::DuplicateBackendId(0)
+        );
+    }
+}
