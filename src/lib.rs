@@ -10,3 +10,4 @@ pub mod dataplane;
 pub mod dpdk;
 pub mod net;
 pub mod pcap;
+pub mod simulate;

@@ -26,6 +26,24 @@ enum Cmd {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Replay a pcap through the balancing pipeline (no DPDK) and write what
+    /// would leave the box; prints the verdict counts.
+    Simulate {
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Input capture (Ethernet), as received by l4lb.
+        #[arg(long = "in")]
+        input: PathBuf,
+        /// Output capture: forwarded packets and replies.
+        #[arg(long = "out")]
+        output: PathBuf,
+        /// The port (by name) the packets arrive on; default: the first.
+        #[arg(long)]
+        port: Option<String>,
+        /// Print one line per packet: index and verdict.
+        #[arg(long)]
+        trace: bool,
+    },
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -49,6 +67,37 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Cmd::Simulate { config, input, output, port, trace } => {
+            let cfg = match Config::load(&config) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let in_port = match port {
+                None => 0,
+                Some(name) => match cfg.config.ports.iter().position(|p| p.name == name) {
+                    Some(i) => i as u16,
+                    None => {
+                        eprintln!("error: --port {name}: no such port in {}", config.display());
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let mut stdout = std::io::stdout();
+            let tr: Option<&mut dyn std::io::Write> = if trace { Some(&mut stdout) } else { None };
+            match l4lb::simulate::run(&cfg, &input, &output, in_port, tr) {
+                Ok(c) => {
+                    l4lb::simulate::report(&c, &mut std::io::stdout());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(v) => v,

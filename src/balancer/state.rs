@@ -213,6 +213,14 @@ impl ForwardingState {
         find(port).or_else(|| if port != 0 { find(0) } else { None })
     }
 
+    /// The VIP's first service (lowest port) for `proto`: where fragments,
+    /// which carry no ports, are sent.
+    #[inline]
+    pub fn find_service_any_port(&self, dst: &[u8; 16], proto: u8) -> Option<usize> {
+        let i = self.index.partition_point(|(k, _)| (&k.0, k.1) < (dst, proto));
+        self.index.get(i).filter(|(k, _)| &k.0 == dst && k.1 == proto).map(|(_, s)| *s as usize)
+    }
+
     /// Is `addr` a VIP of some service (any protocol/port)?
     pub fn is_vip(&self, addr: &[u8; 16]) -> Option<&Service> {
         let i = self.index.partition_point(|(k, _)| &k.0 < addr);

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::str::FromStr;
 
@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub workers: WorkersSection,
     pub ports: Vec<PortSection>,
+    #[serde(default)]
+    pub services: Vec<ServiceSection>,
 }
 
 /// `[dpdk]`: how EAL starts.
@@ -78,11 +80,27 @@ pub struct WorkersSection {
     /// (0: never sleep — lowest latency, one busy core per worker).
     pub idle_pause_us: u64,
     pub idle_polls_before_pause: u32,
+    /// Flows each worker tracks (its flow table is allocated whole at start).
+    pub flow_table_capacity: usize,
+    /// Source-IP persistence entries per worker.
+    pub persistence_capacity: usize,
+    /// ICMP frag-needed / packet-too-big answers per second per worker.
+    pub icmp_rate_per_s: u64,
+    pub icmp_burst: u64,
 }
 
 impl Default for WorkersSection {
     fn default() -> Self {
-        WorkersSection { burst_size: 32, tx_drain_us: 100, idle_pause_us: 0, idle_polls_before_pause: 256 }
+        WorkersSection {
+            burst_size: 32,
+            tx_drain_us: 100,
+            idle_pause_us: 0,
+            idle_polls_before_pause: 256,
+            flow_table_capacity: 1 << 20,
+            persistence_capacity: 1 << 16,
+            icmp_rate_per_s: 100,
+            icmp_burst: 20,
+        }
     }
 }
 
@@ -113,6 +131,160 @@ pub struct PortSection {
     /// Plain forwarding: every packet received here leaves on this port.
     #[serde(default)]
     pub forward_to: Option<String>,
+    /// MAC address to give the port (default: the device's own).
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+    /// IPv4 next hop for encapsulated traffic to backends off this subnet.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// IPv6 next hop for encapsulated traffic to backends off this subnet.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    /// Static neighbours (IP -> MAC) on this port's segment.
+    #[serde(default)]
+    pub neighbours: Vec<NeighbourSection>,
+}
+
+/// A static neighbour entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourSection {
+    pub ip: IpAddr,
+    pub mac: MacAddr,
+}
+
+/// `[[services]]`: one virtual service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    pub vip: IpAddr,
+    pub protocol: Protocol,
+    /// The service port; 0 serves every port of the VIP for this protocol.
+    pub port: u16,
+    #[serde(default)]
+    pub forwarding: ForwardingMode,
+    /// GUE's UDP destination port on the backends.
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
+    #[serde(default)]
+    pub scheduler: SchedulerName,
+    /// Prefix lengths the `source-ip` scheduler keeps of a client address.
+    #[serde(default = "default_prefix_v4")]
+    pub source_prefix_v4: u8,
+    #[serde(default = "default_prefix_v6")]
+    pub source_prefix_v6: u8,
+    /// Source-IP persistence: a client keeps its backend this long after its
+    /// last packet (0: off).
+    #[serde(default)]
+    pub persistence_s: u64,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default = "default_maglev_size")]
+    pub maglev_table_size: u32,
+    /// The port backends are reached through (default: the first port).
+    #[serde(default)]
+    pub egress: Option<String>,
+    /// Answer ARP / neighbour solicitations for the VIP (one-arm L2 setups
+    /// where the router sends VIP traffic by ARP rather than a route).
+    #[serde(default)]
+    pub answer_arp: bool,
+    pub backends: Vec<BackendSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    #[default]
+    L2,
+    Ipip,
+    Gue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerName {
+    #[default]
+    Maglev,
+    SourceIp,
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    WeightedLeastConnections,
+    LeastResponseTime,
+}
+
+/// Flow idle timeouts in seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub tcp_syn_s: u64,
+    pub tcp_established_s: u64,
+    pub tcp_closing_s: u64,
+    pub udp_s: u64,
+    pub other_s: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        let t = crate::balancer::flowtable::Timeouts::default();
+        TimeoutsSection {
+            tcp_syn_s: t.tcp_syn_ms / 1000,
+            tcp_established_s: t.tcp_established_ms / 1000,
+            tcp_closing_s: t.tcp_closing_ms / 1000,
+            udp_s: t.udp_ms / 1000,
+            other_s: t.other_ms / 1000,
+        }
+    }
+}
+
+/// `[[services.backends]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub address: IpAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The backend's MAC (L2 mode, or an on-link backend when encapsulating);
+    /// otherwise it comes from the port's neighbours.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+fn default_gue_port() -> u16 {
+    6080
+}
+fn default_prefix_v4() -> u8 {
+    32
+}
+fn default_prefix_v6() -> u8 {
+    128
+}
+fn default_maglev_size() -> u32 {
+    crate::balancer::maglev::DEFAULT_SIZE
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// A MAC address, `02:00:00:00:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        crate::net::ethernet::parse_mac(s)
+            .map(MacAddr)
+            .ok_or_else(|| format!("`{s}` is not a MAC address (like 02:00:00:00:00:01)"))
+    }
 }
 
 fn default_true() -> bool {
@@ -196,7 +368,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Ipv4Cidr, Ipv6Cidr);
+deserialize_from_str!(Ipv4Cidr, Ipv6Cidr, MacAddr);
 
 /// A configuration that passed every check, with what the checks derived.
 #[derive(Debug, Clone, PartialEq)]
@@ -456,8 +628,159 @@ impl Config {
                 })?),
             });
         }
+        if !(crate::balancer::flowtable::MIN_CAPACITY..=crate::balancer::flowtable::MAX_CAPACITY)
+            .contains(&w.flow_table_capacity)
+        {
+            return Err(err(
+                "workers.flow_table_capacity".into(),
+                format!(
+                    "must be {} to {} flows",
+                    crate::balancer::flowtable::MIN_CAPACITY,
+                    crate::balancer::flowtable::MAX_CAPACITY
+                ),
+            ));
+        }
+        if w.persistence_capacity == 0 || w.persistence_capacity > 1 << 24 {
+            return Err(err("workers.persistence_capacity".into(), "must be 1 to 16777216".into()));
+        }
+        if w.icmp_burst == 0 {
+            return Err(err("workers.icmp_burst".into(), "must be at least 1".into()));
+        }
+        validate_services(&self, &err)?;
         Ok(Validated { config: self, lcores, main_lcore, workers, forward })
     }
+}
+
+fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
+    use crate::balancer::maglev::{is_prime, MAX_BACKENDS, MAX_SIZE};
+    let mut seen: Vec<(IpAddr, Protocol, u16)> = Vec::new();
+    let mut names = HashSet::new();
+    if cfg.services.len() > crate::dataplane::pipeline::MAX_SERVICES {
+        return Err(err(
+            "services".into(),
+            format!("at most {} services", crate::dataplane::pipeline::MAX_SERVICES),
+        ));
+    }
+    let mut backend_count = 0usize;
+    for (i, s) in cfg.services.iter().enumerate() {
+        let key = |k: &str| format!("services[{i}].{k}");
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err(key("name"), format!("`{}` must be letters, digits, `-` or `_`", s.name)));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(err(key("name"), format!("service name `{}` is used twice", s.name)));
+        }
+        if s.vip.is_unspecified() || s.vip.is_multicast() {
+            return Err(err(key("vip"), format!("{} cannot be a VIP", s.vip)));
+        }
+        if let Some(j) = seen.iter().position(|x| *x == (s.vip, s.protocol, s.port)) {
+            return Err(err(key("vip"), format!("same VIP, protocol and port as services[{j}]")));
+        }
+        seen.push((s.vip, s.protocol, s.port));
+        let egress = match &s.egress {
+            Some(name) => cfg
+                .ports
+                .iter()
+                .position(|p| &p.name == name)
+                .ok_or_else(|| err(key("egress"), format!("there is no port named `{name}`")))?,
+            None => 0,
+        };
+        let port = &cfg.ports[egress];
+        if s.forwarding == ForwardingMode::Gue && s.gue_port == 0 {
+            return Err(err(key("gue_port"), "must not be 0".into()));
+        }
+        if s.source_prefix_v4 > 32 {
+            return Err(err(key("source_prefix_v4"), "must be 0 to 32".into()));
+        }
+        if s.source_prefix_v6 > 128 {
+            return Err(err(key("source_prefix_v6"), "must be 0 to 128".into()));
+        }
+        if s.persistence_s > 86_400 {
+            return Err(err(key("persistence_s"), "must be at most 86400 (one day)".into()));
+        }
+        let t = &s.timeouts;
+        for (k, v) in [
+            ("tcp_syn_s", t.tcp_syn_s),
+            ("tcp_established_s", t.tcp_established_s),
+            ("tcp_closing_s", t.tcp_closing_s),
+            ("udp_s", t.udp_s),
+            ("other_s", t.other_s),
+        ] {
+            if v == 0 || v > 7 * 86_400 {
+                return Err(err(key(&format!("timeouts.{k}")), "must be 1 s to 7 days".into()));
+            }
+        }
+        if !(3..=MAX_SIZE).contains(&s.maglev_table_size) || !is_prime(s.maglev_table_size) {
+            return Err(err(
+                key("maglev_table_size"),
+                format!(
+                    "{} is not a prime between 3 and {MAX_SIZE} (65537 and 655373 are)",
+                    s.maglev_table_size
+                ),
+            ));
+        }
+        if s.backends.is_empty() {
+            return Err(err(key("backends"), "a service needs at least one backend".into()));
+        }
+        if s.backends.len() > MAX_BACKENDS || s.backends.len() as u64 > s.maglev_table_size as u64 {
+            return Err(err(key("backends"), "more backends than the Maglev table size allows".into()));
+        }
+        backend_count += s.backends.len();
+        let total: u64 = s.backends.iter().map(|b| b.weight as u64).sum();
+        if total == 0 {
+            return Err(err(key("backends"), "total weight is 0: no backend would get traffic".into()));
+        }
+        for (j, b) in s.backends.iter().enumerate() {
+            let bkey = |k: &str| format!("services[{i}].backends[{j}].{k}");
+            if s.backends[..j].iter().any(|o| o.address == b.address) {
+                return Err(err(bkey("address"), format!("{} is listed twice", b.address)));
+            }
+            if b.weight > 65_535 {
+                return Err(err(bkey("weight"), "must be 0 to 65535".into()));
+            }
+            if s.forwarding != ForwardingMode::L2 {
+                match (s.vip, b.address) {
+                    (IpAddr::V6(_), IpAddr::V4(_)) => {
+                        return Err(err(
+                            bkey("address"),
+                            "an IPv6 VIP cannot be encapsulated to an IPv4 backend (4in4, 6in6 and 4in6 are supported)"
+                                .into(),
+                        ))
+                    }
+                    (_, IpAddr::V4(_)) if port.ipv4.is_none() => {
+                        return Err(err(
+                            bkey("address"),
+                            format!("port `{}` has no ipv4 address to encapsulate from", port.name),
+                        ))
+                    }
+                    (_, IpAddr::V6(_)) if port.ipv6.is_none() => {
+                        return Err(err(
+                            bkey("address"),
+                            format!("port `{}` has no ipv6 address to encapsulate from", port.name),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if s.forwarding != ForwardingMode::L2 {
+            let overhead = if s.backends.iter().any(|b| b.address.is_ipv6()) { 40 } else { 20 }
+                + if s.forwarding == ForwardingMode::Gue { 8 } else { 0 };
+            if s.vip.is_ipv6() && port.mtu.is_some_and(|m| (m as usize) < 1280 + overhead) {
+                return Err(err(
+                    key("forwarding"),
+                    format!(
+                        "port `{}` MTU is below 1280 + {overhead} bytes of encapsulation for an IPv6 VIP",
+                        port.name
+                    ),
+                ));
+            }
+        }
+    }
+    if backend_count > crate::dataplane::pipeline::MAX_BACKEND_IDS {
+        return Err(err("services".into(), "too many backends in total".into()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

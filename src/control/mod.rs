@@ -3,3 +3,4 @@
 
 pub mod config;
 pub mod lcores;
+pub mod state_build;

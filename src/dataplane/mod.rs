@@ -2,3 +2,5 @@
 #![forbid(unsafe_code)]
 
 pub mod forward;
+pub mod packet;
+pub mod pipeline;

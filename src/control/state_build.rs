@@ -1,0 +1,155 @@
+//! Turns a validated configuration into the workers' [`ForwardingState`].
+
+use std::net::IpAddr;
+
+use super::config::{ForwardingMode, PortSection, Protocol, SchedulerName, ServiceSection, Validated};
+use crate::balancer::flowtable::Timeouts;
+use crate::balancer::state::{
+    Backend, BuildError, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec,
+};
+use crate::net::ethernet::Mac;
+
+/// Facts about a port that come from the device, not the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortFacts {
+    pub mac: Mac,
+    pub mtu: u16,
+}
+
+/// Facts for running without devices (`l4lb simulate`): the configured MAC or
+/// `02:00:00:00:00:NN` (NN = port index + 1), the configured MTU or 1500.
+pub fn simulated_facts(cfg: &Validated) -> Vec<PortFacts> {
+    cfg.config
+        .ports
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PortFacts {
+            mac: p.mac.map(|m| m.0).unwrap_or([0x02, 0, 0, 0, 0, (i + 1) as u8]),
+            mtu: p.mtu.unwrap_or(1500),
+        })
+        .collect()
+}
+
+fn on_link(port: &PortSection, ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => port.ipv4.is_some_and(|c| {
+            let mask = if c.prefix_len == 0 { 0 } else { u32::MAX << (32 - c.prefix_len) };
+            u32::from(a) & mask == u32::from(c.addr) & mask
+        }),
+        IpAddr::V6(a) => port.ipv6.is_some_and(|c| {
+            let mask = if c.prefix_len == 0 { 0 } else { u128::MAX << (128 - c.prefix_len) };
+            u128::from(a) & mask == u128::from(c.addr) & mask
+        }),
+    }
+}
+
+fn neighbour(port: &PortSection, ip: IpAddr) -> Option<Mac> {
+    port.neighbours.iter().find(|n| n.ip == ip).map(|n| n.mac.0)
+}
+
+/// The MAC a backend's packets are sent to: the backend itself (L2 mode, or
+/// on-link when encapsulating), else the port's gateway.
+pub fn next_hop(svc: &ServiceSection, port: &PortSection, addr: IpAddr, mac: Option<Mac>) -> Option<Mac> {
+    let direct = || mac.or_else(|| neighbour(port, addr));
+    if svc.forwarding == ForwardingMode::L2 || on_link(port, addr) {
+        return direct();
+    }
+    let gw = match addr {
+        IpAddr::V4(_) => port.gateway.map(IpAddr::V4),
+        IpAddr::V6(_) => port.gateway6.map(IpAddr::V6),
+    };
+    gw.and_then(|g| neighbour(port, g))
+}
+
+/// Builds generation `generation` of the forwarding state. Backend ids are
+/// assigned in configuration order (service by service).
+pub fn build_state(
+    cfg: &Validated,
+    generation: u64,
+    facts: &[PortFacts],
+) -> Result<ForwardingState, BuildError> {
+    let c = &cfg.config;
+    let ports: Vec<PortInfo> = c
+        .ports
+        .iter()
+        .zip(facts)
+        .map(|(p, f)| PortInfo {
+            mac: f.mac,
+            ipv4: p.ipv4.map(|x| x.addr),
+            ipv6: p.ipv6.map(|x| x.addr),
+            mtu: f.mtu,
+        })
+        .collect();
+    let mut next_id = 0u32;
+    let mut specs = Vec::with_capacity(c.services.len());
+    for s in &c.services {
+        let egress = s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
+        let port = &c.ports[egress];
+        let backends = s
+            .backends
+            .iter()
+            .map(|b| {
+                let id = next_id;
+                next_id += 1;
+                Backend {
+                    id,
+                    addr: b.address,
+                    weight: b.weight,
+                    draining: false,
+                    rtt_us: 0,
+                    next_hop: next_hop(s, port, b.address, b.mac.map(|m| m.0)),
+                    port: egress,
+                }
+            })
+            .collect();
+        let t = &s.timeouts;
+        specs.push(ServiceSpec {
+            name: s.name.clone(),
+            vip: s.vip,
+            proto: match s.protocol {
+                Protocol::Tcp => crate::net::proto::TCP,
+                Protocol::Udp => crate::net::proto::UDP,
+            },
+            port: s.port,
+            forwarding: match s.forwarding {
+                ForwardingMode::L2 => Forwarding::L2,
+                ForwardingMode::Ipip => Forwarding::IpIp,
+                ForwardingMode::Gue => Forwarding::Gue { port: s.gue_port },
+            },
+            scheduler: match s.scheduler {
+                SchedulerName::Maglev => Scheduler::Maglev,
+                SchedulerName::SourceIp => {
+                    Scheduler::SourceIp { v4_prefix: s.source_prefix_v4, v6_prefix: s.source_prefix_v6 }
+                }
+                SchedulerName::RoundRobin => Scheduler::RoundRobin,
+                SchedulerName::WeightedRoundRobin => Scheduler::WeightedRoundRobin,
+                SchedulerName::LeastConnections => Scheduler::LeastConnections,
+                SchedulerName::WeightedLeastConnections => Scheduler::WeightedLeastConnections,
+                SchedulerName::LeastResponseTime => Scheduler::LeastResponseTime,
+            },
+            persistence_ms: s.persistence_s * 1000,
+            timeouts: Timeouts {
+                tcp_syn_ms: t.tcp_syn_s * 1000,
+                tcp_established_ms: t.tcp_established_s * 1000,
+                tcp_closing_ms: t.tcp_closing_s * 1000,
+                udp_ms: t.udp_s * 1000,
+                other_ms: t.other_s * 1000,
+            },
+            answer_arp: s.answer_arp,
+            maglev_size: s.maglev_table_size,
+            backends,
+        });
+    }
+    ForwardingState::build(generation, ports, specs)
+}
+
+/// The pipeline's worker sizes from `[workers]`.
+pub fn worker_config(cfg: &Validated) -> crate::dataplane::pipeline::WorkerConfig {
+    let w = &cfg.config.workers;
+    crate::dataplane::pipeline::WorkerConfig {
+        flow_capacity: w.flow_table_capacity,
+        persist_capacity: w.persistence_capacity,
+        icmp_rate_per_s: w.icmp_rate_per_s,
+        icmp_burst: w.icmp_burst,
+    }
+}

@@ -1,0 +1,988 @@
+//! The per-packet decision: parse, classify, track, schedule, rewrite.
+//!
+//! `Worker::process` takes one packet, the immutable [`ForwardingState`] and
+//! the time, and returns a [`Verdict`]; the packet is rewritten in place (DSR
+//! encapsulation, MAC rewrite, or a reply built over it). `process_burst` does
+//! the same for a burst, with every flow-table line prefetched first. Nothing
+//! here allocates, locks, logs or reads a clock.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::packet::Packet;
+use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
+use crate::balancer::flowtable::{FlowState, FlowTable, FlowTableStats};
+use crate::balancer::persist::PersistTable;
+use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, SchedState, Service};
+use crate::balancer::Prefetch;
+use crate::net::ethernet;
+use crate::net::{arp, checksum, icmp, ipv4, ipv6, proto, put16, tcp};
+
+/// What to do with a packet after `process`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Send the rewritten packet on this port.
+    Forward {
+        port: u16,
+    },
+    /// The packet was turned into a reply (ARP, echo, frag-needed, NA): send
+    /// it back out on this port.
+    Reply {
+        port: u16,
+    },
+    /// For the host's own stack (ARP replies, traffic to l4lb's addresses that
+    /// it does not answer itself).
+    ToKernel,
+    Drop(DropReason),
+}
+
+/// Why a packet was dropped; one counter each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum DropReason {
+    /// A header failed its length/version checks.
+    Malformed = 0,
+    /// IPv4 header checksum wrong.
+    BadChecksum,
+    /// Unicast frame for another MAC address.
+    NotOurMac,
+    /// Neither IPv4, IPv6 nor ARP.
+    UnsupportedEthertype,
+    /// Addressed to neither l4lb nor a VIP.
+    NotForUs,
+    /// A VIP, but no service for this protocol and port.
+    NoService,
+    /// The service has no backend taking new flows.
+    NoBackend,
+    /// TTL / hop limit 0.
+    TtlExpired,
+    /// Too big to encapsulate and not allowed a frag-needed answer (no DF).
+    TooBig,
+    /// A frag-needed / packet-too-big answer was due but over the rate limit.
+    IcmpRateLimited,
+    /// The next hop's MAC is unknown.
+    NoNeighbour,
+    /// The egress port has no address of the outer family to encapsulate from.
+    NoSourceAddress,
+    /// Not enough headroom to encapsulate.
+    NoHeadroom,
+    /// ARP request for an address l4lb does not own.
+    ArpNotOurs,
+}
+
+impl DropReason {
+    pub const COUNT: usize = 14;
+    pub const ALL: [DropReason; Self::COUNT] = [
+        DropReason::Malformed,
+        DropReason::BadChecksum,
+        DropReason::NotOurMac,
+        DropReason::UnsupportedEthertype,
+        DropReason::NotForUs,
+        DropReason::NoService,
+        DropReason::NoBackend,
+        DropReason::TtlExpired,
+        DropReason::TooBig,
+        DropReason::IcmpRateLimited,
+        DropReason::NoNeighbour,
+        DropReason::NoSourceAddress,
+        DropReason::NoHeadroom,
+        DropReason::ArpNotOurs,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::BadChecksum => "bad_checksum",
+            DropReason::NotOurMac => "not_our_mac",
+            DropReason::UnsupportedEthertype => "unsupported_ethertype",
+            DropReason::NotForUs => "not_for_us",
+            DropReason::NoService => "no_service",
+            DropReason::NoBackend => "no_backend",
+            DropReason::TtlExpired => "ttl_expired",
+            DropReason::TooBig => "too_big",
+            DropReason::IcmpRateLimited => "icmp_rate_limited",
+            DropReason::NoNeighbour => "no_neighbour",
+            DropReason::NoSourceAddress => "no_source_address",
+            DropReason::NoHeadroom => "no_headroom",
+            DropReason::ArpNotOurs => "arp_not_ours",
+        }
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub forwarded: u64,
+    pub replied: u64,
+    pub to_kernel: u64,
+    pub drops: [u64; DropReason::COUNT],
+    pub new_flows: u64,
+    /// Flows whose backend left the state and were scheduled again.
+    pub rescheduled: u64,
+    pub icmp_too_big_sent: u64,
+}
+
+impl Counters {
+    pub fn dropped(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    pub fn drop_count(&self, r: DropReason) -> u64 {
+        self.drops[r as usize]
+    }
+
+    pub fn add(&mut self, o: &Counters) {
+        self.forwarded += o.forwarded;
+        self.replied += o.replied;
+        self.to_kernel += o.to_kernel;
+        for (a, b) in self.drops.iter_mut().zip(o.drops.iter()) {
+            *a += b;
+        }
+        self.new_flows += o.new_flows;
+        self.rescheduled += o.rescheduled;
+        self.icmp_too_big_sent += o.icmp_too_big_sent;
+    }
+}
+
+/// Sizes of a worker's tables and its ICMP rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub flow_capacity: usize,
+    pub persist_capacity: usize,
+    /// frag-needed / packet-too-big answers per second (token bucket rate).
+    pub icmp_rate_per_s: u64,
+    pub icmp_burst: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            flow_capacity: 1 << 20,
+            persist_capacity: 1 << 16,
+            icmp_rate_per_s: 100,
+            icmp_burst: 20,
+        }
+    }
+}
+
+/// Backend ids per worker for active-flow counts.
+pub const MAX_BACKEND_IDS: usize = 1 << 16;
+/// Services per worker for scheduler state.
+pub const MAX_SERVICES: usize = 4096;
+
+/// Outer header sizes.
+const V4_HDR: usize = 20;
+const V6_HDR: usize = 40;
+const UDP_HDR: usize = 8;
+/// Hop limit / TTL of packets l4lb originates.
+const OWN_TTL: u8 = 64;
+/// GUE source ports come from this range (RFC 6335 dynamic ports).
+const GUE_SPORT_BASE: u16 = 49152;
+
+/// The per-worker mutable side of the pipeline.
+pub struct Worker {
+    flows: FlowTable,
+    persist: PersistTable,
+    active: Vec<u32>,
+    sched: Vec<SchedState>,
+    generation: u64,
+    icmp_tokens_milli: u64,
+    icmp_last_ms: u64,
+    icmp_rate: u64,
+    icmp_burst: u64,
+    ident: u16,
+    pub counters: Counters,
+}
+
+/// A packet to a VIP after parsing, waiting for its flow lookup.
+#[derive(Debug, Clone, Copy, Default)]
+struct Vip {
+    l2_len: usize,
+    ip_len: usize,
+    v6: bool,
+    key: FlowKey,
+    kind: Option<KeyKind>,
+    hash: u64,
+    tcp_flags: u8,
+    service: usize,
+    /// IPv4 DF flag (IPv6: always true).
+    df: bool,
+    tos: u8,
+}
+
+/// The outcome of parsing: a finished verdict or a VIP packet to balance.
+enum Step {
+    Done(Verdict),
+    Vip(Vip),
+}
+
+/// Active-flow bookkeeping for entries leaving the flow table.
+fn release(active: &mut [u32]) -> impl FnMut(&crate::balancer::flowtable::Entry) + '_ {
+    move |e| {
+        if let Some(a) = active.get_mut(e.backend as usize) {
+            *a = a.saturating_sub(1);
+        }
+    }
+}
+
+impl Worker {
+    /// Allocates every table up front.
+    pub fn new(cfg: WorkerConfig) -> Worker {
+        Worker {
+            flows: FlowTable::with_capacity(cfg.flow_capacity),
+            persist: PersistTable::with_capacity(cfg.persist_capacity),
+            active: vec![0; MAX_BACKEND_IDS],
+            sched: (0..MAX_SERVICES).map(|_| SchedState::default()).collect(),
+            generation: u64::MAX,
+            icmp_tokens_milli: cfg.icmp_burst * 1000,
+            icmp_last_ms: 0,
+            icmp_rate: cfg.icmp_rate_per_s,
+            icmp_burst: cfg.icmp_burst,
+            ident: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn flow_stats(&self) -> FlowTableStats {
+        self.flows.stats()
+    }
+
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// This worker's active flows per backend id.
+    pub fn active_flows(&self, backend_id: u32) -> u32 {
+        self.active.get(backend_id as usize).copied().unwrap_or(0)
+    }
+
+    /// Prepares per-service scheduler state for a new forwarding state. Called
+    /// when a state is swapped in (per burst at most), not per packet; it
+    /// allocates only when a service's backend count changes.
+    pub fn adopt(&mut self, st: &ForwardingState) {
+        if st.generation == self.generation {
+            return;
+        }
+        self.generation = st.generation;
+        for (i, svc) in st.services.iter().enumerate().take(MAX_SERVICES) {
+            let s = &mut self.sched[i];
+            s.wrr.clear();
+            s.wrr.resize(svc.backends.len(), 0);
+        }
+    }
+
+    /// Reclaims expired flows in the next `buckets` buckets of the flow table.
+    pub fn sweep(&mut self, now_ms: u64, buckets: usize) -> usize {
+        let Worker { flows, active, .. } = self;
+        flows.sweep(now_ms, buckets, &mut release(active))
+    }
+
+    /// Processes one packet received on `in_port`.
+    pub fn process<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+    ) -> Verdict {
+        self.adopt(st);
+        let v = match self.parse(st, pkt, in_port) {
+            Step::Done(v) => v,
+            Step::Vip(vip) => {
+                let slot = self.flows.lookup(&vip.key, vip.hash, now_ms);
+                self.balance(st, pkt, in_port, now_ms, &vip, slot)
+            }
+        };
+        self.count(v);
+        v
+    }
+
+    /// Processes a burst: parses every packet, prefetches the flow-table lines
+    /// of those bound for VIPs, then decides each. `verdicts[i]` is for `pkts[i]`.
+    pub fn process_burst<P: Packet, F: Prefetch>(
+        &mut self,
+        st: &ForwardingState,
+        pkts: &mut [P],
+        in_port: u16,
+        now_ms: u64,
+        verdicts: &mut [Verdict],
+        pf: &F,
+    ) {
+        const N: usize = crate::dpdk::BURST_MAX;
+        self.adopt(st);
+        let n = pkts.len().min(verdicts.len()).min(N);
+        let mut vips = [Vip::default(); N];
+        let mut is_vip = [false; N];
+        for i in 0..n {
+            match self.parse(st, &mut pkts[i], in_port) {
+                Step::Done(v) => verdicts[i] = v,
+                Step::Vip(v) => {
+                    self.flows.prefetch(v.hash, pf);
+                    vips[i] = v;
+                    is_vip[i] = true;
+                }
+            }
+        }
+        for i in 0..n {
+            if is_vip[i] {
+                let slot = self.flows.lookup(&vips[i].key, vips[i].hash, now_ms);
+                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &vips[i], slot);
+            }
+            self.count(verdicts[i]);
+        }
+    }
+
+    #[inline]
+    fn count(&mut self, v: Verdict) {
+        match v {
+            Verdict::Forward { .. } => self.counters.forwarded += 1,
+            Verdict::Reply { .. } => self.counters.replied += 1,
+            Verdict::ToKernel => self.counters.to_kernel += 1,
+            Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
+        }
+    }
+
+    /// Everything up to the flow lookup: L2 checks, ARP/NDP/echo answers, and
+    /// the flow key and service of VIP traffic.
+    fn parse<P: Packet>(&mut self, st: &ForwardingState, pkt: &mut P, in_port: u16) -> Step {
+        use DropReason::*;
+        let Some(port) = st.ports.get(in_port as usize) else { return Step::Done(Verdict::Drop(NotForUs)) };
+        let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
+            Ok(f) => (f.header_len(), f.ethertype(), f.dst()),
+            Err(_) => return Step::Done(Verdict::Drop(Malformed)),
+        };
+        let multicast = ethernet::is_multicast(&dst_mac);
+        if !multicast && dst_mac != port.mac {
+            return Step::Done(Verdict::Drop(NotOurMac));
+        }
+        match ethertype {
+            ethernet::ETHERTYPE_ARP => Step::Done(self.arp(st, pkt, l2_len, port, in_port)),
+            ethernet::ETHERTYPE_IPV4 => self.parse_v4(st, pkt, l2_len, port, in_port, multicast),
+            ethernet::ETHERTYPE_IPV6 => self.parse_v6(st, pkt, l2_len, port, in_port),
+            _ => Step::Done(Verdict::Drop(UnsupportedEthertype)),
+        }
+    }
+
+    fn arp<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        l2: usize,
+        port: &PortInfo,
+        in_port: u16,
+    ) -> Verdict {
+        let data = pkt.data_mut();
+        let Ok(a) = arp::Packet::new_checked(&data[l2..]) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if a.op() != arp::OP_REQUEST {
+            return Verdict::ToKernel;
+        }
+        let target = a.target_ip();
+        let ours = port.ipv4 == Some(target) || st.is_vip(&mapped(target)).is_some_and(|s| s.answer_arp);
+        if !ours {
+            return Verdict::Drop(DropReason::ArpNotOurs);
+        }
+        let (smac, sip) = (a.sender_mac(), a.sender_ip());
+        arp::write(&mut data[l2..], arp::OP_REPLY, port.mac, target, smac, sip);
+        data[0..6].copy_from_slice(&smac);
+        data[6..12].copy_from_slice(&port.mac);
+        Verdict::Reply { port: in_port }
+    }
+
+    fn parse_v4<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        l2: usize,
+        port: &PortInfo,
+        in_port: u16,
+        multicast: bool,
+    ) -> Step {
+        use DropReason::*;
+        let data = pkt.data();
+        let Ok(ip) = ipv4::Packet::new_checked(&data[l2..]) else {
+            return Step::Done(Verdict::Drop(Malformed));
+        };
+        if !ip.header_checksum_ok() {
+            return Step::Done(Verdict::Drop(BadChecksum));
+        }
+        if ip.ttl() == 0 {
+            return Step::Done(Verdict::Drop(TtlExpired));
+        }
+        let dst = ip.dst();
+        if port.ipv4 == Some(dst) {
+            return Step::Done(self.local_v4(pkt, l2, in_port, true));
+        }
+        if multicast {
+            return Step::Done(Verdict::Drop(NotForUs));
+        }
+        let (key, kind) = match key_v4(&ip) {
+            Ok(k) => k,
+            Err(_) => return Step::Done(Verdict::Drop(Malformed)),
+        };
+        let Some(service) = self.service_for(st, &key, kind, ip.protocol()) else {
+            return Step::Done(if st.is_vip(&mapped(dst)).is_some() {
+                if ip.protocol() == proto::ICMP && kind == KeyKind::ThreeTuple {
+                    self.local_v4(pkt, l2, in_port, false)
+                } else {
+                    Verdict::Drop(NoService)
+                }
+            } else {
+                Verdict::Drop(NotForUs)
+            });
+        };
+        let tcp_flags = tcp_flags(ip.protocol(), kind, ip.payload());
+        Step::Vip(Vip {
+            l2_len: l2,
+            ip_len: ip.total_len(),
+            v6: false,
+            key,
+            kind: Some(kind),
+            hash: key.hash(),
+            tcp_flags,
+            service,
+            df: ip.dont_fragment(),
+            tos: ip.dscp_ecn(),
+        })
+    }
+
+    fn parse_v6<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        l2: usize,
+        port: &PortInfo,
+        in_port: u16,
+    ) -> Step {
+        use DropReason::*;
+        let data = pkt.data();
+        let Ok(ip) = ipv6::Packet::new_checked(&data[l2..]) else {
+            return Step::Done(Verdict::Drop(Malformed));
+        };
+        let Ok(upper) = ip.upper() else { return Step::Done(Verdict::Drop(Malformed)) };
+        let dst = ip.dst();
+        let l4 = &ip.payload()[upper.offset - ipv6::HEADER_LEN..];
+        if upper.protocol == proto::ICMPV6 && upper.fragment.is_none() && l4.len() >= 2 {
+            let t = l4[0];
+            if t == icmp::v6::NEIGHBOR_SOLICIT {
+                return Step::Done(self.neighbour_solicit(st, pkt, l2, upper.offset, port, in_port));
+            }
+            if t == icmp::v6::NEIGHBOR_ADVERT || t == 133 || t == 134 {
+                // Advertisements and router messages are for the control plane.
+                return Step::Done(Verdict::ToKernel);
+            }
+        }
+        if ip.hop_limit() == 0 {
+            return Step::Done(Verdict::Drop(TtlExpired));
+        }
+        if port.ipv6 == Some(dst) {
+            return Step::Done(self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, true));
+        }
+        if dst.is_multicast() {
+            return Step::Done(Verdict::Drop(NotForUs));
+        }
+        let (key, kind) = match key_v6(&ip, &upper) {
+            Ok(k) => k,
+            Err(_) => return Step::Done(Verdict::Drop(Malformed)),
+        };
+        let Some(service) = self.service_for(st, &key, kind, upper.protocol) else {
+            return Step::Done(if st.is_vip(&dst.octets()).is_some() {
+                if upper.protocol == proto::ICMPV6 && kind == KeyKind::ThreeTuple {
+                    self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, false)
+                } else {
+                    Verdict::Drop(NoService)
+                }
+            } else {
+                Verdict::Drop(NotForUs)
+            });
+        };
+        let tcp_flags = tcp_flags(upper.protocol, kind, l4);
+        Step::Vip(Vip {
+            l2_len: l2,
+            ip_len: ip.total_len(),
+            v6: true,
+            key,
+            kind: Some(kind),
+            hash: key.hash(),
+            tcp_flags,
+            service,
+            df: true,
+            tos: ip.traffic_class(),
+        })
+    }
+
+    /// The service a key belongs to. Fragments carry no ports: they go to the
+    /// VIP's first service of their protocol (docs/architecture.md).
+    #[inline]
+    fn service_for(&self, st: &ForwardingState, key: &FlowKey, kind: KeyKind, _proto: u8) -> Option<usize> {
+        match kind {
+            KeyKind::Fragment => st.find_service_any_port(&key.dst, key.proto),
+            _ => st.find_service(&key.dst, key.proto, key.dst_port),
+        }
+    }
+
+    /// Traffic to l4lb's own IPv4 address (or ICMP to a VIP): echo requests
+    /// are answered, the rest goes to the kernel (own) or is dropped (VIP).
+    fn local_v4<P: Packet>(&mut self, pkt: &mut P, l2: usize, in_port: u16, own: bool) -> Verdict {
+        let data = pkt.data_mut();
+        let ihl = ((data[l2] & 0x0f) as usize) * 4;
+        let total = u16::from_be_bytes([data[l2 + 2], data[l2 + 3]]) as usize;
+        let is_echo = data[l2 + 9] == proto::ICMP
+            && total >= ihl + icmp::HEADER_LEN
+            && data[l2 + ihl] == icmp::v4::ECHO_REQUEST
+            && data[l2 + 6] & 0x3f == 0
+            && data[l2 + 7] == 0;
+        if !is_echo {
+            return if own { Verdict::ToKernel } else { Verdict::Drop(DropReason::NoService) };
+        }
+        swap_macs(data);
+        let ip = &mut data[l2..];
+        let (src, dst): ([u8; 4], [u8; 4]) =
+            (ip[12..16].try_into().unwrap_or_default(), ip[16..20].try_into().unwrap_or_default());
+        ip[12..16].copy_from_slice(&dst);
+        ip[16..20].copy_from_slice(&src);
+        ip[8] = OWN_TTL;
+        let mut p = ipv4::Packet::new_checked(&mut ip[..]).expect("checked by parse_v4");
+        p.fill_checksum();
+        let icmp_at = ihl;
+        let old = u16::from_be_bytes([ip[icmp_at], ip[icmp_at + 1]]);
+        ip[icmp_at] = icmp::v4::ECHO_REPLY;
+        let new = u16::from_be_bytes([ip[icmp_at], ip[icmp_at + 1]]);
+        let c = u16::from_be_bytes([ip[icmp_at + 2], ip[icmp_at + 3]]);
+        put16(ip, icmp_at + 2, checksum::update16(c, old, new));
+        Verdict::Reply { port: in_port }
+    }
+
+    fn local_v6<P: Packet>(
+        &mut self,
+        pkt: &mut P,
+        l2: usize,
+        l4_off: usize,
+        upper: u8,
+        in_port: u16,
+        own: bool,
+    ) -> Verdict {
+        let data = pkt.data_mut();
+        let is_echo = upper == proto::ICMPV6
+            && data.len() >= l2 + l4_off + 8
+            && data[l2 + l4_off] == icmp::v6::ECHO_REQUEST;
+        if !is_echo {
+            return if own { Verdict::ToKernel } else { Verdict::Drop(DropReason::NoService) };
+        }
+        swap_macs(data);
+        let ip = &mut data[l2..];
+        let mut src = [0u8; 16];
+        src.copy_from_slice(&ip[8..24]);
+        ip.copy_within(24..40, 8);
+        ip[24..40].copy_from_slice(&src);
+        ip[7] = OWN_TTL;
+        let at = l4_off;
+        let old = u16::from_be_bytes([ip[at], ip[at + 1]]);
+        ip[at] = icmp::v6::ECHO_REPLY;
+        let new = u16::from_be_bytes([ip[at], ip[at + 1]]);
+        let c = u16::from_be_bytes([ip[at + 2], ip[at + 3]]);
+        put16(ip, at + 2, checksum::update16(c, old, new));
+        Verdict::Reply { port: in_port }
+    }
+
+    /// Answers a neighbour solicitation for the port's IPv6 address (or a VIP
+    /// that asks for it) with a solicited advertisement.
+    fn neighbour_solicit<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        l2: usize,
+        l4_off: usize,
+        port: &PortInfo,
+        in_port: u16,
+    ) -> Verdict {
+        let data = pkt.data();
+        let Ok(ip) = ipv6::Packet::new_checked(&data[l2..]) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if ip.hop_limit() != 255 {
+            return Verdict::Drop(DropReason::Malformed); // RFC 4861 §7.1.1
+        }
+        let Ok(ns) = icmp::parse_ndp(&ip.payload()[l4_off - ipv6::HEADER_LEN..]) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let ours =
+            port.ipv6 == Some(ns.target) || st.is_vip(&ns.target.octets()).is_some_and(|s| s.answer_arp);
+        if !ours {
+            return Verdict::Drop(DropReason::ArpNotOurs);
+        }
+        let src = ip.src();
+        let (dst_ip, dst_mac, solicited) = if src.is_unspecified() {
+            (Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), [0x33, 0x33, 0, 0, 0, 1], false)
+        } else {
+            (src, ns.link_addr.unwrap_or_else(|| ethernet::mac_at(data, 6)), true)
+        };
+        // NA: 24 bytes + target link-layer option (8).
+        let want = l2 + ipv6::HEADER_LEN + 32;
+        let have = pkt.data().len();
+        let sized = if have > want { pkt.trim_back(have - want) } else { pkt.append(want - have) };
+        if !sized {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        let data = pkt.data_mut();
+        data[0..6].copy_from_slice(&dst_mac);
+        data[6..12].copy_from_slice(&port.mac);
+        ethernet::set_ethertype(data, l2, ethernet::ETHERTYPE_IPV6);
+        ipv6::Repr {
+            src: ns.target,
+            dst: dst_ip,
+            next_header: proto::ICMPV6,
+            payload_len: 32,
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        }
+        .write(&mut data[l2..]);
+        let m = &mut data[l2 + ipv6::HEADER_LEN..];
+        m[0] = icmp::v6::NEIGHBOR_ADVERT;
+        m[1] = 0;
+        m[2] = 0;
+        m[3] = 0;
+        let flags = icmp::v6::NA_OVERRIDE | if solicited { icmp::v6::NA_SOLICITED } else { 0 };
+        m[4..8].copy_from_slice(&flags.to_be_bytes());
+        m[8..24].copy_from_slice(&ns.target.octets());
+        m[24] = icmp::v6::OPT_TARGET_LL;
+        m[25] = 1;
+        m[26..32].copy_from_slice(&port.mac);
+        let sum = checksum::pseudo_v6(&ns.target, &dst_ip, proto::ICMPV6, 32);
+        let c = !checksum::fold(checksum::add(sum, &m[..32]));
+        put16(m, 2, c);
+        Verdict::Reply { port: in_port }
+    }
+
+    /// Flow tracking, scheduling and the DSR rewrite of one VIP packet.
+    fn balance<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        vip: &Vip,
+        slot: Option<usize>,
+    ) -> Verdict {
+        let svc = &st.services[vip.service];
+        let kind = vip.kind.unwrap_or(KeyKind::ThreeTuple);
+        let backend = match slot {
+            Some(s) => {
+                let e = *self.flows.entry(s);
+                match st.slot_of(e.backend) {
+                    Some(b) => {
+                        if kind != KeyKind::IcmpError {
+                            let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e.state));
+                            self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state));
+                        }
+                        b
+                    }
+                    None => {
+                        // Its backend is gone (down or removed): this flow moves.
+                        let Some(b) = self.schedule(st, svc, vip, now_ms) else {
+                            return Verdict::Drop(DropReason::NoBackend);
+                        };
+                        let id = st.backends[b].id;
+                        let Worker { flows, active, .. } = self;
+                        flows.rebind(s, id, &mut release(active));
+                        if let Some(a) = self.active.get_mut(id as usize) {
+                            *a += 1;
+                        }
+                        let state = next_state(svc.proto, kind, vip.tcp_flags, None);
+                        self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state));
+                        self.counters.rescheduled += 1;
+                        b
+                    }
+                }
+            }
+            None => {
+                let Some(b) = self.schedule(st, svc, vip, now_ms) else {
+                    return Verdict::Drop(DropReason::NoBackend);
+                };
+                // ICMP errors follow flows; they never start one.
+                if kind != KeyKind::IcmpError {
+                    let id = st.backends[b].id;
+                    let state = next_state(svc.proto, kind, vip.tcp_flags, None);
+                    let expires = now_ms + svc.timeouts.for_state(state);
+                    let Worker { flows, active, .. } = self;
+                    flows.insert(vip.key, vip.hash, id, state, expires, now_ms, &mut release(active));
+                    if let Some(a) = self.active.get_mut(id as usize) {
+                        *a += 1;
+                    }
+                    self.counters.new_flows += 1;
+                }
+                b
+            }
+        };
+        if svc.persistence_ms > 0 && kind != KeyKind::IcmpError {
+            let id = st.backends[backend].id;
+            self.persist.record(svc.persist_id, &vip.key.src, id, now_ms, now_ms + svc.persistence_ms);
+        }
+        self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, vip)
+    }
+
+    /// A backend for a new flow: the persisted one if live, else the scheduler's.
+    fn schedule(&mut self, st: &ForwardingState, svc: &Service, vip: &Vip, now_ms: u64) -> Option<usize> {
+        if svc.persistence_ms > 0 {
+            if let Some(id) = self.persist.lookup(svc.persist_id, &vip.key.src, now_ms) {
+                if let Some(b) = st.slot_of(id).filter(|&b| !st.backends[b].draining) {
+                    return Some(b);
+                }
+            }
+        }
+        let sched = self.sched.get_mut(vip.service)?;
+        svc.pick(st, &vip.key, vip.hash, &self.active, sched)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rewrite<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        svc: &Service,
+        b: &Backend,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        vip: &Vip,
+    ) -> Verdict {
+        let Some(out) = st.ports.get(b.port) else { return Verdict::Drop(DropReason::NoNeighbour) };
+        let Some(next_hop) = b.next_hop else { return Verdict::Drop(DropReason::NoNeighbour) };
+        if svc.forwarding == Forwarding::L2 {
+            let d = pkt.data_mut();
+            d[0..6].copy_from_slice(&next_hop);
+            d[6..12].copy_from_slice(&out.mac);
+            return Verdict::Forward { port: b.port as u16 };
+        }
+        let outer_v6 = b.addr.is_ipv6();
+        let gue_port = match svc.forwarding {
+            Forwarding::Gue { port } => Some(port),
+            _ => None,
+        };
+        let overhead = if outer_v6 { V6_HDR } else { V4_HDR } + if gue_port.is_some() { UDP_HDR } else { 0 };
+        if vip.ip_len + overhead > out.mtu as usize {
+            return self.too_big(
+                st,
+                pkt,
+                in_port,
+                now_ms,
+                vip,
+                out.mtu as usize - overhead.min(out.mtu as usize),
+            );
+        }
+        let l2 = vip.l2_len;
+        // Ethernet padding must not travel inside the tunnel.
+        let extra = pkt.data().len() - (l2 + vip.ip_len);
+        if extra > 0 && !pkt.trim_back(extra) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        let inner_proto = if vip.v6 { proto::IPV6 } else { proto::IPIP };
+        let outer_proto = if gue_port.is_some() { proto::UDP } else { inner_proto };
+        let payload_len = (vip.ip_len + overhead - if outer_v6 { V6_HDR } else { V4_HDR }) as u16;
+        let src = match (b.addr, out.ipv4, out.ipv6) {
+            (IpAddr::V4(_), Some(s), _) => IpAddr::V4(s),
+            (IpAddr::V6(_), _, Some(s)) => IpAddr::V6(s),
+            _ => return Verdict::Drop(DropReason::NoSourceAddress),
+        };
+        if !pkt.prepend(overhead) {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        let d = pkt.data_mut();
+        d.copy_within(overhead..overhead + l2, 0);
+        d[0..6].copy_from_slice(&next_hop);
+        d[6..12].copy_from_slice(&out.mac);
+        let ip_at = l2;
+        match (src, b.addr) {
+            (IpAddr::V4(s), IpAddr::V4(dst)) => {
+                ethernet::set_ethertype(d, l2, ethernet::ETHERTYPE_IPV4);
+                let df = vip.df;
+                let ident = if df {
+                    0
+                } else {
+                    self.ident = self.ident.wrapping_add(1);
+                    self.ident
+                };
+                ipv4::Repr {
+                    src: s,
+                    dst,
+                    protocol: outer_proto,
+                    payload_len,
+                    ttl: OWN_TTL,
+                    dscp_ecn: vip.tos,
+                    ident,
+                    dont_fragment: df,
+                }
+                .write(&mut d[ip_at..]);
+            }
+            (IpAddr::V6(s), IpAddr::V6(dst)) => {
+                ethernet::set_ethertype(d, l2, ethernet::ETHERTYPE_IPV6);
+                ipv6::Repr {
+                    src: s,
+                    dst,
+                    next_header: outer_proto,
+                    payload_len,
+                    hop_limit: OWN_TTL,
+                    traffic_class: vip.tos,
+                    flow_label: (vip.hash as u32) & 0x000f_ffff,
+                }
+                .write(&mut d[ip_at..]);
+            }
+            _ => return Verdict::Drop(DropReason::NoSourceAddress),
+        }
+        if let Some(gport) = gue_port {
+            let u = ip_at + if outer_v6 { V6_HDR } else { V4_HDR };
+            let sport = GUE_SPORT_BASE + ((vip.hash >> 16) as u16 & 0x3fff);
+            crate::net::udp::write_header(&mut d[u..], sport, gport, payload_len, 0);
+            if let (IpAddr::V6(s), IpAddr::V6(dst)) = (src, b.addr) {
+                // IPv6 requires a UDP checksum (RFC 8200 §8.1).
+                let sum = checksum::pseudo_v6(&s, &dst, proto::UDP, payload_len as u32);
+                let mut c = !checksum::fold(checksum::add(sum, &d[u..u + payload_len as usize]));
+                if c == 0 {
+                    c = 0xffff;
+                }
+                put16(d, u + 6, c);
+            }
+        }
+        Verdict::Forward { port: b.port as u16 }
+    }
+
+    /// Answers "too big to encapsulate" with ICMP frag-needed (IPv4 with DF)
+    /// or packet-too-big (IPv6), rate-limited, built over the packet.
+    fn too_big<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        vip: &Vip,
+        mtu: usize,
+    ) -> Verdict {
+        if !vip.v6 && !vip.df {
+            return Verdict::Drop(DropReason::TooBig);
+        }
+        // Token bucket: icmp_rate per second, icmp_burst deep.
+        let elapsed = now_ms.saturating_sub(self.icmp_last_ms);
+        self.icmp_last_ms = now_ms;
+        self.icmp_tokens_milli =
+            (self.icmp_tokens_milli + elapsed * self.icmp_rate).min(self.icmp_burst * 1000);
+        if self.icmp_tokens_milli < 1000 {
+            return Verdict::Drop(DropReason::IcmpRateLimited);
+        }
+        self.icmp_tokens_milli -= 1000;
+        let Some(port) = st.ports.get(in_port as usize) else { return Verdict::Drop(DropReason::NotForUs) };
+        let l2 = vip.l2_len;
+        let svc_vip = st.services[vip.service].vip;
+        let d = pkt.data_mut();
+        swap_macs(d);
+        d[6..12].copy_from_slice(&port.mac);
+        let len = if vip.v6 {
+            // Quote as much as fits in the IPv6 minimum MTU.
+            let q = vip.ip_len.min(1280 - V6_HDR - icmp::HEADER_LEN);
+            let client = ipv6::addr_at(d, l2 + 8);
+            let src = port.ipv6.unwrap_or(match svc_vip {
+                IpAddr::V6(v) => v,
+                IpAddr::V4(_) => Ipv6Addr::UNSPECIFIED,
+            });
+            d.copy_within(l2..l2 + q, l2 + V6_HDR + icmp::HEADER_LEN);
+            let plen = (icmp::HEADER_LEN + q) as u16;
+            ipv6::Repr {
+                src,
+                dst: client,
+                next_header: proto::ICMPV6,
+                payload_len: plen,
+                hop_limit: OWN_TTL,
+                traffic_class: 0,
+                flow_label: 0,
+            }
+            .write(&mut d[l2..]);
+            let m = &mut d[l2 + V6_HDR..l2 + V6_HDR + plen as usize];
+            m[0] = icmp::v6::PACKET_TOO_BIG;
+            m[1] = 0;
+            m[2] = 0;
+            m[3] = 0;
+            m[4..8].copy_from_slice(&(mtu as u32).to_be_bytes());
+            let sum = checksum::pseudo_v6(&src, &client, proto::ICMPV6, plen as u32);
+            let c = !checksum::fold(checksum::add(sum, m));
+            put16(m, 2, c);
+            l2 + V6_HDR + plen as usize
+        } else {
+            let ihl = ((d[l2] & 0x0f) as usize) * 4;
+            let q = (ihl + 8).min(vip.ip_len);
+            let client = Ipv4Addr::new(d[l2 + 12], d[l2 + 13], d[l2 + 14], d[l2 + 15]);
+            let src = port.ipv4.unwrap_or(match svc_vip {
+                IpAddr::V4(v) => v,
+                IpAddr::V6(_) => Ipv4Addr::UNSPECIFIED,
+            });
+            d.copy_within(l2..l2 + q, l2 + V4_HDR + icmp::HEADER_LEN);
+            let plen = (icmp::HEADER_LEN + q) as u16;
+            ipv4::Repr {
+                src,
+                dst: client,
+                protocol: proto::ICMP,
+                payload_len: plen,
+                ttl: OWN_TTL,
+                dscp_ecn: 0,
+                ident: 0,
+                dont_fragment: false,
+            }
+            .write(&mut d[l2..]);
+            let m = &mut d[l2 + V4_HDR..l2 + V4_HDR + plen as usize];
+            m[0] = icmp::v4::DEST_UNREACHABLE;
+            m[1] = icmp::v4::CODE_FRAG_NEEDED;
+            m[2..6].copy_from_slice(&[0, 0, 0, 0]);
+            put16(m, 6, mtu as u16);
+            let c = checksum::checksum(m);
+            put16(m, 2, c);
+            l2 + V4_HDR + plen as usize
+        };
+        let have = pkt.data().len();
+        if have > len && !pkt.trim_back(have - len) {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        self.counters.icmp_too_big_sent += 1;
+        Verdict::Reply { port: in_port }
+    }
+}
+
+fn swap_macs(d: &mut [u8]) {
+    let mut a = [0u8; 6];
+    a.copy_from_slice(&d[0..6]);
+    d.copy_within(6..12, 0);
+    d[6..12].copy_from_slice(&a);
+}
+
+/// The TCP flags of a first fragment or whole segment (0 otherwise).
+fn tcp_flags(p: u8, kind: KeyKind, l4: &[u8]) -> u8 {
+    if p == proto::TCP && kind == KeyKind::FiveTuple {
+        tcp::Segment::new_checked(l4).map(|s| s.flags()).unwrap_or(0)
+    } else {
+        0
+    }
+}
+
+/// A flow's next state from the client's packet (DSR: one direction only).
+#[inline]
+pub fn next_state(p: u8, kind: KeyKind, flags: u8, prev: Option<FlowState>) -> FlowState {
+    if kind != KeyKind::FiveTuple {
+        return FlowState::Other;
+    }
+    match p {
+        proto::TCP => {
+            if flags & (tcp::FIN | tcp::RST) != 0 {
+                FlowState::Closing
+            } else if flags & tcp::SYN != 0 && flags & tcp::ACK == 0 {
+                match prev {
+                    Some(FlowState::Established) => FlowState::Established,
+                    _ => FlowState::SynSeen,
+                }
+            } else {
+                match prev {
+                    Some(FlowState::Closing) => FlowState::Closing,
+                    _ => FlowState::Established,
+                }
+            }
+        }
+        proto::UDP => FlowState::Udp,
+        _ => FlowState::Other,
+    }
+}
