@@ -229,11 +229,8 @@ impl FlowTable {
     /// `on_remove` sees every entry that leaves.
     pub fn insert(
         &mut self,
-        key: FlowKey,
+        new: Entry,
         hash: u64,
-        backend: u32,
-        state: FlowState,
-        expires_ms: u64,
         now_ms: u64,
         on_remove: &mut impl FnMut(&Entry),
     ) -> usize {
@@ -262,7 +259,7 @@ impl FlowTable {
             }
         };
         self.sigs[slot / BUCKET_SLOTS][slot % BUCKET_SLOTS] = sig;
-        self.entries[slot] = Entry { key, backend, expires_ms, state };
+        self.entries[slot] = new;
         self.stats.inserts += 1;
         slot
     }
@@ -378,7 +375,12 @@ mod tests {
         let mut removed = Vec::new();
         let k = key(1);
         assert_eq!(t.lookup(&k, k.hash(), 0), None);
-        let s = t.insert(k, k.hash(), 7, FlowState::SynSeen, 100, 0, &mut |e| removed.push(e.backend));
+        let s = t.insert(
+            Entry { key: k, backend: 7, state: FlowState::SynSeen, expires_ms: 100 },
+            k.hash(),
+            0,
+            &mut |e| removed.push(e.backend),
+        );
         assert_eq!(t.lookup(&k, k.hash(), 50), Some(s));
         assert_eq!(t.entry(s).backend, 7);
         t.touch(s, FlowState::Established, 1000);
@@ -397,7 +399,12 @@ mod tests {
         let mut evicted = 0;
         for i in 0..n as u32 {
             let k = key(i);
-            t.insert(k, k.hash(), i, FlowState::Established, 10_000, 0, &mut |_| evicted += 1);
+            t.insert(
+                Entry { key: k, backend: i, state: FlowState::Established, expires_ms: 10_000 },
+                k.hash(),
+                0,
+                &mut |_| evicted += 1,
+            );
         }
         assert_eq!(evicted, 0, "2-choice buckets of 8 with displacement hold 90% without evicting");
         for i in 0..n as u32 {
@@ -408,9 +415,14 @@ mod tests {
         let mut first = None;
         for i in n as u32..cap as u32 {
             let k = key(i);
-            t.insert(k, k.hash(), i, FlowState::Established, 10_000, 0, &mut |_| {
-                first.get_or_insert(i);
-            });
+            t.insert(
+                Entry { key: k, backend: i, state: FlowState::Established, expires_ms: 10_000 },
+                k.hash(),
+                0,
+                &mut |_| {
+                    first.get_or_insert(i);
+                },
+            );
         }
         println!("first eviction at load {:.3}", first.unwrap_or(cap as u32) as f64 / cap as f64);
     }
@@ -436,20 +448,27 @@ mod tests {
                 _ => (FlowState::Established, 10_000 + n as u64),
             };
             let k = same.next().unwrap();
-            t.insert(k, k.hash(), n, state, exp, 0, &mut |_| panic!("no eviction while filling"));
+            t.insert(Entry { key: k, backend: n, state, expires_ms: exp }, k.hash(), 0, &mut |_| {
+                panic!("no eviction while filling")
+            });
         }
         let mut classes = Vec::new();
         for _ in 0..16 {
             let k = same.next().unwrap();
-            t.insert(k, k.hash(), 99, FlowState::Established, 20_000, 100, &mut |e| {
-                classes.push(if e.expires_ms <= 100 {
-                    0
-                } else if e.state == FlowState::Established {
-                    2
-                } else {
-                    1
-                })
-            });
+            t.insert(
+                Entry { key: k, backend: 99, state: FlowState::Established, expires_ms: 20_000 },
+                k.hash(),
+                100,
+                &mut |e| {
+                    classes.push(if e.expires_ms <= 100 {
+                        0
+                    } else if e.state == FlowState::Established {
+                        2
+                    } else {
+                        1
+                    })
+                },
+            );
         }
         assert_eq!(classes, [[0; 4], [1; 4], [2; 4], [2; 4]].concat());
         let s = t.stats();
@@ -463,7 +482,12 @@ mod tests {
         let keys: Vec<FlowKey> = (0..32).map(key).collect();
         let hashes: Vec<u64> = keys.iter().map(|k| k.hash()).collect();
         for (i, k) in keys.iter().enumerate().step_by(2) {
-            t.insert(*k, hashes[i], i as u32, FlowState::Udp, 1000, 0, &mut |_| {});
+            t.insert(
+                Entry { key: *k, backend: i as u32, state: FlowState::Udp, expires_ms: 1000 },
+                hashes[i],
+                0,
+                &mut |_| {},
+            );
         }
         let mut out = [None; 32];
         t.lookup_burst(&keys, &hashes, 10, &mut out, &NoPrefetch);

@@ -74,7 +74,7 @@ pub fn is_prime(n: u32) -> bool {
 impl MaglevTable {
     /// Builds a table of `size` entries (a prime) over `backends`.
     pub fn build(backends: &[MaglevBackend], size: u32) -> Result<MaglevTable, MaglevError> {
-        if size < 3 || size > MAX_SIZE || !is_prime(size) {
+        if !(3..=MAX_SIZE).contains(&size) || !is_prime(size) {
             return Err(MaglevError::BadSize(size));
         }
         if backends.len() > MAX_BACKENDS {

@@ -188,7 +188,7 @@ impl ForwardingState {
                 persist_id,
             });
         }
-        index.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        index.sort_unstable_by_key(|a| a.0);
         let max_id = backends.iter().map(|b| b.id).max().map_or(0, |m| m as usize + 1);
         let mut by_id = vec![u32::MAX; max_id];
         for (slot, b) in backends.iter().enumerate() {

@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
-use crate::balancer::flowtable::{FlowState, FlowTable, FlowTableStats};
+use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, SchedState, Service};
 use crate::balancer::Prefetch;
@@ -216,7 +216,7 @@ enum Step {
 }
 
 /// Active-flow bookkeeping for entries leaving the flow table.
-fn release(active: &mut [u32]) -> impl FnMut(&crate::balancer::flowtable::Entry) + '_ {
+fn release(active: &mut [u32]) -> impl FnMut(&Entry) + '_ {
     move |e| {
         if let Some(a) = active.get_mut(e.backend as usize) {
             *a = a.saturating_sub(1);
@@ -706,7 +706,8 @@ impl Worker {
                     let state = next_state(svc.proto, kind, vip.tcp_flags, None);
                     let expires = now_ms + svc.timeouts.for_state(state);
                     let Worker { flows, active, .. } = self;
-                    flows.insert(vip.key, vip.hash, id, state, expires, now_ms, &mut release(active));
+                    let entry = Entry { key: vip.key, backend: id, state, expires_ms: expires };
+                    flows.insert(entry, vip.hash, now_ms, &mut release(active));
                     if let Some(a) = self.active.get_mut(id as usize) {
                         *a += 1;
                     }

@@ -1,0 +1,291 @@
+//! Pipeline behaviour over many packets: flow affinity across state changes,
+//! the same decision on two boxes, a full flow table, no allocation on the
+//! packet path, and no panic on any input.
+use std::net::Ipv4Addr;
+
+use l4lb::balancer::NoPrefetch;
+use l4lb::control::config::Config;
+use l4lb::control::state_build::{build_state, simulated_facts, worker_config};
+use l4lb::dataplane::packet::{Packet, TestPacket};
+use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
+use proptest::prelude::*;
+
+const BASE: &str = r#"
+[dpdk]
+lcores = "0,1"
+devices = ["net_null0"]
+hugepages = false
+
+[workers]
+flow_table_capacity = FLOWS
+
+[[ports]]
+name = "lan"
+device = "net_null0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+mac = "02:00:00:00:00:01"
+neighbours = [NEIGH]
+
+[[services]]
+name = "web"
+vip = "198.18.100.1"
+protocol = "tcp"
+port = 80
+forwarding = "ipip"
+backends = [BACKENDS]
+
+[[services]]
+name = "web6"
+vip = "2001:db8:100::1"
+protocol = "udp"
+port = 53
+forwarding = "gue"
+backends = [{ address = "2001:db8::11" }, { address = "2001:db8::12" }]
+"#;
+
+fn config(flows: usize, backends: &[(u8, u32)]) -> l4lb::control::config::Validated {
+    let neigh: Vec<String> = (1..=30u8)
+        .map(|i| format!("{{ ip = \"198.18.0.{i}\", mac = \"02:00:00:00:01:{i:02x}\" }}"))
+        .chain(
+            (0x11..=0x12)
+                .map(|i| format!("{{ ip = \"2001:db8::{i:x}\", mac = \"02:00:00:00:06:{i:02x}\" }}")),
+        )
+        .collect();
+    let bs: Vec<String> = backends
+        .iter()
+        .map(|(last, w)| format!("{{ address = \"198.18.0.{last}\", weight = {w} }}"))
+        .collect();
+    let text = BASE
+        .replace("FLOWS", &flows.to_string())
+        .replace("NEIGH", &neigh.join(", "))
+        .replace("BACKENDS", &bs.join(", "));
+    Config::parse(&text, "test.toml").unwrap().validate("test.toml").unwrap()
+}
+
+fn frame(src: u32, sport: u16, flags: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 54];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xc1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&Ipv4Addr::from(src).octets());
+    ip[16..20].copy_from_slice(&[198, 18, 100, 1]);
+    let c = l4lb::net::checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut f[34..54];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&80u16.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    f
+}
+
+/// The backend a forwarded IP-in-IP packet went to (outer destination).
+fn backend_of(p: &TestPacket) -> u8 {
+    p.data()[14 + 19]
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+fn send(
+    w: &mut Worker,
+    st: &l4lb::balancer::state::ForwardingState,
+    f: &[u8],
+    now: u64,
+) -> (Verdict, TestPacket) {
+    let mut p = TestPacket::new(f);
+    let v = w.process(st, &mut p, 0, now);
+    (v, p)
+}
+
+#[test]
+fn established_flows_keep_their_backend_across_changes_and_only_removed_ones_move() {
+    let cfg1 = config(4096, &[(11, 1), (12, 1), (13, 1)]);
+    let st1 = build_state(&cfg1, 1, &simulated_facts(&cfg1)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg1));
+    let flows: Vec<(u32, u16)> = (0..600).map(|i| (0xc612_0200 + i / 100, 10_000 + i as u16)).collect();
+    let mut first = Vec::new();
+    for &(src, sp) in &flows {
+        let (v, p) = send(&mut w, &st1, &frame(src, sp, SYN), 1000);
+        assert_eq!(v, Verdict::Forward { port: 0 });
+        first.push(backend_of(&p));
+    }
+    // Weights change and a backend is added: every existing flow stays put.
+    // Backend ids follow configuration order, so the new backend goes last.
+    let cfg2 = config(4096, &[(11, 5), (12, 1), (13, 1), (14, 3)]);
+    let st2 = build_state(&cfg2, 2, &simulated_facts(&cfg2)).unwrap();
+    for (i, &(src, sp)) in flows.iter().enumerate() {
+        let (_, p) = send(&mut w, &st2, &frame(src, sp, ACK), 2000);
+        assert_eq!(backend_of(&p), first[i], "flow {i} moved on a weight change");
+    }
+    // New flows do reach the new backend.
+    let new: Vec<u8> = (0..300)
+        .map(|i| backend_of(&send(&mut w, &st2, &frame(0xc612_0300, 20_000 + i, SYN), 2000).1))
+        .collect();
+    assert!(new.contains(&14));
+    // Backend .12 is removed: only its flows move, to remaining backends.
+    let cfg3 = config(4096, &[(11, 1), (13, 1), (14, 1)]);
+    let mut st3 = build_state(&cfg3, 3, &simulated_facts(&cfg3)).unwrap();
+    // Keep ids stable the way the management side does (by address).
+    for b in st3.backends.iter_mut() {
+        b.id = st2.backends.iter().find(|o| o.addr == b.addr && o.port == b.port).unwrap().id;
+    }
+    let st3 = l4lb::balancer::state::ForwardingState::build(
+        3,
+        st3.ports.clone(),
+        vec![spec_of(&st3, 0), spec_of(&st3, 1)],
+    )
+    .unwrap();
+    let before = w.counters.rescheduled;
+    let mut moved = 0;
+    for (i, &(src, sp)) in flows.iter().enumerate() {
+        let (_, p) = send(&mut w, &st3, &frame(src, sp, ACK), 3000);
+        if first[i] == 12 {
+            assert_ne!(backend_of(&p), 12);
+            moved += 1;
+        } else {
+            assert_eq!(backend_of(&p), first[i], "flow {i} to a healthy backend moved");
+        }
+    }
+    assert!(moved > 100, "about a third of 600 flows were on .12, got {moved}");
+    assert_eq!(w.counters.rescheduled - before, moved);
+}
+
+fn spec_of(st: &l4lb::balancer::state::ForwardingState, i: usize) -> l4lb::balancer::state::ServiceSpec {
+    let s = &st.services[i];
+    l4lb::balancer::state::ServiceSpec {
+        name: s.name.clone(),
+        vip: s.vip,
+        proto: s.proto,
+        port: s.port,
+        forwarding: s.forwarding,
+        scheduler: s.scheduler,
+        persistence_ms: s.persistence_ms,
+        timeouts: s.timeouts,
+        answer_arp: s.answer_arp,
+        maglev_size: s.maglev.size(),
+        backends: s.backends.iter().map(|&b| st.backends[b as usize].clone()).collect(),
+    }
+}
+
+#[test]
+fn two_boxes_with_the_same_config_choose_the_same_backend() {
+    // Box B lists the backends in another order and has a different flow-table size.
+    let a = config(4096, &[(11, 1), (12, 2), (13, 1), (14, 1)]);
+    let b = config(65536, &[(14, 1), (13, 1), (12, 2), (11, 1)]);
+    let (sa, sb) = (
+        build_state(&a, 1, &simulated_facts(&a)).unwrap(),
+        build_state(&b, 7, &simulated_facts(&b)).unwrap(),
+    );
+    let (mut wa, mut wb) = (Worker::new(worker_config(&a)), Worker::new(worker_config(&b)));
+    for i in 0..2000u32 {
+        let f = frame(0xc612_0000 + i * 7, 1024 + (i % 60000) as u16, SYN);
+        let (_, pa) = send(&mut wa, &sa, &f, 1);
+        // Box B sees the flow mid-connection (an ECMP change): same answer.
+        let (_, pb) = send(&mut wb, &sb, &frame(0xc612_0000 + i * 7, 1024 + (i % 60000) as u16, ACK), 1);
+        assert_eq!(backend_of(&pa), backend_of(&pb), "flow {i}");
+    }
+}
+
+#[test]
+fn a_full_flow_table_evicts_and_keeps_forwarding() {
+    let cfg = config(64, &[(11, 1), (12, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    assert_eq!(w.flows().capacity(), 64);
+    for i in 0..1000u32 {
+        let (v, _) = send(&mut w, &st, &frame(0xc612_0000 + i, 5000, if i % 2 == 0 { SYN } else { ACK }), 10);
+        assert_eq!(v, Verdict::Forward { port: 0 }, "packet {i}");
+    }
+    let s = w.flow_stats();
+    assert_eq!(w.counters.forwarded, 1000);
+    assert_eq!(w.counters.new_flows, 1000);
+    assert!(w.flows().len() <= 64);
+    assert!(s.evicted_unconfirmed > 0 && s.evicted_established > 0, "{s:?}");
+    assert_eq!(s.inserts, 1000);
+    assert_eq!(s.evicted_unconfirmed + s.evicted_established + s.expired + w.flows().len() as u64, 1000);
+    // Active-flow counts stay true: they sum to what the table holds.
+    assert_eq!(st.backends.iter().map(|b| w.active_flows(b.id) as usize).sum::<usize>(), w.flows().len());
+}
+
+#[test]
+fn expired_flows_are_swept_and_counts_return_to_zero() {
+    let cfg = config(4096, &[(11, 1), (12, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    for i in 0..100u32 {
+        send(&mut w, &st, &frame(0xc612_0000 + i, 5000, SYN), 0);
+    }
+    assert_eq!(st.backends.iter().map(|b| w.active_flows(b.id)).sum::<u32>(), 100);
+    // SYN-only flows expire after tcp_syn_s (10 s).
+    assert_eq!(w.sweep(10_000, usize::MAX), 100);
+    assert_eq!(st.backends.iter().map(|b| w.active_flows(b.id)).sum::<u32>(), 0);
+    assert!(w.flows().is_empty());
+}
+
+#[test]
+fn the_packet_path_allocates_nothing() {
+    let cfg = config(1 << 16, &[(11, 1), (12, 1), (13, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(WorkerConfig { flow_capacity: 1 << 16, ..worker_config(&cfg) });
+    let mut verdicts = [Verdict::Drop(DropReason::Malformed); 32];
+    w.adopt(&st);
+    let mut allocations = 0;
+    for round in 0..200u64 {
+        // Fresh copies of the frames (outside the measurement): new flows in
+        // round 0, established ones after.
+        pkts = (0..32)
+            .map(|i| TestPacket::new(&frame(0xc612_0000 + i, 7000, if round == 0 { SYN } else { ACK })))
+            .collect();
+        let info = allocation_counter::measure(|| {
+            w.process_burst(&st, &mut pkts, 0, round, &mut verdicts, &NoPrefetch);
+        });
+        allocations += info.count_total;
+        assert!(verdicts.iter().all(|v| *v == Verdict::Forward { port: 0 }));
+    }
+    assert_eq!(w.counters.forwarded, 200 * 32);
+    assert_eq!(allocations, 0, "allocations on the packet path");
+}
+
+fn shared() -> &'static (l4lb::control::config::Validated, l4lb::balancer::state::ForwardingState) {
+    static S: std::sync::OnceLock<(
+        l4lb::control::config::Validated,
+        l4lb::balancer::state::ForwardingState,
+    )> = std::sync::OnceLock::new();
+    S.get_or_init(|| {
+        let cfg = config(1024, &[(11, 1)]);
+        let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+        (cfg, st)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn no_input_makes_the_pipeline_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+        let (cfg, st) = shared();
+        let mut w = Worker::new(worker_config(cfg));
+        let mut p = TestPacket::new(&bytes);
+        let _ = w.process(st, &mut p, 0, 5);
+    }
+
+    #[test]
+    fn mutated_valid_frames_never_panic(pos in 0usize..54, val in any::<u8>(), cut in 0usize..54, ipv6 in any::<bool>()) {
+        let (cfg, st) = shared();
+        let mut w = Worker::new(worker_config(cfg));
+        let mut f = frame(0xc612_0005, 4000, SYN);
+        if ipv6 { f[12] = 0x86; f[13] = 0xdd; }
+        f[pos] = val;
+        f.truncate(54 - cut);
+        let mut p = TestPacket::new(&f);
+        let _ = w.process(st, &mut p, 0, 5);
+    }
+}
