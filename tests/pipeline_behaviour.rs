@@ -241,7 +241,7 @@ fn the_packet_path_allocates_nothing() {
     for round in 0..200u64 {
         // Fresh copies of the frames (outside the measurement): new flows in
         // round 0, established ones after.
-        pkts = (0..32)
+        let mut pkts: Vec<TestPacket> = (0..32)
             .map(|i| TestPacket::new(&frame(0xc612_0000 + i, 7000, if round == 0 { SYN } else { ACK })))
             .collect();
         let info = allocation_counter::measure(|| {
