@@ -71,6 +71,147 @@ pub fn is_prime(n: u32) -> bool {
     true
 }
 
+/// Step 4 of the algorithm, done fast but with exactly the result of the
+/// one-position-at-a-time walk:
+///
+/// - While many entries are free, each backend walks its permutation over an
+///   occupancy bitmap (M/8 bytes, cache-resident), testing four positions per
+///   step to shorten the dependency chain.
+/// - Once few are free (F <= sqrt(M/2)), walking costs about M/F probes per
+///   entry, so instead each backend takes, among the F free entries, the one
+///   its permutation reaches first: entry f is reached at step
+///   j = (f - pos) * skip^-1 mod M (M is prime, so skip is invertible).
+fn fill(size: u32, order: &[usize], target: &[u64], pos: &mut [u32], skip: &[u32]) -> Vec<u16> {
+    let n = order.len();
+    let m = size as u64;
+    let mut entries = vec![EMPTY; size as usize];
+    let mut taken = vec![0u64; (size as usize).div_ceil(64)];
+    let add = |a: u32, b: u32| if a + b >= size { a + b - size } else { a + b };
+    let free = |t: &[u64], p: u32| t[(p >> 6) as usize] & (1u64 << (p & 63)) == 0;
+    let mut count = vec![0u64; n];
+    let mut filled = 0u64;
+    let switch_at = ((m / 2) as f64).sqrt() as u64;
+    let steps: Vec<[u32; 4]> = skip
+        .iter()
+        .map(|&s| {
+            let s2 = add(s, s);
+            [s, s2, add(s2, s), add(s2, s2)]
+        })
+        .collect();
+    'walk: while m - filled > switch_at {
+        for k in 0..n {
+            if count[k] == target[k] {
+                continue;
+            }
+            let [s1, s2, s3, s4] = steps[k];
+            let mut p = pos[k];
+            let slot = loop {
+                let (p1, p2, p3) = (add(p, s1), add(p, s2), add(p, s3));
+                if free(&taken, p) {
+                    break p;
+                }
+                if free(&taken, p1) {
+                    break p1;
+                }
+                if free(&taken, p2) {
+                    break p2;
+                }
+                if free(&taken, p3) {
+                    break p3;
+                }
+                p = add(p, s4);
+            };
+            taken[(slot >> 6) as usize] |= 1u64 << (slot & 63);
+            entries[slot as usize] = order[k] as u16;
+            pos[k] = add(slot, s1);
+            count[k] += 1;
+            filled += 1;
+            if m - filled <= switch_at {
+                // Finish this round in the second phase, from backend k + 1.
+                return finish(entries, taken, size, order, target, pos, skip, count, k + 1);
+            }
+        }
+        if filled == m {
+            break 'walk;
+        }
+    }
+    finish(entries, taken, size, order, target, pos, skip, count, 0)
+}
+
+/// The second phase of [`fill`]: resumes the round at backend `from`.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    mut entries: Vec<u16>,
+    taken: Vec<u64>,
+    size: u32,
+    order: &[usize],
+    target: &[u64],
+    pos: &mut [u32],
+    skip: &[u32],
+    mut count: Vec<u64>,
+    from: usize,
+) -> Vec<u16> {
+    let m = size as u64;
+    let mut free_slots: Vec<u32> = Vec::new();
+    for (w, &word) in taken.iter().enumerate() {
+        let mut f = !word;
+        while f != 0 {
+            let p = (w as u32) * 64 + f.trailing_zeros();
+            if p < size {
+                free_slots.push(p);
+            }
+            f &= f - 1;
+        }
+    }
+    // x mod m for x < 2^46 without a division: q = floor(x * floor(2^64/m) / 2^64)
+    // is off by at most one.
+    let minv = u64::MAX / m;
+    let modm = |x: u64| {
+        let q = ((x as u128 * minv as u128) >> 64) as u64;
+        let r = x - q * m;
+        if r >= m {
+            r - m
+        } else {
+            r
+        }
+    };
+    let inv: Vec<u64> = skip.iter().map(|&s| mod_inverse(s as u64, m)).collect();
+    let mut k = from;
+    while !free_slots.is_empty() {
+        if k == order.len() {
+            k = 0;
+        }
+        if count[k] < target[k] {
+            let p = pos[k] as u64;
+            let (mut best, mut best_j) = (0usize, u64::MAX);
+            for (i, &f) in free_slots.iter().enumerate() {
+                let j = modm(modm(f as u64 + m - p) * inv[k]);
+                if j < best_j {
+                    best_j = j;
+                    best = i;
+                }
+            }
+            let slot = free_slots.swap_remove(best);
+            entries[slot as usize] = order[k] as u16;
+            pos[k] = ((slot as u64 + skip[k] as u64) % m) as u32;
+            count[k] += 1;
+        }
+        k += 1;
+    }
+    entries
+}
+
+/// a^-1 mod m for prime m (extended Euclid).
+fn mod_inverse(a: u64, m: u64) -> u64 {
+    let (mut t, mut new_t, mut r, mut new_r) = (0i64, 1i64, m as i64, (a % m) as i64);
+    while new_r != 0 {
+        let q = r / new_r;
+        (t, new_t) = (new_t, t - q * new_t);
+        (r, new_r) = (new_r, r - q * new_r);
+    }
+    t.rem_euclid(m as i64) as u64
+}
+
 impl MaglevTable {
     /// Builds a table of `size` entries (a prime) over `backends`.
     pub fn build(backends: &[MaglevBackend], size: u32) -> Result<MaglevTable, MaglevError> {
@@ -112,34 +253,7 @@ impl MaglevTable {
             pos.push((hash_bytes(SEED_MAGLEV_OFFSET, id) % m) as u32);
             skip.push((hash_bytes(SEED_MAGLEV_SKIP, id) % (m - 1)) as u32 + 1);
         }
-        let mut entries = vec![EMPTY; size as usize];
-        let mut count = vec![0u64; n];
-        let mut filled = 0u64;
-        while filled < m {
-            for k in 0..n {
-                if count[k] == target[k] {
-                    continue;
-                }
-                let mut p = pos[k];
-                while entries[p as usize] != EMPTY {
-                    p += skip[k];
-                    if p >= size {
-                        p -= size;
-                    }
-                }
-                entries[p as usize] = order[k] as u16;
-                p += skip[k];
-                if p >= size {
-                    p -= size;
-                }
-                pos[k] = p;
-                count[k] += 1;
-                filled += 1;
-                if filled == m {
-                    break;
-                }
-            }
-        }
+        let entries = fill(size, &order, &target, &mut pos, &skip);
         Ok(MaglevTable { entries, size })
     }
 
@@ -192,6 +306,56 @@ mod tests {
     /// The table as identities, so tables over differently ordered slices compare.
     fn by_id(t: &MaglevTable, b: &[MaglevBackend]) -> Vec<[u8; 16]> {
         t.entries().iter().map(|&e| b[e as usize].id).collect()
+    }
+
+    /// The algorithm exactly as docs/maglev.md states it, one probe at a time.
+    fn reference(backends: &[MaglevBackend], m: u32) -> Vec<u16> {
+        use crate::balancer::hash::{hash_bytes, SEED_MAGLEV_OFFSET, SEED_MAGLEV_SKIP};
+        let mut order: Vec<usize> = (0..backends.len()).filter(|&i| backends[i].weight > 0).collect();
+        order.sort_by(|&a, &b| backends[a].id.cmp(&backends[b].id));
+        let n = order.len();
+        let mm = m as u64;
+        let total: u64 = order.iter().map(|&i| backends[i].weight as u64).sum();
+        let mut target: Vec<u64> = order.iter().map(|&i| mm * backends[i].weight as u64 / total).collect();
+        let left = mm - target.iter().sum::<u64>();
+        let mut by_rem: Vec<usize> = (0..n).collect();
+        by_rem.sort_by_key(|&k| std::cmp::Reverse(mm * backends[order[k]].weight as u64 % total));
+        for &k in by_rem.iter().take(left as usize) {
+            target[k] += 1;
+        }
+        let mut pos: Vec<u64> =
+            order.iter().map(|&i| hash_bytes(SEED_MAGLEV_OFFSET, &backends[i].id) % mm).collect();
+        let skip: Vec<u64> =
+            order.iter().map(|&i| hash_bytes(SEED_MAGLEV_SKIP, &backends[i].id) % (mm - 1) + 1).collect();
+        let mut e = vec![u16::MAX; m as usize];
+        let mut count = vec![0u64; n];
+        let mut filled = 0;
+        while filled < mm {
+            for k in 0..n {
+                if count[k] == target[k] || filled == mm {
+                    continue;
+                }
+                while e[pos[k] as usize] != u16::MAX {
+                    pos[k] = (pos[k] + skip[k]) % mm;
+                }
+                e[pos[k] as usize] = order[k] as u16;
+                pos[k] = (pos[k] + skip[k]) % mm;
+                count[k] += 1;
+                filled += 1;
+            }
+        }
+        e
+    }
+
+    #[test]
+    fn fast_fill_equals_the_reference_walk() {
+        for (n, m) in [(1, 7), (3, 101), (10, 1021), (37, 4099), (100, 65537), (1000, 65537)] {
+            let mut b = backends(n);
+            for (i, x) in b.iter_mut().enumerate() {
+                x.weight = 1 + (i as u32 * 7) % 5;
+            }
+            assert_eq!(MaglevTable::build(&b, m).unwrap().entries(), &reference(&b, m)[..], "n {n} m {m}");
+        }
     }
 
     #[test]

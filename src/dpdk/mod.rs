@@ -32,6 +32,26 @@ pub fn tsc() -> u64 {
 /// Hints the CPU to pull `p`'s cache line into all cache levels.
 #[inline(always)]
 pub fn prefetch<T>(p: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT0 is a hint that never faults, and SSE is part of the
+    // x86_64 baseline; the address comes from a live reference.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const T as *const i8)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     // SAFETY: a prefetch is only a hint; the address comes from a live reference.
-    unsafe { dpdk_sys::l4lb_prefetch0(p as *const T as *const std::ffi::c_void) }
+    unsafe {
+        dpdk_sys::l4lb_prefetch0(p as *const T as *const std::ffi::c_void)
+    }
+}
+
+/// The CPU prefetch for the pure balancing code (which has no `unsafe`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CpuPrefetch;
+
+impl crate::balancer::Prefetch for CpuPrefetch {
+    #[inline(always)]
+    fn prefetch<T>(&self, r: &T) {
+        prefetch(r)
+    }
 }
