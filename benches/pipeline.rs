@@ -122,7 +122,8 @@ fn setup(forwarding: Forwarding, v6: bool, proto: u8, populate: u32) -> Setup {
     for chunk in (0..populate).collect::<Vec<_>>().chunks(BURST) {
         let mut pkts: Vec<TestPacket> =
             chunk.iter().map(|&f| TestPacket::new(&frame(f, v6, proto, 0x02))).collect();
-        w.process_burst(&st, &mut pkts, 0, 0, &mut verdicts[..pkts.len()], &CpuPrefetch);
+        let n = pkts.len();
+        w.process_burst(&st, &mut pkts, 0, 0, &mut verdicts[..n], &CpuPrefetch);
     }
     assert_eq!(w.counters.forwarded, populate as u64);
     Setup { st, w, v6, proto }
