@@ -4,3 +4,4 @@
 pub mod forward;
 pub mod packet;
 pub mod pipeline;
+pub mod testframes;

@@ -70,6 +70,18 @@ impl TestPacket {
     pub fn headroom(&self) -> usize {
         self.start
     }
+
+    /// Replaces the contents with `bytes` at the default headroom, reusing the
+    /// buffer (no allocation when it is large enough).
+    pub fn reset(&mut self, bytes: &[u8]) {
+        let head = DEFAULT_HEADROOM.min(self.buf.len().saturating_sub(bytes.len()));
+        if self.buf.len() < head + bytes.len() {
+            self.buf.resize(head + bytes.len(), 0);
+        }
+        self.buf[head..head + bytes.len()].copy_from_slice(bytes);
+        self.start = head;
+        self.end = head + bytes.len();
+    }
 }
 
 impl Packet for TestPacket {
