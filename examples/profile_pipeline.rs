@@ -4,7 +4,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use l4lb::balancer::flowtable::Timeouts;
-use l4lb::balancer::state::{Backend, ForwardingState, Forwarding, PortInfo, Scheduler, ServiceSpec};
+use l4lb::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec};
 use l4lb::dataplane::packet::TestPacket;
 use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
 use l4lb::dpdk::CpuPrefetch;
@@ -61,13 +61,14 @@ fn main() {
     let start = std::time::Instant::now();
     for b in 0..bursts {
         for (i, p) in pkts.iter_mut().enumerate() {
+            let _ = i;
             let f = if random {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 (seed % 4096) as usize
             } else {
-                i % 1
+                0
             };
             p.reset(&frames[f]);
         }

@@ -14,7 +14,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::hash::{hash_words, SEED_FLOW};
+use super::hash::{fmix64, hash_words, SEED_FLOW};
 use crate::net::{icmp, ipv4, ipv6, proto, tcp, ParseError};
 
 /// A flow's identity. Addresses are 16 bytes; IPv4 uses the IPv4-mapped form
@@ -41,7 +41,18 @@ pub enum KeyKind {
 }
 
 pub fn mapped(a: Ipv4Addr) -> [u8; 16] {
-    a.to_ipv6_mapped().octets()
+    mapped_bytes(&a.octets())
+}
+
+/// `::ffff:a.b.c.d` from the 4 address bytes.
+#[inline(always)]
+pub fn mapped_bytes(b: &[u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
+}
+
+#[inline(always)]
+fn addr4(h: &[u8], at: usize) -> [u8; 16] {
+    mapped_bytes(&[h[at], h[at + 1], h[at + 2], h[at + 3]])
 }
 
 impl FlowKey {
@@ -79,6 +90,28 @@ impl FlowKey {
         let tail = u64::from_le_bytes([sp[0], sp[1], dp[0], dp[1], self.proto, 0, 0, 0]);
         hash_words(SEED_FLOW, &[w(&self.src, 0), w(&self.src, 8), w(&self.dst, 0), w(&self.dst, 8), tail])
     }
+
+    /// A cheaper hash for one box's own use — flow-table placement and the
+    /// entropy in GUE source ports and IPv6 flow labels — where no other box
+    /// needs the same value (docs/maglev.md gives it, for reference):
+    /// `x = (s0 ^ rotl(s1, 32)) * K1 ^ (d0 ^ rotl(d1, 32)) * K2 ^ tail * K3`,
+    /// then `fmix64(x)`.
+    #[inline(always)]
+    pub fn table_hash(&self) -> u64 {
+        let w = |b: &[u8; 16], i: usize| {
+            u64::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3], b[i + 4], b[i + 5], b[i + 6], b[i + 7]])
+        };
+        let sp = self.src_port.to_be_bytes();
+        let dp = self.dst_port.to_be_bytes();
+        let tail = u64::from_le_bytes([sp[0], sp[1], dp[0], dp[1], self.proto, 0, 0, 0]);
+        let a = w(&self.src, 0) ^ w(&self.src, 8).rotate_left(32);
+        let b = w(&self.dst, 0) ^ w(&self.dst, 8).rotate_left(32);
+        fmix64(
+            a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+                ^ tail.wrapping_mul(0x1656_67b1_9e37_79f9),
+        )
+    }
 }
 
 fn to_ip(b: &[u8; 16]) -> IpAddr {
@@ -90,8 +123,10 @@ fn to_ip(b: &[u8; 16]) -> IpAddr {
 }
 
 /// The key of an IPv4 packet (`ip` starts at the IPv4 header).
+#[inline]
 pub fn key_v4(ip: &ipv4::Packet<&[u8]>) -> Result<(FlowKey, KeyKind), ParseError> {
-    let (src, dst, p) = (mapped(ip.src()), mapped(ip.dst()), ip.protocol());
+    let h = ip.header();
+    let (src, dst, p) = (addr4(h, 12), addr4(h, 16), ip.protocol());
     if ip.is_fragment() {
         return Ok((FlowKey { src, dst, proto: p, ..Default::default() }, KeyKind::Fragment));
     }

@@ -135,7 +135,17 @@ pub struct ForwardingState {
     pub services: Vec<Service>,
     pub backends: Vec<Backend>,
     index: Vec<(ServiceKey, u32)>,
+    /// Open-addressed (linear probing) copy of `index` for the per-packet
+    /// lookup: (VIP, protocol << 16 | port, service + 1; 0 = empty).
+    slots: Vec<(u128, u32, u32)>,
     by_id: Vec<u32>,
+}
+
+#[inline(always)]
+fn slot_hash(vip: u128, pp: u32) -> usize {
+    super::hash::fmix64(
+        (vip as u64) ^ ((vip >> 64) as u64).rotate_left(29) ^ (pp as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+    ) as usize
 }
 
 fn ip16(a: IpAddr) -> [u8; 16] {
@@ -189,6 +199,16 @@ impl ForwardingState {
             });
         }
         index.sort_unstable_by_key(|a| a.0);
+        let cap = (index.len() * 2).next_power_of_two().max(8);
+        let mut slots = vec![(0u128, 0u32, 0u32); cap];
+        for (k, svc) in &index {
+            let (vip, pp) = (u128::from_be_bytes(k.0), (k.1 as u32) << 16 | k.2 as u32);
+            let mut i = slot_hash(vip, pp) & (cap - 1);
+            while slots[i].2 != 0 {
+                i = (i + 1) & (cap - 1);
+            }
+            slots[i] = (vip, pp, svc + 1);
+        }
         let max_id = backends.iter().map(|b| b.id).max().map_or(0, |m| m as usize + 1);
         let mut by_id = vec![u32::MAX; max_id];
         for (slot, b) in backends.iter().enumerate() {
@@ -197,7 +217,7 @@ impl ForwardingState {
             }
             by_id[b.id as usize] = slot as u32;
         }
-        Ok(ForwardingState { generation, ports, services, backends, index, by_id })
+        Ok(ForwardingState { generation, ports, services, backends, index, slots, by_id })
     }
 
     /// The service for a destination: an exact port match first, then an

@@ -196,14 +196,14 @@ pub struct Worker {
 /// A packet to a VIP after parsing, waiting for its flow lookup.
 #[derive(Debug, Clone, Copy, Default)]
 struct Vip {
-    l2_len: usize,
-    ip_len: usize,
-    v6: bool,
     key: FlowKey,
-    kind: Option<KeyKind>,
     hash: u64,
+    service: u32,
+    ip_len: u16,
+    l2_len: u8,
+    v6: bool,
+    kind: Option<KeyKind>,
     tcp_flags: u8,
-    service: usize,
     /// IPv4 DF flag (IPv6: always true).
     df: bool,
     tos: u8,
@@ -346,6 +346,9 @@ impl Worker {
     fn parse<P: Packet>(&mut self, st: &ForwardingState, pkt: &mut P, in_port: u16) -> Step {
         use DropReason::*;
         let Some(port) = st.ports.get(in_port as usize) else { return Step::Done(Verdict::Drop(NotForUs)) };
+        if let Some(vip) = fast_v4(st, port, pkt.data()) {
+            return Step::Vip(vip);
+        }
         let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
             Ok(f) => (f.header_len(), f.ethertype(), f.dst()),
             Err(_) => return Step::Done(Verdict::Drop(Malformed)),
@@ -433,14 +436,14 @@ impl Worker {
         };
         let tcp_flags = tcp_flags(ip.protocol(), kind, ip.payload());
         Step::Vip(Vip {
-            l2_len: l2,
-            ip_len: ip.total_len(),
+            l2_len: l2 as u8,
+            ip_len: ip.total_len() as u16,
             v6: false,
             key,
             kind: Some(kind),
-            hash: key.hash(),
+            hash: key.table_hash(),
             tcp_flags,
-            service,
+            service: service as u32,
             df: ip.dont_fragment(),
             tos: ip.dscp_ecn(),
         })
@@ -498,14 +501,14 @@ impl Worker {
         };
         let tcp_flags = tcp_flags(upper.protocol, kind, l4);
         Step::Vip(Vip {
-            l2_len: l2,
-            ip_len: ip.total_len(),
+            l2_len: l2 as u8,
+            ip_len: ip.total_len() as u16,
             v6: true,
             key,
             kind: Some(kind),
-            hash: key.hash(),
+            hash: key.table_hash(),
             tcp_flags,
-            service,
+            service: service as u32,
             df: true,
             tos: ip.traffic_class(),
         })
@@ -665,7 +668,7 @@ impl Worker {
         vip: &Vip,
         slot: Option<usize>,
     ) -> Verdict {
-        let svc = &st.services[vip.service];
+        let svc = &st.services[vip.service as usize];
         let kind = vip.kind.unwrap_or(KeyKind::ThreeTuple);
         let backend = match slot {
             Some(s) => {
@@ -732,8 +735,9 @@ impl Worker {
                 }
             }
         }
-        let sched = self.sched.get_mut(vip.service)?;
-        svc.pick(st, &vip.key, vip.hash, &self.active, sched)
+        let sched = self.sched.get_mut(vip.service as usize)?;
+        // The documented cross-box hash is computed only here, for new flows.
+        svc.pick(st, &vip.key, vip.key.hash(), &self.active, sched)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -761,7 +765,7 @@ impl Worker {
             _ => None,
         };
         let overhead = if outer_v6 { V6_HDR } else { V4_HDR } + if gue_port.is_some() { UDP_HDR } else { 0 };
-        if vip.ip_len + overhead > out.mtu as usize {
+        if vip.ip_len as usize + overhead > out.mtu as usize {
             return self.too_big(
                 st,
                 pkt,
@@ -771,15 +775,15 @@ impl Worker {
                 out.mtu as usize - overhead.min(out.mtu as usize),
             );
         }
-        let l2 = vip.l2_len;
+        let l2 = vip.l2_len as usize;
         // Ethernet padding must not travel inside the tunnel.
-        let extra = pkt.data().len() - (l2 + vip.ip_len);
+        let extra = pkt.data().len() - (l2 + vip.ip_len as usize);
         if extra > 0 && !pkt.trim_back(extra) {
             return Verdict::Drop(DropReason::Malformed);
         }
         let inner_proto = if vip.v6 { proto::IPV6 } else { proto::IPIP };
         let outer_proto = if gue_port.is_some() { proto::UDP } else { inner_proto };
-        let payload_len = (vip.ip_len + overhead - if outer_v6 { V6_HDR } else { V4_HDR }) as u16;
+        let payload_len = (vip.ip_len as usize + overhead - if outer_v6 { V6_HDR } else { V4_HDR }) as u16;
         let src = match (b.addr, out.ipv4, out.ipv6) {
             (IpAddr::V4(_), Some(s), _) => IpAddr::V4(s),
             (IpAddr::V6(_), _, Some(s)) => IpAddr::V6(s),
@@ -871,14 +875,14 @@ impl Worker {
         }
         self.icmp_tokens_milli -= 1000;
         let Some(port) = st.ports.get(in_port as usize) else { return Verdict::Drop(DropReason::NotForUs) };
-        let l2 = vip.l2_len;
-        let svc_vip = st.services[vip.service].vip;
+        let l2 = vip.l2_len as usize;
+        let svc_vip = st.services[vip.service as usize].vip;
         let d = pkt.data_mut();
         swap_macs(d);
         d[6..12].copy_from_slice(&port.mac);
         let len = if vip.v6 {
             // Quote as much as fits in the IPv6 minimum MTU.
-            let q = vip.ip_len.min(1280 - V6_HDR - icmp::HEADER_LEN);
+            let q = (vip.ip_len as usize).min(1280 - V6_HDR - icmp::HEADER_LEN);
             let client = ipv6::addr_at(d, l2 + 8);
             let src = port.ipv6.unwrap_or(match svc_vip {
                 IpAddr::V6(v) => v,
@@ -908,7 +912,7 @@ impl Worker {
             l2 + V6_HDR + plen as usize
         } else {
             let ihl = ((d[l2] & 0x0f) as usize) * 4;
-            let q = (ihl + 8).min(vip.ip_len);
+            let q = (ihl + 8).min(vip.ip_len as usize);
             let client = Ipv4Addr::new(d[l2 + 12], d[l2 + 13], d[l2 + 14], d[l2 + 15]);
             let src = port.ipv4.unwrap_or(match svc_vip {
                 IpAddr::V4(v) => v,
@@ -943,6 +947,68 @@ impl Worker {
         self.counters.icmp_too_big_sent += 1;
         Verdict::Reply { port: in_port }
     }
+}
+
+/// The common case in one pass over a fixed-size prefix (no bounds checks
+/// after the first): an untagged IPv4 TCP/UDP packet without options or
+/// fragmentation, to our MAC and a service. Anything else — and every
+/// malformed packet — returns `None` and takes the general path, which
+/// decides identically.
+#[inline(always)]
+fn fast_v4(st: &ForwardingState, port: &PortInfo, data: &[u8]) -> Option<Vip> {
+    const L2: usize = ethernet::HEADER_LEN;
+    let h: &[u8; 48] = data.get(..48)?.try_into().ok()?;
+    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[0..6] != port.mac {
+        return None;
+    }
+    let total = u16::from_be_bytes([h[16], h[17]]) as usize;
+    let frag = u16::from_be_bytes([h[20], h[21]]);
+    let p = h[23];
+    if frag & 0x3fff != 0 || h[22] == 0 || total < 40 || data.len() < L2 + total {
+        return None;
+    }
+    if p != proto::TCP && p != proto::UDP {
+        return None;
+    }
+    let mut sum = 0u64;
+    for i in (L2..L2 + 20).step_by(4) {
+        sum += u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
+    }
+    if checksum::fold(sum) != 0xffff {
+        return None;
+    }
+    let dst4 = [h[30], h[31], h[32], h[33]];
+    if port.ipv4.is_some_and(|a| a.octets() == dst4) {
+        return None;
+    }
+    let key = FlowKey {
+        src: crate::balancer::flow::mapped_bytes(&[h[26], h[27], h[28], h[29]]),
+        dst: crate::balancer::flow::mapped_bytes(&dst4),
+        src_port: u16::from_be_bytes([h[34], h[35]]),
+        dst_port: u16::from_be_bytes([h[36], h[37]]),
+        proto: p,
+    };
+    let service = st.find_service(&key.dst, p, key.dst_port)?;
+    let tcp_flags = if p == proto::TCP {
+        if h[46] >> 4 < 5 {
+            return None;
+        }
+        h[47]
+    } else {
+        0
+    };
+    Some(Vip {
+        hash: key.table_hash(),
+        key,
+        service: service as u32,
+        ip_len: total as u16,
+        l2_len: L2 as u8,
+        v6: false,
+        kind: Some(KeyKind::FiveTuple),
+        tcp_flags,
+        df: frag & ipv4::FLAG_DF != 0,
+        tos: h[15],
+    })
 }
 
 fn swap_macs(d: &mut [u8]) {

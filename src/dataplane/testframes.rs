@@ -14,7 +14,7 @@ pub fn udp(flow: u32, v6: bool) -> Vec<u8> {
 }
 
 fn l4(flow: u32, v6: bool, proto: u8, flags: u8) -> Vec<u8> {
-    let (sport, client) = ((flow & 0xffff) as u16 | 1024, flow >> 16);
+    let (sport, client) = (1024 + (flow % 64_000) as u16, flow / 64_000);
     let mut f = vec![0u8; 14];
     f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
     f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xc1]);
@@ -26,7 +26,9 @@ fn l4(flow: u32, v6: bool, proto: u8, flags: u8) -> Vec<u8> {
         ip[4..6].copy_from_slice(&(l4len as u16).to_be_bytes());
         ip[6] = proto;
         ip[7] = 64;
-        ip[8..24].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, (client >> 16) as u16, client as u16).octets());
+        ip[8..24].copy_from_slice(
+            &Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, (client >> 16) as u16, client as u16).octets(),
+        );
         ip[24..40].copy_from_slice(&Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1).octets());
         f.extend_from_slice(&ip);
     } else {

@@ -95,8 +95,11 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Frame<T> {
     }
 }
 
+#[inline(always)]
 pub(crate) fn mac_at(b: &[u8], at: usize) -> Mac {
-    [b[at], b[at + 1], b[at + 2], b[at + 3], b[at + 4], b[at + 5]]
+    let mut m = [0u8; 6];
+    m.copy_from_slice(&b[at..at + 6]);
+    m
 }
 
 /// Writes an untagged Ethernet header into the first 14 bytes of `buf`.

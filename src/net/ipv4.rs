@@ -47,6 +47,11 @@ impl<T: AsRef<[u8]>> Packet<T> {
     pub fn header_len(&self) -> usize {
         ((self.b()[0] & 0x0f) as usize) * 4
     }
+    /// The fixed 20-byte header.
+    #[inline(always)]
+    pub fn header(&self) -> &[u8] {
+        &self.b()[..MIN_HEADER_LEN]
+    }
     pub fn dscp_ecn(&self) -> u8 {
         self.b()[1]
     }
@@ -129,20 +134,23 @@ pub struct Repr {
 
 impl Repr {
     /// Writes the header with its checksum into `buf[..20]`.
+    #[inline]
     pub fn write(&self, buf: &mut [u8]) {
-        buf[0] = 0x45;
-        buf[1] = self.dscp_ecn;
-        put16(buf, 2, self.payload_len + MIN_HEADER_LEN as u16);
-        put16(buf, 4, self.ident);
-        put16(buf, 6, if self.dont_fragment { FLAG_DF } else { 0 });
-        buf[8] = self.ttl;
-        buf[9] = self.protocol;
-        buf[10] = 0;
-        buf[11] = 0;
-        buf[12..16].copy_from_slice(&self.src.octets());
-        buf[16..20].copy_from_slice(&self.dst.octets());
-        let c = checksum::checksum(&buf[..MIN_HEADER_LEN]);
-        put16(buf, 10, c);
+        // Built as five 32-bit words, summed as it goes, stored once.
+        let w0 =
+            0x4500_0000 | (self.dscp_ecn as u32) << 16 | (self.payload_len as u32 + MIN_HEADER_LEN as u32);
+        let w1 = (self.ident as u32) << 16 | if self.dont_fragment { FLAG_DF as u32 } else { 0 };
+        let w2 = (self.ttl as u32) << 24 | (self.protocol as u32) << 16;
+        let (w3, w4) = (u32::from(self.src), u32::from(self.dst));
+        let sum = w0 as u64 + w1 as u64 + w2 as u64 + w3 as u64 + w4 as u64;
+        let c = !checksum::fold(sum);
+        let mut h = [0u8; MIN_HEADER_LEN];
+        h[0..4].copy_from_slice(&w0.to_be_bytes());
+        h[4..8].copy_from_slice(&w1.to_be_bytes());
+        h[8..12].copy_from_slice(&(w2 | c as u32).to_be_bytes());
+        h[12..16].copy_from_slice(&w3.to_be_bytes());
+        h[16..20].copy_from_slice(&w4.to_be_bytes());
+        buf[..MIN_HEADER_LEN].copy_from_slice(&h);
     }
 }
 
