@@ -158,6 +158,19 @@ impl FlowTable {
         p.prefetch(&self.sigs[b2]);
     }
 
+    /// Prefetches the entry a lookup of `hash` will most likely compare (the
+    /// first signature match), reading only the signature lines.
+    #[inline(always)]
+    pub fn prefetch_entry<P: Prefetch>(&self, hash: u64, p: &P) {
+        let (b1, b2, sig) = self.place(hash);
+        for b in [b1, b2] {
+            if let Some(i) = self.sigs[b].iter().position(|&x| x == sig) {
+                p.prefetch(&self.entries[b * BUCKET_SLOTS + i]);
+                return;
+            }
+        }
+    }
+
     #[inline(always)]
     fn find_in(&self, b: usize, sig: u16, key: &FlowKey, now_ms: u64) -> Option<usize> {
         let s = &self.sigs[b];
@@ -196,10 +209,7 @@ impl FlowTable {
             self.prefetch(h, p);
         }
         for &h in &hashes[..n] {
-            let (b1, _, sig) = self.place(h);
-            if let Some(i) = self.sigs[b1].iter().position(|&x| x == sig) {
-                p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
-            }
+            self.prefetch_entry(h, p);
         }
         for i in 0..n {
             out[i] = self.lookup(&keys[i], hashes[i], now_ms);

@@ -222,7 +222,7 @@ impl ForwardingState {
 
     /// The service for a destination: an exact port match first, then an
     /// all-ports service on the VIP.
-    #[inline]
+    #[inline(always)]
     pub fn find_service(&self, dst: &[u8; 16], proto: u8, port: u16) -> Option<usize> {
         let find = |p: u16| {
             self.index

@@ -296,8 +296,9 @@ impl Worker {
         v
     }
 
-    /// Processes a burst: parses every packet, prefetches the flow-table lines
-    /// of those bound for VIPs, then decides each. `verdicts[i]` is for `pkts[i]`.
+    /// Processes a burst in three passes: parse every packet and prefetch the
+    /// flow-table signature lines of those bound for VIPs; prefetch the entries
+    /// those lines point at; then decide each packet. `verdicts[i]` is for `pkts[i]`.
     pub fn process_burst<P: Packet, F: Prefetch>(
         &mut self,
         st: &ForwardingState,
@@ -320,6 +321,12 @@ impl Worker {
                     vips[i] = v;
                     is_vip[i] = true;
                 }
+            }
+        }
+        // Second stage: the signature lines are in cache now; fetch the entries.
+        for i in 0..n {
+            if is_vip[i] {
+                self.flows.prefetch_entry(vips[i].hash, pf);
             }
         }
         for i in 0..n {

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Benchmarks of the pure core (no DPDK): Maglev table builds and the pipeline's
+# cost per packet in bursts of 32. Prints a summary table; criterion's full
+# reports land in target/criterion/.
+#   scripts/bench-core.sh            both
+#   scripts/bench-core.sh maglev     one of them
+set -euo pipefail
+cd "$(dirname "$0")/.."
+which=${1:-all}
+# The flow tables are large (64 B x capacity): let glibc back them with
+# transparent huge pages, as DPDK's hugepage memory does in production.
+export GLIBC_TUNABLES=glibc.malloc.hugetlb=1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if [ "$which" = all ] || [ "$which" = maglev ]; then
+  cargo bench --quiet --bench maglev 2>&1 | tee -a "$log" | grep -E '^maglev_build|time:' | grep -v '%' || true
+fi
+if [ "$which" = all ] || [ "$which" = pipeline ]; then
+  cargo bench --quiet --bench pipeline 2>&1 | tee -a "$log" | grep -E '^pipeline/|time:' | grep -v '%' || true
+fi
+echo
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus; $(date -u +%F)"
+# Criterion prints "name\n  time: [low mid high]" (or both on one line): take the middle figure.
+awk '
+  /^(maglev_build|pipeline)\// { name=$1 }
+  /time:/ && name != "" && !/%/ {
+    for (i = 1; i <= NF; i++) if ($i ~ /^\[/) { v = $(i+2); u = $(i+3); break }
+    if (name ~ /^pipeline/) {
+      ns = (u == "µs" ? v * 1000 : (u == "ms" ? v * 1e6 : v)) / 32
+      printf "%-45s %10.1f ns/packet\n", name, ns
+    } else {
+      printf "%-45s %10s %s\n", name, v, u
+    }
+    name = ""
+  }' "$log"
