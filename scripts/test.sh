@@ -16,4 +16,5 @@ cargo test --workspace --doc --quiet
 
 echo "== unit, vdev and end-to-end tests"
 # The nextest summary line is the last thing printed.
-cargo nextest run --workspace --all-targets --no-fail-fast "$@"
+# (Benchmarks are compiled by clippy above and run by scripts/bench-core.sh.)
+cargo nextest run --workspace --lib --bins --tests --no-fail-fast "$@"
