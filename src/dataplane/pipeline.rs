@@ -12,7 +12,7 @@ use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
 use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats};
 use crate::balancer::persist::PersistTable;
-use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, SchedState, Service};
+use crate::balancer::state::{Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service};
 use crate::balancer::Prefetch;
 use crate::net::ethernet;
 use crate::net::{arp, checksum, icmp, ipv4, ipv6, proto, put16, tcp};
@@ -730,7 +730,63 @@ impl Worker {
             let id = st.backends[backend].id;
             self.persist.record(svc.persist_id, &vip.key.src, id, now_ms, now_ms + svc.persistence_ms);
         }
+        if vip.l2_len as usize == ethernet::HEADER_LEN {
+            if let Some(t) = st.template(backend) {
+                let mtu = st.ports.get(st.backends[backend].port).map_or(0, |p| p.mtu as usize);
+                let overhead = t.len as usize - ethernet::HEADER_LEN;
+                if vip.ip_len as usize + overhead <= mtu {
+                    return self.encap_template(t, pkt, vip, st.backends[backend].port as u16);
+                }
+            }
+        }
         self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, vip)
+    }
+
+    /// Encapsulation with a backend's precomputed template (untagged frames):
+    /// one copy of the outer headers, then the per-packet fields. Produces
+    /// the same bytes as the general path in `rewrite`.
+    #[inline]
+    fn encap_template<P: Packet>(&mut self, t: &EncapTemplate, pkt: &mut P, vip: &Vip, port: u16) -> Verdict {
+        const L2: usize = ethernet::HEADER_LEN;
+        let ip_len = vip.ip_len as usize;
+        let len = t.len as usize;
+        let overhead = len - L2;
+        let extra = pkt.data().len() - (L2 + ip_len);
+        if (extra > 0 && !pkt.trim_back(extra)) || !pkt.prepend(overhead) {
+            return Verdict::Drop(DropReason::NoHeadroom);
+        }
+        let d = pkt.data_mut();
+        let Some(h) = d.get_mut(..len) else { return Verdict::Drop(DropReason::Malformed) };
+        h.copy_from_slice(&t.bytes[..len]);
+        let outer_ip = if t.outer_v6 { V6_HDR } else { V4_HDR };
+        let payload_len = (ip_len + overhead - outer_ip) as u16;
+        if t.outer_v6 {
+            let (tc, fl) = (vip.tos as u32, (vip.hash as u32) & 0x000f_ffff);
+            let w0 = 0x6000_0000 | tc << 20 | fl;
+            h[14..18].copy_from_slice(&w0.to_be_bytes());
+            h[18..20].copy_from_slice(&payload_len.to_be_bytes());
+            h[20] = if vip.v6 { proto::IPV6 } else { proto::IPIP };
+        } else {
+            let total = payload_len as u32 + V4_HDR as u32;
+            let w1 = if vip.df {
+                ipv4::FLAG_DF as u32
+            } else {
+                self.ident = self.ident.wrapping_add(1);
+                (self.ident as u32) << 16
+            };
+            h[15] = vip.tos;
+            h[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+            h[18..22].copy_from_slice(&w1.to_be_bytes());
+            let c = !checksum::fold(t.sum + ((vip.tos as u64) << 16) + total as u64 + w1 as u64);
+            h[24..26].copy_from_slice(&c.to_be_bytes());
+        }
+        if t.gue {
+            let u = L2 + outer_ip;
+            let sport = GUE_SPORT_BASE + ((vip.hash >> 16) as u16 & 0x3fff);
+            h[u..u + 2].copy_from_slice(&sport.to_be_bytes());
+            h[u + 4..u + 6].copy_from_slice(&payload_len.to_be_bytes());
+        }
+        Verdict::Forward { port }
     }
 
     /// A backend for a new flow: the persisted one if live, else the scheduler's.
