@@ -12,7 +12,9 @@ use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
 use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats};
 use crate::balancer::persist::PersistTable;
-use crate::balancer::state::{Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service};
+use crate::balancer::state::{
+    Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service,
+};
 use crate::balancer::Prefetch;
 use crate::net::ethernet;
 use crate::net::{arp, checksum, icmp, ipv4, ipv6, proto, put16, tcp};
@@ -679,11 +681,14 @@ impl Worker {
         let kind = vip.kind.unwrap_or(KeyKind::ThreeTuple);
         let backend = match slot {
             Some(s) => {
-                let e = *self.flows.entry(s);
-                match st.slot_of(e.backend) {
+                let (e_backend, e_state) = {
+                    let e = self.flows.entry(s);
+                    (e.backend, e.state)
+                };
+                match st.slot_of(e_backend) {
                     Some(b) => {
                         if kind != KeyKind::IcmpError {
-                            let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e.state));
+                            let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
                             self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state));
                         }
                         b
