@@ -59,7 +59,7 @@ fn main() {
         .allowlist_function("rte_pktmbuf_(pool_create|free_bulk)")
         .allowlist_function("rte_mempool_(free|avail_count|in_use_count)")
         .allowlist_function(
-            "rte_eth_(dev_count_avail|dev_get_port_by_name|dev_get_name_by_port|dev_info_get|dev_configure|rx_queue_setup|tx_queue_setup|dev_start|dev_stop|dev_close|macaddr_get|dev_set_mtu|dev_get_mtu|link_get_nowait|stats_get|stats_reset|xstats_get|xstats_get_names|xstats_reset|promiscuous_enable|dev_socket_id|dev_adjust_nb_rx_tx_desc|dev_is_valid_port|find_next_owned_by)",
+            "rte_eth_(dev_default_mac_addr_set|dev_count_avail|dev_get_port_by_name|dev_get_name_by_port|dev_info_get|dev_configure|rx_queue_setup|tx_queue_setup|dev_start|dev_stop|dev_close|macaddr_get|dev_set_mtu|dev_get_mtu|link_get_nowait|stats_get|stats_reset|xstats_get|xstats_get_names|xstats_reset|promiscuous_enable|dev_socket_id|dev_adjust_nb_rx_tx_desc|dev_is_valid_port|find_next_owned_by)",
         )
         .allowlist_function("rte_dev_probe|rte_dev_remove|rte_eth_dev_get_port_by_name")
         .allowlist_function("rte_log_set_global_level")

@@ -7,7 +7,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
+use crate::control::state_build::{build_state, worker_config, PortFacts};
+use crate::dataplane::balance::{BalanceStats, BalanceWorker, StateMailbox};
 use crate::dataplane::forward::{ForwardWorker, PollConfig, WorkerStats};
+use crate::dataplane::pipeline::DropReason;
 use crate::dpdk::{lcore, DpdkError, Eal, Mempool, Port, PortConfig, PortStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,13 +25,33 @@ pub enum RunError {
     Lcores { got: usize, want: usize },
     #[error("worker: {0}")]
     Worker(String),
+    #[error("forwarding state: {0}")]
+    State(#[from] crate::balancer::state::BuildError),
 }
 
 /// Final figures of a run.
 #[derive(Debug, Default, Clone)]
 pub struct RunReport {
+    /// Plain forwarding (no services configured).
     pub workers: WorkerStats,
+    /// Balancing (services configured).
+    pub balance: Option<BalanceStats>,
     pub ports: Vec<(String, PortStats)>,
+}
+
+/// What one worker lcore runs.
+enum Plan<'p> {
+    Forward(ForwardWorker<'p>),
+    Balance(Box<BalanceWorker<'p>>, usize),
+}
+
+/// What one worker lcore reports.
+#[derive(Default)]
+enum Final {
+    #[default]
+    None,
+    Forward(WorkerStats),
+    Balance(BalanceStats),
 }
 
 /// Runs until `stop` is set. Progress and the final report go to `out`.
@@ -59,6 +82,9 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
             promiscuous: true,
         };
         let mut port = Port::configure(&eal, id, &pc, &pool).map_err(port_err)?;
+        if let Some(mac) = p.mac {
+            port.set_mac(mac.0).map_err(port_err)?;
+        }
         port.start().map_err(port_err)?;
         let mac = port.mac().map_err(port_err)?;
         let _ = writeln!(
@@ -82,8 +108,37 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         idle_polls_before_pause: w.idle_polls_before_pause,
         idle_pause: Duration::from_micros(w.idle_pause_us),
     };
+    let balancing = !cfg.config.services.is_empty();
+    let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
+    if balancing {
+        let mut facts = Vec::with_capacity(ports.len());
+        for (i, port) in ports.iter().enumerate() {
+            let port_err = |source| RunError::Port {
+                port: cfg.config.ports[i].name.clone(),
+                device: cfg.config.ports[i].device.clone(),
+                source,
+            };
+            let mtu = match port.mtu() {
+                Ok(m) => m,
+                Err(_) => cfg.config.ports[i].mtu.unwrap_or(1500),
+            };
+            facts.push(PortFacts { mac: port.mac().map_err(port_err)?, mtu });
+        }
+        let state = std::sync::Arc::new(build_state(cfg, 1, &facts)?);
+        for mb in &mailboxes {
+            // Fresh rings have room: this cannot be refused.
+            let _ = mb.publish(state.clone());
+        }
+        let _ = writeln!(
+            out,
+            "balancing {} services over {} backends (forwarding state generation {})",
+            state.services.len(),
+            state.backends.len(),
+            state.generation
+        );
+    }
     // Worker k polls RX queues k, k+W, k+2W... of every port and owns TX queue k of every port.
-    let mut plans: Vec<ForwardWorker<'_>> = Vec::with_capacity(workers.len());
+    let mut plans: Vec<Plan<'_>> = Vec::with_capacity(workers.len());
     for k in 0..workers.len() {
         let mut rx = Vec::new();
         let mut tx = Vec::new();
@@ -94,21 +149,33 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
                 source,
             };
             for q in (k..port.rx_queue_count() as usize).step_by(workers.len()) {
-                rx.push((port.rx_queue(q as u16).map_err(port_err)?, cfg.forward[i]));
+                rx.push((port.rx_queue(q as u16).map_err(port_err)?, i));
             }
             let mut t = port.tx_queue(k as u16, poll.tx_drain_tsc).map_err(port_err)?;
             t.set_flush_at(w.burst_size);
             tx.push(t);
         }
-        plans.push(ForwardWorker { rx, tx });
+        plans.push(if balancing {
+            let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
+            let pipeline = crate::dataplane::pipeline::Worker::new(worker_config(cfg));
+            Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
+        } else {
+            let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();
+            Plan::Forward(ForwardWorker { rx, tx })
+        });
     }
+    let tsc_per_ms = eal.tsc_hz() / 1000;
 
     // Each worker writes its final counters here before its lcore returns.
-    let finals: Vec<Mutex<WorkerStats>> = workers.iter().map(|_| Mutex::default()).collect();
+    let finals: Vec<Mutex<Final>> = workers.iter().map(|_| Mutex::default()).collect();
+    let mailboxes = &mailboxes;
     let (launch, joined) = lcore::scope(&eal, |s| {
         for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
             let launched = s.launch(*lc, move || {
-                let st = plan.run(poll, stop);
+                let st = match plan {
+                    Plan::Forward(f) => Final::Forward(f.run(poll, stop)),
+                    Plan::Balance(b, k) => Final::Balance(b.run(poll, tsc_per_ms, &mailboxes[k], stop)),
+                };
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = st;
                 0
             });
@@ -128,6 +195,9 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         let _ = out.flush();
         // The management lcore's loop; health checks, reloads and stats join it later.
         while !stop.load(Ordering::Relaxed) {
+            for mb in mailboxes.iter() {
+                mb.reclaim();
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
@@ -140,7 +210,23 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
     }
     launch?;
     for st in finals {
-        report.workers += st.into_inner().unwrap_or_else(|e| e.into_inner());
+        match st.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            Final::None => {}
+            Final::Forward(f) => report.workers += f,
+            Final::Balance(b) => {
+                let total = report.balance.get_or_insert_with(BalanceStats::default);
+                total.rx_packets += b.rx_packets;
+                total.tx_packets += b.tx_packets;
+                total.dropped_tx_full += b.dropped_tx_full;
+                total.busy_polls += b.busy_polls;
+                total.idle_polls += b.idle_polls;
+                total.states_adopted += b.states_adopted;
+                total.pipeline.add(&b.pipeline);
+            }
+        }
+    }
+    for mb in mailboxes {
+        mb.reclaim();
     }
     for (i, port) in ports.iter_mut().enumerate() {
         let s = port.stats().unwrap_or_default();
@@ -176,6 +262,32 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
             s.rx_missed,
             s.rx_errors + s.tx_errors
         );
+    }
+    if let Some(b) = &r.balance {
+        let c = &b.pipeline;
+        let polls = (b.busy_polls + b.idle_polls).max(1);
+        let _ = writeln!(
+            out,
+            "balancing: rx {} tx {} forwarded {} replied {} to_kernel {} new_flows {} rescheduled {} dropped {} busy polls {:.1}%",
+            b.rx_packets,
+            b.tx_packets,
+            c.forwarded,
+            c.replied,
+            c.to_kernel,
+            c.new_flows,
+            c.rescheduled,
+            c.dropped() + b.dropped_tx_full,
+            100.0 * b.busy_polls as f64 / polls as f64
+        );
+        for r in DropReason::ALL {
+            if c.drop_count(r) > 0 {
+                let _ = writeln!(out, "  drop {:<22} {}", r.name(), c.drop_count(r));
+            }
+        }
+        if b.dropped_tx_full > 0 {
+            let _ = writeln!(out, "  drop {:<22} {}", "tx_full", b.dropped_tx_full);
+        }
+        return;
     }
     let w = &r.workers;
     let polls = (w.busy_polls + w.idle_polls).max(1);

@@ -646,6 +646,14 @@ impl Config {
         if w.icmp_burst == 0 {
             return Err(err("workers.icmp_burst".into(), "must be at least 1".into()));
         }
+        if !self.services.is_empty() {
+            if let Some(i) = self.ports.iter().position(|p| p.forward_to.is_some()) {
+                return Err(err(
+                    format!("ports[{i}].forward_to"),
+                    "plain forwarding cannot be combined with [[services]]: remove one of them".into(),
+                ));
+            }
+        }
         validate_services(&self, &err)?;
         Ok(Validated { config: self, lcores, main_lcore, workers, forward })
     }

@@ -1,6 +1,7 @@
 //! The per-packet side: worker poll loops over DPDK queues.
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod forward;
 pub mod packet;
 pub mod pipeline;

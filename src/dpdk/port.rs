@@ -248,6 +248,15 @@ impl Port {
         Ok(addr.addr_bytes)
     }
 
+    /// Sets the port's MAC address (the device's default unicast address).
+    pub fn set_mac(&self, mac: [u8; 6]) -> Result<(), DpdkError> {
+        let mut addr = sys::rte_ether_addr { addr_bytes: mac };
+        // SAFETY: valid port; `addr` is a valid in pointer for the call.
+        let ret = unsafe { sys::rte_eth_dev_default_mac_addr_set(self.id, &mut addr) };
+        DpdkError::check(|| format!("rte_eth_dev_default_mac_addr_set(port {})", self.id), ret)?;
+        Ok(())
+    }
+
     pub fn mtu(&self) -> Result<u16, DpdkError> {
         let mut mtu = 0u16;
         // SAFETY: valid port, valid out pointer.

@@ -1,0 +1,233 @@
+//! The balancing worker: the poll loop that runs the pipeline over DPDK
+//! queues, and the mailbox through which the management core hands it new
+//! forwarding states (lock-free rings; the old state goes back to be freed on
+//! the management core, never on a worker).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+
+use super::forward::PollConfig;
+use super::pipeline::{Counters, DropReason, Verdict, Worker};
+use crate::balancer::state::ForwardingState;
+use crate::dpdk::{tsc, Burst, CpuPrefetch, RxQueue, TxQueue, BURST_MAX};
+
+/// One worker's pair of rings: new states in, old states back.
+pub struct StateMailbox {
+    inbox: ArrayQueue<Arc<ForwardingState>>,
+    returned: ArrayQueue<Arc<ForwardingState>>,
+}
+
+impl StateMailbox {
+    /// Rings of `depth` states each.
+    pub fn new(depth: usize) -> StateMailbox {
+        StateMailbox { inbox: ArrayQueue::new(depth), returned: ArrayQueue::new(depth + 1) }
+    }
+
+    /// Management side: offers a state; gives it back when the ring is full,
+    /// so the caller retries (a state is never lost).
+    pub fn publish(&self, st: Arc<ForwardingState>) -> Result<(), Arc<ForwardingState>> {
+        self.inbox.push(st)
+    }
+
+    /// Management side: the states workers are done with (dropped here, on
+    /// the management core).
+    pub fn reclaim(&self) -> usize {
+        let mut n = 0;
+        while self.returned.pop().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Worker side: the newest state waiting, if any (older ones waiting are
+    /// returned unused).
+    #[inline]
+    pub fn take_newest(&self, pending: &mut Vec<Arc<ForwardingState>>) -> Option<Arc<ForwardingState>> {
+        let mut newest = self.inbox.pop()?;
+        while let Some(newer) = self.inbox.pop() {
+            pending.push(std::mem::replace(&mut newest, newer));
+        }
+        Some(newest)
+    }
+
+    /// Worker side: hands old states back; what does not fit stays pending.
+    #[inline]
+    pub fn give_back(&self, pending: &mut Vec<Arc<ForwardingState>>) {
+        while let Some(old) = pending.pop() {
+            if let Err(old) = self.returned.push(old) {
+                pending.push(old);
+                return;
+            }
+        }
+    }
+}
+
+/// One balancing worker's queues and state.
+pub struct BalanceWorker<'p> {
+    /// RX queues it polls, with the index of the port each belongs to.
+    pub rx: Vec<(RxQueue<'p>, u16)>,
+    /// One TX queue per port, by port index.
+    pub tx: Vec<TxQueue<'p>>,
+    pub pipeline: Worker,
+}
+
+/// What a balancing worker reports when it stops.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BalanceStats {
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub dropped_tx_full: u64,
+    pub busy_polls: u64,
+    pub idle_polls: u64,
+    pub pipeline: Counters,
+    pub states_adopted: u64,
+}
+
+/// Flow-table buckets swept per busy poll and per idle poll.
+const SWEEP_BUSY: usize = 2;
+const SWEEP_IDLE: usize = 256;
+
+impl BalanceWorker<'_> {
+    /// Polls until `stop`, reading the forwarding state from `mailbox` (it
+    /// waits for the first one). `tsc_per_ms` converts TSC ticks to the
+    /// pipeline's milliseconds.
+    pub fn run(
+        mut self,
+        cfg: PollConfig,
+        tsc_per_ms: u64,
+        mailbox: &StateMailbox,
+        stop: &AtomicBool,
+    ) -> BalanceStats {
+        let mut stats = BalanceStats::default();
+        // Room for every state the rings can hold, so handing back never allocates.
+        let mut pending: Vec<Arc<ForwardingState>> = Vec::with_capacity(64);
+        let mut state = loop {
+            if let Some(s) = mailbox.take_newest(&mut pending) {
+                break s;
+            }
+            if stop.load(Ordering::Relaxed) {
+                return stats;
+            }
+            std::hint::spin_loop();
+        };
+        stats.states_adopted += 1;
+        let mut burst = Burst::new();
+        let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST_MAX];
+        let mut idle_run = 0u32;
+        let tsc_per_ms = tsc_per_ms.max(1);
+        while !stop.load(Ordering::Relaxed) {
+            if let Some(newer) = mailbox.take_newest(&mut pending) {
+                pending.push(std::mem::replace(&mut state, newer));
+                stats.states_adopted += 1;
+            }
+            if !pending.is_empty() {
+                mailbox.give_back(&mut pending);
+            }
+            let now_tsc = tsc();
+            let now_ms = now_tsc / tsc_per_ms;
+            let mut got = 0usize;
+            for (rxq, port) in self.rx.iter_mut() {
+                let n = rxq.burst_max(&mut burst, cfg.burst_size);
+                if n == 0 {
+                    continue;
+                }
+                got += n;
+                self.pipeline.process_burst(
+                    &state,
+                    burst.as_mut_slice(),
+                    *port,
+                    now_ms,
+                    &mut verdicts[..n],
+                    &CpuPrefetch,
+                );
+                for (m, v) in burst.drain().zip(verdicts.iter()) {
+                    match *v {
+                        Verdict::Forward { port } | Verdict::Reply { port } => {
+                            match self.tx.get_mut(port as usize) {
+                                Some(t) => t.push(m),
+                                None => drop(m),
+                            }
+                        }
+                        // No kernel exception path yet: counted by the pipeline, freed here.
+                        Verdict::ToKernel | Verdict::Drop(_) => drop(m),
+                    }
+                }
+            }
+            for t in self.tx.iter_mut() {
+                t.drain_if_due(now_tsc);
+            }
+            stats.rx_packets += got as u64;
+            if got > 0 {
+                stats.busy_polls += 1;
+                idle_run = 0;
+                self.pipeline.sweep(now_ms, SWEEP_BUSY);
+            } else {
+                stats.idle_polls += 1;
+                idle_run = idle_run.saturating_add(1);
+                self.pipeline.sweep(now_ms, SWEEP_IDLE);
+                if !cfg.idle_pause.is_zero() && idle_run >= cfg.idle_polls_before_pause {
+                    std::thread::sleep(cfg.idle_pause);
+                }
+            }
+        }
+        for t in self.tx.iter_mut() {
+            t.flush();
+            let s = t.stats();
+            stats.tx_packets += s.sent;
+            stats.dropped_tx_full += s.dropped_full;
+        }
+        stats.pipeline = self.pipeline.counters;
+        pending.push(state);
+        mailbox.give_back(&mut pending);
+        stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::state::PortInfo;
+
+    fn state(generation: u64) -> Arc<ForwardingState> {
+        Arc::new(
+            ForwardingState::build(
+                generation,
+                vec![PortInfo { mac: [2, 0, 0, 0, 0, 1], ipv4: None, ipv6: None, mtu: 1500 }],
+                vec![],
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn mailbox_delivers_the_newest_and_returns_the_rest() {
+        let mb = StateMailbox::new(2);
+        assert!(mb.publish(state(1)).is_ok());
+        assert!(mb.publish(state(2)).is_ok());
+        let third = mb.publish(state(3)).unwrap_err();
+        assert_eq!(third.generation, 3, "a full ring hands the state back for a retry");
+        let mut pending = Vec::new();
+        let got = mb.take_newest(&mut pending).unwrap();
+        assert_eq!(got.generation, 2);
+        assert_eq!(pending.iter().map(|s| s.generation).collect::<Vec<_>>(), vec![1]);
+        assert!(mb.publish(third).is_ok());
+        mb.give_back(&mut pending);
+        assert!(pending.is_empty());
+        assert_eq!(mb.reclaim(), 1);
+        assert_eq!(mb.take_newest(&mut pending).unwrap().generation, 3);
+    }
+
+    #[test]
+    fn give_back_keeps_what_does_not_fit() {
+        let mb = StateMailbox::new(1); // return ring holds 2
+        let mut pending = vec![state(1), state(2), state(3)];
+        mb.give_back(&mut pending);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(mb.reclaim(), 2);
+        mb.give_back(&mut pending);
+        assert!(pending.is_empty());
+        assert_eq!(mb.reclaim(), 1);
+    }
+}
