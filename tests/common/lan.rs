@@ -1,0 +1,201 @@
+//! The one-arm TAP topology of DESIGN.md §4, built inside namespaces:
+//! a bridge in `lan` joins l4lb's TAP port, a client (198.18.0.2,
+//! 2001:db8::2) and three backends (198.18.0.1N, 2001:db8::1N) with the VIPs
+//! on `lo`, each running an HTTP server that answers "NAME CLIENT-ADDRESS".
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::process::Child;
+
+use super::netns::{sh, unique, L4lb, Netns};
+
+pub const PY: &str = "/usr/bin/python3";
+
+pub struct Backend {
+    pub ns: Netns,
+    pub name: String,
+    pub v4: String,
+    pub v6: String,
+    pub mac: String,
+}
+
+pub struct Lan {
+    pub lan: Netns,
+    pub client: Netns,
+    pub backends: Vec<Backend>,
+    pub children: Vec<Child>,
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for c in self.children.iter_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn veth_into(lan: &Netns, ns: &Netns, tag: &str, v4: &str, v6: &str, mac: &str) {
+    let (outer, inner) = (format!("{tag}o"), format!("{tag}i"));
+    sh(&format!("ip -n {} link add {outer} type veth peer name {inner} netns {}", lan.name, ns.name));
+    sh(&format!("ip -n {} link set {outer} master br0 up", lan.name));
+    sh(&format!("ip -n {} link set {inner} address {mac}", ns.name));
+    sh(&format!("ip -n {} addr add {v4}/24 dev {inner}", ns.name));
+    sh(&format!("ip -n {} addr add {v6}/64 dev {inner} nodad", ns.name));
+    sh(&format!("ip -n {} link set {inner} up", ns.name));
+}
+
+/// Builds the LAN with `vips` (IPv4 and IPv6) on every backend's `lo`.
+pub fn topology(vips: &[&str]) -> Lan {
+    let lan = Netns::new(&unique("l4b-lan"));
+    lan.exec("ip link add br0 type bridge");
+    lan.exec("ip link set br0 up");
+    let client = Netns::new(&unique("l4b-cl"));
+    veth_into(&lan, &client, "vc", "198.18.0.2", "2001:db8::2", "02:00:00:00:0c:02");
+    client.exec("ip route add 198.18.100.0/24 via 198.18.0.1");
+    client.exec("ip -6 route add 2001:db8:100::/64 via 2001:db8::1");
+    let mut backends = Vec::new();
+    for i in 1..=3u8 {
+        let ns = Netns::new(&unique(&format!("l4b-b{i}")));
+        let (v4, v6, mac) =
+            (format!("198.18.0.1{i}"), format!("2001:db8::1{i}"), format!("02:00:00:00:0b:1{i}"));
+        veth_into(&lan, &ns, &format!("vb{i}"), &v4, &v6, &mac);
+        for vip in vips {
+            let plen = if vip.contains(':') { 128 } else { 32 };
+            ns.exec(&format!("ip addr add {vip}/{plen} dev lo nodad"));
+        }
+        // The VIP lives on lo; the backend must not answer ARP for it.
+        ns.exec("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
+        backends.push(Backend { ns, name: format!("backend-{i}"), v4, v6, mac });
+    }
+    Lan { lan, client, backends, children: Vec::new() }
+}
+
+/// Moves l4lb's TAP device onto the bridge.
+pub fn attach_tap(t: &Lan, tap: &str) {
+    sh(&format!("ip link set {tap} netns {}", t.lan.name));
+    // The kernel side of a net_tap device starts with the port's MAC; on a
+    // bridge that would make the bridge keep l4lb's frames for itself.
+    t.lan.exec(&format!("ip link set {tap} address 02:00:00:00:01:fe"));
+    t.lan.exec(&format!("ip link set {tap} master br0 up"));
+}
+
+fn wait_ready(child: &mut Child, what: &str) {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "{what} did not start");
+}
+
+/// Starts each backend's HTTP server (dual stack, port 80) and, if given, a
+/// UDP echo-with-name server bound to `udp_vip`:5300.
+pub fn start_servers(t: &mut Lan, udp_vip: Option<&str>) {
+    for b in &t.backends {
+        let mut script = vec![
+            "import http.server as h, socket, threading".to_string(),
+            "class S(h.ThreadingHTTPServer):".into(),
+            "    address_family = socket.AF_INET6".into(),
+            "class H(h.BaseHTTPRequestHandler):".into(),
+            "    def do_GET(self):".into(),
+            "        a = self.client_address[0].removeprefix('::ffff:')".into(),
+            format!("        b = ('{} ' + a + '\\n').encode()", b.name),
+            "        self.send_response(200)".into(),
+            "        self.send_header('Content-Length', str(len(b)))".into(),
+            "        self.end_headers()".into(),
+            "        self.wfile.write(b)".into(),
+            "    def log_message(self, *a):".into(),
+            "        pass".into(),
+        ];
+        if let Some(vip) = udp_vip {
+            script.extend([
+                "def udp():".into(),
+                "    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)".into(),
+                // A DSR UDP service binds the VIP, so answers leave from it.
+                format!("    u.bind(('{vip}', 5300))"),
+                "    while True:".into(),
+                "        d, a = u.recvfrom(2048)".into(),
+                format!("        u.sendto(b'{} ' + a[0].encode(), a)", b.name),
+                "threading.Thread(target=udp, daemon=True).start()".into(),
+            ]);
+        }
+        script.extend([
+            "s = S(('::', 80), H)".into(),
+            "print('ready', flush=True)".into(),
+            "s.serve_forever()".into(),
+        ]);
+        let path = std::env::temp_dir().join(format!("{}.py", unique(&format!("l4b-srv-{}-", b.name))));
+        std::fs::write(&path, script.join("\n")).unwrap();
+        let mut child = b.ns.spawn(&format!("exec {PY} {}", path.display()));
+        wait_ready(&mut child, &b.name);
+        t.children.push(child);
+    }
+}
+
+/// Starts the userspace tunnel endpoint (scripts/backend-decap.py) in every backend.
+pub fn start_decap(t: &mut Lan) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/backend-decap.py");
+    for b in &t.backends {
+        let mut child = b.ns.spawn(&format!("exec {PY} {script} l4bdecap 6080"));
+        wait_ready(&mut child, "backend-decap.py");
+        t.children.push(child);
+    }
+}
+
+/// `n` HTTP connections to `vip` from the client; answers per backend name.
+/// Every request must succeed, and every backend must report `client_addr`
+/// (direct server return: no source NAT).
+pub fn http_load(
+    client: &Netns,
+    vip: &str,
+    n: usize,
+    client_addr: &str,
+    l4lb: &L4lb,
+) -> HashMap<String, usize> {
+    let script = [
+        "import http.client, collections",
+        "c = collections.Counter(); bad = []",
+        &format!("for i in range({n}):"),
+        "    try:",
+        &format!("        h = http.client.HTTPConnection('{vip}', 80, timeout=5)"),
+        "        h.request('GET', '/'); body = h.getresponse().read().decode().split(); h.close()",
+        "        c[body[0]] += 1",
+        &format!("        if body[1] != '{client_addr}': bad.append('source ' + body[1])"),
+        "    except Exception as e:",
+        "        bad.append(repr(e))",
+        "print(' '.join(f'{k}={v}' for k, v in c.items()))",
+        "print('bad', len(bad), bad[:3])",
+    ]
+    .join("\n");
+    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-load-")));
+    std::fs::write(&path, script).unwrap();
+    let out = client.exec(&format!("{PY} {}", path.display()));
+    let _ = std::fs::remove_file(&path);
+    let mut lines = out.lines();
+    let counts: HashMap<String, usize> = lines
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_owned(), v.parse().unwrap())))
+        .collect();
+    let bad = lines.next().unwrap_or("");
+    assert!(bad.starts_with("bad 0 "), "{vip}: {bad}\n{}", l4lb.transcript());
+    assert_eq!(counts.values().sum::<usize>(), n);
+    counts
+}
+
+/// A field of l4lb's final `balancing:` line.
+pub fn balancing_field(transcript: &str, name: &str) -> u64 {
+    let line = transcript.lines().find(|l| l.starts_with("balancing: rx")).expect("balancing stats");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let i = words.iter().position(|w| *w == name).unwrap();
+    words[i + 1].parse().unwrap()
+}
+
+/// A drop counter from l4lb's final report (0 when absent).
+pub fn drop_count(transcript: &str, reason: &str) -> u64 {
+    transcript
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("drop {reason} ")))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,103 @@
+//! End to end: HTTP through VIPs in IP-in-IP (4in4, 6in6, 4in6) and GUE
+//! (over IPv4 and IPv6) modes. The test kernel has no ipip/ip6tnl/fou, so each
+//! backend decapsulates in userspace (scripts/backend-decap.py: raw and UDP
+//! sockets into a TUN device) and its kernel TCP stack answers the client
+//! directly from the VIP.
+mod common;
+
+use common::lan::{attach_tap, balancing_field, http_load, start_decap, start_servers, topology};
+use common::netns::{netns_exists, require_root, unique, L4lb};
+
+const VIPS: [&str; 5] =
+    ["198.18.100.11", "198.18.100.12", "198.18.100.13", "2001:db8:100::11", "2001:db8:100::12"];
+
+fn config(tap: &str, t: &common::lan::Lan) -> String {
+    let v4: Vec<String> =
+        t.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
+    let v6: Vec<String> =
+        t.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v6, b.mac)).collect();
+    let service = |name: &str, vip: &str, fwd: &str, bs: &[String]| {
+        format!(
+            "[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nport = 80\nforwarding = \"{fwd}\"\nbackends = [{}]\n",
+            bs.join(", ")
+        )
+    };
+    format!(
+        r#"
+[dpdk]
+lcores = "{lcores}"
+devices = ["net_tap0,iface={tap}"]
+{mem}
+
+[workers]
+idle_pause_us = 200
+flow_table_capacity = 65536
+
+[[ports]]
+name = "lan"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+mac = "02:00:00:00:01:01"
+
+{s1}
+{s2}
+{s3}
+{s4}
+{s5}
+"#,
+        lcores = common::lcore_map(2),
+        mem = if common::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
+        s1 = service("ipip-4in4", VIPS[0], "ipip", &v4),
+        s2 = service("gue-v4", VIPS[1], "gue", &v4),
+        s3 = service("ipip-4in6", VIPS[2], "ipip", &v6),
+        s4 = service("ipip-6in6", VIPS[3], "ipip", &v6),
+        s5 = service("gue-v6", VIPS[4], "gue", &v6),
+    )
+}
+
+#[test]
+fn http_through_ipip_and_gue_tunnels_over_ipv4_and_ipv6() {
+    require_root();
+    let mut t = topology(&VIPS);
+    start_servers(&mut t, None);
+    start_decap(&mut t);
+    let tap = unique("l4bt");
+    let dir = std::env::temp_dir().join(unique("l4lb-encap-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let l4lb = L4lb::start(&config(&tap, &t), &dir);
+    attach_tap(&t, &tap);
+    let names: Vec<String> = t.backends.iter().map(|b| b.name.clone()).collect();
+
+    // l4lb answers neighbour solicitations and ping on IPv6 too.
+    let out = t.client.exec("ping -6 -c 2 -i 0.2 -W 2 2001:db8::1");
+    assert!(out.contains("2 received"), "{out}");
+
+    let mut total = 0;
+    for (vip, client) in [
+        (VIPS[0], "198.18.0.2"),
+        (VIPS[1], "198.18.0.2"),
+        (VIPS[2], "198.18.0.2"),
+        (VIPS[3], "2001:db8::2"),
+        (VIPS[4], "2001:db8::2"),
+    ] {
+        let n = 150;
+        let counts = http_load(&t.client, vip, n, client, &l4lb);
+        total += n as u64;
+        for name in &names {
+            let c = counts.get(name).copied().unwrap_or(0);
+            assert!(c >= 20, "{vip}: backend {name} got {c} of {n}: {counts:?}");
+        }
+    }
+    let (status, transcript) = l4lb.stop();
+    assert!(status.success(), "{transcript}");
+    assert!(balancing_field(&transcript, "new_flows") >= total, "{transcript}");
+    assert!(balancing_field(&transcript, "replied") <= 20, "replies bypass l4lb: {transcript}");
+    let names_ns: Vec<String> =
+        std::iter::once(t.lan.name.clone()).chain(t.backends.iter().map(|b| b.ns.name.clone())).collect();
+    drop(t);
+    for n in names_ns {
+        assert!(!netns_exists(&n), "{n} left behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
