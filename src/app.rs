@@ -2,12 +2,16 @@
 //! workers until told to stop, then report and release everything.
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
-use crate::control::state_build::{build_state, worker_config, PortFacts};
+use crate::control::neighbour::NeighbourTable;
+use crate::control::state_build::{
+    build_state, build_state_resolved, needed_neighbours, worker_config, PortFacts,
+};
 use crate::dataplane::balance::{BalanceStats, BalanceWorker, StateMailbox};
 use crate::dataplane::forward::{ForwardWorker, PollConfig, WorkerStats};
 use crate::dataplane::pipeline::DropReason;
@@ -110,8 +114,8 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
     };
     let balancing = !cfg.config.services.is_empty();
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
+    let mut facts = Vec::with_capacity(ports.len());
     if balancing {
-        let mut facts = Vec::with_capacity(ports.len());
         for (i, port) in ports.iter().enumerate() {
             let port_err = |source| RunError::Port {
                 port: cfg.config.ports[i].name.clone(),
@@ -194,11 +198,24 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         );
         let _ = out.flush();
         // The management lcore's loop; health checks, reloads and stats join it later.
+        let mut mgmt = Management::new(cfg, &facts, &pool, tsc_per_ms);
         while !stop.load(Ordering::Relaxed) {
+            if balancing {
+                mgmt.tick(mailboxes);
+            }
             for mb in mailboxes.iter() {
                 mb.reclaim();
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if mgmt.generation > 1 || mgmt.neighbours.resolved() > 0 {
+            let _ = writeln!(
+                out,
+                "neighbours: {} of {} resolved; forwarding state generation {}",
+                mgmt.neighbours.resolved(),
+                mgmt.neighbours.len(),
+                mgmt.generation
+            );
         }
         Ok(())
     });
@@ -238,6 +255,94 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
     drop(pool);
     drop(eal);
     Ok(report)
+}
+
+/// The management core's periodic work while balancing: learn neighbours from
+/// the answers workers pass up, ask for the missing or stale ones (the
+/// requests go down to worker 0, which sends them), and publish a new
+/// forwarding state to every worker when a next-hop MAC changes.
+struct Management<'a> {
+    cfg: &'a Validated,
+    facts: &'a [PortFacts],
+    pool: &'a Mempool,
+    tsc_per_ms: u64,
+    neighbours: NeighbourTable,
+    generation: u64,
+    /// A state a worker's full inbox refused, to offer again.
+    unsent: Vec<Option<std::sync::Arc<crate::balancer::state::ForwardingState>>>,
+}
+
+impl<'a> Management<'a> {
+    fn new(cfg: &'a Validated, facts: &'a [PortFacts], pool: &'a Mempool, tsc_per_ms: u64) -> Self {
+        let mut neighbours = NeighbourTable::default();
+        neighbours.track(&needed_neighbours(cfg));
+        Management { cfg, facts, pool, tsc_per_ms, neighbours, generation: 1, unsent: Vec::new() }
+    }
+
+    fn tick(&mut self, mailboxes: &[StateMailbox]) {
+        let now_ms = crate::dpdk::tsc() / self.tsc_per_ms.max(1);
+        let mut changed = false;
+        for mb in mailboxes {
+            while let Some((port, m)) = mb.control_up.pop() {
+                if let Some((ip, mac)) = neighbour_answer(m.data()) {
+                    changed |= self.neighbours.learn(port as usize, ip, mac, now_ms);
+                }
+            }
+        }
+        changed |= self.neighbours.expire(now_ms);
+        for (port, ip) in self.neighbours.due(now_ms) {
+            let (Some(f), Some(p)) = (self.facts.get(port), self.cfg.config.ports.get(port)) else {
+                continue;
+            };
+            let frame: Option<Vec<u8>> = match ip {
+                IpAddr::V4(t) => p.ipv4.map(|a| crate::net::arp::request_frame(f.mac, a.addr, t).to_vec()),
+                IpAddr::V6(t) => p.ipv6.map(|a| crate::net::icmp::solicit_frame(f.mac, a.addr, t).to_vec()),
+            };
+            let (Some(frame), Some(mut m)) = (frame, self.pool.alloc()) else { continue };
+            if m.set_data(&frame) {
+                if let Some(mb) = mailboxes.first() {
+                    let _ = mb.control_down.push((port as u16, m));
+                }
+            }
+        }
+        if changed {
+            self.generation += 1;
+            let n = &self.neighbours;
+            match build_state_resolved(self.cfg, self.generation, self.facts, &|p, ip| n.mac(p, ip)) {
+                Ok(st) => {
+                    let st = std::sync::Arc::new(st);
+                    self.unsent = mailboxes.iter().map(|_| Some(st.clone())).collect();
+                }
+                Err(e) => eprintln!("l4lb: forwarding state generation {} refused: {e}", self.generation),
+            }
+        }
+        for (slot, mb) in self.unsent.iter_mut().zip(mailboxes) {
+            if let Some(st) = slot.take() {
+                if let Err(st) = mb.publish(st) {
+                    *slot = Some(st); // full ring: offer it again next tick
+                }
+            }
+        }
+    }
+}
+
+/// (address, MAC) from an ARP reply or a neighbour advertisement.
+fn neighbour_answer(frame: &[u8]) -> Option<(IpAddr, [u8; 6])> {
+    use crate::net::{arp, ethernet, icmp, ipv6};
+    let f = ethernet::Frame::new_checked(frame).ok()?;
+    match f.ethertype() {
+        ethernet::ETHERTYPE_ARP => {
+            let a = arp::Packet::new_checked(f.payload()).ok()?;
+            (a.op() == arp::OP_REPLY).then(|| (IpAddr::V4(a.sender_ip()), a.sender_mac()))
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = ipv6::Packet::new_checked(f.payload()).ok()?;
+            let na = icmp::parse_ndp(ip.payload()).ok()?;
+            (na.msg_type == icmp::v6::NEIGHBOR_ADVERT)
+                .then(|| (IpAddr::V6(na.target), na.link_addr.unwrap_or(f.src())))
+        }
+        _ => None,
+    }
 }
 
 fn fmt_mac(m: &[u8; 6]) -> String {

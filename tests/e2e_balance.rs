@@ -8,6 +8,8 @@ use common::netns::{link_exists_in_root, netns_exists, require_root, unique, L4l
 fn config(tap: &str, backends: &[common::lan::Backend]) -> String {
     let bs: Vec<String> =
         backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
+    // The first service names no backend MAC: l4lb resolves them by ARP.
+    let resolved: Vec<String> = backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.v4)).collect();
     let weighted: Vec<String> = backends
         .iter()
         .zip(1..)
@@ -36,7 +38,7 @@ vip = "198.18.100.1"
 protocol = "tcp"
 port = 80
 forwarding = "l2"
-backends = [{bs}]
+backends = [{resolved}]
 
 [[services]]
 name = "weighted"
@@ -67,6 +69,7 @@ backends = [{bs}]
         mem = if common::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
         bs = bs.join(", "),
         weighted = weighted.join(", "),
+        resolved = resolved.join(", "),
     )
 }
 

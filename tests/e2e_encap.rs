@@ -16,6 +16,9 @@ fn config(tap: &str, t: &common::lan::Lan) -> String {
         t.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
     let v6: Vec<String> =
         t.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v6, b.mac)).collect();
+    // No MACs here: l4lb resolves these backends by neighbour discovery.
+    let v6_resolved: Vec<String> =
+        t.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.v6)).collect();
     let service = |name: &str, vip: &str, fwd: &str, bs: &[String]| {
         format!(
             "[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nport = 80\nforwarding = \"{fwd}\"\nbackends = [{}]\n",
@@ -51,7 +54,7 @@ mac = "02:00:00:00:01:01"
         s1 = service("ipip-4in4", VIPS[0], "ipip", &v4),
         s2 = service("gue-v4", VIPS[1], "gue", &v4),
         s3 = service("ipip-4in6", VIPS[2], "ipip", &v6),
-        s4 = service("ipip-6in6", VIPS[3], "ipip", &v6),
+        s4 = service("ipip-6in6", VIPS[3], "ipip", &v6_resolved),
         s5 = service("gue-v6", VIPS[4], "gue", &v6),
     )
 }
@@ -93,6 +96,7 @@ fn http_through_ipip_and_gue_tunnels_over_ipv4_and_ipv6() {
     assert!(status.success(), "{transcript}");
     assert!(balancing_field(&transcript, "new_flows") >= total, "{transcript}");
     assert!(balancing_field(&transcript, "replied") <= 20, "replies bypass l4lb: {transcript}");
+    assert!(transcript.contains("neighbours: 3 of 3 resolved"), "neighbour discovery:\n{transcript}");
     let names_ns: Vec<String> =
         std::iter::once(t.lan.name.clone()).chain(t.backends.iter().map(|b| b.ns.name.clone())).collect();
     drop(t);

@@ -3,4 +3,5 @@
 
 pub mod config;
 pub mod lcores;
+pub mod neighbour;
 pub mod state_build;

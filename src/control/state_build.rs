@@ -47,18 +47,53 @@ fn neighbour(port: &PortSection, ip: IpAddr) -> Option<Mac> {
     port.neighbours.iter().find(|n| n.ip == ip).map(|n| n.mac.0)
 }
 
-/// The MAC a backend's packets are sent to: the backend itself (L2 mode, or
-/// on-link when encapsulating), else the port's gateway.
-pub fn next_hop(svc: &ServiceSection, port: &PortSection, addr: IpAddr, mac: Option<Mac>) -> Option<Mac> {
-    let direct = || mac.or_else(|| neighbour(port, addr));
+/// The address whose MAC a backend's packets are sent to: the backend itself
+/// (L2 mode, or on-link when encapsulating), else the port's gateway.
+fn hop_address(svc: &ServiceSection, port: &PortSection, addr: IpAddr) -> Option<IpAddr> {
     if svc.forwarding == ForwardingMode::L2 || on_link(port, addr) {
-        return direct();
+        return Some(addr);
     }
-    let gw = match addr {
+    match addr {
         IpAddr::V4(_) => port.gateway.map(IpAddr::V4),
         IpAddr::V6(_) => port.gateway6.map(IpAddr::V6),
-    };
-    gw.and_then(|g| neighbour(port, g))
+    }
+}
+
+/// Dynamically resolved neighbours: (port index, address) -> MAC.
+pub type Resolver<'a> = &'a dyn Fn(usize, IpAddr) -> Option<Mac>;
+
+/// The MAC a backend's packets are sent to: the backend's configured `mac`
+/// when it is the hop, else a static neighbour, else a resolved one.
+pub fn next_hop(
+    svc: &ServiceSection,
+    port_index: usize,
+    port: &PortSection,
+    addr: IpAddr,
+    mac: Option<Mac>,
+    resolved: Resolver<'_>,
+) -> Option<Mac> {
+    let hop = hop_address(svc, port, addr)?;
+    let configured = if hop == addr { mac } else { None };
+    configured.or_else(|| neighbour(port, hop)).or_else(|| resolved(port_index, hop))
+}
+
+/// The (port, address) pairs whose MAC must be learnt by ARP / neighbour
+/// discovery: next hops with neither a configured MAC nor a static neighbour.
+pub fn needed_neighbours(cfg: &Validated) -> Vec<(usize, IpAddr)> {
+    let c = &cfg.config;
+    let mut out = Vec::new();
+    for s in &c.services {
+        let egress = s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
+        let port = &c.ports[egress];
+        for b in &s.backends {
+            let Some(hop) = hop_address(s, port, b.address) else { continue };
+            let configured = hop == b.address && b.mac.is_some();
+            if !configured && neighbour(port, hop).is_none() && !out.contains(&(egress, hop)) {
+                out.push((egress, hop));
+            }
+        }
+    }
+    out
 }
 
 /// Builds generation `generation` of the forwarding state. Backend ids are
@@ -67,6 +102,17 @@ pub fn build_state(
     cfg: &Validated,
     generation: u64,
     facts: &[PortFacts],
+) -> Result<ForwardingState, BuildError> {
+    build_state_resolved(cfg, generation, facts, &|_, _| None)
+}
+
+/// As [`build_state`], with MACs learnt at run time for next hops that have
+/// no configured one.
+pub fn build_state_resolved(
+    cfg: &Validated,
+    generation: u64,
+    facts: &[PortFacts],
+    resolved: Resolver<'_>,
 ) -> Result<ForwardingState, BuildError> {
     let c = &cfg.config;
     let ports: Vec<PortInfo> = c
@@ -97,7 +143,7 @@ pub fn build_state(
                     weight: b.weight,
                     draining: false,
                     rtt_us: 0,
-                    next_hop: next_hop(s, port, b.address, b.mac.map(|m| m.0)),
+                    next_hop: next_hop(s, egress, port, b.address, b.mac.map(|m| m.0), resolved),
                     port: egress,
                 }
             })

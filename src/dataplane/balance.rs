@@ -11,18 +11,33 @@ use crossbeam::queue::ArrayQueue;
 use super::forward::PollConfig;
 use super::pipeline::{Counters, DropReason, Verdict, Worker};
 use crate::balancer::state::ForwardingState;
-use crate::dpdk::{tsc, Burst, CpuPrefetch, RxQueue, TxQueue, BURST_MAX};
+use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue, BURST_MAX};
 
-/// One worker's pair of rings: new states in, old states back.
+/// One worker's rings to and from the management core: new states in, old
+/// states back; control packets (ARP replies, neighbour advertisements) up,
+/// packets the management core wants sent (its ARP requests and
+/// solicitations) down. All lock-free (crossbeam `ArrayQueue`).
 pub struct StateMailbox {
     inbox: ArrayQueue<Arc<ForwardingState>>,
     returned: ArrayQueue<Arc<ForwardingState>>,
+    /// (port, packet) from the worker to the management core.
+    pub control_up: ArrayQueue<(u16, Mbuf)>,
+    /// (port, packet) for the worker to transmit.
+    pub control_down: ArrayQueue<(u16, Mbuf)>,
 }
+
+/// Control packets in flight per direction and worker.
+pub const CONTROL_RING: usize = 256;
 
 impl StateMailbox {
     /// Rings of `depth` states each.
     pub fn new(depth: usize) -> StateMailbox {
-        StateMailbox { inbox: ArrayQueue::new(depth), returned: ArrayQueue::new(depth + 1) }
+        StateMailbox {
+            inbox: ArrayQueue::new(depth),
+            returned: ArrayQueue::new(depth + 1),
+            control_up: ArrayQueue::new(CONTROL_RING),
+            control_down: ArrayQueue::new(CONTROL_RING),
+        }
     }
 
     /// Management side: offers a state; gives it back when the ring is full,
@@ -83,6 +98,11 @@ pub struct BalanceStats {
     pub idle_polls: u64,
     pub pipeline: Counters,
     pub states_adopted: u64,
+    /// Control packets handed to the management core / dropped on a full ring.
+    pub control_up: u64,
+    pub control_up_dropped: u64,
+    /// Packets the management core asked this worker to send.
+    pub control_sent: u64,
 }
 
 /// Flow-table buckets swept per busy poll and per idle poll.
@@ -125,6 +145,12 @@ impl BalanceWorker<'_> {
             if !pending.is_empty() {
                 mailbox.give_back(&mut pending);
             }
+            while let Some((port, m)) = mailbox.control_down.pop() {
+                if let Some(t) = self.tx.get_mut(port as usize) {
+                    t.push(m);
+                    stats.control_sent += 1;
+                }
+            }
             let now_tsc = tsc();
             let now_ms = now_tsc / tsc_per_ms;
             let mut got = 0usize;
@@ -150,7 +176,16 @@ impl BalanceWorker<'_> {
                                 None => drop(m),
                             }
                         }
-                        // No kernel exception path yet: counted by the pipeline, freed here.
+                        // ARP replies and neighbour advertisements teach the
+                        // management core its neighbours; the rest of the
+                        // kernel-bound traffic is counted by the pipeline and
+                        // freed (no kernel exception path yet).
+                        Verdict::ToKernel if is_neighbour_answer(m.data()) => {
+                            match mailbox.control_up.push((*port, m)) {
+                                Ok(()) => stats.control_up += 1,
+                                Err(_) => stats.control_up_dropped += 1,
+                            }
+                        }
                         Verdict::ToKernel | Verdict::Drop(_) => drop(m),
                     }
                 }
@@ -182,6 +217,23 @@ impl BalanceWorker<'_> {
         pending.push(state);
         mailbox.give_back(&mut pending);
         stats
+    }
+}
+
+/// An ARP reply or an ICMPv6 neighbour advertisement (untagged or tagged).
+#[inline]
+pub fn is_neighbour_answer(frame: &[u8]) -> bool {
+    use crate::net::ethernet;
+    let Ok(f) = ethernet::Frame::new_checked(frame) else { return false };
+    let p = f.payload();
+    match f.ethertype() {
+        ethernet::ETHERTYPE_ARP => p.len() >= 8 && p[6..8] == [0, 2],
+        ethernet::ETHERTYPE_IPV6 => {
+            p.len() > 40
+                && p[6] == crate::net::proto::ICMPV6
+                && p[40] == crate::net::icmp::v6::NEIGHBOR_ADVERT
+        }
+        _ => false,
     }
 }
 

@@ -69,6 +69,19 @@ pub fn write(
     buf[24..28].copy_from_slice(&target_ip.octets());
 }
 
+/// A broadcast ARP request frame (42 bytes) asking for `target`.
+pub fn request_frame(src_mac: Mac, src_ip: Ipv4Addr, target: Ipv4Addr) -> [u8; 42] {
+    let mut f = [0u8; 42];
+    super::ethernet::write_header(
+        &mut f,
+        super::ethernet::BROADCAST,
+        src_mac,
+        super::ethernet::ETHERTYPE_ARP,
+    );
+    write(&mut f[14..], OP_REQUEST, src_mac, src_ip, [0; 6], target);
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

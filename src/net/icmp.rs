@@ -131,6 +131,37 @@ pub fn parse_ndp(b: &[u8]) -> Result<Ndp, ParseError> {
     Ok(Ndp { msg_type, target, link_addr, flags })
 }
 
+/// A neighbour solicitation frame (86 bytes) for `target`, sent to its
+/// solicited-node multicast address with our link-layer address.
+pub fn solicit_frame(src_mac: Mac, src_ip: Ipv6Addr, target: Ipv6Addr) -> [u8; 86] {
+    let t = target.octets();
+    let dst_ip =
+        Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | t[13] as u16, u16::from_be_bytes([t[14], t[15]]));
+    let dst_mac = [0x33, 0x33, 0xff, t[13], t[14], t[15]];
+    let mut f = [0u8; 86];
+    super::ethernet::write_header(&mut f, dst_mac, src_mac, super::ethernet::ETHERTYPE_IPV6);
+    super::ipv6::Repr {
+        src: src_ip,
+        dst: dst_ip,
+        next_header: super::proto::ICMPV6,
+        payload_len: 32,
+        hop_limit: 255,
+        traffic_class: 0,
+        flow_label: 0,
+    }
+    .write(&mut f[14..]);
+    let m = &mut f[54..86];
+    m[0] = v6::NEIGHBOR_SOLICIT;
+    m[8..24].copy_from_slice(&t);
+    m[24] = v6::OPT_SOURCE_LL;
+    m[25] = 1;
+    m[26..32].copy_from_slice(&src_mac);
+    let sum = super::checksum::pseudo_v6(&src_ip, &dst_ip, super::proto::ICMPV6, 32);
+    let c = !super::checksum::fold(super::checksum::add(sum, m));
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +174,22 @@ mod tests {
         assert_eq!(m.body(), &[9, 9]);
         assert!(!m.is_v4_error());
         assert_eq!(Message::new_checked(&b[..7]).unwrap_err(), ParseError::Truncated);
+    }
+
+    #[test]
+    fn solicitation_frame_parses_back_and_verifies() {
+        let target: Ipv6Addr = "2001:db8::1234:5678".parse().unwrap();
+        let f = solicit_frame([2, 0, 0, 0, 0, 1], "2001:db8::1".parse().unwrap(), target);
+        assert_eq!(&f[0..6], &[0x33, 0x33, 0xff, 0x34, 0x56, 0x78]);
+        let ip = super::super::ipv6::Packet::new_checked(&f[14..]).unwrap();
+        assert_eq!(ip.dst(), "ff02::1:ff34:5678".parse::<Ipv6Addr>().unwrap());
+        let n = parse_ndp(ip.payload()).unwrap();
+        assert_eq!(
+            (n.msg_type, n.target, n.link_addr),
+            (v6::NEIGHBOR_SOLICIT, target, Some([2, 0, 0, 0, 0, 1]))
+        );
+        let sum = super::super::checksum::pseudo_v6(&ip.src(), &ip.dst(), 58, 32);
+        assert_eq!(super::super::checksum::fold(super::super::checksum::add(sum, ip.payload())), 0xffff);
     }
 
     #[test]

@@ -162,6 +162,8 @@ pub fn http_load(
         &format!("        if body[1] != '{client_addr}': bad.append('source ' + body[1])"),
         "    except Exception as e:",
         "        bad.append(repr(e))",
+        // Fail fast: a broken path would otherwise cost a timeout per connection.
+        "    if len(bad) >= 3: break",
         "print(' '.join(f'{k}={v}' for k, v in c.items()))",
         "print('bad', len(bad), bad[:3])",
     ]
