@@ -41,6 +41,8 @@ pub struct RunReport {
     /// Balancing (services configured).
     pub balance: Option<BalanceStats>,
     pub ports: Vec<(String, PortStats)>,
+    /// Per service: (backend address, packets, bytes) sent to each backend.
+    pub services: Vec<(String, Vec<(String, u64, u64)>)>,
 }
 
 /// What one worker lcore runs.
@@ -115,6 +117,7 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
     let balancing = !cfg.config.services.is_empty();
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
     let mut facts = Vec::with_capacity(ports.len());
+    let mut first_state = None;
     if balancing {
         for (i, port) in ports.iter().enumerate() {
             let port_err = |source| RunError::Port {
@@ -140,9 +143,12 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
             state.backends.len(),
             state.generation
         );
+        first_state = Some(state);
     }
     // Worker k polls RX queues k, k+W, k+2W... of every port and owns TX queue k of every port.
     let mut plans: Vec<Plan<'_>> = Vec::with_capacity(workers.len());
+    // Each balancing worker's per-backend counters, read by the management core.
+    let mut counter_blocks = Vec::with_capacity(workers.len());
     for k in 0..workers.len() {
         let mut rx = Vec::new();
         let mut tx = Vec::new();
@@ -162,6 +168,7 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         plans.push(if balancing {
             let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
             let pipeline = crate::dataplane::pipeline::Worker::new(worker_config(cfg));
+            counter_blocks.push(pipeline.backend_counters());
             Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
         } else {
             let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();
@@ -173,6 +180,7 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
     // Each worker writes its final counters here before its lcore returns.
     let finals: Vec<Mutex<Final>> = workers.iter().map(|_| Mutex::default()).collect();
     let mailboxes = &mailboxes;
+    let mut final_state = None;
     let (launch, joined) = lcore::scope(&eal, |s| {
         for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
             let launched = s.launch(*lc, move || {
@@ -198,7 +206,7 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         );
         let _ = out.flush();
         // The management lcore's loop; health checks, reloads and stats join it later.
-        let mut mgmt = Management::new(cfg, &facts, &pool, tsc_per_ms);
+        let mut mgmt = Management::new(cfg, &facts, &pool, tsc_per_ms, first_state.clone());
         while !stop.load(Ordering::Relaxed) {
             if balancing {
                 mgmt.tick(mailboxes);
@@ -208,6 +216,7 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        final_state = mgmt.state.clone();
         if mgmt.generation > 1 || mgmt.neighbours.resolved() > 0 {
             let _ = writeln!(
                 out,
@@ -250,6 +259,18 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         report.ports.push((cfg.config.ports[i].name.clone(), s));
         let _ = port.stop();
     }
+    if let Some(st) = &final_state {
+        for svc in &st.services {
+            let mut rows = Vec::new();
+            for &slot in &svc.backends {
+                let b = &st.backends[slot as usize];
+                let (p, by) =
+                    counter_blocks.iter().map(|c| c.get(b.id)).fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1));
+                rows.push((b.addr.to_string(), p, by));
+            }
+            report.services.push((svc.name.clone(), rows));
+        }
+    }
     print_report(&report, out);
     drop(ports);
     drop(pool);
@@ -268,15 +289,23 @@ struct Management<'a> {
     tsc_per_ms: u64,
     neighbours: NeighbourTable,
     generation: u64,
+    /// The newest forwarding state built.
+    state: Option<std::sync::Arc<crate::balancer::state::ForwardingState>>,
     /// A state a worker's full inbox refused, to offer again.
     unsent: Vec<Option<std::sync::Arc<crate::balancer::state::ForwardingState>>>,
 }
 
 impl<'a> Management<'a> {
-    fn new(cfg: &'a Validated, facts: &'a [PortFacts], pool: &'a Mempool, tsc_per_ms: u64) -> Self {
+    fn new(
+        cfg: &'a Validated,
+        facts: &'a [PortFacts],
+        pool: &'a Mempool,
+        tsc_per_ms: u64,
+        state: Option<std::sync::Arc<crate::balancer::state::ForwardingState>>,
+    ) -> Self {
         let mut neighbours = NeighbourTable::default();
         neighbours.track(&needed_neighbours(cfg));
-        Management { cfg, facts, pool, tsc_per_ms, neighbours, generation: 1, unsent: Vec::new() }
+        Management { cfg, facts, pool, tsc_per_ms, neighbours, generation: 1, state, unsent: Vec::new() }
     }
 
     fn tick(&mut self, mailboxes: &[StateMailbox]) {
@@ -312,6 +341,7 @@ impl<'a> Management<'a> {
                 Ok(st) => {
                     let st = std::sync::Arc::new(st);
                     self.unsent = mailboxes.iter().map(|_| Some(st.clone())).collect();
+                    self.state = Some(st);
                 }
                 Err(e) => eprintln!("l4lb: forwarding state generation {} refused: {e}", self.generation),
             }
@@ -367,6 +397,13 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
             s.rx_missed,
             s.rx_errors + s.tx_errors
         );
+    }
+    for (name, rows) in &r.services {
+        let (p, b) = rows.iter().fold((0, 0), |a, x| (a.0 + x.1, a.1 + x.2));
+        let _ = writeln!(out, "service {name}: {p} packets {b} bytes");
+        for (addr, p, b) in rows {
+            let _ = writeln!(out, "  backend {addr:<24} {p:>12} packets {b:>14} bytes");
+        }
     }
     if let Some(b) = &r.balance {
         let c = &b.pipeline;

@@ -7,6 +7,8 @@
 //! here allocates, locks, logs or reads a clock.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
@@ -166,6 +168,43 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Packets and bytes (IP length, before encapsulation) sent to each backend,
+/// by backend id. One block per worker, written only by that worker (relaxed
+/// load + store, no locked instruction) and read by the management core at
+/// any time; padded so two workers' blocks never share a cache line.
+#[repr(align(64))]
+pub struct BackendCounters {
+    packets: Box<[AtomicU64]>,
+    bytes: Box<[AtomicU64]>,
+}
+
+impl BackendCounters {
+    fn new(ids: usize) -> Self {
+        BackendCounters {
+            packets: (0..ids).map(|_| AtomicU64::new(0)).collect(),
+            bytes: (0..ids).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    #[inline(always)]
+    fn count(&self, id: usize, bytes: u64) {
+        if let (Some(p), Some(b)) = (self.packets.get(id), self.bytes.get(id)) {
+            // Single writer: a plain read-modify-write is exact.
+            p.store(p.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            b.store(b.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// (packets, bytes) sent to backend `id`.
+    pub fn get(&self, id: u32) -> (u64, u64) {
+        let i = id as usize;
+        (
+            self.packets.get(i).map_or(0, |p| p.load(Ordering::Relaxed)),
+            self.bytes.get(i).map_or(0, |b| b.load(Ordering::Relaxed)),
+        )
+    }
+}
+
 /// Backend ids per worker for active-flow counts.
 pub const MAX_BACKEND_IDS: usize = 1 << 16;
 /// Services per worker for scheduler state.
@@ -193,6 +232,7 @@ pub struct Worker {
     icmp_burst: u64,
     ident: u16,
     last_service: ServiceMemo,
+    per_backend: Arc<BackendCounters>,
     pub counters: Counters,
 }
 
@@ -242,8 +282,14 @@ impl Worker {
             icmp_burst: cfg.icmp_burst,
             ident: 0,
             last_service: ServiceMemo::EMPTY,
+            per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
             counters: Counters::default(),
         }
+    }
+
+    /// This worker's per-backend counters (shared with the management core).
+    pub fn backend_counters(&self) -> Arc<BackendCounters> {
+        self.per_backend.clone()
     }
 
     pub fn flow_stats(&self) -> FlowTableStats {
@@ -738,16 +784,22 @@ impl Worker {
             let id = st.backends[backend].id;
             self.persist.record(svc.persist_id, &vip.key.src, id, now_ms, now_ms + svc.persistence_ms);
         }
+        let id = st.backends[backend].id as usize;
         if vip.l2_len as usize == ethernet::HEADER_LEN {
             if let Some(t) = st.template(backend) {
                 let mtu = st.ports.get(st.backends[backend].port).map_or(0, |p| p.mtu as usize);
                 let overhead = t.len as usize - ethernet::HEADER_LEN;
                 if vip.ip_len as usize + overhead <= mtu {
+                    self.per_backend.count(id, vip.ip_len as u64);
                     return self.encap_template(t, pkt, vip, st.backends[backend].port as u16);
                 }
             }
         }
-        self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, vip)
+        let v = self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, vip);
+        if let Verdict::Forward { .. } = v {
+            self.per_backend.count(id, vip.ip_len as u64);
+        }
+        v
     }
 
     /// Encapsulation with a backend's precomputed template (untagged frames):
