@@ -41,9 +41,12 @@ pub struct RunReport {
     /// Balancing (services configured).
     pub balance: Option<BalanceStats>,
     pub ports: Vec<(String, PortStats)>,
-    /// Per service: (backend address, packets, bytes) sent to each backend.
-    pub services: Vec<(String, Vec<(String, u64, u64)>)>,
+    /// Per service (by name): what each backend was sent.
+    pub services: Vec<(String, Vec<BackendTraffic>)>,
 }
+
+/// Packets and bytes sent to one backend: (address, packets, bytes).
+pub type BackendTraffic = (String, u64, u64);
 
 /// What one worker lcore runs.
 enum Plan<'p> {
