@@ -86,3 +86,23 @@ fn missing_file_exits_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/l4lb.toml: (file): cannot read"));
 }
+
+#[test]
+fn run_with_a_missing_device_fails_with_one_clear_error() {
+    let dir = std::env::temp_dir().join(format!("l4lb-run-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("missing.toml");
+    std::fs::write(
+        &path,
+        "[dpdk]\nlcores = \"0@0,1@0\"\ndevices = [\"net_nosuchdriver0\"]\nhugepages = false\n\n[[ports]]\nname = \"a\"\ndevice = \"net_nosuchdriver0\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let ours: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(ours.len(), 1, "{err}");
+    assert!(ours[0].contains("starting DPDK failed") && ours[0].contains("No such device"), "{err}");
+    assert!(err.contains("hint:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

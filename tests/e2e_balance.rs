@@ -2,7 +2,10 @@
 //! (MAC-rewrite) direct-server-return mode, one arm (tests/common/lan.rs).
 mod common;
 
-use common::lan::{attach_tap, balancing_field, drop_count, http_load, start_servers, topology, PY};
+use common::lan::{
+    attach_tap, balancing_field, drop_count, http_load, start_long_stream, start_servers, stop_long_stream,
+    topology, PY,
+};
 use common::netns::{link_exists_in_root, netns_exists, require_root, unique, L4lb};
 
 fn config(tap: &str, backends: &[common::lan::Backend]) -> String {
@@ -89,6 +92,11 @@ fn http_and_udp_through_vips_in_l2_dsr_mode() {
     let out = t.client.exec("ping -c 2 -i 0.2 -W 2 198.18.0.1");
     assert!(out.contains("2 received"), "{out}");
 
+    // Flow affinity: a long-lived connection keeps its backend while the
+    // short connections below come and go (its requests never fail and all
+    // land on one backend).
+    let stream = start_long_stream(&t.client, "198.18.100.1");
+
     // Equal weights: every connection succeeds; over 900 connections each of
     // three backends gets its third within ±15%. Backends see the client's own
     // address (direct server return, no source NAT).
@@ -97,6 +105,11 @@ fn http_and_udp_through_vips_in_l2_dsr_mode() {
         let c = counts.get(n).copied().unwrap_or(0);
         assert!((255..=345).contains(&c), "backend {n} got {c} of 900: {counts:?}");
     }
+    let (n, errors, seen) = stop_long_stream(stream);
+    assert_eq!(errors, 0, "the long connection broke");
+    assert!(n >= 20, "the long connection made only {n} requests");
+    assert_eq!(seen.len(), 1, "the long connection moved between backends: {seen:?}");
+
     // Weights 1:2:3: shares within ±5 points of 1/6, 2/6, 3/6 over 1200 connections.
     let counts = http_load(&t.client, "198.18.100.2", 1200, "198.18.0.2", &l4lb);
     for (n, w) in names.iter().zip([1.0, 2.0, 3.0]) {

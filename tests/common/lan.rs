@@ -96,6 +96,8 @@ pub fn start_servers(t: &mut Lan, udp_vip: Option<&str>) {
             "class S(h.ThreadingHTTPServer):".into(),
             "    address_family = socket.AF_INET6".into(),
             "class H(h.BaseHTTPRequestHandler):".into(),
+            "    protocol_version = 'HTTP/1.1'".into(),
+            "    disable_nagle_algorithm = True".into(),
             "    def do_GET(self):".into(),
             "        a = self.client_address[0].removeprefix('::ffff:')".into(),
             format!("        b = ('{} ' + a + '\\n').encode()", b.name),
@@ -183,6 +185,58 @@ pub fn http_load(
     assert!(bad.starts_with("bad 0 "), "{vip}: {bad}\n{}", l4lb.transcript());
     assert_eq!(counts.values().sum::<usize>(), n);
     counts
+}
+
+/// Starts a client that keeps one HTTP/1.1 connection to `vip` and sends a
+/// request on it every 10 ms until it is told to stop (a line on stdin); it
+/// then prints "requests N errors E backends B1,B2..".
+pub fn start_long_stream(client: &Netns, vip: &str) -> Child {
+    let script = [
+        "import http.client, sys, threading, time",
+        "stop = threading.Event()",
+        "threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()",
+        &format!("h = http.client.HTTPConnection('{vip}', 80, timeout=5)"),
+        "n = 0; errors = 0; names = set()",
+        "print('ready', flush=True)",
+        "while not stop.is_set():",
+        "    try:",
+        "        h.request('GET', '/'); names.add(h.getresponse().read().decode().split()[0]); n += 1",
+        "    except Exception:",
+        "        errors += 1; break",
+        "    time.sleep(0.01)",
+        "print('requests', n, 'errors', errors, 'backends', ','.join(sorted(names)), flush=True)",
+    ]
+    .join("\n");
+    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-stream-")));
+    std::fs::write(&path, script).unwrap();
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", &client.name, PY])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_ready(&mut child, "long stream");
+    child
+}
+
+/// Stops a [`start_long_stream`] client: (requests, errors, backends seen).
+pub fn stop_long_stream(mut child: Child) -> (u64, u64, Vec<String>) {
+    use std::io::{BufRead, Write};
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "stop").unwrap();
+    drop(stdin);
+    // wait_ready already consumed the "ready" line.
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next().expect("stream summary").unwrap();
+    let _ = child.wait();
+    let w: Vec<&str> = line.split_whitespace().collect();
+    (
+        w[1].parse().unwrap(),
+        w[3].parse().unwrap(),
+        w.get(5).map_or(vec![], |s| s.split(',').map(String::from).collect()),
+    )
 }
 
 /// A field of l4lb's final `balancing:` line.
