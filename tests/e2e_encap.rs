@@ -1,5 +1,5 @@
 //! End to end: HTTP through VIPs in IP-in-IP (4in4, 6in6, 4in6) and GUE
-//! (over IPv4 and IPv6) modes. The test kernel has no ipip/ip6tnl/fou, so each
+//! (over IPv4 and IPv6) modes, and an IPv6 VIP in L2 mode. The test kernel has no ipip/ip6tnl/fou, so each
 //! backend decapsulates in userspace (scripts/backend-decap.py: raw and UDP
 //! sockets into a TUN device) and its kernel TCP stack answers the client
 //! directly from the VIP.
@@ -8,8 +8,14 @@ mod common;
 use common::lan::{attach_tap, balancing_field, http_load, start_decap, start_servers, topology};
 use common::netns::{netns_exists, require_root, unique, L4lb};
 
-const VIPS: [&str; 5] =
-    ["198.18.100.11", "198.18.100.12", "198.18.100.13", "2001:db8:100::11", "2001:db8:100::12"];
+const VIPS: [&str; 6] = [
+    "198.18.100.11",
+    "198.18.100.12",
+    "198.18.100.13",
+    "2001:db8:100::11",
+    "2001:db8:100::12",
+    "2001:db8:100::13",
+];
 
 fn config(tap: &str, t: &common::lan::Lan) -> String {
     let v4: Vec<String> =
@@ -48,6 +54,7 @@ mac = "02:00:00:00:01:01"
 {s3}
 {s4}
 {s5}
+{s6}
 "#,
         lcores = common::lcore_map(2),
         mem = if common::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
@@ -56,6 +63,7 @@ mac = "02:00:00:00:01:01"
         s3 = service("ipip-4in6", VIPS[2], "ipip", &v6),
         s4 = service("ipip-6in6", VIPS[3], "ipip", &v6_resolved),
         s5 = service("gue-v6", VIPS[4], "gue", &v6),
+        s6 = service("l2-v6", VIPS[5], "l2", &v6_resolved),
     )
 }
 
@@ -83,6 +91,7 @@ fn http_through_ipip_and_gue_tunnels_over_ipv4_and_ipv6() {
         (VIPS[2], "198.18.0.2"),
         (VIPS[3], "2001:db8::2"),
         (VIPS[4], "2001:db8::2"),
+        (VIPS[5], "2001:db8::2"),
     ] {
         let n = 150;
         let counts = http_load(&t.client, vip, n, client, &l4lb);

@@ -160,6 +160,9 @@ impl BalanceWorker<'_> {
                     continue;
                 }
                 got += n;
+                for m in burst.as_slice() {
+                    m.prefetch_data();
+                }
                 self.pipeline.process_burst(
                     &state,
                     burst.as_mut_slice(),
