@@ -1,11 +1,9 @@
 //! Pipeline cost per packet, bursts of 32, no DPDK (TestPacket buffers):
 //! established flows with 1M flows tracked and picked in random order, one hot
 //! flow, new flows (SYN), L2, IPv6 and UDP/GUE.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use l4lb::balancer::flowtable::Timeouts;
-use l4lb::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec};
+use l4lb::balancer::state::{Forwarding, ForwardingState};
 use l4lb::dataplane::packet::{Packet, TestPacket};
 use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
 use l4lb::dataplane::testframes;
@@ -13,47 +11,6 @@ use l4lb::dpdk::CpuPrefetch;
 
 const BURST: usize = 32;
 const FLOWS: u32 = 1 << 20;
-
-fn state(forwarding: Forwarding, v6: bool, proto: u8) -> ForwardingState {
-    let backends = (0..10u32)
-        .map(|i| Backend {
-            id: i,
-            addr: if v6 {
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8))
-            },
-            weight: 1,
-            draining: false,
-            rtt_us: 0,
-            next_hop: Some([2, 0, 0, 0, 1, i as u8]),
-            port: 0,
-        })
-        .collect();
-    ForwardingState::build(
-        1,
-        vec![PortInfo {
-            mac: [2, 0, 0, 0, 0, 1],
-            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            ipv6: Some("2001:db8::1".parse().unwrap()),
-            mtu: 1500,
-        }],
-        vec![ServiceSpec {
-            name: "bench".into(),
-            vip: if v6 { "2001:db8:100::1".parse().unwrap() } else { "198.18.100.1".parse().unwrap() },
-            proto,
-            port: 80,
-            forwarding,
-            scheduler: Scheduler::Maglev,
-            persistence_ms: 0,
-            timeouts: Timeouts::default(),
-            answer_arp: false,
-            maglev_size: 65537,
-            backends,
-        }],
-    )
-    .unwrap()
-}
 
 fn frame(flow: u32, v6: bool, proto: u8, flags: u8) -> Vec<u8> {
     if proto == 6 {
@@ -78,7 +35,7 @@ struct Setup {
 }
 
 fn setup(forwarding: Forwarding, v6: bool, proto: u8, populate: u32) -> Setup {
-    let st = state(forwarding, v6, proto);
+    let st = testframes::state(forwarding, v6, proto);
     let mut w = Worker::new(WorkerConfig { flow_capacity: 1 << 22, ..WorkerConfig::default() });
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST];
     for chunk in (0..populate).collect::<Vec<_>>().chunks(BURST) {

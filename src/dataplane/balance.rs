@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crossbeam::queue::ArrayQueue;
 
-use super::forward::PollConfig;
+use super::forward::{flush_all, IdleBackoff, PollConfig};
 use super::pipeline::{Counters, DropReason, Verdict, Worker};
 use crate::balancer::state::ForwardingState;
 use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue, BURST_MAX};
@@ -135,7 +135,7 @@ impl BalanceWorker<'_> {
         stats.states_adopted += 1;
         let mut burst = Burst::new();
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST_MAX];
-        let mut idle_run = 0u32;
+        let mut backoff = IdleBackoff::default();
         let tsc_per_ms = tsc_per_ms.max(1);
         while !stop.load(Ordering::Relaxed) {
             if let Some(newer) = mailbox.take_newest(&mut pending) {
@@ -197,25 +197,11 @@ impl BalanceWorker<'_> {
                 t.drain_if_due(now_tsc);
             }
             stats.rx_packets += got as u64;
-            if got > 0 {
-                stats.busy_polls += 1;
-                idle_run = 0;
-                self.pipeline.sweep(now_ms, SWEEP_BUSY);
-            } else {
-                stats.idle_polls += 1;
-                idle_run = idle_run.saturating_add(1);
-                self.pipeline.sweep(now_ms, SWEEP_IDLE);
-                if !cfg.idle_pause.is_zero() && idle_run >= cfg.idle_polls_before_pause {
-                    std::thread::sleep(cfg.idle_pause);
-                }
-            }
+            let sweep = if got > 0 { SWEEP_BUSY } else { SWEEP_IDLE };
+            self.pipeline.sweep(now_ms, sweep);
+            backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls);
         }
-        for t in self.tx.iter_mut() {
-            t.flush();
-            let s = t.stats();
-            stats.tx_packets += s.sent;
-            stats.dropped_tx_full += s.dropped_full;
-        }
+        (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
         stats.pipeline = self.pipeline.counters;
         pending.push(state);
         mailbox.give_back(&mut pending);

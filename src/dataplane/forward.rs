@@ -43,6 +43,42 @@ pub struct PollConfig {
     pub idle_pause: Duration,
 }
 
+/// Counts polls and pauses a worker after a run of empty ones (never while
+/// traffic is waiting).
+#[derive(Debug, Default)]
+pub struct IdleBackoff {
+    idle_run: u32,
+}
+
+impl IdleBackoff {
+    /// Records a poll that received `got` packets; sleeps when the idle run
+    /// is long enough. Returns whether the poll was idle.
+    #[inline]
+    pub fn after_poll(&mut self, got: usize, cfg: &PollConfig, busy: &mut u64, idle: &mut u64) -> bool {
+        if got > 0 {
+            *busy += 1;
+            self.idle_run = 0;
+            return false;
+        }
+        *idle += 1;
+        self.idle_run = self.idle_run.saturating_add(1);
+        if !cfg.idle_pause.is_zero() && self.idle_run >= cfg.idle_polls_before_pause {
+            std::thread::sleep(cfg.idle_pause);
+        }
+        true
+    }
+}
+
+/// Flushes every TX queue at shutdown: (packets sent, packets dropped on a
+/// full buffer) over their lifetime.
+pub fn flush_all(tx: &mut [TxQueue<'_>]) -> (u64, u64) {
+    tx.iter_mut().fold((0, 0), |(sent, dropped), t| {
+        t.flush();
+        let s = t.stats();
+        (sent + s.sent, dropped + s.dropped_full)
+    })
+}
+
 /// One worker's queues: the RX queues it polls, each with the index (into
 /// `tx`) of the port its packets leave on, and one TX queue per port.
 pub struct ForwardWorker<'p> {
@@ -55,7 +91,7 @@ impl ForwardWorker<'_> {
     pub fn run(mut self, cfg: PollConfig, stop: &AtomicBool) -> WorkerStats {
         let mut stats = WorkerStats::default();
         let mut burst = Burst::new();
-        let mut idle_run = 0u32;
+        let mut backoff = IdleBackoff::default();
         while !stop.load(Ordering::Relaxed) {
             let mut got = 0usize;
             for (rxq, out) in self.rx.iter_mut() {
@@ -77,24 +113,9 @@ impl ForwardWorker<'_> {
                 t.drain_if_due(now);
             }
             stats.rx_packets += got as u64;
-            if got > 0 {
-                stats.busy_polls += 1;
-                idle_run = 0;
-            } else {
-                stats.idle_polls += 1;
-                idle_run = idle_run.saturating_add(1);
-                if !cfg.idle_pause.is_zero() && idle_run >= cfg.idle_polls_before_pause {
-                    // Only when idle: the packet path never sleeps with traffic waiting.
-                    std::thread::sleep(cfg.idle_pause);
-                }
-            }
+            backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls);
         }
-        for t in self.tx.iter_mut() {
-            t.flush();
-            let s = t.stats();
-            stats.tx_packets += s.sent;
-            stats.dropped_tx_full += s.dropped_full;
-        }
+        (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
         // Dropping the TX queues frees (and the stats above omit) whatever the
         // device still refused at the very end.
         stats

@@ -605,12 +605,7 @@ impl Worker {
         ip[8] = OWN_TTL;
         let mut p = ipv4::Packet::new_checked(&mut ip[..]).expect("checked by parse_v4");
         p.fill_checksum();
-        let icmp_at = ihl;
-        let old = u16::from_be_bytes([ip[icmp_at], ip[icmp_at + 1]]);
-        ip[icmp_at] = icmp::v4::ECHO_REPLY;
-        let new = u16::from_be_bytes([ip[icmp_at], ip[icmp_at + 1]]);
-        let c = u16::from_be_bytes([ip[icmp_at + 2], ip[icmp_at + 3]]);
-        put16(ip, icmp_at + 2, checksum::update16(c, old, new));
+        set_icmp_type(ip, ihl, icmp::v4::ECHO_REPLY);
         Verdict::Reply { port: in_port }
     }
 
@@ -637,12 +632,8 @@ impl Worker {
         ip.copy_within(24..40, 8);
         ip[24..40].copy_from_slice(&src);
         ip[7] = OWN_TTL;
-        let at = l4_off;
-        let old = u16::from_be_bytes([ip[at], ip[at + 1]]);
-        ip[at] = icmp::v6::ECHO_REPLY;
-        let new = u16::from_be_bytes([ip[at], ip[at + 1]]);
-        let c = u16::from_be_bytes([ip[at + 2], ip[at + 3]]);
-        put16(ip, at + 2, checksum::update16(c, old, new));
+        // Swapping source and destination leaves the pseudo-header sum as it was.
+        set_icmp_type(ip, l4_off, icmp::v6::ECHO_REPLY);
         Verdict::Reply { port: in_port }
     }
 
@@ -1159,6 +1150,16 @@ fn fast_v4(st: &ForwardingState, port: &PortInfo, data: &[u8], last: &mut Servic
         df: frag & ipv4::FLAG_DF != 0,
         tos: h[15],
     })
+}
+
+/// Changes the type of the ICMP / ICMPv6 message at `at`, updating its
+/// checksum incrementally (RFC 1624).
+fn set_icmp_type(ip: &mut [u8], at: usize, new_type: u8) {
+    let old = u16::from_be_bytes([ip[at], ip[at + 1]]);
+    ip[at] = new_type;
+    let new = u16::from_be_bytes([ip[at], ip[at + 1]]);
+    let c = u16::from_be_bytes([ip[at + 2], ip[at + 3]]);
+    put16(ip, at + 2, checksum::update16(c, old, new));
 }
 
 fn swap_macs(d: &mut [u8]) {
