@@ -221,3 +221,25 @@ fn lcore_scope_runs_borrowing_jobs_on_workers_and_reports_panics() {
     let err = joined[1].1.as_ref().unwrap_err().to_string();
     assert!(err.contains("lcore 2") && err.contains("worker fails on purpose"), "{err}");
 }
+
+#[test]
+fn eal_cleanup_leaves_no_hugepage_or_runtime_files() {
+    assert!(common::hugepages_free(), "needs free hugepages: scripts/setup-hugepages.sh reserves them");
+    let prefix = format!("l4lbt{}", std::process::id());
+    let lcores = common::lcore_map(1);
+    let eal = Eal::init(["--lcores", &lcores, "--file-prefix", &prefix, "--no-pci", "--vdev", "net_null0"])
+        .unwrap();
+    assert!(eal.has_hugepages());
+    let pool = Mempool::new(&eal, "files", 4095, 0, -1).unwrap();
+    let ours = |dir: &str| {
+        std::fs::read_dir(dir)
+            .map(|d| d.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(&prefix)).count())
+            .unwrap_or(0)
+    };
+    assert!(ours("/dev/hugepages") > 0, "EAL maps its hugepages as files named after the prefix");
+    assert!(std::path::Path::new("/var/run/dpdk").join(&prefix).exists());
+    drop(pool);
+    drop(eal);
+    assert_eq!(ours("/dev/hugepages"), 0, "hugepage files left behind");
+    assert!(!std::path::Path::new("/var/run/dpdk").join(&prefix).exists(), "runtime directory left behind");
+}

@@ -17,6 +17,8 @@ pub struct Eal {
 
 struct EalInner {
     tsc_hz: u64,
+    /// `--file-prefix` (None with `--in-memory` / `--no-huge`: no files).
+    file_prefix: Option<String>,
 }
 
 impl Drop for EalInner {
@@ -27,7 +29,45 @@ impl Drop for EalInner {
             dpdk_sys::rte_eal_mp_wait_lcore();
             dpdk_sys::rte_eal_cleanup();
         }
+        if let Some(prefix) = &self.file_prefix {
+            remove_runtime_files(prefix);
+        }
     }
+}
+
+/// Removes what a primary process with `prefix` leaves behind after
+/// `rte_eal_cleanup`: hugepage files still linked in every hugetlbfs mount and
+/// the runtime directory. Nothing maps them any more; leaving them would keep
+/// hugepages reserved until the next start with the same prefix.
+fn remove_runtime_files(prefix: &str) {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    let page_prefix = format!("{prefix}map_");
+    for dir in mounts.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.get(2) == Some(&"hugetlbfs")).then(|| f.get(1).map(|d| d.to_string())).flatten()
+    }) {
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&page_prefix) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    let run = match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(x) if !is_root() => std::path::PathBuf::from(x).join("dpdk"),
+        _ => std::path::PathBuf::from("/var/run/dpdk"),
+    };
+    let _ = std::fs::remove_dir_all(run.join(prefix));
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
 }
 
 impl Eal {
@@ -38,6 +78,15 @@ impl Eal {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
+        let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let no_files = args.iter().any(|a| a == "--in-memory" || a == "--no-huge" || a == "--no-shconf");
+        let file_prefix = if no_files {
+            None
+        } else {
+            let named = args.iter().position(|a| a == "--file-prefix").and_then(|i| args.get(i + 1)).cloned();
+            let inline = args.iter().find_map(|a| a.strip_prefix("--file-prefix=").map(str::to_owned));
+            Some(named.or(inline).unwrap_or_else(|| "rte".to_owned()))
+        };
         if EAL_STARTED.swap(true, Ordering::SeqCst) {
             return Err(DpdkError::invalid(
                 "rte_eal_init",
@@ -45,9 +94,8 @@ impl Eal {
             ));
         }
         let mut owned = vec![CString::new("l4lb").expect("no NUL")];
-        for a in args {
-            let a = a.as_ref();
-            owned.push(CString::new(a).map_err(|_| {
+        for a in &args {
+            owned.push(CString::new(a.as_str()).map_err(|_| {
                 DpdkError::invalid("rte_eal_init", format!("argument {a:?} contains a NUL byte"))
             })?);
         }
@@ -65,7 +113,7 @@ impl Eal {
         }
         // SAFETY: EAL is initialised.
         let tsc_hz = unsafe { dpdk_sys::rte_get_tsc_hz() };
-        Ok(Eal { inner: Arc::new(EalInner { tsc_hz }) })
+        Ok(Eal { inner: Arc::new(EalInner { tsc_hz, file_prefix }) })
     }
 
     /// Time-stamp counter ticks per second.
