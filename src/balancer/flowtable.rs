@@ -15,7 +15,6 @@
 //! - Time is passed in (milliseconds); the table never reads a clock.
 
 use super::flow::FlowKey;
-use super::hash::fmix64;
 use super::Prefetch;
 
 pub const BUCKET_SLOTS: usize = 8;
@@ -146,8 +145,15 @@ impl FlowTable {
     fn place(&self, hash: u64) -> (usize, usize, u16) {
         let sig = ((hash >> 48) as u16) | 1;
         let b1 = (hash as usize) & self.mask;
-        let b2 = (b1 ^ (fmix64(sig as u64) as usize)) & self.mask;
-        (b1, b2, sig)
+        (b1, self.alt(b1, sig), sig)
+    }
+
+    /// A key's other bucket: `b ^ f(sig)`, so each bucket of the pair names
+    /// the other (partial-key cuckoo). One multiply spreads the 16-bit
+    /// signature over the index bits.
+    #[inline(always)]
+    fn alt(&self, b: usize, sig: u16) -> usize {
+        (b ^ ((sig as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24) as usize) & self.mask
     }
 
     /// Prefetches the signature lines a lookup of `hash` reads.
@@ -290,7 +296,7 @@ impl FlowTable {
     fn displace(&mut self, b: usize) -> Option<usize> {
         for i in 0..BUCKET_SLOTS {
             let sig = self.sigs[b][i];
-            let alt = (b ^ (fmix64(sig as u64) as usize)) & self.mask;
+            let alt = self.alt(b, sig);
             if alt == b {
                 continue;
             }

@@ -252,12 +252,6 @@ struct Vip {
     tos: u8,
 }
 
-/// The outcome of parsing: a finished verdict or a VIP packet to balance.
-enum Step {
-    Done(Verdict),
-    Vip(Vip),
-}
-
 /// Active-flow bookkeeping for entries leaving the flow table.
 fn release(active: &mut [u32]) -> impl FnMut(&Entry) + '_ {
     move |e| {
@@ -336,9 +330,10 @@ impl Worker {
         now_ms: u64,
     ) -> Verdict {
         self.adopt(st);
-        let v = match self.parse(st, pkt, in_port) {
-            Step::Done(v) => v,
-            Step::Vip(vip) => {
+        let mut vip = Vip::default();
+        let v = match self.parse(st, pkt, in_port, &mut vip) {
+            Some(v) => v,
+            None => {
                 let slot = self.flows.lookup(&vip.key, vip.hash, now_ms);
                 self.balance(st, pkt, in_port, now_ms, &vip, slot)
             }
@@ -365,11 +360,10 @@ impl Worker {
         let mut vips = [Vip::default(); N];
         let mut is_vip = [false; N];
         for i in 0..n {
-            match self.parse(st, &mut pkts[i], in_port) {
-                Step::Done(v) => verdicts[i] = v,
-                Step::Vip(v) => {
-                    self.flows.prefetch(v.hash, pf);
-                    vips[i] = v;
+            match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
+                Some(v) => verdicts[i] = v,
+                None => {
+                    self.flows.prefetch(vips[i].hash, pf);
                     is_vip[i] = true;
                 }
             }
@@ -401,25 +395,33 @@ impl Worker {
 
     /// Everything up to the flow lookup: L2 checks, ARP/NDP/echo answers, and
     /// the flow key and service of VIP traffic.
-    fn parse<P: Packet>(&mut self, st: &ForwardingState, pkt: &mut P, in_port: u16) -> Step {
+    /// Everything up to the flow lookup. Returns the verdict when it is
+    /// already decided, or `None` with `out` filled for a VIP packet.
+    fn parse<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        out: &mut Vip,
+    ) -> Option<Verdict> {
         use DropReason::*;
-        let Some(port) = st.ports.get(in_port as usize) else { return Step::Done(Verdict::Drop(NotForUs)) };
-        if let Some(vip) = fast_v4(st, port, pkt.data(), &mut self.last_service) {
-            return Step::Vip(vip);
+        let Some(port) = st.ports.get(in_port as usize) else { return Some(Verdict::Drop(NotForUs)) };
+        if fast_v4(st, port, pkt.data(), &mut self.last_service, out) {
+            return None;
         }
         let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
             Ok(f) => (f.header_len(), f.ethertype(), f.dst()),
-            Err(_) => return Step::Done(Verdict::Drop(Malformed)),
+            Err(_) => return Some(Verdict::Drop(Malformed)),
         };
         let multicast = ethernet::is_multicast(&dst_mac);
         if !multicast && dst_mac != port.mac {
-            return Step::Done(Verdict::Drop(NotOurMac));
+            return Some(Verdict::Drop(NotOurMac));
         }
         match ethertype {
-            ethernet::ETHERTYPE_ARP => Step::Done(self.arp(st, pkt, l2_len, port, in_port)),
-            ethernet::ETHERTYPE_IPV4 => self.parse_v4(st, pkt, l2_len, port, in_port, multicast),
-            ethernet::ETHERTYPE_IPV6 => self.parse_v6(st, pkt, l2_len, port, in_port),
-            _ => Step::Done(Verdict::Drop(UnsupportedEthertype)),
+            ethernet::ETHERTYPE_ARP => Some(self.arp(st, pkt, l2_len, port, in_port)),
+            ethernet::ETHERTYPE_IPV4 => self.parse_v4(st, pkt, l2_len, port, in_port, multicast, out),
+            ethernet::ETHERTYPE_IPV6 => self.parse_v6(st, pkt, l2_len, port, in_port, out),
+            _ => Some(Verdict::Drop(UnsupportedEthertype)),
         }
     }
 
@@ -458,31 +460,32 @@ impl Worker {
         port: &PortInfo,
         in_port: u16,
         multicast: bool,
-    ) -> Step {
+        out: &mut Vip,
+    ) -> Option<Verdict> {
         use DropReason::*;
         let data = pkt.data();
         let Ok(ip) = ipv4::Packet::new_checked(&data[l2..]) else {
-            return Step::Done(Verdict::Drop(Malformed));
+            return Some(Verdict::Drop(Malformed));
         };
         if !ip.header_checksum_ok() {
-            return Step::Done(Verdict::Drop(BadChecksum));
+            return Some(Verdict::Drop(BadChecksum));
         }
         if ip.ttl() == 0 {
-            return Step::Done(Verdict::Drop(TtlExpired));
+            return Some(Verdict::Drop(TtlExpired));
         }
         let dst = ip.dst();
         if port.ipv4 == Some(dst) {
-            return Step::Done(self.local_v4(pkt, l2, in_port, true));
+            return Some(self.local_v4(pkt, l2, in_port, true));
         }
         if multicast {
-            return Step::Done(Verdict::Drop(NotForUs));
+            return Some(Verdict::Drop(NotForUs));
         }
         let (key, kind) = match key_v4(&ip) {
             Ok(k) => k,
-            Err(_) => return Step::Done(Verdict::Drop(Malformed)),
+            Err(_) => return Some(Verdict::Drop(Malformed)),
         };
         let Some(service) = self.service_for(st, &key, kind, ip.protocol()) else {
-            return Step::Done(if st.is_vip(&mapped(dst)).is_some() {
+            return Some(if st.is_vip(&mapped(dst)).is_some() {
                 if ip.protocol() == proto::ICMP && kind == KeyKind::ThreeTuple {
                     self.local_v4(pkt, l2, in_port, false)
                 } else {
@@ -493,7 +496,7 @@ impl Worker {
             });
         };
         let tcp_flags = tcp_flags(ip.protocol(), kind, ip.payload());
-        Step::Vip(Vip {
+        *out = Vip {
             l2_len: l2 as u8,
             ip_len: ip.total_len() as u16,
             v6: false,
@@ -504,7 +507,8 @@ impl Worker {
             service: service as u32,
             df: ip.dont_fragment(),
             tos: ip.dscp_ecn(),
-        })
+        };
+        None
     }
 
     fn parse_v6<P: Packet>(
@@ -514,40 +518,41 @@ impl Worker {
         l2: usize,
         port: &PortInfo,
         in_port: u16,
-    ) -> Step {
+        out: &mut Vip,
+    ) -> Option<Verdict> {
         use DropReason::*;
         let data = pkt.data();
         let Ok(ip) = ipv6::Packet::new_checked(&data[l2..]) else {
-            return Step::Done(Verdict::Drop(Malformed));
+            return Some(Verdict::Drop(Malformed));
         };
-        let Ok(upper) = ip.upper() else { return Step::Done(Verdict::Drop(Malformed)) };
+        let Ok(upper) = ip.upper() else { return Some(Verdict::Drop(Malformed)) };
         let dst = ip.dst();
         let l4 = &ip.payload()[upper.offset - ipv6::HEADER_LEN..];
         if upper.protocol == proto::ICMPV6 && upper.fragment.is_none() && l4.len() >= 2 {
             let t = l4[0];
             if t == icmp::v6::NEIGHBOR_SOLICIT {
-                return Step::Done(self.neighbour_solicit(st, pkt, l2, upper.offset, port, in_port));
+                return Some(self.neighbour_solicit(st, pkt, l2, upper.offset, port, in_port));
             }
             if t == icmp::v6::NEIGHBOR_ADVERT || t == 133 || t == 134 {
                 // Advertisements and router messages are for the control plane.
-                return Step::Done(Verdict::ToKernel);
+                return Some(Verdict::ToKernel);
             }
         }
         if ip.hop_limit() == 0 {
-            return Step::Done(Verdict::Drop(TtlExpired));
+            return Some(Verdict::Drop(TtlExpired));
         }
         if port.ipv6 == Some(dst) {
-            return Step::Done(self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, true));
+            return Some(self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, true));
         }
         if dst.is_multicast() {
-            return Step::Done(Verdict::Drop(NotForUs));
+            return Some(Verdict::Drop(NotForUs));
         }
         let (key, kind) = match key_v6(&ip, &upper) {
             Ok(k) => k,
-            Err(_) => return Step::Done(Verdict::Drop(Malformed)),
+            Err(_) => return Some(Verdict::Drop(Malformed)),
         };
         let Some(service) = self.service_for(st, &key, kind, upper.protocol) else {
-            return Step::Done(if st.is_vip(&dst.octets()).is_some() {
+            return Some(if st.is_vip(&dst.octets()).is_some() {
                 if upper.protocol == proto::ICMPV6 && kind == KeyKind::ThreeTuple {
                     self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, false)
                 } else {
@@ -558,7 +563,7 @@ impl Worker {
             });
         };
         let tcp_flags = tcp_flags(upper.protocol, kind, l4);
-        Step::Vip(Vip {
+        *out = Vip {
             l2_len: l2 as u8,
             ip_len: ip.total_len() as u16,
             v6: true,
@@ -569,7 +574,8 @@ impl Worker {
             service: service as u32,
             df: true,
             tos: ip.traffic_class(),
-        })
+        };
+        None
     }
 
     /// The service a key belongs to. Fragments carry no ports: they go to the
@@ -1090,7 +1096,24 @@ impl ServiceMemo {
 /// malformed packet — returns `None` and takes the general path, which
 /// decides identically.
 #[inline(always)]
-fn fast_v4(st: &ForwardingState, port: &PortInfo, data: &[u8], last: &mut ServiceMemo) -> Option<Vip> {
+fn fast_v4(
+    st: &ForwardingState,
+    port: &PortInfo,
+    data: &[u8],
+    last: &mut ServiceMemo,
+    out: &mut Vip,
+) -> bool {
+    fast_v4_inner(st, port, data, last, out).is_some()
+}
+
+#[inline(always)]
+fn fast_v4_inner(
+    st: &ForwardingState,
+    port: &PortInfo,
+    data: &[u8],
+    last: &mut ServiceMemo,
+    out: &mut Vip,
+) -> Option<()> {
     const L2: usize = ethernet::HEADER_LEN;
     let h: &[u8; 48] = data.get(..48)?.try_into().ok()?;
     if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[0..6] != port.mac {
@@ -1138,7 +1161,7 @@ fn fast_v4(st: &ForwardingState, port: &PortInfo, data: &[u8], last: &mut Servic
     } else {
         0
     };
-    Some(Vip {
+    *out = Vip {
         hash: key.table_hash(),
         key,
         service: service as u32,
@@ -1149,7 +1172,8 @@ fn fast_v4(st: &ForwardingState, port: &PortInfo, data: &[u8], last: &mut Servic
         tcp_flags,
         df: frag & ipv4::FLAG_DF != 0,
         tos: h[15],
-    })
+    };
+    Some(())
 }
 
 /// Changes the type of the ICMP / ICMPv6 message at `at`, updating its
