@@ -419,7 +419,7 @@ impl Worker {
         }
         match ethertype {
             ethernet::ETHERTYPE_ARP => Some(self.arp(st, pkt, l2_len, port, in_port)),
-            ethernet::ETHERTYPE_IPV4 => self.parse_v4(st, pkt, l2_len, port, in_port, multicast, out),
+            ethernet::ETHERTYPE_IPV4 => self.parse_v4(st, pkt, l2_len, port, in_port, out),
             ethernet::ETHERTYPE_IPV6 => self.parse_v6(st, pkt, l2_len, port, in_port, out),
             _ => Some(Verdict::Drop(UnsupportedEthertype)),
         }
@@ -459,11 +459,11 @@ impl Worker {
         l2: usize,
         port: &PortInfo,
         in_port: u16,
-        multicast: bool,
         out: &mut Vip,
     ) -> Option<Verdict> {
         use DropReason::*;
         let data = pkt.data();
+        let multicast = data[0] & 1 == 1;
         let Ok(ip) = ipv4::Packet::new_checked(&data[l2..]) else {
             return Some(Verdict::Drop(Malformed));
         };
