@@ -84,6 +84,14 @@ pub struct Entry {
     pub state: FlowState,
 }
 
+/// A key's two buckets and signature (see [`FlowTable::place_of`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Place {
+    b1: u32,
+    b2: u32,
+    sig: u16,
+}
+
 /// Counters of one table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowTableStats {
@@ -156,20 +164,39 @@ impl FlowTable {
         (b ^ ((sig as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24) as usize) & self.mask
     }
 
+    /// Where a hash lives: its two buckets and signature, computed once and
+    /// reused by the prefetch stages and the lookup.
+    #[inline(always)]
+    pub fn place_of(&self, hash: u64) -> Place {
+        let (b1, b2, sig) = self.place(hash);
+        Place { b1: b1 as u32, b2: b2 as u32, sig }
+    }
+
     /// Prefetches the signature lines a lookup of `hash` reads.
     #[inline(always)]
     pub fn prefetch<P: Prefetch>(&self, hash: u64, p: &P) {
-        let (b1, b2, _) = self.place(hash);
-        p.prefetch(&self.sigs[b1]);
-        p.prefetch(&self.sigs[b2]);
+        self.prefetch_place(&self.place_of(hash), p)
+    }
+
+    /// As [`FlowTable::prefetch`] for a computed place.
+    #[inline(always)]
+    pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
+        p.prefetch(&self.sigs[at.b1 as usize]);
+        p.prefetch(&self.sigs[at.b2 as usize]);
     }
 
     /// Prefetches the entry a lookup of `hash` will most likely compare (the
     /// first signature match), reading only the signature lines.
     #[inline(always)]
     pub fn prefetch_entry<P: Prefetch>(&self, hash: u64, p: &P) {
-        let (b1, b2, sig) = self.place(hash);
-        for b in [b1, b2] {
+        self.prefetch_entry_place(&self.place_of(hash), p)
+    }
+
+    /// As [`FlowTable::prefetch_entry`] for a computed place.
+    #[inline(always)]
+    pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
+        let sig = at.sig;
+        for b in [at.b1 as usize, at.b2 as usize] {
             if let Some(i) = self.sigs[b].iter().position(|&x| x == sig) {
                 p.prefetch(&self.entries[b * BUCKET_SLOTS + i]);
                 return;
@@ -192,11 +219,17 @@ impl FlowTable {
         None
     }
 
-    /// The slot of a live entry for `key` (`hash` = `key.hash()`).
+    /// The slot of a live entry for `key` (`hash` = `key.table_hash()`).
     #[inline]
     pub fn lookup(&self, key: &FlowKey, hash: u64, now_ms: u64) -> Option<usize> {
-        let (b1, b2, sig) = self.place(hash);
-        self.find_in(b1, sig, key, now_ms).or_else(|| self.find_in(b2, sig, key, now_ms))
+        self.lookup_place(key, &self.place_of(hash), now_ms)
+    }
+
+    /// As [`FlowTable::lookup`] for a computed place.
+    #[inline]
+    pub fn lookup_place(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<usize> {
+        let (b1, b2) = (at.b1 as usize, at.b2 as usize);
+        self.find_in(b1, at.sig, key, now_ms).or_else(|| self.find_in(b2, at.sig, key, now_ms))
     }
 
     /// Looks up a whole burst: first prefetches every signature line, then

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
-use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats};
+use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats, Place};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{
     Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service,
@@ -358,12 +358,14 @@ impl Worker {
         self.adopt(st);
         let n = pkts.len().min(verdicts.len()).min(N);
         let mut vips = [Vip::default(); N];
+        let mut places = [Place::default(); N];
         let mut is_vip = [false; N];
         for i in 0..n {
             match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
                 Some(v) => verdicts[i] = v,
                 None => {
-                    self.flows.prefetch(vips[i].hash, pf);
+                    places[i] = self.flows.place_of(vips[i].hash);
+                    self.flows.prefetch_place(&places[i], pf);
                     is_vip[i] = true;
                 }
             }
@@ -371,12 +373,12 @@ impl Worker {
         // Second stage: the signature lines are in cache now; fetch the entries.
         for i in 0..n {
             if is_vip[i] {
-                self.flows.prefetch_entry(vips[i].hash, pf);
+                self.flows.prefetch_entry_place(&places[i], pf);
             }
         }
         for i in 0..n {
             if is_vip[i] {
-                let slot = self.flows.lookup(&vips[i].key, vips[i].hash, now_ms);
+                let slot = self.flows.lookup_place(&vips[i].key, &places[i], now_ms);
                 verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &vips[i], slot);
             }
             self.count(verdicts[i]);

@@ -91,6 +91,18 @@ impl Mbuf {
     #[inline]
     pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
         let n = u16::try_from(n).ok()?;
+        // SAFETY: we own the mbuf exclusively (`&mut self`).
+        let m = unsafe { self.0.as_mut() };
+        if m.nb_segs == 1 {
+            // rte_pktmbuf_prepend, inline for the single-segment packets l4lb uses.
+            if n > m.data_off {
+                return None;
+            }
+            m.data_off -= n;
+            m.data_len += n;
+            m.pkt_len += n as u32;
+            return Some(self.data_mut());
+        }
         // SAFETY: valid owned mbuf; rte_pktmbuf_prepend checks the headroom.
         let p = unsafe { dpdk_sys::l4lb_pktmbuf_prepend(self.0.as_ptr(), n) };
         (!p.is_null()).then(|| self.data_mut())
