@@ -1,5 +1,6 @@
 //! `l4lb run`: start EAL from the configuration, bring up the ports, run the
 //! workers until told to stop, then report and release everything.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::net::IpAddr;
