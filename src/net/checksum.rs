@@ -20,13 +20,15 @@ pub fn add(mut sum: u64, data: &[u8]) -> u64 {
     sum + u32::from_be_bytes(last) as u64
 }
 
-/// Folds a running sum into 16 bits (without the final complement).
+/// Folds a running sum into 16 bits (without the final complement). Four
+/// fixed end-around-carry steps take any u64 down to 16 bits, without a loop.
 #[inline]
-pub fn fold(mut sum: u64) -> u16 {
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    sum as u16
+pub fn fold(sum: u64) -> u16 {
+    let s = (sum & 0xffff_ffff) + (sum >> 32); // < 2^33
+    let s = (s & 0xffff) + (s >> 16); // < 2^17 + 2^16
+    let s = (s & 0xffff) + (s >> 16); // <= 0xffff + 2
+    let s = (s & 0xffff) + (s >> 16); // <= 0xffff
+    s as u16
 }
 
 /// The checksum of `data`: the complement of its folded sum.
@@ -102,6 +104,36 @@ mod tests {
         z[10] = 0;
         z[11] = 0;
         assert_eq!(checksum(&z), 0xb861);
+    }
+
+    #[test]
+    fn fold_matches_the_loop_for_extreme_sums() {
+        let slow = |mut s: u64| {
+            while s >> 16 != 0 {
+                s = (s & 0xffff) + (s >> 16);
+            }
+            s as u16
+        };
+        for s in [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX,
+            u64::MAX - 1,
+            0xffff_0001_ffff,
+        ] {
+            assert_eq!(fold(s), slow(s), "{s:#x}");
+        }
+        let mut x = 1u64;
+        for _ in 0..100_000 {
+            x = crate::balancer::hash::fmix64(x);
+            assert_eq!(fold(x), slow(x));
+            assert_eq!(fold(x >> 20), slow(x >> 20));
+        }
     }
 
     #[test]
