@@ -243,16 +243,7 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
         match st.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Final::None => {}
             Final::Forward(f) => report.workers += f,
-            Final::Balance(b) => {
-                let total = report.balance.get_or_insert_with(BalanceStats::default);
-                total.rx_packets += b.rx_packets;
-                total.tx_packets += b.tx_packets;
-                total.dropped_tx_full += b.dropped_tx_full;
-                total.busy_polls += b.busy_polls;
-                total.idle_polls += b.idle_polls;
-                total.states_adopted += b.states_adopted;
-                total.pipeline.add(&b.pipeline);
-            }
+            Final::Balance(b) => *report.balance.get_or_insert_with(BalanceStats::default) += b,
         }
     }
     for mb in mailboxes {

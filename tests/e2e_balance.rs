@@ -3,8 +3,8 @@
 mod common;
 
 use common::lan::{
-    attach_tap, balancing_field, drop_count, http_load, start_long_stream, start_servers, stop_long_stream,
-    topology, PY,
+    attach_tap, balancing_field, drop_count, http_load, l4lb_config, service, start_long_stream,
+    start_servers, stop_long_stream, topology, PY,
 };
 use common::netns::{link_exists_in_root, netns_exists, require_root, unique, L4lb};
 
@@ -18,62 +18,13 @@ fn config(tap: &str, backends: &[common::lan::Backend]) -> String {
         .zip(1..)
         .map(|(b, w)| format!("{{ address = \"{}\", mac = \"{}\", weight = {w} }}", b.v4, b.mac))
         .collect();
-    format!(
-        r#"
-[dpdk]
-lcores = "{lcores}"
-devices = ["net_tap0,iface={tap}"]
-{mem}
-
-[workers]
-idle_pause_us = 200
-flow_table_capacity = 65536
-
-[[ports]]
-name = "lan"
-device = "net_tap0"
-ipv4 = "198.18.0.1/24"
-mac = "02:00:00:00:01:01"
-
-[[services]]
-name = "web"
-vip = "198.18.100.1"
-protocol = "tcp"
-port = 80
-forwarding = "l2"
-backends = [{resolved}]
-
-[[services]]
-name = "weighted"
-vip = "198.18.100.2"
-protocol = "tcp"
-port = 80
-forwarding = "l2"
-backends = [{weighted}]
-
-[[services]]
-name = "sticky"
-vip = "198.18.100.3"
-protocol = "tcp"
-port = 80
-forwarding = "l2"
-scheduler = "source-ip"
-backends = [{bs}]
-
-[[services]]
-name = "udp"
-vip = "198.18.100.4"
-protocol = "udp"
-port = 5300
-forwarding = "l2"
-backends = [{bs}]
-"#,
-        lcores = common::lcore_map(2),
-        mem = if common::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
-        bs = bs.join(", "),
-        weighted = weighted.join(", "),
-        resolved = resolved.join(", "),
-    )
+    let services = [
+        service("web", "198.18.100.1", "tcp", 80, "forwarding = \"l2\"", &resolved),
+        service("weighted", "198.18.100.2", "tcp", 80, "forwarding = \"l2\"", &weighted),
+        service("sticky", "198.18.100.3", "tcp", 80, "forwarding = \"l2\"\nscheduler = \"source-ip\"", &bs),
+        service("udp", "198.18.100.4", "udp", 5300, "forwarding = \"l2\"", &bs),
+    ];
+    l4lb_config(tap, &services.join("\n"))
 }
 
 #[test]

@@ -5,7 +5,9 @@
 //! directly from the VIP.
 mod common;
 
-use common::lan::{attach_tap, balancing_field, http_load, start_decap, start_servers, topology};
+use common::lan::{
+    attach_tap, balancing_field, http_load, l4lb_config, service, start_decap, start_servers, topology,
+};
 use common::netns::{netns_exists, require_root, unique, L4lb};
 
 const VIPS: [&str; 6] = [
@@ -25,46 +27,18 @@ fn config(tap: &str, t: &common::lan::Lan) -> String {
     // No MACs here: l4lb resolves these backends by neighbour discovery.
     let v6_resolved: Vec<String> =
         t.backends.iter().map(|b| format!("{{ address = \"{}\" }}", b.v6)).collect();
-    let service = |name: &str, vip: &str, fwd: &str, bs: &[String]| {
-        format!(
-            "[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nport = 80\nforwarding = \"{fwd}\"\nbackends = [{}]\n",
-            bs.join(", ")
-        )
+    let svc = |name: &str, vip: &str, fwd: &str, bs: &[String]| {
+        service(name, vip, "tcp", 80, &format!("forwarding = \"{fwd}\""), bs)
     };
-    format!(
-        r#"
-[dpdk]
-lcores = "{lcores}"
-devices = ["net_tap0,iface={tap}"]
-{mem}
-
-[workers]
-idle_pause_us = 200
-flow_table_capacity = 65536
-
-[[ports]]
-name = "lan"
-device = "net_tap0"
-ipv4 = "198.18.0.1/24"
-ipv6 = "2001:db8::1/64"
-mac = "02:00:00:00:01:01"
-
-{s1}
-{s2}
-{s3}
-{s4}
-{s5}
-{s6}
-"#,
-        lcores = common::lcore_map(2),
-        mem = if common::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
-        s1 = service("ipip-4in4", VIPS[0], "ipip", &v4),
-        s2 = service("gue-v4", VIPS[1], "gue", &v4),
-        s3 = service("ipip-4in6", VIPS[2], "ipip", &v6),
-        s4 = service("ipip-6in6", VIPS[3], "ipip", &v6_resolved),
-        s5 = service("gue-v6", VIPS[4], "gue", &v6),
-        s6 = service("l2-v6", VIPS[5], "l2", &v6_resolved),
-    )
+    let services = [
+        svc("ipip-4in4", VIPS[0], "ipip", &v4),
+        svc("gue-v4", VIPS[1], "gue", &v4),
+        svc("ipip-4in6", VIPS[2], "ipip", &v6),
+        svc("ipip-6in6", VIPS[3], "ipip", &v6_resolved),
+        svc("gue-v6", VIPS[4], "gue", &v6),
+        svc("l2-v6", VIPS[5], "l2", &v6_resolved),
+    ];
+    l4lb_config(tap, &services.join("\n"))
 }
 
 #[test]

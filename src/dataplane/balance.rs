@@ -105,6 +105,21 @@ pub struct BalanceStats {
     pub control_sent: u64,
 }
 
+impl std::ops::AddAssign for BalanceStats {
+    fn add_assign(&mut self, o: Self) {
+        self.rx_packets += o.rx_packets;
+        self.tx_packets += o.tx_packets;
+        self.dropped_tx_full += o.dropped_tx_full;
+        self.busy_polls += o.busy_polls;
+        self.idle_polls += o.idle_polls;
+        self.pipeline.add(&o.pipeline);
+        self.states_adopted += o.states_adopted;
+        self.control_up += o.control_up;
+        self.control_up_dropped += o.control_up_dropped;
+        self.control_sent += o.control_sent;
+    }
+}
+
 /// Flow-table buckets swept per busy poll and per idle poll.
 const SWEEP_BUSY: usize = 2;
 const SWEEP_IDLE: usize = 256;

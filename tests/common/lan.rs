@@ -71,6 +71,42 @@ pub fn topology(vips: &[&str]) -> Lan {
     Lan { lan, client, backends, children: Vec::new() }
 }
 
+/// An l4lb configuration for this LAN: one TAP port "lan" (198.18.0.1/24,
+/// 2001:db8::1/64) followed by `services` (TOML `[[services]]` sections).
+pub fn l4lb_config(tap: &str, services: &str) -> String {
+    format!(
+        r#"
+[dpdk]
+lcores = "{lcores}"
+devices = ["net_tap0,iface={tap}"]
+{mem}
+
+[workers]
+idle_pause_us = 200
+flow_table_capacity = 65536
+
+[[ports]]
+name = "lan"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+mac = "02:00:00:00:01:01"
+
+{services}
+"#,
+        lcores = super::lcore_map(2),
+        mem = if super::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
+    )
+}
+
+/// One `[[services]]` section.
+pub fn service(name: &str, vip: &str, protocol: &str, port: u16, extra: &str, backends: &[String]) -> String {
+    format!(
+        "[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"{protocol}\"\nport = {port}\n{extra}\nbackends = [{}]\n",
+        backends.join(", ")
+    )
+}
+
 /// Moves l4lb's TAP device onto the bridge.
 pub fn attach_tap(t: &Lan, tap: &str) {
     sh(&format!("ip link set {tap} netns {}", t.lan.name));
