@@ -30,6 +30,107 @@ pub struct Config {
     pub ports: Vec<PortSection>,
     #[serde(default)]
     pub services: Vec<ServiceSection>,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// `[control]`: the management side's sockets and health-check source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Unix socket of the control API (`l4lb ctl`); default
+    /// `/run/l4lb/<dpdk.file_prefix>.sock`. Created with mode 0600.
+    pub socket: Option<std::path::PathBuf>,
+    /// Prometheus metrics listen address (`host:port`); "" turns it off.
+    pub metrics_address: String,
+    /// Source addresses for health checks (default: the kernel's choice).
+    pub health_source_v4: Option<Ipv4Addr>,
+    pub health_source_v6: Option<Ipv6Addr>,
+    /// Threads that run health checks (each check blocks one until it ends).
+    pub health_threads: usize,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            socket: None,
+            metrics_address: "127.0.0.1:9100".into(),
+            health_source_v4: None,
+            health_source_v6: None,
+            health_threads: 4,
+        }
+    }
+}
+
+/// `[services.health]`: how the management side checks each backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub check: CheckKind,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Port to check (default: the service port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// HTTP: request path, expected status, Host header (default: the backend address).
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// UDP: the datagram to send, and text the answer must contain ("": any answer).
+    #[serde(default)]
+    pub send: String,
+    #[serde(default)]
+    pub expect: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+    Udp,
+    Icmp,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Udp => "udp",
+            CheckKind::Icmp => "icmp",
+        }
+    }
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_status() -> u16 {
+    200
 }
 
 /// `[dpdk]`: how EAL starts.
@@ -189,6 +290,17 @@ pub struct ServiceSection {
     /// where the router sends VIP traffic by ARP rather than a route).
     #[serde(default)]
     pub answer_arp: bool,
+    /// Health checks (none: every backend counts as up).
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+    /// A backend that comes back up ramps its weight from 1 to full over this
+    /// many seconds (0: full weight at once).
+    #[serde(default)]
+    pub slow_start_s: u64,
+    /// A drained backend's remaining flows are moved after this many seconds
+    /// (0: they continue until they end).
+    #[serde(default)]
+    pub drain_timeout_s: u64,
     pub backends: Vec<BackendSection>,
 }
 
@@ -426,6 +538,13 @@ impl Validated {
         }
         a.extend(d.extra_args.iter().cloned());
         a
+    }
+
+    /// The control API's unix socket.
+    pub fn control_socket(&self) -> std::path::PathBuf {
+        self.config.control.socket.clone().unwrap_or_else(|| {
+            std::path::PathBuf::from(format!("/run/l4lb/{}.sock", self.config.dpdk.file_prefix))
+        })
     }
 
     /// Packet buffers to allocate: enough for every descriptor and buffer,
@@ -730,6 +849,47 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
         if s.backends.is_empty() {
             return Err(err(key("backends"), "a service needs at least one backend".into()));
         }
+        if s.slow_start_s > 3600 {
+            return Err(err(key("slow_start_s"), "must be at most 3600".into()));
+        }
+        if s.drain_timeout_s > 7 * 86_400 {
+            return Err(err(key("drain_timeout_s"), "must be at most 7 days".into()));
+        }
+        if let Some(h) = &s.health {
+            let hkey = |k: &str| format!("services[{i}].health.{k}");
+            if !(10..=3_600_000).contains(&h.interval_ms) {
+                return Err(err(hkey("interval_ms"), "must be 10 to 3600000".into()));
+            }
+            if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+                return Err(err(hkey("timeout_ms"), "must be 1 to interval_ms".into()));
+            }
+            if !(1..=100).contains(&h.rise) {
+                return Err(err(hkey("rise"), "must be 1 to 100".into()));
+            }
+            if !(1..=100).contains(&h.fall) {
+                return Err(err(hkey("fall"), "must be 1 to 100".into()));
+            }
+            if h.check != CheckKind::Icmp && h.port.unwrap_or(s.port) == 0 {
+                return Err(err(
+                    hkey("port"),
+                    "the service serves every port (port = 0): say which port to check".into(),
+                ));
+            }
+            if h.check == CheckKind::Http {
+                if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(err(hkey("path"), "must start with `/` and contain no spaces".into()));
+                }
+                if !(100..=599).contains(&h.expect_status) {
+                    return Err(err(hkey("expect_status"), "must be an HTTP status, 100 to 599".into()));
+                }
+                if h.host.as_ref().is_some_and(|x| x.is_empty() || x.chars().any(|c| c.is_whitespace())) {
+                    return Err(err(hkey("host"), "must be a host name without spaces".into()));
+                }
+            }
+            if h.check == CheckKind::Udp && h.send.is_empty() {
+                return Err(err(hkey("send"), "a UDP check needs a datagram to send".into()));
+            }
+        }
         if s.backends.len() > MAX_BACKENDS || s.backends.len() as u64 > s.maglev_table_size as u64 {
             return Err(err(key("backends"), "more backends than the Maglev table size allows".into()));
         }
@@ -787,6 +947,22 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
     }
     if backend_count > crate::dataplane::pipeline::MAX_BACKEND_IDS {
         return Err(err("services".into(), "too many backends in total".into()));
+    }
+    let c = &cfg.control;
+    if !c.metrics_address.is_empty() && c.metrics_address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(err(
+            "control.metrics_address".into(),
+            format!(
+                "`{}` is not an address:port (like 127.0.0.1:9100), or \"\" to turn metrics off",
+                c.metrics_address
+            ),
+        ));
+    }
+    if !(1..=64).contains(&c.health_threads) {
+        return Err(err("control.health_threads".into(), "must be 1 to 64".into()));
+    }
+    if c.socket.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.as_os_str().len() > 100) {
+        return Err(err("control.socket".into(), "must be a path of 1 to 100 bytes".into()));
     }
     Ok(())
 }

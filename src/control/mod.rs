@@ -4,4 +4,5 @@
 pub mod config;
 pub mod lcores;
 pub mod neighbour;
+pub mod runtime;
 pub mod state_build;

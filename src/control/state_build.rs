@@ -2,7 +2,9 @@
 
 use std::net::IpAddr;
 
-use super::config::{ForwardingMode, PortSection, Protocol, SchedulerName, ServiceSection, Validated};
+use super::config::{
+    BackendSection, ForwardingMode, PortSection, Protocol, SchedulerName, ServiceSection, Validated,
+};
 use crate::balancer::flowtable::Timeouts;
 use crate::balancer::state::{
     Backend, BuildError, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec,
@@ -114,6 +116,32 @@ pub fn build_state_resolved(
     facts: &[PortFacts],
     resolved: Resolver<'_>,
 ) -> Result<ForwardingState, BuildError> {
+    let mut next_id = 0u32;
+    build_state_with(cfg, generation, facts, resolved, &mut |_, b| {
+        next_id += 1;
+        Some(Adjust { id: next_id - 1, weight: b.weight, draining: false, rtt_us: 0 })
+    })
+}
+
+/// What the management side decides about one backend beyond the file:
+/// its stable id, its weight now (slow start, `set-weight`), drain, last RTT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adjust {
+    pub id: u32,
+    pub weight: u32,
+    pub draining: bool,
+    pub rtt_us: u32,
+}
+
+/// Builds a state where `adjust` decides, for each configured backend (in
+/// order), whether it is in the state (`None`: down or removed) and how.
+pub fn build_state_with(
+    cfg: &Validated,
+    generation: u64,
+    facts: &[PortFacts],
+    resolved: Resolver<'_>,
+    adjust: &mut dyn FnMut(&ServiceSection, &BackendSection) -> Option<Adjust>,
+) -> Result<ForwardingState, BuildError> {
     let c = &cfg.config;
     let ports: Vec<PortInfo> = c
         .ports
@@ -126,7 +154,6 @@ pub fn build_state_resolved(
             mtu: f.mtu,
         })
         .collect();
-    let mut next_id = 0u32;
     let mut specs = Vec::with_capacity(c.services.len());
     for s in &c.services {
         let egress = s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
@@ -134,18 +161,17 @@ pub fn build_state_resolved(
         let backends = s
             .backends
             .iter()
-            .map(|b| {
-                let id = next_id;
-                next_id += 1;
-                Backend {
-                    id,
+            .filter_map(|b| {
+                let a = adjust(s, b)?;
+                Some(Backend {
+                    id: a.id,
                     addr: b.address,
-                    weight: b.weight,
-                    draining: false,
-                    rtt_us: 0,
+                    weight: a.weight,
+                    draining: a.draining,
+                    rtt_us: a.rtt_us,
                     next_hop: next_hop(s, egress, port, b.address, b.mac.map(|m| m.0), resolved),
                     port: egress,
-                }
+                })
             })
             .collect();
         let t = &s.timeouts;

@@ -9,7 +9,10 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use super::forward::{flush_all, IdleBackoff, PollConfig};
-use super::pipeline::{Counters, DropReason, Verdict, Worker};
+use super::pipeline::{Counters, DropReason, Verdict, Worker, MAX_BACKEND_IDS};
+use super::telemetry::WorkerTelemetry;
+use crate::balancer::flow::FlowKey;
+use crate::balancer::flowtable::Entry;
 use crate::balancer::state::ForwardingState;
 use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue, BURST_MAX};
 
@@ -24,6 +27,26 @@ pub struct StateMailbox {
     pub control_up: ArrayQueue<(u16, Mbuf)>,
     /// (port, packet) for the worker to transmit.
     pub control_down: ArrayQueue<(u16, Mbuf)>,
+    /// Flow-table questions from the management core (`l4lb ctl lookup`)...
+    pub queries: ArrayQueue<FlowQuery>,
+    /// ...and the worker's answers.
+    pub answers: ArrayQueue<FlowAnswer>,
+    /// The worker's live counters.
+    pub telemetry: Arc<WorkerTelemetry>,
+}
+
+/// "Do you track this flow?", asked of every worker.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowQuery {
+    pub tag: u64,
+    pub key: FlowKey,
+}
+
+/// A worker's answer: the tracked entry, if any.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowAnswer {
+    pub tag: u64,
+    pub entry: Option<Entry>,
 }
 
 /// Control packets in flight per direction and worker.
@@ -37,6 +60,9 @@ impl StateMailbox {
             returned: ArrayQueue::new(depth + 1),
             control_up: ArrayQueue::new(CONTROL_RING),
             control_down: ArrayQueue::new(CONTROL_RING),
+            queries: ArrayQueue::new(16),
+            answers: ArrayQueue::new(16),
+            telemetry: Arc::new(WorkerTelemetry::new(MAX_BACKEND_IDS)),
         }
     }
 
@@ -89,7 +115,7 @@ pub struct BalanceWorker<'p> {
 }
 
 /// What a balancing worker reports when it stops.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct BalanceStats {
     pub rx_packets: u64,
     pub tx_packets: u64,
@@ -123,6 +149,8 @@ impl std::ops::AddAssign for BalanceStats {
 /// Flow-table buckets swept per busy poll and per idle poll.
 const SWEEP_BUSY: usize = 2;
 const SWEEP_IDLE: usize = 256;
+/// How often a worker publishes its counters, in ms.
+const PUBLISH_MS: u64 = 1;
 
 impl BalanceWorker<'_> {
     /// Polls until `stop`, reading the forwarding state from `mailbox` (it
@@ -152,6 +180,7 @@ impl BalanceWorker<'_> {
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST_MAX];
         let mut backoff = IdleBackoff::default();
         let tsc_per_ms = tsc_per_ms.max(1);
+        let mut published_ms = 0u64;
         while !stop.load(Ordering::Relaxed) {
             if let Some(newer) = mailbox.take_newest(&mut pending) {
                 pending.push(std::mem::replace(&mut state, newer));
@@ -168,6 +197,10 @@ impl BalanceWorker<'_> {
             }
             let now_tsc = tsc();
             let now_ms = now_tsc / tsc_per_ms;
+            if now_ms.wrapping_sub(published_ms) >= PUBLISH_MS {
+                published_ms = now_ms;
+                self.publish(&mut stats, &state, mailbox, now_ms);
+            }
             let mut got = 0usize;
             for (rxq, port) in self.rx.iter_mut() {
                 let n = rxq.burst_max(&mut burst, cfg.burst_size);
@@ -218,9 +251,37 @@ impl BalanceWorker<'_> {
         }
         (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
         stats.pipeline = self.pipeline.counters;
+        self.publish(&mut stats, &state, mailbox, tsc() / tsc_per_ms);
         pending.push(state);
         mailbox.give_back(&mut pending);
         stats
+    }
+}
+
+impl BalanceWorker<'_> {
+    /// Copies the counters out for the management core and answers its
+    /// flow-table questions (both off the per-packet path: once per ms).
+    fn publish(
+        &self,
+        stats: &mut BalanceStats,
+        state: &ForwardingState,
+        mailbox: &StateMailbox,
+        now_ms: u64,
+    ) {
+        let (mut tx, mut full) = (0, 0);
+        for t in &self.tx {
+            let s = t.stats();
+            tx += s.sent;
+            full += s.dropped_full;
+        }
+        stats.tx_packets = tx;
+        stats.dropped_tx_full = full;
+        let p = &self.pipeline;
+        let flows = (p.flows().len(), p.flows().capacity(), p.flow_stats());
+        mailbox.telemetry.publish(stats, &p.counters, flows, state, |id| p.active_flows(id));
+        while let Some(q) = mailbox.queries.pop() {
+            let _ = mailbox.answers.push(FlowAnswer { tag: q.tag, entry: p.tracked(&q.key, now_ms) });
+        }
     }
 }
 

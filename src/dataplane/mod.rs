@@ -5,4 +5,5 @@ pub mod balance;
 pub mod forward;
 pub mod packet;
 pub mod pipeline;
+pub mod telemetry;
 pub mod testframes;

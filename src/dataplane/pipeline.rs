@@ -176,6 +176,7 @@ impl Default for WorkerConfig {
 pub struct BackendCounters {
     packets: Box<[AtomicU64]>,
     bytes: Box<[AtomicU64]>,
+    new_flows: Box<[AtomicU64]>,
 }
 
 impl BackendCounters {
@@ -183,7 +184,20 @@ impl BackendCounters {
         BackendCounters {
             packets: (0..ids).map(|_| AtomicU64::new(0)).collect(),
             bytes: (0..ids).map(|_| AtomicU64::new(0)).collect(),
+            new_flows: (0..ids).map(|_| AtomicU64::new(0)).collect(),
         }
+    }
+
+    #[inline(always)]
+    fn count_new_flow(&self, id: usize) {
+        if let Some(n) = self.new_flows.get(id) {
+            n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Flows started on (or moved to) backend `id`.
+    pub fn new_flows(&self, id: u32) -> u64 {
+        self.new_flows.get(id as usize).map_or(0, |n| n.load(Ordering::Relaxed))
     }
 
     #[inline(always)]
@@ -292,6 +306,11 @@ impl Worker {
 
     pub fn flows(&self) -> &FlowTable {
         &self.flows
+    }
+
+    /// The live entry this worker tracks for `key`, if any.
+    pub fn tracked(&self, key: &FlowKey, now_ms: u64) -> Option<Entry> {
+        self.flows.lookup(key, key.table_hash(), now_ms).map(|s| *self.flows.entry(s))
     }
 
     /// This worker's active flows per backend id.
@@ -755,6 +774,7 @@ impl Worker {
                         let state = next_state(svc.proto, kind, vip.tcp_flags, None);
                         self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state));
                         self.counters.rescheduled += 1;
+                        self.per_backend.count_new_flow(id as usize);
                         b
                     }
                 }
@@ -775,6 +795,7 @@ impl Worker {
                         *a += 1;
                     }
                     self.counters.new_flows += 1;
+                    self.per_backend.count_new_flow(id as usize);
                 }
                 b
             }
