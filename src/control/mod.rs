@@ -1,7 +1,9 @@
 //! Management side: configuration (and, later, health checks, API, metrics).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod config;
+pub mod health;
 pub mod lcores;
 pub mod neighbour;
 pub mod runtime;

@@ -1,0 +1,329 @@
+//! The control API: JSON lines over a unix socket (mode 0600), and the
+//! Prometheus endpoint over HTTP. Both run on their own threads and pass
+//! every question to the management loop over a channel, so all state stays
+//! owned by the management core.
+//!
+//! Wire format: one JSON object per line each way. A request is
+//! `{"cmd": "backends"}` (fields by command, see [`Request`]); the answer is
+//! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam::channel::{bounded, Sender};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A control request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Services,
+    Backends {
+        #[serde(default)]
+        service: Option<String>,
+    },
+    Stats,
+    Drain {
+        backend: String,
+    },
+    Undrain {
+        backend: String,
+    },
+    SetWeight {
+        backend: String,
+        weight: u32,
+    },
+    Reload,
+    /// Which backend a flow gets: `proto` tcp/udp, `src`/`dst` as `ip:port`.
+    Lookup {
+        proto: String,
+        src: String,
+        dst: String,
+    },
+    /// What would move: `change` is `remove`, `drain` or `weight=N`.
+    Whatif {
+        backend: String,
+        change: String,
+    },
+}
+
+/// The management loop's answer.
+pub type Reply = Result<Value, String>;
+
+/// A question for the management loop.
+pub enum Call {
+    Api(Request, Sender<Reply>),
+    Metrics(Sender<String>),
+}
+
+/// How long a connection waits for the management loop.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest request line accepted.
+const MAX_LINE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("control socket {path}: {reason}")]
+    Socket { path: String, reason: String },
+    #[error("metrics address {addr} (control.metrics_address): {reason}")]
+    Metrics { addr: String, reason: String },
+}
+
+/// The listening threads; they stop when this drops.
+pub struct Servers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    socket: PathBuf,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Drop for Servers {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+/// Binds the control socket and the metrics address (if any) and starts
+/// serving; every question goes to `calls`.
+pub fn start(socket: &Path, metrics: &str, calls: Sender<Call>) -> Result<Servers, ApiError> {
+    let sock_err = |reason: String| ApiError::Socket { path: socket.display().to_string(), reason };
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| sock_err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    if socket.exists() {
+        if UnixStream::connect(socket).is_ok() {
+            return Err(sock_err(
+                "another l4lb answers on it: stop it, or give this one its own control.socket".into(),
+            ));
+        }
+        // Left behind by an l4lb that did not exit cleanly.
+        std::fs::remove_file(socket).map_err(|e| sock_err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener = UnixListener::bind(socket).map_err(|e| sock_err(e.to_string()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| sock_err(format!("chmod 0600: {e}")))?;
+    listener.set_nonblocking(true).map_err(|e| sock_err(e.to_string()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    let (s, c) = (stop.clone(), calls.clone());
+    threads.push(spawn("l4lb-api", move || accept_loop(&s, || listener.accept().map(|x| x.0), &c, serve_api)));
+    let mut metrics_addr = None;
+    if !metrics.is_empty() {
+        let m_err = |reason: String| ApiError::Metrics { addr: metrics.to_owned(), reason };
+        let l = TcpListener::bind(metrics).map_err(|e| m_err(e.to_string()))?;
+        metrics_addr = l.local_addr().ok();
+        l.set_nonblocking(true).map_err(|e| m_err(e.to_string()))?;
+        let (s, c) = (stop.clone(), calls);
+        threads.push(spawn("l4lb-metrics", move || accept_loop(&s, || l.accept().map(|x| x.0), &c, serve_http)));
+    }
+    Ok(Servers { stop, threads, socket: socket.to_owned(), metrics_addr })
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a control thread")
+}
+
+/// Accepts until `stop`; each connection gets its own thread.
+fn accept_loop<S: Send + 'static>(
+    stop: &AtomicBool,
+    accept: impl Fn() -> std::io::Result<S>,
+    calls: &Sender<Call>,
+    serve: fn(S, Sender<Call>),
+) {
+    while !stop.load(Ordering::Relaxed) {
+        match accept() {
+            Ok(conn) => {
+                let c = calls.clone();
+                let _ = std::thread::Builder::new().name("l4lb-conn".into()).spawn(move || serve(conn, c));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+fn ask(calls: &Sender<Call>, req: Request) -> Reply {
+    let (tx, rx) = bounded(1);
+    calls.send(Call::Api(req, tx)).map_err(|_| "l4lb is stopping".to_string())?;
+    rx.recv_timeout(ANSWER_TIMEOUT).map_err(|_| "the management loop did not answer in 10 s".to_string())?
+}
+
+fn serve_api(conn: UnixStream, calls: Sender<Call>) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(300)));
+    let Ok(mut out) = conn.try_clone() else { return };
+    let mut reader = BufReader::new(conn);
+    loop {
+        let mut line = Vec::new();
+        match reader.by_ref().take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let answer = if line.len() > MAX_LINE {
+            Err(format!("request longer than {MAX_LINE} bytes"))
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => ask(&calls, req),
+                Err(e) => Err(format!("bad request: {e}")),
+            }
+        };
+        let v = match answer {
+            Ok(result) => serde_json::json!({ "ok": true, "result": result }),
+            Err(error) => serde_json::json!({ "ok": false, "error": error }),
+        };
+        let mut text = v.to_string();
+        text.push('\n');
+        if out.write_all(text.as_bytes()).is_err() || line.len() > MAX_LINE {
+            return;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 responder: `GET /metrics`, nothing else.
+fn serve_http(mut conn: TcpStream, calls: Sender<Call>) {
+    let _ = conn.set_nonblocking(false);
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 8192 {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&head);
+    let mut first = text.lines().next().unwrap_or("").split_whitespace();
+    let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/metrics") => {
+            let (tx, rx) = bounded(1);
+            match calls.send(Call::Metrics(tx)).ok().and_then(|_| rx.recv_timeout(ANSWER_TIMEOUT).ok()) {
+                Some(m) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", m),
+                None => ("503 Service Unavailable", "text/plain", "l4lb is not answering\n".into()),
+            }
+        }
+        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+}
+
+/// Client side: sends one request and returns its result.
+pub fn call(socket: &Path, req: &Request) -> Result<Value, String> {
+    let mut s = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => format!(
+            "no control socket at {}: is l4lb running? (--socket or --config names another)",
+            socket.display()
+        ),
+        std::io::ErrorKind::ConnectionRefused => {
+            format!("{} is left over from an l4lb that is no longer running", socket.display())
+        }
+        std::io::ErrorKind::PermissionDenied => format!("{}: permission denied (run as root)", socket.display()),
+        _ => format!("{}: {e}", socket.display()),
+    })?;
+    s.set_read_timeout(Some(ANSWER_TIMEOUT + Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut text = serde_json::to_string(req).map_err(|e| e.to_string())?;
+    text.push('\n');
+    s.write_all(text.as_bytes()).map_err(|e| format!("send: {e}"))?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).map_err(|e| format!("no answer: {e}"))?;
+    if line.is_empty() {
+        return Err("l4lb closed the connection without an answer".into());
+    }
+    let v: Value = serde_json::from_str(&line).map_err(|e| format!("bad answer: {e}"))?;
+    if v["ok"].as_bool() == Some(true) {
+        Ok(v["result"].clone())
+    } else {
+        Err(v["error"].as_str().unwrap_or("unknown error").to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_as_json() {
+        let r: Request = serde_json::from_str(r#"{"cmd":"set-weight","backend":"web/198.18.0.11","weight":3}"#)
+            .unwrap();
+        assert_eq!(r, Request::SetWeight { backend: "web/198.18.0.11".into(), weight: 3 });
+        assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"drain"}"#).is_err());
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"drain","backend":"a","x":1}"#).is_err());
+    }
+
+    #[test]
+    fn socket_answers_refuses_junk_and_stays_up() {
+        let dir = std::env::temp_dir().join(format!("l4lb-api-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let (tx, rx) = crossbeam::channel::unbounded::<Call>();
+        let servers = start(&path, "127.0.0.1:0", tx).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // The "management loop": answers status and metrics.
+        let mgmt = std::thread::spawn(move || {
+            for c in rx.iter() {
+                match c {
+                    Call::Api(Request::Status, r) => drop(r.send(Ok(serde_json::json!({"generation": 4})))),
+                    Call::Api(_, r) => drop(r.send(Err("no".into()))),
+                    Call::Metrics(r) => drop(r.send("l4lb_up 1\n".into())),
+                }
+            }
+        });
+        assert_eq!(call(&path, &Request::Status).unwrap()["generation"], 4);
+        assert_eq!(call(&path, &Request::Reload).unwrap_err(), "no");
+        // Junk on one connection: an error answer, and the connection and server stay up.
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(b"{not json\n{\"cmd\":\"bogus\"}\n{\"cmd\":\"status\"}\n").unwrap();
+        let mut lines = BufReader::new(s).lines();
+        for _ in 0..2 {
+            let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+            assert_eq!(v["ok"], false);
+            assert!(v["error"].as_str().unwrap().starts_with("bad request"), "{v}");
+        }
+        let v: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+        assert_eq!(v["ok"], true);
+        // Metrics over HTTP.
+        let addr = servers.metrics_addr.unwrap();
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        assert!(resp.ends_with("\r\n\r\nl4lb_up 1\n"), "{resp}");
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /nope HTTP/1.1\r\n\r\n").unwrap();
+        resp.clear();
+        c.read_to_string(&mut resp).unwrap();
+        assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        // A second server on the same socket is refused while the first lives.
+        let (tx2, _rx2) = crossbeam::channel::unbounded::<Call>();
+        let e = start(&path, "", tx2).err().unwrap().to_string();
+        assert!(e.contains("another l4lb"), "{e}");
+        drop(servers);
+        assert!(!path.exists(), "the socket is removed on shutdown");
+        let e = call(&path, &Request::Status).unwrap_err();
+        assert!(e.contains("is l4lb running"), "{e}");
+        drop(mgmt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

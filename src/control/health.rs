@@ -1,0 +1,398 @@
+//! Health checks: TCP connect, HTTP GET, UDP request/answer and ICMP echo,
+//! run through the host's kernel networking by a small pool of threads on
+//! the management side (never on a worker). Each check is blocking with a
+//! deadline; the management loop hands out due checks and collects results.
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{unbounded, Receiver, Sender};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use super::config::{CheckKind, HealthSection};
+
+/// One check of one backend, ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub kind: CheckKind,
+    pub addr: IpAddr,
+    /// TCP/HTTP/UDP port (unused by ICMP).
+    pub port: u16,
+    /// Source address to bind (when its family matches the backend's).
+    pub source: Option<IpAddr>,
+    pub timeout: Duration,
+    pub path: String,
+    pub host: String,
+    pub expect_status: u16,
+    pub send: Vec<u8>,
+    pub expect: Vec<u8>,
+}
+
+impl Probe {
+    /// The probe a service's `[services.health]` asks for on `addr`.
+    pub fn new(h: &HealthSection, service_port: u16, addr: IpAddr, source: Option<IpAddr>) -> Probe {
+        Probe {
+            kind: h.check,
+            addr,
+            port: h.port.unwrap_or(service_port),
+            source: source.filter(|s| s.is_ipv4() == addr.is_ipv4()),
+            timeout: Duration::from_millis(h.timeout_ms),
+            path: h.path.clone(),
+            host: h.host.clone().unwrap_or_else(|| match addr {
+                IpAddr::V4(a) => a.to_string(),
+                IpAddr::V6(a) => format!("[{a}]"),
+            }),
+            expect_status: h.expect_status,
+            send: h.send.as_bytes().to_vec(),
+            expect: h.expect.as_bytes().to_vec(),
+        }
+    }
+
+    /// Runs the check: the round-trip time, or why it failed.
+    pub fn run(&self) -> Result<Duration, String> {
+        let deadline = Instant::now() + self.timeout;
+        match self.kind {
+            CheckKind::Tcp => self.connect(deadline).map(|(_, rtt)| rtt),
+            CheckKind::Http => self.http(deadline),
+            CheckKind::Udp => self.udp(deadline),
+            CheckKind::Icmp => self.icmp(deadline),
+        }
+    }
+
+    fn socket(&self, ty: Type, proto: Protocol) -> Result<Socket, String> {
+        let s = Socket::new(Domain::for_address(SocketAddr::new(self.addr, 0)), ty, Some(proto))
+            .map_err(|e| format!("socket: {e}"))?;
+        if let Some(src) = self.source {
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0))).map_err(|e| format!("bind {src}: {e}"))?;
+        }
+        Ok(s)
+    }
+
+    fn connect(&self, deadline: Instant) -> Result<(Socket, Duration), String> {
+        let s = self.socket(Type::STREAM, Protocol::TCP)?;
+        let to = SocketAddr::new(self.addr, self.port);
+        let start = Instant::now();
+        s.connect_timeout(&to.into(), left(deadline)?).map_err(|e| format!("connect {to}: {e}"))?;
+        let rtt = start.elapsed();
+        // Close with a reset: checks must not pile up TIME_WAIT sockets.
+        let _ = s.set_linger(Some(Duration::ZERO));
+        Ok((s, rtt))
+    }
+
+    fn http(&self, deadline: Instant) -> Result<Duration, String> {
+        let start = Instant::now();
+        let (mut s, _) = self.connect(deadline)?;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: l4lb-health\r\nConnection: close\r\n\r\n",
+            self.path, self.host
+        );
+        s.set_write_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
+        s.write_all(req.as_bytes()).map_err(|e| format!("send request: {e}"))?;
+        let mut buf = [0u8; 512];
+        let mut got = 0;
+        while !buf[..got].windows(2).any(|w| w == b"\r\n") {
+            if got == buf.len() {
+                return Err("status line longer than 512 bytes".into());
+            }
+            s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
+            let n = s.read(&mut buf[got..]).map_err(|e| format!("read answer: {}", timeout_words(e)))?;
+            if n == 0 {
+                return Err("connection closed before a status line".into());
+            }
+            got += n;
+        }
+        let rtt = start.elapsed();
+        let line = String::from_utf8_lossy(&buf[..got]);
+        let line = line.lines().next().unwrap_or("");
+        let mut words = line.split_whitespace();
+        let status = match (words.next(), words.next()) {
+            (Some(v), Some(code)) if v.starts_with("HTTP/") => code.parse::<u16>().ok(),
+            _ => None,
+        }
+        .ok_or_else(|| format!("not an HTTP status line: {:?}", line.chars().take(60).collect::<String>()))?;
+        if status != self.expect_status {
+            return Err(format!("HTTP status {status}, expected {}", self.expect_status));
+        }
+        Ok(rtt)
+    }
+
+    fn udp(&self, deadline: Instant) -> Result<Duration, String> {
+        let s = self.socket(Type::DGRAM, Protocol::UDP)?;
+        let to = SocketAddr::new(self.addr, self.port);
+        s.connect(&to.into()).map_err(|e| format!("connect {to}: {e}"))?;
+        let start = Instant::now();
+        let s = std::net::UdpSocket::from(s);
+        s.send(&self.send).map_err(|e| format!("send to {to}: {e}"))?;
+        let mut buf = [0u8; 2048];
+        loop {
+            s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
+            // A connected UDP socket reports an ICMP port unreachable as "refused".
+            let n = s.recv(&mut buf).map_err(|e| format!("answer from {to}: {}", timeout_words(e)))?;
+            let rtt = start.elapsed();
+            if self.expect.is_empty() || buf[..n].windows(self.expect.len()).any(|w| w == self.expect) {
+                return Ok(rtt);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("answer from {to} lacks the expected text"));
+            }
+            // Another answer may still come: keep reading until the deadline.
+        }
+    }
+
+    fn icmp(&self, deadline: Instant) -> Result<Duration, String> {
+        static SEQ: AtomicU16 = AtomicU16::new(1);
+        let (proto, request, reply) = match self.addr {
+            IpAddr::V4(_) => (Protocol::ICMPV4, 8u8, 0u8),
+            IpAddr::V6(_) => (Protocol::ICMPV6, 128u8, 129u8),
+        };
+        let mut s = self.socket(Type::RAW, proto).map_err(|e| format!("{e} (ICMP checks need root or CAP_NET_RAW)"))?;
+        // A connected raw socket only receives from that address.
+        s.connect(&SocketAddr::new(self.addr, 0).into()).map_err(|e| format!("connect {}: {e}", self.addr))?;
+        let ident = (std::process::id() as u16) ^ 0x4c34;
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let mut msg = [0u8; 24];
+        msg[0] = request;
+        msg[4..6].copy_from_slice(&ident.to_be_bytes());
+        msg[6..8].copy_from_slice(&seq.to_be_bytes());
+        msg[8..24].copy_from_slice(b"l4lb health chk.");
+        if self.addr.is_ipv4() {
+            // The kernel fills the ICMPv6 checksum itself, not ICMPv4's.
+            let c = !crate::net::checksum::fold(crate::net::checksum::add(0, &msg));
+            msg[2..4].copy_from_slice(&c.to_be_bytes());
+        }
+        let start = Instant::now();
+        s.send(&msg).map_err(|e| format!("send echo to {}: {e}", self.addr))?;
+        let mut buf = [0u8; 1500];
+        loop {
+            s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
+            let n = s.read(&mut buf).map_err(|e| format!("echo reply from {}: {}", self.addr, timeout_words(e)))?;
+            // IPv4 raw sockets deliver the IP header too; ICMPv6 ones do not.
+            let at = if self.addr.is_ipv4() { ((buf[0] & 0x0f) as usize) * 4 } else { 0 };
+            let m = &buf[at.min(n)..n];
+            if m.len() >= 8 && m[0] == reply && m[4..6] == ident.to_be_bytes() && m[6..8] == seq.to_be_bytes() {
+                return Ok(start.elapsed());
+            }
+        }
+    }
+}
+
+/// Time left before `deadline`, or the timeout error.
+fn left(deadline: Instant) -> Result<Duration, String> {
+    deadline
+        .checked_duration_since(Instant::now())
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| "timed out".to_string())
+}
+
+fn timeout_words(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// A finished check: its tag and its round-trip time in µs or the failure.
+pub type Done = (u64, Result<u32, String>);
+
+/// A pool of threads running probes. Dropping it stops the threads once
+/// their current checks end.
+pub struct Checker {
+    jobs: Option<Sender<(u64, Arc<Probe>)>>,
+    results: Receiver<Done>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Checker {
+    pub fn new(threads: usize) -> Checker {
+        let (jobs, job_rx) = unbounded::<(u64, Arc<Probe>)>();
+        let (done_tx, results) = unbounded::<Done>();
+        let threads = (0..threads.max(1))
+            .map(|i| {
+                let (rx, tx) = (job_rx.clone(), done_tx.clone());
+                std::thread::Builder::new()
+                    .name(format!("l4lb-health-{i}"))
+                    .spawn(move || {
+                        for (tag, probe) in rx.iter() {
+                            let r = probe.run().map(|d| d.as_micros().clamp(1, u32::MAX as u128) as u32);
+                            if tx.send((tag, r)).is_err() {
+                                return;
+                            }
+                        }
+                    })
+                    .expect("spawn a health-check thread")
+            })
+            .collect();
+        Checker { jobs: Some(jobs), results, threads }
+    }
+
+    /// Queues a probe; its result comes back with `tag`.
+    pub fn submit(&self, tag: u64, probe: Arc<Probe>) {
+        if let Some(j) = &self.jobs {
+            let _ = j.send((tag, probe));
+        }
+    }
+
+    /// Finished checks, without waiting.
+    pub fn results(&self) -> impl Iterator<Item = Done> + '_ {
+        self.results.try_iter()
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, UdpSocket};
+
+    fn health(kind: CheckKind) -> HealthSection {
+        HealthSection {
+            check: kind,
+            interval_ms: 1000,
+            timeout_ms: 500,
+            rise: 1,
+            fall: 1,
+            port: None,
+            path: "/health".into(),
+            expect_status: 200,
+            host: None,
+            send: "ping".into(),
+            expect: "pong".into(),
+        }
+    }
+
+    fn local(v6: bool) -> IpAddr {
+        if v6 {
+            "::1".parse().unwrap()
+        } else {
+            "127.0.0.1".parse().unwrap()
+        }
+    }
+
+    /// An HTTP server on loopback answering each request with `status`;
+    /// returns its port and the request lines it saw.
+    fn http_server(status: u16) -> (u16, std::sync::mpsc::Receiver<String>) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for mut c in l.incoming().map_while(Result::ok) {
+                let mut buf = [0u8; 1024];
+                let n = c.read(&mut buf).unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let _ = tx.send(req);
+                let _ = c.write_all(format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\n\r\n").as_bytes());
+            }
+        });
+        (port, rx)
+    }
+
+    #[test]
+    fn tcp_connect_up_and_refused() {
+        for v6 in [false, true] {
+            let l = TcpListener::bind(SocketAddr::new(local(v6), 0)).unwrap();
+            let port = l.local_addr().unwrap().port();
+            let p = Probe::new(&health(CheckKind::Tcp), port, local(v6), None);
+            assert!(p.run().is_ok(), "v6={v6}");
+            drop(l);
+            let e = p.run().unwrap_err();
+            assert!(e.contains("refused"), "{e}");
+        }
+    }
+
+    #[test]
+    fn http_status_is_checked() {
+        let (port, reqs) = http_server(200);
+        let p = Probe::new(&health(CheckKind::Http), port, local(false), None);
+        p.run().unwrap();
+        let req = reqs.recv().unwrap();
+        assert!(req.starts_with("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"), "{req}");
+        let (port, _r) = http_server(500);
+        let e = Probe::new(&health(CheckKind::Http), port, local(false), None).run().unwrap_err();
+        assert_eq!(e, "HTTP status 500, expected 200");
+        // A server that accepts and never answers: the timeout bounds the check.
+        let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut h = health(CheckKind::Http);
+        h.timeout_ms = 100;
+        let start = Instant::now();
+        let e = Probe::new(&h, silent.local_addr().unwrap().port(), local(false), None).run().unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        assert!(start.elapsed() < Duration::from_millis(400));
+    }
+
+    #[test]
+    fn udp_answer_must_contain_the_expected_text() {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let mut n = 0;
+            while let Ok((len, from)) = u.recv_from(&mut buf) {
+                assert_eq!(&buf[..len], b"ping");
+                n += 1;
+                let answer: &[u8] = if n == 1 { b"pong 1" } else { b"nope" };
+                u.send_to(answer, from).unwrap();
+            }
+        });
+        let mut h = health(CheckKind::Udp);
+        h.timeout_ms = 200;
+        let p = Probe::new(&h, port, local(false), None);
+        p.run().unwrap();
+        let e = p.run().unwrap_err();
+        assert!(e.contains("timed out") || e.contains("lacks"), "{e}");
+        // Nobody listening: the port unreachable comes back as refused.
+        let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cport = closed.local_addr().unwrap().port();
+        drop(closed);
+        let e = Probe::new(&h, cport, local(false), None).run().unwrap_err();
+        assert!(e.contains("refused"), "{e}");
+    }
+
+    #[test]
+    fn icmp_echo_on_loopback() {
+        for v6 in [false, true] {
+            let p = Probe::new(&health(CheckKind::Icmp), 0, local(v6), None);
+            match p.run() {
+                Ok(rtt) => assert!(rtt < Duration::from_millis(500)),
+                // Without root the raw socket is refused: say so, do not pass silently.
+                Err(e) => panic!("ICMP echo to {} failed (tests run as root): {e}", local(v6)),
+            }
+        }
+    }
+
+    #[test]
+    fn source_address_is_bound_and_pool_returns_tagged_results() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let src: IpAddr = "127.0.0.2".parse().unwrap();
+        let p = Probe::new(&health(CheckKind::Tcp), port, local(false), Some(src));
+        assert_eq!(p.source, Some(src));
+        let checker = Checker::new(2);
+        checker.submit(7, Arc::new(p));
+        let (c, from) = l.accept().unwrap();
+        assert_eq!(from.ip(), src);
+        drop(c);
+        let done = loop {
+            if let Some(d) = checker.results().next() {
+                break d;
+            }
+            std::thread::yield_now();
+        };
+        assert_eq!(done.0, 7);
+        assert!(done.1.is_ok());
+        // A v6 source is not used for a v4 backend.
+        let p6 = Probe::new(&health(CheckKind::Tcp), port, local(false), Some("::1".parse().unwrap()));
+        assert_eq!(p6.source, None);
+    }
+}
