@@ -3,16 +3,15 @@
 #![forbid(unsafe_code)]
 
 use std::io::Write;
-use std::net::IpAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::control::api::{self, Call};
 use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
-use crate::control::neighbour::NeighbourTable;
-use crate::control::state_build::{
-    build_state, build_state_resolved, needed_neighbours, worker_config, PortFacts,
-};
+use crate::control::mgmt::Management;
+use crate::control::state_build::{build_state, worker_config, PortFacts};
 use crate::dataplane::balance::{BalanceStats, BalanceWorker, StateMailbox};
 use crate::dataplane::forward::{ForwardWorker, PollConfig, WorkerStats};
 use crate::dataplane::pipeline::DropReason;
@@ -32,6 +31,17 @@ pub enum RunError {
     Worker(String),
     #[error("forwarding state: {0}")]
     State(#[from] crate::balancer::state::BuildError),
+    #[error("{0}")]
+    Control(#[from] api::ApiError),
+}
+
+/// What the signal handlers tell the running l4lb.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// SIGINT / SIGTERM: drain and stop.
+    pub stop: AtomicBool,
+    /// SIGHUP: re-read the configuration.
+    pub reload: AtomicBool,
 }
 
 /// Final figures of a run.
@@ -64,8 +74,15 @@ enum Final {
     Balance(BalanceStats),
 }
 
-/// Runs until `stop` is set. Progress and the final report go to `out`.
-pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<RunReport, RunError> {
+/// Runs until `signals.stop` is set. Progress and the final report go to
+/// `out`. `cfg_path` is the file `reload` re-reads.
+pub fn run(
+    cfg: &Validated,
+    cfg_path: Option<&Path>,
+    signals: &Signals,
+    out: &mut dyn Write,
+) -> Result<RunReport, RunError> {
+    let stop = &signals.stop;
     let eal = Eal::init(cfg.eal_args()).map_err(|e| {
         RunError::Eal(
             e,
@@ -209,18 +226,56 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
             ids.join(",")
         );
         let _ = out.flush();
-        // The management lcore's loop; health checks, reloads and stats join it later.
-        let mut mgmt = Management::new(cfg, &facts, &pool, tsc_per_ms, first_state.clone());
+        let Some(state) = first_state.clone() else {
+            // Plain forwarding: nothing to manage but the stop signal.
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return Ok(());
+        };
+        // The management lcore's loop: neighbours, health checks, changes,
+        // the control API and metrics.
+        let (calls_tx, calls) = crossbeam::channel::unbounded::<Call>();
+        let socket = cfg.control_socket();
+        let servers = match api::start(&socket, &cfg.config.control.metrics_address, calls_tx) {
+            Ok(s) => s,
+            Err(e) => {
+                stop.store(true, Ordering::SeqCst);
+                return Err(e.into());
+            }
+        };
+        let _ = writeln!(
+            out,
+            "control socket {}{}",
+            socket.display(),
+            servers.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
+        );
+        let mut mgmt = Management::new(
+            cfg,
+            cfg_path.map(Path::to_path_buf),
+            &facts,
+            &ports,
+            &pool,
+            mailboxes,
+            counter_blocks.clone(),
+            state,
+        );
         while !stop.load(Ordering::Relaxed) {
-            if balancing {
-                mgmt.tick(mailboxes);
+            let reload = signals.reload.swap(false, Ordering::SeqCst);
+            mgmt.tick(reload);
+            for line in mgmt.log.drain(..) {
+                let _ = writeln!(out, "l4lb: {line}");
             }
-            for mb in mailboxes.iter() {
-                mb.reclaim();
+            let _ = out.flush();
+            if let Ok(call) = calls.recv_timeout(Duration::from_millis(10)) {
+                mgmt.handle(call);
+                while let Ok(call) = calls.try_recv() {
+                    mgmt.handle(call);
+                }
             }
-            std::thread::sleep(Duration::from_millis(10));
         }
-        final_state = mgmt.state.clone();
+        drop(servers);
+        final_state = Some(mgmt.state.clone());
         if mgmt.generation > 1 || mgmt.neighbours.resolved() > 0 {
             let _ = writeln!(
                 out,
@@ -271,103 +326,6 @@ pub fn run(cfg: &Validated, stop: &AtomicBool, out: &mut dyn Write) -> Result<Ru
     drop(pool);
     drop(eal);
     Ok(report)
-}
-
-/// The management core's periodic work while balancing: learn neighbours from
-/// the answers workers pass up, ask for the missing or stale ones (the
-/// requests go down to worker 0, which sends them), and publish a new
-/// forwarding state to every worker when a next-hop MAC changes.
-struct Management<'a> {
-    cfg: &'a Validated,
-    facts: &'a [PortFacts],
-    pool: &'a Mempool,
-    tsc_per_ms: u64,
-    neighbours: NeighbourTable,
-    generation: u64,
-    /// The newest forwarding state built.
-    state: Option<std::sync::Arc<crate::balancer::state::ForwardingState>>,
-    /// A state a worker's full inbox refused, to offer again.
-    unsent: Vec<Option<std::sync::Arc<crate::balancer::state::ForwardingState>>>,
-}
-
-impl<'a> Management<'a> {
-    fn new(
-        cfg: &'a Validated,
-        facts: &'a [PortFacts],
-        pool: &'a Mempool,
-        tsc_per_ms: u64,
-        state: Option<std::sync::Arc<crate::balancer::state::ForwardingState>>,
-    ) -> Self {
-        let mut neighbours = NeighbourTable::default();
-        neighbours.track(&needed_neighbours(cfg));
-        Management { cfg, facts, pool, tsc_per_ms, neighbours, generation: 1, state, unsent: Vec::new() }
-    }
-
-    fn tick(&mut self, mailboxes: &[StateMailbox]) {
-        let now_ms = crate::dpdk::tsc() / self.tsc_per_ms.max(1);
-        let mut changed = false;
-        for mb in mailboxes {
-            while let Some((port, m)) = mb.control_up.pop() {
-                if let Some((ip, mac)) = neighbour_answer(m.data()) {
-                    changed |= self.neighbours.learn(port as usize, ip, mac, now_ms);
-                }
-            }
-        }
-        changed |= self.neighbours.expire(now_ms);
-        for (port, ip) in self.neighbours.due(now_ms) {
-            let (Some(f), Some(p)) = (self.facts.get(port), self.cfg.config.ports.get(port)) else {
-                continue;
-            };
-            let frame: Option<Vec<u8>> = match ip {
-                IpAddr::V4(t) => p.ipv4.map(|a| crate::net::arp::request_frame(f.mac, a.addr, t).to_vec()),
-                IpAddr::V6(t) => p.ipv6.map(|a| crate::net::icmp::solicit_frame(f.mac, a.addr, t).to_vec()),
-            };
-            let (Some(frame), Some(mut m)) = (frame, self.pool.alloc()) else { continue };
-            if m.set_data(&frame) {
-                if let Some(mb) = mailboxes.first() {
-                    let _ = mb.control_down.push((port as u16, m));
-                }
-            }
-        }
-        if changed {
-            self.generation += 1;
-            let n = &self.neighbours;
-            match build_state_resolved(self.cfg, self.generation, self.facts, &|p, ip| n.mac(p, ip)) {
-                Ok(st) => {
-                    let st = std::sync::Arc::new(st);
-                    self.unsent = mailboxes.iter().map(|_| Some(st.clone())).collect();
-                    self.state = Some(st);
-                }
-                Err(e) => eprintln!("l4lb: forwarding state generation {} refused: {e}", self.generation),
-            }
-        }
-        for (slot, mb) in self.unsent.iter_mut().zip(mailboxes) {
-            if let Some(st) = slot.take() {
-                if let Err(st) = mb.publish(st) {
-                    *slot = Some(st); // full ring: offer it again next tick
-                }
-            }
-        }
-    }
-}
-
-/// (address, MAC) from an ARP reply or a neighbour advertisement.
-fn neighbour_answer(frame: &[u8]) -> Option<(IpAddr, [u8; 6])> {
-    use crate::net::{arp, ethernet, icmp, ipv6};
-    let f = ethernet::Frame::new_checked(frame).ok()?;
-    match f.ethertype() {
-        ethernet::ETHERTYPE_ARP => {
-            let a = arp::Packet::new_checked(f.payload()).ok()?;
-            (a.op() == arp::OP_REPLY).then(|| (IpAddr::V4(a.sender_ip()), a.sender_mac()))
-        }
-        ethernet::ETHERTYPE_IPV6 => {
-            let ip = ipv6::Packet::new_checked(f.payload()).ok()?;
-            let na = icmp::parse_ndp(ip.payload()).ok()?;
-            (na.msg_type == icmp::v6::NEIGHBOR_ADVERT)
-                .then(|| (IpAddr::V6(na.target), na.link_addr.unwrap_or(f.src())))
-        }
-        _ => None,
-    }
 }
 
 fn fmt_mac(m: &[u8; 6]) -> String {

@@ -2,9 +2,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use l4lb::app::Signals;
+use l4lb::control::api::Request;
 use l4lb::control::config::Config;
 
 /// l4lb: a userspace L4 load balancer on DPDK.
@@ -45,9 +48,78 @@ enum Cmd {
         #[arg(long)]
         trace: bool,
     },
+    /// Talk to a running l4lb over its control socket.
+    Ctl {
+        /// The control socket (default: from --config, else /run/l4lb/l4lb.sock).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+        /// Find the socket from this configuration's [control] / file_prefix.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+        /// Print the raw JSON answer.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        cmd: CtlCmd,
+    },
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+#[derive(Subcommand)]
+enum CtlCmd {
+    /// Version, uptime, ports, generation, reloads.
+    Status,
+    /// Services with traffic and how many backends are in service.
+    Services,
+    /// Backends: health, weight, Maglev entries, active flows, rates, check RTT.
+    Backends {
+        /// Only this service.
+        service: Option<String>,
+    },
+    /// Packet counters, drops by reason, flow table, per worker.
+    Stats,
+    /// No new flows to BACKEND (ADDRESS or SERVICE/ADDRESS); its flows continue.
+    Drain { backend: String },
+    /// Undo drain.
+    Undrain { backend: String },
+    /// Change a backend's weight until the next reload that changes it in the file.
+    SetWeight { backend: String, weight: u32 },
+    /// Re-read the configuration file (refused with the reason if it is wrong).
+    Reload,
+    /// Which backend a flow gets, and why: `lookup tcp 198.18.0.2:40000 198.18.100.1:80`.
+    Lookup { proto: String, src: String, dst: String },
+    /// What would move if BACKEND changed: CHANGE is remove, drain or weight=N.
+    Whatif { backend: String, change: String },
+    /// A live view refreshed every second.
+    Top {
+        #[arg(long, default_value_t = 1000)]
+        interval_ms: u64,
+        /// Stop after this many screens.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+static SIGNALS: Signals = Signals { stop: AtomicBool::new(false), reload: AtomicBool::new(false) };
+
+/// SIGINT/SIGTERM stop (a second one exits at once); SIGHUP reloads.
+fn install_signals() -> std::io::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::Builder::new().name("l4lb-signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            if sig == SIGHUP {
+                SIGNALS.reload.store(true, Ordering::SeqCst);
+                continue;
+            }
+            if SIGNALS.stop.swap(true, Ordering::SeqCst) {
+                eprintln!("l4lb: second signal, exiting now");
+                std::process::exit(130);
+            }
+            eprintln!("l4lb: stopping (send the signal again to exit at once)");
+        }
+    })?;
+    Ok(())
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -99,6 +171,50 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Cmd::Ctl { socket, config, json, cmd } => {
+            let socket = match (socket, config) {
+                (Some(s), _) => s,
+                (None, Some(c)) => match Config::load(&c) {
+                    Ok(v) => v.control_socket(),
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, None) => PathBuf::from("/run/l4lb/l4lb.sock"),
+            };
+            let req = match cmd {
+                CtlCmd::Top { interval_ms, count } => {
+                    return match l4lb::ctl::top(&socket, Duration::from_millis(interval_ms.max(100)), count) {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            ExitCode::FAILURE
+                        }
+                    };
+                }
+                CtlCmd::Status => Request::Status,
+                CtlCmd::Services => Request::Services,
+                CtlCmd::Backends { service } => Request::Backends { service },
+                CtlCmd::Stats => Request::Stats,
+                CtlCmd::Drain { backend } => Request::Drain { backend },
+                CtlCmd::Undrain { backend } => Request::Undrain { backend },
+                CtlCmd::SetWeight { backend, weight } => Request::SetWeight { backend, weight },
+                CtlCmd::Reload => Request::Reload,
+                CtlCmd::Lookup { proto, src, dst } => Request::Lookup { proto, src, dst },
+                CtlCmd::Whatif { backend, change } => Request::Whatif { backend, change },
+            };
+            match l4lb::ctl::run(&socket, &req, json) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(v) => v,
@@ -107,19 +223,12 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            // First Ctrl-C/SIGTERM: stop cleanly. Second: leave at once.
-            if let Err(e) = ctrlc::set_handler(|| {
-                if STOP.swap(true, Ordering::SeqCst) {
-                    eprintln!("l4lb: second signal, exiting now");
-                    std::process::exit(130);
-                }
-                eprintln!("l4lb: stopping (send the signal again to exit at once)");
-            }) {
-                eprintln!("error: cannot install the signal handler: {e}");
+            if let Err(e) = install_signals() {
+                eprintln!("error: cannot install the signal handlers: {e}");
                 return ExitCode::FAILURE;
             }
             let mut out = std::io::stdout();
-            match l4lb::app::run(&cfg, &STOP, &mut out) {
+            match l4lb::app::run(&cfg, Some(&config), &SIGNALS, &mut out) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

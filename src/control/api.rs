@@ -101,7 +101,8 @@ impl Drop for Servers {
 pub fn start(socket: &Path, metrics: &str, calls: Sender<Call>) -> Result<Servers, ApiError> {
     let sock_err = |reason: String| ApiError::Socket { path: socket.display().to_string(), reason };
     if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| sock_err(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| sock_err(format!("cannot create {}: {e}", dir.display())))?;
     }
     if socket.exists() {
         if UnixStream::connect(socket).is_ok() {
@@ -119,7 +120,8 @@ pub fn start(socket: &Path, metrics: &str, calls: Sender<Call>) -> Result<Server
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let (s, c) = (stop.clone(), calls.clone());
-    threads.push(spawn("l4lb-api", move || accept_loop(&s, || listener.accept().map(|x| x.0), &c, serve_api)));
+    threads
+        .push(spawn("l4lb-api", move || accept_loop(&s, || listener.accept().map(|x| x.0), &c, serve_api)));
     let mut metrics_addr = None;
     if !metrics.is_empty() {
         let m_err = |reason: String| ApiError::Metrics { addr: metrics.to_owned(), reason };
@@ -127,7 +129,8 @@ pub fn start(socket: &Path, metrics: &str, calls: Sender<Call>) -> Result<Server
         metrics_addr = l.local_addr().ok();
         l.set_nonblocking(true).map_err(|e| m_err(e.to_string()))?;
         let (s, c) = (stop.clone(), calls);
-        threads.push(spawn("l4lb-metrics", move || accept_loop(&s, || l.accept().map(|x| x.0), &c, serve_http)));
+        threads
+            .push(spawn("l4lb-metrics", move || accept_loop(&s, || l.accept().map(|x| x.0), &c, serve_http)));
     }
     Ok(Servers { stop, threads, socket: socket.to_owned(), metrics_addr })
 }
@@ -237,7 +240,9 @@ pub fn call(socket: &Path, req: &Request) -> Result<Value, String> {
         std::io::ErrorKind::ConnectionRefused => {
             format!("{} is left over from an l4lb that is no longer running", socket.display())
         }
-        std::io::ErrorKind::PermissionDenied => format!("{}: permission denied (run as root)", socket.display()),
+        std::io::ErrorKind::PermissionDenied => {
+            format!("{}: permission denied (run as root)", socket.display())
+        }
         _ => format!("{}: {e}", socket.display()),
     })?;
     s.set_read_timeout(Some(ANSWER_TIMEOUT + Duration::from_secs(5))).map_err(|e| e.to_string())?;
@@ -263,8 +268,8 @@ mod tests {
 
     #[test]
     fn requests_round_trip_as_json() {
-        let r: Request = serde_json::from_str(r#"{"cmd":"set-weight","backend":"web/198.18.0.11","weight":3}"#)
-            .unwrap();
+        let r: Request =
+            serde_json::from_str(r#"{"cmd":"set-weight","backend":"web/198.18.0.11","weight":3}"#).unwrap();
         assert_eq!(r, Request::SetWeight { backend: "web/198.18.0.11".into(), weight: 3 });
         assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"cmd":"status"}"#);
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"drain"}"#).is_err());

@@ -149,9 +149,12 @@ impl Probe {
             IpAddr::V4(_) => (Protocol::ICMPV4, 8u8, 0u8),
             IpAddr::V6(_) => (Protocol::ICMPV6, 128u8, 129u8),
         };
-        let mut s = self.socket(Type::RAW, proto).map_err(|e| format!("{e} (ICMP checks need root or CAP_NET_RAW)"))?;
+        let mut s = self
+            .socket(Type::RAW, proto)
+            .map_err(|e| format!("{e} (ICMP checks need root or CAP_NET_RAW)"))?;
         // A connected raw socket only receives from that address.
-        s.connect(&SocketAddr::new(self.addr, 0).into()).map_err(|e| format!("connect {}: {e}", self.addr))?;
+        s.connect(&SocketAddr::new(self.addr, 0).into())
+            .map_err(|e| format!("connect {}: {e}", self.addr))?;
         let ident = (std::process::id() as u16) ^ 0x4c34;
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let mut msg = [0u8; 24];
@@ -169,11 +172,14 @@ impl Probe {
         let mut buf = [0u8; 1500];
         loop {
             s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
-            let n = s.read(&mut buf).map_err(|e| format!("echo reply from {}: {}", self.addr, timeout_words(e)))?;
+            let n = s
+                .read(&mut buf)
+                .map_err(|e| format!("echo reply from {}: {}", self.addr, timeout_words(e)))?;
             // IPv4 raw sockets deliver the IP header too; ICMPv6 ones do not.
             let at = if self.addr.is_ipv4() { ((buf[0] & 0x0f) as usize) * 4 } else { 0 };
             let m = &buf[at.min(n)..n];
-            if m.len() >= 8 && m[0] == reply && m[4..6] == ident.to_be_bytes() && m[6..8] == seq.to_be_bytes() {
+            if m.len() >= 8 && m[0] == reply && m[4..6] == ident.to_be_bytes() && m[6..8] == seq.to_be_bytes()
+            {
                 return Ok(start.elapsed());
             }
         }

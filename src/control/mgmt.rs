@@ -1,0 +1,1008 @@
+//! The management core's loop while balancing: neighbour resolution, health
+//! checks, drain/weight/reload changes, forwarding-state builds and their
+//! hand-over to every worker, and the answers to the control API and the
+//! metrics endpoint. Nothing here runs on a worker.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::api::{Call, Reply, Request};
+use super::config::{Config, Validated};
+use super::health::{Checker, Probe};
+use super::neighbour::NeighbourTable;
+use super::runtime::{BackendKey, Change, Health, Runtime};
+use super::state_build::{needed_neighbours, PortFacts};
+use crate::balancer::flow::FlowKey;
+use crate::balancer::state::{ForwardingState, SchedState};
+use crate::dataplane::balance::{FlowQuery, StateMailbox};
+use crate::dataplane::pipeline::{BackendCounters, DropReason};
+use crate::dataplane::telemetry::TelemetrySnapshot;
+use crate::dpdk::{Mempool, Port};
+
+/// One health-checked backend.
+struct Target {
+    key: BackendKey,
+    health: super::config::HealthSection,
+    probe: Arc<Probe>,
+    next_due_ms: u64,
+    in_flight: bool,
+}
+
+/// Packet/byte rates of one backend, from one-second samples.
+#[derive(Default, Clone, Copy)]
+struct Rate {
+    packets: u64,
+    bytes: u64,
+    pps: f64,
+    bps: f64,
+}
+
+/// A port's name, counters and extended counters.
+type PortRow = (String, crate::dpdk::PortStats, Vec<(String, u64)>);
+
+/// Rebuild a slow-starting state this often.
+const RAMP_STEP_MS: u64 = 250;
+
+pub struct Management<'a> {
+    pub runtime: Runtime,
+    cfg_path: Option<PathBuf>,
+    facts: &'a [PortFacts],
+    ports: &'a [Port],
+    pool: &'a Mempool,
+    mailboxes: &'a [StateMailbox],
+    counters: Vec<Arc<BackendCounters>>,
+    pub neighbours: NeighbourTable,
+    pub generation: u64,
+    pub state: Arc<ForwardingState>,
+    unsent: Vec<Option<Arc<ForwardingState>>>,
+    dirty: bool,
+    checker: Checker,
+    targets: Vec<Target>,
+    /// Bumped when targets are rebuilt; results of older checks are ignored.
+    epoch: u64,
+    started: Instant,
+    rates: BTreeMap<u32, Rate>,
+    last_rate_ms: u64,
+    last_ramp_ms: u64,
+    reloads_ok: u64,
+    reloads_refused: u64,
+    last_reload: Option<String>,
+    query_tag: u64,
+    /// Lines for the operator (state changes), printed by the caller.
+    pub log: Vec<String>,
+}
+
+fn ip16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => crate::balancer::flow::mapped(v4),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
+impl<'a> Management<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: &Validated,
+        cfg_path: Option<PathBuf>,
+        facts: &'a [PortFacts],
+        ports: &'a [Port],
+        pool: &'a Mempool,
+        mailboxes: &'a [StateMailbox],
+        counters: Vec<Arc<BackendCounters>>,
+        state: Arc<ForwardingState>,
+    ) -> Self {
+        let mut neighbours = NeighbourTable::default();
+        neighbours.track(&needed_neighbours(cfg));
+        let mut m = Management {
+            runtime: Runtime::new(cfg.clone()),
+            cfg_path,
+            facts,
+            ports,
+            pool,
+            mailboxes,
+            counters,
+            neighbours,
+            generation: state.generation,
+            state,
+            unsent: Vec::new(),
+            dirty: false,
+            checker: Checker::new(cfg.config.control.health_threads),
+            targets: Vec::new(),
+            epoch: 0,
+            started: Instant::now(),
+            rates: BTreeMap::new(),
+            last_rate_ms: 0,
+            last_ramp_ms: 0,
+            reloads_ok: 0,
+            reloads_refused: 0,
+            last_reload: None,
+            query_tag: 0,
+            log: Vec::new(),
+        };
+        m.rebuild_targets();
+        m
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// (Re)creates the health-check targets from the configuration; targets
+    /// that stay keep their schedule.
+    fn rebuild_targets(&mut self) {
+        let c = &self.runtime.cfg.config;
+        let src4 = c.control.health_source_v4.map(IpAddr::V4);
+        let src6 = c.control.health_source_v6.map(IpAddr::V6);
+        let now = self.now_ms();
+        let mut next = Vec::new();
+        for s in &c.services {
+            let Some(h) = &s.health else { continue };
+            for b in &s.backends {
+                let key = (s.name.clone(), b.address);
+                let src = if b.address.is_ipv4() { src4 } else { src6 };
+                let probe = Arc::new(Probe::new(h, s.port, b.address, src));
+                let due = self
+                    .targets
+                    .iter()
+                    .find(|t| t.key == key && *t.probe == *probe && t.health == *h)
+                    .map_or(now, |t| t.next_due_ms);
+                next.push(Target { key, health: h.clone(), probe, next_due_ms: due, in_flight: false });
+            }
+        }
+        self.targets = next;
+        self.epoch += 1;
+    }
+
+    /// One pass of periodic work; `reload` is set when SIGHUP arrived.
+    pub fn tick(&mut self, reload: bool) {
+        let now = self.now_ms();
+        self.neighbour_work();
+        self.health_work(now);
+        if reload {
+            let r = self.reload();
+            self.log.push(match r {
+                Ok(v) => format!("reload (SIGHUP): applied, {v}"),
+                Err(e) => format!("reload (SIGHUP) refused: {e}"),
+            });
+        }
+        if self.runtime.ramping(now) && now.saturating_sub(self.last_ramp_ms) >= RAMP_STEP_MS {
+            self.last_ramp_ms = now;
+            self.dirty = true;
+        }
+        if let Some(d) = self.runtime.next_drain_deadline(self.last_ramp_ms.min(now)) {
+            if now >= d {
+                self.dirty = true;
+            }
+        }
+        if self.dirty {
+            let _ = self.publish();
+        }
+        self.offer();
+        if now.saturating_sub(self.last_rate_ms) >= 1000 {
+            self.sample_rates(now);
+        }
+    }
+
+    fn neighbour_work(&mut self) {
+        let now_ms = self.now_ms();
+        let mut changed = false;
+        for mb in self.mailboxes {
+            while let Some((port, m)) = mb.control_up.pop() {
+                if let Some((ip, mac)) = neighbour_answer(m.data()) {
+                    changed |= self.neighbours.learn(port as usize, ip, mac, now_ms);
+                }
+            }
+        }
+        changed |= self.neighbours.expire(now_ms);
+        let cfg = &self.runtime.cfg;
+        for (port, ip) in self.neighbours.due(now_ms) {
+            let (Some(f), Some(p)) = (self.facts.get(port), cfg.config.ports.get(port)) else {
+                continue;
+            };
+            let frame: Option<Vec<u8>> = match ip {
+                IpAddr::V4(t) => p.ipv4.map(|a| crate::net::arp::request_frame(f.mac, a.addr, t).to_vec()),
+                IpAddr::V6(t) => p.ipv6.map(|a| crate::net::icmp::solicit_frame(f.mac, a.addr, t).to_vec()),
+            };
+            let (Some(frame), Some(mut m)) = (frame, self.pool.alloc()) else { continue };
+            if m.set_data(&frame) {
+                if let Some(mb) = self.mailboxes.first() {
+                    let _ = mb.control_down.push((port as u16, m));
+                }
+            }
+        }
+        self.dirty |= changed;
+    }
+
+    fn health_work(&mut self, now: u64) {
+        let results: Vec<_> = self.checker.results().collect();
+        for (tag, result) in results {
+            if tag >> 32 != self.epoch {
+                continue; // a check of a target a reload replaced
+            }
+            let Some(t) = self.targets.get_mut((tag & 0xffff_ffff) as usize) else { continue };
+            t.in_flight = false;
+            let (key, h) = (t.key.clone(), t.health.clone());
+            let err = result.as_ref().err().cloned();
+            if let Some(to) = self.runtime.record_check(&key, &h, result, now) {
+                let why = err.map(|e| format!(" ({e})")).unwrap_or_default();
+                self.log.push(format!("backend {}/{} is {}{why}", key.0, key.1, to.name()));
+                self.dirty = true;
+            }
+        }
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            if !t.in_flight && now >= t.next_due_ms {
+                t.in_flight = true;
+                t.next_due_ms = now + t.health.interval_ms;
+                self.checker.submit(self.epoch << 32 | i as u64, t.probe.clone());
+            }
+        }
+    }
+
+    /// Builds the next generation and offers it to every worker.
+    fn publish(&mut self) -> Result<u64, String> {
+        self.dirty = false;
+        let n = &self.neighbours;
+        let now = self.now_ms();
+        let st = self
+            .runtime
+            .build(self.generation + 1, self.facts, &|p, ip| n.mac(p, ip), now)
+            .map_err(|e| format!("forwarding state refused: {e}"))?;
+        self.generation += 1;
+        let st = Arc::new(st);
+        self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
+        self.state = st;
+        self.offer();
+        Ok(self.generation)
+    }
+
+    /// Offers unsent states again (a full inbox refused them).
+    fn offer(&mut self) {
+        for (slot, mb) in self.unsent.iter_mut().zip(self.mailboxes) {
+            if let Some(st) = slot.take() {
+                if let Err(st) = mb.publish(st) {
+                    *slot = Some(st);
+                }
+            }
+        }
+        for mb in self.mailboxes {
+            mb.reclaim();
+        }
+    }
+
+    /// Waits (briefly) until every worker runs generation `g`; the time it took.
+    fn wait_applied(&mut self, g: u64) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            self.offer();
+            if self.mailboxes.iter().all(|m| m.telemetry.snapshot().generation >= g) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        None
+    }
+
+    fn publish_and_wait(&mut self) -> Result<Value, String> {
+        let g = self.publish()?;
+        let applied = self.wait_applied(g);
+        Ok(json!({
+            "generation": g,
+            "applied_ms": applied.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+        }))
+    }
+
+    /// Re-reads the configuration file; a bad one is refused and the old one
+    /// stays in force.
+    pub fn reload(&mut self) -> Result<Value, String> {
+        let r = self.try_reload();
+        match &r {
+            Ok(_) => self.reloads_ok += 1,
+            Err(_) => self.reloads_refused += 1,
+        }
+        self.last_reload = Some(match &r {
+            Ok(_) => "applied".into(),
+            Err(e) => format!("refused: {e}"),
+        });
+        r
+    }
+
+    fn try_reload(&mut self) -> Result<Value, String> {
+        let path = self.cfg_path.clone().ok_or("l4lb was started without a configuration file")?;
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        // Check that the new services build before anything changes.
+        let mut trial = self.runtime.clone();
+        let sum = trial.reload(new.clone())?;
+        trial
+            .build(self.generation + 1, self.facts, &|_, _| None, self.now_ms())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.runtime = trial;
+        self.neighbours.track(&needed_neighbours(&new));
+        self.rebuild_targets();
+        let mut v = self.publish_and_wait()?;
+        v["services_added"] = json!(sum.services_added);
+        v["services_removed"] = json!(sum.services_removed);
+        v["backends_added"] = json!(sum.backends_added);
+        v["backends_removed"] = json!(sum.backends_removed);
+        v["weights_changed"] = json!(sum.weights_changed);
+        Ok(v)
+    }
+
+    fn sample_rates(&mut self, now: u64) {
+        let dt = (now - self.last_rate_ms).max(1) as f64 / 1000.0;
+        let first = self.last_rate_ms == 0;
+        self.last_rate_ms = now;
+        for st in self.runtime.backends.values() {
+            let (p, b) = self.traffic(st.id);
+            let r = self.rates.entry(st.id).or_default();
+            if !first {
+                r.pps = p.saturating_sub(r.packets) as f64 / dt;
+                r.bps = 8.0 * b.saturating_sub(r.bytes) as f64 / dt;
+            }
+            r.packets = p;
+            r.bytes = b;
+        }
+    }
+
+    fn traffic(&self, id: u32) -> (u64, u64) {
+        self.counters.iter().map(|c| c.get(id)).fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
+    }
+
+    fn new_flows(&self, id: u32) -> u64 {
+        self.counters.iter().map(|c| c.new_flows(id)).sum()
+    }
+
+    fn active(&self, id: u32) -> u64 {
+        self.mailboxes.iter().map(|m| m.telemetry.active(id) as u64).sum()
+    }
+
+    fn telemetry(&self) -> (TelemetrySnapshot, Vec<TelemetrySnapshot>) {
+        let per: Vec<TelemetrySnapshot> = self.mailboxes.iter().map(|m| m.telemetry.snapshot()).collect();
+        let mut sum = TelemetrySnapshot::default();
+        for s in &per {
+            sum += *s;
+        }
+        (sum, per)
+    }
+
+    /// Maglev entries per backend id in the current state.
+    fn table_entries(&self) -> BTreeMap<u32, u64> {
+        let st = &self.state;
+        let mut out = BTreeMap::new();
+        for svc in &st.services {
+            let mut n = vec![0u64; svc.backends.len()];
+            for &e in svc.maglev.entries() {
+                n[e as usize] += 1;
+            }
+            for (pos, &slot) in svc.backends.iter().enumerate() {
+                *out.entry(st.backends[slot as usize].id).or_insert(0) += n[pos];
+            }
+        }
+        out
+    }
+
+    /// Answers one call from the API or metrics thread.
+    pub fn handle(&mut self, call: Call) {
+        match call {
+            Call::Api(req, reply) => {
+                let r = self.api(req);
+                let _ = reply.send(r);
+            }
+            Call::Metrics(reply) => {
+                let _ = reply.send(self.metrics());
+            }
+        }
+    }
+
+    fn api(&mut self, req: Request) -> Reply {
+        let now = self.now_ms();
+        match req {
+            Request::Status => Ok(self.status()),
+            Request::Services => Ok(self.services()),
+            Request::Backends { service } => {
+                if let Some(s) = &service {
+                    if self.runtime.service(s).is_none() {
+                        return Err(format!("no service named `{s}`"));
+                    }
+                }
+                Ok(self.backends(service.as_deref()))
+            }
+            Request::Stats => Ok(self.stats()),
+            Request::Drain { backend } => {
+                let keys = self.runtime.resolve(&backend)?;
+                for k in &keys {
+                    let st = self.runtime.backends.get_mut(k).expect("resolved");
+                    st.draining_since_ms.get_or_insert(now);
+                }
+                self.log.push(format!("drain {backend}"));
+                let mut v = self.publish_and_wait()?;
+                v["backends"] = json!(keys.iter().map(|k| format!("{}/{}", k.0, k.1)).collect::<Vec<_>>());
+                Ok(v)
+            }
+            Request::Undrain { backend } => {
+                let keys = self.runtime.resolve(&backend)?;
+                for k in &keys {
+                    self.runtime.backends.get_mut(k).expect("resolved").draining_since_ms = None;
+                }
+                self.log.push(format!("undrain {backend}"));
+                self.publish_and_wait()
+            }
+            Request::SetWeight { backend, weight } => {
+                if weight > 65_535 {
+                    return Err("weight must be 0 to 65535".into());
+                }
+                let keys = self.runtime.resolve(&backend)?;
+                for k in &keys {
+                    self.runtime.backends.get_mut(k).expect("resolved").weight_override = Some(weight);
+                }
+                self.log.push(format!("set-weight {backend} {weight}"));
+                self.publish_and_wait()
+            }
+            Request::Reload => self.reload(),
+            Request::Lookup { proto, src, dst } => self.lookup(&proto, &src, &dst),
+            Request::Whatif { backend, change } => {
+                let change = match change.as_str() {
+                    "remove" | "down" => Change::Remove,
+                    "drain" => Change::Drain,
+                    w => match w.strip_prefix("weight=").and_then(|n| n.parse::<u32>().ok()) {
+                        Some(n) if n <= 65_535 => Change::Weight(n),
+                        _ => return Err(format!("change `{w}`: say remove, drain or weight=N")),
+                    },
+                };
+                let keys = self.runtime.resolve(&backend)?;
+                let mut rows = Vec::new();
+                for k in keys {
+                    let svc = self.runtime.service(&k.0).expect("resolved").clone();
+                    let w = self.runtime.whatif(&svc, k.1, change, now);
+                    let id = self.runtime.backends[&k].id;
+                    let flows = if w.tracked_flows_move { self.active(id) } else { 0 };
+                    let list = |v: &[(IpAddr, u64)]| -> Value {
+                        v.iter().map(|(a, n)| json!({"backend": a.to_string(), "entries": n})).collect()
+                    };
+                    rows.push(json!({
+                        "service": k.0,
+                        "backend": k.1.to_string(),
+                        "table_size": w.table_size,
+                        "entries_moved": w.entries_moved,
+                        "tracked_flows_moved": flows,
+                        "entries_before": list(&w.entries_before),
+                        "entries_after": list(&w.entries_after),
+                    }));
+                }
+                Ok(Value::Array(rows))
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let (t, per) = self.telemetry();
+        let up = self.runtime.backends.values().filter(|b| b.health.state != Health::Down).count();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.started.elapsed().as_secs(),
+            "config": self.cfg_path.as_ref().map(|p| p.display().to_string()),
+            "generation": self.generation,
+            "worker_generations": per.iter().map(|p| p.generation).collect::<Vec<_>>(),
+            "workers": self.mailboxes.len(),
+            "ports": self.runtime.cfg.config.ports.iter().zip(self.ports).map(|(p, port)| {
+                let link = port.link().ok();
+                json!({"name": p.name, "device": p.device, "link_up": link.map(|l| l.up), "speed_mbps": link.map(|l| l.speed_mbps)})
+            }).collect::<Vec<_>>(),
+            "services": self.runtime.cfg.config.services.len(),
+            "backends": self.runtime.backends.len(),
+            "backends_not_down": up,
+            "flows": t.flows,
+            "rx_packets": t.stats.rx_packets,
+            "reloads": {"applied": self.reloads_ok, "refused": self.reloads_refused, "last": self.last_reload},
+        })
+    }
+
+    fn services(&self) -> Value {
+        let entries = self.table_entries();
+        let c = &self.runtime.cfg.config;
+        let rows: Vec<Value> = c
+            .services
+            .iter()
+            .map(|s| {
+                let (mut p, mut b, mut nf, mut act, mut up) = (0, 0, 0, 0, 0);
+                for be in &s.backends {
+                    let st = &self.runtime.backends[&(s.name.clone(), be.address)];
+                    let (bp, bb) = self.traffic(st.id);
+                    p += bp;
+                    b += bb;
+                    nf += self.new_flows(st.id);
+                    act += self.active(st.id);
+                    up += (entries.contains_key(&st.id) && st.health.state != Health::Down) as u64;
+                }
+                json!({
+                    "name": s.name,
+                    "vip": s.vip.to_string(),
+                    "protocol": format!("{:?}", s.protocol).to_lowercase(),
+                    "port": s.port,
+                    "forwarding": format!("{:?}", s.forwarding).to_lowercase(),
+                    "scheduler": format!("{:?}", s.scheduler),
+                    "backends": s.backends.len(),
+                    "backends_in_service": up,
+                    "packets": p, "bytes": b, "new_flows": nf, "active_flows": act,
+                    "health_check": s.health.as_ref().map(|h| h.check.name()),
+                })
+            })
+            .collect();
+        Value::Array(rows)
+    }
+
+    fn backends(&self, only: Option<&str>) -> Value {
+        let entries = self.table_entries();
+        let now = self.now_ms();
+        let mut rows = Vec::new();
+        for s in self.runtime.cfg.config.services.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
+            for b in &s.backends {
+                let st = &self.runtime.backends[&(s.name.clone(), b.address)];
+                let (p, by) = self.traffic(st.id);
+                let r = self.rates.get(&st.id).copied().unwrap_or_default();
+                let in_state = self.state.slot_of(st.id).is_some_and(|slot| {
+                    self.state
+                        .services
+                        .iter()
+                        .any(|sv| sv.name == s.name && sv.backends.contains(&(slot as u32)))
+                });
+                rows.push(json!({
+                    "service": s.name,
+                    "backend": b.address.to_string(),
+                    "id": st.id,
+                    "health": st.health.state.name(),
+                    "draining": st.draining_since_ms.is_some(),
+                    "in_state": in_state,
+                    "weight": b.weight,
+                    "weight_override": st.weight_override,
+                    "effective_weight": if in_state { self.runtime.effective_weight(s, b.address, now) } else { 0 },
+                    "table_entries": entries.get(&st.id).copied().unwrap_or(0),
+                    "active_flows": self.active(st.id),
+                    "new_flows": self.new_flows(st.id),
+                    "packets": p,
+                    "bytes": by,
+                    "pps": r.pps,
+                    "bps": r.bps,
+                    "rtt_us": (st.last_check_ms.is_some()).then_some(st.rtt_us),
+                    "checks_ok": st.checks_ok,
+                    "checks_failed": st.checks_failed,
+                    "last_error": st.last_error,
+                }));
+            }
+        }
+        Value::Array(rows)
+    }
+
+    fn stats(&self) -> Value {
+        let (t, per) = self.telemetry();
+        let c = &t.stats.pipeline;
+        let drops: serde_json::Map<String, Value> =
+            DropReason::ALL.iter().map(|r| (r.name().to_owned(), json!(c.drop_count(*r)))).collect();
+        let ports: Vec<Value> = self
+            .runtime
+            .cfg
+            .config
+            .ports
+            .iter()
+            .zip(self.ports)
+            .map(|(p, port)| {
+                let s = port.stats().unwrap_or_default();
+                json!({"name": p.name, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
+                       "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes, "rx_missed": s.rx_missed,
+                       "rx_errors": s.rx_errors, "tx_errors": s.tx_errors, "rx_no_mbuf": s.rx_no_mbuf})
+            })
+            .collect();
+        json!({
+            "rx_packets": t.stats.rx_packets,
+            "tx_packets": t.stats.tx_packets,
+            "forwarded": c.forwarded,
+            "replied": c.replied,
+            "to_kernel": c.to_kernel,
+            "dropped": c.dropped(),
+            "dropped_tx_full": t.stats.dropped_tx_full,
+            "drops": drops,
+            "new_flows": c.new_flows,
+            "rescheduled": c.rescheduled,
+            "flows": t.flows,
+            "flow_capacity": t.flow_capacity,
+            "evicted_unconfirmed": t.flow_table.evicted_unconfirmed,
+            "evicted_established": t.flow_table.evicted_established,
+            "generation": self.generation,
+            "workers": per.iter().map(|w| json!({
+                "rx_packets": w.stats.rx_packets, "busy_polls": w.stats.busy_polls,
+                "idle_polls": w.stats.idle_polls, "flows": w.flows, "generation": w.generation,
+            })).collect::<Vec<_>>(),
+            "ports": ports,
+        })
+    }
+
+    fn lookup(&mut self, proto: &str, src: &str, dst: &str) -> Reply {
+        let p = match proto {
+            "tcp" => crate::net::proto::TCP,
+            "udp" => crate::net::proto::UDP,
+            _ => return Err(format!("protocol `{proto}`: say tcp or udp")),
+        };
+        let sa = |s: &str, what: &str| -> Result<SocketAddr, String> {
+            s.parse().map_err(|_| format!("{what} `{s}` is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)"))
+        };
+        let (s, d) = (sa(src, "source")?, sa(dst, "destination")?);
+        if s.is_ipv4() != d.is_ipv4() {
+            return Err("source and destination are of different address families".into());
+        }
+        let key = FlowKey::new(s.ip(), d.ip(), p, s.port(), d.port());
+        let st = self.state.clone();
+        let Some(si) = st.find_service(&ip16(d.ip()), p, d.port()) else {
+            return Err(format!("no service for {proto} {d}"));
+        };
+        let svc = &st.services[si];
+        // Ask every worker whether it tracks the flow.
+        self.query_tag += 1;
+        let tag = self.query_tag;
+        for mb in self.mailboxes {
+            while mb.answers.pop().is_some() {}
+            let _ = mb.queries.push(FlowQuery { tag, key });
+        }
+        let mut tracked = None;
+        let deadline = Instant::now() + Duration::from_millis(200);
+        let mut answered = vec![false; self.mailboxes.len()];
+        while Instant::now() < deadline && answered.iter().any(|a| !a) {
+            for (w, mb) in self.mailboxes.iter().enumerate() {
+                while let Some(a) = mb.answers.pop() {
+                    if a.tag == tag {
+                        answered[w] = true;
+                        if let Some(e) = a.entry {
+                            tracked = Some((w, e));
+                        }
+                    }
+                }
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let addr_of = |id: u32| st.slot_of(id).map(|s| st.backends[s].addr.to_string());
+        let mut v = json!({"service": svc.name, "flow_hash": format!("{:016x}", key.hash())});
+        if let Some((w, e)) = tracked {
+            v["backend"] = json!(addr_of(e.backend));
+            v["why"] = json!(match addr_of(e.backend) {
+                Some(_) => format!("tracked flow on worker {w} (state {:?}): it keeps its backend", e.state),
+                None => format!(
+                    "tracked flow on worker {w}, but its backend left: its next packet is scheduled again"
+                ),
+            });
+            if addr_of(e.backend).is_some() {
+                return Ok(v);
+            }
+        }
+        let active: Vec<u32> = (0..st.id_space() as u32).map(|id| self.active(id) as u32).collect();
+        let mut sched = SchedState { rr: 0, wrr: vec![0; svc.backends.len()] };
+        let pick = svc.pick(&st, &key, key.hash(), &active, &mut sched);
+        v["backend"] = json!(pick.map(|b| st.backends[b].addr.to_string()));
+        let how = match svc.scheduler {
+            crate::balancer::state::Scheduler::Maglev => format!(
+                "new flow: Maglev entry {} of {} (the same on every l4lb with this configuration)",
+                crate::balancer::hash::reduce(key.hash(), svc.maglev.size()),
+                svc.maglev.size()
+            ),
+            crate::balancer::state::Scheduler::SourceIp { .. } => {
+                "new flow: Maglev on the source address".into()
+            }
+            s => format!("new flow: {s:?} picks from each worker's own counts; this is its choice now"),
+        };
+        let how =
+            if pick.is_none() { "no backend takes new flows: dropped (no_backend)".to_string() } else { how };
+        v["why"] = json!(if svc.persistence_ms > 0 {
+            format!("{how}; a persisted client keeps its backend first")
+        } else {
+            how
+        });
+        Ok(v)
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let mut o = String::with_capacity(16 * 1024);
+        let (t, per) = self.telemetry();
+        family(&mut o, "l4lb_up", "gauge", "1 while l4lb runs.");
+        let _ = writeln!(o, "l4lb_up 1");
+        family(&mut o, "l4lb_forwarding_state_generation", "gauge", "Newest forwarding state built.");
+        let _ = writeln!(o, "l4lb_forwarding_state_generation {}", self.generation);
+        family(&mut o, "l4lb_reloads_total", "counter", "Configuration reloads by result.");
+        let _ = writeln!(o, "l4lb_reloads_total{{result=\"applied\"}} {}", self.reloads_ok);
+        let _ = writeln!(o, "l4lb_reloads_total{{result=\"refused\"}} {}", self.reloads_refused);
+
+        let port_rows: Vec<PortRow> = self
+            .runtime
+            .cfg
+            .config
+            .ports
+            .iter()
+            .zip(self.ports)
+            .map(|(p, port)| {
+                (p.name.clone(), port.stats().unwrap_or_default(), port.xstats().unwrap_or_default())
+            })
+            .collect();
+        for (name, help, get) in [
+            (
+                "l4lb_port_rx_packets_total",
+                "Packets received by the port.",
+                (|s: &crate::dpdk::PortStats| s.rx_packets) as fn(&crate::dpdk::PortStats) -> u64,
+            ),
+            ("l4lb_port_tx_packets_total", "Packets sent by the port.", |s| s.tx_packets),
+            ("l4lb_port_rx_bytes_total", "Bytes received by the port.", |s| s.rx_bytes),
+            ("l4lb_port_tx_bytes_total", "Bytes sent by the port.", |s| s.tx_bytes),
+            ("l4lb_port_rx_missed_total", "Packets the device dropped: RX queue full.", |s| s.rx_missed),
+            ("l4lb_port_rx_errors_total", "Receive errors.", |s| s.rx_errors),
+            ("l4lb_port_tx_errors_total", "Transmit errors.", |s| s.tx_errors),
+            ("l4lb_port_rx_nombuf_total", "Receive failures: packet pool empty.", |s| s.rx_no_mbuf),
+        ] {
+            family(&mut o, name, "counter", help);
+            for (port, s, _) in &port_rows {
+                let _ = writeln!(o, "{name}{{port=\"{}\"}} {}", esc(port), get(s));
+            }
+        }
+        family(
+            &mut o,
+            "l4lb_port_xstat",
+            "untyped",
+            "The driver's extended statistics (rte_eth_xstats), by name.",
+        );
+        for (port, _, xs) in &port_rows {
+            for (n, v) in xs {
+                let _ = writeln!(o, "l4lb_port_xstat{{port=\"{}\",name=\"{}\"}} {v}", esc(port), esc(n));
+            }
+        }
+
+        let entries = self.table_entries();
+        let c = &self.runtime.cfg.config;
+        let mut svc_rows = Vec::new();
+        let mut be_rows = Vec::new();
+        for s in &c.services {
+            let mut sum = [0u64; 4];
+            for b in &s.backends {
+                let st = &self.runtime.backends[&(s.name.clone(), b.address)];
+                let (p, by) = self.traffic(st.id);
+                let vals = [p, by, self.new_flows(st.id), self.active(st.id)];
+                for (a, v) in sum.iter_mut().zip(vals) {
+                    *a += v;
+                }
+                be_rows.push((
+                    s.name.clone(),
+                    b.address.to_string(),
+                    st.clone(),
+                    vals,
+                    entries.get(&st.id).copied(),
+                ));
+            }
+            svc_rows.push((s.name.clone(), s.vip.to_string(), sum));
+        }
+        for (i, (name, kind, help)) in [
+            ("l4lb_service_packets_total", "counter", "Packets sent to the service's backends."),
+            (
+                "l4lb_service_bytes_total",
+                "counter",
+                "IP bytes sent to the service's backends (before encapsulation).",
+            ),
+            ("l4lb_service_new_flows_total", "counter", "Flows scheduled to the service's backends."),
+            ("l4lb_service_active_flows", "gauge", "Flows the workers track for the service."),
+        ]
+        .iter()
+        .enumerate()
+        {
+            family(&mut o, name, kind, help);
+            for (svc, vip, sum) in &svc_rows {
+                let _ = writeln!(o, "{name}{{service=\"{}\",vip=\"{vip}\"}} {}", esc(svc), sum[i]);
+            }
+        }
+        for (i, (name, kind, help)) in [
+            ("l4lb_backend_packets_total", "counter", "Packets sent to the backend."),
+            ("l4lb_backend_bytes_total", "counter", "IP bytes sent to the backend (before encapsulation)."),
+            ("l4lb_backend_new_flows_total", "counter", "Flows scheduled (or moved) to the backend."),
+            ("l4lb_backend_active_flows", "gauge", "Flows the workers track for the backend."),
+        ]
+        .iter()
+        .enumerate()
+        {
+            family(&mut o, name, kind, help);
+            for (svc, addr, _, vals, _) in &be_rows {
+                let _ = writeln!(o, "{name}{{service=\"{}\",backend=\"{addr}\"}} {}", esc(svc), vals[i]);
+            }
+        }
+        family(&mut o, "l4lb_backend_up", "gauge", "1 when the backend is not down by its health checks.");
+        for (svc, addr, st, _, _) in &be_rows {
+            let _ = writeln!(
+                o,
+                "l4lb_backend_up{{service=\"{}\",backend=\"{addr}\"}} {}",
+                esc(svc),
+                (st.health.state != Health::Down) as u8
+            );
+        }
+        family(
+            &mut o,
+            "l4lb_backend_health",
+            "gauge",
+            "Health state (unknown, up, down): 1 for the current one.",
+        );
+        for (svc, addr, st, _, _) in &be_rows {
+            for h in [Health::Unknown, Health::Up, Health::Down] {
+                let _ = writeln!(
+                    o,
+                    "l4lb_backend_health{{service=\"{}\",backend=\"{addr}\",state=\"{}\"}} {}",
+                    esc(svc),
+                    h.name(),
+                    (st.health.state == h) as u8
+                );
+            }
+        }
+        family(&mut o, "l4lb_backend_draining", "gauge", "1 while the backend is drained.");
+        for (svc, addr, st, _, _) in &be_rows {
+            let _ = writeln!(
+                o,
+                "l4lb_backend_draining{{service=\"{}\",backend=\"{addr}\"}} {}",
+                esc(svc),
+                st.draining_since_ms.is_some() as u8
+            );
+        }
+        family(&mut o, "l4lb_backend_maglev_entries", "gauge", "Maglev table entries the backend holds.");
+        for (svc, addr, _, _, e) in &be_rows {
+            let _ = writeln!(
+                o,
+                "l4lb_backend_maglev_entries{{service=\"{}\",backend=\"{addr}\"}} {}",
+                esc(svc),
+                e.unwrap_or(0)
+            );
+        }
+        family(
+            &mut o,
+            "l4lb_backend_check_rtt_seconds",
+            "gauge",
+            "Round-trip time of the last successful health check.",
+        );
+        for (svc, addr, st, _, _) in &be_rows {
+            if st.checks_ok > 0 {
+                let _ = writeln!(
+                    o,
+                    "l4lb_backend_check_rtt_seconds{{service=\"{}\",backend=\"{addr}\"}} {}",
+                    esc(svc),
+                    st.rtt_us as f64 / 1e6
+                );
+            }
+        }
+        family(&mut o, "l4lb_backend_checks_total", "counter", "Health checks by result.");
+        for (svc, addr, st, _, _) in &be_rows {
+            let _ = writeln!(
+                o,
+                "l4lb_backend_checks_total{{service=\"{}\",backend=\"{addr}\",result=\"ok\"}} {}",
+                esc(svc),
+                st.checks_ok
+            );
+            let _ = writeln!(
+                o,
+                "l4lb_backend_checks_total{{service=\"{}\",backend=\"{addr}\",result=\"failed\"}} {}",
+                esc(svc),
+                st.checks_failed
+            );
+        }
+
+        family(&mut o, "l4lb_drops_total", "counter", "Packets dropped, by reason.");
+        for r in DropReason::ALL {
+            let _ =
+                writeln!(o, "l4lb_drops_total{{reason=\"{}\"}} {}", r.name(), t.stats.pipeline.drop_count(r));
+        }
+        let _ = writeln!(o, "l4lb_drops_total{{reason=\"tx_full\"}} {}", t.stats.dropped_tx_full);
+        let p = &t.stats.pipeline;
+        for (name, help, v) in [
+            ("l4lb_forwarded_packets_total", "Packets rewritten and sent to a backend.", p.forwarded),
+            ("l4lb_replied_packets_total", "Packets answered (ARP, ICMP echo, frag-needed, NA).", p.replied),
+            ("l4lb_to_kernel_packets_total", "Packets for the host (not forwarded).", p.to_kernel),
+            ("l4lb_new_flows_total", "Flows scheduled.", p.new_flows),
+            (
+                "l4lb_rescheduled_flows_total",
+                "Tracked flows moved because their backend left.",
+                p.rescheduled,
+            ),
+            (
+                "l4lb_icmp_too_big_sent_total",
+                "frag-needed / packet-too-big answers sent.",
+                p.icmp_too_big_sent,
+            ),
+        ] {
+            family(&mut o, name, "counter", help);
+            let _ = writeln!(o, "{name} {v}");
+        }
+        for (name, kind, help, get) in [
+            (
+                "l4lb_worker_rx_packets_total",
+                "counter",
+                "Packets a worker received.",
+                (|s: &TelemetrySnapshot| s.stats.rx_packets) as fn(&TelemetrySnapshot) -> u64,
+            ),
+            ("l4lb_worker_tx_packets_total", "counter", "Packets a worker sent.", |s| s.stats.tx_packets),
+            ("l4lb_worker_busy_polls_total", "counter", "Polls that received packets.", |s| {
+                s.stats.busy_polls
+            }),
+            ("l4lb_worker_idle_polls_total", "counter", "Polls that received nothing.", |s| {
+                s.stats.idle_polls
+            }),
+            ("l4lb_worker_state_generation", "gauge", "Forwarding-state generation the worker uses.", |s| {
+                s.generation
+            }),
+            (
+                "l4lb_flow_table_entries",
+                "gauge",
+                "Occupied flow-table slots (expired ones not yet reclaimed included).",
+                |s| s.flows,
+            ),
+            ("l4lb_flow_table_capacity", "gauge", "Flow-table slots.", |s| s.flow_capacity),
+            ("l4lb_flow_table_expired_total", "counter", "Expired flows reclaimed.", |s| {
+                s.flow_table.expired
+            }),
+        ] {
+            family(&mut o, name, kind, help);
+            for (w, s) in per.iter().enumerate() {
+                let _ = writeln!(o, "{name}{{worker=\"{w}\"}} {}", get(s));
+            }
+        }
+        family(
+            &mut o,
+            "l4lb_flow_table_evictions_total",
+            "counter",
+            "Live flows evicted from a full table, by class.",
+        );
+        for (w, s) in per.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "l4lb_flow_table_evictions_total{{worker=\"{w}\",class=\"unconfirmed\"}} {}",
+                s.flow_table.evicted_unconfirmed
+            );
+            let _ = writeln!(
+                o,
+                "l4lb_flow_table_evictions_total{{worker=\"{w}\",class=\"established\"}} {}",
+                s.flow_table.evicted_established
+            );
+        }
+        o
+    }
+}
+
+fn family(o: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// A Prometheus label value with `\`, `"` and newlines escaped.
+fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// (address, MAC) from an ARP reply or a neighbour advertisement.
+pub fn neighbour_answer(frame: &[u8]) -> Option<(IpAddr, [u8; 6])> {
+    use crate::net::{arp, ethernet, icmp, ipv6};
+    let f = ethernet::Frame::new_checked(frame).ok()?;
+    match f.ethertype() {
+        ethernet::ETHERTYPE_ARP => {
+            let a = arp::Packet::new_checked(f.payload()).ok()?;
+            (a.op() == arp::OP_REPLY).then(|| (IpAddr::V4(a.sender_ip()), a.sender_mac()))
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = ipv6::Packet::new_checked(f.payload()).ok()?;
+            let na = icmp::parse_ndp(ip.payload()).ok()?;
+            (na.msg_type == icmp::v6::NEIGHBOR_ADVERT)
+                .then(|| (IpAddr::V6(na.target), na.link_addr.unwrap_or(f.src())))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::esc;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(esc("x\ny"), "x\\ny");
+    }
+}
