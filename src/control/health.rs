@@ -91,6 +91,8 @@ impl Probe {
             self.path, self.host
         );
         s.set_write_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
+        // write_all retries when a signal interrupts it (the TAP driver's
+        // SIGIO does; calls with socket timeouts are not restarted).
         s.write_all(req.as_bytes()).map_err(|e| format!("send request: {e}"))?;
         let mut buf = [0u8; 512];
         let mut got = 0;
@@ -99,7 +101,10 @@ impl Probe {
                 return Err("status line longer than 512 bytes".into());
             }
             s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
-            let n = s.read(&mut buf[got..]).map_err(|e| format!("read answer: {}", timeout_words(e)))?;
+            let n = match s.read(&mut buf[got..]) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.map_err(|e| format!("read answer: {}", timeout_words(e)))?,
+            };
             if n == 0 {
                 return Err("connection closed before a status line".into());
             }
@@ -131,7 +136,10 @@ impl Probe {
         loop {
             s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
             // A connected UDP socket reports an ICMP port unreachable as "refused".
-            let n = s.recv(&mut buf).map_err(|e| format!("answer from {to}: {}", timeout_words(e)))?;
+            let n = match s.recv(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.map_err(|e| format!("answer from {to}: {}", timeout_words(e)))?,
+            };
             let rtt = start.elapsed();
             if self.expect.is_empty() || buf[..n].windows(self.expect.len()).any(|w| w == self.expect) {
                 return Ok(rtt);
@@ -172,9 +180,10 @@ impl Probe {
         let mut buf = [0u8; 1500];
         loop {
             s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
-            let n = s
-                .read(&mut buf)
-                .map_err(|e| format!("echo reply from {}: {}", self.addr, timeout_words(e)))?;
+            let n = match s.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.map_err(|e| format!("echo reply from {}: {}", self.addr, timeout_words(e)))?,
+            };
             // IPv4 raw sockets deliver the IP header too; ICMPv6 ones do not.
             let at = if self.addr.is_ipv4() { ((buf[0] & 0x0f) as usize) * 4 } else { 0 };
             let m = &buf[at.min(n)..n];

@@ -70,6 +70,9 @@ pub struct Management<'a> {
     rates: BTreeMap<u32, Rate>,
     last_rate_ms: u64,
     last_ramp_ms: u64,
+    was_ramping: bool,
+    /// When a drain timeout ends next (the state changes then).
+    drain_deadline: Option<u64>,
     reloads_ok: u64,
     reloads_refused: u64,
     last_reload: Option<String>,
@@ -119,6 +122,8 @@ impl<'a> Management<'a> {
             rates: BTreeMap::new(),
             last_rate_ms: 0,
             last_ramp_ms: 0,
+            was_ramping: false,
+            drain_deadline: None,
             reloads_ok: 0,
             reloads_refused: 0,
             last_reload: None,
@@ -171,14 +176,18 @@ impl<'a> Management<'a> {
                 Err(e) => format!("reload (SIGHUP) refused: {e}"),
             });
         }
-        if self.runtime.ramping(now) && now.saturating_sub(self.last_ramp_ms) >= RAMP_STEP_MS {
+        // Slow start: a new state every step while a weight ramps, and one
+        // more when the ramp ends (full weight).
+        let ramping = self.runtime.ramping(now);
+        if (ramping && now.saturating_sub(self.last_ramp_ms) >= RAMP_STEP_MS)
+            || (self.was_ramping && !ramping)
+        {
             self.last_ramp_ms = now;
             self.dirty = true;
         }
-        if let Some(d) = self.runtime.next_drain_deadline(self.last_ramp_ms.min(now)) {
-            if now >= d {
-                self.dirty = true;
-            }
+        self.was_ramping = ramping;
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            self.dirty = true;
         }
         if self.dirty {
             let _ = self.publish();
@@ -254,6 +263,7 @@ impl<'a> Management<'a> {
             .build(self.generation + 1, self.facts, &|p, ip| n.mac(p, ip), now)
             .map_err(|e| format!("forwarding state refused: {e}"))?;
         self.generation += 1;
+        self.drain_deadline = self.runtime.next_drain_deadline(now);
         let st = Arc::new(st);
         self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
         self.state = st;

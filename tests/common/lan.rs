@@ -17,6 +17,15 @@ pub struct Backend {
     pub v4: String,
     pub v6: String,
     pub mac: String,
+    /// The status its `/health` page and UDP health port answer with
+    /// (write "500" to make it unhealthy).
+    pub health_file: std::path::PathBuf,
+}
+
+impl Backend {
+    pub fn set_health(&self, status: u16) {
+        std::fs::write(&self.health_file, status.to_string()).unwrap();
+    }
 }
 
 pub struct Lan {
@@ -32,7 +41,37 @@ impl Drop for Lan {
             let _ = c.kill();
             let _ = c.wait();
         }
+        for b in &self.backends {
+            let _ = std::fs::remove_file(&b.health_file);
+        }
     }
+}
+
+/// A management namespace on the LAN (198.18.0.5, 2001:db8::5): l4lb runs
+/// in it, so its health checks reach the backends through kernel networking.
+pub fn management(t: &Lan) -> Netns {
+    let ns = Netns::new(&unique("l4b-mg"));
+    veth_into(&t.lan, &ns, "vm", "198.18.0.5", "2001:db8::5", "02:00:00:00:0c:05");
+    ns
+}
+
+/// Moves l4lb's TAP device from namespace `from` onto the bridge.
+pub fn attach_tap_from(t: &Lan, from: &Netns, tap: &str) {
+    sh(&format!("ip -n {} link set {tap} netns {}", from.name, t.lan.name));
+    t.lan.exec(&format!("ip link set {tap} address 02:00:00:00:01:fe"));
+    t.lan.exec(&format!("ip link set {tap} master br0 up"));
+}
+
+/// `l4lb ctl --socket SOCKET ARGS`: (success, stdout + stderr).
+pub fn ctl(socket: &std::path::Path, args: &str) -> (bool, String) {
+    super::netns::sh_try(&format!("{} ctl --socket {} {args}", env!("CARGO_BIN_EXE_l4lb"), socket.display()))
+}
+
+/// `l4lb ctl --json ...`, parsed; panics when it fails.
+pub fn ctl_json(socket: &std::path::Path, args: &str) -> serde_json::Value {
+    let (ok, out) = ctl(socket, &format!("--json {args}"));
+    assert!(ok, "ctl {args}: {out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args}: {e}: {out}"))
 }
 
 fn veth_into(lan: &Netns, ns: &Netns, tag: &str, v4: &str, v6: &str, mac: &str) {
@@ -66,7 +105,9 @@ pub fn topology(vips: &[&str]) -> Lan {
         }
         // The VIP lives on lo; the backend must not answer ARP for it.
         ns.exec("sysctl -qw net.ipv4.conf.all.arp_ignore=1 net.ipv4.conf.all.arp_announce=2");
-        backends.push(Backend { ns, name: format!("backend-{i}"), v4, v6, mac });
+        let health_file = std::env::temp_dir().join(unique(&format!("l4b-health-b{i}-")));
+        std::fs::write(&health_file, "200").unwrap();
+        backends.push(Backend { ns, name: format!("backend-{i}"), v4, v6, mac, health_file });
     }
     Lan { lan, client, backends, children: Vec::new() }
 }
@@ -126,7 +167,16 @@ fn wait_ready(child: &mut Child, what: &str) {
 /// Starts each backend's HTTP server (dual stack, port 80) and, if given, a
 /// UDP echo-with-name server bound to `udp_vip`:5300.
 pub fn start_servers(t: &mut Lan, udp_vip: Option<&str>) {
-    for b in &t.backends {
+    for i in 0..t.backends.len() {
+        let child = start_server(&t.backends[i], udp_vip);
+        t.children.push(child);
+    }
+}
+
+/// Starts one backend's servers (see [`start_servers`]); kill the child to
+/// take the backend's service down.
+pub fn start_server(b: &Backend, udp_vip: Option<&str>) -> Child {
+    {
         let mut script = vec![
             "import http.server as h, socket, threading".to_string(),
             "class S(h.ThreadingHTTPServer):".into(),
@@ -137,12 +187,26 @@ pub fn start_servers(t: &mut Lan, udp_vip: Option<&str>) {
             "    def do_GET(self):".into(),
             "        a = self.client_address[0].removeprefix('::ffff:')".into(),
             format!("        b = ('{} ' + a + '\\n').encode()", b.name),
-            "        self.send_response(200)".into(),
+            "        code = health() if self.path == '/health' else 200".into(),
+            "        self.send_response(code)".into(),
             "        self.send_header('Content-Length', str(len(b)))".into(),
             "        self.end_headers()".into(),
             "        self.wfile.write(b)".into(),
             "    def log_message(self, *a):".into(),
             "        pass".into(),
+            format!(
+                "def health():\n    return int(open('{}').read().strip() or 200)",
+                b.health_file.display()
+            ),
+            // UDP health port: answers "ok NAME" while healthy, nothing otherwise.
+            "def udp_health():".into(),
+            "    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)".into(),
+            "    u.bind(('::', 5301))".into(),
+            "    while True:".into(),
+            "        d, a = u.recvfrom(2048)".into(),
+            "        if health() == 200:".into(),
+            format!("            u.sendto(b'ok {}', a)", b.name),
+            "threading.Thread(target=udp_health, daemon=True).start()".into(),
         ];
         if let Some(vip) = udp_vip {
             script.extend([
@@ -165,7 +229,7 @@ pub fn start_servers(t: &mut Lan, udp_vip: Option<&str>) {
         std::fs::write(&path, script.join("\n")).unwrap();
         let mut child = b.ns.spawn(&format!("exec {PY} {}", path.display()));
         wait_ready(&mut child, &b.name);
-        t.children.push(child);
+        child
     }
 }
 
@@ -237,8 +301,8 @@ pub fn start_long_stream(client: &Netns, vip: &str) -> Child {
         "while not stop.is_set():",
         "    try:",
         "        h.request('GET', '/'); names.add(h.getresponse().read().decode().split()[0]); n += 1",
-        "    except Exception:",
-        "        errors += 1; break",
+        "    except Exception as e:",
+        "        errors += 1; print('error', repr(e), file=sys.stderr, flush=True); break",
         "    time.sleep(0.01)",
         "print('requests', n, 'errors', errors, 'backends', ','.join(sorted(names)), flush=True)",
     ]
@@ -261,12 +325,18 @@ pub fn start_long_stream(client: &Netns, vip: &str) -> Child {
 pub fn stop_long_stream(mut child: Child) -> (u64, u64, Vec<String>) {
     use std::io::{BufRead, Write};
     let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "stop").unwrap();
+    // It may have ended already (after an error): its summary is still there.
+    let _ = writeln!(stdin, "stop");
     drop(stdin);
     // wait_ready already consumed the "ready" line.
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next().expect("stream summary").unwrap();
     let _ = child.wait();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+    if !err.is_empty() {
+        eprintln!("long stream: {err}");
+    }
     let w: Vec<&str> = line.split_whitespace().collect();
     (
         w[1].parse().unwrap(),

@@ -115,9 +115,24 @@ impl L4lb {
     /// Starts l4lb with the given configuration text and waits until it says
     /// it is running.
     pub fn start(config_text: &str, dir: &Path) -> L4lb {
+        Self::start_in(None, config_text, dir)
+    }
+
+    /// As [`L4lb::start`], inside namespace `ns` (where its TAP devices
+    /// appear and its health checks and metrics live).
+    pub fn start_in(ns: Option<&Netns>, config_text: &str, dir: &Path) -> L4lb {
         let cfg = dir.join("l4lb.toml");
         std::fs::write(&cfg, config_text).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_l4lb"))
+        let mut cmd = match ns {
+            // `ip netns exec` execs l4lb itself: signals reach it directly.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", &ns.name, env!("CARGO_BIN_EXE_l4lb")]);
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_l4lb")),
+        };
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(&cfg)
             .stdout(Stdio::piped())
@@ -139,6 +154,8 @@ impl L4lb {
                 }
             });
         }
+        // Only the readers hold senders: the channel closes when l4lb exits.
+        drop(tx);
         let mut l = L4lb { child: Some(child), lines: rx, output };
         l.wait_line(Duration::from_secs(30), |s| s.starts_with("l4lb running"))
             .unwrap_or_else(|| panic!("l4lb did not start:\n{}", l.transcript()));
@@ -160,6 +177,11 @@ impl L4lb {
 
     pub fn transcript(&self) -> String {
         self.output.lock().unwrap().join("\n")
+    }
+
+    /// Lines printed so far that contain `needle`.
+    pub fn lines_with(&self, needle: &str) -> Vec<String> {
+        self.output.lock().unwrap().iter().filter(|l| l.contains(needle)).cloned().collect()
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,273 @@
+//! End to end: health checks and failover with slow start, on the one-arm TAP
+//! LAN (tests/common/lan.rs). l4lb runs in a management namespace on the LAN,
+//! so its checks reach the backends through kernel networking.
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::lan::{
+    attach_tap_from, ctl_json, http_load, l4lb_config, management, service, start_long_stream, start_server,
+    start_servers, stop_long_stream, topology, Lan, PY,
+};
+use common::netns::{require_root, unique, L4lb, Netns};
+use common::wait_for;
+use serde_json::Value;
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// The `ctl backends` row of `service`/`addr`.
+fn backend(socket: &Path, service: &str, addr: &str) -> Value {
+    let all = ctl_json(socket, "backends");
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["service"] == service && b["backend"] == addr)
+        .unwrap_or_else(|| panic!("no backend {service}/{addr} in {all}"))
+        .clone()
+}
+
+fn health_of(socket: &Path, service: &str, addr: &str) -> String {
+    backend(socket, service, addr)["health"].as_str().unwrap().to_owned()
+}
+
+/// Starts a client that opens a new HTTP connection to `vip` every 20 ms
+/// until told to stop; it then prints one line per request:
+/// "UNIX-TIME ok NAME" or "UNIX-TIME fail ERROR".
+fn start_prober(client: &Netns, vip: &str) -> Child {
+    let script = [
+        "import http.client, sys, threading, time",
+        "stop = threading.Event()",
+        "threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()",
+        "out = []",
+        "print('ready', flush=True)",
+        "while not stop.is_set():",
+        "    t = time.time()",
+        "    try:",
+        &format!("        h = http.client.HTTPConnection('{vip}', 80, timeout=2)"),
+        "        h.request('GET', '/'); name = h.getresponse().read().decode().split()[0]; h.close()",
+        "        out.append(f'{t:.3f} ok {name}')",
+        "    except Exception as e:",
+        "        out.append(f'{t:.3f} fail {type(e).__name__}')",
+        "    time.sleep(0.02)",
+        "print('\\n'.join(out), flush=True)",
+    ]
+    .join("\n");
+    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-probe-")));
+    std::fs::write(&path, script).unwrap();
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &client.name, PY])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    child
+}
+
+/// (time, Ok(backend name) / Err(error)) per request.
+fn stop_prober(mut child: Child) -> Vec<(f64, Result<String, String>)> {
+    use std::io::Write;
+    writeln!(child.stdin.take().unwrap(), "stop").unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let t: f64 = w.next()?.parse().ok()?;
+            let (kind, what) = (w.next()?, w.next().unwrap_or("").to_owned());
+            Some((t, if kind == "ok" { Ok(what) } else { Err(what) }))
+        })
+        .collect()
+}
+
+/// The LAN, the management namespace and a running l4lb with `services`.
+fn setup(vips: &[&str], services: &str) -> (Lan, Netns, L4lb, std::path::PathBuf, std::path::PathBuf) {
+    require_root();
+    let mut t = topology(vips);
+    start_servers(&mut t, None);
+    let mg = management(&t);
+    let tap = unique("l4bh");
+    let dir = std::env::temp_dir().join(unique("l4lb-health-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("ctl.sock");
+    let control = format!(
+        "[control]\nsocket = \"{}\"\nhealth_source_v4 = \"198.18.0.5\"\nhealth_source_v6 = \"2001:db8::5\"\n",
+        socket.display()
+    );
+    let text = l4lb_config(&tap, &format!("{control}\n{services}"));
+    let l4lb = L4lb::start_in(Some(&mg), &text, &dir);
+    attach_tap_from(&t, &mg, &tap);
+    (t, mg, l4lb, socket, dir)
+}
+
+const HTTP_CHECK: &str =
+    "health = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 2, fall = 2 }";
+
+#[test]
+fn dead_backend_leaves_and_returns_with_slow_start() {
+    let weighted: Vec<String> = (1..=3)
+        .map(|i| format!("{{ address = \"198.18.0.1{i}\", mac = \"02:00:00:00:0b:1{i}\", weight = 10 }}"))
+        .collect();
+    let svc = service(
+        "web",
+        "198.18.100.1",
+        "tcp",
+        80,
+        &format!("forwarding = \"l2\"\nslow_start_s = 4\nmaglev_table_size = 65537\n{HTTP_CHECK}"),
+        &weighted,
+    );
+    let (mut t, _mg, mut l4lb, socket, dir) = setup(&["198.18.100.1"], &svc);
+    let addrs: Vec<String> = t.backends.iter().map(|b| b.v4.clone()).collect();
+    assert!(
+        wait_for(Duration::from_secs(10), || addrs.iter().all(|a| health_of(&socket, "web", a) == "up")),
+        "backends did not come up: {}\n{}",
+        ctl_json(&socket, "backends"),
+        l4lb.transcript()
+    );
+
+    // A long connection: find its backend (the only active flow), and kill another.
+    let stream = start_long_stream(&t.client, "198.18.100.1");
+    let mut stream_backend = None;
+    wait_for(Duration::from_secs(5), || {
+        stream_backend = ctl_json(&socket, "backends")
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["active_flows"].as_u64() >= Some(1))
+            .map(|b| b["backend"].as_str().unwrap().to_owned());
+        stream_backend.is_some()
+    });
+    let stream_backend = stream_backend.expect("the long connection's flow is tracked");
+    let victim = t.backends.iter().position(|b| b.v4 != stream_backend).unwrap();
+    let victim_addr = t.backends[victim].v4.clone();
+
+    // Load while it happens: wrk, and a prober that times every new connection.
+    let wrk = t.client.spawn("exec wrk -t1 -c4 -d6s --timeout 2s http://198.18.100.1/");
+    let prober = start_prober(&t.client, "198.18.100.1");
+    std::thread::sleep(Duration::from_millis(800)); // load before the failure
+    let killed_at = now_s();
+    let _ = t.children[victim].kill();
+    let _ = t.children[victim].wait();
+    assert!(
+        wait_for(Duration::from_secs(5), || health_of(&socket, "web", &victim_addr) == "down"),
+        "{victim_addr} not marked down:\n{}",
+        l4lb.transcript()
+    );
+    let down_at = now_s();
+    // fall (2) × interval (0.3 s), plus one interval of phase and a margin.
+    assert!(down_at - killed_at < 0.6 + 0.3 + 0.5, "took {:.2} s to take it out", down_at - killed_at);
+    assert!(l4lb
+        .wait_line(Duration::from_secs(2), |l| l.contains(&format!("backend web/{victim_addr} is down")))
+        .is_some());
+    std::thread::sleep(Duration::from_millis(1500)); // load after the failure
+    let results = stop_prober(prober);
+    let wrk_out = wrk.wait_with_output().unwrap();
+    let wrk_text = String::from_utf8_lossy(&wrk_out.stdout);
+    assert!(wrk_text.contains("requests in"), "wrk: {wrk_text}");
+    // New connections fail only until the backend is out (plus requests in flight).
+    let late: Vec<_> = results.iter().filter(|(t, r)| r.is_err() && *t > down_at + 0.1).collect();
+    assert!(late.is_empty(), "requests failed after the backend was out: {late:?}");
+    let after: Vec<_> = results.iter().filter(|(t, _)| *t > down_at + 0.1).collect();
+    assert!(after.len() >= 20, "too few requests after the failover: {}", after.len());
+    assert!(after.iter().all(|(_, r)| r.as_ref().is_ok_and(|n| *n != t.backends[victim].name)));
+    let before: Vec<_> = results.iter().filter(|(t, _)| *t < killed_at).collect();
+    assert!(before.iter().all(|(_, r)| r.is_ok()), "failures before the kill: {before:?}");
+
+    // It returns: `rise` checks, then slow start (4 s) ramps its weight and share.
+    t.children[victim] = start_server(&t.backends[victim], None);
+    assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "web", &victim_addr) == "up"));
+    let mut samples = Vec::new();
+    let ramp_start = Instant::now();
+    while ramp_start.elapsed() < Duration::from_millis(5500) {
+        let b = backend(&socket, "web", &victim_addr);
+        samples.push((b["effective_weight"].as_u64().unwrap(), b["table_entries"].as_u64().unwrap()));
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    let (w0, e0) = samples[0];
+    let (wn, en) = *samples.last().unwrap();
+    assert!(w0 <= 3, "slow start began at weight {w0}: {samples:?}");
+    assert_eq!(wn, 10, "{samples:?}");
+    assert!(samples.windows(2).all(|w| w[1].0 >= w[0].0), "weight must only grow: {samples:?}");
+    assert!(e0 * 3 < en, "its table share did not grow: {samples:?}\n{}", l4lb.transcript());
+    let third = 65537.0 / 3.0;
+    assert!((en as f64 - third).abs() < third * 0.02, "full share is a third: {samples:?}");
+
+    let (n, errors, seen) = stop_long_stream(stream);
+    assert_eq!(errors, 0, "the connection to a healthy backend broke:\n{}", l4lb.transcript());
+    assert!(n > 50);
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let (status, out) = l4lb.stop();
+    assert!(status.success(), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
+    let bs: Vec<String> = (1..=3)
+        .map(|i| format!("{{ address = \"198.18.0.1{i}\", mac = \"02:00:00:00:0b:1{i}\" }}"))
+        .collect();
+    let fast = "interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2";
+    let services = [
+        service("web", "198.18.100.1", "tcp", 80, &format!("forwarding = \"l2\"\n{HTTP_CHECK}"), &bs),
+        service(
+            "dns",
+            "198.18.100.4",
+            "udp",
+            5300,
+            &format!("health = {{ check = \"udp\", port = 5301, send = \"ping\", expect = \"ok\", {fast} }}"),
+            &bs,
+        ),
+        service("ping", "198.18.100.5", "tcp", 80, &format!("health = {{ check = \"icmp\", {fast} }}"), &bs),
+    ];
+    let (t, _mg, mut l4lb, socket, dir) =
+        setup(&["198.18.100.1", "198.18.100.4", "198.18.100.5"], &services.join("\n"));
+    let all_up = |svc: &str| t.backends.iter().all(|b| health_of(&socket, svc, &b.v4) == "up");
+    assert!(
+        wait_for(Duration::from_secs(10), || ["web", "dns", "ping"].iter().all(|s| all_up(s))),
+        "{}\n{}",
+        ctl_json(&socket, "backends"),
+        l4lb.transcript()
+    );
+    let rtt = backend(&socket, "ping", "198.18.0.11")["rtt_us"].as_u64().unwrap();
+    assert!(rtt > 0 && rtt < 200_000, "check RTT {rtt} µs");
+
+    // backend-2 answers 500 on /health and stops answering its UDP health port.
+    t.backends[1].set_health(500);
+    assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "web", "198.18.0.12") == "down"));
+    assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "dns", "198.18.0.12") == "down"));
+    let b = backend(&socket, "web", "198.18.0.12");
+    assert_eq!(b["last_error"], "HTTP status 500, expected 200");
+    assert_eq!(b["table_entries"], 0);
+    assert!(backend(&socket, "dns", "198.18.0.12")["last_error"].as_str().unwrap().contains("timed out"));
+    // backend-3 ignores pings.
+    t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=1");
+    assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "ping", "198.18.0.13") == "down"));
+    // The others stay up; traffic avoids the down backend.
+    assert_eq!(health_of(&socket, "web", "198.18.0.11"), "up");
+    assert_eq!(health_of(&socket, "ping", "198.18.0.12"), "up");
+    let counts: HashMap<String, usize> = http_load(&t.client, "198.18.100.1", 90, "198.18.0.2", &l4lb);
+    assert!(!counts.contains_key("backend-2"), "{counts:?}");
+    assert_eq!(counts.len(), 2, "{counts:?}");
+
+    // Healthy again: up after `rise` checks.
+    t.backends[1].set_health(200);
+    t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=0");
+    assert!(wait_for(Duration::from_secs(5), || all_up("web") && all_up("dns") && all_up("ping")));
+    assert!(l4lb.wait_line(Duration::from_secs(1), |_| false).is_none());
+    assert!(!l4lb.lines_with("backend web/198.18.0.12 is down (HTTP status 500").is_empty());
+    assert!(!l4lb.lines_with("backend ping/198.18.0.13 is down").is_empty());
+    assert!(!l4lb.lines_with("backend web/198.18.0.12 is up").is_empty());
+    let (status, out) = l4lb.stop();
+    assert!(status.success(), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
