@@ -9,10 +9,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lan::{
-    attach_tap_from, ctl_json, http_load, l4lb_config, management, service, start_long_stream, start_server,
-    start_servers, stop_long_stream, topology, Lan, PY,
+    ctl_json, http_load, managed, service, start_long_stream, start_server, stop_long_stream, Managed, PY,
 };
-use common::netns::{require_root, unique, L4lb, Netns};
+use common::netns::{unique, Netns};
 use common::wait_for;
 use serde_json::Value;
 
@@ -90,26 +89,6 @@ fn stop_prober(mut child: Child) -> Vec<(f64, Result<String, String>)> {
         .collect()
 }
 
-/// The LAN, the management namespace and a running l4lb with `services`.
-fn setup(vips: &[&str], services: &str) -> (Lan, Netns, L4lb, std::path::PathBuf, std::path::PathBuf) {
-    require_root();
-    let mut t = topology(vips);
-    start_servers(&mut t, None);
-    let mg = management(&t);
-    let tap = unique("l4bh");
-    let dir = std::env::temp_dir().join(unique("l4lb-health-"));
-    std::fs::create_dir_all(&dir).unwrap();
-    let socket = dir.join("ctl.sock");
-    let control = format!(
-        "[control]\nsocket = \"{}\"\nhealth_source_v4 = \"198.18.0.5\"\nhealth_source_v6 = \"2001:db8::5\"\n",
-        socket.display()
-    );
-    let text = l4lb_config(&tap, &format!("{control}\n{services}"));
-    let l4lb = L4lb::start_in(Some(&mg), &text, &dir);
-    attach_tap_from(&t, &mg, &tap);
-    (t, mg, l4lb, socket, dir)
-}
-
 const HTTP_CHECK: &str =
     "health = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 2, fall = 2 }";
 
@@ -126,7 +105,7 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
         &format!("forwarding = \"l2\"\nslow_start_s = 4\nmaglev_table_size = 65537\n{HTTP_CHECK}"),
         &weighted,
     );
-    let (mut t, _mg, mut l4lb, socket, dir) = setup(&["198.18.100.1"], &svc);
+    let Managed { lan: mut t, mut l4lb, socket, dir, .. } = managed(&["198.18.100.1"], &svc, None);
     let addrs: Vec<String> = t.backends.iter().map(|b| b.v4.clone()).collect();
     assert!(
         wait_for(Duration::from_secs(10), || addrs.iter().all(|a| health_of(&socket, "web", a) == "up")),
@@ -229,8 +208,8 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
         ),
         service("ping", "198.18.100.5", "tcp", 80, &format!("health = {{ check = \"icmp\", {fast} }}"), &bs),
     ];
-    let (t, _mg, mut l4lb, socket, dir) =
-        setup(&["198.18.100.1", "198.18.100.4", "198.18.100.5"], &services.join("\n"));
+    let Managed { lan: t, mut l4lb, socket, dir, .. } =
+        managed(&["198.18.100.1", "198.18.100.4", "198.18.100.5"], &services.join("\n"), None);
     let all_up = |svc: &str| t.backends.iter().all(|b| health_of(&socket, svc, &b.v4) == "up");
     assert!(
         wait_for(Duration::from_secs(10), || ["web", "dns", "ping"].iter().all(|s| all_up(s))),

@@ -361,3 +361,51 @@ pub fn drop_count(transcript: &str, reason: &str) -> u64 {
         .and_then(|l| l.split_whitespace().last()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// The LAN with l4lb running in a management namespace on it.
+pub struct Managed {
+    pub l4lb: L4lb,
+    pub mg: Netns,
+    pub lan: Lan,
+    pub socket: std::path::PathBuf,
+    pub dir: std::path::PathBuf,
+    pub tap: String,
+}
+
+impl Managed {
+    /// The configuration text for `services` (what `managed` started with,
+    /// or a replacement for a reload).
+    pub fn config(&self, services: &str) -> String {
+        managed_config(&self.tap, &self.socket, services)
+    }
+
+    /// Rewrites the configuration file l4lb reloads from.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir.join("l4lb.toml"), text).unwrap();
+    }
+}
+
+fn managed_config(tap: &str, socket: &std::path::Path, services: &str) -> String {
+    let control = format!(
+        "[control]\nsocket = \"{}\"\nhealth_source_v4 = \"198.18.0.5\"\nhealth_source_v6 = \"2001:db8::5\"\n",
+        socket.display()
+    );
+    l4lb_config(tap, &format!("{control}\n{services}"))
+}
+
+/// The LAN (servers started, UDP ones on `udp_vip`), a management namespace,
+/// and l4lb running in it with `services`; its control socket is in a fresh
+/// directory, its metrics on 127.0.0.1:9100 inside the management namespace.
+pub fn managed(vips: &[&str], services: &str, udp_vip: Option<&str>) -> Managed {
+    super::netns::require_root();
+    let mut lan = topology(vips);
+    start_servers(&mut lan, udp_vip);
+    let mg = management(&lan);
+    let tap = unique("l4bh");
+    let dir = std::env::temp_dir().join(unique("l4lb-mg-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("ctl.sock");
+    let l4lb = L4lb::start_in(Some(&mg), &managed_config(&tap, &socket, services), &dir);
+    attach_tap_from(&lan, &mg, &tap);
+    Managed { l4lb, mg, lan, socket, dir, tap }
+}
