@@ -105,7 +105,7 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
         &format!("forwarding = \"l2\"\nslow_start_s = 4\nmaglev_table_size = 65537\n{HTTP_CHECK}"),
         &weighted,
     );
-    let Managed { lan: mut t, mut l4lb, socket, dir, .. } = managed(&["198.18.100.1"], &svc, None);
+    let Managed { lan: mut t, mut l4lb, socket, dir, mg: _mg, .. } = managed(&["198.18.100.1"], &svc, None);
     let addrs: Vec<String> = t.backends.iter().map(|b| b.v4.clone()).collect();
     assert!(
         wait_for(Duration::from_secs(10), || addrs.iter().all(|a| health_of(&socket, "web", a) == "up")),
@@ -208,7 +208,7 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
         ),
         service("ping", "198.18.100.5", "tcp", 80, &format!("health = {{ check = \"icmp\", {fast} }}"), &bs),
     ];
-    let Managed { lan: t, mut l4lb, socket, dir, .. } =
+    let Managed { lan: t, mut l4lb, socket, dir, mg: _mg, .. } =
         managed(&["198.18.100.1", "198.18.100.4", "198.18.100.5"], &services.join("\n"), None);
     let all_up = |svc: &str| t.backends.iter().all(|b| health_of(&socket, svc, &b.v4) == "up");
     assert!(
