@@ -63,6 +63,7 @@ fn main() {
         )
         .allowlist_function("rte_dev_probe|rte_dev_remove|rte_eth_dev_get_port_by_name")
         .allowlist_function("rte_log_set_global_level")
+        .allowlist_function("rte_pdump_(init|uninit)")
         .allowlist_type("rte_mbuf")
         .allowlist_type("rte_eth_(conf|dev_info|rxconf|txconf|link|stats|xstat|xstat_name)")
         .allowlist_type("rte_ether_addr")

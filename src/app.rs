@@ -128,6 +128,23 @@ pub fn run(
         ports.push(port);
     }
 
+    // dpdk-dumpcap attaches as a secondary process: only with EAL's shared files.
+    let d = &cfg.config.dpdk;
+    let _capture = if !d.in_memory && d.hugepages {
+        match eal.enable_packet_capture() {
+            Ok(c) => {
+                let _ =
+                    writeln!(out, "packet capture on: dpdk-dumpcap --file-prefix {} -i PORT", d.file_prefix);
+                Some(c)
+            }
+            Err(e) => {
+                let _ = writeln!(out, "packet capture off: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
     let w = &cfg.config.workers;
     let poll = PollConfig {
         burst_size: w.burst_size,
@@ -322,6 +339,7 @@ pub fn run(
         }
     }
     print_report(&report, out);
+    drop(_capture);
     drop(ports);
     drop(pool);
     drop(eal);

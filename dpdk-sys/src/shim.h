@@ -20,6 +20,8 @@
 #include <rte_dev.h>
 #include <rte_bus_vdev.h>
 #include <rte_log.h>
+#include <rte_pdump.h>
+#include <rte_telemetry.h>
 
 /* ethdev fast path */
 uint16_t l4lb_rx_burst(uint16_t port_id, uint16_t queue_id, struct rte_mbuf **pkts, uint16_t nb_pkts);

@@ -14,7 +14,7 @@ mod mempool;
 mod port;
 mod queue;
 
-pub use eal::Eal;
+pub use eal::{Eal, PacketCapture};
 pub use error::DpdkError;
 pub use lcore::{LaunchScope, Lcore};
 pub use mbuf::{Burst, Drain, Mbuf, BURST_MAX};
