@@ -89,6 +89,8 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     assert!(!ok && out.contains("is l4lb running?"), "{out}");
     let (ok, out) = ctl(&sock, "backends");
     assert!(ok && out.contains("198.18.0.11") && out.contains("HEALTH"), "{out}");
+    let (ok, out) = ctl(&sock, "top --count 2 --interval-ms 100");
+    assert!(ok && out.matches("SERVICE").count() == 4 && out.contains("198.18.100.4:5300"), "{out}");
 
     // Metrics against what the test sends: 25 datagrams of one UDP flow, and
     // 3 to a VIP port with no service.
@@ -216,6 +218,8 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     assert!(ok, "{out}");
     assert!(out.contains("backends added: web/198.18.0.13"), "{out}");
     assert!(out.contains("on every worker within"), "{out}");
+    let ms: f64 = out.split("within ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap();
+    assert!(ms < 50.0, "the new state took {ms} ms to reach the worker");
     std::thread::sleep(Duration::from_millis(500));
     m.write_config(&m.config(&services(&backends(&[1, 2, 3], &[2, 2, 1]))));
     common::netns::sh(&format!("kill -HUP {}", m.l4lb.pid()));
