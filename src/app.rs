@@ -277,6 +277,7 @@ pub fn run(
             counter_blocks.clone(),
             state,
         );
+        mgmt.tsc_hz = tsc_per_ms * 1000;
         while !stop.load(Ordering::Relaxed) {
             let reload = signals.reload.swap(false, Ordering::SeqCst);
             mgmt.tick(reload);

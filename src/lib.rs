@@ -12,3 +12,4 @@ pub mod dpdk;
 pub mod net;
 pub mod pcap;
 pub mod simulate;
+pub mod trafficgen;

@@ -48,6 +48,31 @@ enum Cmd {
         #[arg(long)]
         trace: bool,
     },
+    /// Write a benchmark pcap: TCP flows to a VIP (scripts/bench.sh replays it).
+    Gen {
+        #[arg(long = "out")]
+        output: PathBuf,
+        #[arg(long, default_value_t = 1000)]
+        flows: u32,
+        /// Packets in the file (default: the flow count, at least 4096).
+        #[arg(long)]
+        packets: Option<u32>,
+        #[arg(long, value_enum, default_value = "established")]
+        mix: l4lb::trafficgen::Mix,
+        #[arg(long, value_enum, default_value = "64")]
+        size: l4lb::trafficgen::Sizes,
+        /// The VIP and port (the family of the VIP is the family of the traffic).
+        #[arg(long, default_value = "198.18.100.1:80")]
+        vip: std::net::SocketAddr,
+        /// Destination MAC: l4lb's port (net_pcap ports have 02:70:63:61:70:NN).
+        #[arg(long, default_value = "02:70:63:61:70:00")]
+        dst_mac: String,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Only part K of N (`--part 1/4`): flows K, K+N, ... (one file per RX queue).
+        #[arg(long, default_value = "0/1")]
+        part: String,
+    },
     /// Talk to a running l4lb over its control socket.
     Ctl {
         /// The control socket (default: from --config, else /run/l4lb/l4lb.sock).
@@ -167,6 +192,46 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Gen { output, flows, packets, mix, size, vip, dst_mac, seed, part } => {
+            let part = match part.split_once('/').map(|(k, n)| (k.parse::<u32>(), n.parse::<u32>())) {
+                Some((Ok(k), Ok(n))) if n > 0 && k < n => (k, n),
+                _ => {
+                    eprintln!("error: --part {part}: say K/N with K < N");
+                    return ExitCode::from(2);
+                }
+            };
+            let Some(dst_mac) = l4lb::net::ethernet::parse_mac(&dst_mac) else {
+                eprintln!("error: --dst-mac {dst_mac}: not a MAC address");
+                return ExitCode::from(2);
+            };
+            if flows == 0 {
+                eprintln!("error: --flows must be at least 1");
+                return ExitCode::from(2);
+            }
+            let spec = l4lb::trafficgen::Spec {
+                flows,
+                packets: packets.unwrap_or(flows.max(4096)),
+                mix,
+                v6: vip.is_ipv6(),
+                sizes: size,
+                vip: vip.ip(),
+                port: vip.port(),
+                dst_mac,
+                src_mac: [0x02, 0, 0, 0, 0x0c, 0x02],
+                seed,
+                part,
+            };
+            match l4lb::trafficgen::write(&spec, &output) {
+                Ok(()) => {
+                    println!("{}: {} packets, {} flows", output.display(), spec.packets, flows);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}: {e}", output.display());
                     ExitCode::FAILURE
                 }
             }

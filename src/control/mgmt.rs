@@ -79,6 +79,8 @@ pub struct Management<'a> {
     query_tag: u64,
     /// Lines for the operator (state changes), printed by the caller.
     pub log: Vec<String>,
+    /// The workers' TSC rate (cycles per second), for cycles-per-packet figures.
+    pub tsc_hz: u64,
 }
 
 fn ip16(a: IpAddr) -> [u8; 16] {
@@ -129,6 +131,7 @@ impl<'a> Management<'a> {
             last_reload: None,
             query_tag: 0,
             log: Vec::new(),
+            tsc_hz: 0,
         };
         m.rebuild_targets();
         m
@@ -499,6 +502,7 @@ impl<'a> Management<'a> {
             "generation": self.generation,
             "worker_generations": per.iter().map(|p| p.generation).collect::<Vec<_>>(),
             "workers": self.mailboxes.len(),
+            "tsc_hz": self.tsc_hz,
             "ports": self.runtime.cfg.config.ports.iter().zip(self.ports).map(|(p, port)| {
                 let link = port.link().ok();
                 json!({"name": p.name, "device": p.device, "link_up": link.map(|l| l.up), "speed_mbps": link.map(|l| l.speed_mbps)})

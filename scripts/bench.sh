@@ -1,0 +1,197 @@
+#!/usr/bin/env bash
+# Whole-program packet rates: l4lb against dpdk-testpmd on the same input and
+# the same cores, the way operators measure an appliance.
+#
+#   scripts/bench.sh [--workers N] [--flows LIST] [--seconds S] [--quick] [--no-docs]
+#
+#   --workers N   worker cores for testpmd and l4lb (default 1; lcore 0 is the
+#                 main/management lcore, workers take CPUs 1..N)
+#   --flows LIST  flow counts for the established-flow runs (default 1000,100000,1000000)
+#   --seconds S   measuring time per run after a 3-second warm-up (default 5)
+#   --quick       one input (IPv4, 64 B, established, 100k flows): a smoke run
+#   --no-docs     print the table only; do not rewrite docs/benchmarks.md and docs/bench.png
+#
+# Each input is a pcap from `l4lb gen` replayed by net_pcap with infinite_rx=1
+# (one file per worker queue, flows split as RSS would) into net_null (no-rx).
+# For every input: testpmd `io` (the DPDK floor) and `5tswap`, then l4lb in
+# `ipip` and `l2` modes. testpmd's rate is its port 0 Rx-pps (median of the
+# per-second samples after the warm-up); l4lb's comes from its own counters
+# (`l4lb ctl stats` before and after the measuring window). Cycles per packet
+# = TSC rate x workers / packet rate (every worker busy-polls). Results go to
+# docs/benchmarks.md (between the bench.sh markers) and docs/bench.png.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+WORKERS=1
+FLOWS=1000,100000,1000000
+SECONDS_MEASURE=5
+WARM=3
+QUICK=0
+DOCS=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --workers) WORKERS=$2; shift 2 ;;
+    --flows) FLOWS=$2; shift 2 ;;
+    --seconds) SECONDS_MEASURE=$2; shift 2 ;;
+    --quick) QUICK=1; shift ;;
+    --no-docs) DOCS=0; shift ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (try --help)"; exit 2 ;;
+  esac
+done
+CPUS=$(nproc)
+if [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -ge "$CPUS" ]; then
+  echo "--workers must be 1 to $((CPUS - 1)) on this machine ($CPUS CPUs; one is the main lcore)"; exit 2
+fi
+
+WORK=/tmp/l4lb-bench
+RESULTS=$WORK/results.tsv
+BIN=target/release/l4lb
+HP_DIR=/sys/kernel/mm/hugepages/hugepages-2048kB
+HP_BEFORE=$(cat "$HP_DIR/nr_hugepages" 2>/dev/null || echo 0)
+L4LB_PID=
+
+cleanup() {
+  set +e
+  [ -n "$L4LB_PID" ] && kill -TERM "$L4LB_PID" 2>/dev/null && wait "$L4LB_PID" 2>/dev/null
+  pkill -INT -f "dpdk-testpmd.*l4lbbench" 2>/dev/null
+  rm -rf /var/run/dpdk/l4lbbench* 2>/dev/null
+  # Give back the extra hugepages this run reserved.
+  [ "$HP_BEFORE" -gt 0 ] && echo "$HP_BEFORE" > "$HP_DIR/nr_hugepages" 2>/dev/null
+}
+trap cleanup EXIT INT TERM
+
+echo "== setup"
+scripts/setup.sh >/dev/null
+command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (Debian package dpdk)"; exit 1; }
+/usr/bin/python3 -c 'import matplotlib' 2>/dev/null || apt-get install -y -qq python3-matplotlib >/dev/null
+cargo build --release --quiet
+mkdir -p "$WORK"
+: > "$RESULTS"
+
+# Inputs: name family mix flows size.
+if [ "$QUICK" = 1 ]; then
+  INPUTS=("v4 established 100000 64")
+else
+  INPUTS=()
+  IFS=, read -ra FL <<< "$FLOWS"
+  for f in "${FL[@]}"; do INPUTS+=("v4 established $f 64"); done
+  INPUTS+=("v4 syn 1000000 64" "v4 half 1000000 64" "v6 established 1000000 64" "v4 established 100000 imix")
+fi
+max_packets=0
+for spec in "${INPUTS[@]}"; do
+  read -r _ _ f _ <<< "$spec"
+  [ "$f" -gt "$max_packets" ] && max_packets=$f
+done
+# Each process holds a whole capture in mbufs (~2.5 KiB each) plus its rings.
+mb=$(( (max_packets < 4096 ? 4096 : max_packets) * 5 / 2 / 1024 + 512 ))
+echo "== hugepages: ${mb} MiB for captures of up to $max_packets packets"
+scripts/setup-hugepages.sh "$mb" >/dev/null || { echo "could not reserve ${mb} MiB of hugepages"; exit 1; }
+
+lcores_list() { seq -s, 0 "$WORKERS"; }
+
+# testpmd MODE PCAPARGS PACKETS -> Mpps (median of port 0 Rx-pps after the warm-up)
+run_testpmd() {
+  local mode=$1 pcaps=$2 packets=$3 log=$WORK/testpmd.log
+  local mbufs=$((packets + 65536))
+  timeout -s INT $((WARM + SECONDS_MEASURE + 4 + packets / 200000)) \
+    dpdk-testpmd -l "$(lcores_list)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
+      --vdev "net_pcap0,${pcaps}infinite_rx=1" --vdev "net_null0,no-rx=1" -- \
+      --forward-mode="$mode" --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" \
+      --total-num-mbufs="$mbufs" --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 || true
+  # Per-second Rx-pps of port 0 once traffic flows; drop the warm-up, take the median.
+  awk '/NIC statistics for port 0/{p=1} /NIC statistics for port 1/{p=0} p && /Rx-pps:/{print $2}' "$log" |
+    awk '$1 > 0' | tail -n +$((WARM + 1)) | head -n "$SECONDS_MEASURE" | sort -n |
+    awk '{v[NR]=$1} END {if (NR == 0) print "0"; else printf "%.3f\n", v[int((NR + 1) / 2)] / 1e6}'
+}
+
+# l4lb FORWARDING PCAPARGS PACKETS TABLE -> "Mpps new_flow_fraction drop_fraction"
+run_l4lb() {
+  local fwd=$1 pcaps=$2 packets=$3 table=$4 cfg=$WORK/l4lb.toml log=$WORK/l4lb.log sock=$WORK/l4lb.sock
+  local vip=198.18.100.1 backends
+  backends='{ address = "198.18.1.11", mac = "02:00:00:00:0b:11" }, { address = "198.18.1.12", mac = "02:00:00:00:0b:12" }, { address = "198.18.1.13", mac = "02:00:00:00:0b:13" }'
+  if [ "$FAMILY" = v6 ]; then
+    vip=2001:db8:100::1
+    backends='{ address = "2001:db8:1::11", mac = "02:00:00:00:0b:11" }, { address = "2001:db8:1::12", mac = "02:00:00:00:0b:12" }, { address = "2001:db8:1::13", mac = "02:00:00:00:0b:13" }'
+  fi
+  cat > "$cfg" <<EOF
+[dpdk]
+lcores = "$(lcores_list)"
+devices = ["net_pcap0,${pcaps}infinite_rx=1", "net_null0,no-rx=1"]
+file_prefix = "l4lbbench"
+mbufs = $((packets + 65536))
+log_level = "lib.eal:warning"
+[workers]
+flow_table_capacity = $table
+idle_pause_us = 0
+[[ports]]
+name = "in"
+device = "net_pcap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+[[ports]]
+name = "out"
+device = "net_null0"
+ipv4 = "198.18.1.1/24"
+ipv6 = "2001:db8:1::1/64"
+[control]
+socket = "$sock"
+metrics_address = ""
+[[services]]
+name = "bench"
+vip = "$vip"
+protocol = "tcp"
+port = 80
+forwarding = "$fwd"
+egress = "out"
+backends = [$backends]
+EOF
+  $BIN run --config "$cfg" >"$log" 2>&1 &
+  L4LB_PID=$!
+  for _ in $(seq 1 600); do
+    grep -q '^control socket' "$log" && break
+    kill -0 "$L4LB_PID" 2>/dev/null || { cat "$log" >&2; echo "l4lb exited" >&2; exit 1; }
+    sleep 0.1
+  done
+  sleep "$WARM"
+  local a b
+  a=$($BIN ctl --socket "$sock" --json stats | /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["rx_packets"], d["new_flows"], d["dropped"])')
+  # (This runs in a subshell: the TSC rate goes through a file.)
+  $BIN ctl --socket "$sock" --json status | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["tsc_hz"])' > "$WORK/tsc_hz"
+  sleep "$SECONDS_MEASURE"
+  b=$($BIN ctl --socket "$sock" --json stats | /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["rx_packets"], d["new_flows"], d["dropped"])')
+  kill -TERM "$L4LB_PID"; wait "$L4LB_PID" || true; L4LB_PID=
+  echo "$a $b" | awk '{dt=$5-$1; rx=$6-$2; printf "%.3f %.4f %.4f\n", rx/dt/1e6, ($7-$3)/(rx>0?rx:1), ($8-$4)/(rx>0?rx:1)}'
+}
+
+for spec in "${INPUTS[@]}"; do
+  read -r FAMILY MIX FLOWS_N SIZE <<< "$spec"
+  name="$FAMILY $MIX ${FLOWS_N} flows ${SIZE}B"
+  vip=198.18.100.1:80; [ "$FAMILY" = v6 ] && vip='[2001:db8:100::1]:80'
+  packets=$(( FLOWS_N < 4096 ? 4096 : FLOWS_N ))
+  per_part=$(( packets / WORKERS ))
+  pcaps=
+  for k in $(seq 0 $((WORKERS - 1))); do
+    f=$WORK/$FAMILY-$MIX-$FLOWS_N-$SIZE-$k-of-$WORKERS.pcap
+    [ -f "$f" ] || $BIN gen --out "$f" --flows "$FLOWS_N" --packets "$per_part" --mix "$MIX" --size "$SIZE" \
+      --vip "$vip" --part "$k/$WORKERS" >/dev/null
+    pcaps="${pcaps}rx_pcap=$f,"
+  done
+  echo "== $name ($packets packets)"
+  io=$(run_testpmd io "$pcaps" "$packets")
+  printf '%s\ttestpmd io\t%s\t\t\n' "$name" "$io" | tee -a "$RESULTS"
+  sw=$(run_testpmd 5tswap "$pcaps" "$packets")
+  printf '%s\ttestpmd 5tswap\t%s\t\t\n' "$name" "$sw" | tee -a "$RESULTS"
+  # Established flows fit the table; SYN runs use a 64k table, so (almost)
+  # every SYN misses and is inserted, evicting another unconfirmed flow.
+  table=$(( FLOWS_N * 2 / WORKERS )); [ "$table" -lt 65536 ] && table=65536
+  [ "$MIX" = syn ] && table=65536
+  for fwd in ipip l2; do
+    read -r mpps newf drop <<< "$(run_l4lb "$fwd" "$pcaps" "$packets" "$table")"
+    printf '%s\tl4lb %s\t%s\t%s\t%s\n' "$name" "$fwd" "$mpps" "$newf" "$drop" | tee -a "$RESULTS"
+  done
+done
+
+echo
+/usr/bin/python3 scripts/bench-report.py "$RESULTS" --workers "$WORKERS" --tsc-hz "$(cat "$WORK/tsc_hz" 2>/dev/null || echo 0)" \
+  --seconds "$SECONDS_MEASURE" $([ "$DOCS" = 1 ] && echo --docs)

@@ -1,0 +1,246 @@
+//! Benchmark traffic: pcaps of client-to-VIP TCP packets with a chosen number
+//! of flows, mix (established, SYN, half and half), address family and frame
+//! sizes (64 bytes or IMIX), for `net_pcap,infinite_rx=1` replay
+//! (`scripts/bench.sh`). Deterministic: the same arguments give the same file.
+#![forbid(unsafe_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::balancer::hash::fmix64;
+use crate::net::checksum;
+
+/// Which packets the flows send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mix {
+    /// ACK/data packets of established connections.
+    Established,
+    /// Every packet a SYN (a new flow when the flow is not tracked).
+    Syn,
+    /// Alternately an established packet and a SYN of another flow.
+    Half,
+}
+
+/// Frame sizes, on the wire with the 4-byte FCS (the capture holds 4 fewer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sizes {
+    /// 64-byte frames (IPv6 needs 78: its headers do not fit in 64).
+    #[value(name = "64")]
+    Min,
+    /// Simple IMIX, 7:4:1 of 64, 594 and 1438 bytes (the large size keeps an
+    /// IP-in-IP or GUE packet within a 1500-byte MTU).
+    Imix,
+}
+
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub flows: u32,
+    pub packets: u32,
+    pub mix: Mix,
+    pub v6: bool,
+    pub sizes: Sizes,
+    pub vip: IpAddr,
+    pub port: u16,
+    pub dst_mac: [u8; 6],
+    pub src_mac: [u8; 6],
+    pub seed: u64,
+    /// (k, n): only flows k, k+n, k+2n... (one file per RX queue, as RSS
+    /// would spread them); (0, 1) for all.
+    pub part: (u32, u32),
+}
+
+const IMIX: [usize; 12] = [64, 64, 64, 64, 64, 64, 64, 594, 594, 594, 594, 1438];
+
+impl Spec {
+    /// The `i`-th frame of the capture.
+    pub fn frame(&self, i: u32) -> Vec<u8> {
+        let (k, n) = (self.part.0, self.part.1.max(1));
+        let r = fmix64(self.seed ^ (((i as u64) << 8) | k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        // Flow of this packet: a pseudo-random order over this part's flows,
+        // so consecutive packets touch unrelated flow-table buckets.
+        let mine = (self.flows / n).max(1) as u64;
+        let pick = |r: u64| ((r % mine) as u32) * n + k;
+        let (flow, syn) = match self.mix {
+            Mix::Established => (pick(r), false),
+            Mix::Syn => (pick(r), true),
+            Mix::Half => {
+                let f = pick(r);
+                // Even flows are established, odd ones SYN.
+                if i % 2 == 0 {
+                    (f & !1, false)
+                } else {
+                    (f | 1, true)
+                }
+            }
+        };
+        let wire = match self.sizes {
+            Sizes::Min => 64,
+            Sizes::Imix => IMIX[(fmix64(r) % IMIX.len() as u64) as usize],
+        };
+        self.build(flow.min(self.flows.saturating_sub(1)), syn, wire - 4)
+    }
+
+    /// The client address and port of flow `f`: 65000 ports per address.
+    fn client(&self, f: u32) -> (IpAddr, u16) {
+        let host = f / 64_000;
+        let port = 1024 + (f % 64_000) as u16;
+        let ip = if self.v6 {
+            IpAddr::V6(Ipv6Addr::from(0x2001_0db8_0001_0000_0000_0000_0000_0000u128 | (host as u128 + 2)))
+        } else {
+            // 198.18.128.0/17 and up: clients, apart from l4lb's test segments.
+            IpAddr::V4(Ipv4Addr::from(0xc612_8000u32 + host + 2))
+        };
+        (ip, port)
+    }
+
+    fn build(&self, flow: u32, syn: bool, len: usize) -> Vec<u8> {
+        let (src, sport) = self.client(flow);
+        let ip_hdr = if self.v6 { 40 } else { 20 };
+        let len = len.max(14 + ip_hdr + 20);
+        let mut f = vec![0u8; len];
+        f[0..6].copy_from_slice(&self.dst_mac);
+        f[6..12].copy_from_slice(&self.src_mac);
+        let ip_len = len - 14;
+        let l4 = 14 + ip_hdr;
+        let tcp_len = (len - l4) as u16;
+        let pseudo = match (src, self.vip) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                f[12..14].copy_from_slice(&[0x08, 0x00]);
+                let h = &mut f[14..34];
+                h[0] = 0x45;
+                h[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+                h[6] = 0x40; // DF
+                h[8] = 64;
+                h[9] = crate::net::proto::TCP;
+                h[12..16].copy_from_slice(&s.octets());
+                h[16..20].copy_from_slice(&d.octets());
+                let c = checksum::checksum(h);
+                h[10..12].copy_from_slice(&c.to_be_bytes());
+                checksum::pseudo_v4(s, d, crate::net::proto::TCP, tcp_len)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                f[12..14].copy_from_slice(&[0x86, 0xdd]);
+                let h = &mut f[14..54];
+                h[0] = 0x60;
+                h[4..6].copy_from_slice(&tcp_len.to_be_bytes());
+                h[6] = crate::net::proto::TCP;
+                h[7] = 64;
+                h[8..24].copy_from_slice(&s.octets());
+                h[24..40].copy_from_slice(&d.octets());
+                checksum::pseudo_v6(&s, &d, crate::net::proto::TCP, tcp_len as u32)
+            }
+            _ => unreachable!("the VIP's family is the spec's"),
+        };
+        let t = &mut f[l4..];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&self.port.to_be_bytes());
+        t[4..8].copy_from_slice(&(flow.wrapping_mul(2_654_435_761)).to_be_bytes());
+        if !syn {
+            t[8..12].copy_from_slice(&1u32.to_be_bytes());
+        }
+        t[12] = 5 << 4;
+        t[13] = if syn { 0x02 } else { 0x10 }; // SYN or ACK
+        t[14..16].copy_from_slice(&65535u16.to_be_bytes());
+        for (k, b) in t[20..].iter_mut().enumerate() {
+            *b = (k as u8).wrapping_add(flow as u8);
+        }
+        let c = !checksum::fold(checksum::add(pseudo, t));
+        t[16..18].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+}
+
+/// Writes `spec.packets` frames to `path`.
+pub fn write(spec: &Spec, path: &std::path::Path) -> std::io::Result<()> {
+    let file = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path)?);
+    let mut w = crate::pcap::Writer::new(file)?;
+    for i in 0..spec.packets {
+        w.write(i / 1_000_000, i % 1_000_000, &spec.frame(i))?;
+    }
+    w.into_inner()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::flow::FlowKey;
+
+    fn spec(mix: Mix, v6: bool, sizes: Sizes) -> Spec {
+        Spec {
+            flows: 1000,
+            packets: 4000,
+            mix,
+            v6,
+            sizes,
+            vip: if v6 { "2001:db8:100::1".parse().unwrap() } else { "198.18.100.1".parse().unwrap() },
+            port: 80,
+            dst_mac: [2, 0x70, 0x63, 0x61, 0x70, 0],
+            src_mac: [2, 0, 0, 0, 0x0c, 2],
+            seed: 1,
+            part: (0, 1),
+        }
+    }
+
+    fn parse(f: &[u8]) -> (FlowKey, u8, usize) {
+        use crate::net::{ethernet, ipv4, ipv6, tcp};
+        let e = ethernet::Frame::new_checked(f).unwrap();
+        if e.ethertype() == ethernet::ETHERTYPE_IPV4 {
+            let ip = ipv4::Packet::new_checked(e.payload()).unwrap();
+            assert!(ip.header_checksum_ok());
+            let t = tcp::Segment::new_checked(ip.payload()).unwrap();
+            let sum = checksum::pseudo_v4(ip.src(), ip.dst(), 6, ip.payload().len() as u16);
+            assert_eq!(checksum::fold(checksum::add(sum, ip.payload())), 0xffff, "TCP checksum");
+            let k = FlowKey::new(ip.src().into(), ip.dst().into(), 6, t.src_port(), t.dst_port());
+            (k, t.flags(), f.len())
+        } else {
+            let ip = ipv6::Packet::new_checked(e.payload()).unwrap();
+            let t = tcp::Segment::new_checked(ip.payload()).unwrap();
+            let sum = checksum::pseudo_v6(&ip.src(), &ip.dst(), 6, ip.payload().len() as u32);
+            assert_eq!(checksum::fold(checksum::add(sum, ip.payload())), 0xffff, "TCP checksum");
+            let k = FlowKey::new(ip.src().into(), ip.dst().into(), 6, t.src_port(), t.dst_port());
+            (k, t.flags(), f.len())
+        }
+    }
+
+    #[test]
+    fn frames_are_valid_tcp_to_the_vip_with_the_asked_flow_count_and_sizes() {
+        for v6 in [false, true] {
+            for mix in [Mix::Established, Mix::Syn, Mix::Half] {
+                let s = spec(mix, v6, Sizes::Min);
+                let mut flows = std::collections::HashSet::new();
+                let mut syns = 0;
+                for i in 0..s.packets {
+                    let (k, flags, len) = parse(&s.frame(i));
+                    assert_eq!(k.dst_ip(), s.vip);
+                    assert_eq!(len, if v6 { 74 } else { 60 });
+                    syns += (flags == 0x02) as u32;
+                    flows.insert(k);
+                }
+                assert!(flows.len() <= 1000 && flows.len() > 950, "{mix:?} v6={v6}: {} flows", flows.len());
+                let want = match mix {
+                    Mix::Established => 0,
+                    Mix::Syn => s.packets,
+                    Mix::Half => s.packets / 2,
+                };
+                assert_eq!(syns, want, "{mix:?}");
+            }
+        }
+        let s = spec(Mix::Established, false, Sizes::Imix);
+        let mut by_len = std::collections::BTreeMap::new();
+        for i in 0..12_000 {
+            *by_len.entry(s.frame(i).len()).or_insert(0) += 1;
+        }
+        assert_eq!(by_len.keys().copied().collect::<Vec<_>>(), vec![60, 590, 1434]);
+        let small = by_len[&60] as f64 / 12_000.0;
+        assert!((small - 7.0 / 12.0).abs() < 0.02, "{by_len:?}");
+        assert_eq!(s.frame(7), s.frame(7), "deterministic");
+        // Parts split the flows without overlap.
+        let flows_of = |k| -> std::collections::HashSet<FlowKey> {
+            let p = Spec { part: (k, 2), ..spec(Mix::Established, false, Sizes::Min) };
+            (0..4000).map(|i| parse(&p.frame(i)).0).collect()
+        };
+        let (a, b) = (flows_of(0), flows_of(1));
+        assert!(a.is_disjoint(&b));
+        assert!(a.len() > 450 && b.len() > 450);
+    }
+}
