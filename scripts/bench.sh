@@ -192,6 +192,47 @@ for spec in "${INPUTS[@]}"; do
   done
 done
 
+# Second setup: l4lb between two net_memif links. `l4lb replay` sends the
+# capture on one (paced, or as fast as it is taken) and counts what l4lb
+# sends back on the other: l4lb's maximum, then loss at 80% of it.
+if [ "$WORKERS" = 1 ]; then
+  FAMILY=v4; MIX=established; FLOWS_N=100000; SIZE=64
+  name="memif: v4 established 100000 flows 64B"
+  f=$WORK/v4-established-100000-64-0-of-1.pcap
+  [ -f "$f" ] || $BIN gen --out "$f" --flows 100000 --packets 100000 >/dev/null
+  replay_cpu=$(( CPUS > WORKERS + 1 ? WORKERS + 1 : 0 ))
+  memif_run() { # RATE_ARGS -> replay's summary line
+    rm -f "$WORK/in.sock" "$WORK/out.sock"
+    $BIN replay --pcap "$f" --cpu "$replay_cpu" --seconds "$SECONDS_MEASURE" --warmup-seconds 2 $1 \
+      --tx-device "net_memif0,role=server,socket=$WORK/in.sock" \
+      --rx-device "net_memif1,role=server,socket=$WORK/out.sock" >"$WORK/replay.log" 2>&1 &
+    local rp=$!
+    # l4lb's memif clients need the replay's server sockets.
+    for _ in $(seq 1 100); do [ -S "$WORK/in.sock" ] && [ -S "$WORK/out.sock" ] && break; sleep 0.1; done
+    sed -e "s|^devices = .*|devices = [\"net_memif0,role=client,socket=$WORK/in.sock,rsize=14,mac=02:70:63:61:70:00\", \"net_memif1,role=client,socket=$WORK/out.sock,rsize=14\"]|" \
+        -e 's|device = "net_pcap0"|device = "net_memif0"|' -e 's|device = "net_null0"|device = "net_memif1"|' \
+        -e 's|^mbufs = .*|mbufs = 65535|' "$WORK/l4lb.toml" > "$WORK/memif.toml"
+    $BIN run --config "$WORK/memif.toml" >"$WORK/l4lb-memif.log" 2>&1 &
+    L4LB_PID=$!
+    wait "$rp" || { cat "$WORK/replay.log" >&2; exit 1; }
+    kill -TERM "$L4LB_PID"; wait "$L4LB_PID" || true; L4LB_PID=
+    tail -1 "$WORK/replay.log"
+  }
+  field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'p{print; exit} $0==k{p=1}'; }
+  echo "== $name"
+  # (run_l4lb above left the last ipip/l2 config; make it ipip.)
+  sed -i 's/^forwarding = .*/forwarding = "ipip"/' "$WORK/l4lb.toml"
+  max=$(memif_run "")
+  max_mpps=$(field "$max" received_mpps)
+  printf '%s\tl4lb ipip, unpaced\t%s\t\t\n' "$name" "$max_mpps" | tee -a "$RESULTS"
+  rate=$(awk -v m="$max_mpps" 'BEGIN{printf "%d", m * 0.8 * 1e6}')
+  paced=$(memif_run "--rate-pps $rate")
+  lost=$(field "$paced" lost); offered=$(field "$paced" offered)
+  printf '%s\tl4lb ipip, paced at 80%%\t%s\t\t%s\n' "$name" "$(field "$paced" received_mpps)" \
+    "$(awk -v l="$lost" -v o="$offered" 'BEGIN{printf "%.6f", (o > 0 ? l / o : 0)}')" | tee -a "$RESULTS"
+  echo "  offered $offered, lost $lost"
+fi
+
 echo
 /usr/bin/python3 scripts/bench-report.py "$RESULTS" --workers "$WORKERS" --tsc-hz "$(cat "$WORK/tsc_hz" 2>/dev/null || echo 0)" \
   --seconds "$SECONDS_MEASURE" $([ "$DOCS" = 1 ] && echo --docs)

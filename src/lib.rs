@@ -11,5 +11,6 @@ pub mod dataplane;
 pub mod dpdk;
 pub mod net;
 pub mod pcap;
+pub mod replay;
 pub mod simulate;
 pub mod trafficgen;

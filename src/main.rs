@@ -73,6 +73,31 @@ enum Cmd {
         #[arg(long, default_value = "0/1")]
         part: String,
     },
+    /// Send a pcap on one DPDK port at a set rate and count what returns on
+    /// another (loss measurements over net_memif; scripts/bench.sh).
+    Replay {
+        #[arg(long)]
+        pcap: PathBuf,
+        /// The sending port's vdev, e.g. net_memif0,role=server,socket=/tmp/in.sock
+        #[arg(long)]
+        tx_device: String,
+        /// The counting port's vdev.
+        #[arg(long)]
+        rx_device: String,
+        /// Packets per second (default: as fast as the port takes them).
+        #[arg(long)]
+        rate_pps: Option<u64>,
+        /// The measured window.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+        /// Traffic before the window (not counted).
+        #[arg(long, default_value_t = 1.0)]
+        warmup_seconds: f64,
+        #[arg(long, default_value_t = 0)]
+        cpu: u32,
+        #[arg(long, default_value = "l4lb-replay")]
+        file_prefix: String,
+    },
     /// Talk to a running l4lb over its control socket.
     Ctl {
         /// The control socket (default: from --config, else /run/l4lb/l4lb.sock).
@@ -232,6 +257,42 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {}: {e}", output.display());
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Replay { pcap, tx_device, rx_device, rate_pps, seconds, warmup_seconds, cpu, file_prefix } => {
+            if let Err(e) = install_signals() {
+                eprintln!("error: cannot install the signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+            let args = l4lb::replay::ReplayArgs {
+                pcap,
+                tx_device,
+                rx_device,
+                rate_pps,
+                seconds,
+                warmup_seconds,
+                cpu,
+                file_prefix,
+            };
+            match l4lb::replay::run(&args, &SIGNALS.stop, &mut std::io::stdout()) {
+                Ok(r) => {
+                    println!(
+                        "offered {} sent {} refused {} received {} lost {} seconds {:.3} offered_mpps {:.3} received_mpps {:.3}",
+                        r.offered,
+                        r.sent,
+                        r.refused,
+                        r.received,
+                        r.lost(),
+                        r.seconds,
+                        r.offered as f64 / seconds / 1e6,
+                        r.received as f64 / seconds / 1e6,
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
                     ExitCode::FAILURE
                 }
             }
