@@ -166,7 +166,7 @@ EOF
 
 for spec in "${INPUTS[@]}"; do
   read -r FAMILY MIX FLOWS_N SIZE <<< "$spec"
-  name="$FAMILY $MIX ${FLOWS_N} flows ${SIZE}B"
+  name="$FAMILY $MIX ${FLOWS_N} flows $([ "$SIZE" = imix ] && echo IMIX || echo "${SIZE}B")"
   vip=198.18.100.1:80; [ "$FAMILY" = v6 ] && vip='[2001:db8:100::1]:80'
   packets=$(( FLOWS_N < 4096 ? 4096 : FLOWS_N ))
   per_part=$(( packets / WORKERS ))

@@ -9,6 +9,10 @@
 //! - Entries carry an expiry time set from the service's timeouts for their
 //!   TCP state or protocol. Expired entries count as absent and are reclaimed
 //!   by inserts and by an incremental [`FlowTable::sweep`].
+//! - While the table is below its high-water mark (31/32 full), an insert
+//!   whose two buckets are full first tries to move one entry to that entry's
+//!   other bucket. Above it (a SYN flood's steady state) that search would
+//!   cost 16 random reads for little chance of room, so inserts evict at once.
 //! - When both buckets are full, insert evicts, in order: an expired entry,
 //!   the unconfirmed (SYN-only) or closing entry nearest expiry, and only then
 //!   the established entry nearest expiry. Evictions are counted per class.
@@ -204,6 +208,12 @@ impl FlowTable {
         }
     }
 
+    /// Above this many entries, inserts evict rather than move entries.
+    #[inline(always)]
+    fn high_water(&self) -> usize {
+        self.entries.len() - self.entries.len() / 32
+    }
+
     #[inline(always)]
     fn find_in(&self, b: usize, sig: u16, key: &FlowKey, now_ms: u64) -> Option<usize> {
         let s = &self.sigs[b];
@@ -288,7 +298,17 @@ impl FlowTable {
         // fills far before any insert has to evict).
         let (f1, f2) = (self.free_count(b1), self.free_count(b2));
         let pick = if f1 >= f2 { self.free_slot(b1) } else { self.free_slot(b2) };
-        let slot = match pick.or_else(|| self.displace(b1).or_else(|| self.displace(b2))) {
+        // Moving an entry to its other bucket needs room there: worth its 16
+        // random reads only while the table has room to speak of. Above the
+        // high-water mark (a SYN flood's steady state) go straight to eviction.
+        let room = self.len < self.high_water();
+        let slot = match pick.or_else(|| {
+            if room {
+                self.displace(b1).or_else(|| self.displace(b2))
+            } else {
+                None
+            }
+        }) {
             Some(s) => {
                 self.len += 1;
                 s
