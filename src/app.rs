@@ -293,7 +293,28 @@ pub fn run(
             }
         }
         drop(servers);
-        final_state = Some(mgmt.state.clone());
+        // Every configured backend (down ones too), with its stable id.
+        final_state = Some(
+            mgmt.runtime
+                .cfg
+                .config
+                .services
+                .iter()
+                .map(|s| {
+                    let ids = s
+                        .backends
+                        .iter()
+                        .filter_map(|b| {
+                            mgmt.runtime
+                                .backends
+                                .get(&(s.name.clone(), b.address))
+                                .map(|st| (b.address, st.id))
+                        })
+                        .collect::<Vec<_>>();
+                    (s.name.clone(), ids)
+                })
+                .collect::<Vec<_>>(),
+        );
         if mgmt.generation > 1 || mgmt.neighbours.resolved() > 0 {
             let _ = writeln!(
                 out,
@@ -327,17 +348,16 @@ pub fn run(
         report.ports.push((cfg.config.ports[i].name.clone(), s));
         let _ = port.stop();
     }
-    if let Some(st) = &final_state {
-        for svc in &st.services {
-            let mut rows = Vec::new();
-            for &slot in &svc.backends {
-                let b = &st.backends[slot as usize];
+    for (name, backends) in final_state.iter().flatten() {
+        let rows = backends
+            .iter()
+            .map(|(addr, id)| {
                 let (p, by) =
-                    counter_blocks.iter().map(|c| c.get(b.id)).fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1));
-                rows.push((b.addr.to_string(), p, by));
-            }
-            report.services.push((svc.name.clone(), rows));
-        }
+                    counter_blocks.iter().map(|c| c.get(*id)).fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1));
+                (addr.to_string(), p, by)
+            })
+            .collect();
+        report.services.push((name.clone(), rows));
     }
     print_report(&report, out);
     drop(_capture);
