@@ -5,13 +5,14 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::lan::{
-    ctl_json, http_load, managed, service, start_long_stream, start_server, stop_long_stream, Managed, PY,
+    ctl_json, http_load, managed, service, spawn_script, start_long_stream, start_server, stop_long_stream,
+    Managed,
 };
-use common::netns::{unique, Netns};
+use common::netns::Netns;
 use common::wait_for;
 use serde_json::Value;
 
@@ -56,21 +57,7 @@ fn start_prober(client: &Netns, vip: &str) -> Child {
         "print('\\n'.join(out), flush=True)",
     ]
     .join("\n");
-    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-probe-")));
-    std::fs::write(&path, script).unwrap();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &client.name, PY])
-        .arg(&path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready");
-    child
+    spawn_script(client, &script, "l4b-probe-")
 }
 
 /// (time, Ok(backend name) / Err(error)) per request.

@@ -383,6 +383,18 @@ impl<'a> Management<'a> {
         (sum, per)
     }
 
+    /// Each port's name, counters and (with `xstats`) extended counters.
+    fn port_stats(&self, xstats: bool) -> Vec<PortRow> {
+        let names = self.runtime.cfg.config.ports.iter().map(|p| p.name.clone());
+        names
+            .zip(self.ports)
+            .map(|(name, port)| {
+                let x = if xstats { port.xstats().unwrap_or_default() } else { Vec::new() };
+                (name, port.stats().unwrap_or_default(), x)
+            })
+            .collect()
+    }
+
     /// Maglev entries per backend id in the current state.
     fn table_entries(&self) -> BTreeMap<u32, u64> {
         let st = &self.state;
@@ -598,15 +610,10 @@ impl<'a> Management<'a> {
         let drops: serde_json::Map<String, Value> =
             DropReason::ALL.iter().map(|r| (r.name().to_owned(), json!(c.drop_count(*r)))).collect();
         let ports: Vec<Value> = self
-            .runtime
-            .cfg
-            .config
-            .ports
-            .iter()
-            .zip(self.ports)
-            .map(|(p, port)| {
-                let s = port.stats().unwrap_or_default();
-                json!({"name": p.name, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
+            .port_stats(false)
+            .into_iter()
+            .map(|(name, s, _)| {
+                json!({"name": name, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
                        "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes, "rx_missed": s.rx_missed,
                        "rx_errors": s.rx_errors, "tx_errors": s.tx_errors, "rx_no_mbuf": s.rx_no_mbuf})
             })
@@ -728,17 +735,7 @@ impl<'a> Management<'a> {
         let _ = writeln!(o, "l4lb_reloads_total{{result=\"applied\"}} {}", self.reloads_ok);
         let _ = writeln!(o, "l4lb_reloads_total{{result=\"refused\"}} {}", self.reloads_refused);
 
-        let port_rows: Vec<PortRow> = self
-            .runtime
-            .cfg
-            .config
-            .ports
-            .iter()
-            .zip(self.ports)
-            .map(|(p, port)| {
-                (p.name.clone(), port.stats().unwrap_or_default(), port.xstats().unwrap_or_default())
-            })
-            .collect();
+        let port_rows = self.port_stats(true);
         for (name, help, get) in [
             (
                 "l4lb_port_rx_packets_total",

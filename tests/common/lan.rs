@@ -307,17 +307,23 @@ pub fn start_long_stream(client: &Netns, vip: &str) -> Child {
         "print('requests', n, 'errors', errors, 'backends', ','.join(sorted(names)), flush=True)",
     ]
     .join("\n");
-    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-stream-")));
+    spawn_script(client, &script, "l4b-stream-")
+}
+
+/// Runs a Python client script in `ns` with stdin/stdout piped, and waits
+/// for its "ready" line.
+pub fn spawn_script(ns: &Netns, script: &str, tag: &str) -> Child {
+    let path = std::env::temp_dir().join(format!("{}.py", unique(tag)));
     std::fs::write(&path, script).unwrap();
     let mut child = std::process::Command::new("ip")
-        .args(["netns", "exec", &client.name, PY])
+        .args(["netns", "exec", &ns.name, PY])
         .arg(&path)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    wait_ready(&mut child, "long stream");
+    wait_ready(&mut child, tag);
     child
 }
 
