@@ -756,7 +756,7 @@ impl Worker {
                     Some(b) => {
                         if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
-                            self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state));
+                            self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         }
                         b
                     }
@@ -772,7 +772,7 @@ impl Worker {
                             *a += 1;
                         }
                         let state = next_state(svc.proto, kind, vip.tcp_flags, None);
-                        self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state));
+                        self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         self.counters.rescheduled += 1;
                         self.per_backend.count_new_flow(id as usize);
                         b
