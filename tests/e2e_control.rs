@@ -220,6 +220,7 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     assert!(out.contains("on every worker within"), "{out}");
     let ms: f64 = out.split("within ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap();
     assert!(ms < 50.0, "the new state took {ms} ms to reach the worker");
+    eprintln!("reload: {out}");
     std::thread::sleep(Duration::from_millis(500));
     m.write_config(&m.config(&services(&backends(&[1, 2, 3], &[2, 2, 1]))));
     common::netns::sh(&format!("kill -HUP {}", m.l4lb.pid()));
