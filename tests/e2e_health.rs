@@ -182,6 +182,9 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
     let bs: Vec<String> = (1..=3)
         .map(|i| format!("{{ address = \"198.18.0.1{i}\", mac = \"02:00:00:00:0b:1{i}\" }}"))
         .collect();
+    let bs6: Vec<String> = (1..=3)
+        .map(|i| format!("{{ address = \"2001:db8::1{i}\", mac = \"02:00:00:00:0b:1{i}\" }}"))
+        .collect();
     let fast = "interval_ms = 200, timeout_ms = 150, rise = 2, fall = 2";
     let services = [
         service("web", "198.18.100.1", "tcp", 80, &format!("forwarding = \"l2\"\n{HTTP_CHECK}"), &bs),
@@ -194,12 +197,27 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
             &bs,
         ),
         service("ping", "198.18.100.5", "tcp", 80, &format!("health = {{ check = \"icmp\", {fast} }}"), &bs),
+        // The same over IPv6 (checks from 2001:db8::5).
+        service("web6", "2001:db8:100::1", "tcp", 80, &format!("forwarding = \"l2\"\n{HTTP_CHECK}"), &bs6),
+        service(
+            "ping6",
+            "2001:db8:100::5",
+            "tcp",
+            80,
+            &format!("health = {{ check = \"icmp\", {fast} }}"),
+            &bs6,
+        ),
     ];
-    let Managed { lan: t, mut l4lb, socket, dir, mg: _mg, .. } =
-        managed(&["198.18.100.1", "198.18.100.4", "198.18.100.5"], &services.join("\n"), None);
-    let all_up = |svc: &str| t.backends.iter().all(|b| health_of(&socket, svc, &b.v4) == "up");
+    let vips = ["198.18.100.1", "198.18.100.4", "198.18.100.5", "2001:db8:100::1", "2001:db8:100::5"];
+    let Managed { lan: t, mut l4lb, socket, dir, mg: _mg, .. } = managed(&vips, &services.join("\n"), None);
+    let all_up = |svc: &str| {
+        t.backends
+            .iter()
+            .all(|b| health_of(&socket, svc, if svc.ends_with('6') { &b.v6 } else { &b.v4 }) == "up")
+    };
+    let every = ["web", "dns", "ping", "web6", "ping6"];
     assert!(
-        wait_for(Duration::from_secs(10), || ["web", "dns", "ping"].iter().all(|s| all_up(s))),
+        wait_for(Duration::from_secs(10), || every.iter().all(|s| all_up(s))),
         "{}\n{}",
         ctl_json(&socket, "backends"),
         l4lb.transcript()
@@ -215,20 +233,24 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
     assert_eq!(b["last_error"], "HTTP status 500, expected 200");
     assert_eq!(b["table_entries"], 0);
     assert!(backend(&socket, "dns", "198.18.0.12")["last_error"].as_str().unwrap().contains("timed out"));
-    // backend-3 ignores pings.
-    t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=1");
+    assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "web6", "2001:db8::12") == "down"));
+    // backend-3 ignores pings (v4 and v6).
+    t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=1 net.ipv6.icmp.echo_ignore_all=1");
     assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "ping", "198.18.0.13") == "down"));
+    assert!(wait_for(Duration::from_secs(5), || health_of(&socket, "ping6", "2001:db8::13") == "down"));
     // The others stay up; traffic avoids the down backend.
     assert_eq!(health_of(&socket, "web", "198.18.0.11"), "up");
     assert_eq!(health_of(&socket, "ping", "198.18.0.12"), "up");
     let counts: HashMap<String, usize> = http_load(&t.client, "198.18.100.1", 90, "198.18.0.2", &l4lb);
     assert!(!counts.contains_key("backend-2"), "{counts:?}");
     assert_eq!(counts.len(), 2, "{counts:?}");
+    let counts: HashMap<String, usize> = http_load(&t.client, "2001:db8:100::1", 60, "2001:db8::2", &l4lb);
+    assert!(!counts.contains_key("backend-2") && counts.len() == 2, "{counts:?}");
 
     // Healthy again: up after `rise` checks.
     t.backends[1].set_health(200);
-    t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=0");
-    assert!(wait_for(Duration::from_secs(5), || all_up("web") && all_up("dns") && all_up("ping")));
+    t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=0 net.ipv6.icmp.echo_ignore_all=0");
+    assert!(wait_for(Duration::from_secs(5), || every.iter().all(|s| all_up(s))));
     assert!(l4lb.wait_line(Duration::from_secs(1), |_| false).is_none());
     assert!(!l4lb.lines_with("backend web/198.18.0.12 is down (HTTP status 500").is_empty());
     assert!(!l4lb.lines_with("backend ping/198.18.0.13 is down").is_empty());
