@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -67,6 +67,8 @@ pub enum Call {
 
 /// How long a connection waits for the management loop.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once, per listener.
+const MAX_CONNECTIONS: usize = 32;
 /// Longest request line accepted.
 const MAX_LINE: usize = 64 * 1024;
 
@@ -146,11 +148,26 @@ fn accept_loop<S: Send + 'static>(
     calls: &Sender<Call>,
     serve: fn(S, Sender<Call>),
 ) {
+    let open = Arc::new(AtomicUsize::new(0));
     while !stop.load(Ordering::Relaxed) {
         match accept() {
+            // Over the limit the connection is closed at once: a client loop
+            // gone wrong must not pile up threads on the management core.
+            Ok(conn) if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS => drop(conn),
             Ok(conn) => {
                 let c = calls.clone();
-                let _ = std::thread::Builder::new().name("l4lb-conn".into()).spawn(move || serve(conn, c));
+                let open = open.clone();
+                open.fetch_add(1, Ordering::Relaxed);
+                let spawned = std::thread::Builder::new().name("l4lb-conn".into()).spawn({
+                    let open = open.clone();
+                    move || {
+                        serve(conn, c);
+                        open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                });
+                if spawned.is_err() {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
@@ -266,6 +283,17 @@ pub fn call(socket: &Path, req: &Request) -> Result<Value, String> {
 mod tests {
     use super::*;
 
+    fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < end {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
     #[test]
     fn requests_round_trip_as_json() {
         let r: Request =
@@ -320,6 +348,18 @@ mod tests {
         resp.clear();
         c.read_to_string(&mut resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        // Idle connections hold at most MAX_CONNECTIONS threads; the next is
+        // closed at once, and a slot frees when a client leaves.
+        let idle: Vec<UnixStream> =
+            (0..MAX_CONNECTIONS).map(|_| UnixStream::connect(&path).unwrap()).collect();
+        assert!(wait_until(|| {
+            let mut extra = UnixStream::connect(&path).unwrap();
+            extra.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut b = [0u8; 1];
+            matches!(extra.read(&mut b), Ok(0))
+        }));
+        drop(idle);
+        assert!(wait_until(|| call(&path, &Request::Status).is_ok()));
         // A second server on the same socket is refused while the first lives.
         let (tx2, _rx2) = crossbeam::channel::unbounded::<Call>();
         let e = start(&path, "", tx2).err().unwrap().to_string();
