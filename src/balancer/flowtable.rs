@@ -152,16 +152,22 @@ impl FlowTable {
     /// A table for at least `capacity` flows (rounded up to a power of two,
     /// clamped to MIN_CAPACITY..=MAX_CAPACITY). All memory is allocated here.
     pub fn with_capacity(capacity: usize) -> FlowTable {
+        Self::with_capacity_advised(capacity, &|_, _| {})
+    }
+
+    /// As [`FlowTable::with_capacity`]; `advise(address, bytes)` sees each
+    /// array after it is reserved and before it is first written (to ask for
+    /// huge pages: `crate::dpdk::advise_hugepages`).
+    pub fn with_capacity_advised(capacity: usize, advise: &dyn Fn(usize, usize)) -> FlowTable {
         let cap = capacity.clamp(MIN_CAPACITY, MAX_CAPACITY).next_power_of_two();
         let buckets = cap / BUCKET_SLOTS;
-        FlowTable {
-            sigs: vec![Bucket::default(); buckets],
-            entries: vec![Entry::default(); cap],
-            mask: buckets - 1,
-            len: 0,
-            sweep_at: 0,
-            stats: FlowTableStats::default(),
-        }
+        let mut sigs: Vec<Bucket> = Vec::with_capacity(buckets);
+        advise(sigs.spare_capacity_mut().as_ptr() as usize, buckets * std::mem::size_of::<Bucket>());
+        sigs.resize(buckets, Bucket::default());
+        let mut entries: Vec<Entry> = Vec::with_capacity(cap);
+        advise(entries.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<Entry>());
+        entries.resize(cap, Entry::default());
+        FlowTable { sigs, entries, mask: buckets - 1, len: 0, sweep_at: 0, stats: FlowTableStats::default() }
     }
 
     pub fn capacity(&self) -> usize {

@@ -278,8 +278,14 @@ fn release(active: &mut [u32]) -> impl FnMut(&Entry) + '_ {
 impl Worker {
     /// Allocates every table up front.
     pub fn new(cfg: WorkerConfig) -> Worker {
+        Self::new_advised(cfg, &|_, _| {})
+    }
+
+    /// As [`Worker::new`]; `advise` sees the flow table's memory before it is
+    /// first touched (`l4lb run` asks for huge pages there).
+    pub fn new_advised(cfg: WorkerConfig, advise: &dyn Fn(usize, usize)) -> Worker {
         Worker {
-            flows: FlowTable::with_capacity(cfg.flow_capacity),
+            flows: FlowTable::with_capacity_advised(cfg.flow_capacity, advise),
             persist: PersistTable::with_capacity(cfg.persist_capacity),
             active: vec![0; MAX_BACKEND_IDS],
             sched: (0..MAX_SERVICES).map(|_| SchedState::default()).collect(),
