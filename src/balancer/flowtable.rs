@@ -475,6 +475,20 @@ mod tests {
         )
     }
 
+    /// `n` keys whose two buckets are the same pair as key 0's, so 16 of
+    /// them fill it.
+    fn same_pair(t: &FlowTable, n: usize) -> Vec<FlowKey> {
+        let pair = t.place(key(0).hash());
+        (0u32..400_000)
+            .map(key)
+            .filter(|k| {
+                let p = t.place(k.hash());
+                (p.0, p.1) == (pair.0, pair.1)
+            })
+            .take(n)
+            .collect()
+    }
+
     #[test]
     fn entry_is_one_cache_line() {
         assert_eq!(std::mem::size_of::<Entry>(), 64);
@@ -541,18 +555,9 @@ mod tests {
 
     #[test]
     fn full_buckets_evict_stale_then_unconfirmed_then_established() {
-        let mut t = FlowTable::with_capacity(64); // 8 buckets
-                                                  // Keys whose two buckets are one fixed pair, so 16 of them fill it.
-        let pair = t.place(key(0).hash());
-        let keys: Vec<FlowKey> = (0u32..200_000)
-            .map(key)
-            .filter(|k| {
-                let p = t.place(k.hash());
-                (p.0, p.1) == (pair.0, pair.1)
-            })
-            .take(32)
-            .collect();
-        let mut same = keys.into_iter();
+        // 8 buckets; keys whose two buckets are one fixed pair.
+        let mut t = FlowTable::with_capacity(64);
+        let mut same = same_pair(&t, 32).into_iter();
         for n in 0..16u32 {
             let (state, exp) = match n % 4 {
                 0 => (FlowState::Established, 50), // stale by t=100
@@ -591,16 +596,7 @@ mod tests {
     #[test]
     fn victims_rank_by_expiry_to_the_second_and_idle_hours_count_as_stale() {
         let mut t = FlowTable::with_capacity(64);
-        let pair = t.place(key(0).hash());
-        let pair_keys: Vec<FlowKey> = (0u32..400_000)
-            .map(key)
-            .filter(|k| {
-                let p = t.place(k.hash());
-                (p.0, p.1) == (pair.0, pair.1)
-            })
-            .take(24)
-            .collect();
-        let mut same = pair_keys.into_iter();
+        let mut same = same_pair(&t, 24).into_iter();
         // 15 SYN entries expiring 2 s apart (inserted out of order), and one
         // established flow with a 7-day timeout, all at t = 0.
         let order = [7u64, 3, 12, 0, 9, 14, 1, 5, 11, 2, 8, 13, 4, 10, 6];
@@ -630,16 +626,7 @@ mod tests {
     #[test]
     fn a_flow_idle_for_hours_ranks_as_stale_whatever_its_timeout() {
         let mut t = FlowTable::with_capacity(64);
-        let pair = t.place(key(0).hash());
-        let pair_keys: Vec<FlowKey> = (0u32..400_000)
-            .map(key)
-            .filter(|k| {
-                let p = t.place(k.hash());
-                (p.0, p.1) == (pair.0, pair.1)
-            })
-            .take(24)
-            .collect();
-        let mut same = pair_keys.into_iter();
+        let mut same = same_pair(&t, 24).into_iter();
         // An established flow with a 7-day timeout, last seen at t = 0...
         let k = same.next().unwrap();
         let long = Entry { key: k, backend: 100, state: FlowState::Established, expires_ms: 7 * 86_400_000 };
