@@ -243,3 +243,30 @@ fn eal_cleanup_leaves_no_hugepage_or_runtime_files() {
     assert_eq!(ours("/dev/hugepages"), 0, "hugepage files left behind");
     assert!(!std::path::Path::new("/var/run/dpdk").join(&prefix).exists(), "runtime directory left behind");
 }
+
+/// Without hugepages (`--no-huge`, the demo's setting) EAL still writes its
+/// runtime config files; they go too.
+#[test]
+fn no_huge_runtime_files_are_removed_too() {
+    let prefix = format!("l4lbn{}", std::process::id());
+    let lcores = common::lcore_map(1);
+    let eal = Eal::init([
+        "--lcores",
+        &lcores,
+        "--file-prefix",
+        &prefix,
+        "--no-huge",
+        "-m",
+        "64",
+        "--no-pci",
+        "--vdev",
+        "net_null0",
+    ])
+    .unwrap();
+    assert!(!eal.has_hugepages());
+    let run = std::path::Path::new("/var/run/dpdk").join(&prefix);
+    assert!(run.exists(), "EAL keeps its config under /var/run/dpdk/PREFIX");
+    assert!(eal.enable_packet_capture().is_err(), "dumpcap cannot attach to memory without hugepages");
+    drop(eal);
+    assert!(!run.exists(), "runtime directory left behind");
+}

@@ -17,7 +17,7 @@ pub struct Eal {
 
 struct EalInner {
     tsc_hz: u64,
-    /// `--file-prefix` (None with `--in-memory` / `--no-huge`: no files).
+    /// `--file-prefix` (None with `--in-memory` / `--no-shconf`: no files).
     file_prefix: Option<String>,
 }
 
@@ -79,7 +79,8 @@ impl Eal {
         S: AsRef<str>,
     {
         let args: Vec<String> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
-        let no_files = args.iter().any(|a| a == "--in-memory" || a == "--no-huge" || a == "--no-shconf");
+        // `--no-huge` alone still writes the runtime config files.
+        let no_files = args.iter().any(|a| a == "--in-memory" || a == "--no-shconf");
         let file_prefix = if no_files {
             None
         } else {
@@ -169,7 +170,7 @@ impl Eal {
     /// Starts DPDK's capture server (`rte_pdump_init`). Needs a primary
     /// process with shared files: not `--in-memory`, `--no-huge` or `--no-shconf`.
     pub fn enable_packet_capture(&self) -> Result<PacketCapture, DpdkError> {
-        if self.inner.file_prefix.is_none() {
+        if self.inner.file_prefix.is_none() || !self.has_hugepages() {
             return Err(DpdkError::invalid(
                 "rte_pdump_init",
                 "packet capture needs EAL's shared files (not in_memory, not hugepages = false)",
