@@ -45,11 +45,14 @@ cleanup() {
   if [ -n "$L4LB_PID" ] && kill -0 "$L4LB_PID" 2>/dev/null; then
     kill -TERM "$L4LB_PID"; wait "$L4LB_PID" 2>/dev/null
   fi
-  for ns in "$NS_CLIENT" "$NS_MGMT" "${BACKENDS[@]}" "$NS_LAN"; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
-    ip netns del "$ns" 2>/dev/null
-  done
-  for p in "${B_PIDS[@]}"; do wait "$p" 2>/dev/null; done
+  # (The shell reports each killed background server: keep that quiet.)
+  {
+    for ns in "$NS_CLIENT" "$NS_MGMT" "${BACKENDS[@]}" "$NS_LAN"; do
+      ip netns pids "$ns" | xargs -r kill -9
+      ip netns del "$ns"
+    done
+    for p in "${B_PIDS[@]}"; do wait "$p"; done
+  } 2>/dev/null
   rm -f "$LOG"
 }
 trap cleanup EXIT INT TERM
@@ -139,7 +142,7 @@ in_ns "$NS_CLIENT" wrk -t1 -c8 -d10s --timeout 2s "http://$VIP/" > /tmp/l4lb-dem
 WRK=$!
 sleep 2
 echo "$(date +%T.%3N) killing backend-2's server"
-kill -9 "${B_PIDS[2]}"; wait "${B_PIDS[2]}" 2>/dev/null || true
+{ kill -9 "${B_PIDS[2]}"; wait "${B_PIDS[2]}"; } 2>/dev/null || true
 for _ in $(seq 1 50); do grep -q "backend $SVC/198.18.0.12 is down" "$LOG" && break; sleep 0.1; done
 echo "$(date +%T.%3N) $(grep "backend $SVC/198.18.0.12 is down" "$LOG" | head -1)"
 $CTL backends "$SVC"
