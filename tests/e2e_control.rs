@@ -212,7 +212,13 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     // Reloads while wrk runs: add backend-3 (ctl reload), change weights
     // (SIGHUP), remove the backend the long connection is not on.
     let wrk = m.lan.client.spawn("exec wrk -t1 -c4 -d5s --timeout 2s http://198.18.100.1/");
-    std::thread::sleep(Duration::from_millis(500));
+    // Each change happens under load: wait for wrk's packets before it.
+    let forwarded = || ctl_json(&sock, "stats")["forwarded"].as_u64().unwrap();
+    let under_load = |n: u64| {
+        let from = forwarded();
+        assert!(wait_for(Duration::from_secs(5), || forwarded() >= from + n), "no traffic");
+    };
+    under_load(2000);
     m.write_config(&m.config(&services(&backends(&[1, 2, 3], &[1, 1, 1]))));
     let (ok, out) = ctl(&sock, "reload");
     assert!(ok, "{out}");
@@ -221,7 +227,7 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     let ms: f64 = out.split("within ").nth(1).and_then(|r| r.split(' ').next()?.parse().ok()).unwrap();
     assert!(ms < 50.0, "the new state took {ms} ms to reach the worker");
     eprintln!("reload: {out}");
-    std::thread::sleep(Duration::from_millis(500));
+    under_load(2000);
     m.write_config(&m.config(&services(&backends(&[1, 2, 3], &[2, 2, 1]))));
     common::netns::sh(&format!("kill -HUP {}", m.l4lb.pid()));
     assert!(
@@ -229,7 +235,7 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
         "{}",
         m.l4lb.transcript()
     );
-    std::thread::sleep(Duration::from_millis(500));
+    under_load(2000);
     let gone = ["198.18.0.11", "198.18.0.12"].into_iter().find(|a| *a != stream_backend).unwrap();
     let keep: Vec<u8> = [1u8, 2, 3].into_iter().filter(|i| format!("198.18.0.1{i}") != gone).collect();
     let on_gone = rows(&ctl_json(&sock, "backends web")).iter().find(|b| b["backend"] == gone).unwrap()

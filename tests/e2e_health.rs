@@ -120,7 +120,17 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
     // Load while it happens: wrk, and a prober that times every new connection.
     let wrk = t.client.spawn("exec wrk -t1 -c4 -d6s --timeout 2s http://198.18.100.1/");
     let prober = start_prober(&t.client, "198.18.100.1");
-    std::thread::sleep(Duration::from_millis(800)); // load before the failure
+    // Load before the failure: 20 of the prober's new connections scheduled.
+    let new_flows = || -> u64 {
+        ctl_json(&socket, "backends web")
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["new_flows"].as_u64().unwrap())
+            .sum()
+    };
+    let start_flows = new_flows();
+    assert!(wait_for(Duration::from_secs(5), || new_flows() >= start_flows + 20));
     let killed_at = now_s();
     let _ = t.children[victim].kill();
     let _ = t.children[victim].wait();
@@ -135,7 +145,9 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
     assert!(l4lb
         .wait_line(Duration::from_secs(2), |l| l.contains(&format!("backend web/{victim_addr} is down")))
         .is_some());
-    std::thread::sleep(Duration::from_millis(1500)); // load after the failure
+    // Load after the failure: 40 more new connections (the assertions below need 20).
+    let down_flows = new_flows();
+    assert!(wait_for(Duration::from_secs(5), || new_flows() >= down_flows + 40));
     let results = stop_prober(prober);
     let wrk_out = wrk.wait_with_output().unwrap();
     let wrk_text = String::from_utf8_lossy(&wrk_out.stdout);
@@ -209,7 +221,7 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
         ),
     ];
     let vips = ["198.18.100.1", "198.18.100.4", "198.18.100.5", "2001:db8:100::1", "2001:db8:100::5"];
-    let Managed { lan: t, mut l4lb, socket, dir, mg: _mg, .. } = managed(&vips, &services.join("\n"), None);
+    let Managed { lan: t, l4lb, socket, dir, mg: _mg, .. } = managed(&vips, &services.join("\n"), None);
     let all_up = |svc: &str| {
         t.backends
             .iter()
@@ -251,10 +263,17 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
     t.backends[1].set_health(200);
     t.backends[2].ns.exec("sysctl -qw net.ipv4.icmp_echo_ignore_all=0 net.ipv6.icmp.echo_ignore_all=0");
     assert!(wait_for(Duration::from_secs(5), || every.iter().all(|s| all_up(s))));
-    assert!(l4lb.wait_line(Duration::from_secs(1), |_| false).is_none());
-    assert!(!l4lb.lines_with("backend web/198.18.0.12 is down (HTTP status 500").is_empty());
-    assert!(!l4lb.lines_with("backend ping/198.18.0.13 is down").is_empty());
-    assert!(!l4lb.lines_with("backend web/198.18.0.12 is up").is_empty());
+    // Each change was a line on l4lb's output (read by another thread: wait for them).
+    let logged = |needle: &str| !l4lb.lines_with(needle).is_empty();
+    assert!(
+        wait_for(Duration::from_secs(2), || {
+            logged("backend web/198.18.0.12 is down (HTTP status 500")
+                && logged("backend ping/198.18.0.13 is down")
+                && logged("backend web/198.18.0.12 is up")
+        }),
+        "{}",
+        l4lb.transcript()
+    );
     let (status, out) = l4lb.stop();
     assert!(status.success(), "{out}");
     let _ = std::fs::remove_dir_all(dir);
