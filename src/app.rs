@@ -257,6 +257,8 @@ pub fn run(
         };
         // The management lcore's loop: neighbours, health checks, changes,
         // the control API and metrics.
+        // Its helper threads (health checks, API, metrics) inherit this.
+        crate::dpdk::block_driver_signals();
         let (calls_tx, calls) = crossbeam::channel::unbounded::<Call>();
         let socket = cfg.control_socket();
         let servers = match api::start(&socket, &cfg.config.control.metrics_address, calls_tx) {

@@ -91,8 +91,9 @@ impl Probe {
             self.path, self.host
         );
         s.set_write_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
-        // write_all retries when a signal interrupts it (the TAP driver's
-        // SIGIO does; calls with socket timeouts are not restarted).
+        // A signal handled on this thread interrupts calls with socket
+        // timeouts even under SA_RESTART: write_all and the reads below retry.
+        // (The TAP driver's SIGIO is blocked here: dpdk::block_driver_signals.)
         s.write_all(req.as_bytes()).map_err(|e| format!("send request: {e}"))?;
         let mut buf = [0u8; 512];
         let mut got = 0;

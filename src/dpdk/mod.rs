@@ -74,6 +74,22 @@ pub fn advise_hugepages(addr: usize, len: usize) -> bool {
     unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) == 0 }
 }
 
+/// Blocks SIGIO in the calling thread and in every thread it spawns from now
+/// on. DPDK's TAP driver uses process-directed SIGIO to tell its RX queues
+/// that packets are waiting; the EAL worker lcores (started earlier, SIGIO
+/// open) take it. A management-side thread that received it would see its
+/// blocking socket calls with timeouts fail with EINTR.
+pub fn block_driver_signals() -> bool {
+    // SAFETY: the sigset is initialised by sigemptyset before use, and
+    // pthread_sigmask only changes this thread's signal mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGIO);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) == 0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -84,5 +100,29 @@ mod tests {
         assert!(!super::advise_hugepages(addr | 1, 4096), "less than one huge page: nothing to advise");
         v.resize(4 << 20, 7);
         assert!(v.iter().step_by(4096).all(|&x| x == 7), "advice never changes contents");
+    }
+
+    #[test]
+    fn sigio_stays_blocked_in_spawned_threads() {
+        let blocked = || {
+            let status = std::fs::read_to_string("/proc/thread-self/status").unwrap();
+            let mask = status
+                .lines()
+                .find(|l| l.starts_with("SigBlk:"))
+                .unwrap()
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .to_owned();
+            u64::from_str_radix(&mask, 16).unwrap() & (1 << (libc::SIGIO - 1)) != 0
+        };
+        std::thread::spawn(move || {
+            assert!(!blocked());
+            assert!(super::block_driver_signals());
+            assert!(blocked());
+            assert!(std::thread::spawn(blocked).join().unwrap(), "inherited by threads spawned later");
+        })
+        .join()
+        .unwrap();
     }
 }
