@@ -16,8 +16,9 @@
 # For every input: testpmd `io` (the DPDK floor) and `5tswap`, then l4lb in
 # `ipip` and `l2` modes. testpmd's rate is its port 0 Rx-pps (median of the
 # per-second samples after the warm-up); l4lb's comes from its own counters
-# (`l4lb ctl stats` before and after the measuring window). Cycles per packet
-# = TSC rate x workers / packet rate (every worker busy-polls). Results go to
+# (scripts/bench-l4lb.sh: `l4lb ctl stats` before and after the measuring
+# window). Cycles per packet = TSC rate x workers / packet rate (every worker
+# busy-polls). Results go to
 # docs/benchmarks.md (between the bench.sh markers) and docs/bench.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -107,7 +108,7 @@ run_testpmd() {
 
 # l4lb FORWARDING PCAPARGS PACKETS TABLE -> "Mpps new_flow_fraction drop_fraction"
 run_l4lb() {
-  local fwd=$1 pcaps=$2 packets=$3 table=$4 cfg=$WORK/l4lb.toml log=$WORK/l4lb.log sock=$WORK/l4lb.sock
+  local fwd=$1 pcaps=$2 packets=$3 table=$4 cfg=$WORK/l4lb.toml sock=$WORK/l4lb.sock
   local vip=198.18.100.1 backends
   backends='{ address = "198.18.1.11", mac = "02:00:00:00:0b:11" }, { address = "198.18.1.12", mac = "02:00:00:00:0b:12" }, { address = "198.18.1.13", mac = "02:00:00:00:0b:13" }'
   if [ "$FAMILY" = v6 ]; then
@@ -146,22 +147,11 @@ forwarding = "$fwd"
 egress = "out"
 backends = [$backends]
 EOF
-  $BIN run --config "$cfg" >"$log" 2>&1 &
-  L4LB_PID=$!
-  for _ in $(seq 1 600); do
-    grep -q '^control socket' "$log" && break
-    kill -0 "$L4LB_PID" 2>/dev/null || { cat "$log" >&2; echo "l4lb exited" >&2; exit 1; }
-    sleep 0.1
-  done
-  sleep "$WARM"
-  local a b
-  a=$($BIN ctl --socket "$sock" --json stats | /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["rx_packets"], d["new_flows"], d["dropped"])')
+  local out
+  out=$(scripts/bench-l4lb.sh "$cfg" "$WARM" "$SECONDS_MEASURE")
   # (This runs in a subshell: the TSC rate goes through a file.)
-  $BIN ctl --socket "$sock" --json status | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["tsc_hz"])' > "$WORK/tsc_hz"
-  sleep "$SECONDS_MEASURE"
-  b=$($BIN ctl --socket "$sock" --json stats | /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["rx_packets"], d["new_flows"], d["dropped"])')
-  kill -TERM "$L4LB_PID"; wait "$L4LB_PID" || true; L4LB_PID=
-  echo "$a $b" | awk '{dt=$5-$1; rx=$6-$2; printf "%.3f %.4f %.4f\n", rx/dt/1e6, ($7-$3)/(rx>0?rx:1), ($8-$4)/(rx>0?rx:1)}'
+  echo "$out" | awk '{print $4}' > "$WORK/tsc_hz"
+  echo "$out" | awk '{print $1, $2, $3}'
 }
 
 for spec in "${INPUTS[@]}"; do
