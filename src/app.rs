@@ -223,7 +223,7 @@ pub fn run(
     // Each worker writes its final counters here before its lcore returns.
     let finals: Vec<Mutex<Final>> = workers.iter().map(|_| Mutex::default()).collect();
     let mailboxes = &mailboxes;
-    let mut final_state = None;
+    let mut final_backends = None;
     let (launch, joined) = lcore::scope(&eal, |s| {
         for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
             let launched = s.launch(*lc, move || {
@@ -301,7 +301,7 @@ pub fn run(
         }
         drop(servers);
         // Every configured backend (down ones too), with its stable id.
-        final_state = Some(
+        final_backends = Some(
             mgmt.runtime
                 .cfg
                 .config
@@ -322,13 +322,13 @@ pub fn run(
                 })
                 .collect::<Vec<_>>(),
         );
-        if mgmt.generation > 1 || mgmt.neighbours.resolved() > 0 {
+        if mgmt.generation() > 1 || mgmt.neighbours.resolved() > 0 {
             let _ = writeln!(
                 out,
                 "neighbours: {} of {} resolved; forwarding state generation {}",
                 mgmt.neighbours.resolved(),
                 mgmt.neighbours.len(),
-                mgmt.generation
+                mgmt.generation()
             );
         }
         Ok(())
@@ -355,7 +355,7 @@ pub fn run(
         report.ports.push((cfg.config.ports[i].name.clone(), s));
         let _ = port.stop();
     }
-    for (name, backends) in final_state.iter().flatten() {
+    for (name, backends) in final_backends.iter().flatten() {
         let rows = backends
             .iter()
             .map(|(addr, id)| {

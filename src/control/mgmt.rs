@@ -58,7 +58,6 @@ pub struct Management<'a> {
     mailboxes: &'a [StateMailbox],
     counters: Vec<Arc<BackendCounters>>,
     pub neighbours: NeighbourTable,
-    pub generation: u64,
     pub state: Arc<ForwardingState>,
     unsent: Vec<Option<Arc<ForwardingState>>>,
     dirty: bool,
@@ -113,7 +112,6 @@ impl<'a> Management<'a> {
             mailboxes,
             counters,
             neighbours,
-            generation: state.generation,
             state,
             unsent: Vec::new(),
             dirty: false,
@@ -135,6 +133,11 @@ impl<'a> Management<'a> {
         };
         m.rebuild_targets();
         m
+    }
+
+    /// The newest forwarding state's generation.
+    pub fn generation(&self) -> u64 {
+        self.state.generation
     }
 
     fn now_ms(&self) -> u64 {
@@ -263,15 +266,14 @@ impl<'a> Management<'a> {
         let now = self.now_ms();
         let st = self
             .runtime
-            .build(self.generation + 1, self.facts, &|p, ip| n.mac(p, ip), now)
+            .build(self.generation() + 1, self.facts, &|p, ip| n.mac(p, ip), now)
             .map_err(|e| format!("forwarding state refused: {e}"))?;
-        self.generation += 1;
         self.drain_deadline = self.runtime.next_drain_deadline(now);
         let st = Arc::new(st);
         self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
         self.state = st;
         self.offer();
-        Ok(self.generation)
+        Ok(self.generation())
     }
 
     /// Offers unsent states again (a full inbox refused them).
@@ -332,7 +334,7 @@ impl<'a> Management<'a> {
         let mut trial = self.runtime.clone();
         let sum = trial.reload(new.clone())?;
         trial
-            .build(self.generation + 1, self.facts, &|_, _| None, self.now_ms())
+            .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         self.runtime = trial;
         self.neighbours.track(&needed_neighbours(&new));
@@ -511,7 +513,7 @@ impl<'a> Management<'a> {
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.started.elapsed().as_secs(),
             "config": self.cfg_path.as_ref().map(|p| p.display().to_string()),
-            "generation": self.generation,
+            "generation": self.generation(),
             "worker_generations": per.iter().map(|p| p.generation).collect::<Vec<_>>(),
             "workers": self.mailboxes.len(),
             "tsc_hz": self.tsc_hz,
@@ -633,7 +635,7 @@ impl<'a> Management<'a> {
             "flow_capacity": t.flow_capacity,
             "evicted_unconfirmed": t.flow_table.evicted_unconfirmed,
             "evicted_established": t.flow_table.evicted_established,
-            "generation": self.generation,
+            "generation": self.generation(),
             "workers": per.iter().map(|w| json!({
                 "rx_packets": w.stats.rx_packets, "busy_polls": w.stats.busy_polls,
                 "idle_polls": w.stats.idle_polls, "flows": w.flows, "generation": w.generation,
@@ -730,7 +732,7 @@ impl<'a> Management<'a> {
         family(&mut o, "l4lb_up", "gauge", "1 while l4lb runs.");
         let _ = writeln!(o, "l4lb_up 1");
         family(&mut o, "l4lb_forwarding_state_generation", "gauge", "Newest forwarding state built.");
-        let _ = writeln!(o, "l4lb_forwarding_state_generation {}", self.generation);
+        let _ = writeln!(o, "l4lb_forwarding_state_generation {}", self.generation());
         family(&mut o, "l4lb_reloads_total", "counter", "Configuration reloads by result.");
         let _ = writeln!(o, "l4lb_reloads_total{{result=\"applied\"}} {}", self.reloads_ok);
         let _ = writeln!(o, "l4lb_reloads_total{{result=\"refused\"}} {}", self.reloads_refused);

@@ -262,32 +262,24 @@ impl Runtime {
     /// Whether some backend is in slow start (the state is rebuilt as its
     /// weight grows).
     pub fn ramping(&self, now_ms: u64) -> bool {
-        self.cfg.config.services.iter().any(|s| {
-            s.slow_start_s > 0
-                && s.backends.iter().any(|b| {
-                    self.backends.get(&(s.name.clone(), b.address)).is_some_and(|st| {
-                        st.up_since_ms.is_some_and(|t| now_ms.saturating_sub(t) < s.slow_start_s * 1000)
-                    })
-                })
+        // (Called every management tick: walks the statuses, no key is built.)
+        self.backends.iter().any(|((svc, _), st)| {
+            st.up_since_ms.is_some_and(|t| {
+                self.service(svc).is_some_and(|s| now_ms.saturating_sub(t) < s.slow_start_s * 1000)
+            })
         })
     }
 
     /// The next moment a drain timeout ends (the state must be rebuilt then).
     pub fn next_drain_deadline(&self, now_ms: u64) -> Option<u64> {
-        let mut next: Option<u64> = None;
-        for s in self.cfg.config.services.iter().filter(|s| s.drain_timeout_s > 0) {
-            for b in &s.backends {
-                if let Some(since) =
-                    self.backends.get(&(s.name.clone(), b.address)).and_then(|st| st.draining_since_ms)
-                {
-                    let end = since + s.drain_timeout_s * 1000;
-                    if end > now_ms {
-                        next = Some(next.map_or(end, |n| n.min(end)));
-                    }
-                }
-            }
-        }
-        next
+        self.backends
+            .iter()
+            .filter_map(|((svc, _), st)| {
+                let timeout = self.service(svc)?.drain_timeout_s;
+                (timeout > 0).then_some(st.draining_since_ms? + timeout * 1000)
+            })
+            .filter(|&end| end > now_ms)
+            .min()
     }
 
     /// How one backend appears in the forwarding state now (`None`: absent).
