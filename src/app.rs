@@ -11,7 +11,8 @@ use std::time::Duration;
 use crate::control::api::{self, Call};
 use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
-use crate::control::state_build::{build_state, worker_config, PortFacts};
+use crate::control::runtime::Runtime;
+use crate::control::state_build::{worker_config, PortFacts};
 use crate::dataplane::balance::{BalanceStats, BalanceWorker, StateMailbox};
 use crate::dataplane::forward::{ForwardWorker, PollConfig, WorkerStats};
 use crate::dataplane::pipeline::DropReason;
@@ -156,6 +157,7 @@ pub fn run(
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
     let mut facts = Vec::with_capacity(ports.len());
     let mut first_state = None;
+    let mut first_runtime = None;
     if balancing {
         for (i, port) in ports.iter().enumerate() {
             let port_err = |source| RunError::Port {
@@ -169,7 +171,11 @@ pub fn run(
             };
             facts.push(PortFacts { mac: port.mac().map_err(port_err)?, mtu });
         }
-        let state = std::sync::Arc::new(build_state(cfg, 1, &facts)?);
+        // The management side's model assigns the backends' stable ids; the
+        // first state comes from it like every later one.
+        let runtime = Runtime::new(cfg.clone());
+        let state = std::sync::Arc::new(runtime.build(1, &facts, &|_, _| None, 0)?);
+        first_runtime = Some(runtime);
         for mb in &mailboxes {
             // Fresh rings have room: this cannot be refused.
             let _ = mb.publish(state.clone());
@@ -248,7 +254,7 @@ pub fn run(
             ids.join(",")
         );
         let _ = out.flush();
-        let Some(state) = first_state.clone() else {
+        let (Some(state), Some(runtime)) = (first_state.clone(), first_runtime.take()) else {
             // Plain forwarding: nothing to manage but the stop signal.
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(10));
@@ -275,7 +281,7 @@ pub fn run(
             servers.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
         );
         let mut mgmt = Management::new(
-            cfg,
+            runtime,
             cfg_path.map(Path::to_path_buf),
             &facts,
             &ports,

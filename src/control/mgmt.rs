@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::api::{Call, Reply, Request};
-use super::config::{Config, Validated};
+use super::config::Config;
 use super::health::{Checker, Probe};
 use super::neighbour::NeighbourTable;
 use super::runtime::{BackendKey, Change, Health, Runtime};
@@ -92,7 +92,7 @@ fn ip16(a: IpAddr) -> [u8; 16] {
 impl<'a> Management<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        cfg: &Validated,
+        runtime: Runtime,
         cfg_path: Option<PathBuf>,
         facts: &'a [PortFacts],
         ports: &'a [Port],
@@ -102,9 +102,10 @@ impl<'a> Management<'a> {
         state: Arc<ForwardingState>,
     ) -> Self {
         let mut neighbours = NeighbourTable::default();
-        neighbours.track(&needed_neighbours(cfg));
+        neighbours.track(&needed_neighbours(&runtime.cfg));
+        let threads = runtime.cfg.config.control.health_threads;
         let mut m = Management {
-            runtime: Runtime::new(cfg.clone()),
+            runtime,
             cfg_path,
             facts,
             ports,
@@ -115,7 +116,7 @@ impl<'a> Management<'a> {
             state,
             unsent: Vec::new(),
             dirty: false,
-            checker: Checker::new(cfg.config.control.health_threads),
+            checker: Checker::new(threads),
             targets: Vec::new(),
             epoch: 0,
             started: Instant::now(),

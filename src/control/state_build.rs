@@ -105,19 +105,8 @@ pub fn build_state(
     generation: u64,
     facts: &[PortFacts],
 ) -> Result<ForwardingState, BuildError> {
-    build_state_resolved(cfg, generation, facts, &|_, _| None)
-}
-
-/// As [`build_state`], with MACs learnt at run time for next hops that have
-/// no configured one.
-pub fn build_state_resolved(
-    cfg: &Validated,
-    generation: u64,
-    facts: &[PortFacts],
-    resolved: Resolver<'_>,
-) -> Result<ForwardingState, BuildError> {
     let mut next_id = 0u32;
-    build_state_with(cfg, generation, facts, resolved, &mut |_, b| {
+    build_state_with(cfg, generation, facts, &|_, _| None, &mut |_, b| {
         next_id += 1;
         Some(Adjust { id: next_id - 1, weight: b.weight, draining: false, rtt_us: 0 })
     })
