@@ -115,6 +115,15 @@ pub fn topology(vips: &[&str]) -> Lan {
 /// An l4lb configuration for this LAN: one TAP port "lan" (198.18.0.1/24,
 /// 2001:db8::1/64) followed by `services` (TOML `[[services]]` sections).
 pub fn l4lb_config(tap: &str, services: &str) -> String {
+    // In the root namespace: no metrics listener (a host may have its own on
+    // 9100) and a control socket of this test's own.
+    let socket = std::env::temp_dir().join(format!("{}.sock", unique("l4b-ctl-")));
+    let control = format!("[control]\nsocket = \"{}\"\nmetrics_address = \"\"\n", socket.display());
+    l4lb_config_with(tap, &control, services)
+}
+
+/// As [`l4lb_config`] with the `[control]` section given.
+pub fn l4lb_config_with(tap: &str, control: &str, services: &str) -> String {
     format!(
         r#"
 [dpdk]
@@ -133,6 +142,7 @@ ipv4 = "198.18.0.1/24"
 ipv6 = "2001:db8::1/64"
 mac = "02:00:00:00:01:01"
 
+{control}
 {services}
 "#,
         lcores = super::lcore_map(2),
@@ -396,7 +406,7 @@ fn managed_config(tap: &str, socket: &std::path::Path, services: &str) -> String
         "[control]\nsocket = \"{}\"\nhealth_source_v4 = \"198.18.0.5\"\nhealth_source_v6 = \"2001:db8::5\"\n",
         socket.display()
     );
-    l4lb_config(tap, &format!("{control}\n{services}"))
+    l4lb_config_with(tap, &control, services)
 }
 
 /// The LAN (servers started, UDP ones on `udp_vip`), a management namespace,
