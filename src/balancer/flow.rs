@@ -19,7 +19,10 @@ use crate::net::{icmp, ipv4, ipv6, proto, tcp, ParseError};
 
 /// A flow's identity. Addresses are 16 bytes; IPv4 uses the IPv4-mapped form
 /// (`::ffff:a.b.c.d`). Ports are 0 in a 3-tuple.
+///
+/// Eight-byte aligned (40 bytes): keys are copied and compared as whole words.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(C, align(8))]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],
@@ -47,7 +50,10 @@ pub fn mapped(a: Ipv4Addr) -> [u8; 16] {
 /// `::ffff:a.b.c.d` from the 4 address bytes.
 #[inline(always)]
 pub fn mapped_bytes(b: &[u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
+    // Built as one 128-bit value: whole-word stores, which the word loads of
+    // the hashes and key compares that follow can forward from (byte-wise
+    // stores read back as words stall the pipeline).
+    ((0xffff_u128 << 80) | (u32::from_le_bytes(*b) as u128) << 96).to_le_bytes()
 }
 
 #[inline(always)]
