@@ -78,10 +78,20 @@ pub struct EncapTemplate {
     /// (version/IHL, TTL/protocol, addresses); the packet adds length, TOS,
     /// ident/flags.
     pub sum: u64,
+    /// The egress port's index.
+    pub port: u16,
+    /// The largest inner IP packet (bytes) that fits the egress MTU once
+    /// encapsulated; longer ones take the general path (frag-needed).
+    pub max_inner: u16,
 }
 
 impl EncapTemplate {
-    fn build(forwarding: Forwarding, b: &Backend, port: &PortInfo) -> Option<EncapTemplate> {
+    fn build(
+        forwarding: Forwarding,
+        b: &Backend,
+        port_index: usize,
+        port: &PortInfo,
+    ) -> Option<EncapTemplate> {
         let next_hop = b.next_hop?;
         let gue_port = match forwarding {
             Forwarding::L2 => return None,
@@ -128,7 +138,16 @@ impl EncapTemplate {
             }
             None => len,
         };
-        Some(EncapTemplate { bytes, len: len as u8, outer_v6, gue: gue_port.is_some(), sum })
+        let max_inner = (port.mtu as usize).saturating_sub(len - crate::net::ethernet::HEADER_LEN) as u16;
+        Some(EncapTemplate {
+            bytes,
+            len: len as u8,
+            outer_v6,
+            gue: gue_port.is_some(),
+            sum,
+            port: port_index as u16,
+            max_inner,
+        })
     }
 }
 
@@ -250,7 +269,9 @@ impl ForwardingState {
             let first = backends.len() as u32;
             let slots: Vec<u32> = (first..first + spec.backends.len() as u32).collect();
             templates.extend(
-                spec.backends.iter().map(|b| EncapTemplate::build(spec.forwarding, b, &ports[b.port])),
+                spec.backends
+                    .iter()
+                    .map(|b| EncapTemplate::build(spec.forwarding, b, b.port, &ports[b.port])),
             );
             backends.extend(spec.backends);
             let persist_id = hash_words(

@@ -171,51 +171,52 @@ impl Default for WorkerConfig {
 /// Packets and bytes (IP length, before encapsulation) sent to each backend,
 /// by backend id. One block per worker, written only by that worker (relaxed
 /// load + store, no locked instruction) and read by the management core at
-/// any time; padded so two workers' blocks never share a cache line.
+/// any time; padded so two workers' blocks never share a cache line. A
+/// backend's three counters sit together: one bounds check, one line.
 #[repr(align(64))]
 pub struct BackendCounters {
-    packets: Box<[AtomicU64]>,
-    bytes: Box<[AtomicU64]>,
-    new_flows: Box<[AtomicU64]>,
+    by_id: Box<[BackendCount]>,
+}
+
+#[derive(Default)]
+#[repr(align(32))]
+struct BackendCount {
+    packets: AtomicU64,
+    bytes: AtomicU64,
+    new_flows: AtomicU64,
 }
 
 impl BackendCounters {
     fn new(ids: usize) -> Self {
-        BackendCounters {
-            packets: (0..ids).map(|_| AtomicU64::new(0)).collect(),
-            bytes: (0..ids).map(|_| AtomicU64::new(0)).collect(),
-            new_flows: (0..ids).map(|_| AtomicU64::new(0)).collect(),
-        }
+        BackendCounters { by_id: (0..ids).map(|_| BackendCount::default()).collect() }
     }
 
     #[inline(always)]
     fn count_new_flow(&self, id: usize) {
-        if let Some(n) = self.new_flows.get(id) {
-            n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        if let Some(c) = self.by_id.get(id) {
+            c.new_flows.store(c.new_flows.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
     }
 
     /// Flows started on (or moved to) backend `id`.
     pub fn new_flows(&self, id: u32) -> u64 {
-        self.new_flows.get(id as usize).map_or(0, |n| n.load(Ordering::Relaxed))
+        self.by_id.get(id as usize).map_or(0, |c| c.new_flows.load(Ordering::Relaxed))
     }
 
     #[inline(always)]
     fn count(&self, id: usize, bytes: u64) {
-        if let (Some(p), Some(b)) = (self.packets.get(id), self.bytes.get(id)) {
+        if let Some(c) = self.by_id.get(id) {
             // Single writer: a plain read-modify-write is exact.
-            p.store(p.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
-            b.store(b.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
+            c.packets.store(c.packets.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            c.bytes.store(c.bytes.load(Ordering::Relaxed) + bytes, Ordering::Relaxed);
         }
     }
 
     /// (packets, bytes) sent to backend `id`.
     pub fn get(&self, id: u32) -> (u64, u64) {
-        let i = id as usize;
-        (
-            self.packets.get(i).map_or(0, |p| p.load(Ordering::Relaxed)),
-            self.bytes.get(i).map_or(0, |b| b.load(Ordering::Relaxed)),
-        )
+        self.by_id
+            .get(id as usize)
+            .map_or((0, 0), |c| (c.packets.load(Ordering::Relaxed), c.bytes.load(Ordering::Relaxed)))
     }
 }
 
@@ -251,7 +252,7 @@ pub struct Worker {
 }
 
 /// A packet to a VIP after parsing, waiting for its flow lookup.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 struct Vip {
     key: FlowKey,
     hash: u64,
@@ -259,11 +260,28 @@ struct Vip {
     ip_len: u16,
     l2_len: u8,
     v6: bool,
-    kind: Option<KeyKind>,
+    kind: KeyKind,
     tcp_flags: u8,
     /// IPv4 DF flag (IPv6: always true).
     df: bool,
     tos: u8,
+}
+
+impl Default for Vip {
+    fn default() -> Self {
+        Vip {
+            key: FlowKey::default(),
+            hash: 0,
+            service: 0,
+            ip_len: 0,
+            l2_len: 0,
+            v6: false,
+            kind: KeyKind::ThreeTuple,
+            tcp_flags: 0,
+            df: false,
+            tos: 0,
+        }
+    }
 }
 
 /// Active-flow bookkeeping for entries leaving the flow table.
@@ -528,7 +546,7 @@ impl Worker {
             ip_len: ip.total_len() as u16,
             v6: false,
             key,
-            kind: Some(kind),
+            kind,
             hash: key.table_hash(),
             tcp_flags,
             service: service as u32,
@@ -595,7 +613,7 @@ impl Worker {
             ip_len: ip.total_len() as u16,
             v6: true,
             key,
-            kind: Some(kind),
+            kind,
             hash: key.table_hash(),
             tcp_flags,
             service: service as u32,
@@ -751,7 +769,7 @@ impl Worker {
         slot: Option<usize>,
     ) -> Verdict {
         let svc = &st.services[vip.service as usize];
-        let kind = vip.kind.unwrap_or(KeyKind::ThreeTuple);
+        let kind = vip.kind;
         let backend = match slot {
             Some(s) => {
                 let (e_backend, e_state) = {
@@ -811,14 +829,10 @@ impl Worker {
             self.persist.record(svc.persist_id, &vip.key.src, id, now_ms, now_ms + svc.persistence_ms);
         }
         let id = st.backends[backend].id as usize;
-        if vip.l2_len as usize == ethernet::HEADER_LEN {
-            if let Some(t) = st.template(backend) {
-                let mtu = st.ports.get(st.backends[backend].port).map_or(0, |p| p.mtu as usize);
-                let overhead = t.len as usize - ethernet::HEADER_LEN;
-                if vip.ip_len as usize + overhead <= mtu {
-                    self.per_backend.count(id, vip.ip_len as u64);
-                    return self.encap_template(t, pkt, vip, st.backends[backend].port as u16);
-                }
+        if let Some(t) = st.template(backend) {
+            if vip.ip_len <= t.max_inner && vip.l2_len as usize == ethernet::HEADER_LEN {
+                self.per_backend.count(id, vip.ip_len as u64);
+                return self.encap_template(t, pkt, vip);
             }
         }
         let v = self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, vip);
@@ -832,7 +846,7 @@ impl Worker {
     /// one copy of the outer headers, then the per-packet fields. Produces
     /// the same bytes as the general path in `rewrite`.
     #[inline]
-    fn encap_template<P: Packet>(&mut self, t: &EncapTemplate, pkt: &mut P, vip: &Vip, port: u16) -> Verdict {
+    fn encap_template<P: Packet>(&mut self, t: &EncapTemplate, pkt: &mut P, vip: &Vip) -> Verdict {
         const L2: usize = ethernet::HEADER_LEN;
         let ip_len = vip.ip_len as usize;
         let len = t.len as usize;
@@ -878,7 +892,7 @@ impl Worker {
             h[u..u + 2].copy_from_slice(&sport.to_be_bytes());
             h[u + 4..u + 6].copy_from_slice(&payload_len.to_be_bytes());
         }
-        Verdict::Forward { port }
+        Verdict::Forward { port: t.port }
     }
 
     /// A backend for a new flow: the persisted one if live, else the scheduler's.
@@ -1145,7 +1159,14 @@ fn fast_v4_inner(
 ) -> Option<()> {
     const L2: usize = ethernet::HEADER_LEN;
     let h: &[u8; 48] = data.get(..48)?.try_into().ok()?;
-    if h[12] != 0x08 || h[13] != 0x00 || h[14] != 0x45 || h[0..6] != port.mac {
+    // Little-endian word reads: the bytes stay in wire order inside them.
+    let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let dst_mac = le32(0) as u64 | (u16::from_le_bytes([h[4], h[5]]) as u64) << 32;
+    let m = &port.mac;
+    let our_mac =
+        u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as u64 | (u16::from_le_bytes([m[4], m[5]]) as u64) << 32;
+    // Ethertype 0x0800, version 4, IHL 5.
+    if dst_mac != our_mac || le32(12) & 0x00ff_ffff != 0x0045_0008 {
         return None;
     }
     let total = u16::from_be_bytes([h[16], h[17]]) as usize;
@@ -1157,28 +1178,28 @@ fn fast_v4_inner(
     if p != proto::TCP && p != proto::UDP {
         return None;
     }
-    let w = |i: usize| u32::from_be_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]) as u64;
-    let sum = w(14) + w(18) + w(22) + w(26) + w(30);
+    // The one's-complement sum does not depend on byte order (RFC 1071 §2):
+    // verifying it needs no byte swaps.
+    let sum = le32(14) as u64 + le32(18) as u64 + le32(22) as u64 + le32(26) as u64 + le32(30) as u64;
     if checksum::fold(sum) != 0xffff {
         return None;
     }
-    let dst4 = [h[30], h[31], h[32], h[33]];
-    if port.ipv4.is_some_and(|a| a.octets() == dst4) {
+    let (src4, dst4, ports) = (le32(26), le32(30), le32(34));
+    if port.ipv4.is_some_and(|a| u32::from_le_bytes(a.octets()) == dst4) {
         return None;
     }
     let key = FlowKey {
-        src: crate::balancer::flow::mapped_bytes(&[h[26], h[27], h[28], h[29]]),
-        dst: crate::balancer::flow::mapped_bytes(&dst4),
+        src: crate::balancer::flow::mapped_bytes(&src4.to_le_bytes()),
+        dst: crate::balancer::flow::mapped_bytes(&dst4.to_le_bytes()),
         src_port: u16::from_be_bytes([h[34], h[35]]),
         dst_port: u16::from_be_bytes([h[36], h[37]]),
         proto: p,
     };
-    let dst_port = key.dst_port;
-    let tag = u32::from_be_bytes(dst4) as u64 | (p as u64) << 32 | (dst_port as u64) << 40;
+    let tag = dst4 as u64 | (p as u64) << 32 | (key.dst_port as u64) << 40;
     let service = if last.tag == tag && last.service != usize::MAX {
         last.service
     } else {
-        let s = st.find_service(&key.dst, p, dst_port)?;
+        let s = st.find_service(&key.dst, p, key.dst_port)?;
         *last = ServiceMemo { tag, service: s };
         s
     };
@@ -1191,13 +1212,13 @@ fn fast_v4_inner(
         0
     };
     *out = Vip {
-        hash: key.table_hash(),
+        hash: crate::balancer::flow::table_hash_v4(src4, dst4, ports, p),
         key,
         service: service as u32,
         ip_len: total as u16,
         l2_len: L2 as u8,
         v6: false,
-        kind: Some(KeyKind::FiveTuple),
+        kind: KeyKind::FiveTuple,
         tcp_flags,
         df: frag & ipv4::FLAG_DF != 0,
         tos: h[15],
