@@ -1,20 +1,25 @@
 //! Runs bursts through the pipeline for profiling (callgrind, perf):
 //! `cargo build --release --example profile_pipeline` then
-//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random] [v4|v6] [bursts]`.
+//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts]`.
+//! `syn`: every packet a SYN of a new flow (the source port and address change
+//! every burst), into a 2M-entry table that fills and then evicts.
 
 use l4lb::balancer::state::Forwarding;
-use l4lb::dataplane::packet::TestPacket;
+use l4lb::dataplane::packet::{Packet, TestPacket};
 use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
 use l4lb::dpdk::CpuPrefetch;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let random = args.get(1).map(|s| s == "random").unwrap_or(false);
+    let random = args.get(1).is_some_and(|s| s == "random" || s == "syn");
+    let syn = args.get(1).is_some_and(|s| s == "syn");
     let v6 = args.get(2).map(|s| s == "v6").unwrap_or(false);
     let bursts: u32 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let st = l4lb::dataplane::testframes::state(Forwarding::IpIp, v6, 6);
     let mut w = Worker::new(WorkerConfig { flow_capacity: 1 << 21, ..WorkerConfig::default() });
-    let frames: Vec<Vec<u8>> = (0..4096u32).map(|i| l4lb::dataplane::testframes::tcp(i, v6, 0x10)).collect();
+    let flags = if syn { 0x02 } else { 0x10 };
+    let frames: Vec<Vec<u8>> = (0..4096u32).map(|i| l4lb::dataplane::testframes::tcp(i, v6, flags)).collect();
+    let sport_at = 14 + if v6 { 40 } else { 20 };
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); 32];
     let mut pkts: Vec<TestPacket> = (0..32).map(|i| TestPacket::new(&frames[i])).collect();
     let mut seed = 88172645463325252u64;
@@ -32,6 +37,10 @@ fn main() {
                 0
             };
             p.reset(&frames[f]);
+            if syn {
+                // A new source port per burst: every SYN starts a new flow.
+                p.data_mut()[sport_at..sport_at + 2].copy_from_slice(&(b as u16).to_be_bytes());
+            }
         }
         w.process_burst(&st, &mut pkts, 0, b as u64, &mut verdicts, &CpuPrefetch);
         forwarded += verdicts.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count() as u64;

@@ -228,6 +228,14 @@ impl FlowTable {
         p.prefetch(&self.sigs[at.b1 as usize]);
     }
 
+    /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
+    /// TCP SYN): a miss reads both signature lines, so both are fetched at once.
+    #[inline(always)]
+    pub fn prefetch_place_new<P: Prefetch>(&self, at: &Place, p: &P) {
+        p.prefetch(&self.sigs[at.b1 as usize]);
+        p.prefetch(&self.sigs[at.b2 as usize]);
+    }
+
     /// The second stage, once the primary signature line is in cache: the
     /// entry of the first signature match there; with no match, the second
     /// bucket's signature line (the key may live there) and the primary's

@@ -408,7 +408,11 @@ impl Worker {
                 Some(v) => verdicts[i] = v,
                 None => {
                     places[i] = self.flows.place_of(vips[i].hash);
-                    self.flows.prefetch_place(&places[i], pf);
+                    if vips[i].tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN {
+                        self.flows.prefetch_place_new(&places[i], pf);
+                    } else {
+                        self.flows.prefetch_place(&places[i], pf);
+                    }
                     is_vip[i] = true;
                 }
             }
