@@ -248,7 +248,24 @@ pub struct Worker {
     ident: u16,
     last_service: ServiceMemo,
     per_backend: Arc<BackendCounters>,
+    scratch: Option<Box<BurstScratch>>,
     pub counters: Counters,
+}
+
+/// Packets per `process_burst` call at most.
+const BURST: usize = crate::dpdk::BURST_MAX;
+
+/// What the stages of `process_burst` hand each other.
+struct BurstScratch {
+    vips: [Vip; BURST],
+    places: [Place; BURST],
+    is_vip: [bool; BURST],
+}
+
+impl Default for BurstScratch {
+    fn default() -> Self {
+        BurstScratch { vips: [Vip::default(); BURST], places: [Place::default(); BURST], is_vip: [false; BURST] }
+    }
 }
 
 /// A packet to a VIP after parsing, waiting for its flow lookup.
@@ -315,6 +332,7 @@ impl Worker {
             ident: 0,
             last_service: ServiceMemo::EMPTY,
             per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
+            scratch: Some(Box::default()),
             counters: Counters::default(),
         }
     }
@@ -397,13 +415,14 @@ impl Worker {
         verdicts: &mut [Verdict],
         pf: &F,
     ) {
-        const N: usize = crate::dpdk::BURST_MAX;
         self.adopt(st);
-        let n = pkts.len().min(verdicts.len()).min(N);
-        let mut vips = [Vip::default(); N];
-        let mut places = [Place::default(); N];
-        let mut is_vip = [false; N];
+        // The per-burst scratch lives with the worker: no 2 KiB of stack to
+        // clear per burst. (Taken out and put back to borrow it beside `self`.)
+        let mut scratch = self.scratch.take().unwrap_or_default();
+        let BurstScratch { vips, places, is_vip } = &mut *scratch;
+        let n = pkts.len().min(verdicts.len()).min(BURST);
         for i in 0..n {
+            is_vip[i] = false;
             match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
                 Some(v) => verdicts[i] = v,
                 None => {
@@ -430,6 +449,7 @@ impl Worker {
             }
             self.count(verdicts[i]);
         }
+        self.scratch = Some(scratch);
     }
 
     #[inline]
@@ -455,7 +475,7 @@ impl Worker {
     ) -> Option<Verdict> {
         use DropReason::*;
         let Some(port) = st.ports.get(in_port as usize) else { return Some(Verdict::Drop(NotForUs)) };
-        if fast_v4(st, port, pkt.data(), &mut self.last_service, out) {
+        if fast_v4(st, port, in_port, pkt.data(), &mut self.last_service, out) {
             return None;
         }
         let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
@@ -1122,12 +1142,13 @@ impl Worker {
     }
 }
 
-/// The last IPv4 (VIP, protocol, port) -> service answer, kept per worker
-/// and cleared when a new forwarding state arrives: traffic comes in runs to
-/// the same service.
+/// The last IPv4 (VIP, protocol, port, ingress port) -> service answer, kept
+/// per worker and cleared when a new forwarding state arrives: traffic comes
+/// in runs to the same service.
 #[derive(Debug, Clone, Copy)]
 struct ServiceMemo {
-    /// VIP (32 bits) | protocol << 32 | port << 40.
+    /// VIP (32 bits) | protocol << 32 | port << 40 | ingress port << 56
+    /// (ingress ports below 256 only).
     tag: u64,
     /// usize::MAX: empty.
     service: usize,
@@ -1146,17 +1167,19 @@ impl ServiceMemo {
 fn fast_v4(
     st: &ForwardingState,
     port: &PortInfo,
+    in_port: u16,
     data: &[u8],
     last: &mut ServiceMemo,
     out: &mut Vip,
 ) -> bool {
-    fast_v4_inner(st, port, data, last, out).is_some()
+    fast_v4_inner(st, port, in_port, data, last, out).is_some()
 }
 
 #[inline(always)]
 fn fast_v4_inner(
     st: &ForwardingState,
     port: &PortInfo,
+    in_port: u16,
     data: &[u8],
     last: &mut ServiceMemo,
     out: &mut Vip,
@@ -1183,15 +1206,13 @@ fn fast_v4_inner(
         return None;
     }
     // The one's-complement sum does not depend on byte order (RFC 1071 §2):
-    // verifying it needs no byte swaps.
+    // verifying it needs no byte swaps. It folds to 0xffff exactly when the
+    // plain sum is a multiple of 0xffff (the sum is never 0: version 4).
     let sum = le32(14) as u64 + le32(18) as u64 + le32(22) as u64 + le32(26) as u64 + le32(30) as u64;
-    if checksum::fold(sum) != 0xffff {
+    if sum % 0xffff != 0 {
         return None;
     }
     let (src4, dst4, ports) = (le32(26), le32(30), le32(34));
-    if port.ipv4.is_some_and(|a| u32::from_le_bytes(a.octets()) == dst4) {
-        return None;
-    }
     let key = FlowKey {
         src: crate::balancer::flow::mapped_bytes(&src4.to_le_bytes()),
         dst: crate::balancer::flow::mapped_bytes(&dst4.to_le_bytes()),
@@ -1199,10 +1220,15 @@ fn fast_v4_inner(
         dst_port: u16::from_be_bytes([h[36], h[37]]),
         proto: p,
     };
-    let tag = dst4 as u64 | (p as u64) << 32 | (key.dst_port as u64) << 40;
-    let service = if last.tag == tag && last.service != usize::MAX {
+    let tag = dst4 as u64 | (p as u64) << 32 | (key.dst_port as u64) << 40 | (in_port as u64) << 56;
+    let service = if last.tag == tag && last.service != usize::MAX && in_port < 256 {
         last.service
     } else {
+        // Traffic to the port's own address is l4lb's, never balanced (a hit
+        // above was checked here when it was stored).
+        if port.ipv4.is_some_and(|a| u32::from_le_bytes(a.octets()) == dst4) {
+            return None;
+        }
         let s = st.find_service(&key.dst, p, key.dst_port)?;
         *last = ServiceMemo { tag, service: s };
         s
