@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 cfg=$1
 warm=${2:-3}
 measure=${3:-5}
-BIN=target/release/l4lb
+BIN=${L4LB_BIN:-target/release/l4lb}
 sock=$(sed -n 's/^socket = "\(.*\)"/\1/p' "$cfg" | head -1)
 [ -n "$sock" ] || { echo "$cfg: needs [control] socket = \"...\"" >&2; exit 2; }
 log=$(mktemp /tmp/l4lb-rate.XXXXXX.log)

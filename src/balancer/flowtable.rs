@@ -12,6 +12,8 @@
 //! - Entries carry an expiry time set from the service's timeouts for their
 //!   TCP state or protocol. Expired entries count as absent and are reclaimed
 //!   by inserts and by an incremental [`FlowTable::sweep`].
+//!   The sweep reads an entry only when the rank beside its signature (below)
+//!   says it may have expired.
 //! - While the table is below its high-water mark (31/32 full), an insert
 //!   whose two buckets are full first tries to move one entry to that entry's
 //!   other bucket. Above it (a SYN flood's steady state) that search would
@@ -470,18 +472,39 @@ impl FlowTable {
     /// burst and more when idle, so counts of active flows stay true.
     pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(&Entry)) -> usize {
         let mut freed = 0;
+        let now = (now_ms >> RANK_SHIFT) as u16 & RANK_MASK;
         for _ in 0..buckets.min(self.sigs.len()) {
             let b = self.sweep_at;
             self.sweep_at = (self.sweep_at + 1) & self.mask;
             for i in 0..BUCKET_SLOTS {
                 let slot = b * BUCKET_SLOTS + i;
-                if self.sigs[b].sig[i] != 0 && expired(&self.entries[slot], now_ms) {
-                    on_remove(&self.entries[slot]);
-                    self.sigs[b].sig[i] = 0;
-                    self.len -= 1;
-                    self.stats.expired += 1;
-                    freed += 1;
+                if self.sigs[b].sig[i] == 0 {
+                    continue;
                 }
+                // The rank (expiry to the second) clears most slots without
+                // reading their entry: a rank at least one unit ahead of now
+                // cannot have expired. Others (due now, past, or clamped at
+                // the horizon) are decided by the entry itself.
+                let r = self.sigs[b].rank[i];
+                let left = (r & RANK_MASK).wrapping_sub(now) & RANK_MASK;
+                if (1..0x4000).contains(&left) {
+                    continue;
+                }
+                if !expired(&self.entries[slot], now_ms) {
+                    if left != 0 {
+                        // Idle past the rank horizon but not expired (a long
+                        // timeout): keep its rank just behind now, so it stays
+                        // stale for victim() and is read again here, instead of
+                        // drifting round the 15-bit circle into the future.
+                        self.sigs[b].rank[i] = (r & RANK_ESTABLISHED) | (now.wrapping_sub(1) & RANK_MASK);
+                    }
+                    continue;
+                }
+                on_remove(&self.entries[slot]);
+                self.sigs[b].sig[i] = 0;
+                self.len -= 1;
+                self.stats.expired += 1;
+                freed += 1;
             }
         }
         freed
@@ -691,6 +714,40 @@ mod tests {
         let mut gone = None;
         t.insert(e, k.hash(), now, &mut |e| gone = Some(e.backend));
         assert_eq!(gone, Some(100), "idle for 5 h: evicted before live SYNs");
+    }
+
+    #[test]
+    fn sweep_frees_exactly_the_expired_entries() {
+        // Expiries on sub-second, second and multi-hour scales, some beyond
+        // the rank horizon (4 h) and beyond a turn of the rank circle (9.3 h).
+        let mut t = FlowTable::with_capacity(4096);
+        let mut live = std::collections::BTreeMap::new();
+        for i in 0..2000u32 {
+            let k = key(i);
+            let exp = match i % 4 {
+                0 => 1 + (i as u64 * 37) % 3_000,
+                1 => 1_000 * (i as u64 % 20),
+                2 => 5 * 3_600_000 + i as u64,
+                _ => 10 * 3_600_000 + 7 * i as u64,
+            };
+            let e = Entry { key: k, backend: i, state: FlowState::Established, expires_ms: exp };
+            t.insert(e, k.table_hash(), 0, &mut |_| panic!("room left"));
+            live.insert(i, exp);
+        }
+        // A worker sweeps the whole table many times a minute; here once per
+        // step, at times that fall inside rank units (1.024 s) too.
+        let mut now = 0;
+        while now < 11 * 3_600_000 {
+            now += if now < 30_000 { 317 } else { 59_999 };
+            let mut gone = Vec::new();
+            t.sweep(now, t.capacity(), &mut |e| gone.push(e.backend));
+            gone.sort();
+            let want: Vec<u32> = live.iter().filter(|(_, &exp)| exp <= now).map(|(&i, _)| i).collect();
+            assert_eq!(gone, want, "swept at {now} ms");
+            live.retain(|_, exp| *exp > now);
+            assert_eq!(t.len(), live.len());
+        }
+        assert!(live.is_empty());
     }
 
     #[test]

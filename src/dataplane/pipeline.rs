@@ -264,7 +264,11 @@ struct BurstScratch {
 
 impl Default for BurstScratch {
     fn default() -> Self {
-        BurstScratch { vips: [Vip::default(); BURST], places: [Place::default(); BURST], is_vip: [false; BURST] }
+        BurstScratch {
+            vips: [Vip::default(); BURST],
+            places: [Place::default(); BURST],
+            is_vip: [false; BURST],
+        }
     }
 }
 
