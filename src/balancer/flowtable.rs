@@ -104,6 +104,8 @@ pub struct Place {
     b1: u32,
     b2: u32,
     sig: u16,
+    /// The key's preferred slot in a bucket (see [`FlowTable::insert`]).
+    pref: u8,
 }
 
 /// Counters of one table.
@@ -139,6 +141,13 @@ fn rank_of(state: FlowState, expires_ms: u64, now_ms: u64) -> u16 {
     let exp = expires_ms.min(now_ms.saturating_add(RANK_HORIZON_MS));
     ((exp >> RANK_SHIFT) as u16 & RANK_MASK)
         | if state == FlowState::Established { RANK_ESTABLISHED } else { 0 }
+}
+
+/// A key's preferred slot within its bucket: three hash bits used by neither
+/// the bucket index (low bits) nor the signature (top 16).
+#[inline(always)]
+fn preferred_slot(hash: u64) -> usize {
+    (hash >> 45) as usize & (BUCKET_SLOTS - 1)
 }
 
 pub struct FlowTable {
@@ -214,7 +223,7 @@ impl FlowTable {
     #[inline(always)]
     pub fn place_of(&self, hash: u64) -> Place {
         let (b1, b2, sig) = self.place(hash);
-        Place { b1: b1 as u32, b2: b2 as u32, sig }
+        Place { b1: b1 as u32, b2: b2 as u32, sig, pref: preferred_slot(hash) as u8 }
     }
 
     /// Prefetches the primary signature line of `hash` (the first stage of a
@@ -225,16 +234,20 @@ impl FlowTable {
     }
 
     /// As [`FlowTable::prefetch`] for a computed place.
+    /// Fetches the primary signature line and, beside it rather than after
+    /// it, the key's preferred entry in that bucket, where most keys live.
     #[inline(always)]
     pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
-        p.prefetch(&self.sigs[at.b1 as usize]);
+        let b1 = at.b1 as usize;
+        p.prefetch(&self.sigs[b1]);
+        p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref as usize]);
     }
 
     /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
     /// TCP SYN): a miss reads both signature lines, so both are fetched at once.
     #[inline(always)]
     pub fn prefetch_place_new<P: Prefetch>(&self, at: &Place, p: &P) {
-        p.prefetch(&self.sigs[at.b1 as usize]);
+        self.prefetch_place(at, p);
         p.prefetch(&self.sigs[at.b2 as usize]);
     }
 
@@ -251,13 +264,18 @@ impl FlowTable {
     #[inline(always)]
     pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
+        let pref = at.pref as usize;
         if let Some(i) = self.first(b1, at.sig) {
-            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+            if i != pref {
+                p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+            }
             return;
         }
         p.prefetch(&self.sigs[at.b2 as usize]);
-        if let Some(i) = self.first(b1, 0) {
-            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+        if self.sigs[b1].sig[pref] != 0 {
+            if let Some(i) = self.first(b1, 0) {
+                p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+            }
         }
     }
 
@@ -360,9 +378,15 @@ impl FlowTable {
         // lookup reads one signature line (at half load 96% of keys sit in
         // their primary bucket); after that the emptier of the two, which
         // keeps the table filling past 90% before any insert has to evict.
+        // Within a bucket, the key's preferred slot if free: the burst lookup
+        // prefetches that entry together with the signature line.
         let (f1, f2) = (self.free_count(b1), self.free_count(b2));
-        let pick =
-            if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) { self.free_slot(b1) } else { self.free_slot(b2) };
+        let pref = preferred_slot(hash);
+        let pick = if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) {
+            self.free_slot_from(b1, pref)
+        } else {
+            self.free_slot_from(b2, pref)
+        };
         // Moving an entry to its other bucket needs room there: worth its 16
         // random reads only while the table has room to speak of. Above the
         // high-water mark (a SYN flood's steady state) go straight to eviction.
@@ -403,6 +427,15 @@ impl FlowTable {
     #[inline]
     fn free_count(&self, b: usize) -> usize {
         self.sigs[b].sig.iter().filter(|&&x| x == 0).count()
+    }
+
+    /// Slot `pref` of bucket `b` if free, else the first free one.
+    #[inline]
+    fn free_slot_from(&self, b: usize, pref: usize) -> Option<usize> {
+        if self.sigs[b].sig[pref] == 0 {
+            return Some(b * BUCKET_SLOTS + pref);
+        }
+        self.free_slot(b)
     }
 
     #[inline]
