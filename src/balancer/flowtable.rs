@@ -265,6 +265,9 @@ impl FlowTable {
     pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
         let pref = at.pref as usize;
+        if self.sigs[b1].sig[pref] == at.sig {
+            return; // prefetched in the first stage
+        }
         if let Some(i) = self.first(b1, at.sig) {
             if i != pref {
                 p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
@@ -317,6 +320,14 @@ impl FlowTable {
     #[inline]
     pub fn lookup_place(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<usize> {
         let (b1, b2) = (at.b1 as usize, at.b2 as usize);
+        // Most keys sit in their preferred slot of the primary bucket.
+        let pref = b1 * BUCKET_SLOTS + at.pref as usize;
+        if self.sigs[b1].sig[at.pref as usize] == at.sig {
+            let e = &self.entries[pref];
+            if e.key == *key && !expired(e, now_ms) {
+                return Some(pref);
+            }
+        }
         self.find_in(b1, at.sig, key, now_ms).or_else(|| self.find_in(b2, at.sig, key, now_ms))
     }
 
