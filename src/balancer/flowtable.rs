@@ -666,6 +666,17 @@ mod tests {
             .count();
         let share = primary as f64 / (cap / 2) as f64;
         assert!(share > 0.93, "only {share:.3} in the primary bucket: lookups would need two lines");
+        // ...and most in their preferred slot there, whose entry the first
+        // prefetch stage fetches beside the signature line.
+        let preferred = (0..(cap / 2) as u32)
+            .filter(|&i| {
+                let k = key(i);
+                let at = t.place_of(k.table_hash());
+                t.lookup(&k, k.table_hash(), 1) == Some(at.b1 as usize * BUCKET_SLOTS + at.pref as usize)
+            })
+            .count();
+        let share = preferred as f64 / (cap / 2) as f64;
+        assert!(share > 0.7, "only {share:.3} in the preferred slot");
     }
 
     #[test]
