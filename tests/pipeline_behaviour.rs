@@ -289,3 +289,65 @@ proptest! {
         let _ = w.process(st, &mut p, 0, 5);
     }
 }
+
+/// A service on a port's own address: traffic arriving on that port is
+/// l4lb's own (to the kernel), traffic arriving on another port is balanced.
+/// Both fast paths (IPv4, IPv6) remember services per ingress port, so a
+/// decision cached for one port never answers for the other.
+#[test]
+fn a_ports_own_address_is_never_balanced_on_that_port() {
+    use l4lb::balancer::flowtable::Timeouts;
+    use l4lb::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec};
+    use l4lb::dataplane::testframes;
+    use std::net::{IpAddr, Ipv6Addr};
+    let vip4 = Ipv4Addr::new(198, 18, 100, 1);
+    let vip6 = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
+    let mac = [2, 0, 0, 0, 0, 1];
+    let ports = vec![
+        PortInfo { mac, ipv4: Some(vip4), ipv6: Some(vip6), mtu: 1500 },
+        PortInfo { mac, ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)), ipv6: None, mtu: 1500 },
+    ];
+    let spec = |vip: IpAddr, backend: IpAddr, id: u32| ServiceSpec {
+        name: format!("on-{vip}"),
+        vip,
+        proto: 6,
+        port: 80,
+        forwarding: Forwarding::L2,
+        scheduler: Scheduler::Maglev,
+        persistence_ms: 0,
+        timeouts: Timeouts::default(),
+        answer_arp: false,
+        maglev_size: 251,
+        backends: vec![Backend {
+            id,
+            addr: backend,
+            weight: 1,
+            draining: false,
+            rtt_us: 0,
+            next_hop: Some([2, 0, 0, 0, 1, 1]),
+            port: 1,
+        }],
+    };
+    let st = ForwardingState::build(
+        1,
+        ports,
+        vec![
+            spec(vip4.into(), Ipv4Addr::new(198, 18, 1, 11).into(), 0),
+            spec(vip6.into(), "2001:db8:1::11".parse().unwrap(), 1),
+        ],
+    )
+    .unwrap();
+    let mut w = Worker::new(WorkerConfig { flow_capacity: 1024, ..WorkerConfig::default() });
+    for v6 in [false, true] {
+        for round in 0..2 {
+            let mut p = TestPacket::new(&testframes::tcp(round, v6, 0x02));
+            assert_eq!(
+                w.process(&st, &mut p, 1, 0),
+                Verdict::Forward { port: 1 },
+                "v6 {v6}: balanced on port 1"
+            );
+            let mut p = TestPacket::new(&testframes::tcp(round, v6, 0x02));
+            assert_eq!(w.process(&st, &mut p, 0, 0), Verdict::ToKernel, "v6 {v6}: own address on port 0");
+        }
+    }
+}

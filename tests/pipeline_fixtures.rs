@@ -25,6 +25,9 @@ struct Case {
     input: Vec<u8>,
     verdict: String,
     output: Option<Vec<u8>>,
+    /// The client's packet is malformed inside (l4lb forwards it as it came):
+    /// left out of the tshark decoding check, which judges l4lb's headers.
+    inner_malformed: bool,
 }
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -52,6 +55,7 @@ fn cases() -> Vec<Case> {
             input: unhex(c["input"].as_str().unwrap()),
             verdict: c["verdict"].as_str().unwrap().to_owned(),
             output: c["output"].as_str().map(unhex),
+            inner_malformed: c["inner_malformed"].as_bool().unwrap_or(false),
         })
         .collect()
 }
@@ -100,7 +104,7 @@ fn every_fixture_gives_its_verdict_and_exact_bytes() {
 
 #[test]
 fn simulate_replays_the_fixtures_and_tshark_decodes_the_output_cleanly() {
-    let cases = cases();
+    let cases: Vec<Case> = cases().into_iter().filter(|c| !c.inner_malformed).collect();
     let dir = std::env::temp_dir().join(format!("l4lb-sim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (inp, out) = (dir.join("in.pcap"), dir.join("out.pcap"));

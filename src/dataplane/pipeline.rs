@@ -247,6 +247,7 @@ pub struct Worker {
     icmp_burst: u64,
     ident: u16,
     last_service: ServiceMemo,
+    last_service_v6: ServiceMemoV6,
     per_backend: Arc<BackendCounters>,
     scratch: Option<Box<BurstScratch>>,
     pub counters: Counters,
@@ -335,6 +336,7 @@ impl Worker {
             icmp_burst: cfg.icmp_burst,
             ident: 0,
             last_service: ServiceMemo::EMPTY,
+            last_service_v6: ServiceMemoV6::EMPTY,
             per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
             scratch: Some(Box::default()),
             counters: Counters::default(),
@@ -373,6 +375,7 @@ impl Worker {
         }
         self.generation = st.generation;
         self.last_service = ServiceMemo::EMPTY;
+        self.last_service_v6 = ServiceMemoV6::EMPTY;
         for (i, svc) in st.services.iter().enumerate().take(MAX_SERVICES) {
             let s = &mut self.sched[i];
             s.wrr.clear();
@@ -480,6 +483,9 @@ impl Worker {
         use DropReason::*;
         let Some(port) = st.ports.get(in_port as usize) else { return Some(Verdict::Drop(NotForUs)) };
         if fast_v4(st, port, in_port, pkt.data(), &mut self.last_service, out) {
+            return None;
+        }
+        if fast_v6(st, port, in_port, pkt.data(), &mut self.last_service_v6, out) {
             return None;
         }
         let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
@@ -1256,6 +1262,112 @@ fn fast_v4_inner(
         tcp_flags,
         df: frag & ipv4::FLAG_DF != 0,
         tos: h[15],
+    };
+    Some(())
+}
+
+/// The last IPv6 (VIP, protocol, port, ingress port) -> service answer (see
+/// [`ServiceMemo`]).
+#[derive(Debug, Clone, Copy)]
+struct ServiceMemoV6 {
+    vip: [u8; 16],
+    /// protocol | port << 8 | ingress port << 24.
+    tag: u64,
+    /// usize::MAX: empty.
+    service: usize,
+}
+
+impl ServiceMemoV6 {
+    const EMPTY: ServiceMemoV6 = ServiceMemoV6 { vip: [0; 16], tag: 0, service: usize::MAX };
+}
+
+/// The IPv6 common case, as [`fast_v4`]: an untagged IPv6 packet to our MAC
+/// whose next header is TCP (with a whole header) or UDP, to a service. No
+/// extension headers, no hop limit 0, no multicast or own destination; the
+/// rest — and every malformed packet — takes the general path.
+#[inline(always)]
+fn fast_v6(
+    st: &ForwardingState,
+    port: &PortInfo,
+    in_port: u16,
+    data: &[u8],
+    last: &mut ServiceMemoV6,
+    out: &mut Vip,
+) -> bool {
+    fast_v6_inner(st, port, in_port, data, last, out).is_some()
+}
+
+#[inline(always)]
+fn fast_v6_inner(
+    st: &ForwardingState,
+    port: &PortInfo,
+    in_port: u16,
+    data: &[u8],
+    last: &mut ServiceMemoV6,
+    out: &mut Vip,
+) -> Option<()> {
+    const L2: usize = ethernet::HEADER_LEN;
+    const L4: usize = L2 + V6_HDR;
+    // Up to the TCP flags.
+    let h: &[u8; L4 + 14] = data.get(..L4 + 14)?.try_into().ok()?;
+    let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let dst_mac = le32(0) as u64 | (u16::from_le_bytes([h[4], h[5]]) as u64) << 32;
+    let m = &port.mac;
+    let our_mac =
+        u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as u64 | (u16::from_le_bytes([m[4], m[5]]) as u64) << 32;
+    // Ethertype 0x86dd, version 6.
+    if dst_mac != our_mac || h[12] != 0x86 || h[13] != 0xdd || h[14] >> 4 != 6 {
+        return None;
+    }
+    let payload = u16::from_be_bytes([h[18], h[19]]) as usize;
+    let (p, hop_limit) = (h[20], h[21]);
+    if hop_limit == 0 || data.len() < L4 + payload {
+        return None;
+    }
+    let tcp_flags = match p {
+        proto::TCP
+            if payload >= 20 && (h[L4 + 12] >> 4) >= 5 && (h[L4 + 12] >> 4) as usize * 4 <= payload =>
+        {
+            h[L4 + 13]
+        }
+        proto::UDP if payload >= UDP_HDR => 0,
+        _ => return None,
+    };
+    let src: [u8; 16] = h[22..38].try_into().ok()?;
+    let dst: [u8; 16] = h[38..54].try_into().ok()?;
+    if dst[0] == 0xff {
+        return None;
+    }
+    let key = FlowKey {
+        src,
+        dst,
+        src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
+        dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
+        proto: p,
+    };
+    let tag = p as u64 | (key.dst_port as u64) << 8 | (in_port as u64) << 24;
+    let service = if last.tag == tag && last.vip == dst && last.service != usize::MAX {
+        last.service
+    } else {
+        // The port's own address is never balanced (checked before storing).
+        if port.ipv6.is_some_and(|a| a.octets() == dst) {
+            return None;
+        }
+        let s = st.find_service(&dst, p, key.dst_port)?;
+        *last = ServiceMemoV6 { vip: dst, tag, service: s };
+        s
+    };
+    *out = Vip {
+        hash: key.table_hash(),
+        key,
+        service: service as u32,
+        ip_len: (V6_HDR + payload) as u16,
+        l2_len: L2 as u8,
+        v6: true,
+        kind: KeyKind::FiveTuple,
+        tcp_flags,
+        df: true,
+        tos: (h[14] << 4) | (h[15] >> 4),
     };
     Some(())
 }
