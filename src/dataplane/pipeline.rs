@@ -1209,10 +1209,13 @@ fn fast_v4_inner(
     let total = u16::from_be_bytes([h[16], h[17]]) as usize;
     let frag = u16::from_be_bytes([h[20], h[21]]);
     let p = h[23];
-    if frag & 0x3fff != 0 || h[22] == 0 || total < 40 || data.len() < L2 + total {
-        return None;
-    }
-    if p != proto::TCP && p != proto::UDP {
+    // A whole TCP header (20 + 20) or UDP header (20 + 8) inside the packet.
+    let min_total = match p {
+        proto::TCP => 40,
+        proto::UDP => 28,
+        _ => return None,
+    };
+    if frag & 0x3fff != 0 || h[22] == 0 || total < min_total || data.len() < L2 + total {
         return None;
     }
     // The one's-complement sum does not depend on byte order (RFC 1071 §2):
