@@ -3,6 +3,7 @@
 # let it warm up, read `l4lb ctl stats` twice over a measuring window, stop it.
 #
 #   scripts/bench-l4lb.sh CONFIG [WARM_S] [MEASURE_S]     (defaults 3 and 5)
+#   L4LB_BIN=/path/to/other/l4lb scripts/bench-l4lb.sh ... (another build, for an A/B on one config)
 #
 # Prints "Mpps new_flow_fraction drop_fraction tsc_hz". scripts/bench.sh uses
 # it for every l4lb run; on its own it A/B-tests a change against a config
