@@ -482,10 +482,10 @@ impl Worker {
     ) -> Option<Verdict> {
         use DropReason::*;
         let Some(port) = st.ports.get(in_port as usize) else { return Some(Verdict::Drop(NotForUs)) };
-        if fast_v4(st, port, in_port, pkt.data(), &mut self.last_service, out) {
+        if fast_v4(st, port, in_port, pkt.data(), &mut self.last_service, out).is_some() {
             return None;
         }
-        if fast_v6(st, port, in_port, pkt.data(), &mut self.last_service_v6, out) {
+        if fast_v6(st, port, in_port, pkt.data(), &mut self.last_service_v6, out).is_some() {
             return None;
         }
         let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
@@ -1168,6 +1168,18 @@ impl ServiceMemo {
     const EMPTY: ServiceMemo = ServiceMemo { tag: 0, service: usize::MAX };
 }
 
+/// Whether the frame's destination MAC is the port's (compared as one word).
+#[inline(always)]
+fn to_our_mac(frame: &[u8], port: &PortInfo) -> bool {
+    let word = |b: &[u8]| {
+        b.get(..6).map(|b| {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64
+                | (u16::from_le_bytes([b[4], b[5]]) as u64) << 32
+        })
+    };
+    word(frame).is_some_and(|w| Some(w) == word(&port.mac))
+}
+
 /// The common case in one pass over a fixed-size prefix (no bounds checks
 /// after the first): an untagged IPv4 TCP/UDP packet without options or
 /// fragmentation, to our MAC and a service. Anything else — and every
@@ -1181,29 +1193,13 @@ fn fast_v4(
     data: &[u8],
     last: &mut ServiceMemo,
     out: &mut Vip,
-) -> bool {
-    fast_v4_inner(st, port, in_port, data, last, out).is_some()
-}
-
-#[inline(always)]
-fn fast_v4_inner(
-    st: &ForwardingState,
-    port: &PortInfo,
-    in_port: u16,
-    data: &[u8],
-    last: &mut ServiceMemo,
-    out: &mut Vip,
 ) -> Option<()> {
     const L2: usize = ethernet::HEADER_LEN;
     let h: &[u8; 48] = data.get(..48)?.try_into().ok()?;
     // Little-endian word reads: the bytes stay in wire order inside them.
     let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let dst_mac = le32(0) as u64 | (u16::from_le_bytes([h[4], h[5]]) as u64) << 32;
-    let m = &port.mac;
-    let our_mac =
-        u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as u64 | (u16::from_le_bytes([m[4], m[5]]) as u64) << 32;
     // Ethertype 0x0800, version 4, IHL 5.
-    if dst_mac != our_mac || le32(12) & 0x00ff_ffff != 0x0045_0008 {
+    if !to_our_mac(h, port) || le32(12) & 0x00ff_ffff != 0x0045_0008 {
         return None;
     }
     let total = u16::from_be_bytes([h[16], h[17]]) as usize;
@@ -1296,30 +1292,13 @@ fn fast_v6(
     data: &[u8],
     last: &mut ServiceMemoV6,
     out: &mut Vip,
-) -> bool {
-    fast_v6_inner(st, port, in_port, data, last, out).is_some()
-}
-
-#[inline(always)]
-fn fast_v6_inner(
-    st: &ForwardingState,
-    port: &PortInfo,
-    in_port: u16,
-    data: &[u8],
-    last: &mut ServiceMemoV6,
-    out: &mut Vip,
 ) -> Option<()> {
     const L2: usize = ethernet::HEADER_LEN;
     const L4: usize = L2 + V6_HDR;
     // Up to the TCP flags.
     let h: &[u8; L4 + 14] = data.get(..L4 + 14)?.try_into().ok()?;
-    let le32 = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
-    let dst_mac = le32(0) as u64 | (u16::from_le_bytes([h[4], h[5]]) as u64) << 32;
-    let m = &port.mac;
-    let our_mac =
-        u32::from_le_bytes([m[0], m[1], m[2], m[3]]) as u64 | (u16::from_le_bytes([m[4], m[5]]) as u64) << 32;
     // Ethertype 0x86dd, version 6.
-    if dst_mac != our_mac || h[12] != 0x86 || h[13] != 0xdd || h[14] >> 4 != 6 {
+    if !to_our_mac(h, port) || h[12] != 0x86 || h[13] != 0xdd || h[14] >> 4 != 6 {
         return None;
     }
     let payload = u16::from_be_bytes([h[18], h[19]]) as usize;
