@@ -226,16 +226,16 @@ impl FlowTable {
         Place { b1: b1 as u32, b2: b2 as u32, sig, pref: preferred_slot(hash) as u8 }
     }
 
-    /// Prefetches the primary signature line of `hash` (the first stage of a
-    /// burst lookup).
+    /// The first stage of a burst lookup: prefetches the primary signature
+    /// line of `hash` and the entry in the key's preferred slot there.
     #[inline(always)]
     pub fn prefetch<P: Prefetch>(&self, hash: u64, p: &P) {
         self.prefetch_place(&self.place_of(hash), p)
     }
 
-    /// As [`FlowTable::prefetch`] for a computed place.
-    /// Fetches the primary signature line and, beside it rather than after
-    /// it, the key's preferred entry in that bucket, where most keys live.
+    /// As [`FlowTable::prefetch`] for a computed place. The preferred entry,
+    /// where most keys live, is fetched beside the signature line rather than
+    /// after it.
     #[inline(always)]
     pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
@@ -251,10 +251,12 @@ impl FlowTable {
         p.prefetch(&self.sigs[at.b2 as usize]);
     }
 
-    /// The second stage, once the primary signature line is in cache: the
-    /// entry of the first signature match there; with no match, the second
-    /// bucket's signature line (the key may live there) and the primary's
-    /// first free entry (where a new flow will most likely be written).
+    /// The second stage, once the primary signature line is in cache: nothing
+    /// when the preferred slot holds the signature (its entry is on its way);
+    /// else the entry of the first signature match; with no match, the second
+    /// bucket's signature line (the key may live there) and, when the
+    /// preferred slot is taken, the primary's first free entry (where a new
+    /// flow will most likely be written).
     #[inline(always)]
     pub fn prefetch_entry<P: Prefetch>(&self, hash: u64, p: &P) {
         self.prefetch_entry_place(&self.place_of(hash), p)
@@ -283,7 +285,7 @@ impl FlowTable {
     }
 
     /// The first slot of bucket `b` holding signature `sig` (0: the first
-    /// free slot). LLVM compiles the search into one vector compare.
+    /// free slot).
     #[inline(always)]
     fn first(&self, b: usize, sig: u16) -> Option<usize> {
         self.sigs[b].sig.iter().position(|&x| x == sig)

@@ -410,9 +410,11 @@ impl Worker {
         v
     }
 
-    /// Processes a burst in three passes: parse every packet and prefetch the
-    /// flow-table signature lines of those bound for VIPs; prefetch the entries
-    /// those lines point at; then decide each packet. `verdicts[i]` is for `pkts[i]`.
+    /// Processes a burst in three passes: parse every packet and prefetch, for
+    /// those bound for VIPs, the primary signature line and the preferred
+    /// entry (both buckets' lines for a TCP SYN); prefetch the entry a key
+    /// matched elsewhere, or the second line; then decide each packet, in
+    /// order. `verdicts[i]` is for `pkts[i]`.
     pub fn process_burst<P: Packet, F: Prefetch>(
         &mut self,
         st: &ForwardingState,
