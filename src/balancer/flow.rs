@@ -62,6 +62,15 @@ pub enum KeyKind {
     ThreeTuple,
 }
 
+/// An address's 16-byte identity: IPv6 as is, IPv4 in its mapped form (the
+/// form flow keys, service lookups and Maglev backend identities use).
+pub fn ip16(a: IpAddr) -> [u8; 16] {
+    match a {
+        IpAddr::V4(v4) => mapped(v4),
+        IpAddr::V6(v6) => v6.octets(),
+    }
+}
+
 pub fn mapped(a: Ipv4Addr) -> [u8; 16] {
     mapped_bytes(&a.octets())
 }
@@ -82,11 +91,7 @@ fn addr4(h: &[u8], at: usize) -> [u8; 16] {
 
 impl FlowKey {
     pub fn new(src: IpAddr, dst: IpAddr, proto: u8, src_port: u16, dst_port: u16) -> FlowKey {
-        let b = |a: IpAddr| match a {
-            IpAddr::V4(v4) => mapped(v4),
-            IpAddr::V6(v6) => v6.octets(),
-        };
-        FlowKey { src: b(src), dst: b(dst), src_port, dst_port, proto }
+        FlowKey { src: ip16(src), dst: ip16(dst), src_port, dst_port, proto }
     }
 
     pub fn is_v4(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::flow::{mapped, FlowKey};
+use super::flow::{ip16, FlowKey};
 use super::flowtable::Timeouts;
 use super::hash::{hash_words, SEED_SOURCE};
 use super::maglev::{MaglevBackend, MaglevError, MaglevTable};
@@ -236,13 +236,6 @@ fn slot_hash(vip: u128, pp: u32) -> usize {
     super::hash::fmix64(
         (vip as u64) ^ ((vip >> 64) as u64).rotate_left(29) ^ (pp as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
     ) as usize
-}
-
-fn ip16(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(v4) => mapped(v4),
-        IpAddr::V6(v6) => v6.octets(),
-    }
 }
 
 impl ForwardingState {
@@ -486,6 +479,7 @@ pub fn masked_source(key: &FlowKey, v4_prefix: u8, v6_prefix: u8) -> [u8; 16] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::flow::mapped;
 
     fn backend(id: u32, last: u8, weight: u32) -> Backend {
         Backend {

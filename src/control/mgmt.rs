@@ -18,6 +18,7 @@ use super::health::{Checker, Probe};
 use super::neighbour::NeighbourTable;
 use super::runtime::{BackendKey, Change, Health, Runtime};
 use super::state_build::{needed_neighbours, PortFacts};
+use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::state::{ForwardingState, SchedState};
 use crate::dataplane::balance::{FlowQuery, StateMailbox};
@@ -80,13 +81,6 @@ pub struct Management<'a> {
     pub log: Vec<String>,
     /// The workers' TSC rate (cycles per second), for cycles-per-packet figures.
     pub tsc_hz: u64,
-}
-
-fn ip16(a: IpAddr) -> [u8; 16] {
-    match a {
-        IpAddr::V4(v4) => crate::balancer::flow::mapped(v4),
-        IpAddr::V6(v6) => v6.octets(),
-    }
 }
 
 impl<'a> Management<'a> {

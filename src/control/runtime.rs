@@ -395,11 +395,10 @@ impl Runtime {
                 _ => {}
             }
             addrs.push(b.address);
-            let id = match b.address {
-                IpAddr::V4(v4) => crate::balancer::flow::mapped(v4),
-                IpAddr::V6(v6) => v6.octets(),
-            };
-            mb.push(MaglevBackend { id, weight: if a.draining { 0 } else { a.weight } });
+            mb.push(MaglevBackend {
+                id: crate::balancer::flow::ip16(b.address),
+                weight: if a.draining { 0 } else { a.weight },
+            });
         }
         let table = MaglevTable::build(&mb, svc.maglev_table_size)
             .unwrap_or_else(|_| MaglevTable::build(&[], svc.maglev_table_size).expect("validated size"));
