@@ -388,7 +388,7 @@ impl FlowTable {
     ) -> usize {
         let (b1, b2, sig) = self.place(hash);
         // The primary bucket while it has 3+ free slots, so nearly every
-        // lookup reads one signature line (at half load 96% of keys sit in
+        // lookup reads one signature line (at half load 95.7% of keys sit in
         // their primary bucket); after that the emptier of the two, which
         // keeps the table filling past 90% before any insert has to evict.
         // Within a bucket, the key's preferred slot if free: the burst lookup
@@ -667,6 +667,8 @@ mod tests {
             })
             .count();
         let share = primary as f64 / (cap / 2) as f64;
+        // Printed for docs/architecture.md (`cargo test --lib at_half_load -- --nocapture`).
+        println!("at half load: {share:.3} of keys in their primary bucket");
         assert!(share > 0.93, "only {share:.3} in the primary bucket: lookups would need two lines");
         // ...and most in their preferred slot there, whose entry the first
         // prefetch stage fetches beside the signature line.
@@ -678,6 +680,7 @@ mod tests {
             })
             .count();
         let share = preferred as f64 / (cap / 2) as f64;
+        println!("at half load: {share:.3} of keys in their preferred slot");
         assert!(share > 0.7, "only {share:.3} in the preferred slot");
     }
 
