@@ -143,6 +143,26 @@ fn rank_of(state: FlowState, expires_ms: u64, now_ms: u64) -> u16 {
         | if state == FlowState::Established { RANK_ESTABLISHED } else { 0 }
 }
 
+/// Rank units from `now` (see [`rank_now`]) to the rank's expiry on the
+/// 15-bit circle; 0x4000 and above is the past.
+#[inline(always)]
+fn rank_left(r: u16, now: u16) -> u16 {
+    (r & RANK_MASK).wrapping_sub(now) & RANK_MASK
+}
+
+#[inline(always)]
+fn rank_now(now_ms: u64) -> u16 {
+    (now_ms >> RANK_SHIFT) as u16 & RANK_MASK
+}
+
+/// Whether a rank is at least one unit ahead of now: such an entry cannot
+/// have expired, so its rank alone classes it. Others (due now, past, or
+/// pinned idle at the horizon) need the entry's own expiry.
+#[inline(always)]
+fn rank_ahead(r: u16, now_ms: u64) -> bool {
+    (1..0x4000).contains(&rank_left(r, rank_now(now_ms)))
+}
+
 /// A key's preferred slot within its bucket: three hash bits used by neither
 /// the bucket index (low bits) nor the signature (top 16).
 #[inline(always)]
@@ -153,6 +173,10 @@ fn preferred_slot(hash: u64) -> usize {
 pub struct FlowTable {
     sigs: Vec<Bucket>,
     entries: Vec<Entry>,
+    /// Each slot's backend id again, 4 bytes a slot: an eviction learns
+    /// whose active-flow count to lower without reading the victim's entry
+    /// (under a SYN flood that read was a cache miss on every insert).
+    owners: Vec<u32>,
     mask: usize,
     len: usize,
     sweep_at: usize,
@@ -183,7 +207,18 @@ impl FlowTable {
         let mut entries: Vec<Entry> = Vec::with_capacity(cap);
         advise(entries.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<Entry>());
         entries.resize(cap, Entry::default());
-        FlowTable { sigs, entries, mask: buckets - 1, len: 0, sweep_at: 0, stats: FlowTableStats::default() }
+        let mut owners: Vec<u32> = Vec::with_capacity(cap);
+        advise(owners.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<u32>());
+        owners.resize(cap, 0);
+        FlowTable {
+            sigs,
+            entries,
+            owners,
+            mask: buckets - 1,
+            len: 0,
+            sweep_at: 0,
+            stats: FlowTableStats::default(),
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -245,10 +280,16 @@ impl FlowTable {
 
     /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
     /// TCP SYN): a miss reads both signature lines, so both are fetched at once.
+    /// Above the high-water mark the insert will evict, and learns the
+    /// victim's backend from the owner ids of the two buckets: fetched too.
     #[inline(always)]
     pub fn prefetch_place_new<P: Prefetch>(&self, at: &Place, p: &P) {
         self.prefetch_place(at, p);
         p.prefetch(&self.sigs[at.b2 as usize]);
+        if self.len >= self.high_water() {
+            p.prefetch(&self.owners[at.b1 as usize * BUCKET_SLOTS]);
+            p.prefetch(&self.owners[at.b2 as usize * BUCKET_SLOTS]);
+        }
     }
 
     /// The second stage, once the primary signature line is in cache: nothing
@@ -371,21 +412,16 @@ impl FlowTable {
     }
 
     /// Points a live entry at another backend (its old one went away).
-    pub fn rebind(&mut self, slot: usize, backend: u32, on_remove: &mut impl FnMut(&Entry)) {
-        on_remove(&self.entries[slot]);
+    pub fn rebind(&mut self, slot: usize, backend: u32, on_remove: &mut impl FnMut(u32)) {
+        on_remove(self.owners[slot]);
         self.entries[slot].backend = backend;
+        self.owners[slot] = backend;
     }
 
     /// Inserts a flow known to be absent and returns its slot. Never fails:
     /// when both buckets are full it reclaims or evicts (see module docs);
-    /// `on_remove` sees every entry that leaves.
-    pub fn insert(
-        &mut self,
-        new: Entry,
-        hash: u64,
-        now_ms: u64,
-        on_remove: &mut impl FnMut(&Entry),
-    ) -> usize {
+    /// `on_remove` sees the backend id of every entry that leaves.
+    pub fn insert(&mut self, new: Entry, hash: u64, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> usize {
         let (b1, b2, sig) = self.place(hash);
         // The primary bucket while it has 3+ free slots, so nearly every
         // lookup reads one signature line (at half load 95.7% of keys sit in
@@ -417,15 +453,19 @@ impl FlowTable {
             }
             None => {
                 let s = self.victim(b1, b2, now_ms);
-                let old = self.entries[s];
-                if expired(&old, now_ms) {
+                // The class from the rank; the entry is read only when the
+                // rank cannot tell (due now, past, or pinned idle), so the
+                // common victim of a SYN flood — an unconfirmed flow not yet
+                // due — costs no read of its 64-byte entry.
+                let r = self.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS];
+                if !rank_ahead(r, now_ms) && expired(&self.entries[s], now_ms) {
                     self.stats.expired += 1;
-                } else if old.state == FlowState::Established {
+                } else if r & RANK_ESTABLISHED != 0 {
                     self.stats.evicted_established += 1;
                 } else {
                     self.stats.evicted_unconfirmed += 1;
                 }
-                on_remove(&old);
+                on_remove(self.owners[s]);
                 s
             }
         };
@@ -433,6 +473,7 @@ impl FlowTable {
         bucket.sig[slot % BUCKET_SLOTS] = sig;
         bucket.rank[slot % BUCKET_SLOTS] = rank_of(new.state, new.expires_ms, now_ms);
         self.entries[slot] = new;
+        self.owners[slot] = new.backend;
         self.stats.inserts += 1;
         slot
     }
@@ -469,6 +510,7 @@ impl FlowTable {
             if let Some(to) = self.free_slot(alt) {
                 let from = b * BUCKET_SLOTS + i;
                 self.entries[to] = self.entries[from];
+                self.owners[to] = self.owners[from];
                 self.sigs[alt].sig[to % BUCKET_SLOTS] = sig;
                 self.sigs[alt].rank[to % BUCKET_SLOTS] = self.sigs[b].rank[i];
                 self.sigs[b].sig[i] = 0;
@@ -482,32 +524,36 @@ impl FlowTable {
     /// (no entry is read): expired first, then unconfirmed or closing, then
     /// established; within a class the nearest expiry (to about a second).
     fn victim(&self, b1: usize, b2: usize, now_ms: u64) -> usize {
-        let now = (now_ms >> RANK_SHIFT) as u16 & RANK_MASK;
-        let mut best = (u8::MAX, u16::MAX, 0usize);
-        for b in [b1, b2] {
-            for (i, &r) in self.sigs[b].rank.iter().enumerate() {
-                // Time left, on the 15-bit circle; the far half is the past.
-                let left = (r & RANK_MASK).wrapping_sub(now) & RANK_MASK;
-                let (class, left) = if left == 0 || left >= 0x4000 {
-                    (0, 0)
-                } else if r & RANK_ESTABLISHED != 0 {
-                    (2, left)
-                } else {
-                    (1, left)
-                };
-                if (class, left) < (best.0, best.1) {
-                    best = (class, left, b * BUCKET_SLOTS + i);
-                }
-            }
+        let now = rank_now(now_ms);
+        // One order key per candidate, smallest wins: the class in the top
+        // bits (0 stale, 1 unconfirmed or closing, 2 established), then the
+        // time left (< 0x4000), then the candidate's index (first of equals).
+        // Branch-free, so it vectorises: with branches, every SYN of a flood
+        // paid for mispredicted class tests.
+        let order = |r: u16, i: u32| {
+            let left = rank_left(r, now) as u32;
+            let class = if r & RANK_ESTABLISHED != 0 { 0x8000 } else { 0x4000 };
+            let o = if left == 0 || left >= 0x4000 { 0 } else { class | left };
+            o << 4 | i
+        };
+        let (r1, r2) = (&self.sigs[b1].rank, &self.sigs[b2].rank);
+        let mut best = u32::MAX;
+        for i in 0..BUCKET_SLOTS {
+            best = best.min(order(r1[i], i as u32)).min(order(r2[i], (i + BUCKET_SLOTS) as u32));
         }
-        best.2
+        let i = (best & 15) as usize;
+        if i < BUCKET_SLOTS {
+            b1 * BUCKET_SLOTS + i
+        } else {
+            b2 * BUCKET_SLOTS + i - BUCKET_SLOTS
+        }
     }
 
     /// Removes a slot's entry.
-    pub fn remove(&mut self, slot: usize, on_remove: &mut impl FnMut(&Entry)) {
+    pub fn remove(&mut self, slot: usize, on_remove: &mut impl FnMut(u32)) {
         let (b, i) = (slot / BUCKET_SLOTS, slot % BUCKET_SLOTS);
         if self.sigs[b].sig[i] != 0 {
-            on_remove(&self.entries[slot]);
+            on_remove(self.owners[slot]);
             self.sigs[b].sig[i] = 0;
             self.len -= 1;
         }
@@ -516,9 +562,9 @@ impl FlowTable {
     /// Reclaims expired entries in the next `buckets` buckets (round robin over
     /// the table); returns how many it freed. Workers call it a little per
     /// burst and more when idle, so counts of active flows stay true.
-    pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(&Entry)) -> usize {
+    pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(u32)) -> usize {
         let mut freed = 0;
-        let now = (now_ms >> RANK_SHIFT) as u16 & RANK_MASK;
+        let now = rank_now(now_ms);
         for _ in 0..buckets.min(self.sigs.len()) {
             let b = self.sweep_at;
             self.sweep_at = (self.sweep_at + 1) & self.mask;
@@ -532,7 +578,7 @@ impl FlowTable {
                 // cannot have expired. Others (due now, past, or clamped at
                 // the horizon) are decided by the entry itself.
                 let r = self.sigs[b].rank[i];
-                let left = (r & RANK_MASK).wrapping_sub(now) & RANK_MASK;
+                let left = rank_left(r, now);
                 if (1..0x4000).contains(&left) {
                     continue;
                 }
@@ -546,7 +592,7 @@ impl FlowTable {
                     }
                     continue;
                 }
-                on_remove(&self.entries[slot]);
+                on_remove(self.owners[slot]);
                 self.sigs[b].sig[i] = 0;
                 self.len -= 1;
                 self.stats.expired += 1;
@@ -602,7 +648,7 @@ mod tests {
             Entry { key: k, backend: 7, state: FlowState::SynSeen, expires_ms: 100 },
             k.hash(),
             0,
-            &mut |e| removed.push(e.backend),
+            &mut |e| removed.push(e),
         );
         assert_eq!(t.lookup(&k, k.hash(), 50), Some(s));
         assert_eq!(t.entry(s).backend, 7);
@@ -610,7 +656,7 @@ mod tests {
         assert_eq!(t.lookup(&k, k.hash(), 999), Some(s));
         assert_eq!(t.lookup(&k, k.hash(), 1000), None, "expired at its expiry time");
         assert_eq!(t.len(), 1);
-        assert_eq!(t.sweep(1000, t.capacity(), &mut |e| removed.push(e.backend)), 1);
+        assert_eq!(t.sweep(1000, t.capacity(), &mut |e| removed.push(e)), 1);
         assert_eq!((t.len(), removed.as_slice()), (0, &[7][..]));
     }
 
@@ -707,15 +753,8 @@ mod tests {
                 Entry { key: k, backend: 99, state: FlowState::Established, expires_ms: 20_000 },
                 k.hash(),
                 100,
-                &mut |e| {
-                    classes.push(if e.expires_ms <= 100 {
-                        0
-                    } else if e.state == FlowState::Established {
-                        2
-                    } else {
-                        1
-                    })
-                },
+                // Backend n was given the class n % 4 above.
+                &mut |b| classes.push(if b % 4 < 2 { b % 4 } else { 2 }),
             );
         }
         assert_eq!(classes, [[0; 4], [1; 4], [2; 4], [2; 4]].concat());
@@ -749,7 +788,7 @@ mod tests {
         for _ in 0..3 {
             let k = same.next().unwrap();
             let e = Entry { key: k, backend: 200, state: FlowState::SynSeen, expires_ms: 60_000 };
-            t.insert(e, k.hash(), 1_000, &mut |e| gone.push(e.backend));
+            t.insert(e, k.hash(), 1_000, &mut |e| gone.push(e));
         }
         assert_eq!(gone, vec![0, 1, 2]);
     }
@@ -772,8 +811,39 @@ mod tests {
         let k = same.next().unwrap();
         let e = Entry { key: k, backend: 200, state: FlowState::SynSeen, expires_ms: now + 10_000 };
         let mut gone = None;
-        t.insert(e, k.hash(), now, &mut |e| gone = Some(e.backend));
+        t.insert(e, k.hash(), now, &mut |e| gone = Some(e));
         assert_eq!(gone, Some(100), "idle for 5 h: evicted before live SYNs");
+        // Its rank looks stale, but its entry says live: counted as an
+        // established flow evicted, not as an expired one.
+        let s = t.stats();
+        assert_eq!((s.expired, s.evicted_established, s.evicted_unconfirmed), (0, 1, 0));
+    }
+
+    #[test]
+    fn departing_entries_name_their_backend_after_moves_and_rebinds() {
+        // Filled past 90%, so inserts move entries to their other bucket and
+        // the last ones evict; every flow that leaves must report its own
+        // backend (kept beside the entry, not read from it, on eviction).
+        let mut t = FlowTable::with_capacity(1024);
+        let mut live = std::collections::BTreeSet::new();
+        for i in 0..1000u32 {
+            let k = key(i);
+            let e = Entry { key: k, backend: 7_000 + i, state: FlowState::Established, expires_ms: 1_000 };
+            t.insert(e, k.table_hash(), 0, &mut |b| assert!(live.remove(&b), "{b} left twice"));
+            live.insert(7_000 + i);
+        }
+        assert_eq!(t.len(), live.len());
+        assert!(t.stats().evicted_established > 0);
+        // Rebind a flow: it must then leave as its new backend.
+        let (k, slot) = (0..1000).map(key).find_map(|k| Some((k, t.lookup(&k, k.table_hash(), 0)?))).unwrap();
+        let mut old = Vec::new();
+        t.rebind(slot, 1, &mut |b| old.push(b));
+        assert_eq!(old, [7_000 + k.src_port as u32]);
+        live.remove(&old[0]);
+        live.insert(1);
+        let mut gone = std::collections::BTreeSet::new();
+        assert_eq!(t.sweep(2_000, t.capacity(), &mut |b| assert!(gone.insert(b))), live.len());
+        assert_eq!(gone, live);
     }
 
     #[test]
@@ -800,7 +870,7 @@ mod tests {
         while now < 11 * 3_600_000 {
             now += if now < 30_000 { 317 } else { 59_999 };
             let mut gone = Vec::new();
-            t.sweep(now, t.capacity(), &mut |e| gone.push(e.backend));
+            t.sweep(now, t.capacity(), &mut |e| gone.push(e));
             gone.sort();
             let want: Vec<u32> = live.iter().filter(|(_, &exp)| exp <= now).map(|(&i, _)| i).collect();
             assert_eq!(gone, want, "swept at {now} ms");

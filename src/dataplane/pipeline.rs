@@ -306,10 +306,11 @@ impl Default for Vip {
     }
 }
 
-/// Active-flow bookkeeping for entries leaving the flow table.
-fn release(active: &mut [u32]) -> impl FnMut(&Entry) + '_ {
-    move |e| {
-        if let Some(a) = active.get_mut(e.backend as usize) {
+/// Active-flow bookkeeping for entries leaving the flow table (given their
+/// backend id).
+fn release(active: &mut [u32]) -> impl FnMut(u32) + '_ {
+    move |backend| {
+        if let Some(a) = active.get_mut(backend as usize) {
             *a = a.saturating_sub(1);
         }
     }
