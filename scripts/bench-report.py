@@ -38,7 +38,11 @@ def cycles(mpps):
 
 
 def pct(x):
-    return f"{float(x) * 100:.1f}%" if x not in ("", None) else ""
+    if x in ("", None):
+        return ""
+    v = float(x) * 100
+    # Small losses keep their digits: 0.02% is not "0.0%".
+    return f"{v:.3f}%" if 0 < v < 0.1 else f"{v:.1f}%"
 
 
 table = ["| input | program | Mpps | cycles/packet | × testpmd io | new flows | dropped |",
