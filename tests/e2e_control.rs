@@ -288,3 +288,49 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     assert_eq!(drop_count(&out, "no_backend"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lookup_names_the_backend_a_persisted_client_is_kept_on() {
+    let sticky = service(
+        "sticky",
+        "198.18.100.1",
+        "tcp",
+        80,
+        "forwarding = \"l2\"\npersistence_s = 60",
+        &backends(&[1, 2, 3], &[1, 1, 1]),
+    );
+    let m = managed(&["198.18.100.1"], &sticky, None);
+    let sock = m.socket.clone();
+    let lookup = |port: u16| ctl_json(&sock, &format!("lookup tcp 198.18.0.2:{port} 198.18.100.1:80"));
+    let connect = |port: u16| {
+        let out = client_py(
+            &m,
+            &format!(
+                "import http.client\n\
+                 h = http.client.HTTPConnection('198.18.100.1', 80, timeout=3, source_address=('198.18.0.2', {port}))\n\
+                 h.request('GET', '/'); print(h.getresponse().read().decode().split()[0]); h.close()\n"
+            ),
+        );
+        addr_of_name(out.trim())
+    };
+    // No client kept yet: the scheduler decides, port by port.
+    let v = lookup(42000);
+    assert!(v["why"].as_str().unwrap().contains("no worker keeps this client"), "{v}");
+    let first = v["backend"].as_str().unwrap().to_owned();
+    let other = (42001..42200)
+        .find(|&p| lookup(p)["backend"] != first.as_str())
+        .expect("a source port Maglev sends to another backend");
+    // One connection keeps the client on `first`; a new flow from a port that
+    // Maglev would send elsewhere is named as going there too, and does.
+    assert_eq!(connect(42000), first);
+    let v = lookup(other);
+    assert_eq!(v["backend"], first.as_str(), "{v}");
+    let why = v["why"].as_str().unwrap();
+    assert!(why.starts_with("new flow of a persisted client: worker 0 keeps 198.18.0.2"), "{v}");
+    assert_eq!(connect(other), first);
+
+    let Managed { l4lb, dir, .. } = m;
+    let (status, out) = l4lb.stop();
+    assert!(status.success(), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

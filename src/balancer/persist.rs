@@ -66,6 +66,15 @@ impl PersistTable {
         hit
     }
 
+    /// As [`PersistTable::lookup`] with the entry's expiry, for the control
+    /// plane's questions (not counted as a hit).
+    pub fn peek(&self, service: u32, client: &[u8; 16], now_ms: u64) -> Option<(u32, u64)> {
+        self.sets[self.set(service, client)]
+            .iter()
+            .find(|e| e.expires_ms > now_ms && e.service == service && e.client == *client)
+            .map(|e| (e.backend, e.expires_ms))
+    }
+
     /// Records or refreshes the client's backend until `expires_ms`.
     #[inline]
     pub fn record(&mut self, service: u32, client: &[u8; 16], backend: u32, now_ms: u64, expires_ms: u64) {

@@ -663,9 +663,11 @@ impl<'a> Management<'a> {
         let tag = self.query_tag;
         for mb in self.mailboxes {
             while mb.answers.pop().is_some() {}
-            let _ = mb.queries.push(FlowQuery { tag, key });
+            let persist_id = (svc.persistence_ms > 0).then_some(svc.persist_id);
+            let _ = mb.queries.push(FlowQuery { tag, key, persist_id });
         }
         let mut tracked = None;
+        let mut persisted = None;
         let deadline = Instant::now() + Duration::from_millis(200);
         let mut answered = vec![false; self.mailboxes.len()];
         while Instant::now() < deadline && answered.iter().any(|a| !a) {
@@ -675,6 +677,9 @@ impl<'a> Management<'a> {
                         answered[w] = true;
                         if let Some(e) = a.entry {
                             tracked = Some((w, e));
+                        }
+                        if let Some(p) = a.persisted {
+                            persisted = persisted.or(Some((w, p)));
                         }
                     }
                 }
@@ -692,6 +697,22 @@ impl<'a> Management<'a> {
                 ),
             });
             if addr_of(e.backend).is_some() {
+                return Ok(v);
+            }
+        }
+        // A new flow of a persisted client goes where the worker keeps that
+        // client, while that backend is up and not draining (as the
+        // worker's scheduler decides). Each worker keeps its own clients:
+        // the answer names the one that does.
+        if let Some((w, (id, left_ms))) = persisted {
+            if let Some(b) = st.slot_of(id).filter(|&b| !st.backends[b].draining) {
+                let left_s = left_ms.div_ceil(1000);
+                v["backend"] = json!(st.backends[b].addr.to_string());
+                v["why"] = json!(format!(
+                    "new flow of a persisted client: worker {w} keeps {} on this backend for {left_s} s more \
+                     (persistence_s, renewed by each packet)",
+                    s.ip()
+                ));
                 return Ok(v);
             }
         }
@@ -713,7 +734,7 @@ impl<'a> Management<'a> {
         let how =
             if pick.is_none() { "no backend takes new flows: dropped (no_backend)".to_string() } else { how };
         v["why"] = json!(if svc.persistence_ms > 0 {
-            format!("{how}; a persisted client keeps its backend first")
+            format!("{how}; no worker keeps this client (persistence), so the scheduler decides")
         } else {
             how
         });

@@ -40,13 +40,18 @@ pub struct StateMailbox {
 pub struct FlowQuery {
     pub tag: u64,
     pub key: FlowKey,
+    /// The service's persistence id, when it has persistence: also ask
+    /// whether the source is kept on a backend.
+    pub persist_id: Option<u32>,
 }
 
-/// A worker's answer: the tracked entry, if any.
+/// A worker's answer: the tracked entry, if any, and the persisted backend
+/// id of the source with the time it has left (ms), if asked and any.
 #[derive(Debug, Clone, Copy)]
 pub struct FlowAnswer {
     pub tag: u64,
     pub entry: Option<Entry>,
+    pub persisted: Option<(u32, u64)>,
 }
 
 /// Control packets in flight per direction and worker.
@@ -280,7 +285,14 @@ impl BalanceWorker<'_> {
         let flows = (p.flows().len(), p.flows().capacity(), p.flow_stats());
         mailbox.telemetry.publish(stats, &p.counters, flows, state, |id| p.active_flows(id));
         while let Some(q) = mailbox.queries.pop() {
-            let _ = mailbox.answers.push(FlowAnswer { tag: q.tag, entry: p.tracked(&q.key, now_ms) });
+            let _ = mailbox.answers.push(FlowAnswer {
+                tag: q.tag,
+                entry: p.tracked(&q.key, now_ms),
+                persisted: q
+                    .persist_id
+                    .and_then(|id| p.persisted(id, &q.key.src, now_ms))
+                    .map(|(b, expires_ms)| (b, expires_ms.saturating_sub(now_ms))),
+            });
         }
     }
 }

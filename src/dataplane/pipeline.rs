@@ -362,6 +362,12 @@ impl Worker {
         self.flows.lookup(key, key.table_hash(), now_ms).map(|s| *self.flows.entry(s))
     }
 
+    /// The backend id this worker keeps `client` on for a persistent
+    /// service, and until when (ms), if it does.
+    pub fn persisted(&self, persist_id: u32, client: &[u8; 16], now_ms: u64) -> Option<(u32, u64)> {
+        self.persist.peek(persist_id, client, now_ms)
+    }
+
     /// This worker's active flows per backend id.
     pub fn active_flows(&self, backend_id: u32) -> u32 {
         self.active.get(backend_id as usize).copied().unwrap_or(0)
