@@ -8,7 +8,7 @@
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -91,8 +91,24 @@ pub struct Servers {
 impl Drop for Servers {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
+        // The accept loops block in accept(): one connection to each wakes it
+        // to see the flag. A loop that cannot be woken is left to end with
+        // the process rather than waited for.
+        let woken = [
+            UnixStream::connect(&self.socket).is_ok(),
+            self.metrics_addr.is_none_or(|a| {
+                let ip = match a.ip() {
+                    IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+                    ip => ip,
+                };
+                TcpStream::connect_timeout(&SocketAddr::new(ip, a.port()), Duration::from_secs(1)).is_ok()
+            }),
+        ];
+        for (t, woken) in self.threads.drain(..).zip(woken) {
+            if woken {
+                let _ = t.join();
+            }
         }
         let _ = std::fs::remove_file(&self.socket);
     }
@@ -118,7 +134,6 @@ pub fn start(socket: &Path, metrics: &str, calls: Sender<Call>) -> Result<Server
     let listener = UnixListener::bind(socket).map_err(|e| sock_err(e.to_string()))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| sock_err(format!("chmod 0600: {e}")))?;
-    listener.set_nonblocking(true).map_err(|e| sock_err(e.to_string()))?;
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     let (s, c) = (stop.clone(), calls.clone());
@@ -129,7 +144,6 @@ pub fn start(socket: &Path, metrics: &str, calls: Sender<Call>) -> Result<Server
         let m_err = |reason: String| ApiError::Metrics { addr: metrics.to_owned(), reason };
         let l = TcpListener::bind(metrics).map_err(|e| m_err(e.to_string()))?;
         metrics_addr = l.local_addr().ok();
-        l.set_nonblocking(true).map_err(|e| m_err(e.to_string()))?;
         let (s, c) = (stop.clone(), calls);
         threads
             .push(spawn("l4lb-metrics", move || accept_loop(&s, || l.accept().map(|x| x.0), &c, serve_http)));
@@ -141,7 +155,9 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new().name(name.into()).spawn(f).expect("spawn a control thread")
 }
 
-/// Accepts until `stop`; each connection gets its own thread.
+/// Accepts until `stop` (blocking: a request is served the moment it comes,
+/// and an idle l4lb does not wake this thread); each connection gets its own
+/// thread. Dropping [`Servers`] connects once to wake it.
 fn accept_loop<S: Send + 'static>(
     stop: &AtomicBool,
     accept: impl Fn() -> std::io::Result<S>,
@@ -149,8 +165,12 @@ fn accept_loop<S: Send + 'static>(
     serve: fn(S, Sender<Call>),
 ) {
     let open = Arc::new(AtomicUsize::new(0));
-    while !stop.load(Ordering::Relaxed) {
-        match accept() {
+    loop {
+        let conn = accept();
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        match conn {
             // Over the limit the connection is closed at once: a client loop
             // gone wrong must not pile up threads on the management core.
             Ok(conn) if open.load(Ordering::Relaxed) >= MAX_CONNECTIONS => drop(conn),
@@ -169,9 +189,7 @@ fn accept_loop<S: Send + 'static>(
                     open.fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            // Out of descriptors or memory: back off instead of spinning.
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
@@ -370,6 +388,27 @@ mod tests {
         let e = call(&path, &Request::Status).unwrap_err();
         assert!(e.contains("is l4lb running"), "{e}");
         drop(mgmt);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn blocking_accept_loops_end_when_the_servers_drop() {
+        // Metrics on every IPv4 address: the shutdown wakes that listener
+        // through loopback. Both loops block in accept() until then.
+        let dir = std::env::temp_dir().join(format!("l4lb-api-stop-{}", std::process::id()));
+        let path = dir.join("t.sock");
+        let (tx, _rx) = crossbeam::channel::unbounded::<Call>();
+        let servers = start(&path, "0.0.0.0:0", tx).unwrap();
+        let port = servers.metrics_addr.unwrap().port();
+        let (done_tx, done_rx) = bounded(1);
+        std::thread::spawn(move || {
+            drop(servers);
+            let _ = done_tx.send(());
+        });
+        assert!(done_rx.recv_timeout(Duration::from_secs(30)).is_ok(), "dropping the servers hung");
+        // Both listeners are closed: their threads ended and dropped them.
+        assert!(UnixStream::connect(&path).is_err());
+        assert!(TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
