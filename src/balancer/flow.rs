@@ -285,6 +285,32 @@ mod tests {
     }
 
     #[test]
+    fn the_flow_hash_is_the_documented_hash_words_for_both_families() {
+        // docs/maglev.md §2, computed here from the bytes of the key: what
+        // another implementation would compute for the same flow.
+        let spec = |k: &FlowKey| {
+            let w = |b: &[u8], i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+            let (sp, dp) = (k.src_port.to_be_bytes(), k.dst_port.to_be_bytes());
+            let t = u64::from_le_bytes([sp[0], sp[1], dp[0], dp[1], k.proto, 0, 0, 0]);
+            hash_words(SEED_FLOW, &[w(&k.src, 0), w(&k.src, 8), w(&k.dst, 0), w(&k.dst, 8), t])
+        };
+        let mut x = 0x0fed_cba9_8765_4321u64;
+        for i in 0..10_000u32 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let v4 = |v: u64| IpAddr::V4(Ipv4Addr::from(v as u32));
+            let v6 = |v: u64| IpAddr::V6(Ipv6Addr::from((v as u128) << 64 | v.rotate_left(9) as u128));
+            let (s, d) = if i % 2 == 0 { (v4(x), v4(x >> 32)) } else { (v6(x), v6(x ^ 0x55)) };
+            let k = FlowKey::new(s, d, (x >> 40) as u8, (x >> 8) as u16, (x >> 24) as u16);
+            assert_eq!(k.hash(), spec(&k), "{k:?}");
+        }
+        // An IPv6 source whose first eight bytes are zero (::a.b.c.d style).
+        let k = FlowKey::new("::5".parse().unwrap(), "2001:db8::1".parse().unwrap(), 17, 1, 2);
+        assert_eq!(k.hash(), spec(&k));
+    }
+
+    #[test]
     fn v4_mapping_and_hash_is_stable() {
         let k = FlowKey::new("198.18.0.2".parse().unwrap(), "198.18.100.1".parse().unwrap(), 6, 40000, 80);
         assert!(k.is_v4());
