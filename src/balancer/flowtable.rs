@@ -7,8 +7,11 @@
 //!   first (primary) bucket while it has room to spare, so most lookups need
 //!   one signature line: the burst lookup fetches the second only for keys
 //!   that are not found in the first.
-//! - Each bucket has a 16-byte signature line (8 × u16, 0 = empty) that is
-//!   checked before any entry is touched; entries are 64 bytes, one cache line.
+//! - Each bucket has 32 bytes of 16-bit signatures (0 = empty) and ranks
+//!   (below), checked before any entry is touched; entries are 64 bytes, one
+//!   cache line. Each slot's backend id is kept again in a 4-byte owner array,
+//!   so an eviction lowers the victim backend's active-flow count without
+//!   reading the victim's entry.
 //! - Entries carry an expiry time set from the service's timeouts for their
 //!   TCP state or protocol. Expired entries count as absent and are reclaimed
 //!   by inserts and by an incremental [`FlowTable::sweep`].

@@ -55,11 +55,7 @@ impl PersistTable {
     /// The client's backend, if its entry is live.
     #[inline]
     pub fn lookup(&mut self, service: u32, client: &[u8; 16], now_ms: u64) -> Option<u32> {
-        let s = self.set(service, client);
-        let hit = self.sets[s]
-            .iter()
-            .find(|e| e.expires_ms > now_ms && e.service == service && e.client == *client)
-            .map(|e| e.backend);
+        let hit = self.peek(service, client, now_ms).map(|(backend, _)| backend);
         if hit.is_some() {
             self.stats.hits += 1;
         }
@@ -68,6 +64,7 @@ impl PersistTable {
 
     /// As [`PersistTable::lookup`] with the entry's expiry, for the control
     /// plane's questions (not counted as a hit).
+    #[inline]
     pub fn peek(&self, service: u32, client: &[u8; 16], now_ms: u64) -> Option<(u32, u64)> {
         self.sets[self.set(service, client)]
             .iter()
