@@ -362,8 +362,9 @@ impl FlowTable {
         self.lookup_place(key, &self.place_of(hash), now_ms)
     }
 
-    /// As [`FlowTable::lookup`] for a computed place.
-    #[inline]
+    /// As [`FlowTable::lookup`] for a computed place. Always inlined: the
+    /// burst loop calls it for every packet.
+    #[inline(always)]
     pub fn lookup_place(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<usize> {
         let (b1, b2) = (at.b1 as usize, at.b2 as usize);
         // Most keys sit in their preferred slot of the primary bucket.

@@ -813,7 +813,8 @@ impl Worker {
     ) -> Verdict {
         let svc = &st.services[vip.service as usize];
         let kind = vip.kind;
-        let backend = match slot {
+        // The backend's slot in the state and its stable id.
+        let (backend, id) = match slot {
             Some(s) => {
                 let (e_backend, e_state) = {
                     let e = self.flows.entry(s);
@@ -821,11 +822,23 @@ impl Worker {
                 };
                 match st.slot_of(e_backend) {
                     Some(b) => {
-                        if kind != KeyKind::IcmpError {
+                        if e_state == FlowState::Established
+                            && vip.tcp_flags & (tcp::FIN | tcp::RST | tcp::SYN) == 0
+                            && kind == KeyKind::FiveTuple
+                        {
+                            // Most packets: a plain segment of an established
+                            // flow (what next_state answers, without its walk).
+                            self.flows.touch(
+                                s,
+                                FlowState::Established,
+                                now_ms + svc.timeouts.tcp_established_ms,
+                                now_ms,
+                            );
+                        } else if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
                             self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         }
-                        b
+                        (b, e_backend)
                     }
                     None => {
                         // Its backend is gone (down or removed): this flow moves.
@@ -842,7 +855,7 @@ impl Worker {
                         self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         self.counters.rescheduled += 1;
                         self.per_backend.count_new_flow(id as usize);
-                        b
+                        (b, id)
                     }
                 }
             }
@@ -850,9 +863,9 @@ impl Worker {
                 let Some(b) = self.schedule(st, svc, vip, now_ms) else {
                     return Verdict::Drop(DropReason::NoBackend);
                 };
+                let id = st.backends[b].id;
                 // ICMP errors follow flows; they never start one.
                 if kind != KeyKind::IcmpError {
-                    let id = st.backends[b].id;
                     let state = next_state(svc.proto, kind, vip.tcp_flags, None);
                     let expires = now_ms + svc.timeouts.for_state(state);
                     let Worker { flows, active, .. } = self;
@@ -864,14 +877,13 @@ impl Worker {
                     self.counters.new_flows += 1;
                     self.per_backend.count_new_flow(id as usize);
                 }
-                b
+                (b, id)
             }
         };
         if svc.persistence_ms > 0 && kind != KeyKind::IcmpError {
-            let id = st.backends[backend].id;
             self.persist.record(svc.persist_id, &vip.key.src, id, now_ms, now_ms + svc.persistence_ms);
         }
-        let id = st.backends[backend].id as usize;
+        let id = id as usize;
         if let Some(t) = st.template(backend) {
             if vip.ip_len <= t.max_inner && vip.l2_len as usize == ethernet::HEADER_LEN {
                 self.per_backend.count(id, vip.ip_len as u64);
