@@ -921,12 +921,17 @@ impl Worker {
         }
         let outer_ip = if t.outer_v6 { V6_HDR } else { V4_HDR };
         let payload_len = (ip_len + overhead - outer_ip) as u16;
+        // Every template is at least Ethernet + IPv4 long: one length check
+        // here instead of one per field below.
+        let Some(ip) = h.first_chunk_mut::<{ L2 + V4_HDR }>() else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
         if t.outer_v6 {
             let (tc, fl) = (vip.tos as u32, (vip.hash as u32) & 0x000f_ffff);
             let w0 = 0x6000_0000 | tc << 20 | fl;
-            h[14..18].copy_from_slice(&w0.to_be_bytes());
-            h[18..20].copy_from_slice(&payload_len.to_be_bytes());
-            h[20] = if vip.v6 { proto::IPV6 } else { proto::IPIP };
+            ip[14..18].copy_from_slice(&w0.to_be_bytes());
+            ip[18..20].copy_from_slice(&payload_len.to_be_bytes());
+            ip[20] = if vip.v6 { proto::IPV6 } else { proto::IPIP };
         } else {
             let total = payload_len as u32 + V4_HDR as u32;
             let w1 = if vip.df {
@@ -935,11 +940,11 @@ impl Worker {
                 self.ident = self.ident.wrapping_add(1);
                 (self.ident as u32) << 16
             };
-            h[15] = vip.tos;
-            h[16..18].copy_from_slice(&(total as u16).to_be_bytes());
-            h[18..22].copy_from_slice(&w1.to_be_bytes());
+            ip[15] = vip.tos;
+            ip[16..18].copy_from_slice(&(total as u16).to_be_bytes());
+            ip[18..22].copy_from_slice(&w1.to_be_bytes());
             let c = !checksum::fold(t.sum + ((vip.tos as u64) << 16) + total as u64 + w1 as u64);
-            h[24..26].copy_from_slice(&c.to_be_bytes());
+            ip[24..26].copy_from_slice(&c.to_be_bytes());
         }
         if t.gue {
             let u = L2 + outer_ip;
