@@ -822,19 +822,7 @@ impl Worker {
                 };
                 match st.slot_of(e_backend) {
                     Some(b) => {
-                        if e_state == FlowState::Established
-                            && vip.tcp_flags & (tcp::FIN | tcp::RST | tcp::SYN) == 0
-                            && kind == KeyKind::FiveTuple
-                        {
-                            // Most packets: a plain segment of an established
-                            // flow (what next_state answers, without its walk).
-                            self.flows.touch(
-                                s,
-                                FlowState::Established,
-                                now_ms + svc.timeouts.tcp_established_ms,
-                                now_ms,
-                            );
-                        } else if kind != KeyKind::IcmpError {
+                        if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
                             self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         }
@@ -1409,6 +1397,14 @@ fn tcp_flags(p: u8, kind: KeyKind, l4: &[u8]) -> u8 {
 /// A flow's next state from the client's packet (DSR: one direction only).
 #[inline]
 pub fn next_state(p: u8, kind: KeyKind, flags: u8, prev: Option<FlowState>) -> FlowState {
+    // Most packets first: a plain segment of an established TCP flow.
+    if prev == Some(FlowState::Established)
+        && flags & (tcp::FIN | tcp::RST | tcp::SYN) == 0
+        && kind == KeyKind::FiveTuple
+        && p == proto::TCP
+    {
+        return FlowState::Established;
+    }
     if kind != KeyKind::FiveTuple {
         return FlowState::Other;
     }
@@ -1430,5 +1426,40 @@ pub fn next_state(p: u8, kind: KeyKind, flags: u8, prev: Option<FlowState>) -> F
         }
         proto::UDP => FlowState::Udp,
         _ => FlowState::Other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flow_states_follow_the_clients_segments() {
+        use FlowState::*;
+        use KeyKind::*;
+        let (syn, ack, fin, rst) = (tcp::SYN, tcp::ACK, tcp::FIN, tcp::RST);
+        let tcp = proto::TCP;
+        let cases = [
+            // (protocol, kind, flags, previous state, next state)
+            (tcp, FiveTuple, syn, None, SynSeen),
+            (tcp, FiveTuple, syn, Some(SynSeen), SynSeen),
+            (tcp, FiveTuple, ack, Some(SynSeen), Established),
+            (tcp, FiveTuple, ack, None, Established),
+            (tcp, FiveTuple, ack, Some(Established), Established),
+            (tcp, FiveTuple, 0, Some(Established), Established),
+            (tcp, FiveTuple, syn, Some(Established), Established),
+            (tcp, FiveTuple, syn | ack, Some(Established), Established),
+            (tcp, FiveTuple, fin | ack, Some(Established), Closing),
+            (tcp, FiveTuple, rst, Some(Established), Closing),
+            (tcp, FiveTuple, ack, Some(Closing), Closing),
+            (tcp, Fragment, ack, Some(Established), Other),
+            (tcp, IcmpError, ack, Some(Established), Other),
+            (proto::UDP, FiveTuple, 0, Some(Established), Udp),
+            (proto::UDP, FiveTuple, 0, None, Udp),
+            (proto::ICMP, ThreeTuple, 0, None, Other),
+        ];
+        for (p, kind, flags, prev, want) in cases {
+            assert_eq!(next_state(p, kind, flags, prev), want, "{p} {kind:?} {flags:#x} {prev:?}");
+        }
     }
 }
