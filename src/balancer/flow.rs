@@ -274,13 +274,22 @@ mod tests {
                 proto,
             };
             assert_eq!(table_hash_v4(s, d, ports, proto), key.table_hash());
-            let mut other = key;
-            other.dst_port ^= 1 << (x % 16);
-            assert_ne!(other, key);
-            assert_eq!(
-                other == key,
-                other.table_hash() == key.table_hash() && other.dst_port == key.dst_port
-            );
+            // The word-wise compare sees a one-bit change in every field.
+            let bit = (x % 8) as u8;
+            let changes: [fn(&mut FlowKey, u8); 5] = [
+                |k, b| k.src[15] ^= 1 << b,
+                |k, b| k.dst[12] ^= 1 << b,
+                |k, b| k.src_port ^= 1 << b,
+                |k, b| k.dst_port ^= 0x100 << b,
+                |k, b| k.proto ^= 1 << b,
+            ];
+            for change in changes {
+                let mut other = key;
+                change(&mut other, bit);
+                assert_ne!(other, key);
+            }
+            let copy = key;
+            assert_eq!(copy, key);
         }
     }
 
