@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One run of bench.sh's memif setup at a chosen rate: `l4lb replay` sends the
 # 100k-flow capture into l4lb over net_memif and counts what comes back.
-# Prints replay's summary line (offered, sent, refused, received, lost) and
+# Prints replay's summary line (offered, sent, refused, received, lost,
+# skipped: paced packets the generator never offered because it was itself
+# held up more than 512 packets behind its schedule) and
 # l4lb's own totals for the whole run (rx, tx, dropped).
 #
 #   scripts/bench-memif.sh RATE_PPS [RSIZE]    (RATE_PPS 0: as fast as taken;

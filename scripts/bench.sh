@@ -220,7 +220,7 @@ if [ "$WORKERS" = 1 ]; then
   lost=$(field "$paced" lost); offered=$(field "$paced" offered)
   printf '%s\tl4lb ipip, paced at 80%%\t%s\t\t%s\n' "$name" "$(field "$paced" received_mpps)" \
     "$(awk -v l="$lost" -v o="$offered" 'BEGIN{printf "%.6f", (o > 0 ? l / o : 0)}')" | tee -a "$RESULTS"
-  echo "  offered $offered, lost $lost"
+  echo "  offered $offered, lost $lost, skipped by the generator $(field "$paced" skipped)"
 fi
 
 echo

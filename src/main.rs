@@ -279,12 +279,13 @@ fn main() -> ExitCode {
             match l4lb::replay::run(&args, &SIGNALS.stop, &mut std::io::stdout()) {
                 Ok(r) => {
                     println!(
-                        "offered {} sent {} refused {} received {} lost {} seconds {:.3} offered_mpps {:.3} received_mpps {:.3}",
+                        "offered {} sent {} refused {} received {} lost {} skipped {} seconds {:.3} offered_mpps {:.3} received_mpps {:.3}",
                         r.offered,
                         r.sent,
                         r.refused,
                         r.received,
                         r.lost(),
+                        r.skipped,
                         r.seconds,
                         r.offered as f64 / seconds / 1e6,
                         r.received as f64 / seconds / 1e6,
