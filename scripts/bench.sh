@@ -10,6 +10,9 @@
 #   --seconds S   measuring time per run after a 3-second warm-up (default 5)
 #   --quick       one input (IPv4, 64 B, established, 100k flows): a smoke run
 #   --no-docs     print the table only; do not rewrite docs/benchmarks.md and docs/bench.png
+#   --oversubscribe  allow more workers than free CPUs (several lcores share a
+#                 CPU): checks that the multi-worker setup runs on a small
+#                 machine; its rates mean nothing, so it implies --no-docs
 #
 # Each input is a pcap from `l4lb gen` replayed by net_pcap with infinite_rx=1
 # (one file per worker queue, flows split as RSS would) into net_null (no-rx).
@@ -29,6 +32,7 @@ SECONDS_MEASURE=5
 WARM=3
 QUICK=0
 DOCS=1
+OVERSUB=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
@@ -36,12 +40,16 @@ while [ $# -gt 0 ]; do
     --seconds) SECONDS_MEASURE=$2; shift 2 ;;
     --quick) QUICK=1; shift ;;
     --no-docs) DOCS=0; shift ;;
-    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+    --oversubscribe) OVERSUB=1; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)"; exit 2 ;;
   esac
 done
 CPUS=$(nproc)
-if [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -ge "$CPUS" ]; then
+if [ "$OVERSUB" = 1 ] && [ "$WORKERS" -ge 1 ] && [ "$CPUS" -ge 2 ]; then
+  echo "-- oversubscribed: $WORKERS workers on $((CPUS - 1)) CPU(s); the rates mean nothing (no docs written)"
+  DOCS=0
+elif [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -ge "$CPUS" ]; then
   echo "--workers must be 1 to $((CPUS - 1)) on this machine ($CPUS CPUs; one is the main lcore)"; exit 2
 fi
 
@@ -69,6 +77,13 @@ command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (Debian packa
 cargo build --release --quiet
 mkdir -p "$WORK"
 : > "$RESULTS"
+# Captures are kept between runs; drop them when `l4lb gen` changed what it
+# writes (format 2: every flow once per cycle, not flows drawn at random).
+GEN_FORMAT=2
+if [ "$(cat "$WORK/gen-format" 2>/dev/null)" != "$GEN_FORMAT" ]; then
+  rm -f "$WORK"/*.pcap
+  echo "$GEN_FORMAT" > "$WORK/gen-format"
+fi
 
 # Inputs: name family mix flows size.
 if [ "$QUICK" = 1 ]; then
@@ -89,14 +104,19 @@ mb=$(( (max_packets < 4096 ? 4096 : max_packets) * 5 / 2 / 1024 + 512 ))
 echo "== hugepages: ${mb} MiB for captures of up to $max_packets packets"
 scripts/setup-hugepages.sh "$mb" >/dev/null || { echo "could not reserve ${mb} MiB of hugepages"; exit 1; }
 
-lcores_list() { seq -s, 0 "$WORKERS"; }
+# lcore k on CPU k; oversubscribed, the workers share CPUs 1..CPUS-1.
+lcores_list() {
+  local k out=0@0
+  for k in $(seq 1 "$WORKERS"); do out="$out,$k@$(( (k - 1) % (CPUS - 1) + 1 ))"; done
+  echo "$out"
+}
 
 # testpmd MODE PCAPARGS PACKETS -> Mpps (median of port 0 Rx-pps after the warm-up)
 run_testpmd() {
   local mode=$1 pcaps=$2 packets=$3 log=$WORK/testpmd.log
   local mbufs=$((packets + 65536))
   timeout -s INT $((WARM + SECONDS_MEASURE + 4 + packets / 200000)) \
-    dpdk-testpmd -l "$(lcores_list)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
+    dpdk-testpmd --lcores "$(lcores_list)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
       --vdev "net_pcap0,${pcaps}infinite_rx=1" --vdev "net_null0,no-rx=1" -- \
       --forward-mode="$mode" --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" \
       --total-num-mbufs="$mbufs" --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 || true

@@ -54,7 +54,8 @@ enum Cmd {
         output: PathBuf,
         #[arg(long, default_value_t = 1000)]
         flows: u32,
-        /// Packets in the file (default: the flow count, at least 4096).
+        /// Packets in the file (default: the flow count, at least 4096). Every
+        /// flow appears once in each run of `--flows` packets, in a scrambled order.
         #[arg(long)]
         packets: Option<u32>,
         #[arg(long, value_enum, default_value = "established")]

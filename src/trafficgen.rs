@@ -55,15 +55,18 @@ impl Spec {
     pub fn frame(&self, i: u32) -> Vec<u8> {
         let (k, n) = (self.part.0, self.part.1.max(1));
         let r = fmix64(self.seed ^ (((i as u64) << 8) | k as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        // Flow of this packet: a pseudo-random order over this part's flows,
-        // so consecutive packets touch unrelated flow-table buckets.
+        // Flow of this packet: every one of this part's flows once in each
+        // run of `mine` packets (so a capture with as many packets as flows
+        // holds every flow), in a scrambled order: packet i takes flow
+        // i * P mod mine, P a prime above any flow count.
         let mine = (self.flows / n).max(1) as u64;
-        let pick = |r: u64| ((r % mine) as u32) * n + k;
+        const P: u64 = 4_294_967_311; // the least prime above 2^32
+        let pick = ((i as u64 % mine) * (P % mine) % mine) as u32 * n + k;
         let (flow, syn) = match self.mix {
-            Mix::Established => (pick(r), false),
-            Mix::Syn => (pick(r), true),
+            Mix::Established => (pick, false),
+            Mix::Syn => (pick, true),
             Mix::Half => {
-                let f = pick(r);
+                let f = pick;
                 // Even flows are established, odd ones SYN.
                 if i % 2 == 0 {
                     (f & !1, false)
@@ -216,7 +219,9 @@ mod tests {
                     syns += (flags == 0x02) as u32;
                     flows.insert(k);
                 }
-                assert!(flows.len() <= 1000 && flows.len() > 950, "{mix:?} v6={v6}: {} flows", flows.len());
+                // Every flow, each as often (Half: established flows from
+                // even packets, SYN flows from odd ones, half of each).
+                assert_eq!(flows.len(), 1000, "{mix:?} v6={v6}");
                 let want = match mix {
                     Mix::Established => 0,
                     Mix::Syn => s.packets,
@@ -241,6 +246,21 @@ mod tests {
         };
         let (a, b) = (flows_of(0), flows_of(1));
         assert!(a.is_disjoint(&b));
-        assert!(a.len() > 450 && b.len() > 450);
+        assert_eq!((a.len(), b.len()), (500, 500));
+    }
+
+    #[test]
+    fn a_capture_with_as_many_packets_as_flows_holds_every_flow_once() {
+        for (flows, part) in [(1000, (0, 1)), (100_003, (0, 1)), (1 << 16, (1, 4))] {
+            let s =
+                Spec { flows, packets: flows / part.1, part, ..spec(Mix::Established, false, Sizes::Min) };
+            let seen: std::collections::HashSet<FlowKey> =
+                (0..s.packets).map(|i| parse(&s.frame(i)).0).collect();
+            assert_eq!(seen.len() as u32, s.packets, "{flows} flows, part {part:?}");
+        }
+        // Consecutive packets belong to unrelated flows, not neighbours.
+        let s = spec(Mix::Established, false, Sizes::Min);
+        let ports: Vec<u16> = (0..4).map(|i| parse(&s.frame(i)).0.src_port).collect();
+        assert!(ports.windows(2).all(|w| w[0].abs_diff(w[1]) > 1), "{ports:?}");
     }
 }
