@@ -3,8 +3,9 @@
 # 100k-flow capture into l4lb over net_memif and counts what comes back.
 # Prints replay's summary line (offered, sent, refused, received, lost,
 # skipped: paced packets the generator never offered because it was itself
-# held up more than 512 packets behind its schedule) and
-# l4lb's own totals for the whole run (rx, tx, dropped).
+# held up more than 512 packets behind its schedule) and l4lb's totals for
+# the whole run (rx, tx, dropped; its worker's longest gap between two polls
+# and the gaps of 1 ms or more).
 #
 #   scripts/bench-memif.sh RATE_PPS [RSIZE]    (RATE_PPS 0: as fast as taken;
 #                                               RSIZE: log2 ring size, default 14)
@@ -38,4 +39,4 @@ kill -TERM "$lp"
 wait "$lp" || true
 lp=
 tail -1 "$WORK/replay-rate.log"
-grep '^balancing:' "$WORK/l4lb-memif-rate.log" | sed 's/^/l4lb /'
+grep -A1 '^balancing:' "$WORK/l4lb-memif-rate.log" | sed 's/^/l4lb /'

@@ -426,6 +426,13 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
             c.dropped() + b.dropped_tx_full,
             100.0 * b.busy_polls as f64 / polls as f64
         );
+        let _ = writeln!(
+            out,
+            "  longest poll gap {:.3} ms, stalls (gaps of {} ms or more) {}",
+            b.longest_poll_gap_us as f64 / 1000.0,
+            crate::dataplane::balance::STALL_US / 1000,
+            b.stalls
+        );
         for r in DropReason::ALL {
             if c.drop_count(r) > 0 {
                 let _ = writeln!(out, "  drop {:<22} {}", r.name(), c.drop_count(r));

@@ -161,11 +161,13 @@ fn stats_text(v: &Value) -> String {
         let idle = w["idle_polls"].as_f64().unwrap_or(0.0);
         let _ = writeln!(
             o,
-            "worker {i}: rx {} flows {} busy polls {:.1}% generation {}",
+            "worker {i}: rx {} flows {} busy polls {:.1}% generation {} longest poll gap {:.3} ms stalls {}",
             s(&w["rx_packets"]),
             s(&w["flows"]),
             100.0 * busy / (busy + idle).max(1.0),
-            s(&w["generation"])
+            s(&w["generation"]),
+            w["longest_poll_gap_us"].as_f64().unwrap_or(0.0) / 1000.0,
+            s(&w["stalls"])
         );
     }
     o

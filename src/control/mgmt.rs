@@ -634,6 +634,7 @@ impl<'a> Management<'a> {
             "workers": per.iter().map(|w| json!({
                 "rx_packets": w.stats.rx_packets, "busy_polls": w.stats.busy_polls,
                 "idle_polls": w.stats.idle_polls, "flows": w.flows, "generation": w.generation,
+                "longest_poll_gap_us": w.stats.longest_poll_gap_us, "stalls": w.stats.stalls,
             })).collect::<Vec<_>>(),
             "ports": ports,
         })
@@ -959,6 +960,18 @@ impl<'a> Management<'a> {
             ("l4lb_worker_state_generation", "gauge", "Forwarding-state generation the worker uses.", |s| {
                 s.generation
             }),
+            (
+                "l4lb_worker_longest_poll_gap_microseconds",
+                "gauge",
+                "The longest time between two polls since start (the worker was not running).",
+                |s| s.stats.longest_poll_gap_us,
+            ),
+            (
+                "l4lb_worker_stalls_total",
+                "counter",
+                "Gaps of 1 ms or more between two polls, not counting idle pauses.",
+                |s| s.stats.stalls,
+            ),
             (
                 "l4lb_flow_table_entries",
                 "gauge",

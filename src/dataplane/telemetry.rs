@@ -35,6 +35,8 @@ pub struct WorkerTelemetry {
     generation: AtomicU64,
     states_adopted: AtomicU64,
     control_up_dropped: AtomicU64,
+    longest_poll_gap_us: AtomicU64,
+    stalls: AtomicU64,
     /// Active flows by backend id (only ids in the worker's current state
     /// are refreshed; the others keep their last value).
     active: Box<[AtomicU32]>,
@@ -100,6 +102,8 @@ impl WorkerTelemetry {
             generation: z(),
             states_adopted: z(),
             control_up_dropped: z(),
+            longest_poll_gap_us: z(),
+            stalls: z(),
             active: (0..backend_ids).map(|_| AtomicU32::new(0)).collect(),
         }
     }
@@ -120,6 +124,8 @@ impl WorkerTelemetry {
         put(&self.idle_polls, stats.idle_polls);
         put(&self.states_adopted, stats.states_adopted);
         put(&self.control_up_dropped, stats.control_up_dropped);
+        put(&self.longest_poll_gap_us, stats.longest_poll_gap_us);
+        put(&self.stalls, stats.stalls);
         put(&self.forwarded, counters.forwarded);
         put(&self.replied, counters.replied);
         put(&self.to_kernel, counters.to_kernel);
@@ -170,6 +176,8 @@ impl WorkerTelemetry {
                 control_up: 0,
                 control_up_dropped: get(&self.control_up_dropped),
                 control_sent: 0,
+                longest_poll_gap_us: get(&self.longest_poll_gap_us),
+                stalls: get(&self.stalls),
             },
             flows: get(&self.flows),
             flow_capacity: get(&self.flow_capacity),
@@ -198,12 +206,20 @@ mod tests {
         let t = WorkerTelemetry::new(16);
         let mut c = Counters { forwarded: 7, new_flows: 3, ..Default::default() };
         c.drops[DropReason::NoService as usize] = 2;
-        let stats = BalanceStats { rx_packets: 9, tx_packets: 7, busy_polls: 4, ..Default::default() };
+        let stats = BalanceStats {
+            rx_packets: 9,
+            tx_packets: 7,
+            busy_polls: 4,
+            longest_poll_gap_us: 1500,
+            stalls: 2,
+            ..Default::default()
+        };
         let st = crate::dataplane::testframes::state(crate::balancer::state::Forwarding::IpIp, false, 6);
         let fs = FlowTableStats { inserts: 3, ..Default::default() };
         t.publish(&stats, &c, (3, 1024, fs), &st, |id| id + 10);
         let s = t.snapshot();
         assert_eq!(s.stats.rx_packets, 9);
+        assert_eq!((s.stats.longest_poll_gap_us, s.stats.stalls), (1500, 2));
         assert_eq!(s.stats.pipeline.forwarded, 7);
         assert_eq!(s.stats.pipeline.drop_count(DropReason::NoService), 2);
         assert_eq!((s.flows, s.flow_capacity, s.flow_table.inserts), (3, 1024, 3));
@@ -213,6 +229,8 @@ mod tests {
         let mut sum = s;
         sum += s;
         assert_eq!(sum.stats.rx_packets, 18);
+        // Over workers: the longest gap, the stalls added up.
+        assert_eq!((sum.stats.longest_poll_gap_us, sum.stats.stalls), (1500, 4));
         assert_eq!(sum.generation, st.generation);
     }
 }
