@@ -131,6 +131,11 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     assert!(metric(&text, "l4lb_port_rx_packets_total{port=\"lan\"}").unwrap() >= 28.0);
     assert!(metric(&text, "l4lb_flow_table_capacity{worker=\"0\"}").unwrap() >= 65536.0);
     assert!(text.contains("# TYPE l4lb_backend_packets_total counter"));
+    // Each worker's poll gaps: published as a gauge and a counter, and in ctl stats.
+    assert!(metric(&text, "l4lb_worker_longest_poll_gap_microseconds{worker=\"0\"}").is_some(), "{text}");
+    assert!(text.contains("# TYPE l4lb_worker_stalls_total counter"), "{text}");
+    let w0 = &ctl_json(&m.socket, "stats")["workers"][0];
+    assert!(w0["longest_poll_gap_us"].is_u64() && w0["stalls"].is_u64(), "{w0}");
 
     // lookup agrees with where connections actually go (new flows), and
     // then finds them tracked.
