@@ -5,9 +5,10 @@ instruction was inlined from (the outermost frame below process_burst).
     cargo build --release --example profile_pipeline
     valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file=/tmp/cg.out \\
         target/release/examples/profile_pipeline hot v4 20000
-    scripts/callgrind-by-function.py target/release/examples/profile_pipeline /tmp/cg.out 640000
+    scripts/callgrind-by-function.py target/release/examples/profile_pipeline /tmp/cg.out 640000 [DEPTH]
 
-The last argument is the packet count (bursts x 32). Only instructions that
+The third argument is the packet count (bursts x 32); DEPTH 2 splits each
+function by the one inlined into it (e.g. balance > encap_template). Only instructions that
 ran at least ~once per packet are counted, so one-off set-up stays out.
 """
 import collections
@@ -61,9 +62,10 @@ def inline_chains(binary, addrs):
 
 
 def main():
-    if len(sys.argv) != 4:
+    if len(sys.argv) not in (4, 5):
         sys.exit(__doc__)
     binary, cg, packets = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    depth = int(sys.argv[4]) if len(sys.argv) == 5 else 1
     costs = costs_by_address(cg)
     hot = [a for a, c in costs.items() if c >= packets * 0.9]
     chains = inline_chains(binary, hot)
@@ -71,8 +73,8 @@ def main():
     for a in hot:
         own = [f for f, loc in chains.get(a, []) if "/src/" in loc or "/examples/" in loc]
         own.reverse()  # outermost first
-        name = own[1] if len(own) > 1 else (own[0] if own else "(outside l4lb: libc, the example)")
-        by_fn[re.sub(r"<.*?>", "", name).replace("l4lb::", "")] += costs[a] / packets
+        names = own[1 : 1 + depth] if len(own) > 1 else own[:1] or ["(outside l4lb: libc, the example)"]
+        by_fn[" > ".join(re.sub(r"<.*?>", "", n).replace("l4lb::", "") for n in names)] += costs[a] / packets
     total = sum(by_fn.values())
     for name, v in by_fn.most_common():
         if v >= 1:
