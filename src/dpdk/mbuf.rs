@@ -175,8 +175,11 @@ impl Mbuf {
     #[inline(always)]
     pub fn prefetch_data(&self) {
         let m = self.raw();
-        // SAFETY: prefetch is a hint; the address is inside the mbuf buffer.
-        unsafe { dpdk_sys::l4lb_prefetch0((m.buf_addr as *const u8).add(m.data_off as usize).cast()) }
+        // The start of the packet: `wrapping_add` computes the address without
+        // asserting it is in bounds (it is: data_off lies inside the buffer),
+        // and a prefetch never faults either way.
+        let p = (m.buf_addr as *const u8).wrapping_add(m.data_off as usize);
+        super::prefetch_ptr(p)
     }
 }
 

@@ -25,23 +25,38 @@ pub use queue::{RxQueue, TxQueue, TxStats, TX_BUFFER_CAPACITY};
 /// Reads the CPU's time-stamp counter.
 #[inline(always)]
 pub fn tsc() -> u64 {
-    // SAFETY: rte_rdtsc only reads the TSC register; it has no preconditions.
-    unsafe { dpdk_sys::l4lb_rdtsc() }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: RDTSC only reads the time-stamp counter; it has no preconditions.
+    unsafe {
+        std::arch::x86_64::_rdtsc()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    // SAFETY: rte_rdtsc only reads the time-stamp counter; it has no preconditions.
+    unsafe {
+        dpdk_sys::l4lb_rdtsc()
+    }
 }
 
 /// Hints the CPU to pull `p`'s cache line into all cache levels.
 #[inline(always)]
 pub fn prefetch<T>(p: &T) {
+    prefetch_ptr(p as *const T as *const u8)
+}
+
+/// As [`prefetch`] for a raw address (inlined: on x86_64 one PREFETCHT0,
+/// not a call into the C shim).
+#[inline(always)]
+pub(crate) fn prefetch_ptr(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 is a hint that never faults, and SSE is part of the
-    // x86_64 baseline; the address comes from a live reference.
+    // SAFETY: PREFETCHT0 is a hint that never faults, whatever the address,
+    // and SSE is part of the x86_64 baseline.
     unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const T as *const i8)
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
     }
     #[cfg(not(target_arch = "x86_64"))]
-    // SAFETY: a prefetch is only a hint; the address comes from a live reference.
+    // SAFETY: a prefetch is only a hint and never faults.
     unsafe {
-        dpdk_sys::l4lb_prefetch0(p as *const T as *const std::ffi::c_void)
+        dpdk_sys::l4lb_prefetch0(p as *const std::ffi::c_void)
     }
 }
 
