@@ -7,11 +7,13 @@
 //!   first (primary) bucket while it has room to spare, so most lookups need
 //!   one signature line: the burst lookup fetches the second only for keys
 //!   that are not found in the first.
-//! - Each bucket has 32 bytes of 16-bit signatures (0 = empty) and ranks
-//!   (below), checked before any entry is touched; entries are 64 bytes, one
-//!   cache line. Each slot's backend id is kept again in a 4-byte owner array,
-//!   so an eviction lowers the victim backend's active-flow count without
-//!   reading the victim's entry.
+//! - Each bucket is one 64-byte cache line: its 16-bit signatures (0 =
+//!   empty), checked before any entry is touched; each slot's eviction rank
+//!   (below); and each slot's backend id again, so an eviction lowers the
+//!   victim backend's active-flow count without reading the victim's entry.
+//!   Entries are 64 bytes, one cache line each. A lookup reads the bucket
+//!   line and one entry; an insert the two bucket lines and the slot it
+//!   writes.
 //! - Entries carry an expiry time set from the service's timeouts for their
 //!   TCP state or protocol. Expired entries count as absent and are reclaimed
 //!   by inserts and by an incremental [`FlowTable::sweep`].
@@ -121,14 +123,17 @@ pub struct FlowTableStats {
     pub evicted_established: u64,
 }
 
-/// A bucket's signatures (0 = empty slot) and, beside them in the same half
-/// cache line, each slot's eviction rank: established bit and coarse expiry.
-/// Choosing a victim reads these 32 bytes per bucket instead of 8 entries.
+/// A bucket's signatures (0 = empty slot) and, beside them in the same cache
+/// line, each slot's eviction rank (established bit and coarse expiry) and
+/// backend id. Choosing a victim and releasing it read this line per bucket
+/// instead of 8 entries.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(32))]
+#[repr(C, align(64))]
 struct Bucket {
     sig: [u16; BUCKET_SLOTS],
     rank: [u16; BUCKET_SLOTS],
+    /// Each slot's backend id (a copy of the entry's).
+    owner: [u32; BUCKET_SLOTS],
 }
 
 /// Rank: expiry in units of 2^10 ms (about 1 s), 15 bits (a 9-hour circle;
@@ -176,10 +181,6 @@ fn preferred_slot(hash: u64) -> usize {
 pub struct FlowTable {
     sigs: Vec<Bucket>,
     entries: Vec<Entry>,
-    /// Each slot's backend id again, 4 bytes a slot: an eviction learns
-    /// whose active-flow count to lower without reading the victim's entry
-    /// (under a SYN flood that read was a cache miss on every insert).
-    owners: Vec<u32>,
     mask: usize,
     len: usize,
     sweep_at: usize,
@@ -210,13 +211,9 @@ impl FlowTable {
         let mut entries: Vec<Entry> = Vec::with_capacity(cap);
         advise(entries.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<Entry>());
         entries.resize(cap, Entry::default());
-        let mut owners: Vec<u32> = Vec::with_capacity(cap);
-        advise(owners.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<u32>());
-        owners.resize(cap, 0);
         FlowTable {
             sigs,
             entries,
-            owners,
             mask: buckets - 1,
             len: 0,
             sweep_at: 0,
@@ -282,17 +279,12 @@ impl FlowTable {
     }
 
     /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
-    /// TCP SYN): a miss reads both signature lines, so both are fetched at once.
-    /// Above the high-water mark the insert will evict, and learns the
-    /// victim's backend from the owner ids of the two buckets: fetched too.
+    /// TCP SYN): a miss reads both bucket lines (an eviction takes the
+    /// victim's rank and backend id from them too), so both are fetched at once.
     #[inline(always)]
     pub fn prefetch_place_new<P: Prefetch>(&self, at: &Place, p: &P) {
         self.prefetch_place(at, p);
         p.prefetch(&self.sigs[at.b2 as usize]);
-        if self.len >= self.high_water() {
-            p.prefetch(&self.owners[at.b1 as usize * BUCKET_SLOTS]);
-            p.prefetch(&self.owners[at.b2 as usize * BUCKET_SLOTS]);
-        }
     }
 
     /// The second stage, once the primary signature line is in cache: nothing
@@ -417,9 +409,9 @@ impl FlowTable {
 
     /// Points a live entry at another backend (its old one went away).
     pub fn rebind(&mut self, slot: usize, backend: u32, on_remove: &mut impl FnMut(u32)) {
-        on_remove(self.owners[slot]);
+        on_remove(self.owner(slot));
         self.entries[slot].backend = backend;
-        self.owners[slot] = backend;
+        self.sigs[slot / BUCKET_SLOTS].owner[slot % BUCKET_SLOTS] = backend;
     }
 
     /// Inserts a flow known to be absent and returns its slot. Never fails:
@@ -469,17 +461,23 @@ impl FlowTable {
                 } else {
                     self.stats.evicted_unconfirmed += 1;
                 }
-                on_remove(self.owners[s]);
+                on_remove(self.owner(s));
                 s
             }
         };
         let bucket = &mut self.sigs[slot / BUCKET_SLOTS];
         bucket.sig[slot % BUCKET_SLOTS] = sig;
         bucket.rank[slot % BUCKET_SLOTS] = rank_of(new.state, new.expires_ms, now_ms);
+        bucket.owner[slot % BUCKET_SLOTS] = new.backend;
         self.entries[slot] = new;
-        self.owners[slot] = new.backend;
         self.stats.inserts += 1;
         slot
+    }
+
+    /// The backend id of the entry in `slot` (from its bucket's line).
+    #[inline(always)]
+    fn owner(&self, slot: usize) -> u32 {
+        self.sigs[slot / BUCKET_SLOTS].owner[slot % BUCKET_SLOTS]
     }
 
     #[inline]
@@ -514,9 +512,9 @@ impl FlowTable {
             if let Some(to) = self.free_slot(alt) {
                 let from = b * BUCKET_SLOTS + i;
                 self.entries[to] = self.entries[from];
-                self.owners[to] = self.owners[from];
                 self.sigs[alt].sig[to % BUCKET_SLOTS] = sig;
                 self.sigs[alt].rank[to % BUCKET_SLOTS] = self.sigs[b].rank[i];
+                self.sigs[alt].owner[to % BUCKET_SLOTS] = self.sigs[b].owner[i];
                 self.sigs[b].sig[i] = 0;
                 return Some(from);
             }
@@ -557,7 +555,7 @@ impl FlowTable {
     pub fn remove(&mut self, slot: usize, on_remove: &mut impl FnMut(u32)) {
         let (b, i) = (slot / BUCKET_SLOTS, slot % BUCKET_SLOTS);
         if self.sigs[b].sig[i] != 0 {
-            on_remove(self.owners[slot]);
+            on_remove(self.owner(slot));
             self.sigs[b].sig[i] = 0;
             self.len -= 1;
         }
@@ -596,7 +594,7 @@ impl FlowTable {
                     }
                     continue;
                 }
-                on_remove(self.owners[slot]);
+                on_remove(self.owner(slot));
                 self.sigs[b].sig[i] = 0;
                 self.len -= 1;
                 self.stats.expired += 1;
