@@ -7,7 +7,7 @@ use l4lb::balancer::NoPrefetch;
 use l4lb::control::config::Config;
 use l4lb::control::state_build::{build_state, simulated_facts, worker_config};
 use l4lb::dataplane::packet::{Packet, TestPacket};
-use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
+use l4lb::dataplane::pipeline::{BurstPlan, DropReason, Verdict, Worker, WorkerConfig};
 use proptest::prelude::*;
 
 const BASE: &str = r#"
@@ -228,6 +228,41 @@ fn expired_flows_are_swept_and_counts_return_to_zero() {
     assert_eq!(w.sweep(10_000, usize::MAX), 100);
     assert_eq!(st.backends.iter().map(|b| w.active_flows(b.id)).sum::<u32>(), 0);
     assert!(w.flows().is_empty());
+}
+
+#[test]
+fn a_burst_prepared_with_one_state_and_finished_with_another_follows_the_newer() {
+    // State 1 numbers "web" second (web6 first); state 2 has "web" alone,
+    // on another backend. A worker prepares a burst with state 1 and a new
+    // state arrives before it finishes: the burst is decided by state 2 (with
+    // state 1's service number it would index past state 2's services).
+    let cfg = |backend: u8, web6_first: bool| {
+        let mut c = config(4096, &[(backend, 1)]);
+        if web6_first {
+            c.config.services.rotate_left(1);
+        } else {
+            c.config.services.truncate(1);
+        }
+        c
+    };
+    let (cfg1, cfg2) = (cfg(11, true), cfg(12, false));
+    assert_eq!((cfg1.config.services[1].name.as_str(), cfg2.config.services.len()), ("web", 1));
+    let st1 = build_state(&cfg1, 1, &simulated_facts(&cfg1)).unwrap();
+    let st2 = build_state(&cfg2, 2, &simulated_facts(&cfg2)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg1));
+    let mut pkts: Vec<TestPacket> =
+        (0..8).map(|i| TestPacket::new(&frame(0xc612_0400 + i, 7000, SYN))).collect();
+    let mut plan = BurstPlan::default();
+    w.prepare_burst(&st1, &mut pkts, 0, &mut plan, &NoPrefetch);
+    w.finish_burst(&st2, &mut pkts, 0, 1000, &mut plan, &NoPrefetch);
+    assert_eq!(plan.verdicts(), &[Verdict::Forward { port: 0 }; 8]);
+    assert!(pkts.iter().all(|p| backend_of(p) == 12), "decided by the newer state's backend");
+    // The same burst prepared and finished with one state: that state's backend.
+    let mut pkts: Vec<TestPacket> =
+        (0..8).map(|i| TestPacket::new(&frame(0xc612_0500 + i, 7000, SYN))).collect();
+    w.prepare_burst(&st1, &mut pkts, 0, &mut plan, &NoPrefetch);
+    w.finish_burst(&st1, &mut pkts, 0, 1000, &mut plan, &NoPrefetch);
+    assert!(pkts.iter().all(|p| backend_of(p) == 11));
 }
 
 #[test]

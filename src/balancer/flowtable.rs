@@ -211,14 +211,7 @@ impl FlowTable {
         let mut entries: Vec<Entry> = Vec::with_capacity(cap);
         advise(entries.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<Entry>());
         entries.resize(cap, Entry::default());
-        FlowTable {
-            sigs,
-            entries,
-            mask: buckets - 1,
-            len: 0,
-            sweep_at: 0,
-            stats: FlowTableStats::default(),
-        }
+        FlowTable { sigs, entries, mask: buckets - 1, len: 0, sweep_at: 0, stats: FlowTableStats::default() }
     }
 
     pub fn capacity(&self) -> usize {

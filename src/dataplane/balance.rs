@@ -9,12 +9,12 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use super::forward::{flush_all, IdleBackoff, PollConfig, PollGaps};
-use super::pipeline::{Counters, DropReason, Verdict, Worker, MAX_BACKEND_IDS};
+use super::pipeline::{BurstPlan, Counters, Verdict, Worker, MAX_BACKEND_IDS};
 use super::telemetry::WorkerTelemetry;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::flowtable::Entry;
 use crate::balancer::state::ForwardingState;
-use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue, BURST_MAX};
+use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue};
 
 /// One worker's rings to and from the management core: new states in, old
 /// states back; control packets (ARP replies, neighbour advertisements) up,
@@ -192,14 +192,25 @@ impl BalanceWorker<'_> {
             std::hint::spin_loop();
         };
         stats.states_adopted += 1;
-        let mut burst = Burst::new();
-        let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST_MAX];
+        // Two bursts in flight: each poll prepares the burst it receives
+        // (parse, flow-table prefetches) before it finishes the one it held
+        // from the poll before, so those lines arrive while the worker
+        // receives and decides other packets instead of right before it needs
+        // them. A poll that receives nothing finishes the held burst at once:
+        // a packet waits at most one poll.
+        let mut next = Burst::new();
+        let mut held = Burst::new();
+        let mut held_port = 0u16;
+        let mut next_plan = Box::<BurstPlan>::default();
+        let mut held_plan = Box::<BurstPlan>::default();
         let mut backoff = IdleBackoff::default();
         let tsc_per_ms = tsc_per_ms.max(1);
         let mut gaps = PollGaps::new(STALL_US * tsc_per_ms / 1000);
         let mut published_ms = 0u64;
         while !stop.load(Ordering::Relaxed) {
             if let Some(newer) = mailbox.take_newest(&mut pending) {
+                // A held burst planned with the old state is parsed again
+                // when it is finished (`Worker::finish_burst`).
                 pending.push(std::mem::replace(&mut state, newer));
                 stats.states_adopted += 1;
             }
@@ -223,42 +234,35 @@ impl BalanceWorker<'_> {
             }
             let mut got = 0usize;
             for (rxq, port) in self.rx.iter_mut() {
-                let n = rxq.burst_max(&mut burst, cfg.burst_size);
-                if n == 0 {
-                    continue;
-                }
-                got += n;
-                for m in burst.as_slice() {
-                    m.prefetch_data();
-                }
-                self.pipeline.process_burst(
-                    &state,
-                    burst.as_mut_slice(),
-                    *port,
-                    now_ms,
-                    &mut verdicts[..n],
-                    &CpuPrefetch,
-                );
-                for (m, v) in burst.drain().zip(verdicts.iter()) {
-                    match *v {
-                        Verdict::Forward { port } | Verdict::Reply { port } => {
-                            match self.tx.get_mut(port as usize) {
-                                Some(t) => t.push(m),
-                                None => drop(m),
-                            }
-                        }
-                        // ARP replies and neighbour advertisements teach the
-                        // management core its neighbours; the rest of the
-                        // kernel-bound traffic is counted by the pipeline and
-                        // freed (no kernel exception path yet).
-                        Verdict::ToKernel if is_neighbour_answer(m.data()) => {
-                            match mailbox.control_up.push((*port, m)) {
-                                Ok(()) => stats.control_up += 1,
-                                Err(_) => stats.control_up_dropped += 1,
-                            }
-                        }
-                        Verdict::ToKernel | Verdict::Drop(_) => drop(m),
+                let n = rxq.burst_max(&mut next, cfg.burst_size);
+                if n > 0 {
+                    got += n;
+                    for m in next.as_slice() {
+                        m.prefetch_data();
                     }
+                    self.pipeline.prepare_burst(
+                        &state,
+                        next.as_mut_slice(),
+                        *port,
+                        &mut next_plan,
+                        &CpuPrefetch,
+                    );
+                }
+                if !held.is_empty() {
+                    self.pipeline.finish_burst(
+                        &state,
+                        held.as_mut_slice(),
+                        held_port,
+                        now_ms,
+                        &mut held_plan,
+                        &CpuPrefetch,
+                    );
+                    dispatch(&mut self.tx, mailbox, &mut stats, &mut held, held_port, held_plan.verdicts());
+                }
+                if n > 0 {
+                    std::mem::swap(&mut next, &mut held);
+                    std::mem::swap(&mut next_plan, &mut held_plan);
+                    held_port = *port;
                 }
             }
             for t in self.tx.iter_mut() {
@@ -270,6 +274,18 @@ impl BalanceWorker<'_> {
             if backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls) {
                 gaps.paused();
             }
+        }
+        if !held.is_empty() {
+            let now_ms = tsc() / tsc_per_ms;
+            self.pipeline.finish_burst(
+                &state,
+                held.as_mut_slice(),
+                held_port,
+                now_ms,
+                &mut held_plan,
+                &CpuPrefetch,
+            );
+            dispatch(&mut self.tx, mailbox, &mut stats, &mut held, held_port, held_plan.verdicts());
         }
         (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
         stats.pipeline = self.pipeline.counters;
@@ -312,6 +328,35 @@ impl BalanceWorker<'_> {
                     .and_then(|id| p.persisted(id, &q.key.src, now_ms))
                     .map(|(b, expires_ms)| (b, expires_ms.saturating_sub(now_ms))),
             });
+        }
+    }
+}
+
+/// Sends, hands up or frees each packet of a finished burst by its verdict.
+#[inline(always)]
+fn dispatch(
+    tx: &mut [TxQueue<'_>],
+    mailbox: &StateMailbox,
+    stats: &mut BalanceStats,
+    burst: &mut Burst,
+    in_port: u16,
+    verdicts: &[Verdict],
+) {
+    for (m, v) in burst.drain().zip(verdicts.iter()) {
+        match *v {
+            Verdict::Forward { port } | Verdict::Reply { port } => match tx.get_mut(port as usize) {
+                Some(t) => t.push(m),
+                None => drop(m),
+            },
+            // ARP replies and neighbour advertisements teach the management
+            // core its neighbours; the rest of the kernel-bound traffic is
+            // counted by the pipeline and freed (no kernel exception path yet).
+            Verdict::ToKernel if is_neighbour_answer(m.data()) => match mailbox.control_up.push((in_port, m))
+            {
+                Ok(()) => stats.control_up += 1,
+                Err(_) => stats.control_up_dropped += 1,
+            },
+            Verdict::ToKernel | Verdict::Drop(_) => drop(m),
         }
     }
 }

@@ -249,27 +249,44 @@ pub struct Worker {
     last_service: ServiceMemo,
     last_service_v6: ServiceMemoV6,
     per_backend: Arc<BackendCounters>,
-    scratch: Option<Box<BurstScratch>>,
+    plan: Option<Box<BurstPlan>>,
     pub counters: Counters,
 }
 
 /// Packets per `process_burst` call at most.
 const BURST: usize = crate::dpdk::BURST_MAX;
 
-/// What the stages of `process_burst` hand each other.
-struct BurstScratch {
+/// What [`Worker::prepare_burst`] hands [`Worker::finish_burst`]: each
+/// packet's parse (or its verdict, when parsing decided it) and flow-table
+/// place. Allocated once per worker (about 3 KiB), reused for every burst.
+pub struct BurstPlan {
     vips: [Vip; BURST],
     places: [Place; BURST],
     is_vip: [bool; BURST],
+    verdicts: [Verdict; BURST],
+    /// Packets planned.
+    n: usize,
+    /// The generation of the state the plan was made with.
+    generation: u64,
 }
 
-impl Default for BurstScratch {
+impl Default for BurstPlan {
     fn default() -> Self {
-        BurstScratch {
+        BurstPlan {
             vips: [Vip::default(); BURST],
             places: [Place::default(); BURST],
             is_vip: [false; BURST],
+            verdicts: [Verdict::Drop(DropReason::Malformed); BURST],
+            n: 0,
+            generation: u64::MAX,
         }
+    }
+}
+
+impl BurstPlan {
+    /// The verdicts of the last finished burst, one per packet.
+    pub fn verdicts(&self) -> &[Verdict] {
+        &self.verdicts[..self.n]
     }
 }
 
@@ -339,7 +356,7 @@ impl Worker {
             last_service: ServiceMemo::EMPTY,
             last_service_v6: ServiceMemoV6::EMPTY,
             per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
-            scratch: Some(Box::default()),
+            plan: Some(Box::default()),
             counters: Counters::default(),
         }
     }
@@ -431,12 +448,34 @@ impl Worker {
         verdicts: &mut [Verdict],
         pf: &F,
     ) {
-        self.adopt(st);
-        // The per-burst scratch lives with the worker: no 2 KiB of stack to
+        // The per-burst plan lives with the worker: no 2 KiB of stack to
         // clear per burst. (Taken out and put back to borrow it beside `self`.)
-        let mut scratch = self.scratch.take().unwrap_or_default();
-        let BurstScratch { vips, places, is_vip } = &mut *scratch;
-        let n = pkts.len().min(verdicts.len()).min(BURST);
+        let mut plan = self.plan.take().unwrap_or_default();
+        let n = pkts.len().min(verdicts.len());
+        self.prepare_burst(st, &mut pkts[..n], in_port, &mut plan, pf);
+        self.finish_burst(st, &mut pkts[..n], in_port, now_ms, &mut plan, pf);
+        verdicts[..plan.n].copy_from_slice(&plan.verdicts[..plan.n]);
+        self.plan = Some(plan);
+    }
+
+    /// The first pass of [`Worker::process_burst`]: parses every packet
+    /// (answering ARP, NDP and echo requests in place) and prefetches the
+    /// flow-table lines of those bound for VIPs. A worker may prepare its next
+    /// burst before it finishes this one (see `BalanceWorker::run`), so the
+    /// lines arrive while it receives and decides other packets.
+    pub fn prepare_burst<P: Packet, F: Prefetch>(
+        &mut self,
+        st: &ForwardingState,
+        pkts: &mut [P],
+        in_port: u16,
+        plan: &mut BurstPlan,
+        pf: &F,
+    ) {
+        self.adopt(st);
+        let BurstPlan { vips, places, is_vip, verdicts, n: planned, generation } = plan;
+        let n = pkts.len().min(BURST);
+        *planned = n;
+        *generation = st.generation;
         for i in 0..n {
             is_vip[i] = false;
             match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
@@ -452,7 +491,38 @@ impl Worker {
                 }
             }
         }
-        // Second stage: the signature lines are in cache now; fetch the entries.
+    }
+
+    /// The rest of [`Worker::process_burst`] for a prepared burst (the same
+    /// packets, in the same order): prefetches the entries the keys matched
+    /// (the signature lines are in cache now), then decides each packet in
+    /// order. `plan.verdicts()[i]` is for `pkts[i]`. A plan made with another
+    /// forwarding state (one arrived in between) has its VIP packets parsed
+    /// again: services are numbered per state.
+    pub fn finish_burst<P: Packet, F: Prefetch>(
+        &mut self,
+        st: &ForwardingState,
+        pkts: &mut [P],
+        in_port: u16,
+        now_ms: u64,
+        plan: &mut BurstPlan,
+        pf: &F,
+    ) {
+        let BurstPlan { vips, places, is_vip, verdicts, n, generation } = plan;
+        let n = (*n).min(pkts.len());
+        if *generation != st.generation {
+            self.adopt(st);
+            *generation = st.generation;
+            for i in 0..n {
+                if is_vip[i] {
+                    // A VIP packet is not changed by its parse: parsed again as received.
+                    match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
+                        Some(v) => (is_vip[i], verdicts[i]) = (false, v),
+                        None => places[i] = self.flows.place_of(vips[i].hash),
+                    }
+                }
+            }
+        }
         for i in 0..n {
             if is_vip[i] {
                 self.flows.prefetch_entry_place(&places[i], pf);
@@ -465,7 +535,6 @@ impl Worker {
             }
             self.count(verdicts[i]);
         }
-        self.scratch = Some(scratch);
     }
 
     /// Counts a verdict: forwards (nearly every packet) with one add, not a
