@@ -562,6 +562,8 @@ impl Worker {
     /// the flow key and service of VIP traffic.
     /// Everything up to the flow lookup. Returns the verdict when it is
     /// already decided, or `None` with `out` filled for a VIP packet.
+    /// The fast paths inlined into the burst loop; everything else out of line.
+    #[inline(always)]
     fn parse<P: Packet>(
         &mut self,
         st: &ForwardingState,
@@ -569,11 +571,28 @@ impl Worker {
         in_port: u16,
         out: &mut Vip,
     ) -> Option<Verdict> {
-        use DropReason::*;
-        let Some(port) = st.ports.get(in_port as usize) else { return Some(Verdict::Drop(NotForUs)) };
+        let Some(port) = st.ports.get(in_port as usize) else {
+            return Some(Verdict::Drop(DropReason::NotForUs));
+        };
         if fast_v4(st, port, in_port, pkt.data(), &mut self.last_service, out).is_some() {
             return None;
         }
+        self.parse_slow(st, pkt, in_port, port, out)
+    }
+
+    /// [`Worker::parse`] past the IPv4 fast path: the IPv6 one, then the
+    /// general parser. (Inlining the IPv6 fast path too made the burst loop
+    /// slower for IPv4 and no faster for IPv6.)
+    #[inline(never)]
+    fn parse_slow<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        port: &PortInfo,
+        out: &mut Vip,
+    ) -> Option<Verdict> {
+        use DropReason::*;
         if fast_v6(st, port, in_port, pkt.data(), &mut self.last_service_v6, out).is_some() {
             return None;
         }
