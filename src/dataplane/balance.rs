@@ -198,11 +198,8 @@ impl BalanceWorker<'_> {
         // receives and decides other packets instead of right before it needs
         // them. A poll that receives nothing finishes the held burst at once:
         // a packet waits at most one poll.
-        let mut next = Burst::new();
-        let mut held = Burst::new();
-        let mut held_port = 0u16;
-        let mut next_plan = Box::<BurstPlan>::default();
-        let mut held_plan = Box::<BurstPlan>::default();
+        let mut next = InFlight::new();
+        let mut held = InFlight::new();
         let mut backoff = IdleBackoff::default();
         let tsc_per_ms = tsc_per_ms.max(1);
         let mut gaps = PollGaps::new(STALL_US * tsc_per_ms / 1000);
@@ -234,35 +231,24 @@ impl BalanceWorker<'_> {
             }
             let mut got = 0usize;
             for (rxq, port) in self.rx.iter_mut() {
-                let n = rxq.burst_max(&mut next, cfg.burst_size);
+                let n = rxq.burst_max(&mut next.burst, cfg.burst_size);
                 if n > 0 {
                     got += n;
-                    for m in next.as_slice() {
+                    for m in next.burst.as_slice() {
                         m.prefetch_data();
                     }
+                    next.port = *port;
                     self.pipeline.prepare_burst(
                         &state,
-                        next.as_mut_slice(),
+                        next.burst.as_mut_slice(),
                         *port,
-                        &mut next_plan,
+                        &mut next.plan,
                         &CpuPrefetch,
                     );
                 }
-                if !held.is_empty() {
-                    self.pipeline.finish_burst(
-                        &state,
-                        held.as_mut_slice(),
-                        held_port,
-                        now_ms,
-                        &mut held_plan,
-                        &CpuPrefetch,
-                    );
-                    dispatch(&mut self.tx, mailbox, &mut stats, &mut held, held_port, held_plan.verdicts());
-                }
+                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, mailbox, &mut stats);
                 if n > 0 {
                     std::mem::swap(&mut next, &mut held);
-                    std::mem::swap(&mut next_plan, &mut held_plan);
-                    held_port = *port;
                 }
             }
             for t in self.tx.iter_mut() {
@@ -275,18 +261,7 @@ impl BalanceWorker<'_> {
                 gaps.paused();
             }
         }
-        if !held.is_empty() {
-            let now_ms = tsc() / tsc_per_ms;
-            self.pipeline.finish_burst(
-                &state,
-                held.as_mut_slice(),
-                held_port,
-                now_ms,
-                &mut held_plan,
-                &CpuPrefetch,
-            );
-            dispatch(&mut self.tx, mailbox, &mut stats, &mut held, held_port, held_plan.verdicts());
-        }
+        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, mailbox, &mut stats);
         (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
         stats.pipeline = self.pipeline.counters;
         stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms;
@@ -329,6 +304,39 @@ impl BalanceWorker<'_> {
                     .map(|(b, expires_ms)| (b, expires_ms.saturating_sub(now_ms))),
             });
         }
+    }
+}
+
+/// A received burst between `prepare_burst` and `finish_burst`: its packets,
+/// the port they came in on, and the plan.
+struct InFlight {
+    burst: Burst,
+    port: u16,
+    plan: Box<BurstPlan>,
+}
+
+impl InFlight {
+    fn new() -> InFlight {
+        InFlight { burst: Burst::new(), port: 0, plan: Box::default() }
+    }
+
+    /// Decides the burst, if one is held, and sends, hands up or frees its
+    /// packets; the burst is empty afterwards.
+    #[inline(always)]
+    fn finish(
+        &mut self,
+        pipeline: &mut Worker,
+        st: &ForwardingState,
+        now_ms: u64,
+        tx: &mut [TxQueue<'_>],
+        mailbox: &StateMailbox,
+        stats: &mut BalanceStats,
+    ) {
+        if self.burst.is_empty() {
+            return;
+        }
+        pipeline.finish_burst(st, self.burst.as_mut_slice(), self.port, now_ms, &mut self.plan, &CpuPrefetch);
+        dispatch(tx, mailbox, stats, &mut self.burst, self.port, self.plan.verdicts());
     }
 }
 
