@@ -258,7 +258,8 @@ const BURST: usize = crate::dpdk::BURST_MAX;
 
 /// What [`Worker::prepare_burst`] hands [`Worker::finish_burst`]: each
 /// packet's parse (or its verdict, when parsing decided it) and flow-table
-/// place. Allocated once per worker (about 3 KiB), reused for every burst.
+/// place. Allocated once per worker (about 5 KiB for 64 packets), reused
+/// for every burst.
 pub struct BurstPlan {
     vips: [Vip; BURST],
     places: [Place; BURST],
@@ -448,7 +449,7 @@ impl Worker {
         verdicts: &mut [Verdict],
         pf: &F,
     ) {
-        // The per-burst plan lives with the worker: no 2 KiB of stack to
+        // The per-burst plan lives with the worker: no 5 KiB of stack to
         // clear per burst. (Taken out and put back to borrow it beside `self`.)
         let mut plan = self.plan.take().unwrap_or_default();
         let n = pkts.len().min(verdicts.len());
@@ -559,10 +560,9 @@ impl Worker {
     }
 
     /// Everything up to the flow lookup: L2 checks, ARP/NDP/echo answers, and
-    /// the flow key and service of VIP traffic.
-    /// Everything up to the flow lookup. Returns the verdict when it is
-    /// already decided, or `None` with `out` filled for a VIP packet.
-    /// The fast paths inlined into the burst loop; everything else out of line.
+    /// the flow key and service of VIP traffic. Returns the verdict when it is
+    /// already decided, or `None` with `out` filled for a VIP packet. The IPv4
+    /// fast path is inlined into the burst loop; the rest is a call.
     #[inline(always)]
     fn parse<P: Packet>(
         &mut self,
