@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # l4lb's packet rate for one configuration, from its own counters: start it,
-# let it warm up, read `l4lb ctl stats` twice over a measuring window, stop it.
+# let it warm up, read `l4lb ctl stats` once a second over a measuring window,
+# stop it.
 #
 #   scripts/bench-l4lb.sh CONFIG [WARM_S] [MEASURE_S]     (defaults 3 and 5)
 #   L4LB_BIN=/path/to/other/l4lb scripts/bench-l4lb.sh ... (another build, for an A/B on one config)
 #
-# Prints "Mpps new_flow_fraction drop_fraction tsc_hz". scripts/bench.sh uses
-# it for every l4lb run; on its own it A/B-tests a change against a config
+# Prints "Mpps new_flow_fraction drop_fraction tsc_hz": Mpps is the median of
+# the per-second rates in the window. scripts/bench.sh uses it for every l4lb
+# run; on its own it A/B-tests a change against a config
 # bench.sh wrote (e.g. /tmp/l4lb-bench/l4lb.toml). Needs the [control] socket.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +32,22 @@ sample() {
   $BIN ctl --socket "$sock" --json stats |
     /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["rx_packets"], d["new_flows"], d["dropped"])'
 }
-a=$(sample)
-sleep "$measure"
-b=$(sample)
+# One sample a second; the rate is the median of the per-second rates (as
+# bench.sh takes testpmd's), so one second in which the VM stopped the worker
+# does not set the figure. The fractions are over the whole window.
+samples=$(mktemp /tmp/l4lb-rate.XXXXXX.samples)
+trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log" "$samples"' EXIT
+sample >> "$samples"
+for _ in $(seq 1 "$measure"); do
+  sleep 1
+  sample >> "$samples"
+done
 tsc=$($BIN ctl --socket "$sock" --json status | /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["tsc_hz"])')
-echo "$a $b $tsc" | awk '{dt=$5-$1; rx=$6-$2; r=(rx>0?rx:1); printf "%.3f %.4f %.4f %s\n", rx/dt/1e6, ($7-$3)/r, ($8-$4)/r, $9}'
+/usr/bin/python3 - "$samples" "$tsc" <<'PY'
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+rates = [(b[1] - a[1]) / (b[0] - a[0]) / 1e6 for a, b in zip(rows, rows[1:])]
+rx = max(rows[-1][1] - rows[0][1], 1)
+print("%.3f %.4f %.4f %s" % (statistics.median(rates), (rows[-1][2] - rows[0][2]) / rx,
+                              (rows[-1][3] - rows[0][3]) / rx, sys.argv[2]))
+PY

@@ -19,8 +19,8 @@
 # For every input: testpmd `io` (the DPDK floor) and `5tswap`, then l4lb in
 # `ipip` and `l2` modes. testpmd's rate is its port 0 Rx-pps (median of the
 # per-second samples after the warm-up); l4lb's comes from its own counters
-# (scripts/bench-l4lb.sh: `l4lb ctl stats` before and after the measuring
-# window). Cycles per packet = TSC rate x workers / packet rate (every worker
+# (scripts/bench-l4lb.sh: `l4lb ctl stats` once a second, the median of the
+# per-second rates). Cycles per packet = TSC rate x workers / packet rate (every worker
 # busy-polls). Results go to
 # docs/benchmarks.md (between the bench.sh markers) and docs/bench.png.
 set -euo pipefail
