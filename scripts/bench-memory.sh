@@ -20,7 +20,7 @@ rounds=${1:-3}
 WORK=/tmp/l4lb-bench
 BIN=target/release/l4lb
 mkdir -p "$WORK"
-cargo build --release --bin l4lb --example memory_parallelism >/dev/null 2>&1
+cargo build --quiet --release --bin l4lb --example memory_parallelism
 scripts/setup-hugepages.sh 3072 >/dev/null || { echo "could not reserve 3 GiB of hugepages" >&2; exit 1; }
 
 config() { # NAME CAPTURE PACKETS TABLE
