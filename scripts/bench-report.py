@@ -16,6 +16,7 @@ import subprocess
 p = argparse.ArgumentParser()
 p.add_argument("results")
 p.add_argument("--workers", type=int, default=1)
+p.add_argument("--layout", choices=["own", "shared", "oversub"], default="own")
 p.add_argument("--tsc-hz", type=float, default=0)
 p.add_argument("--seconds", type=int, default=5)
 p.add_argument("--docs", action="store_true")
@@ -65,10 +66,14 @@ def cpu():
 
 
 cmd = f"scripts/bench.sh --workers {a.workers} --seconds {a.seconds}"
+main_lcore = "the main lcore on a CPU of its own"
+if a.layout == "shared":
+    cmd += " --share-main-cpu"
+    main_lcore = "the main lcore sharing CPU 0 with worker 1"
 rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
 section = f"""<!-- bench.sh begin -->
 Command: `{cmd}` (the table and docs/bench.png are written by it). Date: {datetime.date.today()}.
-Machine: {cpu()}, {os.cpu_count()} CPUs, {a.workers} worker core(s) + the main lcore, DPDK 22.11
+Machine: {cpu()}, {os.cpu_count()} CPUs, {a.workers} worker core(s) + {main_lcore}, DPDK 22.11
 (Debian), {rustc}. Input: `net_pcap,infinite_rx=1` into `net_null,no-rx=1`; frame sizes on the wire with FCS
 (IMIX = 7:4:1 of 64, 594, 1438 B). Cycles/packet = TSC rate ({a.tsc_hz / 1e9:.2f} GHz) × workers / rate.
 

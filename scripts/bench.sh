@@ -5,7 +5,11 @@
 #   scripts/bench.sh [--workers N] [--flows LIST] [--seconds S] [--quick] [--no-docs]
 #
 #   --workers N   worker cores for testpmd and l4lb (default 1; lcore 0 is the
-#                 main/management lcore, workers take CPUs 1..N)
+#                 main/management lcore on CPU 0, workers take CPUs 1..N)
+#   --share-main-cpu  the main lcore shares CPU 0 with worker 1 (workers take
+#                 CPUs 0..N-1): N may then be every CPU. Each worker still has a
+#                 CPU of its own and the main lcores sleep between short ticks,
+#                 so the rates count (how a 2-CPU machine runs two workers)
 #   --flows LIST  flow counts for the established-flow runs (default 1000,100000,1000000)
 #   --seconds S   measuring time per run after a 3-second warm-up (default 5)
 #   --quick       one input (IPv4, 64 B, established, 100k flows): a smoke run
@@ -25,6 +29,7 @@
 # docs/benchmarks.md (between the bench.sh markers) and docs/bench.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 WORKERS=1
 FLOWS=1000,100000,1000000
@@ -33,6 +38,7 @@ WARM=3
 QUICK=0
 DOCS=1
 OVERSUB=0
+LAYOUT=own
 while [ $# -gt 0 ]; do
   case "$1" in
     --workers) WORKERS=$2; shift 2 ;;
@@ -41,7 +47,8 @@ while [ $# -gt 0 ]; do
     --quick) QUICK=1; shift ;;
     --no-docs) DOCS=0; shift ;;
     --oversubscribe) OVERSUB=1; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    --share-main-cpu) LAYOUT=shared; shift ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)"; exit 2 ;;
   esac
 done
@@ -49,8 +56,14 @@ CPUS=$(nproc)
 if [ "$OVERSUB" = 1 ] && [ "$WORKERS" -ge 1 ] && [ "$CPUS" -ge 2 ]; then
   echo "-- oversubscribed: $WORKERS workers on $((CPUS - 1)) CPU(s); the rates mean nothing (no docs written)"
   DOCS=0
+  LAYOUT=oversub
+elif [ "$LAYOUT" = shared ]; then
+  if [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -gt "$CPUS" ]; then
+    echo "--workers must be 1 to $CPUS on this machine with --share-main-cpu"; exit 2
+  fi
 elif [ "$WORKERS" -lt 1 ] || [ "$WORKERS" -ge "$CPUS" ]; then
-  echo "--workers must be 1 to $((CPUS - 1)) on this machine ($CPUS CPUs; one is the main lcore)"; exit 2
+  echo "--workers must be 1 to $((CPUS - 1)) on this machine ($CPUS CPUs; one is the main lcore;" \
+    "--share-main-cpu lets worker 1 share it)"; exit 2
 fi
 
 WORK=/tmp/l4lb-bench
@@ -99,74 +112,12 @@ for spec in "${INPUTS[@]}"; do
   read -r _ _ f _ <<< "$spec"
   [ "$f" -gt "$max_packets" ] && max_packets=$f
 done
-# Each process holds a whole capture in mbufs (~2.5 KiB each) plus its rings.
-mb=$(( (max_packets < 4096 ? 4096 : max_packets) * 5 / 2 / 1024 + 512 ))
-echo "== hugepages: ${mb} MiB for captures of up to $max_packets packets"
-scripts/setup-hugepages.sh "$mb" >/dev/null || { echo "could not reserve ${mb} MiB of hugepages"; exit 1; }
-
-# lcore k on CPU k; oversubscribed, the workers share CPUs 1..CPUS-1.
-lcores_list() {
-  local k out=0@0
-  for k in $(seq 1 "$WORKERS"); do out="$out,$k@$(( (k - 1) % (CPUS - 1) + 1 ))"; done
-  echo "$out"
-}
-
-# testpmd MODE PCAPARGS PACKETS -> Mpps (median of port 0 Rx-pps after the warm-up)
-run_testpmd() {
-  local mode=$1 pcaps=$2 packets=$3 log=$WORK/testpmd.log
-  local mbufs=$((packets + 65536))
-  timeout -s INT $((WARM + SECONDS_MEASURE + 4 + packets / 200000)) \
-    dpdk-testpmd --lcores "$(lcores_list)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
-      --vdev "net_pcap0,${pcaps}infinite_rx=1" --vdev "net_null0,no-rx=1" -- \
-      --forward-mode="$mode" --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" \
-      --total-num-mbufs="$mbufs" --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 || true
-  # Per-second Rx-pps of port 0 once traffic flows; drop the warm-up, take the median.
-  awk '/NIC statistics for port 0/{p=1} /NIC statistics for port 1/{p=0} p && /Rx-pps:/{print $2}' "$log" |
-    awk '$1 > 0' | tail -n +$((WARM + 1)) | head -n "$SECONDS_MEASURE" | sort -n |
-    awk '{v[NR]=$1} END {if (NR == 0) print "0"; else printf "%.3f\n", v[int((NR + 1) / 2)] / 1e6}'
-}
+bench_hugepages "$max_packets" || exit 1
 
 # l4lb FORWARDING PCAPARGS PACKETS TABLE -> "Mpps new_flow_fraction drop_fraction"
 run_l4lb() {
   local fwd=$1 pcaps=$2 packets=$3 table=$4 cfg=$WORK/l4lb.toml sock=$WORK/l4lb.sock
-  local vip=198.18.100.1 backends
-  backends='{ address = "198.18.1.11", mac = "02:00:00:00:0b:11" }, { address = "198.18.1.12", mac = "02:00:00:00:0b:12" }, { address = "198.18.1.13", mac = "02:00:00:00:0b:13" }'
-  if [ "$FAMILY" = v6 ]; then
-    vip=2001:db8:100::1
-    backends='{ address = "2001:db8:1::11", mac = "02:00:00:00:0b:11" }, { address = "2001:db8:1::12", mac = "02:00:00:00:0b:12" }, { address = "2001:db8:1::13", mac = "02:00:00:00:0b:13" }'
-  fi
-  cat > "$cfg" <<EOF
-[dpdk]
-lcores = "$(lcores_list)"
-devices = ["net_pcap0,${pcaps}infinite_rx=1", "net_null0,no-rx=1"]
-file_prefix = "l4lbbench"
-mbufs = $((packets + 65536))
-log_level = "lib.eal:warning"
-[workers]
-flow_table_capacity = $table
-idle_pause_us = 0
-[[ports]]
-name = "in"
-device = "net_pcap0"
-ipv4 = "198.18.0.1/24"
-ipv6 = "2001:db8::1/64"
-[[ports]]
-name = "out"
-device = "net_null0"
-ipv4 = "198.18.1.1/24"
-ipv6 = "2001:db8:1::1/64"
-[control]
-socket = "$sock"
-metrics_address = ""
-[[services]]
-name = "bench"
-vip = "$vip"
-protocol = "tcp"
-port = 80
-forwarding = "$fwd"
-egress = "out"
-backends = [$backends]
-EOF
+  bench_l4lb_config "$cfg" "$sock" "$fwd" "$pcaps" "$packets" "$table"
   local out
   out=$(scripts/bench-l4lb.sh "$cfg" "$WARM" "$SECONDS_MEASURE")
   # (This runs in a subshell: the TSC rate goes through a file.)
@@ -177,20 +128,12 @@ EOF
 for spec in "${INPUTS[@]}"; do
   read -r FAMILY MIX FLOWS_N SIZE <<< "$spec"
   name="$FAMILY $MIX ${FLOWS_N} flows $([ "$SIZE" = imix ] && echo IMIX || echo "${SIZE}B")"
-  vip=198.18.100.1:80; [ "$FAMILY" = v6 ] && vip='[2001:db8:100::1]:80'
   packets=$(( FLOWS_N < 4096 ? 4096 : FLOWS_N ))
-  per_part=$(( packets / WORKERS ))
-  pcaps=
-  for k in $(seq 0 $((WORKERS - 1))); do
-    f=$WORK/$FAMILY-$MIX-$FLOWS_N-$SIZE-$k-of-$WORKERS.pcap
-    [ -f "$f" ] || $BIN gen --out "$f" --flows "$FLOWS_N" --packets "$per_part" --mix "$MIX" --size "$SIZE" \
-      --vip "$vip" --part "$k/$WORKERS" >/dev/null
-    pcaps="${pcaps}rx_pcap=$f,"
-  done
+  pcaps=$(bench_captures "$FAMILY" "$MIX" "$FLOWS_N" "$SIZE")
   echo "== $name ($packets packets)"
-  io=$(run_testpmd io "$pcaps" "$packets")
+  io=$(bench_testpmd io "$pcaps" "$packets")
   printf '%s\ttestpmd io\t%s\t\t\n' "$name" "$io" | tee -a "$RESULTS"
-  sw=$(run_testpmd 5tswap "$pcaps" "$packets")
+  sw=$(bench_testpmd 5tswap "$pcaps" "$packets")
   printf '%s\ttestpmd 5tswap\t%s\t\t\n' "$name" "$sw" | tee -a "$RESULTS"
   # Established flows fit the table; SYN runs use a 64k table, so (almost)
   # every SYN misses and is inserted, evicting another unconfirmed flow.
@@ -210,7 +153,9 @@ if [ "$WORKERS" = 1 ]; then
   name="memif: v4 established 100000 flows 64B"
   f=$WORK/v4-established-100000-64-0-of-1.pcap
   [ -f "$f" ] || $BIN gen --out "$f" --flows 100000 --packets 100000 >/dev/null
-  replay_cpu=$(( CPUS > WORKERS + 1 ? WORKERS + 1 : 0 ))
+  # The generator's CPU: the first one no lcore of l4lb's is on, else CPU 0.
+  first_free=$((WORKERS + 1)); [ "$LAYOUT" = shared ] && first_free=$WORKERS
+  replay_cpu=$(( CPUS > first_free ? first_free : 0 ))
   memif_run() { # RATE_ARGS -> replay's summary line
     rm -f "$WORK/in.sock" "$WORK/out.sock"
     $BIN replay --pcap "$f" --cpu "$replay_cpu" --seconds "$SECONDS_MEASURE" --warmup-seconds 2 $1 \
@@ -252,5 +197,5 @@ if [ "$WORKERS" = 1 ]; then
 fi
 
 echo
-/usr/bin/python3 scripts/bench-report.py "$RESULTS" --workers "$WORKERS" --tsc-hz "$(cat "$WORK/tsc_hz" 2>/dev/null || echo 0)" \
+/usr/bin/python3 scripts/bench-report.py "$RESULTS" --workers "$WORKERS" --layout "$LAYOUT" --tsc-hz "$(cat "$WORK/tsc_hz" 2>/dev/null || echo 0)" \
   --seconds "$SECONDS_MEASURE" $([ "$DOCS" = 1 ] && echo --docs)
