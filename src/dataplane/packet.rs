@@ -7,6 +7,15 @@ use crate::dpdk::Mbuf;
 pub trait Packet {
     fn data(&self) -> &[u8];
     fn data_mut(&mut self) -> &mut [u8];
+    /// The packet's length: `data().len()` without making the slice.
+    #[inline(always)]
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+    #[inline(always)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Grows the packet at the front by `n` bytes; false if there is no room.
     fn prepend(&mut self, n: usize) -> bool;
     /// Removes `n` bytes from the front.
@@ -25,6 +34,10 @@ impl Packet for Mbuf {
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
         Mbuf::data_mut(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        Mbuf::len(self)
     }
     #[inline(always)]
     fn prepend(&mut self, n: usize) -> bool {
@@ -90,6 +103,9 @@ impl Packet for TestPacket {
     }
     fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.start..self.end]
+    }
+    fn len(&self) -> usize {
+        self.end - self.start
     }
     fn prepend(&mut self, n: usize) -> bool {
         if n > self.start {

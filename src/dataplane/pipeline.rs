@@ -510,7 +510,8 @@ impl Worker {
         pf: &F,
     ) {
         let BurstPlan { vips, places, is_vip, verdicts, n, generation } = plan;
-        let n = (*n).min(pkts.len());
+        // (Bounded by BURST too, so the plan's arrays need no bounds checks.)
+        let n = (*n).min(pkts.len()).min(BURST);
         if *generation != st.generation {
             self.adopt(st);
             *generation = st.generation;
@@ -993,7 +994,7 @@ impl Worker {
         let ip_len = vip.ip_len as usize;
         let len = t.len as usize;
         let overhead = len - L2;
-        let extra = pkt.data().len() - (L2 + ip_len);
+        let extra = pkt.len() - (L2 + ip_len);
         if (extra > 0 && !pkt.trim_back(extra)) || !pkt.prepend(overhead) {
             return Verdict::Drop(DropReason::NoHeadroom);
         }
