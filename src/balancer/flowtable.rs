@@ -341,7 +341,7 @@ impl FlowTable {
         None
     }
 
-    /// The slot of a live entry for `key` (`hash` = `key.table_hash()`).
+    /// The slot of a live entry for `key` (`hash` = `key.hash()`).
     #[inline]
     pub fn lookup(&self, key: &FlowKey, hash: u64, now_ms: u64) -> Option<usize> {
         self.lookup_place(key, &self.place_of(hash), now_ms)
@@ -613,10 +613,11 @@ mod tests {
         )
     }
 
-    /// `n` keys whose two buckets are the same pair as key 0's, so 16 of
-    /// them fill it.
+    /// `n` keys whose two buckets are one pair of distinct buckets (the first
+    /// key's with two), so 16 of them fill it.
     fn same_pair(t: &FlowTable, n: usize) -> Vec<FlowKey> {
-        let pair = t.place(key(0).hash());
+        let pair =
+            (0u32..).map(|i| t.place(key(i).hash())).find(|p| p.0 != p.1).expect("some key has two buckets");
         (0u32..400_000)
             .map(key)
             .filter(|k| {
@@ -698,13 +699,13 @@ mod tests {
         for i in 0..(cap / 2) as u32 {
             let k = key(i);
             let e = Entry { key: k, backend: i, state: FlowState::Established, expires_ms: 10_000 };
-            t.insert(e, k.table_hash(), 0, &mut |_| panic!("no eviction at half load"));
+            t.insert(e, k.hash(), 0, &mut |_| panic!("no eviction at half load"));
         }
         let primary = (0..(cap / 2) as u32)
             .filter(|&i| {
                 let k = key(i);
-                let slot = t.lookup(&k, k.table_hash(), 1).expect("present");
-                slot / BUCKET_SLOTS == t.place(k.table_hash()).0
+                let slot = t.lookup(&k, k.hash(), 1).expect("present");
+                slot / BUCKET_SLOTS == t.place(k.hash()).0
             })
             .count();
         let share = primary as f64 / (cap / 2) as f64;
@@ -716,8 +717,8 @@ mod tests {
         let preferred = (0..(cap / 2) as u32)
             .filter(|&i| {
                 let k = key(i);
-                let at = t.place_of(k.table_hash());
-                t.lookup(&k, k.table_hash(), 1) == Some(at.b1 as usize * BUCKET_SLOTS + at.pref as usize)
+                let at = t.place_of(k.hash());
+                t.lookup(&k, k.hash(), 1) == Some(at.b1 as usize * BUCKET_SLOTS + at.pref as usize)
             })
             .count();
         let share = preferred as f64 / (cap / 2) as f64;
@@ -824,13 +825,13 @@ mod tests {
         for i in 0..1000u32 {
             let k = key(i);
             let e = Entry { key: k, backend: 7_000 + i, state: FlowState::Established, expires_ms: 1_000 };
-            t.insert(e, k.table_hash(), 0, &mut |b| assert!(live.remove(&b), "{b} left twice"));
+            t.insert(e, k.hash(), 0, &mut |b| assert!(live.remove(&b), "{b} left twice"));
             live.insert(7_000 + i);
         }
         assert_eq!(t.len(), live.len());
         assert!(t.stats().evicted_established > 0);
         // Rebind a flow: it must then leave as its new backend.
-        let (k, slot) = (0..1000).map(key).find_map(|k| Some((k, t.lookup(&k, k.table_hash(), 0)?))).unwrap();
+        let (k, slot) = (0..1000).map(key).find_map(|k| Some((k, t.lookup(&k, k.hash(), 0)?))).unwrap();
         let mut old = Vec::new();
         t.rebind(slot, 1, &mut |b| old.push(b));
         assert_eq!(old, [7_000 + k.src_port as u32]);
@@ -856,7 +857,7 @@ mod tests {
                 _ => 10 * 3_600_000 + 7 * i as u64,
             };
             let e = Entry { key: k, backend: i, state: FlowState::Established, expires_ms: exp };
-            t.insert(e, k.table_hash(), 0, &mut |_| panic!("room left"));
+            t.insert(e, k.hash(), 0, &mut |_| panic!("room left"));
             live.insert(i, exp);
         }
         // A worker sweeps the whole table many times a minute; here once per

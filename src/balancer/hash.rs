@@ -1,10 +1,10 @@
-//! The fixed hash behind every cross-box decision (Maglev permutations, the
-//! flow-to-entry mapping, source-ip affinity, GUE source ports). It depends on
-//! nothing but its input and a documented seed, so every l4lb box, process and
-//! release computes the same value. Specified in `docs/maglev.md`.
+//! The fixed hashes behind the cross-box decisions that are not per packet
+//! (Maglev permutations, source-ip affinity, persistence slots), and the
+//! finaliser the per-packet flow hash (`FlowKey::hash`) ends with. They depend
+//! on nothing but their input and a documented seed, so every l4lb box,
+//! process and release computes the same value. Specified in `docs/maglev.md`.
 
 /// Seeds (ASCII tags, read as big-endian integers).
-pub const SEED_FLOW: u64 = u64::from_be_bytes(*b"l4lbflow");
 pub const SEED_MAGLEV_OFFSET: u64 = u64::from_be_bytes(*b"l4lboffs");
 pub const SEED_MAGLEV_SKIP: u64 = u64::from_be_bytes(*b"l4lbskip");
 pub const SEED_SOURCE: u64 = u64::from_be_bytes(*b"l4lbsrce");
@@ -60,6 +60,9 @@ pub fn reduce(h: u64, n: u32) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The seed of the published test vectors (docs/maglev.md §1).
+    const SEED_FLOW: u64 = u64::from_be_bytes(*b"l4lbflow");
 
     const FMIX64_OF_1: u64 = 0xb456_bcfc_34c2_cb2c;
     const HASH_EMPTY: u64 = 0x97d9_aa14_dd09_4825;

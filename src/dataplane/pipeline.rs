@@ -377,7 +377,7 @@ impl Worker {
 
     /// The live entry this worker tracks for `key`, if any.
     pub fn tracked(&self, key: &FlowKey, now_ms: u64) -> Option<Entry> {
-        self.flows.lookup(key, key.table_hash(), now_ms).map(|s| *self.flows.entry(s))
+        self.flows.lookup(key, key.hash(), now_ms).map(|s| *self.flows.entry(s))
     }
 
     /// The backend id this worker keeps `client` on for a persistent
@@ -690,7 +690,7 @@ impl Worker {
             v6: false,
             key,
             kind,
-            hash: key.table_hash(),
+            hash: key.hash(),
             tcp_flags,
             service: service as u32,
             df: ip.dont_fragment(),
@@ -757,7 +757,7 @@ impl Worker {
             v6: true,
             key,
             kind,
-            hash: key.table_hash(),
+            hash: key.hash(),
             tcp_flags,
             service: service as u32,
             df: true,
@@ -1060,8 +1060,8 @@ impl Worker {
             }
         }
         let sched = self.sched.get_mut(vip.service as usize)?;
-        // The documented cross-box hash is computed only here, for new flows.
-        svc.pick(st, &vip.key, vip.key.hash(), &self.active, sched)
+        // `vip.hash` is the documented flow hash, computed once by the parse.
+        svc.pick(st, &vip.key, vip.hash, &self.active, sched)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -1372,7 +1372,7 @@ fn fast_v4(
         0
     };
     *out = Vip {
-        hash: crate::balancer::flow::table_hash_v4(src4, dst4, ports, p),
+        hash: crate::balancer::flow::hash_v4(src4, dst4, ports, p),
         key,
         service: service as u32,
         ip_len: total as u16,
@@ -1461,7 +1461,7 @@ fn fast_v6(
         s
     };
     *out = Vip {
-        hash: key.table_hash(),
+        hash: key.hash(),
         key,
         service: service as u32,
         ip_len: (V6_HDR + payload) as u16,
