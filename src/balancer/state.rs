@@ -554,6 +554,34 @@ mod tests {
         active
     }
 
+    /// The flow hash spreads the shapes real traffic has over a Maglev table:
+    /// one client's source ports (a NAT, a load generator), and IPv6 clients
+    /// differing only in their interface identifiers.
+    #[test]
+    fn the_flow_hash_spreads_ports_of_one_client_and_v6_clients_evenly() {
+        let st = state(Scheduler::Maglev, vec![backend(0, 11, 1), backend(1, 12, 1), backend(2, 13, 1)]);
+        let svc = &st.services[0];
+        let vip: IpAddr = "198.18.100.1".parse().unwrap();
+        let one_client = (0..30_000u32)
+            .map(|i| FlowKey::new("198.18.0.2".parse().unwrap(), vip, 6, 1024 + i as u16, 80))
+            .collect::<Vec<_>>();
+        let v6_clients = (0..30_000u64)
+            .map(|i| {
+                let src = Ipv6Addr::from((0x2001_0db8_0000_0001u128 << 64) | i as u128);
+                FlowKey::new(IpAddr::V6(src), "2001:db8:100::1".parse().unwrap(), 6, 40000, 443)
+            })
+            .collect::<Vec<_>>();
+        for keys in [one_client, v6_clients] {
+            let mut got = [0u32; 3];
+            for k in &keys {
+                let mut sched = SchedState::default();
+                got[svc.pick(&st, k, k.hash(), &[], &mut sched).unwrap()] += 1;
+            }
+            // 10,000 expected each; binomial sd ~82, so 5% is many sds.
+            assert!(got.iter().all(|&n| (9_500..=10_500).contains(&n)), "{got:?}");
+        }
+    }
+
     #[test]
     fn round_robin_and_weighted() {
         let bs = || vec![backend(0, 11, 1), backend(1, 12, 2), backend(2, 13, 3)];
