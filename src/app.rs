@@ -234,7 +234,7 @@ pub fn run(
         for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
             let launched = s.launch(*lc, move || {
                 let st = match plan {
-                    Plan::Forward(f) => Final::Forward(f.run(poll, stop)),
+                    Plan::Forward(f) => Final::Forward(f.run(poll, tsc_per_ms, stop)),
                     Plan::Balance(b, k) => Final::Balance(b.run(poll, tsc_per_ms, &mailboxes[k], stop)),
                 };
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = st;
@@ -453,5 +453,12 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
         w.dropped_no_route,
         w.dropped_tx_full,
         100.0 * w.busy_polls as f64 / polls as f64
+    );
+    let _ = writeln!(
+        out,
+        "  longest poll gap {:.3} ms, stalls (gaps of {} ms or more) {}",
+        w.longest_poll_gap_us as f64 / 1000.0,
+        crate::dataplane::balance::STALL_US / 1000,
+        w.stalls
     );
 }

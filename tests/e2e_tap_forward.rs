@@ -116,6 +116,13 @@ fn ping_and_udp_cross_l4lb_between_two_namespaces() {
     assert!(a[0] >= 4 && b[0] >= 4, "{transcript}");
     assert_eq!(a[0], b[1], "a's RX all left on b:\n{transcript}");
     assert_eq!(b[0], a[1], "b's RX all left on a:\n{transcript}");
+    // The forwarding workers meter the gaps between their polls too.
+    let gap_ms: f64 = transcript
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("longest poll gap "))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no poll-gap line:\n{transcript}"));
+    assert!(gap_ms.is_finite() && gap_ms >= 0.0, "{transcript}");
 
     std::fs::remove_dir_all(&t.dir).ok();
     drop(t);

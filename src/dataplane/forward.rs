@@ -20,6 +20,11 @@ pub struct WorkerStats {
     pub busy_polls: u64,
     /// Polls of all queues that found nothing.
     pub idle_polls: u64,
+    /// The longest gap between two polls, in microseconds, and the gaps of
+    /// [`STALL_US`](super::balance::STALL_US) or more (see [`PollGaps`]):
+    /// summed over workers, the longest and the total.
+    pub longest_poll_gap_us: u64,
+    pub stalls: u64,
 }
 
 impl std::ops::AddAssign for WorkerStats {
@@ -30,6 +35,8 @@ impl std::ops::AddAssign for WorkerStats {
         self.dropped_tx_full += o.dropped_tx_full;
         self.busy_polls += o.busy_polls;
         self.idle_polls += o.idle_polls;
+        self.longest_poll_gap_us = self.longest_poll_gap_us.max(o.longest_poll_gap_us);
+        self.stalls += o.stalls;
     }
 }
 
@@ -127,12 +134,15 @@ pub struct ForwardWorker<'p> {
 }
 
 impl ForwardWorker<'_> {
-    /// Polls until `stop` is set, then sends what is buffered.
-    pub fn run(mut self, cfg: PollConfig, stop: &AtomicBool) -> WorkerStats {
+    /// Polls until `stop` is set, then sends what is buffered. `tsc_per_ms`
+    /// scales the poll-gap meter.
+    pub fn run(mut self, cfg: PollConfig, tsc_per_ms: u64, stop: &AtomicBool) -> WorkerStats {
         let mut stats = WorkerStats::default();
         let mut burst = Burst::new();
         let mut backoff = IdleBackoff::default();
+        let mut gaps = PollGaps::new(super::balance::STALL_US * tsc_per_ms / 1000);
         while !stop.load(Ordering::Relaxed) {
+            gaps.poll(tsc());
             let mut got = 0usize;
             for (rxq, out) in self.rx.iter_mut() {
                 let n = rxq.burst_max(&mut burst, cfg.burst_size);
@@ -153,9 +163,13 @@ impl ForwardWorker<'_> {
                 t.drain_if_due(now);
             }
             stats.rx_packets += got as u64;
-            backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls);
+            if backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls) {
+                gaps.paused();
+            }
         }
         (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
+        stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms.max(1);
+        stats.stalls = gaps.stalls;
         // Dropping the TX queues frees (and the stats above omit) whatever the
         // device still refused at the very end.
         stats
@@ -182,6 +196,14 @@ mod tests {
         assert_eq!((g.longest_tsc, g.stalls), (1000, 1));
         g.poll(12_010);
         assert_eq!((g.longest_tsc, g.stalls), (3000, 2));
+    }
+
+    #[test]
+    fn worker_stats_sum_counts_and_keep_the_longest_gap() {
+        let mut a = WorkerStats { rx_packets: 5, longest_poll_gap_us: 300, stalls: 1, ..Default::default() };
+        a += WorkerStats { rx_packets: 7, longest_poll_gap_us: 2500, stalls: 2, ..Default::default() };
+        a += WorkerStats { longest_poll_gap_us: 40, ..Default::default() };
+        assert_eq!((a.rx_packets, a.longest_poll_gap_us, a.stalls), (12, 2500, 3));
     }
 
     #[test]
