@@ -14,6 +14,27 @@
 #             this is how a 2-CPU machine measures two workers.
 #   oversub   workers share CPUs 1..CPUS-1 (only checks that a setup runs)
 
+# bench_prepare: remembers the hugepage count (bench_cleanup restores it),
+# installs what the runs need, builds l4lb and makes WORK.
+bench_prepare() {
+  HP_DIR=/sys/kernel/mm/hugepages/hugepages-2048kB
+  HP_BEFORE=$(cat "$HP_DIR/nr_hugepages" 2>/dev/null || echo 0)
+  echo "== setup"
+  scripts/setup.sh >/dev/null
+  command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (Debian package dpdk)"; return 1; }
+  cargo build --release --quiet
+  mkdir -p "$WORK"
+}
+
+# bench_cleanup: stops a testpmd left running, removes the runs' DPDK runtime
+# files and gives back the extra hugepages the runs reserved.
+bench_cleanup() {
+  pkill -INT -f "dpdk-testpmd.*l4lbbench" 2>/dev/null
+  rm -rf /var/run/dpdk/l4lbbench* 2>/dev/null
+  if [ "${HP_BEFORE:-0}" -gt 0 ]; then echo "$HP_BEFORE" > "$HP_DIR/nr_hugepages" 2>/dev/null; fi
+  return 0
+}
+
 # The --lcores map for WORKERS workers under LAYOUT.
 bench_lcores() {
   local k out=0@0

@@ -60,21 +60,8 @@ done
 WORK=/tmp/l4lb-bench
 BIN=target/release/l4lb
 FAMILY=v4
-HP_DIR=/sys/kernel/mm/hugepages/hugepages-2048kB
-HP_BEFORE=$(cat "$HP_DIR/nr_hugepages" 2>/dev/null || echo 0)
-cleanup() {
-  set +e
-  pkill -INT -f "dpdk-testpmd.*l4lbbench" 2>/dev/null
-  rm -rf /var/run/dpdk/l4lbbench* 2>/dev/null
-  [ "$HP_BEFORE" -gt 0 ] && echo "$HP_BEFORE" > "$HP_DIR/nr_hugepages" 2>/dev/null
-}
-trap cleanup EXIT INT TERM
-
-echo "== setup"
-scripts/setup.sh >/dev/null
-command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (Debian package dpdk)"; exit 1; }
-cargo build --release --quiet
-mkdir -p "$WORK"
+trap 'set +e; bench_cleanup' EXIT INT TERM
+bench_prepare || exit 1
 packets=$(( FLOWS_N < 4096 ? 4096 : FLOWS_N ))
 bench_hugepages "$packets"
 

@@ -69,26 +69,17 @@ fi
 WORK=/tmp/l4lb-bench
 RESULTS=$WORK/results.tsv
 BIN=target/release/l4lb
-HP_DIR=/sys/kernel/mm/hugepages/hugepages-2048kB
-HP_BEFORE=$(cat "$HP_DIR/nr_hugepages" 2>/dev/null || echo 0)
 L4LB_PID=
 
 cleanup() {
   set +e
   [ -n "$L4LB_PID" ] && kill -TERM "$L4LB_PID" 2>/dev/null && wait "$L4LB_PID" 2>/dev/null
-  pkill -INT -f "dpdk-testpmd.*l4lbbench" 2>/dev/null
-  rm -rf /var/run/dpdk/l4lbbench* 2>/dev/null
-  # Give back the extra hugepages this run reserved.
-  [ "$HP_BEFORE" -gt 0 ] && echo "$HP_BEFORE" > "$HP_DIR/nr_hugepages" 2>/dev/null
+  bench_cleanup
 }
 trap cleanup EXIT INT TERM
 
-echo "== setup"
-scripts/setup.sh >/dev/null
-command -v dpdk-testpmd >/dev/null || { echo "dpdk-testpmd missing (Debian package dpdk)"; exit 1; }
+bench_prepare || exit 1
 /usr/bin/python3 -c 'import matplotlib' 2>/dev/null || apt-get install -y -qq python3-matplotlib >/dev/null
-cargo build --release --quiet
-mkdir -p "$WORK"
 : > "$RESULTS"
 # Captures are kept between runs; drop them when `l4lb gen` changed what it
 # writes (format 2: every flow once per cycle, not flows drawn at random).

@@ -426,13 +426,7 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
             c.dropped() + b.dropped_tx_full,
             100.0 * b.busy_polls as f64 / polls as f64
         );
-        let _ = writeln!(
-            out,
-            "  longest poll gap {:.3} ms, stalls (gaps of {} ms or more) {}",
-            b.longest_poll_gap_us as f64 / 1000.0,
-            crate::dataplane::balance::STALL_US / 1000,
-            b.stalls
-        );
+        poll_gap_line(out, b.longest_poll_gap_us, b.stalls);
         for r in DropReason::ALL {
             if c.drop_count(r) > 0 {
                 let _ = writeln!(out, "  drop {:<22} {}", r.name(), c.drop_count(r));
@@ -454,11 +448,16 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
         w.dropped_tx_full,
         100.0 * w.busy_polls as f64 / polls as f64
     );
+    poll_gap_line(out, w.longest_poll_gap_us, w.stalls);
+}
+
+/// The workers' poll-gap meter in the summary (see `PollGaps`).
+fn poll_gap_line(out: &mut dyn Write, longest_us: u64, stalls: u64) {
     let _ = writeln!(
         out,
         "  longest poll gap {:.3} ms, stalls (gaps of {} ms or more) {}",
-        w.longest_poll_gap_us as f64 / 1000.0,
+        longest_us as f64 / 1000.0,
         crate::dataplane::balance::STALL_US / 1000,
-        w.stalls
+        stalls
     );
 }
