@@ -115,7 +115,8 @@ impl FlowKey {
     /// `x = (s0 ^ rotl(s1, 32)) * K1 ^ (d0 ^ rotl(d1, 32)) * K2 ^ t * K3`,
     /// then `fmix64(x)` — three independent multiplies and one finaliser, so
     /// the parse computes it once per packet and a new flow needs no second
-    /// hash (a chained five-word hash cost a SYN flood 13% of its rate).
+    /// hash (the chained five-word hash it replaced cost a SYN flood 6–13% of
+    /// its rate, docs/benchmarks.md).
     #[inline(always)]
     pub fn hash(&self) -> u64 {
         let w = |b: &[u8; 16], i: usize| {
@@ -131,9 +132,9 @@ impl FlowKey {
 }
 
 /// The multipliers of the flow hash (docs/maglev.md §2).
-pub const FLOW_K1: u64 = 0x9e37_79b9_7f4a_7c15;
-pub const FLOW_K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
-pub const FLOW_K3: u64 = 0x1656_67b1_9e37_79f9;
+const FLOW_K1: u64 = 0x9e37_79b9_7f4a_7c15;
+const FLOW_K2: u64 = 0xc2b2_ae3d_27d4_eb4f;
+const FLOW_K3: u64 = 0x1656_67b1_9e37_79f9;
 
 #[inline(always)]
 fn flow_mix(a: u64, b: u64, tail: u64) -> u64 {

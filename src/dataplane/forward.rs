@@ -142,7 +142,8 @@ impl ForwardWorker<'_> {
         let mut backoff = IdleBackoff::default();
         let mut gaps = PollGaps::new(super::balance::STALL_US * tsc_per_ms / 1000);
         while !stop.load(Ordering::Relaxed) {
-            gaps.poll(tsc());
+            let now = tsc();
+            gaps.poll(now);
             let mut got = 0usize;
             for (rxq, out) in self.rx.iter_mut() {
                 let n = rxq.burst_max(&mut burst, cfg.burst_size);
@@ -158,7 +159,6 @@ impl ForwardWorker<'_> {
                     }
                 }
             }
-            let now = tsc();
             for t in self.tx.iter_mut() {
                 t.drain_if_due(now);
             }
