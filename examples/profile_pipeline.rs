@@ -1,8 +1,10 @@
 //! Runs bursts through the pipeline for profiling (callgrind, perf):
 //! `cargo build --release --example profile_pipeline` then
-//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts]`.
-//! `syn`: every packet a SYN of a new flow (the source port and address change
-//! every burst), into a 2M-entry table that fills and then evicts.
+//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts] [capacity]`.
+//! `syn`: every packet a SYN of a new flow (32 distinct frames per burst, their
+//! client address renewed every burst: `testframes::renew`), into a table of
+//! `capacity` entries (default 2M); with 65536, as `scripts/bench.sh` sets for
+//! its SYN input, every SYN soon evicts one. It prints how many were new.
 
 use l4lb::balancer::state::Forwarding;
 use l4lb::dataplane::packet::{Packet, TestPacket};
@@ -16,10 +18,10 @@ fn main() {
     let v6 = args.get(2).map(|s| s == "v6").unwrap_or(false);
     let bursts: u32 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let st = l4lb::dataplane::testframes::state(Forwarding::IpIp, v6, 6);
-    let mut w = Worker::new(WorkerConfig { flow_capacity: 1 << 21, ..WorkerConfig::default() });
+    let capacity: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1 << 21);
+    let mut w = Worker::new(WorkerConfig { flow_capacity: capacity, ..WorkerConfig::default() });
     let flags = if syn { 0x02 } else { 0x10 };
     let frames: Vec<Vec<u8>> = (0..4096u32).map(|i| l4lb::dataplane::testframes::tcp(i, v6, flags)).collect();
-    let sport_at = 14 + if v6 { 40 } else { 20 };
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); 32];
     let mut pkts: Vec<TestPacket> = (0..32).map(|i| TestPacket::new(&frames[i])).collect();
     let mut seed = 88172645463325252u64;
@@ -27,8 +29,9 @@ fn main() {
     let start = std::time::Instant::now();
     for b in 0..bursts {
         for (i, p) in pkts.iter_mut().enumerate() {
-            let _ = i;
-            let f = if random {
+            let f = if syn {
+                (b as usize * 32 + i) % 4096
+            } else if random {
                 seed ^= seed << 13;
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
@@ -38,13 +41,16 @@ fn main() {
             };
             p.reset(&frames[f]);
             if syn {
-                // A new source port per burst: every SYN starts a new flow.
-                p.data_mut()[sport_at..sport_at + 2].copy_from_slice(&(b as u16).to_be_bytes());
+                // Frame i, burst b: flow (i, b), new (while b < 65536).
+                l4lb::dataplane::testframes::renew(p.data_mut(), v6, b as u16 + 1);
             }
         }
         w.process_burst(&st, &mut pkts, 0, b as u64, &mut verdicts, &CpuPrefetch);
         forwarded += verdicts.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count() as u64;
     }
     let ns = start.elapsed().as_nanos() as f64 / (bursts as f64 * 32.0);
-    println!("{forwarded} forwarded, {ns:.1} ns/packet (including the frame copy)");
+    println!(
+        "{forwarded} forwarded, {} new flows, {ns:.1} ns/packet (including the frame copy)",
+        w.counters.new_flows
+    );
 }

@@ -59,6 +59,25 @@ pub fn tcp(flow: u32, v6: bool, flags: u8) -> Vec<u8> {
     l4(flow, v6, crate::net::proto::TCP, flags)
 }
 
+/// Makes a frame from [`tcp`]/[`udp`] the frame of another flow, `generation`
+/// apart: the client address's low 16 bits become `generation` (the IPv4
+/// header checksum follows, RFC 1624). Frames of distinct flows `0..64000`
+/// stay distinct from each other and from every other generation, so a
+/// benchmark that gives each pass over its frames a new generation sends only
+/// new flows.
+pub fn renew(frame: &mut [u8], v6: bool, generation: u16) {
+    let at = if v6 { 14 + 8 + 14 } else { 14 + 12 + 2 };
+    let Some(word) = frame.get_mut(at..at + 2) else { return };
+    let old = u16::from_be_bytes([word[0], word[1]]);
+    word.copy_from_slice(&generation.to_be_bytes());
+    if !v6 {
+        if let Some(c) = frame.get_mut(24..26) {
+            let check = crate::net::checksum::update16(u16::from_be_bytes([c[0], c[1]]), old, generation);
+            c.copy_from_slice(&check.to_be_bytes());
+        }
+    }
+}
+
 /// A UDP datagram of flow `flow` to port 80 of the VIP.
 pub fn udp(flow: u32, v6: bool) -> Vec<u8> {
     l4(flow, v6, crate::net::proto::UDP, 0)
@@ -108,4 +127,42 @@ fn l4(flow: u32, v6: bool, proto: u8, flags: u8) -> Vec<u8> {
     f.extend(l4);
     f.resize(f.len().max(60), 0);
     f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::flow::FlowKey;
+    use crate::net::checksum;
+
+    fn key(f: &[u8], v6: bool) -> FlowKey {
+        let w = |at: usize, n: usize| f[at..at + n].to_vec();
+        let (src, dst): (IpAddr, IpAddr) = if v6 {
+            let a = |at| IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(w(at, 16)).unwrap()));
+            (a(22), a(38))
+        } else {
+            let a = |at| IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(w(at, 4)).unwrap()));
+            (a(26), a(30))
+        };
+        let l4 = if v6 { 54 } else { 34 };
+        let port = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+        FlowKey::new(src, dst, 6, port(l4), port(l4 + 2))
+    }
+
+    #[test]
+    fn renewed_frames_are_new_flows_with_valid_checksums() {
+        for v6 in [false, true] {
+            let mut seen = std::collections::HashSet::new();
+            for generation in [0u16, 1, 2, 0xffff] {
+                for flow in [0u32, 1, 63_999] {
+                    let mut f = tcp(flow, v6, 0x02);
+                    renew(&mut f, v6, generation);
+                    assert!(seen.insert(key(&f, v6)), "flow {flow}, generation {generation} seen before");
+                    if !v6 {
+                        assert_eq!(checksum::checksum(&f[14..34]), 0, "IPv4 header checksum");
+                    }
+                }
+            }
+        }
+    }
 }
