@@ -113,6 +113,16 @@ pub struct Place {
     pref: u8,
 }
 
+/// The slot an insert would evict, chosen ahead of the insert by
+/// [`FlowTable::prefetch_entry_place_new`], with the signature and rank it held
+/// then: the insert takes it only while both are unchanged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvictHint {
+    slot: u32,
+    sig: u16,
+    rank: u16,
+}
+
 /// Counters of one table.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlowTableStats {
@@ -313,6 +323,39 @@ impl FlowTable {
         }
     }
 
+    /// As [`FlowTable::prefetch_entry_place`] for a key that is most likely
+    /// new (a TCP SYN, whose two bucket lines the first stage fetched): a
+    /// signature match in either bucket prefetches that entry; with none, the
+    /// entry the insert will write — a free slot, or in a table above its
+    /// high-water mark the victim, chosen from the ranks as the insert would
+    /// choose it and returned for [`FlowTable::insert_hinted`], so the choice is
+    /// made once. Without it a SYN flood on a full table too large for the
+    /// caches wrote every new entry into a line not in cache.
+    #[inline(always)]
+    pub fn prefetch_entry_place_new<P: Prefetch>(&self, at: &Place, now_ms: u64, p: &P) -> Option<EvictHint> {
+        let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref as usize);
+        if self.sigs[b1].sig[pref] == at.sig {
+            return None; // prefetched in the first stage
+        }
+        let known = self
+            .first(b1, at.sig)
+            .map(|i| b1 * BUCKET_SLOTS + i)
+            .or_else(|| self.first(b2, at.sig).map(|i| b2 * BUCKET_SLOTS + i))
+            .or_else(|| self.free_slot_from(b1, pref))
+            .or_else(|| self.free_slot(b2));
+        if let Some(s) = known {
+            p.prefetch(&self.entries[s]);
+            return None;
+        }
+        if self.len < self.high_water() {
+            return None; // the insert will move an entry instead
+        }
+        let s = self.victim(b1, b2, now_ms);
+        p.prefetch(&self.entries[s]);
+        let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
+        Some(EvictHint { slot: s as u32, sig: self.sigs[b].sig[i], rank: self.sigs[b].rank[i] })
+    }
+
     /// The first slot of bucket `b` holding signature `sig` (0: the first
     /// free slot).
     #[inline(always)]
@@ -411,6 +454,20 @@ impl FlowTable {
     /// when both buckets are full it reclaims or evicts (see module docs);
     /// `on_remove` sees the backend id of every entry that leaves.
     pub fn insert(&mut self, new: Entry, hash: u64, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> usize {
+        self.insert_hinted(new, hash, now_ms, None, on_remove)
+    }
+
+    /// As [`FlowTable::insert`], evicting the hinted slot when it must evict
+    /// and the slot still holds what it held when the hint was made (one of
+    /// the key's buckets, same signature, same rank); else it chooses again.
+    pub fn insert_hinted(
+        &mut self,
+        new: Entry,
+        hash: u64,
+        now_ms: u64,
+        hint: Option<EvictHint>,
+        on_remove: &mut impl FnMut(u32),
+    ) -> usize {
         let (b1, b2, sig) = self.place(hash);
         // The primary bucket while it has 3+ free slots, so nearly every
         // lookup reads one signature line (at half load 95.7% of keys sit in
@@ -441,7 +498,14 @@ impl FlowTable {
                 s
             }
             None => {
-                let s = self.victim(b1, b2, now_ms);
+                let still = |h: &EvictHint| {
+                    let (b, i) = (h.slot as usize / BUCKET_SLOTS, h.slot as usize % BUCKET_SLOTS);
+                    (b == b1 || b == b2) && self.sigs[b].sig[i] == h.sig && self.sigs[b].rank[i] == h.rank
+                };
+                let s = match hint.filter(still) {
+                    Some(h) => h.slot as usize,
+                    None => self.victim(b1, b2, now_ms),
+                };
                 // The class from the rank; the entry is read only when the
                 // rank cannot tell (due now, past, or pinned idle), so the
                 // common victim of a SYN flood — an unconfirmed flow not yet
@@ -724,6 +788,52 @@ mod tests {
         let share = preferred as f64 / (cap / 2) as f64;
         println!("at half load: {share:.3} of keys in their preferred slot");
         assert!(share > 0.7, "only {share:.3} in the preferred slot");
+    }
+
+    #[test]
+    fn an_eviction_hint_is_taken_only_while_its_slot_is_unchanged() {
+        // Past the high-water mark with unconfirmed flows of staggered expiry.
+        let mut t = FlowTable::with_capacity(1024);
+        for i in 0..100_000u32 {
+            if t.len() >= t.high_water() {
+                break;
+            }
+            let k = key(i);
+            let e =
+                Entry { key: k, backend: i, state: FlowState::SynSeen, expires_ms: 5_000 + 1_000 * i as u64 };
+            t.insert(e, k.hash(), 0, &mut |_| {});
+        }
+        assert!(t.len() >= t.high_water(), "filled to {}", t.len());
+        let new =
+            |i: u32| Entry { key: key(i), backend: i, state: FlowState::SynSeen, expires_ms: 9_000_000 };
+
+        // New keys whose two buckets are full (most, past the high-water mark).
+        let hinted = |t: &FlowTable, from: u32| {
+            (from..from + 10_000)
+                .find_map(|i| {
+                    Some((i, t.prefetch_entry_place_new(&t.place_of(key(i).hash()), 0, &NoPrefetch)?))
+                })
+                .expect("a key with both buckets full")
+        };
+
+        // A hint whose slot changed in between (here: its flow got confirmed) is not taken.
+        let (i, hint) = hinted(&t, 200_000);
+        let k = key(i);
+        let slot = hint.slot as usize;
+        let kept = t.entries[slot].key;
+        t.touch(slot, FlowState::Established, 8_000_000, 0);
+        let got = t.insert_hinted(new(i), k.hash(), 0, Some(hint), &mut |_| {});
+        assert_ne!(got, slot);
+        assert_eq!(t.lookup(&kept, kept.hash(), 0), Some(slot), "the confirmed flow stays");
+
+        // An unchanged one is the slot evicted, the same the insert would choose.
+        let (i, hint) = hinted(&t, 300_000);
+        let k = key(i);
+        let at = t.place_of(k.hash());
+        assert_eq!(hint.slot as usize, t.victim(at.b1 as usize, at.b2 as usize, 0));
+        let got = t.insert_hinted(new(i), k.hash(), 0, Some(hint), &mut |_| {});
+        assert_eq!(got, hint.slot as usize);
+        assert_eq!(t.lookup(&k, k.hash(), 0), Some(got));
     }
 
     #[test]

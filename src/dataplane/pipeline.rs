@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
-use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats, Place};
+use crate::balancer::flowtable::{Entry, EvictHint, FlowState, FlowTable, FlowTableStats, Place};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{
     Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service,
@@ -263,6 +263,8 @@ const BURST: usize = crate::dpdk::BURST_MAX;
 pub struct BurstPlan {
     vips: [Vip; BURST],
     places: [Place; BURST],
+    /// The slot a new flow's insert will evict, chosen in the second pass.
+    hints: [Option<EvictHint>; BURST],
     is_vip: [bool; BURST],
     verdicts: [Verdict; BURST],
     /// Packets planned.
@@ -276,6 +278,7 @@ impl Default for BurstPlan {
         BurstPlan {
             vips: [Vip::default(); BURST],
             places: [Place::default(); BURST],
+            hints: [None; BURST],
             is_vip: [false; BURST],
             verdicts: [Verdict::Drop(DropReason::Malformed); BURST],
             n: 0,
@@ -428,7 +431,7 @@ impl Worker {
             Some(v) => v,
             None => {
                 let slot = self.flows.lookup(&vip.key, vip.hash, now_ms);
-                self.balance(st, pkt, in_port, now_ms, &vip, slot)
+                self.balance(st, pkt, in_port, now_ms, &vip, slot, None)
             }
         };
         self.count(v);
@@ -473,7 +476,7 @@ impl Worker {
         pf: &F,
     ) {
         self.adopt(st);
-        let BurstPlan { vips, places, is_vip, verdicts, n: planned, generation } = plan;
+        let BurstPlan { vips, places, is_vip, verdicts, n: planned, generation, .. } = plan;
         let n = pkts.len().min(BURST);
         *planned = n;
         *generation = st.generation;
@@ -509,7 +512,7 @@ impl Worker {
         plan: &mut BurstPlan,
         pf: &F,
     ) {
-        let BurstPlan { vips, places, is_vip, verdicts, n, generation } = plan;
+        let BurstPlan { vips, places, hints, is_vip, verdicts, n, generation } = plan;
         // (Bounded by BURST too, so the plan's arrays need no bounds checks.)
         let n = (*n).min(pkts.len()).min(BURST);
         if *generation != st.generation {
@@ -526,14 +529,20 @@ impl Worker {
             }
         }
         for i in 0..n {
-            if is_vip[i] {
+            if !is_vip[i] {
+                continue;
+            }
+            hints[i] = None;
+            if vips[i].tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN {
+                hints[i] = self.flows.prefetch_entry_place_new(&places[i], now_ms, pf);
+            } else {
                 self.flows.prefetch_entry_place(&places[i], pf);
             }
         }
         for i in 0..n {
             if is_vip[i] {
                 let slot = self.flows.lookup_place(&vips[i].key, &places[i], now_ms);
-                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &vips[i], slot);
+                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &vips[i], slot, hints[i]);
             }
             self.count(verdicts[i]);
         }
@@ -902,6 +911,8 @@ impl Worker {
     }
 
     /// Flow tracking, scheduling and the DSR rewrite of one VIP packet.
+    /// `hint`: the slot a new flow's insert evicts, if chosen ahead.
+    #[allow(clippy::too_many_arguments)]
     fn balance<P: Packet>(
         &mut self,
         st: &ForwardingState,
@@ -910,6 +921,7 @@ impl Worker {
         now_ms: u64,
         vip: &Vip,
         slot: Option<usize>,
+        hint: Option<EvictHint>,
     ) -> Verdict {
         let svc = &st.services[vip.service as usize];
         let kind = vip.kind;
@@ -958,7 +970,7 @@ impl Worker {
                     let expires = now_ms + svc.timeouts.for_state(state);
                     let Worker { flows, active, .. } = self;
                     let entry = Entry { key: vip.key, backend: id, state, expires_ms: expires };
-                    flows.insert(entry, vip.hash, now_ms, &mut release(active));
+                    flows.insert_hinted(entry, vip.hash, now_ms, hint, &mut release(active));
                     if let Some(a) = self.active.get_mut(id as usize) {
                         *a += 1;
                     }
