@@ -1,6 +1,10 @@
 //! Runs bursts through the pipeline for profiling (callgrind, perf):
 //! `cargo build --release --example profile_pipeline` then
-//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts] [capacity]`.
+//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts] [capacity] [serial|worker]`.
+//! `serial` (default): `process_burst`, one burst at a time, as the criterion
+//! benches run it; `worker`: two bursts in flight, as `BalanceWorker::run`
+//! runs them. The flow table is madvised onto transparent huge pages, as
+//! `l4lb run` does.
 //! `syn`: every packet a SYN of a new flow (32 distinct frames per burst, their
 //! client address renewed every burst: `testframes::renew`), into a table of
 //! `capacity` entries (default 2M); with 65536, as `scripts/bench.sh` sets for
@@ -8,7 +12,7 @@
 
 use l4lb::balancer::state::Forwarding;
 use l4lb::dataplane::packet::{Packet, TestPacket};
-use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
+use l4lb::dataplane::pipeline::{BurstPlan, DropReason, Verdict, Worker, WorkerConfig};
 use l4lb::dpdk::CpuPrefetch;
 
 fn main() {
@@ -19,11 +23,20 @@ fn main() {
     let bursts: u32 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let st = l4lb::dataplane::testframes::state(Forwarding::IpIp, v6, 6);
     let capacity: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1 << 21);
-    let mut w = Worker::new(WorkerConfig { flow_capacity: capacity, ..WorkerConfig::default() });
+    // Huge pages for the flow table, as `l4lb run` asks for them.
+    let advise = |addr, len| {
+        l4lb::dpdk::advise_hugepages(addr, len);
+    };
+    let mut w =
+        Worker::new_advised(WorkerConfig { flow_capacity: capacity, ..WorkerConfig::default() }, &advise);
     let flags = if syn { 0x02 } else { 0x10 };
     let frames: Vec<Vec<u8>> = (0..4096u32).map(|i| l4lb::dataplane::testframes::tcp(i, v6, flags)).collect();
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); 32];
+    let mode = args.get(5).map(String::as_str).unwrap_or("serial");
     let mut pkts: Vec<TestPacket> = (0..32).map(|i| TestPacket::new(&frames[i])).collect();
+    let mut held: Vec<TestPacket> = (0..32).map(|i| TestPacket::new(&frames[i])).collect();
+    let (mut plan, mut held_plan) = (Box::<BurstPlan>::default(), Box::<BurstPlan>::default());
+    let mut holding = false;
     let mut seed = 88172645463325252u64;
     let mut forwarded = 0u64;
     let start = std::time::Instant::now();
@@ -45,12 +58,33 @@ fn main() {
                 l4lb::dataplane::testframes::renew(p.data_mut(), v6, b as u16 + 1);
             }
         }
-        w.process_burst(&st, &mut pkts, 0, b as u64, &mut verdicts, &CpuPrefetch);
-        forwarded += verdicts.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count() as u64;
+        let now = b as u64;
+        match mode {
+            "worker" => {
+                // Two bursts in flight, in the balancing worker's order: prepare
+                // the burst received, then finish the one held from before.
+                w.prepare_burst(&st, &mut pkts, 0, &mut plan, &CpuPrefetch);
+                if holding {
+                    w.finish_burst(&st, &mut held, 0, now, &mut held_plan, &CpuPrefetch);
+                    forwarded += count(held_plan.verdicts());
+                }
+                std::mem::swap(&mut pkts, &mut held);
+                std::mem::swap(&mut plan, &mut held_plan);
+                holding = true;
+            }
+            _ => {
+                w.process_burst(&st, &mut pkts, 0, now, &mut verdicts, &CpuPrefetch);
+                forwarded += count(&verdicts);
+            }
+        }
     }
     let ns = start.elapsed().as_nanos() as f64 / (bursts as f64 * 32.0);
     println!(
         "{forwarded} forwarded, {} new flows, {ns:.1} ns/packet (including the frame copy)",
         w.counters.new_flows
     );
+}
+
+fn count(verdicts: &[Verdict]) -> u64 {
+    verdicts.iter().filter(|v| matches!(v, Verdict::Forward { .. })).count() as u64
 }
