@@ -161,6 +161,13 @@ fn rank_of(state: FlowState, expires_ms: u64, now_ms: u64) -> u16 {
         | if state == FlowState::Established { RANK_ESTABLISHED } else { 0 }
 }
 
+/// Whether an expiry lies beyond the rank horizon: [`rank_of`] clamps it, so
+/// the rank runs out before the entry does.
+#[inline(always)]
+fn beyond_horizon(expires_ms: u64, now_ms: u64) -> bool {
+    expires_ms > now_ms.saturating_add(RANK_HORIZON_MS)
+}
+
 /// Rank units from `now` (see [`rank_now`]) to the rank's expiry on the
 /// 15-bit circle; 0x4000 and above is the past.
 #[inline(always)]
@@ -195,6 +202,10 @@ pub struct FlowTable {
     len: usize,
     sweep_at: usize,
     stats: FlowTableStats,
+    /// Whether any entry was ever given an expiry beyond the rank horizon
+    /// (its rank clamped, see [`rank_of`]). Until then a rank in the past
+    /// proves its entry expired without reading the entry.
+    pinned: bool,
 }
 
 #[inline(always)]
@@ -221,7 +232,15 @@ impl FlowTable {
         let mut entries: Vec<Entry> = Vec::with_capacity(cap);
         advise(entries.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<Entry>());
         entries.resize(cap, Entry::default());
-        FlowTable { sigs, entries, mask: buckets - 1, len: 0, sweep_at: 0, stats: FlowTableStats::default() }
+        FlowTable {
+            sigs,
+            entries,
+            mask: buckets - 1,
+            len: 0,
+            sweep_at: 0,
+            stats: FlowTableStats::default(),
+            pinned: false,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -440,6 +459,7 @@ impl FlowTable {
         let e = &mut self.entries[slot];
         e.state = state;
         e.expires_ms = expires_ms;
+        self.pinned |= beyond_horizon(expires_ms, now_ms);
         self.sigs[slot / BUCKET_SLOTS].rank[slot % BUCKET_SLOTS] = rank_of(state, expires_ms, now_ms);
     }
 
@@ -507,11 +527,16 @@ impl FlowTable {
                     None => self.victim(b1, b2, now_ms),
                 };
                 // The class from the rank; the entry is read only when the
-                // rank cannot tell (due now, past, or pinned idle), so the
-                // common victim of a SYN flood — an unconfirmed flow not yet
-                // due — costs no read of its 64-byte entry.
+                // rank cannot tell (due in this rank unit, or past while some
+                // entry may be pinned at the horizon), so the common victims
+                // of a SYN flood — an unconfirmed flow not yet due, or one
+                // expired a unit or more ago — cost no read of their 64-byte
+                // entry (on a table beyond the caches that read was the
+                // flood's longest wait, even with the line prefetched).
                 let r = self.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS];
-                if !rank_ahead(r, now_ms) && expired(&self.entries[s], now_ms) {
+                let left = rank_left(r, rank_now(now_ms));
+                let past = left >= 0x4000 && !self.pinned;
+                if past || (!rank_ahead(r, now_ms) && expired(&self.entries[s], now_ms)) {
                     self.stats.expired += 1;
                 } else if r & RANK_ESTABLISHED != 0 {
                     self.stats.evicted_established += 1;
@@ -525,6 +550,7 @@ impl FlowTable {
         let bucket = &mut self.sigs[slot / BUCKET_SLOTS];
         bucket.sig[slot % BUCKET_SLOTS] = sig;
         bucket.rank[slot % BUCKET_SLOTS] = rank_of(new.state, new.expires_ms, now_ms);
+        self.pinned |= beyond_horizon(new.expires_ms, now_ms);
         bucket.owner[slot % BUCKET_SLOTS] = new.backend;
         self.entries[slot] = new;
         self.stats.inserts += 1;
@@ -901,28 +927,81 @@ mod tests {
 
     #[test]
     fn a_flow_idle_for_hours_ranks_as_stale_whatever_its_timeout() {
-        let mut t = FlowTable::with_capacity(64);
-        let mut same = same_pair(&t, 24).into_iter();
-        // An established flow with a 7-day timeout, last seen at t = 0...
-        let k = same.next().unwrap();
-        let long = Entry { key: k, backend: 100, state: FlowState::Established, expires_ms: 7 * 86_400_000 };
-        t.insert(long, k.hash(), 0, &mut |_| panic!("room left"));
-        // ...and 15 live SYNs five hours later.
-        let now = 5 * 3_600_000;
-        for n in 0..15u32 {
+        // The long timeout given at the insert, or later by a touch.
+        for by_touch in [false, true] {
+            let mut t = FlowTable::with_capacity(64);
+            let mut same = same_pair(&t, 24).into_iter();
+            // An established flow with a 7-day timeout, last seen at t = 0...
             let k = same.next().unwrap();
-            let e = Entry { key: k, backend: n, state: FlowState::SynSeen, expires_ms: now + 10_000 };
-            t.insert(e, k.hash(), now - 1_000, &mut |_| panic!("room left"));
+            let week = 7 * 86_400_000;
+            let first = if by_touch { 10_000 } else { week };
+            let long = Entry { key: k, backend: 100, state: FlowState::Established, expires_ms: first };
+            let slot = t.insert(long, k.hash(), 0, &mut |_| panic!("room left"));
+            if by_touch {
+                t.touch(slot, FlowState::Established, week, 0);
+            }
+            // ...and 15 live SYNs five hours later.
+            let now = 5 * 3_600_000;
+            for n in 0..15u32 {
+                let k = same.next().unwrap();
+                let e = Entry { key: k, backend: n, state: FlowState::SynSeen, expires_ms: now + 10_000 };
+                t.insert(e, k.hash(), now - 1_000, &mut |_| panic!("room left"));
+            }
+            let k = same.next().unwrap();
+            let e = Entry { key: k, backend: 200, state: FlowState::SynSeen, expires_ms: now + 10_000 };
+            let mut gone = None;
+            t.insert(e, k.hash(), now, &mut |e| gone = Some(e));
+            assert_eq!(gone, Some(100), "idle for 5 h: evicted before live SYNs");
+            // Its rank looks stale, but its entry says live: counted as an
+            // established flow evicted, not as an expired one.
+            let s = t.stats();
+            assert_eq!(
+                (s.expired, s.evicted_established, s.evicted_unconfirmed),
+                (0, 1, 0),
+                "touch: {by_touch}"
+            );
         }
-        let k = same.next().unwrap();
-        let e = Entry { key: k, backend: 200, state: FlowState::SynSeen, expires_ms: now + 10_000 };
-        let mut gone = None;
-        t.insert(e, k.hash(), now, &mut |e| gone = Some(e));
-        assert_eq!(gone, Some(100), "idle for 5 h: evicted before live SYNs");
-        // Its rank looks stale, but its entry says live: counted as an
-        // established flow evicted, not as an expired one.
-        let s = t.stats();
-        assert_eq!((s.expired, s.evicted_established, s.evicted_unconfirmed), (0, 1, 0));
+    }
+
+    #[test]
+    fn victims_expired_a_rank_unit_ago_count_as_expired_pinned_or_not() {
+        // Two tables alike but for one thing: in the second, an entry in
+        // another bucket was pinned at the rank horizon, so the insert must
+        // read its victims' entries instead of trusting their ranks.
+        for pin in [false, true] {
+            let mut t = FlowTable::with_capacity(64);
+            let mut same = same_pair(&t, 24).into_iter();
+            if pin {
+                let (b1, b2, _) = t.place(same_pair(&t, 1)[0].hash());
+                let apart = |k: &FlowKey| {
+                    let (c1, c2, _) = t.place(k.hash());
+                    ![b1, b2].contains(&c1) && ![b1, b2].contains(&c2)
+                };
+                let k = (0..).map(key).find(apart).unwrap();
+                let e = Entry { key: k, backend: 1, state: FlowState::Established, expires_ms: u64::MAX };
+                t.insert(e, k.hash(), 0, &mut |_| panic!("room left"));
+            }
+            // 16 SYNs (the pair's every slot) due at 2 s; established at 60 s.
+            for n in 0..16u32 {
+                let k = same.next().unwrap();
+                let (state, exp) =
+                    if n < 8 { (FlowState::SynSeen, 2_000) } else { (FlowState::Established, 60_000) };
+                t.insert(Entry { key: k, backend: n, state, expires_ms: exp }, k.hash(), 0, &mut |_| {
+                    panic!("room left")
+                });
+            }
+            // At 10 s the SYNs' ranks are units in the past: expired.
+            let mut gone = Vec::new();
+            for _ in 0..8 {
+                let k = same.next().unwrap();
+                let e = Entry { key: k, backend: 99, state: FlowState::SynSeen, expires_ms: 13_000 };
+                t.insert(e, k.hash(), 10_000, &mut |b| gone.push(b));
+            }
+            gone.sort();
+            assert_eq!(gone, (0..8).collect::<Vec<_>>(), "pinned: {pin}");
+            let s = t.stats();
+            assert_eq!((s.expired, s.evicted_unconfirmed, s.evicted_established), (8, 0, 0), "pinned: {pin}");
+        }
     }
 
     #[test]
