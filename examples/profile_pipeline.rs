@@ -1,12 +1,15 @@
 //! Runs bursts through the pipeline for profiling (callgrind, perf):
 //! `cargo build --release --example profile_pipeline` then
-//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts] [capacity] [serial|worker]`.
+//! `valgrind --tool=callgrind target/release/examples/profile_pipeline [hot|random|syn] [v4|v6] [bursts] [capacity] [serial|worker] [bursts per ms]`.
 //! `serial` (default): `process_burst`, one burst at a time, as the criterion
 //! benches run it; `worker`: two bursts in flight, as `BalanceWorker::run`
 //! runs them. The flow table is madvised onto transparent huge pages, as
 //! `l4lb run` does.
-//! `syn`: every packet a SYN of a new flow (32 distinct frames per burst, their
-//! client address renewed every burst: `testframes::renew`), into a table of
+//! The clock advances one millisecond per 312 bursts by default, as in a
+//! worker forwarding 10 Mpps (`1`: a millisecond per burst, so a full table's
+//! victims expired long ago).
+//! `syn`: every packet a SYN of a new flow (4096 frames, their client address
+//! renewed every pass over them: `testframes::renew`), into a table of
 //! `capacity` entries (default 2M); with 65536, as `scripts/bench.sh` sets for
 //! its SYN input, every SYN soon evicts one. It prints how many were new.
 
@@ -33,6 +36,7 @@ fn main() {
     let frames: Vec<Vec<u8>> = (0..4096u32).map(|i| l4lb::dataplane::testframes::tcp(i, v6, flags)).collect();
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); 32];
     let mode = args.get(5).map(String::as_str).unwrap_or("serial");
+    let bursts_per_ms: u64 = args.get(6).and_then(|s| s.parse().ok()).unwrap_or(312).max(1);
     let mut pkts: Vec<TestPacket> = (0..32).map(|i| TestPacket::new(&frames[i])).collect();
     let mut held: Vec<TestPacket> = (0..32).map(|i| TestPacket::new(&frames[i])).collect();
     let (mut plan, mut held_plan) = (Box::<BurstPlan>::default(), Box::<BurstPlan>::default());
@@ -54,11 +58,12 @@ fn main() {
             };
             p.reset(&frames[f]);
             if syn {
-                // Frame i, burst b: flow (i, b), new (while b < 65536).
-                l4lb::dataplane::testframes::renew(p.data_mut(), v6, b as u16 + 1);
+                // Each pass over the 4096 frames (128 bursts) a new generation:
+                // every packet a new flow for 8M bursts.
+                l4lb::dataplane::testframes::renew(p.data_mut(), v6, (b / 128) as u16 + 1);
             }
         }
-        let now = b as u64;
+        let now = b as u64 / bursts_per_ms;
         match mode {
             "worker" => {
                 // Two bursts in flight, in the balancing worker's order: prepare
