@@ -194,11 +194,7 @@ fn rank_ahead(r: u16, now_ms: u64) -> bool {
 /// compiled to 20-odd instructions a scan.
 #[inline(always)]
 fn holding(sigs: &[u16; BUCKET_SLOTS], x: u16) -> u32 {
-    let mut m = 0u32;
-    for (i, &s) in sigs.iter().enumerate() {
-        m |= ((s == x) as u32) << i;
-    }
-    m
+    i16x8::new(sigs.map(|s| s as i16)).cmp_eq(i16x8::splat(x as i16)).move_mask() as u32
 }
 
 /// A key's preferred slot within its bucket: three hash bits used by neither
