@@ -400,15 +400,14 @@ impl FlowTable {
 
     #[inline(always)]
     fn find_in(&self, b: usize, sig: u16, key: &FlowKey, now_ms: u64) -> Option<usize> {
-        let s = &self.sigs[b].sig;
-        for (i, &x) in s.iter().enumerate() {
-            if x == sig {
-                let slot = b * BUCKET_SLOTS + i;
-                let e = &self.entries[slot];
-                if e.key == *key && !expired(e, now_ms) {
-                    return Some(slot);
-                }
+        let mut m = holding(&self.sigs[b].sig, sig);
+        while m != 0 {
+            let slot = b * BUCKET_SLOTS + m.trailing_zeros() as usize;
+            let e = &self.entries[slot];
+            if e.key == *key && !expired(e, now_ms) {
+                return Some(slot);
             }
+            m &= m - 1;
         }
         None
     }
