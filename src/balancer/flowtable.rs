@@ -1016,6 +1016,50 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        /// The vector victim choice against the rule written plainly: the
+        /// smallest (class, time left, candidate) over both buckets.
+        #[test]
+        fn the_victim_is_the_first_of_the_smallest_class_and_time_left(
+            // Each candidate's time left (mostly live, often tied, some
+            // stale) and class bit, around any clock.
+            lefts in proptest::array::uniform16(proptest::prop_oneof![
+                6 => 1u16..0x4000,
+                3 => 1u16..4,
+                1 => 0x4000u16..0x8000,
+                1 => proptest::strategy::Just(0u16),
+            ]),
+            established in proptest::array::uniform16(proptest::prelude::any::<bool>()),
+            now_ms in proptest::prelude::any::<u64>(),
+        ) {
+            let mut ranks = [0u16; 2 * BUCKET_SLOTS];
+            for i in 0..2 * BUCKET_SLOTS {
+                let established = if established[i] { RANK_ESTABLISHED } else { 0 };
+                ranks[i] = (rank_now(now_ms).wrapping_add(lefts[i]) & RANK_MASK) | established;
+            }
+            let mut t = FlowTable::with_capacity(64);
+            let (b1, b2) = (1, 5);
+            t.sigs[b1].rank.copy_from_slice(&ranks[..BUCKET_SLOTS]);
+            t.sigs[b2].rank.copy_from_slice(&ranks[BUCKET_SLOTS..]);
+            let now = rank_now(now_ms);
+            let order = |i: usize| {
+                let r = ranks[i];
+                let left = rank_left(r, now);
+                let class = if left == 0 || left >= 0x4000 {
+                    0
+                } else if r & RANK_ESTABLISHED != 0 {
+                    2
+                } else {
+                    1
+                };
+                (class, if class == 0 { 0 } else { left }, i)
+            };
+            let i = (0..2 * BUCKET_SLOTS).min_by_key(|&i| order(i)).unwrap();
+            let want = if i < BUCKET_SLOTS { b1 * BUCKET_SLOTS + i } else { b2 * BUCKET_SLOTS + i - BUCKET_SLOTS };
+            proptest::prop_assert_eq!(t.victim(b1, b2, now_ms), want);
+        }
+    }
+
     #[test]
     fn departing_entries_name_their_backend_after_moves_and_rebinds() {
         // Filled past 90%, so inserts move entries to their other bucket and
