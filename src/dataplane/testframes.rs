@@ -61,7 +61,8 @@ pub fn tcp(flow: u32, v6: bool, flags: u8) -> Vec<u8> {
 
 /// Makes a frame from [`tcp`]/[`udp`] the frame of another flow, `generation`
 /// apart: the client address's low 16 bits become `generation` (the IPv4
-/// header checksum follows, RFC 1624). Frames of distinct flows `0..64000`
+/// header checksum follows, RFC 1624; the TCP/UDP checksum, which covers the
+/// address and which l4lb never verifies, does not). Frames of distinct flows `0..64000`
 /// stay distinct from each other and from every other generation, so a
 /// benchmark that gives each pass over its frames a new generation sends only
 /// new flows.
