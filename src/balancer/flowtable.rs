@@ -181,14 +181,6 @@ fn rank_now(now_ms: u64) -> u16 {
     (now_ms >> RANK_SHIFT) as u16 & RANK_MASK
 }
 
-/// Whether a rank is at least one unit ahead of now: such an entry cannot
-/// have expired, so its rank alone classes it. Others (due now, past, or
-/// pinned idle at the horizon) need the entry's own expiry.
-#[inline(always)]
-fn rank_ahead(r: u16, now_ms: u64) -> bool {
-    (1..0x4000).contains(&rank_left(r, rank_now(now_ms)))
-}
-
 /// The slots of a bucket holding signature `x` (0: the free ones), one bit
 /// each: a vector compare and a mask, where `position` and `filter().count()`
 /// compiled to 20-odd instructions a scan.
@@ -535,17 +527,13 @@ impl FlowTable {
                     Some(h) => h.slot as usize,
                     None => self.victim(b1, b2, now_ms),
                 };
-                // The class from the rank; the entry is read only when the
-                // rank cannot tell (due in this rank unit, or past while some
-                // entry may be pinned at the horizon), so the common victims
-                // of a SYN flood — an unconfirmed flow not yet due, or one
-                // expired a unit or more ago — cost no read of their 64-byte
-                // entry (on a table beyond the caches that read was the
-                // flood's longest wait, even with the line prefetched).
+                // The class from the rank (`expired_by_rank`), so the common
+                // victims of a SYN flood — an unconfirmed flow not yet due, or
+                // one expired a unit or more ago — cost no read of their
+                // 64-byte entry (on a table beyond the caches that read was
+                // the flood's longest wait, even with the line prefetched).
                 let r = self.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS];
-                let left = rank_left(r, rank_now(now_ms));
-                let past = left >= 0x4000 && !self.pinned;
-                if past || (!rank_ahead(r, now_ms) && expired(&self.entries[s], now_ms)) {
+                if self.expired_by_rank(s, rank_left(r, rank_now(now_ms)), now_ms) {
                     self.stats.expired += 1;
                 } else if r & RANK_ESTABLISHED != 0 {
                     self.stats.evicted_established += 1;
@@ -564,6 +552,20 @@ impl FlowTable {
         self.entries[slot] = new;
         self.stats.inserts += 1;
         slot
+    }
+
+    /// Whether the entry in `slot`, whose rank lies `left` units from now
+    /// ([`rank_left`]), has expired: from the rank alone where it can tell —
+    /// a rank ahead of now cannot have expired; one in the past has, unless
+    /// some entry was ever pinned at the horizon — else from the entry
+    /// itself (due within this rank unit, or past in a pinned table).
+    #[inline(always)]
+    fn expired_by_rank(&self, slot: usize, left: u16, now_ms: u64) -> bool {
+        match left {
+            1..0x4000 => false,
+            0x4000.. if !self.pinned => true,
+            _ => expired(&self.entries[slot], now_ms),
+        }
     }
 
     /// The backend id of the entry in `slot` (from its bucket's line).
@@ -670,16 +672,14 @@ impl FlowTable {
                 if self.sigs[b].sig[i] == 0 {
                     continue;
                 }
-                // The rank (expiry to the second) clears most slots without
-                // reading their entry: a rank at least one unit ahead of now
-                // cannot have expired. Others (due now, past, or clamped at
-                // the horizon) are decided by the entry itself.
+                // The rank (expiry to the second) decides most slots without
+                // reading their entry (`expired_by_rank`).
                 let r = self.sigs[b].rank[i];
                 let left = rank_left(r, now);
                 if (1..0x4000).contains(&left) {
                     continue;
                 }
-                if !expired(&self.entries[slot], now_ms) {
+                if !self.expired_by_rank(slot, left, now_ms) {
                     if left != 0 {
                         // Idle past the rank horizon but not expired (a long
                         // timeout): keep its rank just behind now, so it stays
