@@ -303,11 +303,18 @@ impl FlowTable {
 
     /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
     /// TCP SYN): a miss reads both bucket lines (an eviction takes the
-    /// victim's rank and backend id from them too), so both are fetched at once.
+    /// victim's rank and backend id from them too), so both are fetched at
+    /// once. The preferred entry only while the table is below its high-water
+    /// mark: above it (a SYN flood's steady state) the insert writes the
+    /// victim's slot, one of sixteen, and that line would be fetched in vain.
     #[inline(always)]
     pub fn prefetch_place_new<P: Prefetch>(&self, at: &Place, p: &P) {
-        self.prefetch_place(at, p);
+        let b1 = at.b1 as usize;
+        p.prefetch(&self.sigs[b1]);
         p.prefetch(&self.sigs[at.b2 as usize]);
+        if self.len < self.high_water() {
+            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref as usize]);
+        }
     }
 
     /// The second stage, once the primary signature line is in cache: nothing
@@ -355,14 +362,15 @@ impl FlowTable {
     pub fn prefetch_entry_place_new<P: Prefetch>(&self, at: &Place, now_ms: u64, p: &P) -> Option<EvictHint> {
         let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref as usize);
         if self.sigs[b1].sig[pref] == at.sig {
-            return None; // prefetched in the first stage
+            // (The first stage fetched it only below the high-water mark.)
+            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + pref]);
+            return None;
         }
         let known = self
             .first(b1, at.sig)
             .map(|i| b1 * BUCKET_SLOTS + i)
             .or_else(|| self.first(b2, at.sig).map(|i| b2 * BUCKET_SLOTS + i))
-            .or_else(|| self.free_slot_from(b1, pref))
-            .or_else(|| self.free_slot(b2));
+            .or_else(|| self.free_pick(b1, b2, pref));
         if let Some(s) = known {
             p.prefetch(&self.entries[s]);
             return None;
@@ -496,13 +504,7 @@ impl FlowTable {
         // keeps the table filling past 90% before any insert has to evict.
         // Within a bucket, the key's preferred slot if free: the burst lookup
         // prefetches that entry together with the signature line.
-        let (f1, f2) = (self.free_count(b1), self.free_count(b2));
-        let pref = preferred_slot(hash);
-        let pick = if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) {
-            self.free_slot_from(b1, pref)
-        } else {
-            self.free_slot_from(b2, pref)
-        };
+        let pick = self.free_pick(b1, b2, preferred_slot(hash));
         // Moving an entry to its other bucket needs room there: worth its 16
         // random reads only while the table has room to speak of. Above the
         // high-water mark (a SYN flood's steady state) go straight to eviction.
@@ -577,6 +579,19 @@ impl FlowTable {
     #[inline]
     fn free_count(&self, b: usize) -> usize {
         holding(&self.sigs[b].sig, 0).count_ones() as usize
+    }
+
+    /// The free slot an insert into buckets `b1` (primary) and `b2` writes,
+    /// if they have one (see [`FlowTable::insert_hinted`]); the SYN prefetch
+    /// asks the same question.
+    #[inline(always)]
+    fn free_pick(&self, b1: usize, b2: usize, pref: usize) -> Option<usize> {
+        let (f1, f2) = (self.free_count(b1), self.free_count(b2));
+        if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) {
+            self.free_slot_from(b1, pref)
+        } else {
+            self.free_slot_from(b2, pref)
+        }
     }
 
     /// Slot `pref` of bucket `b` if free, else the first free one.
@@ -826,6 +841,90 @@ mod tests {
         let share = preferred as f64 / (cap / 2) as f64;
         println!("at half load: {share:.3} of keys in their preferred slot");
         assert!(share > 0.7, "only {share:.3} in the preferred slot");
+    }
+
+    /// Records the address of every line prefetched.
+    #[derive(Default)]
+    struct Recorded(std::cell::RefCell<Vec<usize>>);
+
+    impl Prefetch for Recorded {
+        fn prefetch<T>(&self, r: &T) {
+            self.0.borrow_mut().push(r as *const T as usize);
+        }
+    }
+
+    /// The lines both prefetch stages fetch for a SYN of key `i`, sorted.
+    fn syn_prefetches(t: &FlowTable, i: u32) -> Vec<usize> {
+        let at = t.place_of(key(i).hash());
+        let rec = Recorded::default();
+        t.prefetch_place_new(&at, &rec);
+        t.prefetch_entry_place_new(&at, 0, &rec);
+        let mut v = rec.0.into_inner();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    #[test]
+    fn a_syn_prefetches_the_lines_its_insert_touches() {
+        let addr_sig = |t: &FlowTable, b: usize| &t.sigs[b] as *const Bucket as usize;
+        let addr_entry = |t: &FlowTable, s: usize| &t.entries[s] as *const Entry as usize;
+        let syn = |i: u32| Entry { key: key(i), backend: i, state: FlowState::SynSeen, expires_ms: 10_000 };
+        let mut t = FlowTable::with_capacity(1024);
+        // Filling: both bucket lines and the slot written (the preferred
+        // entry is fetched up front then, since most inserts write it).
+        let mut displaced = 0;
+        let mut i = 0;
+        while t.len() < t.high_water() {
+            i += 1;
+            let at = t.place_of(key(i).hash());
+            let (b1, b2) = (at.b1 as usize, at.b2 as usize);
+            let got = syn_prefetches(&t, i);
+            if t.free_count(b1) + t.free_count(b2) == 0 {
+                // The insert moves an entry to make room: not foreseen.
+                t.insert(syn(i), key(i).hash(), 0, &mut |_| {});
+                displaced += 1;
+                continue;
+            }
+            let slot = t.insert(syn(i), key(i).hash(), 0, &mut |_| {});
+            for want in [addr_sig(&t, b1), addr_sig(&t, b2), addr_entry(&t, slot)] {
+                assert!(got.contains(&want), "key {i}: {want:#x} not prefetched");
+            }
+            assert!(got.len() <= 4, "key {i}: {} lines", got.len());
+        }
+        assert!(t.len() >= t.high_water());
+        assert!(displaced * 5 < i, "{displaced} of {i} inserts displaced an entry: few checked");
+        // Past the high-water mark every new flow evicts: exactly its two
+        // bucket lines and the victim's entry, not the preferred entry too.
+        let mut evictions = 0;
+        for i in 100_000..101_000u32 {
+            let at = t.place_of(key(i).hash());
+            if t.first(at.b1 as usize, at.sig).or(t.first(at.b2 as usize, at.sig)).is_some() {
+                // Another key with the same signature: its entry is fetched
+                // for the lookup's key compare, the victim's then is not.
+                continue;
+            }
+            let got = syn_prefetches(&t, i);
+            let hint = t.prefetch_entry_place_new(&at, 0, &NoPrefetch);
+            let slot = t.insert_hinted(syn(i), key(i).hash(), 0, hint, &mut |_| {});
+            let mut want =
+                vec![addr_sig(&t, at.b1 as usize), addr_sig(&t, at.b2 as usize), addr_entry(&t, slot)];
+            want.sort_unstable();
+            want.dedup();
+            assert_eq!(got, want, "key {i}");
+            evictions += usize::from(hint.is_some());
+        }
+        assert!(evictions > 900, "only {evictions} evictions");
+        // A retransmitted SYN finds its flow: its entry is fetched, wherever it sits.
+        let mut found = 0;
+        for i in 100_000..101_000u32 {
+            let k = key(i);
+            if let Some(slot) = t.lookup(&k, k.hash(), 0) {
+                assert!(syn_prefetches(&t, i).contains(&addr_entry(&t, slot)), "key {i}");
+                found += 1;
+            }
+        }
+        assert!(found > 100, "only {found} of the new flows are still in the table");
     }
 
     #[test]
