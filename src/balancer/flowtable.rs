@@ -676,6 +676,17 @@ impl FlowTable {
     /// Reclaims expired entries in the next `buckets` buckets (round robin over
     /// the table); returns how many it freed. Workers call it a little per
     /// burst and more when idle, so counts of active flows stay true.
+    /// Prefetches the signature lines the next [`FlowTable::sweep`] of
+    /// `buckets` buckets reads, so a worker sweeping a few buckets per poll
+    /// finds them in cache at its next poll (in a table beyond the caches each
+    /// was a miss: half the sweep's time).
+    #[inline]
+    pub fn prefetch_sweep<P: Prefetch>(&self, buckets: usize, p: &P) {
+        for k in 0..buckets.min(self.sigs.len()) {
+            p.prefetch(&self.sigs[(self.sweep_at + k) & self.mask]);
+        }
+    }
+
     pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(u32)) -> usize {
         let mut freed = 0;
         let now = rank_now(now_ms);
@@ -863,6 +874,24 @@ mod tests {
         v.sort_unstable();
         v.dedup();
         v
+    }
+
+    #[test]
+    fn the_sweep_prefetches_the_buckets_it_reads_next() {
+        let mut t = FlowTable::with_capacity(1024);
+        let buckets = t.sigs.len();
+        let line = |t: &FlowTable, b: usize| &t.sigs[b] as *const Bucket as usize;
+        // Round the table twice, two buckets a step, across the wrap.
+        for step in 0..buckets {
+            let rec = Recorded::default();
+            t.prefetch_sweep(2, &rec);
+            let want = [line(&t, (2 * step) % buckets), line(&t, (2 * step + 1) % buckets)];
+            assert_eq!(rec.0.into_inner(), want, "step {step}");
+            t.sweep(0, 2, &mut |_| {});
+        }
+        let rec = Recorded::default();
+        t.prefetch_sweep(usize::MAX, &rec);
+        assert_eq!(rec.0.into_inner().len(), buckets, "at most the whole table");
     }
 
     #[test]

@@ -257,6 +257,9 @@ impl BalanceWorker<'_> {
             stats.rx_packets += got as u64;
             let sweep = if got > 0 { SWEEP_BUSY } else { SWEEP_IDLE };
             self.pipeline.sweep(now_ms, sweep);
+            if got > 0 {
+                self.pipeline.prefetch_sweep(SWEEP_BUSY, &CpuPrefetch);
+            }
             if backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls) {
                 gaps.paused();
             }

@@ -426,6 +426,11 @@ impl Worker {
         flows.sweep(now_ms, buckets, &mut release(active))
     }
 
+    /// Prefetches what the next [`Worker::sweep`] of `buckets` reads.
+    pub fn prefetch_sweep<F: Prefetch>(&self, buckets: usize, pf: &F) {
+        self.flows.prefetch_sweep(buckets, pf)
+    }
+
     /// Processes one packet received on `in_port`.
     pub fn process<P: Packet>(
         &mut self,
