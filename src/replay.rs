@@ -110,6 +110,8 @@ pub fn run(a: &ReplayArgs, stop: &AtomicBool, out: &mut dyn Write) -> Result<Rep
     if frames.is_empty() {
         return Err(format!("{}: no packets", a.pcap.display()));
     }
+    // EAL's control threads stay on our CPU, off the device under test's.
+    crate::dpdk::pin_current_thread(a.cpu).map_err(|e| format!("--cpu {}: {e}", a.cpu))?;
     let eal = Eal::init([
         "--lcores".to_string(),
         format!("0@{}", a.cpu),

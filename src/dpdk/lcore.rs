@@ -44,6 +44,31 @@ impl Lcore {
     }
 }
 
+/// Pins the calling thread to one CPU. Called before [`Eal::init`] it keeps
+/// EAL's control threads (interrupts, multi-process, telemetry) there too:
+/// EAL gives them the CPUs of the initial thread's affinity that no lcore
+/// uses, and the main lcore's CPU when none is left. Without it a process
+/// whose only lcore is CPU 0 puts them on every other CPU, among them the
+/// one another program's worker busy-polls.
+pub fn pin_current_thread(cpu: u32) -> std::io::Result<()> {
+    // SAFETY: cpu_set_t is plain bits, so all-zero is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let bits = 8 * std::mem::size_of::<libc::cpu_set_t>();
+    if cpu as usize >= bits {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("CPU {cpu}: at most {}", bits - 1),
+        ));
+    }
+    // SAFETY: the index was checked against the set's size above.
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: pid 0 is the calling thread; the size and pointer describe `set`.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Each launched lcore with its job's return code or failure.
 pub type Joined = Vec<(Lcore, Result<i32, LcoreError>)>;
 

@@ -16,7 +16,7 @@ mod queue;
 
 pub use eal::{Eal, PacketCapture};
 pub use error::DpdkError;
-pub use lcore::{LaunchScope, Lcore};
+pub use lcore::{pin_current_thread, LaunchScope, Lcore};
 pub use mbuf::{Burst, Drain, Mbuf, BURST_MAX};
 pub use mempool::Mempool;
 pub use port::{Link, Port, PortConfig, PortInfo, PortStats};
