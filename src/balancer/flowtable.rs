@@ -673,9 +673,6 @@ impl FlowTable {
         }
     }
 
-    /// Reclaims expired entries in the next `buckets` buckets (round robin over
-    /// the table); returns how many it freed. Workers call it a little per
-    /// burst and more when idle, so counts of active flows stay true.
     /// Prefetches the signature lines the next [`FlowTable::sweep`] of
     /// `buckets` buckets reads, so a worker sweeping a few buckets per poll
     /// finds them in cache at its next poll (in a table beyond the caches each
@@ -687,6 +684,9 @@ impl FlowTable {
         }
     }
 
+    /// Reclaims expired entries in the next `buckets` buckets (round robin over
+    /// the table); returns how many it freed. Workers call it a little per
+    /// burst and more when idle, so counts of active flows stay true.
     pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(u32)) -> usize {
         let mut freed = 0;
         let now = rank_now(now_ms);
