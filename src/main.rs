@@ -94,6 +94,8 @@ enum Cmd {
         /// Traffic before the window (not counted).
         #[arg(long, default_value_t = 1.0)]
         warmup_seconds: f64,
+        /// The CPU it runs on, EAL's control threads included (keep it off the
+        /// measured program's worker CPUs).
         #[arg(long, default_value_t = 0)]
         cpu: u32,
         #[arg(long, default_value = "l4lb-replay")]
