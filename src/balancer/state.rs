@@ -365,7 +365,26 @@ pub struct SchedState {
 impl Service {
     /// Picks a backend slot for a new flow. `active` counts this worker's
     /// active flows by backend id. Returns `None` when no backend takes new flows.
+    /// The default scheduler, one table read, is inlined into the caller's
+    /// new-flow path; the others are a call.
+    #[inline(always)]
     pub fn pick(
+        &self,
+        state: &ForwardingState,
+        key: &FlowKey,
+        hash: u64,
+        active: &[u32],
+        sched: &mut SchedState,
+    ) -> Option<usize> {
+        if let Scheduler::Maglev = self.scheduler {
+            let pos = self.maglev.lookup(hash)?;
+            return Some(self.backends[pos] as usize);
+        }
+        self.pick_other(state, key, hash, active, sched)
+    }
+
+    #[inline(never)]
+    fn pick_other(
         &self,
         state: &ForwardingState,
         key: &FlowKey,
