@@ -376,19 +376,20 @@ impl Service {
         active: &[u32],
         sched: &mut SchedState,
     ) -> Option<usize> {
-        if let Scheduler::Maglev = self.scheduler {
-            let pos = self.maglev.lookup(hash)?;
-            return Some(self.backends[pos] as usize);
-        }
-        self.pick_other(state, key, hash, active, sched)
+        let pos = match self.scheduler {
+            Scheduler::Maglev => self.maglev.lookup(hash)?,
+            _ => self.position(state, key, active, sched)?,
+        };
+        Some(self.backends[pos] as usize)
     }
 
+    /// The position in `backends` the service's scheduler picks (for Maglev,
+    /// which [`Service::pick`] answers itself, from the key's flow hash).
     #[inline(never)]
-    fn pick_other(
+    fn position(
         &self,
         state: &ForwardingState,
         key: &FlowKey,
-        hash: u64,
         active: &[u32],
         sched: &mut SchedState,
     ) -> Option<usize> {
@@ -396,7 +397,7 @@ impl Service {
         let act = |pos: usize| active.get(b(pos).id as usize).copied().unwrap_or(0) as u64;
         let n = self.backends.len();
         let pos = match self.scheduler {
-            Scheduler::Maglev => self.maglev.lookup(hash)?,
+            Scheduler::Maglev => self.maglev.lookup(key.hash())?,
             Scheduler::SourceIp { v4_prefix, v6_prefix } => {
                 let src = masked_source(key, v4_prefix, v6_prefix);
                 let w0 = u64::from_le_bytes(src[..8].try_into().unwrap_or_default());
@@ -449,7 +450,7 @@ impl Service {
                 |p| ((b(p).rtt_us.max(1) as u64) * (act(p) + 1), 1),
             )?,
         };
-        Some(self.backends[pos] as usize)
+        Some(pos)
     }
 }
 
