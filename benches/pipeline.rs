@@ -39,11 +39,7 @@ fn setup(forwarding: Forwarding, v6: bool, proto: u8, populate: u32) -> Setup {
     // The flow table on transparent huge pages, as `l4lb run` asks for them
     // (a 4M-entry table is 256 MiB: on 4 KiB pages nearly every lookup would
     // also miss the TLB).
-    let advise = |addr, len| {
-        l4lb::dpdk::advise_hugepages(addr, len);
-    };
-    let mut w =
-        Worker::new_advised(WorkerConfig { flow_capacity: 1 << 22, ..WorkerConfig::default() }, &advise);
+    let mut w = Worker::on_hugepages(WorkerConfig { flow_capacity: 1 << 22, ..WorkerConfig::default() });
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); BURST];
     for chunk in (0..populate).collect::<Vec<_>>().chunks(BURST) {
         let mut pkts: Vec<TestPacket> =

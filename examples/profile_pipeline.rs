@@ -27,11 +27,7 @@ fn main() {
     let st = l4lb::dataplane::testframes::state(Forwarding::IpIp, v6, 6);
     let capacity: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(1 << 21);
     // Huge pages for the flow table, as `l4lb run` asks for them.
-    let advise = |addr, len| {
-        l4lb::dpdk::advise_hugepages(addr, len);
-    };
-    let mut w =
-        Worker::new_advised(WorkerConfig { flow_capacity: capacity, ..WorkerConfig::default() }, &advise);
+    let mut w = Worker::on_hugepages(WorkerConfig { flow_capacity: capacity, ..WorkerConfig::default() });
     let flags = if syn { 0x02 } else { 0x10 };
     let frames: Vec<Vec<u8>> = (0..4096u32).map(|i| l4lb::dataplane::testframes::tcp(i, v6, flags)).collect();
     let mut verdicts = [Verdict::Drop(DropReason::Malformed); 32];

@@ -211,12 +211,7 @@ pub fn run(
         }
         plans.push(if balancing {
             let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
-            // The flow table is read at random by every packet: huge pages
-            // (THP) keep its TLB misses down.
-            let advise = |addr, len| {
-                crate::dpdk::advise_hugepages(addr, len);
-            };
-            let pipeline = crate::dataplane::pipeline::Worker::new_advised(worker_config(cfg), &advise);
+            let pipeline = crate::dataplane::pipeline::Worker::on_hugepages(worker_config(cfg));
             counter_blocks.push(pipeline.backend_counters());
             Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
         } else {

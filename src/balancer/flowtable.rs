@@ -854,13 +854,18 @@ mod tests {
         assert!(share > 0.7, "only {share:.3} in the preferred slot");
     }
 
+    /// The address of a table line, as a prefetch sees it.
+    fn addr<T>(r: &T) -> usize {
+        r as *const T as usize
+    }
+
     /// Records the address of every line prefetched.
     #[derive(Default)]
     struct Recorded(std::cell::RefCell<Vec<usize>>);
 
     impl Prefetch for Recorded {
         fn prefetch<T>(&self, r: &T) {
-            self.0.borrow_mut().push(r as *const T as usize);
+            self.0.borrow_mut().push(addr(r));
         }
     }
 
@@ -880,12 +885,11 @@ mod tests {
     fn the_sweep_prefetches_the_buckets_it_reads_next() {
         let mut t = FlowTable::with_capacity(1024);
         let buckets = t.sigs.len();
-        let line = |t: &FlowTable, b: usize| &t.sigs[b] as *const Bucket as usize;
         // Round the table twice, two buckets a step, across the wrap.
         for step in 0..buckets {
             let rec = Recorded::default();
             t.prefetch_sweep(2, &rec);
-            let want = [line(&t, (2 * step) % buckets), line(&t, (2 * step + 1) % buckets)];
+            let want = [addr(&t.sigs[(2 * step) % buckets]), addr(&t.sigs[(2 * step + 1) % buckets])];
             assert_eq!(rec.0.into_inner(), want, "step {step}");
             t.sweep(0, 2, &mut |_| {});
         }
@@ -896,8 +900,6 @@ mod tests {
 
     #[test]
     fn a_syn_prefetches_the_lines_its_insert_touches() {
-        let addr_sig = |t: &FlowTable, b: usize| &t.sigs[b] as *const Bucket as usize;
-        let addr_entry = |t: &FlowTable, s: usize| &t.entries[s] as *const Entry as usize;
         let syn = |i: u32| Entry { key: key(i), backend: i, state: FlowState::SynSeen, expires_ms: 10_000 };
         let mut t = FlowTable::with_capacity(1024);
         // Filling: both bucket lines and the slot written (the preferred
@@ -916,7 +918,7 @@ mod tests {
                 continue;
             }
             let slot = t.insert(syn(i), key(i).hash(), 0, &mut |_| {});
-            for want in [addr_sig(&t, b1), addr_sig(&t, b2), addr_entry(&t, slot)] {
+            for want in [addr(&t.sigs[b1]), addr(&t.sigs[b2]), addr(&t.entries[slot])] {
                 assert!(got.contains(&want), "key {i}: {want:#x} not prefetched");
             }
             assert!(got.len() <= 4, "key {i}: {} lines", got.len());
@@ -937,7 +939,7 @@ mod tests {
             let hint = t.prefetch_entry_place_new(&at, 0, &NoPrefetch);
             let slot = t.insert_hinted(syn(i), key(i).hash(), 0, hint, &mut |_| {});
             let mut want =
-                vec![addr_sig(&t, at.b1 as usize), addr_sig(&t, at.b2 as usize), addr_entry(&t, slot)];
+                vec![addr(&t.sigs[at.b1 as usize]), addr(&t.sigs[at.b2 as usize]), addr(&t.entries[slot])];
             want.sort_unstable();
             want.dedup();
             assert_eq!(got, want, "key {i}");
@@ -949,7 +951,7 @@ mod tests {
         for i in 100_000..101_000u32 {
             let k = key(i);
             if let Some(slot) = t.lookup(&k, k.hash(), 0) {
-                assert!(syn_prefetches(&t, i).contains(&addr_entry(&t, slot)), "key {i}");
+                assert!(syn_prefetches(&t, i).contains(&addr(&t.entries[slot])), "key {i}");
                 found += 1;
             }
         }

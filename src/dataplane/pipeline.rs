@@ -352,9 +352,18 @@ impl Worker {
         Self::new_advised(cfg, &|_, _| {})
     }
 
+    /// As [`Worker::new`], the flow table on transparent huge pages: every
+    /// packet reads it at random, and one TLB entry then covers 2 MiB of it.
+    /// `l4lb run` builds its workers so, and the benchmarks theirs.
+    pub fn on_hugepages(cfg: WorkerConfig) -> Worker {
+        Self::new_advised(cfg, &|addr, len| {
+            crate::dpdk::advise_hugepages(addr, len);
+        })
+    }
+
     /// As [`Worker::new`]; `advise` sees the flow table's memory before it is
-    /// first touched (`l4lb run` asks for huge pages there).
-    pub fn new_advised(cfg: WorkerConfig, advise: &dyn Fn(usize, usize)) -> Worker {
+    /// first touched.
+    fn new_advised(cfg: WorkerConfig, advise: &dyn Fn(usize, usize)) -> Worker {
         Worker {
             flows: FlowTable::with_capacity_advised(cfg.flow_capacity, advise),
             persist: PersistTable::with_capacity(cfg.persist_capacity),
