@@ -41,6 +41,12 @@ fn main() {
     let mut forwarded = 0u64;
     let start = std::time::Instant::now();
     for b in 0..bursts {
+        let now = b as u64 / bursts_per_ms;
+        if mode == "worker" && holding {
+            // As the balancing worker: the held burst is staged before the
+            // next one is received (here: copied in).
+            w.stage_burst(&st, &mut held_plan, now, &CpuPrefetch);
+        }
         for (i, p) in pkts.iter_mut().enumerate() {
             let f = if syn {
                 (b as usize * 32 + i) % 4096
@@ -59,7 +65,6 @@ fn main() {
                 l4lb::dataplane::testframes::renew(p.data_mut(), v6, (b / 128) as u16 + 1);
             }
         }
-        let now = b as u64 / bursts_per_ms;
         match mode {
             "worker" => {
                 // Two bursts in flight, in the balancing worker's order: prepare

@@ -254,6 +254,9 @@ fn a_burst_prepared_with_one_state_and_finished_with_another_follows_the_newer()
         (0..8).map(|i| TestPacket::new(&frame(0xc612_0400 + i, 7000, SYN))).collect();
     let mut plan = BurstPlan::default();
     w.prepare_burst(&st1, &mut pkts, 0, &mut plan, &NoPrefetch);
+    // Staged with the old state too (the balancing worker's order), before
+    // the new one arrived.
+    w.stage_burst(&st1, &mut plan, 1000, &NoPrefetch);
     w.finish_burst(&st2, &mut pkts, 0, 1000, &mut plan, &NoPrefetch);
     assert_eq!(plan.verdicts(), &[Verdict::Forward { port: 0 }; 8]);
     assert!(pkts.iter().all(|p| backend_of(p) == 12), "decided by the newer state's backend");
@@ -263,6 +266,52 @@ fn a_burst_prepared_with_one_state_and_finished_with_another_follows_the_newer()
     w.prepare_burst(&st1, &mut pkts, 0, &mut plan, &NoPrefetch);
     w.finish_burst(&st1, &mut pkts, 0, 1000, &mut plan, &NoPrefetch);
     assert!(pkts.iter().all(|p| backend_of(p) == 11));
+}
+
+/// Counts prefetches.
+#[derive(Default)]
+struct Counted(std::cell::Cell<usize>);
+
+impl l4lb::balancer::Prefetch for Counted {
+    fn prefetch<T>(&self, _: &T) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn a_staged_burst_is_finished_without_prefetching_again() {
+    // The balancing worker stages a held burst (its second prefetches) before
+    // it receives the next one; the finish then only decides. A burst not
+    // staged is staged by its finish.
+    let cfg = config(4096, &[(11, 1), (12, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let burst = |base: u32, flags: u8| -> Vec<TestPacket> {
+        (0..16).map(|i| TestPacket::new(&frame(base + i, 7000, flags))).collect()
+    };
+    let mut plan = BurstPlan::default();
+    // New flows: SYNs, and segments of flows the table does not hold (say,
+    // moved here by an ECMP change): both kinds of second pass.
+    for (flags, base) in [(SYN, 0xc612_0600), (ACK, 0xc612_0800)] {
+        let now = 1000;
+        let (mut staged, mut unstaged) = (burst(base, flags), burst(base + 0x100, flags));
+        let (first, stage, finish) = (Counted::default(), Counted::default(), Counted::default());
+        w.prepare_burst(&st, &mut staged, 0, &mut plan, &first);
+        w.stage_burst(&st, &mut plan, now, &stage);
+        w.stage_burst(&st, &mut plan, now, &stage);
+        let staged_count = stage.0.get();
+        assert!(staged_count >= 16, "flags {flags:#x}: {staged_count} lines staged for 16 packets");
+        w.finish_burst(&st, &mut staged, 0, now, &mut plan, &finish);
+        assert_eq!(finish.0.get(), 0, "flags {flags:#x}: staged once, the finish prefetches nothing");
+        assert_eq!(plan.verdicts(), &[Verdict::Forward { port: 0 }; 16]);
+
+        let (first, finish) = (Counted::default(), Counted::default());
+        w.prepare_burst(&st, &mut unstaged, 0, &mut plan, &first);
+        w.finish_burst(&st, &mut unstaged, 0, now, &mut plan, &finish);
+        assert!(finish.0.get() >= 16, "flags {flags:#x}: an unstaged burst is staged by its finish");
+        assert_eq!(plan.verdicts(), &[Verdict::Forward { port: 0 }; 16]);
+    }
+    assert_eq!(w.counters.new_flows, 64);
 }
 
 #[test]

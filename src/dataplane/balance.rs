@@ -193,11 +193,13 @@ impl BalanceWorker<'_> {
         };
         stats.states_adopted += 1;
         // Two bursts in flight: each poll prepares the burst it receives
-        // (parse, flow-table prefetches) before it finishes the one it held
-        // from the poll before, so those lines arrive while the worker
-        // receives and decides other packets instead of right before it needs
-        // them. A poll that receives nothing finishes the held burst at once:
-        // a packet waits at most one poll.
+        // (parse, first flow-table prefetches) before it finishes the one it
+        // held from the poll before, and stages the held one (its second
+        // prefetches, which need the first's lines) before it receives, so
+        // each pass's lines arrive while the worker receives and decides other
+        // packets instead of right before it needs them. A poll that receives
+        // nothing finishes the held burst at once: a packet waits at most one
+        // poll.
         let mut next = InFlight::new();
         let mut held = InFlight::new();
         let mut backoff = IdleBackoff::default();
@@ -231,6 +233,12 @@ impl BalanceWorker<'_> {
             }
             let mut got = 0usize;
             for (rxq, port) in self.rx.iter_mut() {
+                if !held.burst.is_empty() {
+                    // The held burst's second prefetch pass, before the
+                    // receive: its entries arrive while this burst is
+                    // received and parsed.
+                    self.pipeline.stage_burst(&state, &mut held.plan, now_ms, &CpuPrefetch);
+                }
                 let n = rxq.burst_max(&mut next.burst, cfg.burst_size);
                 if n > 0 {
                     got += n;

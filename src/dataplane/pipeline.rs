@@ -271,6 +271,8 @@ pub struct BurstPlan {
     n: usize,
     /// The generation of the state the plan was made with.
     generation: u64,
+    /// Whether the second prefetch pass ran ([`Worker::stage_burst`]).
+    staged: bool,
 }
 
 impl Default for BurstPlan {
@@ -283,6 +285,7 @@ impl Default for BurstPlan {
             verdicts: [Verdict::Drop(DropReason::Malformed); BURST],
             n: 0,
             generation: u64::MAX,
+            staged: false,
         }
     }
 }
@@ -499,10 +502,11 @@ impl Worker {
         pf: &F,
     ) {
         self.adopt(st);
-        let BurstPlan { vips, places, is_vip, verdicts, n: planned, generation, .. } = plan;
+        let BurstPlan { vips, places, is_vip, verdicts, n: planned, generation, staged, .. } = plan;
         let n = pkts.len().min(BURST);
         *planned = n;
         *generation = st.generation;
+        *staged = false;
         for i in 0..n {
             is_vip[i] = false;
             match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
@@ -520,37 +524,25 @@ impl Worker {
         }
     }
 
-    /// The rest of [`Worker::process_burst`] for a prepared burst (the same
-    /// packets, in the same order): prefetches the entries the keys matched
-    /// (the signature lines are in cache now), then decides each packet in
-    /// order. `plan.verdicts()[i]` is for `pkts[i]`. A plan made with another
-    /// forwarding state (one arrived in between) has its VIP packets parsed
-    /// again: services are numbered per state.
-    pub fn finish_burst<P: Packet, F: Prefetch>(
-        &mut self,
-        st: &ForwardingState,
-        pkts: &mut [P],
-        in_port: u16,
-        now_ms: u64,
-        plan: &mut BurstPlan,
-        pf: &F,
-    ) {
-        let BurstPlan { vips, places, hints, is_vip, verdicts, n, generation } = plan;
-        // (Bounded by BURST too, so the plan's arrays need no bounds checks.)
-        let n = (*n).min(pkts.len()).min(BURST);
-        if *generation != st.generation {
-            self.adopt(st);
-            *generation = st.generation;
-            for i in 0..n {
-                if is_vip[i] {
-                    // A VIP packet is not changed by its parse: parsed again as received.
-                    match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
-                        Some(v) => (is_vip[i], verdicts[i]) = (false, v),
-                        None => places[i] = self.flows.place_of(vips[i].hash),
-                    }
-                }
-            }
+    /// The second prefetch pass of a prepared burst, once its primary
+    /// signature lines are in cache: the entries the keys matched, the second
+    /// bucket's line of keys not found in the first, and for a new flow the
+    /// slot its insert will write (its eviction hint). The balancing worker
+    /// runs it a poll after [`Worker::prepare_burst`] and before it receives
+    /// its next burst, so these lines (a miss in DRAM each, with a table
+    /// larger than the caches) arrive while it receives and parses that burst;
+    /// [`Worker::finish_burst`] runs it itself when it has not run. Reads the
+    /// table only: nothing between it and the finish may change the table
+    /// (the hints are checked again at the insert all the same). A plan made
+    /// with another forwarding state is left to the finish, which parses it
+    /// again.
+    pub fn stage_burst<F: Prefetch>(&self, st: &ForwardingState, plan: &mut BurstPlan, now_ms: u64, pf: &F) {
+        let BurstPlan { vips, places, hints, is_vip, n, generation, staged, .. } = plan;
+        if *staged || *generation != st.generation {
+            return;
         }
+        *staged = true;
+        let n = (*n).min(BURST);
         for i in 0..n {
             if !is_vip[i] {
                 continue;
@@ -564,6 +556,42 @@ impl Worker {
                 self.flows.prefetch_entry_place(&places[i], pf);
             }
         }
+    }
+
+    /// The rest of [`Worker::process_burst`] for a prepared burst (the same
+    /// packets, in the same order): stages it (see [`Worker::stage_burst`])
+    /// unless that ran, then decides each packet in order.
+    /// `plan.verdicts()[i]` is for `pkts[i]`. A plan made with another
+    /// forwarding state (one arrived in between) has its VIP packets parsed
+    /// again: services are numbered per state.
+    pub fn finish_burst<P: Packet, F: Prefetch>(
+        &mut self,
+        st: &ForwardingState,
+        pkts: &mut [P],
+        in_port: u16,
+        now_ms: u64,
+        plan: &mut BurstPlan,
+        pf: &F,
+    ) {
+        if plan.generation != st.generation {
+            self.adopt(st);
+            let BurstPlan { vips, places, is_vip, verdicts, n, generation, staged, .. } = &mut *plan;
+            *generation = st.generation;
+            *staged = false;
+            for i in 0..(*n).min(pkts.len()).min(BURST) {
+                if is_vip[i] {
+                    // A VIP packet is not changed by its parse: parsed again as received.
+                    match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
+                        Some(v) => (is_vip[i], verdicts[i]) = (false, v),
+                        None => places[i] = self.flows.place_of(vips[i].hash),
+                    }
+                }
+            }
+        }
+        self.stage_burst(st, plan, now_ms, pf);
+        let BurstPlan { vips, places, hints, is_vip, verdicts, n, .. } = plan;
+        // (Bounded by BURST too, so the plan's arrays need no bounds checks.)
+        let n = (*n).min(pkts.len()).min(BURST);
         for i in 0..n {
             if is_vip[i] {
                 let slot = self.flows.lookup_place(&vips[i].key, &places[i], now_ms);
