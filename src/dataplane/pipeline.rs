@@ -1408,13 +1408,16 @@ fn fast_v4(
         return None;
     }
     let (src4, dst4, ports) = (le32(26), le32(30), le32(34));
-    let key = FlowKey {
+    // The key straight into `out` (a caller reads `out` only when this
+    // returns `Some`): built on the stack first, it was copied over.
+    out.key = FlowKey {
         src: crate::balancer::flow::mapped_bytes(&src4.to_le_bytes()),
         dst: crate::balancer::flow::mapped_bytes(&dst4.to_le_bytes()),
         src_port: u16::from_be_bytes([h[34], h[35]]),
         dst_port: u16::from_be_bytes([h[36], h[37]]),
         proto: p,
     };
+    let key = &out.key;
     let tag = dst4 as u64 | (p as u64) << 32 | (key.dst_port as u64) << 40 | (in_port as u64) << 56;
     let service = if last.tag == tag && in_port < 256 {
         last.service
@@ -1436,18 +1439,15 @@ fn fast_v4(
     } else {
         0
     };
-    *out = Vip {
-        hash: crate::balancer::flow::hash_v4(src4, dst4, ports, p),
-        key,
-        service: service as u32,
-        ip_len: total as u16,
-        l2_len: L2 as u8,
-        v6: false,
-        kind: KeyKind::FiveTuple,
-        tcp_flags,
-        df: frag & ipv4::FLAG_DF != 0,
-        tos: h[15],
-    };
+    out.hash = crate::balancer::flow::hash_v4(src4, dst4, ports, p);
+    out.service = service as u32;
+    out.ip_len = total as u16;
+    out.l2_len = L2 as u8;
+    out.v6 = false;
+    out.kind = KeyKind::FiveTuple;
+    out.tcp_flags = tcp_flags;
+    out.df = frag & ipv4::FLAG_DF != 0;
+    out.tos = h[15];
     Some(())
 }
 
@@ -1506,13 +1506,15 @@ fn fast_v6(
     if dst[0] == 0xff {
         return None;
     }
-    let key = FlowKey {
+    // Straight into `out`, as in `fast_v4`.
+    out.key = FlowKey {
         src,
         dst,
         src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
         dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
         proto: p,
     };
+    let key = &out.key;
     let tag = p as u64 | (key.dst_port as u64) << 8 | (in_port as u64) << 24;
     let service = if last.tag == tag && last.vip == dst {
         last.service
@@ -1525,18 +1527,15 @@ fn fast_v6(
         *last = ServiceMemoV6 { vip: dst, tag, service: s };
         s
     };
-    *out = Vip {
-        hash: key.hash(),
-        key,
-        service: service as u32,
-        ip_len: (V6_HDR + payload) as u16,
-        l2_len: L2 as u8,
-        v6: true,
-        kind: KeyKind::FiveTuple,
-        tcp_flags,
-        df: true,
-        tos: (h[14] << 4) | (h[15] >> 4),
-    };
+    out.hash = key.hash();
+    out.service = service as u32;
+    out.ip_len = (V6_HDR + payload) as u16;
+    out.l2_len = L2 as u8;
+    out.v6 = true;
+    out.kind = KeyKind::FiveTuple;
+    out.tcp_flags = tcp_flags;
+    out.df = true;
+    out.tos = (h[14] << 4) | (h[15] >> 4);
     Some(())
 }
 
