@@ -1506,15 +1506,13 @@ fn fast_v6(
     if dst[0] == 0xff {
         return None;
     }
-    // Straight into `out`, as in `fast_v4`.
-    out.key = FlowKey {
+    let key = FlowKey {
         src,
         dst,
         src_port: u16::from_be_bytes([h[L4], h[L4 + 1]]),
         dst_port: u16::from_be_bytes([h[L4 + 2], h[L4 + 3]]),
         proto: p,
     };
-    let key = &out.key;
     let tag = p as u64 | (key.dst_port as u64) << 8 | (in_port as u64) << 24;
     let service = if last.tag == tag && last.vip == dst {
         last.service
@@ -1527,15 +1525,18 @@ fn fast_v6(
         *last = ServiceMemoV6 { vip: dst, tag, service: s };
         s
     };
-    out.hash = key.hash();
-    out.service = service as u32;
-    out.ip_len = (V6_HDR + payload) as u16;
-    out.l2_len = L2 as u8;
-    out.v6 = true;
-    out.kind = KeyKind::FiveTuple;
-    out.tcp_flags = tcp_flags;
-    out.df = true;
-    out.tos = (h[14] << 4) | (h[15] >> 4);
+    *out = Vip {
+        hash: key.hash(),
+        key,
+        service: service as u32,
+        ip_len: (V6_HDR + payload) as u16,
+        l2_len: L2 as u8,
+        v6: true,
+        kind: KeyKind::FiveTuple,
+        tcp_flags,
+        df: true,
+        tos: (h[14] << 4) | (h[15] >> 4),
+    };
     Some(())
 }
 
