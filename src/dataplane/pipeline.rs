@@ -532,10 +532,10 @@ impl Worker {
     /// its next burst, so these lines (a miss in DRAM each, with a table
     /// larger than the caches) arrive while it receives and parses that burst;
     /// [`Worker::finish_burst`] runs it itself when it has not run. Reads the
-    /// table only: nothing between it and the finish may change the table
-    /// (the hints are checked again at the insert all the same). A plan made
-    /// with another forwarding state is left to the finish, which parses it
-    /// again.
+    /// table only. The worker changes nothing in the table between the two
+    /// calls, and each hint is checked again at its insert: a slot changed in
+    /// between costs a fresh choice, never a wrong one. A plan made with
+    /// another forwarding state is left to the finish, which parses it again.
     pub fn stage_burst<F: Prefetch>(&self, st: &ForwardingState, plan: &mut BurstPlan, now_ms: u64, pf: &F) {
         let BurstPlan { vips, places, hints, is_vip, n, generation, staged, .. } = plan;
         if *staged || *generation != st.generation {
