@@ -114,14 +114,18 @@ pub struct Place {
     pref: u8,
 }
 
-/// The slot an insert would evict, chosen ahead of the insert by
-/// [`FlowTable::prefetch_entry_place_new`], with the signature and rank it held
-/// then: the insert takes it only while both are unchanged.
+/// The slot an insert would write, chosen ahead of the insert by
+/// [`FlowTable::prefetch_entry_place_new`] so the insert need not choose
+/// again: a free slot (`sig` 0), which the insert takes while it is still
+/// free; or, with both buckets full, the victim with the signature and rank
+/// it held then, which the insert takes while both are unchanged and no slot
+/// has been freed since (`frees`), so the buckets are still full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EvictHint {
+pub struct InsertHint {
     slot: u32,
     sig: u16,
     rank: u16,
+    frees: u32,
 }
 
 /// Counters of one table.
@@ -207,6 +211,9 @@ pub struct FlowTable {
     /// (its rank clamped, see [`rank_of`]). Until then a rank in the past
     /// proves its entry expired without reading the entry.
     pinned: bool,
+    /// Slots freed by `remove` and `sweep`, wrapping: an eviction hint
+    /// made at the same count knows its buckets are still full.
+    frees: u32,
 }
 
 #[inline(always)]
@@ -241,6 +248,7 @@ impl FlowTable {
             sweep_at: 0,
             stats: FlowTableStats::default(),
             pinned: false,
+            frees: 0,
         }
     }
 
@@ -361,11 +369,16 @@ impl FlowTable {
     /// signature match in either bucket prefetches that entry; with none, the
     /// entry the insert will write — a free slot, or in a table above its
     /// high-water mark the victim, chosen from the ranks as the insert would
-    /// choose it and returned for [`FlowTable::insert_hinted`], so the choice is
-    /// made once. Without it a SYN flood on a full table too large for the
-    /// caches wrote every new entry into a line not in cache.
+    /// choose it — and returns that slot for [`FlowTable::insert_hinted`], so
+    /// the choice is made once. Without it a SYN flood on a full table too
+    /// large for the caches wrote every new entry into a line not in cache.
     #[inline(always)]
-    pub fn prefetch_entry_place_new<P: Prefetch>(&self, at: &Place, now_ms: u64, p: &P) -> Option<EvictHint> {
+    pub fn prefetch_entry_place_new<P: Prefetch>(
+        &self,
+        at: &Place,
+        now_ms: u64,
+        p: &P,
+    ) -> Option<InsertHint> {
         let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref as usize);
         if self.sigs[b1].sig[pref] == at.sig {
             // (The first stage fetched it only below the high-water mark.)
@@ -375,19 +388,24 @@ impl FlowTable {
         let known = self
             .first(b1, at.sig)
             .map(|i| b1 * BUCKET_SLOTS + i)
-            .or_else(|| self.first(b2, at.sig).map(|i| b2 * BUCKET_SLOTS + i))
-            .or_else(|| self.free_pick(b1, b2, pref));
+            .or_else(|| self.first(b2, at.sig).map(|i| b2 * BUCKET_SLOTS + i));
         if let Some(s) = known {
             p.prefetch(&self.entries[s]);
             return None;
         }
-        if self.len < self.high_water() {
-            return None; // the insert will move an entry instead
-        }
-        let s = self.victim(b1, b2, now_ms);
+        let s = match self.free_pick(b1, b2, pref) {
+            Some(s) => s,
+            None if self.len < self.high_water() => return None, // the insert will move an entry instead
+            None => self.victim(b1, b2, now_ms),
+        };
         p.prefetch(&self.entries[s]);
         let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
-        Some(EvictHint { slot: s as u32, sig: self.sigs[b].sig[i], rank: self.sigs[b].rank[i] })
+        Some(InsertHint {
+            slot: s as u32,
+            sig: self.sigs[b].sig[i],
+            rank: self.sigs[b].rank[i],
+            frees: self.frees,
+        })
     }
 
     /// The first slot of bucket `b` holding signature `sig` (0: the first
@@ -492,65 +510,31 @@ impl FlowTable {
         self.insert_hinted(new, hash, now_ms, None, on_remove)
     }
 
-    /// As [`FlowTable::insert`], evicting the hinted slot when it must evict
-    /// and the slot still holds what it held when the hint was made (one of
-    /// the key's buckets, same signature, same rank); else it chooses again.
+    /// As [`FlowTable::insert`], writing the hinted slot while the hint still
+    /// holds (see [`InsertHint`]: a free slot still free; a victim unchanged,
+    /// in buckets still full), without choosing again; else it chooses anew.
     pub fn insert_hinted(
         &mut self,
         new: Entry,
         hash: u64,
         now_ms: u64,
-        hint: Option<EvictHint>,
+        hint: Option<InsertHint>,
         on_remove: &mut impl FnMut(u32),
     ) -> usize {
         let (b1, b2, sig) = self.place(hash);
-        // The primary bucket while it has 3+ free slots, so nearly every
-        // lookup reads one signature line (at half load 95.7% of keys sit in
-        // their primary bucket); after that the emptier of the two, which
-        // keeps the table filling past 90% before any insert has to evict.
-        // Within a bucket, the key's preferred slot if free: the burst lookup
-        // prefetches that entry together with the signature line.
-        let pick = self.free_pick(b1, b2, preferred_slot(hash));
-        // Moving an entry to its other bucket needs room there: worth its 16
-        // random reads only while the table has room to speak of. Above the
-        // high-water mark (a SYN flood's steady state) go straight to eviction.
-        let room = self.len < self.high_water();
-        let slot = match pick.or_else(|| {
-            if room {
-                self.displace(b1).or_else(|| self.displace(b2))
-            } else {
-                None
-            }
-        }) {
-            Some(s) => {
+        let holds = |h: &InsertHint| {
+            let (b, i) = (h.slot as usize / BUCKET_SLOTS, h.slot as usize % BUCKET_SLOTS);
+            (b == b1 || b == b2)
+                && self.sigs[b].sig[i] == h.sig
+                && (h.sig == 0 || (self.sigs[b].rank[i] == h.rank && h.frees == self.frees))
+        };
+        let slot = match hint.filter(holds) {
+            Some(h) if h.sig == 0 => {
                 self.len += 1;
-                s
+                h.slot as usize
             }
-            None => {
-                let still = |h: &EvictHint| {
-                    let (b, i) = (h.slot as usize / BUCKET_SLOTS, h.slot as usize % BUCKET_SLOTS);
-                    (b == b1 || b == b2) && self.sigs[b].sig[i] == h.sig && self.sigs[b].rank[i] == h.rank
-                };
-                let s = match hint.filter(still) {
-                    Some(h) => h.slot as usize,
-                    None => self.victim(b1, b2, now_ms),
-                };
-                // The class from the rank (`expired_by_rank`), so the common
-                // victims of a SYN flood — an unconfirmed flow not yet due, or
-                // one expired a unit or more ago — cost no read of their
-                // 64-byte entry (on a table beyond the caches that read was
-                // the flood's longest wait, even with the line prefetched).
-                let r = self.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS];
-                if self.expired_by_rank(s, rank_left(r, rank_now(now_ms)), now_ms) {
-                    self.stats.expired += 1;
-                } else if r & RANK_ESTABLISHED != 0 {
-                    self.stats.evicted_established += 1;
-                } else {
-                    self.stats.evicted_unconfirmed += 1;
-                }
-                on_remove(self.owner(s));
-                s
-            }
+            Some(h) => self.evict(h.slot as usize, now_ms, on_remove),
+            None => self.choose(b1, b2, preferred_slot(hash), now_ms, on_remove),
         };
         let bucket = &mut self.sigs[slot / BUCKET_SLOTS];
         bucket.sig[slot % BUCKET_SLOTS] = sig;
@@ -560,6 +544,62 @@ impl FlowTable {
         self.entries[slot] = new;
         self.stats.inserts += 1;
         slot
+    }
+
+    /// The slot an unhinted insert into buckets `b1` (primary) and `b2`
+    /// writes, emptied: a free one, or one freed by moving an entry, or a
+    /// victim evicted.
+    #[inline(always)]
+    fn choose(
+        &mut self,
+        b1: usize,
+        b2: usize,
+        pref: usize,
+        now_ms: u64,
+        on_remove: &mut impl FnMut(u32),
+    ) -> usize {
+        // The primary bucket while it has 3+ free slots, so nearly every
+        // lookup reads one signature line (at half load 95.7% of keys sit in
+        // their primary bucket); after that the emptier of the two, which
+        // keeps the table filling past 90% before any insert has to evict.
+        // Within a bucket, the key's preferred slot if free: the burst lookup
+        // prefetches that entry together with the signature line.
+        let pick = self.free_pick(b1, b2, pref);
+        // Moving an entry to its other bucket needs room there: worth its 16
+        // random reads only while the table has room to speak of. Above the
+        // high-water mark (a SYN flood's steady state) go straight to eviction.
+        let room = self.len < self.high_water();
+        match pick.or_else(|| if room { self.displace(b1).or_else(|| self.displace(b2)) } else { None }) {
+            Some(s) => {
+                self.len += 1;
+                s
+            }
+            None => {
+                let s = self.victim(b1, b2, now_ms);
+                self.evict(s, now_ms, on_remove)
+            }
+        }
+    }
+
+    /// Empties `slot` for an insert: counts its entry as expired or evicted
+    /// and hands `on_remove` its backend id.
+    #[inline(always)]
+    fn evict(&mut self, s: usize, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> usize {
+        // The class from the rank (`expired_by_rank`), so the common
+        // victims of a SYN flood — an unconfirmed flow not yet due, or
+        // one expired a unit or more ago — cost no read of their
+        // 64-byte entry (on a table beyond the caches that read was
+        // the flood's longest wait, even with the line prefetched).
+        let r = self.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS];
+        if self.expired_by_rank(s, rank_left(r, rank_now(now_ms)), now_ms) {
+            self.stats.expired += 1;
+        } else if r & RANK_ESTABLISHED != 0 {
+            self.stats.evicted_established += 1;
+        } else {
+            self.stats.evicted_unconfirmed += 1;
+        }
+        on_remove(self.owner(s));
+        s
     }
 
     /// Whether the entry in `slot`, whose rank lies `left` units from now
@@ -676,6 +716,7 @@ impl FlowTable {
             on_remove(self.owner(slot));
             self.sigs[b].sig[i] = 0;
             self.len -= 1;
+            self.frees = self.frees.wrapping_add(1);
         }
     }
 
@@ -728,6 +769,7 @@ impl FlowTable {
                 freed += 1;
             }
         }
+        self.frees = self.frees.wrapping_add(freed as u32);
         freed
     }
 }
@@ -1021,7 +1063,27 @@ mod tests {
     }
 
     #[test]
-    fn an_eviction_hint_is_taken_only_while_its_slot_is_unchanged() {
+    fn a_free_slot_hint_is_taken_only_while_the_slot_is_free() {
+        let mut t = FlowTable::with_capacity(1024);
+        let keys = same_pair(&t, 3);
+        let syn = |k: FlowKey| Entry { key: k, backend: 1, state: FlowState::SynSeen, expires_ms: 10_000 };
+        let at = t.place_of(keys[0].hash());
+        let hint = t.prefetch_entry_place_new(&at, 0, &NoPrefetch).expect("an empty table hints a free slot");
+        assert_eq!(hint.sig, 0);
+        // Taken while free, whichever key of the pair inserts with it.
+        let first = t.insert_hinted(syn(keys[1]), keys[1].hash(), 0, Some(hint), &mut |_| {});
+        assert_eq!(first, hint.slot as usize);
+        // Not once another flow holds it.
+        let second = t.insert_hinted(syn(keys[2]), keys[2].hash(), 0, Some(hint), &mut |_| {});
+        assert_ne!(second, first);
+        assert_eq!(t.len(), 2);
+        for (k, slot) in [(keys[1], first), (keys[2], second)] {
+            assert_eq!(t.lookup(&k, k.hash(), 0), Some(slot));
+        }
+    }
+
+    #[test]
+    fn an_eviction_hint_is_taken_only_while_it_holds() {
         // Past the high-water mark with unconfirmed flows of staggered expiry.
         let mut t = FlowTable::with_capacity(1024);
         for i in 0..100_000u32 {
@@ -1041,7 +1103,8 @@ mod tests {
         let hinted = |t: &FlowTable, from: u32| {
             (from..from + 10_000)
                 .find_map(|i| {
-                    Some((i, t.prefetch_entry_place_new(&t.place_of(key(i).hash()), 0, &NoPrefetch)?))
+                    let h = t.prefetch_entry_place_new(&t.place_of(key(i).hash()), 0, &NoPrefetch)?;
+                    (h.sig != 0).then_some((i, h))
                 })
                 .expect("a key with both buckets full")
         };
@@ -1056,6 +1119,20 @@ mod tests {
         assert_ne!(got, slot);
         assert_eq!(t.lookup(&kept, kept.hash(), 0), Some(slot), "the confirmed flow stays");
 
+        // Nor one made before a slot of its buckets was freed: the insert takes
+        // the free slot and evicts nothing.
+        let (i, hint) = hinted(&t, 250_000);
+        let k = key(i);
+        let at = t.place_of(k.hash());
+        let victim = t.entries[hint.slot as usize].key;
+        let freed = (at.b2 as usize * BUCKET_SLOTS..).find(|&s| s != hint.slot as usize).unwrap();
+        t.remove(freed, &mut |_| {});
+        let evicted = t.stats().evicted_unconfirmed;
+        let got = t.insert_hinted(new(i), k.hash(), 0, Some(hint), &mut |_| {});
+        assert_eq!(got, freed);
+        assert_eq!(t.stats().evicted_unconfirmed, evicted);
+        assert!(t.lookup(&victim, victim.hash(), 0).is_some(), "the hinted victim stays");
+
         // An unchanged one is the slot evicted, the same the insert would choose.
         let (i, hint) = hinted(&t, 300_000);
         let k = key(i);
@@ -1063,6 +1140,7 @@ mod tests {
         assert_eq!(hint.slot as usize, t.victim(at.b1 as usize, at.b2 as usize, 0));
         let got = t.insert_hinted(new(i), k.hash(), 0, Some(hint), &mut |_| {});
         assert_eq!(got, hint.slot as usize);
+        assert_eq!(t.stats().evicted_unconfirmed, evicted + 1);
         assert_eq!(t.lookup(&k, k.hash(), 0), Some(got));
     }
 

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
-use crate::balancer::flowtable::{Entry, EvictHint, FlowState, FlowTable, FlowTableStats, Place};
+use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats, InsertHint, Place};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{
     Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service,
@@ -264,7 +264,7 @@ pub struct BurstPlan {
     vips: [Vip; BURST],
     places: [Place; BURST],
     /// The slot a new flow's insert will evict, chosen in the second pass.
-    hints: [Option<EvictHint>; BURST],
+    hints: [Option<InsertHint>; BURST],
     is_vip: [bool; BURST],
     verdicts: [Verdict; BURST],
     /// Packets planned.
@@ -974,7 +974,7 @@ impl Worker {
         now_ms: u64,
         vip: &Vip,
         slot: Option<usize>,
-        hint: Option<EvictHint>,
+        hint: Option<InsertHint>,
     ) -> Verdict {
         let svc = &st.services[vip.service as usize];
         let kind = vip.kind;
