@@ -521,7 +521,19 @@ impl FlowTable {
         hint: Option<InsertHint>,
         on_remove: &mut impl FnMut(u32),
     ) -> usize {
-        let (b1, b2, sig) = self.place(hash);
+        self.insert_at(new, &self.place_of(hash), now_ms, hint, on_remove)
+    }
+
+    /// As [`FlowTable::insert_hinted`] for the key's computed place.
+    pub fn insert_at(
+        &mut self,
+        new: Entry,
+        at: &Place,
+        now_ms: u64,
+        hint: Option<InsertHint>,
+        on_remove: &mut impl FnMut(u32),
+    ) -> usize {
+        let (b1, b2, sig) = (at.b1 as usize, at.b2 as usize, at.sig);
         let holds = |h: &InsertHint| {
             let (b, i) = (h.slot as usize / BUCKET_SLOTS, h.slot as usize % BUCKET_SLOTS);
             (b == b1 || b == b2)
@@ -534,7 +546,7 @@ impl FlowTable {
                 h.slot as usize
             }
             Some(h) => self.evict(h.slot as usize, now_ms, on_remove),
-            None => self.choose(b1, b2, preferred_slot(hash), now_ms, on_remove),
+            None => self.choose(b1, b2, at.pref as usize, now_ms, on_remove),
         };
         let bucket = &mut self.sigs[slot / BUCKET_SLOTS];
         bucket.sig[slot % BUCKET_SLOTS] = sig;

@@ -262,9 +262,8 @@ const BURST: usize = crate::dpdk::BURST_MAX;
 /// for every burst.
 pub struct BurstPlan {
     vips: [Vip; BURST],
-    places: [Place; BURST],
-    /// The slot a new flow's insert will evict, chosen in the second pass.
-    hints: [Option<InsertHint>; BURST],
+    /// Each VIP packet's flow-table place and insert hint.
+    places: [TablePlan; BURST],
     is_vip: [bool; BURST],
     verdicts: [Verdict; BURST],
     /// Packets planned.
@@ -279,8 +278,7 @@ impl Default for BurstPlan {
     fn default() -> Self {
         BurstPlan {
             vips: [Vip::default(); BURST],
-            places: [Place::default(); BURST],
-            hints: [None; BURST],
+            places: [TablePlan::default(); BURST],
             is_vip: [false; BURST],
             verdicts: [Verdict::Drop(DropReason::Malformed); BURST],
             n: 0,
@@ -295,6 +293,15 @@ impl BurstPlan {
     pub fn verdicts(&self) -> &[Verdict] {
         &self.verdicts[..self.n]
     }
+}
+
+/// A VIP packet's key in the flow table: its place (from the first pass)
+/// and, for a new flow, the slot its insert will write (from the second).
+/// One record, so the decision takes both by one reference.
+#[derive(Debug, Clone, Copy, Default)]
+struct TablePlan {
+    at: Place,
+    hint: Option<InsertHint>,
 }
 
 /// A packet to a VIP after parsing, waiting for its flow lookup.
@@ -456,8 +463,9 @@ impl Worker {
         let v = match self.parse(st, pkt, in_port, &mut vip) {
             Some(v) => v,
             None => {
-                let slot = self.flows.lookup(&vip.key, vip.hash, now_ms);
-                self.balance(st, pkt, in_port, now_ms, &vip, slot, None)
+                let table = TablePlan { at: self.flows.place_of(vip.hash), hint: None };
+                let slot = self.flows.lookup_place(&vip.key, &table.at, now_ms);
+                self.balance(st, pkt, in_port, now_ms, &vip, slot, &table)
             }
         };
         self.count(v);
@@ -512,11 +520,11 @@ impl Worker {
             match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
                 Some(v) => verdicts[i] = v,
                 None => {
-                    places[i] = self.flows.place_of(vips[i].hash);
+                    places[i].at = self.flows.place_of(vips[i].hash);
                     if vips[i].opens() {
-                        self.flows.prefetch_place_new(&places[i], pf);
+                        self.flows.prefetch_place_new(&places[i].at, pf);
                     } else {
-                        self.flows.prefetch_place(&places[i], pf);
+                        self.flows.prefetch_place(&places[i].at, pf);
                     }
                     is_vip[i] = true;
                 }
@@ -537,7 +545,7 @@ impl Worker {
     /// between costs a fresh choice, never a wrong one. A plan made with
     /// another forwarding state is left to the finish, which parses it again.
     pub fn stage_burst<F: Prefetch>(&self, st: &ForwardingState, plan: &mut BurstPlan, now_ms: u64, pf: &F) {
-        let BurstPlan { vips, places, hints, is_vip, n, generation, staged, .. } = plan;
+        let BurstPlan { vips, places, is_vip, n, generation, staged, .. } = plan;
         if *staged || *generation != st.generation {
             return;
         }
@@ -549,11 +557,11 @@ impl Worker {
             }
             // (As statements: written as one `if` expression, LLVM's code for
             // this loop took 21 more instructions per hot packet, callgrind.)
-            hints[i] = None;
+            places[i].hint = None;
             if vips[i].opens() {
-                hints[i] = self.flows.prefetch_entry_place_new(&places[i], now_ms, pf);
+                places[i].hint = self.flows.prefetch_entry_place_new(&places[i].at, now_ms, pf);
             } else {
-                self.flows.prefetch_entry_place(&places[i], pf);
+                self.flows.prefetch_entry_place(&places[i].at, pf);
             }
         }
     }
@@ -583,19 +591,19 @@ impl Worker {
                     // A VIP packet is not changed by its parse: parsed again as received.
                     match self.parse(st, &mut pkts[i], in_port, &mut vips[i]) {
                         Some(v) => (is_vip[i], verdicts[i]) = (false, v),
-                        None => places[i] = self.flows.place_of(vips[i].hash),
+                        None => places[i].at = self.flows.place_of(vips[i].hash),
                     }
                 }
             }
         }
         self.stage_burst(st, plan, now_ms, pf);
-        let BurstPlan { vips, places, hints, is_vip, verdicts, n, .. } = plan;
+        let BurstPlan { vips, places, is_vip, verdicts, n, .. } = plan;
         // (Bounded by BURST too, so the plan's arrays need no bounds checks.)
         let n = (*n).min(pkts.len()).min(BURST);
         for i in 0..n {
             if is_vip[i] {
-                let slot = self.flows.lookup_place(&vips[i].key, &places[i], now_ms);
-                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &vips[i], slot, hints[i]);
+                let slot = self.flows.lookup_place(&vips[i].key, &places[i].at, now_ms);
+                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &vips[i], slot, &places[i]);
             }
             self.count(verdicts[i]);
         }
@@ -963,8 +971,8 @@ impl Worker {
         Verdict::Reply { port: in_port }
     }
 
-    /// Flow tracking, scheduling and the DSR rewrite of one VIP packet.
-    /// `hint`: the slot a new flow's insert evicts, if chosen ahead.
+    /// Flow tracking, scheduling and the DSR rewrite of one VIP packet:
+    /// `slot` is its flow's, if tracked; `table` its place in the flow table.
     #[allow(clippy::too_many_arguments)]
     fn balance<P: Packet>(
         &mut self,
@@ -974,7 +982,7 @@ impl Worker {
         now_ms: u64,
         vip: &Vip,
         slot: Option<usize>,
-        hint: Option<InsertHint>,
+        table: &TablePlan,
     ) -> Verdict {
         let svc = &st.services[vip.service as usize];
         let kind = vip.kind;
@@ -1023,7 +1031,7 @@ impl Worker {
                     let expires = now_ms + svc.timeouts.for_state(state);
                     let Worker { flows, active, .. } = self;
                     let entry = Entry { key: vip.key, backend: id, state, expires_ms: expires };
-                    flows.insert_hinted(entry, vip.hash, now_ms, hint, &mut release(active));
+                    flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active));
                     if let Some(a) = self.active.get_mut(id as usize) {
                         *a += 1;
                     }
