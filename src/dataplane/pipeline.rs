@@ -295,8 +295,9 @@ impl BurstPlan {
     }
 }
 
-/// A VIP packet's key in the flow table: its place (from the first pass)
-/// and, for a new flow, the slot its insert will write (from the second).
+/// Where a VIP packet's flow sits in the flow table: its place (from the
+/// first pass) and, for a new flow, the slot its insert will write (from the
+/// second).
 /// One record, so the decision takes both by one reference.
 #[derive(Debug, Clone, Copy, Default)]
 struct TablePlan {
@@ -535,7 +536,7 @@ impl Worker {
     /// The second prefetch pass of a prepared burst, once its primary
     /// signature lines are in cache: the entries the keys matched, the second
     /// bucket's line of keys not found in the first, and for a new flow the
-    /// slot its insert will write (its eviction hint). The balancing worker
+    /// slot its insert will write (its insert hint). The balancing worker
     /// runs it a poll after [`Worker::prepare_burst`] and before it receives
     /// its next burst, so these lines (a miss in DRAM each, with a table
     /// larger than the caches) arrive while it receives and parses that burst;
