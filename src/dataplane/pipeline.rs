@@ -297,8 +297,7 @@ impl BurstPlan {
 
 /// Where a VIP packet's flow sits in the flow table: its place (from the
 /// first pass) and, for a new flow, the slot its insert will write (from the
-/// second).
-/// One record, so the decision takes both by one reference.
+/// second). One record, so the decision takes both by one reference.
 #[derive(Debug, Clone, Copy, Default)]
 struct TablePlan {
     at: Place,
