@@ -74,10 +74,11 @@ pub struct EncapTemplate {
     pub outer_v6: bool,
     /// GUE destination port when GUE.
     pub gue: bool,
-    /// IPv4 outer: the one's-complement sum of the header's fixed 32-bit words
-    /// (version/IHL, TTL/protocol, addresses); the packet adds length, TOS,
-    /// ident/flags.
-    pub sum: u64,
+    /// IPv4 outer: the one's-complement sum of the header's fixed 16-bit
+    /// words (version/IHL, TTL/protocol, addresses), folded to 16 bits; the
+    /// packet adds TOS, length and ident or flags, each below 2^16, so its
+    /// sum folds in two steps.
+    pub sum: u16,
     /// The egress port's index.
     pub port: u16,
     /// The largest inner IP packet (bytes) that fits the egress MTU once
@@ -111,10 +112,9 @@ impl EncapTemplate {
                 bytes[23] = proto;
                 bytes[26..30].copy_from_slice(&src.octets());
                 bytes[30..34].copy_from_slice(&dst.octets());
-                let sum = 0x4500_0000u64
-                    + ((64u64 << 24) | (proto as u64) << 16)
-                    + u32::from(src) as u64
-                    + u32::from(dst) as u64;
+                let sum = crate::net::checksum::fold(
+                    0x4500u64 + ((64u64 << 8) | proto as u64) + u32::from(src) as u64 + u32::from(dst) as u64,
+                );
                 (34, false, sum)
             }
             IpAddr::V6(dst) => {

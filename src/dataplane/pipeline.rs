@@ -1102,16 +1102,21 @@ impl Worker {
             ip[20] = if vip.v6 { proto::IPV6 } else { proto::IPIP };
         } else {
             let total = payload_len as u32 + V4_HDR as u32;
-            let w1 = if vip.df {
-                ipv4::FLAG_DF as u32
+            // Bytes 18..22: ident (0 with DF) and flags; `w` is the one of
+            // the two that is not 0, for the checksum.
+            let (w1, w) = if vip.df {
+                (ipv4::FLAG_DF as u32, ipv4::FLAG_DF as u32)
             } else {
                 self.ident = self.ident.wrapping_add(1);
-                (self.ident as u32) << 16
+                ((self.ident as u32) << 16, self.ident as u32)
             };
             ip[15] = vip.tos;
             ip[16..18].copy_from_slice(&(total as u16).to_be_bytes());
             ip[18..22].copy_from_slice(&w1.to_be_bytes());
-            let c = !checksum::fold(t.sum + ((vip.tos as u64) << 16) + total as u64 + w1 as u64);
+            // Four terms below 2^16: two end-around-carry steps fold them.
+            let s = t.sum as u32 + vip.tos as u32 + (total & 0xffff) + w;
+            let s = (s & 0xffff) + (s >> 16);
+            let c = !((s & 0xffff) + (s >> 16)) as u16;
             ip[24..26].copy_from_slice(&c.to_be_bytes());
         }
         if t.gue {
