@@ -114,6 +114,15 @@ pub struct Place {
     pref: u8,
 }
 
+impl Place {
+    /// The preferred slot as an index: masked, so indexing a bucket's
+    /// arrays with it needs no bounds check (it is below 8 anyway).
+    #[inline(always)]
+    fn pref(&self) -> usize {
+        self.pref as usize & (BUCKET_SLOTS - 1)
+    }
+}
+
 /// The slot an insert would write, chosen ahead of the insert by
 /// [`FlowTable::prefetch_entry_place_new`] so the insert need not choose
 /// again: a free slot (`sig` 0), which the insert takes while it is still
@@ -306,7 +315,7 @@ impl FlowTable {
     pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
         p.prefetch(&self.sigs[b1]);
-        p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref as usize]);
+        p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref()]);
     }
 
     /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
@@ -321,7 +330,7 @@ impl FlowTable {
         p.prefetch(&self.sigs[b1]);
         p.prefetch(&self.sigs[at.b2 as usize]);
         if self.len < self.high_water() {
-            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref as usize]);
+            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref()]);
         }
     }
 
@@ -341,7 +350,7 @@ impl FlowTable {
     #[inline(always)]
     pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
-        let pref = at.pref as usize;
+        let pref = at.pref();
         if self.sigs[b1].sig[pref] == at.sig {
             return; // prefetched in the first stage
         }
@@ -379,7 +388,7 @@ impl FlowTable {
         now_ms: u64,
         p: &P,
     ) -> Option<InsertHint> {
-        let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref as usize);
+        let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref());
         if self.sigs[b1].sig[pref] == at.sig {
             // (The first stage fetched it only below the high-water mark.)
             p.prefetch(&self.entries[b1 * BUCKET_SLOTS + pref]);
@@ -448,8 +457,8 @@ impl FlowTable {
     pub fn lookup_place(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<usize> {
         let (b1, b2) = (at.b1 as usize, at.b2 as usize);
         // Most keys sit in their preferred slot of the primary bucket.
-        let pref = b1 * BUCKET_SLOTS + at.pref as usize;
-        if self.sigs[b1].sig[at.pref as usize] == at.sig {
+        let pref = b1 * BUCKET_SLOTS + at.pref();
+        if self.sigs[b1].sig[at.pref()] == at.sig {
             let e = &self.entries[pref];
             if e.key == *key && !expired(e, now_ms) {
                 return Some(pref);
@@ -546,7 +555,7 @@ impl FlowTable {
                 h.slot as usize
             }
             Some(h) => self.evict(h.slot as usize, now_ms, on_remove),
-            None => self.choose(b1, b2, at.pref as usize, now_ms, on_remove),
+            None => self.choose(b1, b2, at.pref(), now_ms, on_remove),
         };
         let bucket = &mut self.sigs[slot / BUCKET_SLOTS];
         bucket.sig[slot % BUCKET_SLOTS] = sig;
