@@ -534,9 +534,9 @@ impl FlowTable {
     }
 
     /// As [`FlowTable::insert_hinted`] for the key's computed place.
-    /// Inlined, so the new entry is written straight into its slot (as a
-    /// call it was built on the stack and copied; callgrind: 33 fewer
-    /// instructions per SYN), with the rare choice without a hint a call.
+    /// Inlined (callgrind: 33 fewer instructions per SYN than as a call),
+    /// with the choice made without a hint — a new flow that is not a TCP
+    /// SYN, or a hint that no longer holds — left a call.
     #[inline(always)]
     pub fn insert_at(
         &mut self,
