@@ -648,7 +648,7 @@ impl FlowTable {
         self.sigs[slot / BUCKET_SLOTS].owner[slot % BUCKET_SLOTS]
     }
 
-    #[inline]
+    #[cfg(test)]
     fn free_count(&self, b: usize) -> usize {
         holding(&self.sigs[b].sig, 0).count_ones() as usize
     }
@@ -658,21 +658,18 @@ impl FlowTable {
     /// asks the same question.
     #[inline(always)]
     fn free_pick(&self, b1: usize, b2: usize, pref: usize) -> Option<usize> {
-        let (f1, f2) = (self.free_count(b1), self.free_count(b2));
-        if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) {
-            self.free_slot_from(b1, pref)
-        } else {
-            self.free_slot_from(b2, pref)
+        // Each bucket's free slots as a mask, computed once: a full pair
+        // (a flood's steady state) answers from the two masks alone.
+        let (m1, m2) = (holding(&self.sigs[b1].sig, 0), holding(&self.sigs[b2].sig, 0));
+        if m1 | m2 == 0 {
+            return None;
         }
-    }
-
-    /// Slot `pref` of bucket `b` if free, else the first free one.
-    #[inline]
-    fn free_slot_from(&self, b: usize, pref: usize) -> Option<usize> {
-        if self.sigs[b].sig[pref] == 0 {
-            return Some(b * BUCKET_SLOTS + pref);
-        }
-        self.free_slot(b)
+        let (f1, f2) = (m1.count_ones() as usize, m2.count_ones() as usize);
+        let (b, m) = if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) { (b1, m1) } else { (b2, m2) };
+        // The preferred slot if free, else the first free one (the bucket
+        // chosen has one: the other is picked only when it has more).
+        let i = if m >> pref & 1 != 0 { pref } else { m.trailing_zeros() as usize };
+        Some(b * BUCKET_SLOTS + i)
     }
 
     #[inline]
@@ -1168,6 +1165,41 @@ mod tests {
         assert_eq!(got, hint.slot as usize);
         assert_eq!(t.stats().evicted_unconfirmed, evicted + 1);
         assert_eq!(t.lookup(&k, k.hash(), 0), Some(got));
+    }
+
+    #[test]
+    fn a_new_flow_takes_the_primary_while_it_has_room_then_the_emptier_bucket() {
+        let mut t = FlowTable::with_capacity(1024);
+        let (b1, b2) = (3, 10);
+        // `free` slots free at the end of a bucket, the rest taken.
+        let fill = |t: &mut FlowTable, b: usize, free: usize| {
+            for i in 0..BUCKET_SLOTS {
+                t.sigs[b].sig[i] = if i < BUCKET_SLOTS - free { 0x8001 } else { 0 };
+            }
+        };
+        let first_free = |free: usize| BUCKET_SLOTS - free;
+        for (f1, f2, want) in [
+            (3, 8, Some(b1)), // three free: the primary, however empty the other
+            (2, 2, Some(b1)), // a tie: the primary
+            (2, 3, Some(b2)),
+            (0, 1, Some(b2)),
+            (1, 0, Some(b1)),
+            (0, 0, None),
+        ] {
+            fill(&mut t, b1, f1);
+            fill(&mut t, b2, f2);
+            let free = |b: usize| if b == b1 { f1 } else { f2 };
+            // The preferred slot when free (the last one is, in every bucket with room) ...
+            let got = t.free_pick(b1, b2, BUCKET_SLOTS - 1);
+            assert_eq!(got, want.map(|b| b * BUCKET_SLOTS + BUCKET_SLOTS - 1), "{f1} and {f2} free");
+            // ... else the bucket's first free slot.
+            let got = t.free_pick(b1, b2, 0);
+            assert_eq!(
+                got,
+                want.map(|b| b * BUCKET_SLOTS + first_free(free(b))),
+                "{f1} and {f2} free, slot 0 taken"
+            );
+        }
     }
 
     #[test]
