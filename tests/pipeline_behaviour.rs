@@ -231,6 +231,32 @@ fn expired_flows_are_swept_and_counts_return_to_zero() {
 }
 
 #[test]
+fn a_flows_expiry_follows_its_packets_to_within_the_refresh_slack() {
+    use l4lb::balancer::flow::FlowKey;
+    use l4lb::balancer::flowtable::FlowState;
+    let cfg = config(4096, &[(11, 1), (12, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let (src, sport) = (0xc612_0007u32, 4321u16);
+    let key = FlowKey::new(Ipv4Addr::from(src).into(), Ipv4Addr::new(198, 18, 100, 1).into(), 6, sport, 80);
+    let at = |w: &mut Worker, flags: u8, now: u64| {
+        assert_eq!(send(w, &st, &frame(src, sport, flags), now).0, Verdict::Forward { port: 0 });
+        let e = w.tracked(&key, now).expect("tracked");
+        (e.state, e.expires_ms)
+    };
+    // SYN-only: 10 s timeout, so a retransmission refreshes it once it
+    // would move the expiry by 10 s / 16 = 625 ms or more.
+    assert_eq!(at(&mut w, SYN, 0), (FlowState::SynSeen, 10_000));
+    assert_eq!(at(&mut w, SYN, 624), (FlowState::SynSeen, 10_000));
+    assert_eq!(at(&mut w, SYN, 625), (FlowState::SynSeen, 10_625));
+    // A state change is always written; then established (900 s): 1024 ms.
+    assert_eq!(at(&mut w, ACK, 700), (FlowState::Established, 900_700));
+    assert_eq!(at(&mut w, ACK, 1_723), (FlowState::Established, 900_700));
+    assert_eq!(at(&mut w, ACK, 1_724), (FlowState::Established, 901_724));
+    assert_eq!(at(&mut w, ACK | 0x01, 1_725), (FlowState::Closing, 11_725));
+}
+
+#[test]
 fn a_burst_prepared_with_one_state_and_finished_with_another_follows_the_newer() {
     // State 1 numbers "web" second (web6 first); state 2 has "web" alone,
     // on another backend. A worker prepares a burst with state 1 and a new

@@ -495,6 +495,22 @@ impl FlowTable {
         &self.entries[slot]
     }
 
+    /// [`FlowTable::touch`] for a packet of a live flow, except that an
+    /// entry whose state stays the same and whose expiry would move less than
+    /// `slack_ms` later is left as it is: most packets of a flow then write
+    /// neither its entry's line nor its bucket's (Linux conntrack refreshes
+    /// its timeouts the same way). The flow may expire up to `slack_ms`
+    /// before its full timeout after its last packet. An earlier expiry (a
+    /// shorter timeout) is always written.
+    #[inline(always)]
+    pub fn refresh(&mut self, slot: usize, state: FlowState, expires_ms: u64, slack_ms: u64, now_ms: u64) {
+        let e = &self.entries[slot];
+        if e.state == state && expires_ms.wrapping_sub(e.expires_ms) < slack_ms {
+            return;
+        }
+        self.touch(slot, state, expires_ms, now_ms)
+    }
+
     /// Updates a live entry's state and expiry.
     #[inline]
     pub fn touch(&mut self, slot: usize, state: FlowState, expires_ms: u64, now_ms: u64) {
@@ -853,6 +869,31 @@ mod tests {
         assert_eq!(t.len(), 1);
         assert_eq!(t.sweep(1000, t.capacity(), &mut |e| removed.push(e)), 1);
         assert_eq!((t.len(), removed.as_slice()), (0, &[7][..]));
+    }
+
+    #[test]
+    fn refresh_writes_only_a_new_state_or_an_expiry_moved_by_the_slack() {
+        let mut t = FlowTable::with_capacity(1024);
+        let k = key(1);
+        let est = FlowState::Established;
+        let s =
+            t.insert(Entry { key: k, backend: 7, state: est, expires_ms: 10_000 }, k.hash(), 0, &mut |_| {});
+        let seen = |t: &FlowTable| {
+            (t.entry(s).state, t.entry(s).expires_ms, t.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS])
+        };
+        let first = seen(&t);
+        // Same state, 999 ms later than stored with a 1000 ms slack: untouched.
+        t.refresh(s, est, 10_999, 1000, 999);
+        assert_eq!(seen(&t), first);
+        // 1000 ms later: written, the rank with it.
+        t.refresh(s, est, 11_000, 1000, 1000);
+        assert_eq!(seen(&t), (est, 11_000, rank_of(est, 11_000, 1000)));
+        // A new state is written however little the expiry moves...
+        t.refresh(s, FlowState::Closing, 11_001, 1000, 1001);
+        assert_eq!(seen(&t), (FlowState::Closing, 11_001, rank_of(FlowState::Closing, 11_001, 1001)));
+        // ...and so is an earlier expiry (a shorter timeout).
+        t.refresh(s, FlowState::Closing, 5_000, 1000, 1002);
+        assert_eq!(seen(&t), (FlowState::Closing, 5_000, rank_of(FlowState::Closing, 5_000, 1002)));
     }
 
     #[test]
