@@ -36,8 +36,8 @@ fn health_of(socket: &Path, service: &str, addr: &str) -> String {
 }
 
 /// Starts a client that opens a new HTTP connection to `vip` every 20 ms
-/// until told to stop; it then prints one line per request:
-/// "UNIX-TIME ok NAME" or "UNIX-TIME fail ERROR".
+/// until told to stop; it then prints one line per request, with the times
+/// it started and ended: "START END ok NAME" or "START END fail ERROR".
 fn start_prober(client: &Netns, vip: &str) -> Child {
     let script = [
         "import http.client, sys, threading, time",
@@ -50,9 +50,9 @@ fn start_prober(client: &Netns, vip: &str) -> Child {
         "    try:",
         &format!("        h = http.client.HTTPConnection('{vip}', 80, timeout=2)"),
         "        h.request('GET', '/'); name = h.getresponse().read().decode().split()[0]; h.close()",
-        "        out.append(f'{t:.3f} ok {name}')",
+        "        out.append(f'{t:.3f} {time.time():.3f} ok {name}')",
         "    except Exception as e:",
-        "        out.append(f'{t:.3f} fail {type(e).__name__}')",
+        "        out.append(f'{t:.3f} {time.time():.3f} fail {type(e).__name__}')",
         "    time.sleep(0.02)",
         "print('\\n'.join(out), flush=True)",
     ]
@@ -60,8 +60,8 @@ fn start_prober(client: &Netns, vip: &str) -> Child {
     spawn_script(client, &script, "l4b-probe-")
 }
 
-/// (time, Ok(backend name) / Err(error)) per request.
-fn stop_prober(mut child: Child) -> Vec<(f64, Result<String, String>)> {
+/// (start, end, Ok(backend name) / Err(error)) per request.
+fn stop_prober(mut child: Child) -> Vec<(f64, f64, Result<String, String>)> {
     use std::io::Write;
     writeln!(child.stdin.take().unwrap(), "stop").unwrap();
     let out = child.wait_with_output().unwrap();
@@ -70,8 +70,9 @@ fn stop_prober(mut child: Child) -> Vec<(f64, Result<String, String>)> {
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let t: f64 = w.next()?.parse().ok()?;
+            let end: f64 = w.next()?.parse().ok()?;
             let (kind, what) = (w.next()?, w.next().unwrap_or("").to_owned());
-            Some((t, if kind == "ok" { Ok(what) } else { Err(what) }))
+            Some((t, end, if kind == "ok" { Ok(what) } else { Err(what) }))
         })
         .collect()
 }
@@ -153,13 +154,15 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
     let wrk_text = String::from_utf8_lossy(&wrk_out.stdout);
     assert!(wrk_text.contains("requests in"), "wrk: {wrk_text}");
     // New connections fail only until the backend is out (plus requests in flight).
-    let late: Vec<_> = results.iter().filter(|(t, r)| r.is_err() && *t > down_at + 0.1).collect();
+    let late: Vec<_> = results.iter().filter(|(t, _, r)| r.is_err() && *t > down_at + 0.1).collect();
     assert!(late.is_empty(), "requests failed after the backend was out: {late:?}");
-    let after: Vec<_> = results.iter().filter(|(t, _)| *t > down_at + 0.1).collect();
+    let after: Vec<_> = results.iter().filter(|(t, _, _)| *t > down_at + 0.1).collect();
     assert!(after.len() >= 20, "too few requests after the failover: {}", after.len());
-    assert!(after.iter().all(|(_, r)| r.as_ref().is_ok_and(|n| *n != t.backends[victim].name)));
-    let before: Vec<_> = results.iter().filter(|(t, _)| *t < killed_at).collect();
-    assert!(before.iter().all(|(_, r)| r.is_ok()), "failures before the kill: {before:?}");
+    assert!(after.iter().all(|(_, _, r)| r.as_ref().is_ok_and(|n| *n != t.backends[victim].name)));
+    // Requests that ended before the kill (one under way at the kill may be
+    // reset by the dying backend: that is what the kill does).
+    let before: Vec<_> = results.iter().filter(|(_, end, _)| *end < killed_at).collect();
+    assert!(before.iter().all(|(_, _, r)| r.is_ok()), "failures before the kill: {before:?}");
 
     // It returns: `rise` checks, then slow start (4 s) ramps its weight and share.
     t.children[victim] = start_server(&t.backends[victim], None);
