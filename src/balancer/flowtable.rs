@@ -168,6 +168,15 @@ const RANK_MASK: u16 = 0x7fff;
 const RANK_ESTABLISHED: u16 = 0x8000;
 const RANK_HORIZON_MS: u64 = 4 * 3600 * 1000;
 
+/// How much earlier than its full idle timeout `timeout_ms` a flow may
+/// expire so that its packets need not write its entry (see
+/// [`FlowTable::refresh`]): 1/16 of the timeout, at most one rank unit
+/// (1024 ms), so a skipped write never leaves the rank more than a unit old.
+#[inline(always)]
+pub fn refresh_slack(timeout_ms: u64) -> u64 {
+    (timeout_ms >> 4).min(1 << RANK_SHIFT)
+}
+
 #[inline(always)]
 fn rank_of(state: FlowState, expires_ms: u64, now_ms: u64) -> u16 {
     let exp = expires_ms.min(now_ms.saturating_add(RANK_HORIZON_MS));

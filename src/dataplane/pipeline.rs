@@ -998,7 +998,13 @@ impl Worker {
                         if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
                             let t = svc.timeouts.for_state(state);
-                            self.flows.refresh(s, state, now_ms + t, refresh_slack(t), now_ms);
+                            self.flows.refresh(
+                                s,
+                                state,
+                                now_ms + t,
+                                crate::balancer::flowtable::refresh_slack(t),
+                                now_ms,
+                            );
                         }
                         (b, e_backend)
                     }
@@ -1367,16 +1373,6 @@ struct ServiceMemo {
 impl ServiceMemo {
     const EMPTY: ServiceMemo = ServiceMemo { tag: u64::MAX, service: usize::MAX };
 }
-
-/// How much earlier than its full idle timeout `t` a flow may expire so that
-/// its packets need not write its entry (see `FlowTable::refresh`): 1/16 of
-/// the timeout, at most 1024 ms (one unit of the table's eviction rank).
-#[inline(always)]
-fn refresh_slack(t: u64) -> u64 {
-    (t >> 4).min(REFRESH_SLACK_MAX_MS)
-}
-
-const REFRESH_SLACK_MAX_MS: u64 = 1024;
 
 /// Whether the frame's destination MAC is the port's (compared as one word).
 #[inline(always)]
