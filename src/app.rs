@@ -131,11 +131,22 @@ pub fn run(
 
     // dpdk-dumpcap attaches as a secondary process: only with EAL's shared files.
     let d = &cfg.config.dpdk;
-    let _capture = if !d.in_memory && d.hugepages {
-        match eal.enable_packet_capture() {
+    let capture = if !d.in_memory && d.hugepages {
+        // Test-only fault injection: a worker waits this long inside the capture
+        // callback before each copy, as a descheduled one would
+        // (tests/e2e_dpdk_tools.rs).
+        let stall = std::env::var("L4LB_TEST_CAPTURE_STALL_US")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_micros)
+            .unwrap_or_default();
+        match eal.enable_packet_capture(stall) {
             Ok(c) => {
                 let _ =
                     writeln!(out, "packet capture on: dpdk-dumpcap --file-prefix {} -i PORT", d.file_prefix);
+                if !stall.is_zero() {
+                    let _ = writeln!(out, "packet capture: test stall of {stall:?} per copied burst");
+                }
                 Some(c)
             }
             Err(e) => {
@@ -146,6 +157,7 @@ pub fn run(
     } else {
         None
     };
+    let capture_log = || capture.as_ref().map(|c| c.drain_log()).unwrap_or_default();
     let w = &cfg.config.workers;
     let poll = PollConfig {
         burst_size: w.burst_size,
@@ -252,6 +264,9 @@ pub fn run(
         let (Some(state), Some(runtime)) = (first_state.clone(), first_runtime.take()) else {
             // Plain forwarding: nothing to manage but the stop signal.
             while !stop.load(Ordering::Relaxed) {
+                for line in capture_log() {
+                    let _ = writeln!(out, "l4lb: {line}");
+                }
                 std::thread::sleep(Duration::from_millis(10));
             }
             return Ok(());
@@ -289,7 +304,7 @@ pub fn run(
         while !stop.load(Ordering::Relaxed) {
             let reload = signals.reload.swap(false, Ordering::SeqCst);
             mgmt.tick(reload);
-            for line in mgmt.log.drain(..) {
+            for line in mgmt.log.drain(..).chain(capture_log()) {
                 let _ = writeln!(out, "l4lb: {line}");
             }
             let _ = out.flush();
@@ -368,7 +383,7 @@ pub fn run(
         report.services.push((name.clone(), rows));
     }
     print_report(&report, out);
-    drop(_capture);
+    drop(capture);
     drop(ports);
     drop(pool);
     drop(eal);

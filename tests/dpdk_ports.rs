@@ -266,7 +266,10 @@ fn no_huge_runtime_files_are_removed_too() {
     assert!(!eal.has_hugepages());
     let run = std::path::Path::new("/var/run/dpdk").join(&prefix);
     assert!(run.exists(), "EAL keeps its config under /var/run/dpdk/PREFIX");
-    assert!(eal.enable_packet_capture().is_err(), "dumpcap cannot attach to memory without hugepages");
+    assert!(
+        eal.enable_packet_capture(std::time::Duration::ZERO).is_err(),
+        "dumpcap cannot attach to memory without hugepages"
+    );
     drop(eal);
     assert!(!run.exists(), "runtime directory left behind");
 }

@@ -29,6 +29,11 @@ uint16_t l4lb_pktmbuf_headroom(const struct rte_mbuf *m) { return rte_pktmbuf_he
 uint16_t l4lb_pktmbuf_tailroom(const struct rte_mbuf *m) { return rte_pktmbuf_tailroom(m); }
 int l4lb_pktmbuf_is_contiguous(const struct rte_mbuf *m) { return rte_pktmbuf_is_contiguous(m); }
 
+unsigned int l4lb_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n)
+{
+	return rte_ring_enqueue_burst(r, objs, n, NULL);
+}
+
 int l4lb_errno(void) { return rte_errno; }
 unsigned int l4lb_lcore_id(void) { return rte_lcore_id(); }
 uint64_t l4lb_rdtsc(void) { return rte_rdtsc(); }

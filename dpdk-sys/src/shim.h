@@ -21,6 +21,10 @@
 #include <rte_bus_vdev.h>
 #include <rte_log.h>
 #include <rte_pdump.h>
+#include <rte_pcapng.h>
+#include <rte_bpf.h>
+#include <rte_ring.h>
+#include <rte_memzone.h>
 #include <rte_telemetry.h>
 
 /* ethdev fast path */
@@ -62,5 +66,43 @@ extern const uint64_t l4lb_mbuf_f_rx_rss_hash;
 extern const uint32_t l4lb_max_lcore;
 extern const uint32_t l4lb_mbuf_default_buf_size;
 extern const uint32_t l4lb_pktmbuf_headroom_default;
+
+/* rings */
+unsigned int l4lb_ring_enqueue_burst(struct rte_ring *r, void *const *objs, unsigned int n);
+
+/*
+ * DPDK's packet-capture protocol (dpdk-dumpcap, dpdk-pdump), which l4lb serves
+ * itself (src/dpdk/capture.rs). A secondary sends this request as the
+ * parameter of a multi-process message named "mp_pdump"; the primary answers
+ * with the response. Both mirror the private structs of DPDK 22.11's
+ * lib/pdump/rte_pdump.c (request versions 1 = pcap copy, 2 = pcapng); the
+ * layout tests bindgen writes and the size checks in capture.rs keep them
+ * honest for this build.
+ */
+struct l4lb_pdump_request {
+	uint16_t ver;
+	uint16_t op;
+	uint32_t flags;
+	char device[RTE_DEV_NAME_MAX_LEN];
+	uint16_t queue;
+	struct rte_ring *ring;
+	struct rte_mempool *mp;
+	const struct rte_bpf_prm *prm;
+	uint32_t snaplen;
+};
+
+struct l4lb_pdump_response {
+	uint16_t ver;
+	uint16_t res_op;
+	int32_t err_value;
+};
+
+/* The statistics memzone rte_pdump_init reserves ("rte_pdump_stats"), which
+ * the secondary's rte_pdump_stats() sums per port. */
+struct l4lb_pdump_stats_zone {
+	struct rte_pdump_stats rx[RTE_MAX_ETHPORTS][RTE_MAX_QUEUES_PER_PORT];
+	struct rte_pdump_stats tx[RTE_MAX_ETHPORTS][RTE_MAX_QUEUES_PER_PORT];
+	const struct rte_memzone *mz;
+};
 
 #endif

@@ -153,45 +153,15 @@ impl Eal {
         unsafe { dpdk_sys::rte_eth_dev_count_avail() }
     }
 
+    /// Whether secondary processes can attach: EAL keeps its runtime files
+    /// (not `--in-memory` or `--no-shconf`) and runs on hugepages.
+    pub fn has_shared_files(&self) -> bool {
+        self.inner.file_prefix.is_some() && self.has_hugepages()
+    }
+
     /// Whether EAL runs on hugepages (false with `--no-huge`).
     pub fn has_hugepages(&self) -> bool {
         // SAFETY: EAL is initialised.
         unsafe { dpdk_sys::rte_eal_has_hugepages() != 0 }
-    }
-}
-
-/// Packet capture for `dpdk-dumpcap` / `dpdk-pdump` (secondary processes
-/// that attach to this one); stopped when dropped.
-pub struct PacketCapture {
-    _eal: Eal,
-}
-
-impl Eal {
-    /// Starts DPDK's capture server (`rte_pdump_init`). Needs a primary
-    /// process with shared files: not `--in-memory`, `--no-huge` or `--no-shconf`.
-    pub fn enable_packet_capture(&self) -> Result<PacketCapture, DpdkError> {
-        if self.inner.file_prefix.is_none() || !self.has_hugepages() {
-            return Err(DpdkError::invalid(
-                "rte_pdump_init",
-                "packet capture needs EAL's shared files (not in_memory, not hugepages = false)",
-            ));
-        }
-        // SAFETY: EAL is initialised; rte_pdump_init only registers a
-        // multi-process action and a memzone.
-        let ret = unsafe { dpdk_sys::rte_pdump_init() };
-        if ret < 0 {
-            return Err(DpdkError::from_errno("rte_pdump_init"));
-        }
-        Ok(PacketCapture { _eal: self.clone() })
-    }
-}
-
-impl Drop for PacketCapture {
-    fn drop(&mut self) {
-        // SAFETY: rte_pdump_init succeeded in this process and EAL is still up
-        // (this guard holds it).
-        unsafe {
-            dpdk_sys::rte_pdump_uninit();
-        }
     }
 }

@@ -6,6 +6,7 @@
 //! dropped. Queues borrow their [`Port`], and [`lcore::scope`] joins every
 //! launched lcore before it returns, so workers may borrow queues and state.
 
+mod capture;
 mod eal;
 mod error;
 pub mod lcore;
@@ -14,7 +15,8 @@ mod mempool;
 mod port;
 mod queue;
 
-pub use eal::{Eal, PacketCapture};
+pub use capture::PacketCapture;
+pub use eal::Eal;
 pub use error::DpdkError;
 pub use lcore::{pin_current_thread, LaunchScope, Lcore};
 pub use mbuf::{Burst, Drain, Mbuf, BURST_MAX};

@@ -121,6 +121,11 @@ impl L4lb {
     /// As [`L4lb::start`], inside namespace `ns` (where its TAP devices
     /// appear and its health checks and metrics live).
     pub fn start_in(ns: Option<&Netns>, config_text: &str, dir: &Path) -> L4lb {
+        Self::start_with_env(ns, config_text, dir, &[])
+    }
+
+    /// As [`L4lb::start_in`], with extra environment variables.
+    pub fn start_with_env(ns: Option<&Netns>, config_text: &str, dir: &Path, env: &[(&str, &str)]) -> L4lb {
         let cfg = dir.join("l4lb.toml");
         std::fs::write(&cfg, config_text).unwrap();
         let mut cmd = match ns {
@@ -133,6 +138,7 @@ impl L4lb {
             None => Command::new(env!("CARGO_BIN_EXE_l4lb")),
         };
         let mut child = cmd
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&cfg)
             .stdout(Stdio::piped())
