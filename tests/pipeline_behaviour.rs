@@ -257,6 +257,40 @@ fn a_flows_expiry_follows_its_packets_to_within_the_refresh_slack() {
 }
 
 #[test]
+fn a_clients_persistence_follows_its_packets_to_within_the_refresh_slack() {
+    use l4lb::balancer::flow::FlowKey;
+    use l4lb::balancer::flowtable::FlowState;
+    // Persistence of 1 s: its slack (1000 / 16 = 62 ms) is below the
+    // established flow's (1024 ms), so it bounds both, and a packet that moves
+    // the flow's expiry by less neither rewrites the flow nor the client.
+    let mut cfg = config(4096, &[(11, 1), (12, 1)]);
+    cfg.config.services[0].persistence_s = 1;
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let svc = &st.services[0];
+    assert_eq!((svc.name.as_str(), svc.persistence_ms), ("web", 1000));
+    let mut w = Worker::new(worker_config(&cfg));
+    let (src, sport) = (0xc612_0009u32, 4000u16);
+    let client =
+        FlowKey::new(Ipv4Addr::from(src).into(), Ipv4Addr::new(198, 18, 100, 1).into(), 6, sport, 80);
+    let at = |w: &mut Worker, flags: u8, now: u64| {
+        assert_eq!(send(w, &st, &frame(src, sport, flags), now).0, Verdict::Forward { port: 0 });
+        let e = w.tracked(&client, now).expect("tracked");
+        let (_, persisted) = w.persisted(svc.persist_id, &client.src, now).expect("persisted");
+        (e.state, e.expires_ms, persisted)
+    };
+    assert_eq!(at(&mut w, SYN, 0), (FlowState::SynSeen, 10_000, 1_000));
+    // A state change is written, the client with it.
+    assert_eq!(at(&mut w, ACK, 10), (FlowState::Established, 900_010, 1_010));
+    assert_eq!(at(&mut w, ACK, 71), (FlowState::Established, 900_010, 1_010));
+    assert_eq!(at(&mut w, ACK, 72), (FlowState::Established, 900_072, 1_072));
+    // Packets 900 ms apart keep the client's backend: each finds it persisted.
+    for i in 1..=5u64 {
+        let now = 72 + 900 * i;
+        assert_eq!(at(&mut w, ACK, now), (FlowState::Established, 900_000 + now, 1_000 + now));
+    }
+}
+
+#[test]
 fn a_burst_prepared_with_one_state_and_finished_with_another_follows_the_newer() {
     // State 1 numbers "web" second (web6 first); state 2 has "web" alone,
     // on another backend. A worker prepares a burst with state 1 and a new

@@ -510,14 +510,22 @@ impl FlowTable {
     /// neither its entry's line nor its bucket's (Linux conntrack refreshes
     /// its timeouts the same way). The flow may expire up to `slack_ms`
     /// before its full timeout after its last packet. An earlier expiry (a
-    /// shorter timeout) is always written.
+    /// shorter timeout) is always written. Returns whether it wrote.
     #[inline(always)]
-    pub fn refresh(&mut self, slot: usize, state: FlowState, expires_ms: u64, slack_ms: u64, now_ms: u64) {
+    pub fn refresh(
+        &mut self,
+        slot: usize,
+        state: FlowState,
+        expires_ms: u64,
+        slack_ms: u64,
+        now_ms: u64,
+    ) -> bool {
         let e = &self.entries[slot];
         if e.state == state && expires_ms.wrapping_sub(e.expires_ms) < slack_ms {
-            return;
+            return false;
         }
-        self.touch(slot, state, expires_ms, now_ms)
+        self.touch(slot, state, expires_ms, now_ms);
+        true
     }
 
     /// Updates a live entry's state and expiry.
@@ -892,16 +900,16 @@ mod tests {
         };
         let first = seen(&t);
         // Same state, 999 ms later than stored with a 1000 ms slack: untouched.
-        t.refresh(s, est, 10_999, 1000, 999);
+        assert!(!t.refresh(s, est, 10_999, 1000, 999));
         assert_eq!(seen(&t), first);
         // 1000 ms later: written, the rank with it.
-        t.refresh(s, est, 11_000, 1000, 1000);
+        assert!(t.refresh(s, est, 11_000, 1000, 1000));
         assert_eq!(seen(&t), (est, 11_000, rank_of(est, 11_000, 1000)));
         // A new state is written however little the expiry moves...
-        t.refresh(s, FlowState::Closing, 11_001, 1000, 1001);
+        assert!(t.refresh(s, FlowState::Closing, 11_001, 1000, 1001));
         assert_eq!(seen(&t), (FlowState::Closing, 11_001, rank_of(FlowState::Closing, 11_001, 1001)));
         // ...and so is an earlier expiry (a shorter timeout).
-        t.refresh(s, FlowState::Closing, 5_000, 1000, 1002);
+        assert!(t.refresh(s, FlowState::Closing, 5_000, 1000, 1002));
         assert_eq!(seen(&t), (FlowState::Closing, 5_000, rank_of(FlowState::Closing, 5_000, 1002)));
     }
 

@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use super::packet::Packet;
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
-use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats, InsertHint, Place};
+use crate::balancer::flowtable::{
+    refresh_slack, Entry, FlowState, FlowTable, FlowTableStats, InsertHint, Place,
+};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{
     Backend, EncapTemplate, Forwarding, ForwardingState, PortInfo, SchedState, Service,
@@ -986,6 +988,10 @@ impl Worker {
     ) -> Verdict {
         let svc = &st.services[vip.service as usize];
         let kind = vip.kind;
+        // Whether this packet moved the flow's expiry (or started or moved the
+        // flow): only then is the client's persistence refreshed, so that
+        // most packets of a persistent flow skip that table too.
+        let mut refreshed = true;
         // The backend's slot in the state and its stable id.
         let (backend, id) = match slot {
             Some(s) => {
@@ -998,13 +1004,13 @@ impl Worker {
                         if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
                             let t = svc.timeouts.for_state(state);
-                            self.flows.refresh(
-                                s,
-                                state,
-                                now_ms + t,
-                                crate::balancer::flowtable::refresh_slack(t),
-                                now_ms,
-                            );
+                            // The persistence timeout bounds the slack too: a
+                            // short one must not lapse between written packets.
+                            let mut slack = refresh_slack(t);
+                            if svc.persistence_ms > 0 {
+                                slack = slack.min(refresh_slack(svc.persistence_ms));
+                            }
+                            refreshed = self.flows.refresh(s, state, now_ms + t, slack, now_ms);
                         }
                         (b, e_backend)
                     }
@@ -1048,7 +1054,7 @@ impl Worker {
                 (b, id)
             }
         };
-        if svc.persistence_ms > 0 && kind != KeyKind::IcmpError {
+        if svc.persistence_ms > 0 && kind != KeyKind::IcmpError && refreshed {
             self.persist.record(svc.persist_id, &vip.key.src, id, now_ms, now_ms + svc.persistence_ms);
         }
         let id = id as usize;
