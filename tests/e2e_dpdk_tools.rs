@@ -134,6 +134,37 @@ backends = [{{ address = "198.18.0.11", mac = "02:00:00:00:0b:11" }}]
     assert!(filtered > 0 && stopped.contains(": 0 packets copied"), "{stopped}");
     assert_eq!(l4lb.lines_with("with a filter)").len(), 1, "{}", l4lb.transcript());
 
+    // A dumpcap killed mid-capture never sends its disable: l4lb notices that
+    // its process is gone, unhooks the capture (which would otherwise keep the
+    // worker copying into a ring nobody drains and refuse every later
+    // capture on the port), and the next capture works.
+    let pcap = dir.join("cap-killed.pcapng");
+    let mut killed = std::process::Command::new("dpdk-dumpcap")
+        .args(["--file-prefix", &prefix, "-i", "net_null0", "-w"])
+        .arg(&pcap)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(
+        common::wait_for(std::time::Duration::from_secs(20), || frames(&pcap).lines().count() >= 10),
+        "the dumpcap to kill captured fewer than 10 packets\n{}",
+        l4lb.transcript()
+    );
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let removed = l4lb.wait_line(std::time::Duration::from_secs(10), |l| {
+        l.contains("capture on net_null0 (rx queue 0) removed: the process that started it is gone")
+    });
+    assert!(removed.is_some(), "{}", l4lb.transcript());
+    let pcap = dir.join("cap-after-kill.pcapng");
+    let (ok, out) = sh_try(&format!(
+        "timeout 60 dpdk-dumpcap --file-prefix {prefix} -i net_null0 -c 40 -w {} 2>&1",
+        pcap.display()
+    ));
+    assert!(ok && out.contains("Packets captured"), "{out}\nl4lb:\n{}", l4lb.transcript());
+    assert!(frames(&pcap).lines().count() >= 40, "{out}");
+
     // A capture still running when l4lb stops: l4lb unhooks it and exits
     // cleanly; dumpcap ends with its primary.
     let pcap = dir.join("cap-last.pcapng");

@@ -286,12 +286,22 @@ unsafe extern "C" fn on_tx(
     n
 }
 
+/// Per hooked (port, queue, direction): the multi-process socket of the
+/// secondary that started its capture, and the device's name.
+type Owners = HashMap<(u16, u16, Dir), (String, String)>;
+
 /// The server's state, shared with EAL's multi-process thread.
 struct Server {
     /// The statistics memzone's address.
     zone: *mut sys::l4lb_pdump_stats_zone,
     stall: Duration,
     slots: Mutex<HashMap<(u16, u16, Dir), &'static Slot>>,
+    /// The captures on: for each hooked (port, queue, direction), the
+    /// multi-process socket of the secondary that started it and the device's
+    /// name. Held for the whole of a request or a sweep, which it serialises.
+    owners: Mutex<Owners>,
+    /// When the last sweep for captures whose secondary is gone ran.
+    last_sweep: Mutex<Instant>,
     /// Lines for l4lb's log (captures started and ended), drained by the
     /// management loop.
     log: Mutex<Vec<String>>,
@@ -349,9 +359,11 @@ impl Server {
         })
     }
 
-    /// Handles one request; 0 or a negative errno, as 22.11 secondaries expect.
-    fn handle(&self, r: &Request) -> c_int {
-        match self.try_handle(r) {
+    /// Handles one request from the secondary at `peer`; 0 or a negative
+    /// errno, as 22.11 secondaries expect.
+    fn handle(&self, r: &Request, peer: &str) -> c_int {
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        match self.try_handle(r, peer, &mut owners) {
             Ok(()) => 0,
             Err((errno, why)) => {
                 self.log(format!(
@@ -364,7 +376,41 @@ impl Server {
         }
     }
 
-    fn try_handle(&self, r: &Request) -> Result<(), (c_int, String)> {
+    /// Unhooks every capture whose secondary is gone (killed: it could not
+    /// send its disable), at most once a second. Such a capture would keep the
+    /// workers copying into a ring nobody drains, and refuse every later
+    /// capture on its queues.
+    fn sweep(&self) {
+        {
+            let mut last = self.last_sweep.lock().unwrap_or_else(|e| e.into_inner());
+            if last.elapsed() < Duration::from_secs(1) {
+                return;
+            }
+            *last = Instant::now();
+        }
+        let mut owners = self.owners.lock().unwrap_or_else(|e| e.into_inner());
+        let gone: Vec<(u16, u16, Dir)> =
+            owners.iter().filter(|(_, (peer, _))| !peer_alive(peer)).map(|(k, _)| *k).collect();
+        for key in gone {
+            self.drop_orphan(key, &mut owners);
+        }
+    }
+
+    /// Unhooks a capture whose secondary is gone and says so.
+    fn drop_orphan(&self, key: (u16, u16, Dir), owners: &mut Owners) {
+        let Some((peer, device)) = owners.remove(&key) else { return };
+        let (port, queue, dir) = key;
+        let s = self.slot(port, queue, dir);
+        unhook(port, queue, dir, s, |_| {});
+        let [copied, filtered, nombuf, ringfull] = s.stats();
+        self.log(format!(
+            "capture on {device} ({} queue {queue}) removed: the process that started it is gone ({peer}); \
+             {copied} packets copied, {filtered} filtered out, {nombuf} lost for buffers, {ringfull} for ring space",
+            dir.name()
+        ));
+    }
+
+    fn try_handle(&self, r: &Request, peer: &str, owners: &mut Owners) -> Result<(), (c_int, String)> {
         let inval = |why: String| (libc::EINVAL, why);
         if r.ver != VER_PCAP && r.ver != VER_PCAPNG {
             return Err(inval(format!("request version {} (this l4lb speaks DPDK 22.11's 1 and 2)", r.ver)));
@@ -426,6 +472,7 @@ impl Server {
                         w.as_secs_f64()
                     ))
                 });
+                owners.remove(&(port, q, d));
                 for (t, v) in totals.iter_mut().zip(s.stats()) {
                     *t += v;
                 }
@@ -440,8 +487,16 @@ impl Server {
         if r.ring.is_null() || r.mp.is_null() {
             return Err(inval("no ring or mempool".into()));
         }
-        if let Some((q, d, _)) = slots.iter().find(|(_, _, s)| !s.cb.load(Ordering::Relaxed).is_null()) {
-            return Err((libc::EEXIST, format!("a capture is already on {} queue {q}", d.name())));
+        // A capture already on one of these queues refuses this one, unless
+        // the process that started it is gone.
+        for &(q, d, s) in &slots {
+            if s.cb.load(Ordering::Relaxed).is_null() {
+                continue;
+            }
+            match owners.get(&(port, q, d)) {
+                Some((owner, _)) if !peer_alive(owner) => self.drop_orphan((port, q, d), owners),
+                _ => return Err((libc::EEXIST, format!("a capture is already on {} queue {q}", d.name()))),
+            }
         }
         if !r.prm.is_null() {
             // SAFETY: the secondary put the BPF parameters in shared memory and
@@ -461,6 +516,9 @@ impl Server {
             }
             hooked.push((q, d, s));
         }
+        for &(q, d, _) in &hooked {
+            owners.insert((port, q, d), (peer.to_string(), r.device.clone()));
+        }
         self.log(format!(
             "capture started on {} ({what}, {}, snap length {}{})",
             r.device,
@@ -469,6 +527,17 @@ impl Server {
             if r.prm.is_null() { "" } else { ", with a filter" }
         ));
         Ok(())
+    }
+}
+
+/// Whether a secondary still listens on its multi-process socket `peer`.
+/// Connecting a datagram socket sends nothing; it fails when no socket is
+/// bound at that path (the process died without removing its file) or when
+/// the file is gone (it exited).
+fn peer_alive(peer: &str) -> bool {
+    match std::os::unix::net::UnixDatagram::unbound().and_then(|u| u.connect(peer)) {
+        Ok(()) => true,
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound),
     }
 }
 
@@ -587,8 +656,11 @@ fn decode(msg: &sys::rte_mp_msg) -> Option<Request> {
 unsafe extern "C" fn on_request(msg: *const sys::rte_mp_msg, peer: *const c_void) -> c_int {
     // SAFETY: EAL passes a valid message for the duration of the call.
     let msg = unsafe { &*msg };
+    // SAFETY: `peer` is the NUL-terminated socket path of the sender, which
+    // EAL passes for the duration of the call (rte_mp_reply takes it as such).
+    let from = unsafe { CStr::from_ptr(peer.cast::<c_char>()) }.to_string_lossy().into_owned();
     let (ver, op, err) = match (SERVER.get(), decode(msg)) {
-        (Some(server), Some(req)) => (req.ver, req.op, server.handle(&req)),
+        (Some(server), Some(req)) => (req.ver, req.op, server.handle(&req, &from)),
         (Some(server), None) => {
             server.log(format!("capture request of {} bytes refused (not DPDK 22.11's)", msg.len_param));
             (0, 0, -libc::EINVAL)
@@ -657,8 +729,14 @@ impl Eal {
                 ))
             }
         };
-        let server =
-            Arc::new(Server { zone, stall, slots: Mutex::new(HashMap::new()), log: Mutex::new(Vec::new()) });
+        let server = Arc::new(Server {
+            zone,
+            stall,
+            slots: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
+            last_sweep: Mutex::new(Instant::now()),
+            log: Mutex::new(Vec::new()),
+        });
         if SERVER.set(server.clone()).is_err() {
             return fail(DpdkError::invalid(
                 "rte_pdump_init",
@@ -678,9 +756,11 @@ impl Eal {
 }
 
 impl PacketCapture {
-    /// Lines for l4lb's log since the last call: captures started, stopped or
-    /// refused.
+    /// Lines for l4lb's log since the last call: captures started, stopped,
+    /// refused, or removed because the process that started them is gone (this
+    /// call also looks for those, at most once a second).
     pub fn drain_log(&self) -> Vec<String> {
+        self.server.sweep();
         std::mem::take(&mut *self.server.log.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
