@@ -173,6 +173,11 @@ pub struct Service {
     pub scheduler: Scheduler,
     /// Source-IP persistence timeout (0: off).
     pub persistence_ms: u64,
+    /// A bound on the refresh slack of this service's flows (see
+    /// `flowtable::refresh_slack`) that persistence sets, so a client's entry,
+    /// refreshed with its flow, cannot lapse between written packets: the
+    /// persistence timeout's own slack, or `u64::MAX` without persistence.
+    pub persist_slack_ms: u64,
     pub timeouts: Timeouts,
     /// Answer ARP / neighbour solicitations for the VIP (one-arm L2 setups).
     pub answer_arp: bool,
@@ -280,6 +285,11 @@ impl ForwardingState {
                 forwarding: spec.forwarding,
                 scheduler: spec.scheduler,
                 persistence_ms: spec.persistence_ms,
+                persist_slack_ms: if spec.persistence_ms > 0 {
+                    super::flowtable::refresh_slack(spec.persistence_ms)
+                } else {
+                    u64::MAX
+                },
                 timeouts: spec.timeouts,
                 answer_arp: spec.answer_arp,
                 backends: slots,

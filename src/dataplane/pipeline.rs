@@ -1004,12 +1004,8 @@ impl Worker {
                         if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, vip.tcp_flags, Some(e_state));
                             let t = svc.timeouts.for_state(state);
-                            // The persistence timeout bounds the slack too: a
-                            // short one must not lapse between written packets.
-                            let mut slack = refresh_slack(t);
-                            if svc.persistence_ms > 0 {
-                                slack = slack.min(refresh_slack(svc.persistence_ms));
-                            }
+                            // Persistence bounds the slack too (per service).
+                            let slack = refresh_slack(t).min(svc.persist_slack_ms);
                             refreshed = self.flows.refresh(s, state, now_ms + t, slack, now_ms);
                         }
                         (b, e_backend)
