@@ -402,11 +402,10 @@ impl Server {
         let (port, queue, dir) = key;
         let s = self.slot(port, queue, dir);
         unhook(port, queue, dir, s, |_| {});
-        let [copied, filtered, nombuf, ringfull] = s.stats();
         self.log(format!(
-            "capture on {device} ({} queue {queue}) removed: the process that started it is gone ({peer}); \
-             {copied} packets copied, {filtered} filtered out, {nombuf} lost for buffers, {ringfull} for ring space",
-            dir.name()
+            "capture on {device} ({} queue {queue}) removed: the process that started it is gone ({peer}); {}",
+            dir.name(),
+            counts(s.stats())
         ));
     }
 
@@ -477,10 +476,7 @@ impl Server {
                     *t += v;
                 }
             }
-            self.log(format!(
-                "capture stopped on {} ({what}): {} packets copied, {} filtered out, {} lost for buffers, {} for ring space",
-                r.device, totals[0], totals[1], totals[2], totals[3]
-            ));
+            self.log(format!("capture stopped on {} ({what}): {}", r.device, counts(totals)));
             return Ok(());
         }
         // Enable.
@@ -539,6 +535,11 @@ fn peer_alive(peer: &str) -> bool {
         Ok(()) => true,
         Err(e) => !matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound),
     }
+}
+
+/// A capture's statistics (accepted, filtered, nombuf, ringfull) for the log.
+fn counts([copied, filtered, nombuf, ringfull]: [u64; 4]) -> String {
+    format!("{copied} packets copied, {filtered} filtered out, {nombuf} lost for buffers, {ringfull} for ring space")
 }
 
 fn describe(slots: &[(u16, Dir, &Slot)]) -> String {
