@@ -176,12 +176,23 @@ fn mbuf_prepend_trim_append() {
     assert!(m.prepend(head).is_none());
     assert_eq!(m.len(), 120);
 
+    assert_eq!(m.pkt_len(), 120);
     assert!(m.trim_front(20));
     assert_eq!(m.data(), &payload[..]);
+    assert_eq!((m.pkt_len(), m.headroom()), (100, head));
     assert!(!m.trim_front(101));
+    assert_eq!(m.data(), &payload[..]);
     assert!(m.trim_back(10));
     assert_eq!(m.data(), &payload[..90]);
+    assert_eq!((m.pkt_len(), m.tailroom()), (90, tail + 10));
     assert!(!m.trim_back(91));
+    assert_eq!((m.data(), m.pkt_len()), (&payload[..90], 90));
+    // Everything, then nothing more.
+    let mut e = pool.alloc().unwrap();
+    assert!(e.set_data(&payload[..8]));
+    assert!(e.trim_back(8) && e.is_empty() && e.pkt_len() == 0);
+    assert!(!e.trim_back(1) && !e.trim_front(1));
+    drop(e);
 
     let t = m.append(4).expect("tailroom");
     t.copy_from_slice(&[1, 2, 3, 4]);

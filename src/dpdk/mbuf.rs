@@ -114,18 +114,51 @@ impl Mbuf {
         let Ok(n) = u16::try_from(n) else {
             return false;
         };
+        // SAFETY: we own the mbuf exclusively (`&mut self`).
+        let m = unsafe { self.0.as_mut() };
+        if m.nb_segs == 1 {
+            // rte_pktmbuf_adj, inline for single-segment packets (as `prepend`).
+            if n > m.data_len {
+                return false;
+            }
+            m.data_off += n;
+            m.data_len -= n;
+            m.pkt_len -= n as u32;
+            return true;
+        }
         // SAFETY: valid owned mbuf; rte_pktmbuf_adj checks the length.
         !unsafe { dpdk_sys::l4lb_pktmbuf_adj(self.0.as_ptr(), n) }.is_null()
     }
 
     /// Removes `n` bytes from the end; false (and no change) if `n > len`.
+    /// Every encapsulated 64-byte frame takes this (its Ethernet padding goes
+    /// before the outer header is added), so a single-segment packet is
+    /// trimmed inline, not through the C shim's call.
     #[inline]
     pub fn trim_back(&mut self, n: usize) -> bool {
         let Ok(n) = u16::try_from(n) else {
             return false;
         };
+        // SAFETY: we own the mbuf exclusively (`&mut self`).
+        let m = unsafe { self.0.as_mut() };
+        if m.nb_segs == 1 {
+            // rte_pktmbuf_trim for one segment: the last segment is this one.
+            if n > m.data_len {
+                return false;
+            }
+            m.data_len -= n;
+            m.pkt_len -= n as u32;
+            return true;
+        }
         // SAFETY: valid owned mbuf; rte_pktmbuf_trim checks the length.
         unsafe { dpdk_sys::l4lb_pktmbuf_trim(self.0.as_ptr(), n) == 0 }
+    }
+
+    /// The packet's length over all its segments (`pkt_len`; `len` is the
+    /// first segment's).
+    #[inline]
+    pub fn pkt_len(&self) -> usize {
+        self.raw().pkt_len as usize
     }
 
     /// Grows the packet at the end by `n` bytes and returns the new tail, or
