@@ -70,6 +70,10 @@ enum Cmd {
         dst_mac: String,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Segments without data: the frame is the headers padded to the size
+        /// (as a client's pure ACK is on the wire).
+        #[arg(long)]
+        no_payload: bool,
         /// Only part K of N (`--part 1/4`): flows K, K+N, ... (one file per RX queue).
         #[arg(long, default_value = "0/1")]
         part: String,
@@ -224,7 +228,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Cmd::Gen { output, flows, packets, mix, size, vip, dst_mac, seed, part } => {
+        Cmd::Gen { output, flows, packets, mix, size, vip, dst_mac, seed, no_payload, part } => {
             let part = match part.split_once('/').map(|(k, n)| (k.parse::<u32>(), n.parse::<u32>())) {
                 Some((Ok(k), Ok(n))) if n > 0 && k < n => (k, n),
                 _ => {
@@ -251,6 +255,7 @@ fn main() -> ExitCode {
                 dst_mac,
                 src_mac: [0x02, 0, 0, 0, 0x0c, 0x02],
                 seed,
+                no_payload,
                 part,
             };
             match l4lb::trafficgen::write(&spec, &output) {

@@ -26,6 +26,11 @@ pub enum Sizes {
     /// 64-byte frames (IPv6 needs 78: its headers do not fit in 64).
     #[value(name = "64")]
     Min,
+    /// 78-byte frames for both families: IPv6's smallest TCP frame, and the
+    /// same bytes per packet for IPv4 (20 bytes of TCP data), so the two
+    /// families can be compared on equal input.
+    #[value(name = "78")]
+    V6Min,
     /// Simple IMIX, 7:4:1 of 64, 594 and 1438 bytes (the large size keeps an
     /// IP-in-IP or GUE packet within a 1500-byte MTU).
     Imix,
@@ -43,6 +48,10 @@ pub struct Spec {
     pub dst_mac: [u8; 6],
     pub src_mac: [u8; 6],
     pub seed: u64,
+    /// Segments carry no data: the IP packet is its headers alone and the
+    /// frame is padded to its size with zeros after it, as a client's pure
+    /// ACK is on the wire (a 54-byte IPv4 frame padded to 60).
+    pub no_payload: bool,
     /// (k, n): only flows k, k+n, k+2n... (one file per RX queue, as RSS
     /// would spread them); (0, 1) for all.
     pub part: (u32, u32),
@@ -77,6 +86,7 @@ impl Spec {
         };
         let wire = match self.sizes {
             Sizes::Min => 64,
+            Sizes::V6Min => 78,
             Sizes::Imix => IMIX[(fmix64(r) % IMIX.len() as u64) as usize],
         };
         self.build(flow.min(self.flows.saturating_sub(1)), syn, wire - 4)
@@ -102,9 +112,12 @@ impl Spec {
         let mut f = vec![0u8; len];
         f[0..6].copy_from_slice(&self.dst_mac);
         f[6..12].copy_from_slice(&self.src_mac);
-        let ip_len = len - 14;
         let l4 = 14 + ip_hdr;
-        let tcp_len = (len - l4) as u16;
+        // The IP packet ends at the frame's end, or after the TCP header
+        // (the rest is Ethernet padding).
+        let end = if self.no_payload { l4 + 20 } else { len };
+        let ip_len = end - 14;
+        let tcp_len = (end - l4) as u16;
         let pseudo = match (src, self.vip) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
                 f[12..14].copy_from_slice(&[0x08, 0x00]);
@@ -133,7 +146,7 @@ impl Spec {
             }
             _ => unreachable!("the VIP's family is the spec's"),
         };
-        let t = &mut f[l4..];
+        let t = &mut f[l4..end];
         t[0..2].copy_from_slice(&sport.to_be_bytes());
         t[2..4].copy_from_slice(&self.port.to_be_bytes());
         t[4..8].copy_from_slice(&(flow.wrapping_mul(2_654_435_761)).to_be_bytes());
@@ -180,6 +193,7 @@ mod tests {
             dst_mac: [2, 0x70, 0x63, 0x61, 0x70, 0],
             src_mac: [2, 0, 0, 0, 0x0c, 2],
             seed: 1,
+            no_payload: false,
             part: (0, 1),
         }
     }
@@ -247,6 +261,36 @@ mod tests {
         let (a, b) = (flows_of(0), flows_of(1));
         assert!(a.is_disjoint(&b));
         assert_eq!((a.len(), b.len()), (500, 500));
+    }
+
+    #[test]
+    fn equal_sizes_for_both_families_and_pure_acks_padded_to_the_size() {
+        for v6 in [false, true] {
+            let s = spec(Mix::Established, v6, Sizes::V6Min);
+            let (_, flags, len) = parse(&s.frame(3));
+            assert_eq!((flags, len), (0x10, 74), "v6={v6}");
+        }
+        // IPv4 at 78 bytes: the segment carries the 20 bytes IPv6 spends on addresses.
+        let f = spec(Mix::Established, false, Sizes::V6Min).frame(3);
+        assert_eq!(u16::from_be_bytes([f[16], f[17]]), 60);
+        for (v6, size, frame_len) in
+            [(false, Sizes::Min, 60), (true, Sizes::V6Min, 74), (false, Sizes::V6Min, 74)]
+        {
+            for mix in [Mix::Established, Mix::Syn] {
+                let s = Spec { no_payload: true, ..spec(mix, v6, size) };
+                let f = s.frame(5);
+                // parse checks the IP and TCP checksums over the IP packet alone.
+                let (_, _, len) = parse(&f);
+                assert_eq!(len, frame_len);
+                let (ip_len, l4) = if v6 {
+                    (40 + u16::from_be_bytes([f[18], f[19]]) as usize, 54)
+                } else {
+                    (u16::from_be_bytes([f[16], f[17]]) as usize, 34)
+                };
+                assert_eq!(14 + ip_len, l4 + 20, "headers only, v6={v6} {mix:?}");
+                assert!(f[l4 + 20..].iter().all(|&b| b == 0), "zero padding");
+            }
+        }
     }
 
     #[test]
