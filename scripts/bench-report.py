@@ -52,6 +52,37 @@ for inp, prog, mpps, newf, drop in rows:
     ratio = f"{mpps / io[inp]:.2f}" if io.get(inp) else "-"
     table.append(f"| {inp} | {prog} | {mpps:.2f} | {cycles(mpps)} | {ratio} | {pct(newf)} | {pct(drop)} |")
 text = "\n".join(table)
+
+# The throughput goals (issue 6), from the rows when the run has them.
+val = {(r[0], r[1]): r[2] for r in rows}
+loss = {(r[0], r[1]): r[4] for r in rows}
+goals = []
+
+
+def ratio_goal(what, inp, goal):
+    l4, tp = val.get((inp, "l4lb ipip")), io.get(inp)
+    if l4 and tp:
+        ok = "met" if l4 / tp >= goal else "not met"
+        goals.append(f"- {what} ({inp}, ipip): {l4:.2f} / {tp:.2f} Mpps = {l4 / tp:.2f}× testpmd io "
+                     f"(goal ≥ {goal}×: {ok})")
+
+
+ratio_goal("established", "v4 established 1000000 flows 64B", 0.5)
+ratio_goal("new flows", "v4 syn 1000000 flows 64B", 0.35)
+v6 = val.get(("v6 established 1000000 flows 78B", "l4lb ipip"))
+for base in ("v4 established 1000000 flows 64B", "v4 established 1000000 flows 78B"):
+    v4 = val.get((base, "l4lb ipip"))
+    if v6 and v4:
+        gap = 1 - v6 / v4
+        ok = "met" if gap <= 0.15 else "not met"
+        goals.append(f"- IPv6 (v6 1M flows 78B) against {base.replace(' flows', '')}, ipip: {v6:.2f} vs "
+                     f"{v4:.2f} Mpps, {gap * 100:.1f}% below (goal within 15%: {ok})")
+for (inp, prog), d in loss.items():
+    if inp.startswith("memif") and "80%" in prog and d != "":
+        ok = "met" if float(d) == 0 else "not met"
+        goals.append(f"- memif at 80% of the maximum: {pct(d)} lost (goal zero: {ok})")
+if goals:
+    text += "\n\nGoals (per worker core):\n" + "\n".join(goals)
 print(text)
 
 if not a.docs:
