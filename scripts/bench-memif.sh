@@ -8,7 +8,8 @@
 # and the gaps of 1 ms or more).
 #
 #   scripts/bench-memif.sh RATE_PPS [RSIZE]    (RATE_PPS 0: as fast as taken;
-#                                               RSIZE: log2 ring size, default 14)
+#                                               RSIZE: log2 ring size, default and
+#                                               most (DPDK 22.11's memif) 14)
 #
 # Needs what scripts/bench.sh leaves in /tmp/l4lb-bench (memif.toml and the
 # capture): run it once first. "refused" is the generator's transmit refused
