@@ -1807,6 +1807,14 @@ mod tests {
             })
     }
 
+    /// The differential tests' state (built once per process) and a fresh
+    /// worker with small tables for one case.
+    fn differential_worker() -> (&'static ForwardingState, Worker) {
+        static STATE: std::sync::OnceLock<ForwardingState> = std::sync::OnceLock::new();
+        let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() };
+        (STATE.get_or_init(differential_state), Worker::new(cfg))
+    }
+
     use proptest::prelude::*;
 
     proptest! {
@@ -1818,10 +1826,7 @@ mod tests {
         /// frames before (one worker sees the whole sequence).
         #[test]
         fn the_fast_paths_decide_as_the_general_parser(frames in prop::collection::vec(edge_frame(), 1..8)) {
-            static STATE: std::sync::OnceLock<ForwardingState> = std::sync::OnceLock::new();
-            let st = STATE.get_or_init(differential_state);
-            let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() };
-            let mut w = Worker::new(cfg);
+            let (st, mut w) = differential_worker();
             for (in_port, f) in frames {
                 let port = &st.ports[in_port as usize];
                 let mut fast = Vip::default();
@@ -1893,10 +1898,7 @@ mod tests {
         /// and whatever it forwards or answers is well formed.
         #[test]
         fn edge_frames_leave_well_formed_or_not_at_all(frames in prop::collection::vec(edge_frame(), 1..8)) {
-            static STATE: std::sync::OnceLock<ForwardingState> = std::sync::OnceLock::new();
-            let st = STATE.get_or_init(differential_state);
-            let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() };
-            let mut w = Worker::new(cfg);
+            let (st, mut w) = differential_worker();
             for (i, (in_port, f)) in frames.into_iter().enumerate() {
                 let mut p = crate::dataplane::packet::TestPacket::new(&f);
                 match w.process(st, &mut p, in_port, i as u64) {
