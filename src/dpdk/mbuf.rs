@@ -131,9 +131,9 @@ impl Mbuf {
     }
 
     /// Removes `n` bytes from the end; false (and no change) if `n > len`.
-    /// Every encapsulated 64-byte frame takes this (its Ethernet padding goes
-    /// before the outer header is added), so a single-segment packet is
-    /// trimmed inline, not through the C shim's call.
+    /// Every encapsulated frame with Ethernet padding (a client's pure ACK:
+    /// 54 bytes padded to 60) takes this before its outer header goes on, so
+    /// a single-segment packet is trimmed inline, not through the C shim.
     #[inline]
     pub fn trim_back(&mut self, n: usize) -> bool {
         let Ok(n) = u16::try_from(n) else {
