@@ -39,6 +39,12 @@ impl Mbuf {
         unsafe { self.0.as_ref() }
     }
 
+    #[inline(always)]
+    fn raw_mut(&mut self) -> &mut rte_mbuf {
+        // SAFETY: as in `raw`; `&mut self` makes the access exclusive.
+        unsafe { self.0.as_mut() }
+    }
+
     /// Packet bytes.
     #[inline(always)]
     pub fn data(&self) -> &[u8] {
@@ -91,8 +97,7 @@ impl Mbuf {
     #[inline]
     pub fn prepend(&mut self, n: usize) -> Option<&mut [u8]> {
         let n = u16::try_from(n).ok()?;
-        // SAFETY: we own the mbuf exclusively (`&mut self`).
-        let m = unsafe { self.0.as_mut() };
+        let m = self.raw_mut();
         if m.nb_segs == 1 {
             // rte_pktmbuf_prepend, inline for the single-segment packets l4lb uses.
             if n > m.data_off {
@@ -114,8 +119,7 @@ impl Mbuf {
         let Ok(n) = u16::try_from(n) else {
             return false;
         };
-        // SAFETY: we own the mbuf exclusively (`&mut self`).
-        let m = unsafe { self.0.as_mut() };
+        let m = self.raw_mut();
         if m.nb_segs == 1 {
             // rte_pktmbuf_adj, inline for single-segment packets (as `prepend`).
             if n > m.data_len {
@@ -139,8 +143,7 @@ impl Mbuf {
         let Ok(n) = u16::try_from(n) else {
             return false;
         };
-        // SAFETY: we own the mbuf exclusively (`&mut self`).
-        let m = unsafe { self.0.as_mut() };
+        let m = self.raw_mut();
         if m.nb_segs == 1 {
             // rte_pktmbuf_trim for one segment: the last segment is this one.
             if n > m.data_len {
