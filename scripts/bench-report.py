@@ -125,7 +125,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 inputs = list(dict.fromkeys(r[0] for r in rows))
 progs = list(dict.fromkeys(r[1] for r in rows))
-val = {(r[0], r[1]): r[2] for r in rows}
 fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(inputs)), 4.5))
 w = 0.8 / len(progs)
 for k, prog in enumerate(progs):
