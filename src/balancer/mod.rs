@@ -5,6 +5,7 @@
 pub mod flow;
 pub mod flowtable;
 pub mod hash;
+pub mod limits;
 pub mod maglev;
 pub mod persist;
 pub mod state;

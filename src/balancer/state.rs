@@ -89,6 +89,7 @@ pub struct EncapTemplate {
 impl EncapTemplate {
     fn build(
         forwarding: Forwarding,
+        inner_v6: bool,
         b: &Backend,
         port_index: usize,
         port: &PortInfo,
@@ -104,6 +105,12 @@ impl EncapTemplate {
         bytes[6..12].copy_from_slice(&port.mac);
         let (len, outer_v6, sum) = match b.addr {
             IpAddr::V4(dst) => {
+                // The outer protocol (and so the checksum's fixed sum) is
+                // IPIP's: IPv6 clients (6in4, which configuration refuses)
+                // take the general path, which writes 41.
+                if inner_v6 {
+                    return None;
+                }
                 let src = port.ipv4?;
                 bytes[12..14].copy_from_slice(&[0x08, 0x00]);
                 let proto = if gue_port.is_some() { crate::net::proto::UDP } else { crate::net::proto::IPIP };
@@ -266,11 +273,9 @@ impl ForwardingState {
                 .map_err(|source| BuildError::Maglev { service: spec.name.clone(), source })?;
             let first = backends.len() as u32;
             let slots: Vec<u32> = (first..first + spec.backends.len() as u32).collect();
-            templates.extend(
-                spec.backends
-                    .iter()
-                    .map(|b| EncapTemplate::build(spec.forwarding, b, b.port, &ports[b.port])),
-            );
+            templates.extend(spec.backends.iter().map(|b| {
+                EncapTemplate::build(spec.forwarding, spec.vip.is_ipv6(), b, b.port, &ports[b.port])
+            }));
             backends.extend(spec.backends);
             let persist_id = hash_words(
                 SEED_SOURCE,

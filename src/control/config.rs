@@ -782,10 +782,10 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
     use crate::balancer::maglev::{is_prime, MAX_BACKENDS, MAX_SIZE};
     let mut seen: Vec<(IpAddr, Protocol, u16)> = Vec::new();
     let mut names = HashSet::new();
-    if cfg.services.len() > crate::dataplane::pipeline::MAX_SERVICES {
+    if cfg.services.len() > crate::balancer::limits::MAX_SERVICES {
         return Err(err(
             "services".into(),
-            format!("at most {} services", crate::dataplane::pipeline::MAX_SERVICES),
+            format!("at most {} services", crate::balancer::limits::MAX_SERVICES),
         ));
     }
     let mut backend_count = 0usize;
@@ -945,7 +945,7 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
             }
         }
     }
-    if backend_count > crate::dataplane::pipeline::MAX_BACKEND_IDS {
+    if backend_count > crate::balancer::limits::MAX_BACKEND_IDS {
         return Err(err("services".into(), "too many backends in total".into()));
     }
     let c = &cfg.control;

@@ -195,7 +195,7 @@ impl Runtime {
             }
         }
         if self.next_id as usize + c.services.iter().map(|s| s.backends.len()).sum::<usize>()
-            > crate::dataplane::pipeline::MAX_BACKEND_IDS
+            > crate::balancer::limits::MAX_BACKEND_IDS
         {
             return Err(
                 "backend ids are exhausted (they are not reused while l4lb runs): restart l4lb".into()

@@ -9,10 +9,11 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use super::forward::{flush_all, IdleBackoff, PollConfig, PollGaps};
-use super::pipeline::{BurstPlan, Counters, Verdict, Worker, MAX_BACKEND_IDS};
+use super::pipeline::{BurstPlan, Counters, Verdict, Worker};
 use super::telemetry::WorkerTelemetry;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::flowtable::Entry;
+use crate::balancer::limits::MAX_BACKEND_IDS;
 use crate::balancer::state::ForwardingState;
 use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue};
 

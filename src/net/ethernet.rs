@@ -12,6 +12,13 @@ pub const BROADCAST: [u8; 6] = [0xff; 6];
 
 pub type Mac = [u8; 6];
 
+/// Byte offsets of an untagged header's fields.
+pub mod field {
+    pub const DST: usize = 0;
+    pub const SRC: usize = 6;
+    pub const ETHERTYPE: usize = 12;
+}
+
 /// A view of an Ethernet frame. `header_len` covers the VLAN tags.
 #[derive(Debug, Clone, Copy)]
 pub struct Frame<T: AsRef<[u8]>> {
@@ -107,6 +114,20 @@ pub fn write_header(buf: &mut [u8], dst: Mac, src: Mac, ethertype: u16) {
     buf[0..6].copy_from_slice(&dst);
     buf[6..12].copy_from_slice(&src);
     put16(buf, 12, ethertype);
+}
+
+/// Sets the destination and source MAC addresses of a frame.
+#[inline]
+pub fn set_addresses(buf: &mut [u8], dst: Mac, src: Mac) {
+    buf[field::DST..field::DST + 6].copy_from_slice(&dst);
+    buf[field::SRC..field::SRC + 6].copy_from_slice(&src);
+}
+
+/// Swaps a frame's destination and source MAC addresses (a reply's header).
+#[inline]
+pub fn swap_addresses(buf: &mut [u8]) {
+    let (dst, src) = (mac_at(buf, field::DST), mac_at(buf, field::SRC));
+    set_addresses(buf, src, dst);
 }
 
 /// Sets the ethertype of a frame whose header (with tags) is `header_len` long.

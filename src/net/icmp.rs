@@ -5,9 +5,92 @@ use std::net::Ipv6Addr;
 
 use super::ethernet::{mac_at, Mac};
 use super::ipv6::addr_at;
-use super::{be16, ParseError};
+use super::{be16, checksum, proto, put16, ParseError};
 
 pub const HEADER_LEN: usize = 8;
+
+/// Byte offsets of the header's fields (ICMPv4 and ICMPv6 alike).
+pub mod field {
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECKSUM: usize = 2;
+    /// The 4 bytes after the checksum: identifier and sequence of an echo,
+    /// the MTU of a frag-needed (its last 2) or packet-too-big, NA flags.
+    pub const REST: usize = 4;
+    /// An NS or NA's target address.
+    pub const NDP_TARGET: usize = 8;
+    /// An NS or NA's first option.
+    pub const NDP_OPTIONS: usize = 24;
+}
+
+/// Changes the type of the ICMP or ICMPv6 message `msg` (echo request into
+/// reply), updating its checksum incrementally (RFC 1624).
+pub fn set_type(msg: &mut [u8], new_type: u8) {
+    let old = be16(msg, field::TYPE);
+    msg[field::TYPE] = new_type;
+    let new = be16(msg, field::TYPE);
+    let c = checksum::update16(be16(msg, field::CHECKSUM), old, new);
+    put16(msg, field::CHECKSUM, c);
+}
+
+/// Writes the header of an ICMPv4 frag-needed message over `msg[..8]`, whose
+/// body (`msg[8..]`) already holds the quoted packet, and its checksum over
+/// the whole message.
+pub fn write_frag_needed(msg: &mut [u8], mtu: u16) {
+    msg[field::TYPE] = v4::DEST_UNREACHABLE;
+    msg[field::CODE] = v4::CODE_FRAG_NEEDED;
+    msg[field::CHECKSUM..HEADER_LEN].fill(0);
+    put16(msg, field::REST + 2, mtu);
+    let c = checksum::checksum(msg);
+    put16(msg, field::CHECKSUM, c);
+}
+
+/// Writes the header of an ICMPv6 packet-too-big message over `msg[..8]`,
+/// whose body already holds the quoted packet, and its checksum over the
+/// pseudo-header of `src` -> `dst` and the whole message.
+pub fn write_packet_too_big(msg: &mut [u8], src: &Ipv6Addr, dst: &Ipv6Addr, mtu: u32) {
+    msg[field::TYPE] = v6::PACKET_TOO_BIG;
+    msg[field::CODE] = 0;
+    put16(msg, field::CHECKSUM, 0);
+    msg[field::REST..HEADER_LEN].copy_from_slice(&mtu.to_be_bytes());
+    fill_checksum_v6(msg, src, dst);
+}
+
+/// The length of a neighbour advertisement with a target link-layer address
+/// option, as [`write_neighbor_advert`] writes it.
+pub const NA_LEN: usize = 32;
+
+/// Writes a neighbour advertisement for `target` with its link-layer
+/// address option (`mac`) into `msg[..32]`, from `src` to `dst` (the
+/// addresses its checksum covers); `solicited` sets the S flag (O is set).
+pub fn write_neighbor_advert(
+    msg: &mut [u8],
+    src: &Ipv6Addr,
+    dst: &Ipv6Addr,
+    target: &Ipv6Addr,
+    mac: Mac,
+    solicited: bool,
+) {
+    let m = &mut msg[..NA_LEN];
+    m[field::TYPE] = v6::NEIGHBOR_ADVERT;
+    m[field::CODE] = 0;
+    put16(m, field::CHECKSUM, 0);
+    let flags = v6::NA_OVERRIDE | if solicited { v6::NA_SOLICITED } else { 0 };
+    m[field::REST..field::REST + 4].copy_from_slice(&flags.to_be_bytes());
+    m[field::NDP_TARGET..field::NDP_TARGET + 16].copy_from_slice(&target.octets());
+    let opt = field::NDP_OPTIONS;
+    m[opt] = v6::OPT_TARGET_LL;
+    m[opt + 1] = 1; // in units of 8 bytes
+    m[opt + 2..opt + 8].copy_from_slice(&mac);
+    fill_checksum_v6(m, src, dst);
+}
+
+/// Sets the checksum of the ICMPv6 message `msg` (its checksum field 0).
+fn fill_checksum_v6(msg: &mut [u8], src: &Ipv6Addr, dst: &Ipv6Addr) {
+    let sum = checksum::pseudo_v6(src, dst, proto::ICMPV6, msg.len() as u32);
+    let c = !checksum::fold(checksum::add(sum, msg));
+    put16(msg, field::CHECKSUM, c);
+}
 
 pub mod v4 {
     pub const ECHO_REPLY: u8 = 0;
@@ -26,6 +109,8 @@ pub mod v6 {
     pub const PARAMETER_PROBLEM: u8 = 4;
     pub const ECHO_REQUEST: u8 = 128;
     pub const ECHO_REPLY: u8 = 129;
+    pub const ROUTER_SOLICIT: u8 = 133;
+    pub const ROUTER_ADVERT: u8 = 134;
     pub const NEIGHBOR_SOLICIT: u8 = 135;
     pub const NEIGHBOR_ADVERT: u8 = 136;
     pub const OPT_SOURCE_LL: u8 = 1;

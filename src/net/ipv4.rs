@@ -6,6 +6,20 @@ use super::checksum;
 use super::{be16, put16, ParseError};
 
 pub const MIN_HEADER_LEN: usize = 20;
+
+/// Byte offsets of the header's fields.
+pub mod field {
+    pub const VER_IHL: usize = 0;
+    pub const DSCP_ECN: usize = 1;
+    pub const TOTAL_LEN: usize = 2;
+    pub const IDENT: usize = 4;
+    pub const FLAGS_FRAG: usize = 6;
+    pub const TTL: usize = 8;
+    pub const PROTOCOL: usize = 9;
+    pub const CHECKSUM: usize = 10;
+    pub const SRC: usize = 12;
+    pub const DST: usize = 16;
+}
 pub const FLAG_DF: u16 = 0x4000;
 pub const FLAG_MF: u16 = 0x2000;
 
@@ -45,7 +59,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
     }
 
     pub fn header_len(&self) -> usize {
-        ((self.b()[0] & 0x0f) as usize) * 4
+        ((self.b()[field::VER_IHL] & 0x0f) as usize) * 4
     }
     /// The fixed 20-byte header.
     #[inline(always)]
@@ -53,44 +67,44 @@ impl<T: AsRef<[u8]>> Packet<T> {
         &self.b()[..MIN_HEADER_LEN]
     }
     pub fn dscp_ecn(&self) -> u8 {
-        self.b()[1]
+        self.b()[field::DSCP_ECN]
     }
     pub fn total_len(&self) -> usize {
-        be16(self.b(), 2) as usize
+        be16(self.b(), field::TOTAL_LEN) as usize
     }
     pub fn ident(&self) -> u16 {
-        be16(self.b(), 4)
+        be16(self.b(), field::IDENT)
     }
     pub fn dont_fragment(&self) -> bool {
-        be16(self.b(), 6) & FLAG_DF != 0
+        be16(self.b(), field::FLAGS_FRAG) & FLAG_DF != 0
     }
     pub fn more_fragments(&self) -> bool {
-        be16(self.b(), 6) & FLAG_MF != 0
+        be16(self.b(), field::FLAGS_FRAG) & FLAG_MF != 0
     }
     /// Fragment offset in bytes.
     pub fn frag_offset(&self) -> usize {
-        ((be16(self.b(), 6) & 0x1fff) as usize) * 8
+        ((be16(self.b(), field::FLAGS_FRAG) & 0x1fff) as usize) * 8
     }
     /// True for any piece of a fragmented datagram (first, middle or last).
     pub fn is_fragment(&self) -> bool {
-        be16(self.b(), 6) & (FLAG_MF | 0x1fff) != 0
+        be16(self.b(), field::FLAGS_FRAG) & (FLAG_MF | 0x1fff) != 0
     }
     pub fn ttl(&self) -> u8 {
-        self.b()[8]
+        self.b()[field::TTL]
     }
     pub fn protocol(&self) -> u8 {
-        self.b()[9]
+        self.b()[field::PROTOCOL]
     }
     pub fn checksum(&self) -> u16 {
-        be16(self.b(), 10)
+        be16(self.b(), field::CHECKSUM)
     }
     pub fn src(&self) -> Ipv4Addr {
         let b = self.b();
-        Ipv4Addr::new(b[12], b[13], b[14], b[15])
+        addr_at(b, field::SRC)
     }
     pub fn dst(&self) -> Ipv4Addr {
         let b = self.b();
-        Ipv4Addr::new(b[16], b[17], b[18], b[19])
+        addr_at(b, field::DST)
     }
     pub fn options(&self) -> &[u8] {
         &self.b()[MIN_HEADER_LEN..self.header_len()]
@@ -106,16 +120,29 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_ttl(&mut self, ttl: u8) {
-        self.buf.as_mut()[8] = ttl;
+        self.buf.as_mut()[field::TTL] = ttl;
+    }
+    /// Swaps source and destination (a reply's addresses); the header
+    /// checksum does not change.
+    pub fn swap_addresses(&mut self) {
+        let (src, dst) = (self.src(), self.dst());
+        let b = self.buf.as_mut();
+        b[field::SRC..field::SRC + 4].copy_from_slice(&dst.octets());
+        b[field::DST..field::DST + 4].copy_from_slice(&src.octets());
     }
     pub fn fill_checksum(&mut self) {
         let h = self.header_len();
         let b = self.buf.as_mut();
-        b[10] = 0;
-        b[11] = 0;
+        put16(b, field::CHECKSUM, 0);
         let c = checksum::checksum(&b[..h]);
-        put16(b, 10, c);
+        put16(b, field::CHECKSUM, c);
     }
+}
+
+/// The IPv4 address at byte `at` of `b`.
+#[inline]
+pub fn addr_at(b: &[u8], at: usize) -> Ipv4Addr {
+    Ipv4Addr::new(b[at], b[at + 1], b[at + 2], b[at + 3])
 }
 
 /// Fields of a 20-byte IPv4 header l4lb writes (no options).

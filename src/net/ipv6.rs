@@ -5,6 +5,17 @@ use std::net::Ipv6Addr;
 use super::{be16, proto, put16, ParseError};
 
 pub const HEADER_LEN: usize = 40;
+
+/// Byte offsets of the fixed header's fields.
+pub mod field {
+    /// Version (4 bits), traffic class (8), flow label (20).
+    pub const VER_TC_FLOW: usize = 0;
+    pub const PAYLOAD_LEN: usize = 4;
+    pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
+    pub const SRC: usize = 8;
+    pub const DST: usize = 24;
+}
 /// The longest extension chain l4lb walks; longer chains are refused (they are
 /// either attacks or nothing a load balancer should carry).
 pub const MAX_EXTENSION_HEADERS: usize = 8;
@@ -63,23 +74,23 @@ impl<T: AsRef<[u8]>> Packet<T> {
         ((b[1] as u32 & 0x0f) << 16) | ((b[2] as u32) << 8) | b[3] as u32
     }
     pub fn payload_len(&self) -> usize {
-        be16(self.b(), 4) as usize
+        be16(self.b(), field::PAYLOAD_LEN) as usize
     }
     /// Header plus payload (padding excluded).
     pub fn total_len(&self) -> usize {
         HEADER_LEN + self.payload_len()
     }
     pub fn next_header(&self) -> u8 {
-        self.b()[6]
+        self.b()[field::NEXT_HEADER]
     }
     pub fn hop_limit(&self) -> u8 {
-        self.b()[7]
+        self.b()[field::HOP_LIMIT]
     }
     pub fn src(&self) -> Ipv6Addr {
-        addr_at(self.b(), 8)
+        addr_at(self.b(), field::SRC)
     }
     pub fn dst(&self) -> Ipv6Addr {
-        addr_at(self.b(), 24)
+        addr_at(self.b(), field::DST)
     }
     pub fn payload(&self) -> &[u8] {
         &self.b()[HEADER_LEN..self.total_len()]
@@ -138,11 +149,20 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
 impl<T: AsRef<[u8]> + AsMut<[u8]>> Packet<T> {
     pub fn set_hop_limit(&mut self, h: u8) {
-        self.buf.as_mut()[7] = h;
+        self.buf.as_mut()[field::HOP_LIMIT] = h;
+    }
+    /// Swaps source and destination (a reply's addresses); an upper-layer
+    /// checksum over the pseudo-header does not change.
+    pub fn swap_addresses(&mut self) {
+        let (src, dst) = (self.src(), self.dst());
+        let b = self.buf.as_mut();
+        b[field::SRC..field::SRC + 16].copy_from_slice(&dst.octets());
+        b[field::DST..field::DST + 16].copy_from_slice(&src.octets());
     }
 }
 
-pub(crate) fn addr_at(b: &[u8], at: usize) -> Ipv6Addr {
+/// The IPv6 address at byte `at` of `b`.
+pub fn addr_at(b: &[u8], at: usize) -> Ipv6Addr {
     let mut a = [0u8; 16];
     a.copy_from_slice(&b[at..at + 16]);
     Ipv6Addr::from(a)

@@ -3,6 +3,19 @@
 use super::{be16, be32, ParseError};
 
 pub const MIN_HEADER_LEN: usize = 20;
+
+/// Byte offsets of the header's fields.
+pub mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const SEQ: usize = 4;
+    pub const ACK: usize = 8;
+    /// Data offset in the high 4 bits, in 32-bit words.
+    pub const DATA_OFF: usize = 12;
+    pub const FLAGS: usize = 13;
+    pub const WINDOW: usize = 14;
+    pub const CHECKSUM: usize = 16;
+}
 pub const FIN: u8 = 0x01;
 pub const SYN: u8 = 0x02;
 pub const RST: u8 = 0x04;
@@ -21,7 +34,7 @@ impl<T: AsRef<[u8]>> Segment<T> {
         if b.len() < MIN_HEADER_LEN {
             return Err(ParseError::Truncated);
         }
-        let off = (b[12] >> 4) as usize * 4;
+        let off = (b[field::DATA_OFF] >> 4) as usize * 4;
         if off < MIN_HEADER_LEN {
             return Err(ParseError::BadLength);
         }
@@ -32,28 +45,28 @@ impl<T: AsRef<[u8]>> Segment<T> {
     }
 
     pub fn src_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 0)
+        be16(self.buf.as_ref(), field::SRC_PORT)
     }
     pub fn dst_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 2)
+        be16(self.buf.as_ref(), field::DST_PORT)
     }
     pub fn seq(&self) -> u32 {
-        be32(self.buf.as_ref(), 4)
+        be32(self.buf.as_ref(), field::SEQ)
     }
     pub fn ack(&self) -> u32 {
-        be32(self.buf.as_ref(), 8)
+        be32(self.buf.as_ref(), field::ACK)
     }
     pub fn header_len(&self) -> usize {
-        (self.buf.as_ref()[12] >> 4) as usize * 4
+        (self.buf.as_ref()[field::DATA_OFF] >> 4) as usize * 4
     }
     pub fn flags(&self) -> u8 {
-        self.buf.as_ref()[13]
+        self.buf.as_ref()[field::FLAGS]
     }
     pub fn window(&self) -> u16 {
-        be16(self.buf.as_ref(), 14)
+        be16(self.buf.as_ref(), field::WINDOW)
     }
     pub fn checksum(&self) -> u16 {
-        be16(self.buf.as_ref(), 16)
+        be16(self.buf.as_ref(), field::CHECKSUM)
     }
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[self.header_len()..]

@@ -4,6 +4,14 @@ use super::{be16, put16, ParseError};
 
 pub const HEADER_LEN: usize = 8;
 
+/// Byte offsets of the header's fields.
+pub mod field {
+    pub const SRC_PORT: usize = 0;
+    pub const DST_PORT: usize = 2;
+    pub const LEN: usize = 4;
+    pub const CHECKSUM: usize = 6;
+}
+
 /// A view of a UDP datagram: after `new_checked`, 8 <= length field <= buffer.
 #[derive(Debug, Clone, Copy)]
 pub struct Datagram<T: AsRef<[u8]>> {
@@ -16,7 +24,7 @@ impl<T: AsRef<[u8]>> Datagram<T> {
         if b.len() < HEADER_LEN {
             return Err(ParseError::Truncated);
         }
-        let len = be16(b, 4) as usize;
+        let len = be16(b, field::LEN) as usize;
         if len < HEADER_LEN {
             return Err(ParseError::BadLength);
         }
@@ -27,19 +35,19 @@ impl<T: AsRef<[u8]>> Datagram<T> {
     }
 
     pub fn src_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 0)
+        be16(self.buf.as_ref(), field::SRC_PORT)
     }
     pub fn dst_port(&self) -> u16 {
-        be16(self.buf.as_ref(), 2)
+        be16(self.buf.as_ref(), field::DST_PORT)
     }
     pub fn len(&self) -> usize {
-        be16(self.buf.as_ref(), 4) as usize
+        be16(self.buf.as_ref(), field::LEN) as usize
     }
     pub fn is_empty(&self) -> bool {
         self.len() == HEADER_LEN
     }
     pub fn checksum(&self) -> u16 {
-        be16(self.buf.as_ref(), 6)
+        be16(self.buf.as_ref(), field::CHECKSUM)
     }
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[HEADER_LEN..self.len()]
@@ -48,10 +56,10 @@ impl<T: AsRef<[u8]>> Datagram<T> {
 
 /// Writes a UDP header; `checksum` 0 means "none" (IPv4 only).
 pub fn write_header(buf: &mut [u8], src_port: u16, dst_port: u16, len: u16, checksum: u16) {
-    put16(buf, 0, src_port);
-    put16(buf, 2, dst_port);
-    put16(buf, 4, len);
-    put16(buf, 6, checksum);
+    put16(buf, field::SRC_PORT, src_port);
+    put16(buf, field::DST_PORT, dst_port);
+    put16(buf, field::LEN, len);
+    put16(buf, field::CHECKSUM, checksum);
 }
 
 #[cfg(test)]

@@ -1,0 +1,162 @@
+//! The flow decision: the flow table first (a tracked flow keeps its backend
+//! while that backend is in the state), then persistence, then the service's
+//! scheduler; the flow's state machine from the client's packets.
+
+use super::verdict::DropReason;
+use super::{release, PacketMeta, TablePlan, Verdict, Worker};
+use crate::balancer::flow::KeyKind;
+use crate::balancer::flowtable::{refresh_slack, Entry, FlowState};
+use crate::balancer::state::{ForwardingState, Service};
+use crate::dataplane::packet::Packet;
+use crate::net::{ethernet, proto, tcp};
+
+impl Worker {
+    /// Flow tracking, scheduling and the DSR rewrite of one VIP packet:
+    /// `slot` is its flow's, if tracked; `table` its place in the flow table.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn balance<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        meta: &PacketMeta,
+        slot: Option<usize>,
+        table: &TablePlan,
+    ) -> Verdict {
+        let svc = &st.services[meta.service as usize];
+        let kind = meta.kind;
+        // Whether this packet moved the flow's expiry (or started or moved the
+        // flow): only then is the client's persistence refreshed, so that
+        // most packets of a persistent flow skip that table too.
+        let mut refreshed = true;
+        // The backend's slot in the state and its stable id.
+        let (backend, id) = match slot {
+            Some(s) => {
+                let (e_backend, e_state) = {
+                    let e = self.flows.entry(s);
+                    (e.backend, e.state)
+                };
+                match st.slot_of(e_backend) {
+                    Some(b) => {
+                        if kind != KeyKind::IcmpError {
+                            let state = next_state(svc.proto, kind, meta.tcp_flags, Some(e_state));
+                            let t = svc.timeouts.for_state(state);
+                            // Persistence bounds the slack too (per service).
+                            let slack = refresh_slack(t).min(svc.persist_slack_ms);
+                            refreshed = self.flows.refresh(s, state, now_ms + t, slack, now_ms);
+                        }
+                        (b, e_backend)
+                    }
+                    None => {
+                        // Its backend is gone (down or removed): this flow moves.
+                        let Some(b) = self.schedule(st, svc, meta, now_ms) else {
+                            return Verdict::Drop(DropReason::NoBackend);
+                        };
+                        let id = st.backends[b].id;
+                        let Worker { flows, active, .. } = self;
+                        flows.rebind(s, id, &mut release(active));
+                        if let Some(a) = self.active.get_mut(id as usize) {
+                            *a += 1;
+                        }
+                        let state = next_state(svc.proto, kind, meta.tcp_flags, None);
+                        self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
+                        self.counters.rescheduled += 1;
+                        self.per_backend.count_new_flow(id as usize);
+                        (b, id)
+                    }
+                }
+            }
+            None => {
+                let Some(b) = self.schedule(st, svc, meta, now_ms) else {
+                    return Verdict::Drop(DropReason::NoBackend);
+                };
+                let id = st.backends[b].id;
+                // ICMP errors follow flows; they never start one.
+                if kind != KeyKind::IcmpError {
+                    let state = next_state(svc.proto, kind, meta.tcp_flags, None);
+                    let expires = now_ms + svc.timeouts.for_state(state);
+                    let Worker { flows, active, .. } = self;
+                    let entry = Entry { key: meta.key, backend: id, state, expires_ms: expires };
+                    flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active));
+                    if let Some(a) = self.active.get_mut(id as usize) {
+                        *a += 1;
+                    }
+                    self.counters.new_flows += 1;
+                    self.per_backend.count_new_flow(id as usize);
+                }
+                (b, id)
+            }
+        };
+        if svc.persistence_ms > 0 && kind != KeyKind::IcmpError && refreshed {
+            self.persist.record(svc.persist_id, &meta.key.src, id, now_ms, now_ms + svc.persistence_ms);
+        }
+        let id = id as usize;
+        if let Some(t) = st.template(backend) {
+            if meta.ip_len <= t.max_inner && meta.l2_len as usize == ethernet::HEADER_LEN {
+                self.per_backend.count(id, meta.ip_len as u64);
+                return self.encap_template(t, pkt, meta);
+            }
+        }
+        let v = self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, meta);
+        if let Verdict::Forward { .. } = v {
+            self.per_backend.count(id, meta.ip_len as u64);
+        }
+        v
+    }
+
+    /// A backend for a new flow: the persisted one if live, else the scheduler's.
+    pub(super) fn schedule(
+        &mut self,
+        st: &ForwardingState,
+        svc: &Service,
+        meta: &PacketMeta,
+        now_ms: u64,
+    ) -> Option<usize> {
+        if svc.persistence_ms > 0 {
+            if let Some(id) = self.persist.lookup(svc.persist_id, &meta.key.src, now_ms) {
+                if let Some(b) = st.slot_of(id).filter(|&b| !st.backends[b].draining) {
+                    return Some(b);
+                }
+            }
+        }
+        let sched = self.sched.get_mut(meta.service as usize)?;
+        // `meta.hash` is the documented flow hash, computed once by the parse.
+        svc.pick(st, &meta.key, meta.hash, &self.active, sched)
+    }
+}
+
+/// A flow's next state from the client's packet (DSR: one direction only).
+#[inline]
+pub fn next_state(p: u8, kind: KeyKind, flags: u8, prev: Option<FlowState>) -> FlowState {
+    // Most packets first: a plain segment of an established TCP flow.
+    if prev == Some(FlowState::Established)
+        && flags & (tcp::FIN | tcp::RST | tcp::SYN) == 0
+        && kind == KeyKind::FiveTuple
+        && p == proto::TCP
+    {
+        return FlowState::Established;
+    }
+    if kind != KeyKind::FiveTuple {
+        return FlowState::Other;
+    }
+    match p {
+        proto::TCP => {
+            if flags & (tcp::FIN | tcp::RST) != 0 {
+                FlowState::Closing
+            } else if flags & tcp::SYN != 0 && flags & tcp::ACK == 0 {
+                match prev {
+                    Some(FlowState::Established) => FlowState::Established,
+                    _ => FlowState::SynSeen,
+                }
+            } else {
+                match prev {
+                    Some(FlowState::Closing) => FlowState::Closing,
+                    _ => FlowState::Established,
+                }
+            }
+        }
+        proto::UDP => FlowState::Udp,
+        _ => FlowState::Other,
+    }
+}

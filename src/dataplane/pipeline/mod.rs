@@ -1,0 +1,293 @@
+//! The per-packet path, in the order a packet takes it:
+//!
+//! 1. **parse** ([`parse`], its fast paths in [`fast`]): L2 checks, the IPv4
+//!    and IPv6 headers, the flow key and the service of VIP traffic;
+//! 2. **classify**: what parsing decided — a local reply ([`replies`]: ARP,
+//!    NDP, echo), traffic for the box itself, a drop — or a packet to balance;
+//! 3. **decide** ([`decide`]): the flow-table lookup, scheduling of new flows,
+//!    persistence;
+//! 4. **rewrite** ([`encap`]: L2 MAC rewrite, IP-in-IP, GUE; [`icmp_error`]:
+//!    frag-needed / packet-too-big when the packet would not fit);
+//! 5. **dispatch**: the [`Verdict`] and its counter ([`verdict`]); the worker
+//!    loop (`dataplane::balance`) sends, hands up or frees the packet.
+//!
+//! [`Worker::process`] runs one packet through it; [`Worker::process_burst`]
+//! ([`burst`]) runs a burst in passes, with every flow-table line prefetched
+//! first. Nothing here allocates, locks, logs or reads a clock: the time comes
+//! in as an argument, read once per burst by the caller.
+
+use std::sync::Arc;
+
+use super::packet::Packet;
+use crate::balancer::flow::{FlowKey, KeyKind};
+use crate::balancer::flowtable::{Entry, FlowTable, FlowTableStats, InsertHint, Place};
+use crate::balancer::limits::{MAX_BACKEND_IDS, MAX_SERVICES};
+use crate::balancer::persist::PersistTable;
+use crate::balancer::state::{ForwardingState, SchedState};
+use crate::balancer::Prefetch;
+use crate::net::tcp;
+
+mod burst;
+mod decide;
+mod encap;
+mod fast;
+mod icmp_error;
+mod parse;
+mod replies;
+#[cfg(test)]
+mod tests;
+mod verdict;
+
+pub use burst::BurstPlan;
+pub use decide::next_state;
+pub use verdict::{BackendCounters, Counters, DropReason, Verdict};
+
+use fast::{ServiceMemo, ServiceMemoV6};
+
+/// Outer header sizes.
+const V4_HDR: usize = 20;
+const V6_HDR: usize = 40;
+const UDP_HDR: usize = 8;
+/// Hop limit / TTL of packets l4lb originates.
+const OWN_TTL: u8 = 64;
+/// GUE source ports come from this range (RFC 6335 dynamic ports).
+const GUE_SPORT_BASE: u16 = 49152;
+
+/// Sizes of a worker's tables and its ICMP rate limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub flow_capacity: usize,
+    pub persist_capacity: usize,
+    /// frag-needed / packet-too-big answers per second (token bucket rate).
+    pub icmp_rate_per_s: u64,
+    pub icmp_burst: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            flow_capacity: 1 << 20,
+            persist_capacity: 1 << 16,
+            icmp_rate_per_s: 100,
+            icmp_burst: 20,
+        }
+    }
+}
+
+/// The per-worker mutable side of the pipeline.
+pub struct Worker {
+    flows: FlowTable,
+    persist: PersistTable,
+    active: Vec<u32>,
+    sched: Vec<SchedState>,
+    generation: u64,
+    icmp_tokens_milli: u64,
+    icmp_last_ms: u64,
+    icmp_rate: u64,
+    icmp_burst: u64,
+    ident: u16,
+    last_service: ServiceMemo,
+    last_service_v6: ServiceMemoV6,
+    per_backend: Arc<BackendCounters>,
+    plan: Option<Box<BurstPlan>>,
+    pub counters: Counters,
+}
+
+/// Where a VIP packet's flow sits in the flow table: its place (from the
+/// first pass) and, for a new flow, the slot its insert will write (from the
+/// second). One record, so the decision takes both by one reference.
+#[derive(Debug, Clone, Copy, Default)]
+struct TablePlan {
+    at: Place,
+    hint: Option<InsertHint>,
+}
+
+/// A packet to a VIP after parsing, waiting for its flow lookup.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct PacketMeta {
+    key: FlowKey,
+    hash: u64,
+    service: u32,
+    ip_len: u16,
+    l2_len: u8,
+    v6: bool,
+    kind: KeyKind,
+    tcp_flags: u8,
+    /// IPv4 DF flag (IPv6: always true).
+    df: bool,
+    tos: u8,
+}
+
+impl PacketMeta {
+    /// A TCP SYN without ACK: most likely a new flow (its table lines are
+    /// fetched as for an insert).
+    #[inline(always)]
+    fn opens(&self) -> bool {
+        self.tcp_flags & (tcp::SYN | tcp::ACK) == tcp::SYN
+    }
+}
+
+impl Default for PacketMeta {
+    fn default() -> Self {
+        PacketMeta {
+            key: FlowKey::default(),
+            hash: 0,
+            service: 0,
+            ip_len: 0,
+            l2_len: 0,
+            v6: false,
+            kind: KeyKind::ThreeTuple,
+            tcp_flags: 0,
+            df: false,
+            tos: 0,
+        }
+    }
+}
+
+/// Active-flow bookkeeping for entries leaving the flow table (given their
+/// backend id).
+fn release(active: &mut [u32]) -> impl FnMut(u32) + '_ {
+    move |backend| {
+        if let Some(a) = active.get_mut(backend as usize) {
+            *a = a.saturating_sub(1);
+        }
+    }
+}
+
+impl Worker {
+    /// Allocates every table up front.
+    pub fn new(cfg: WorkerConfig) -> Worker {
+        Self::new_advised(cfg, &|_, _| {})
+    }
+
+    /// As [`Worker::new`], the flow table on transparent huge pages: every
+    /// packet reads it at random, and one TLB entry then covers 2 MiB of it.
+    /// `l4lb run` builds its workers so, and the benchmarks theirs.
+    pub fn on_hugepages(cfg: WorkerConfig) -> Worker {
+        Self::new_advised(cfg, &|addr, len| {
+            crate::dpdk::advise_hugepages(addr, len);
+        })
+    }
+
+    /// As [`Worker::new`]; `advise` sees the flow table's memory before it is
+    /// first touched.
+    fn new_advised(cfg: WorkerConfig, advise: &dyn Fn(usize, usize)) -> Worker {
+        Worker {
+            flows: FlowTable::with_capacity_advised(cfg.flow_capacity, advise),
+            persist: PersistTable::with_capacity(cfg.persist_capacity),
+            active: vec![0; MAX_BACKEND_IDS],
+            sched: (0..MAX_SERVICES).map(|_| SchedState::default()).collect(),
+            generation: u64::MAX,
+            icmp_tokens_milli: cfg.icmp_burst * 1000,
+            icmp_last_ms: 0,
+            icmp_rate: cfg.icmp_rate_per_s,
+            icmp_burst: cfg.icmp_burst,
+            ident: 0,
+            last_service: ServiceMemo::EMPTY,
+            last_service_v6: ServiceMemoV6::EMPTY,
+            per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
+            plan: Some(Box::default()),
+            counters: Counters::default(),
+        }
+    }
+
+    /// This worker's per-backend counters (shared with the management core).
+    pub fn backend_counters(&self) -> Arc<BackendCounters> {
+        self.per_backend.clone()
+    }
+
+    pub fn flow_stats(&self) -> FlowTableStats {
+        self.flows.stats()
+    }
+
+    pub fn flows(&self) -> &FlowTable {
+        &self.flows
+    }
+
+    /// The live entry this worker tracks for `key`, if any.
+    pub fn tracked(&self, key: &FlowKey, now_ms: u64) -> Option<Entry> {
+        self.flows.lookup(key, key.hash(), now_ms).map(|s| *self.flows.entry(s))
+    }
+
+    /// The backend id this worker keeps `client` on for a persistent
+    /// service, and until when (ms), if it does.
+    pub fn persisted(&self, persist_id: u32, client: &[u8; 16], now_ms: u64) -> Option<(u32, u64)> {
+        self.persist.peek(persist_id, client, now_ms)
+    }
+
+    /// This worker's active flows per backend id.
+    pub fn active_flows(&self, backend_id: u32) -> u32 {
+        self.active.get(backend_id as usize).copied().unwrap_or(0)
+    }
+
+    /// Prepares per-service scheduler state for a new forwarding state. Called
+    /// when a state is swapped in (per burst at most), not per packet; it
+    /// allocates only when a service's backend count changes.
+    pub fn adopt(&mut self, st: &ForwardingState) {
+        if st.generation == self.generation {
+            return;
+        }
+        self.generation = st.generation;
+        self.last_service = ServiceMemo::EMPTY;
+        self.last_service_v6 = ServiceMemoV6::EMPTY;
+        for (i, svc) in st.services.iter().enumerate().take(MAX_SERVICES) {
+            let s = &mut self.sched[i];
+            s.wrr.clear();
+            s.wrr.resize(svc.backends.len(), 0);
+        }
+    }
+
+    /// Reclaims expired flows in the next `buckets` buckets of the flow table.
+    pub fn sweep(&mut self, now_ms: u64, buckets: usize) -> usize {
+        let Worker { flows, active, .. } = self;
+        flows.sweep(now_ms, buckets, &mut release(active))
+    }
+
+    /// Prefetches what the next [`Worker::sweep`] of `buckets` reads.
+    pub fn prefetch_sweep<F: Prefetch>(&self, buckets: usize, pf: &F) {
+        self.flows.prefetch_sweep(buckets, pf)
+    }
+
+    /// Processes one packet received on `in_port`.
+    pub fn process<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+    ) -> Verdict {
+        self.adopt(st);
+        let mut meta = PacketMeta::default();
+        let v = match self.parse(st, pkt, in_port, &mut meta) {
+            Some(v) => v,
+            None => {
+                let table = TablePlan { at: self.flows.place_of(meta.hash), hint: None };
+                let slot = self.flows.lookup_place(&meta.key, &table.at, now_ms);
+                self.balance(st, pkt, in_port, now_ms, &meta, slot, &table)
+            }
+        };
+        self.count(v);
+        v
+    }
+
+    /// Counts a verdict: forwards (nearly every packet) with one add, not a
+    /// jump through the verdict's variants.
+    #[inline(always)]
+    fn count(&mut self, v: Verdict) {
+        if let Verdict::Forward { .. } = v {
+            self.counters.forwarded += 1;
+            return;
+        }
+        self.count_other(v)
+    }
+
+    #[inline(never)]
+    fn count_other(&mut self, v: Verdict) {
+        match v {
+            Verdict::Forward { .. } => self.counters.forwarded += 1,
+            Verdict::Reply { .. } => self.counters.replied += 1,
+            Verdict::ToKernel => self.counters.to_kernel += 1,
+            Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
+        }
+    }
+}

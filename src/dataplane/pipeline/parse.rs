@@ -1,0 +1,233 @@
+//! Parsing: from a received frame to either a verdict (malformed, not ours, a
+//! local reply) or the [`PacketMeta`] of a packet to balance. The fast paths
+//! ([`super::fast`]) take the common case; the general parser here decides
+//! everything else, and — a property test holds them to it — decides what
+//! the fast paths take identically.
+
+use super::fast::{fast_v4, fast_v6};
+use super::verdict::DropReason;
+use super::{PacketMeta, Verdict, Worker};
+use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
+use crate::balancer::state::{ForwardingState, PortInfo};
+use crate::dataplane::packet::Packet;
+use crate::net::{ethernet, icmp, ipv4, ipv6, proto, tcp};
+
+impl Worker {
+    /// Everything up to the flow lookup: L2 checks, ARP/NDP/echo answers, and
+    /// the flow key and service of VIP traffic. Returns the verdict when it is
+    /// already decided, or `None` with `out` filled for a VIP packet. The IPv4
+    /// fast path is inlined into the burst loop; the rest is a call.
+    #[inline(always)]
+    pub(super) fn parse<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        out: &mut PacketMeta,
+    ) -> Option<Verdict> {
+        let Some(port) = st.ports.get(in_port as usize) else {
+            return Some(Verdict::Drop(DropReason::NotForUs));
+        };
+        if fast_v4(st, port, in_port, pkt.data(), &mut self.last_service, out).is_some() {
+            return None;
+        }
+        self.parse_slow(st, pkt, in_port, port, out)
+    }
+
+    /// [`Worker::parse`] past the IPv4 fast path: the IPv6 one, then the
+    /// general parser. (Inlining the IPv6 fast path too made the burst loop
+    /// slower for IPv4 and no faster for IPv6.)
+    #[inline(never)]
+    pub(super) fn parse_slow<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        port: &PortInfo,
+        out: &mut PacketMeta,
+    ) -> Option<Verdict> {
+        if fast_v6(st, port, in_port, pkt.data(), &mut self.last_service_v6, out).is_some() {
+            return None;
+        }
+        self.parse_general(st, pkt, in_port, port, out)
+    }
+
+    /// The general parser, which decides every packet the fast paths decline
+    /// (and, tests check, every one they take, identically).
+    pub(super) fn parse_general<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        port: &PortInfo,
+        out: &mut PacketMeta,
+    ) -> Option<Verdict> {
+        use DropReason::*;
+        let (l2_len, ethertype, dst_mac) = match ethernet::Frame::new_checked(pkt.data()) {
+            Ok(f) => (f.header_len(), f.ethertype(), f.dst()),
+            Err(_) => return Some(Verdict::Drop(Malformed)),
+        };
+        let multicast = ethernet::is_multicast(&dst_mac);
+        if !multicast && dst_mac != port.mac {
+            return Some(Verdict::Drop(NotOurMac));
+        }
+        match ethertype {
+            ethernet::ETHERTYPE_ARP => Some(self.arp(st, pkt, l2_len, port, in_port)),
+            ethernet::ETHERTYPE_IPV4 => self.parse_v4(st, pkt, l2_len, port, in_port, out),
+            ethernet::ETHERTYPE_IPV6 => self.parse_v6(st, pkt, l2_len, port, in_port, out),
+            _ => Some(Verdict::Drop(UnsupportedEthertype)),
+        }
+    }
+
+    pub(super) fn parse_v4<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        l2: usize,
+        port: &PortInfo,
+        in_port: u16,
+        out: &mut PacketMeta,
+    ) -> Option<Verdict> {
+        use DropReason::*;
+        let data = pkt.data();
+        let multicast = ethernet::is_multicast(&ethernet::mac_at(data, ethernet::field::DST));
+        let Ok(ip) = ipv4::Packet::new_checked(&data[l2..]) else {
+            return Some(Verdict::Drop(Malformed));
+        };
+        if !ip.header_checksum_ok() {
+            return Some(Verdict::Drop(BadChecksum));
+        }
+        if ip.ttl() == 0 {
+            return Some(Verdict::Drop(TtlExpired));
+        }
+        let dst = ip.dst();
+        if port.ipv4 == Some(dst) {
+            return Some(self.local_v4(pkt, l2, in_port, true));
+        }
+        if multicast {
+            return Some(Verdict::Drop(NotForUs));
+        }
+        let (key, kind) = match key_v4(&ip) {
+            Ok(k) => k,
+            Err(_) => return Some(Verdict::Drop(Malformed)),
+        };
+        let Some(service) = self.service_for(st, &key, kind, ip.protocol()) else {
+            return Some(if st.is_vip(&mapped(dst)).is_some() {
+                if ip.protocol() == proto::ICMP && kind == KeyKind::ThreeTuple {
+                    self.local_v4(pkt, l2, in_port, false)
+                } else {
+                    Verdict::Drop(NoService)
+                }
+            } else {
+                Verdict::Drop(NotForUs)
+            });
+        };
+        let tcp_flags = tcp_flags(ip.protocol(), kind, ip.payload());
+        *out = PacketMeta {
+            l2_len: l2 as u8,
+            ip_len: ip.total_len() as u16,
+            v6: false,
+            key,
+            kind,
+            hash: key.hash(),
+            tcp_flags,
+            service: service as u32,
+            df: ip.dont_fragment(),
+            tos: ip.dscp_ecn(),
+        };
+        None
+    }
+
+    pub(super) fn parse_v6<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        l2: usize,
+        port: &PortInfo,
+        in_port: u16,
+        out: &mut PacketMeta,
+    ) -> Option<Verdict> {
+        use DropReason::*;
+        let data = pkt.data();
+        let Ok(ip) = ipv6::Packet::new_checked(&data[l2..]) else {
+            return Some(Verdict::Drop(Malformed));
+        };
+        let Ok(upper) = ip.upper() else { return Some(Verdict::Drop(Malformed)) };
+        let dst = ip.dst();
+        let l4 = &ip.payload()[upper.offset - ipv6::HEADER_LEN..];
+        if upper.protocol == proto::ICMPV6 && upper.fragment.is_none() && l4.len() >= 2 {
+            let t = l4[icmp::field::TYPE];
+            if t == icmp::v6::NEIGHBOR_SOLICIT {
+                return Some(self.neighbour_solicit(st, pkt, l2, upper.offset, port, in_port));
+            }
+            if t == icmp::v6::NEIGHBOR_ADVERT || t == icmp::v6::ROUTER_SOLICIT || t == icmp::v6::ROUTER_ADVERT
+            {
+                // Advertisements and router messages are for the control plane.
+                return Some(Verdict::ToKernel);
+            }
+        }
+        if ip.hop_limit() == 0 {
+            return Some(Verdict::Drop(TtlExpired));
+        }
+        if port.ipv6 == Some(dst) {
+            return Some(self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, true));
+        }
+        if dst.is_multicast() {
+            return Some(Verdict::Drop(NotForUs));
+        }
+        let (key, kind) = match key_v6(&ip, &upper) {
+            Ok(k) => k,
+            Err(_) => return Some(Verdict::Drop(Malformed)),
+        };
+        let Some(service) = self.service_for(st, &key, kind, upper.protocol) else {
+            return Some(if st.is_vip(&dst.octets()).is_some() {
+                if upper.protocol == proto::ICMPV6 && kind == KeyKind::ThreeTuple {
+                    self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, false)
+                } else {
+                    Verdict::Drop(NoService)
+                }
+            } else {
+                Verdict::Drop(NotForUs)
+            });
+        };
+        let tcp_flags = tcp_flags(upper.protocol, kind, l4);
+        *out = PacketMeta {
+            l2_len: l2 as u8,
+            ip_len: ip.total_len() as u16,
+            v6: true,
+            key,
+            kind,
+            hash: key.hash(),
+            tcp_flags,
+            service: service as u32,
+            df: true,
+            tos: ip.traffic_class(),
+        };
+        None
+    }
+
+    /// The service a key belongs to. Fragments carry no ports: they go to the
+    /// VIP's first service of their protocol (docs/architecture.md).
+    #[inline]
+    pub(super) fn service_for(
+        &self,
+        st: &ForwardingState,
+        key: &FlowKey,
+        kind: KeyKind,
+        _proto: u8,
+    ) -> Option<usize> {
+        match kind {
+            KeyKind::Fragment => st.find_service_any_port(&key.dst, key.proto),
+            _ => st.find_service(&key.dst, key.proto, key.dst_port),
+        }
+    }
+}
+
+/// The TCP flags of a first fragment or whole segment (0 otherwise).
+pub(super) fn tcp_flags(p: u8, kind: KeyKind, l4: &[u8]) -> u8 {
+    if p == proto::TCP && kind == KeyKind::FiveTuple {
+        tcp::Segment::new_checked(l4).map(|s| s.flags()).unwrap_or(0)
+    } else {
+        0
+    }
+}

@@ -1,0 +1,406 @@
+//! The pipeline's own property tests: the fast paths against the general
+//! parser, and the whole pipeline on frames near their edges.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use super::fast::{fast_v4, fast_v6};
+use super::*;
+use crate::balancer::flowtable::FlowState;
+use crate::balancer::state::{Backend, Forwarding, PortInfo};
+use crate::net::{ethernet, ipv4, ipv6, proto};
+
+#[test]
+fn flow_states_follow_the_clients_segments() {
+    use FlowState::*;
+    use KeyKind::*;
+    let (syn, ack, fin, rst) = (tcp::SYN, tcp::ACK, tcp::FIN, tcp::RST);
+    let tcp = proto::TCP;
+    let cases = [
+        // (protocol, kind, flags, previous state, next state)
+        (tcp, FiveTuple, syn, None, SynSeen),
+        (tcp, FiveTuple, syn, Some(SynSeen), SynSeen),
+        (tcp, FiveTuple, ack, Some(SynSeen), Established),
+        (tcp, FiveTuple, ack, None, Established),
+        (tcp, FiveTuple, ack, Some(Established), Established),
+        (tcp, FiveTuple, 0, Some(Established), Established),
+        (tcp, FiveTuple, syn, Some(Established), Established),
+        (tcp, FiveTuple, syn | ack, Some(Established), Established),
+        (tcp, FiveTuple, fin | ack, Some(Established), Closing),
+        (tcp, FiveTuple, rst, Some(Established), Closing),
+        (tcp, FiveTuple, ack, Some(Closing), Closing),
+        (tcp, Fragment, ack, Some(Established), Other),
+        (tcp, IcmpError, ack, Some(Established), Other),
+        (proto::UDP, FiveTuple, 0, Some(Established), Udp),
+        (proto::UDP, FiveTuple, 0, None, Udp),
+        (proto::ICMP, ThreeTuple, 0, None, Other),
+    ];
+    for (p, kind, flags, prev, want) in cases {
+        assert_eq!(next_state(p, kind, flags, prev), want, "{p} {kind:?} {flags:#x} {prev:?}");
+    }
+}
+
+/// Two ports (port 1's own IPv4 address is also a VIP, balanced only when
+/// it arrives on port 0) and TCP and UDP services on an IPv4 and an IPv6
+/// VIP, in each forwarding mode.
+fn differential_state() -> ForwardingState {
+    use crate::balancer::flowtable::Timeouts;
+    use crate::balancer::state::{Scheduler, ServiceSpec};
+    let vip4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
+    let vip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1));
+    let own1 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 2));
+    let mut next_id = 0u32;
+    let mut spec = |vip: IpAddr, proto: u8, port: u16, forwarding: Forwarding| {
+        let backends = (0..3)
+            .map(|i| {
+                next_id += 1;
+                Backend {
+                    id: next_id,
+                    addr: match vip {
+                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i)),
+                        IpAddr::V6(_) => {
+                            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
+                        }
+                    },
+                    weight: 1,
+                    draining: false,
+                    rtt_us: 0,
+                    next_hop: Some([2, 0, 0, 0, 1, i]),
+                    port: 0,
+                }
+            })
+            .collect();
+        ServiceSpec {
+            name: format!("{vip}:{proto}:{port}"),
+            vip,
+            proto,
+            port,
+            forwarding,
+            scheduler: Scheduler::Maglev,
+            persistence_ms: 0,
+            timeouts: Timeouts::default(),
+            answer_arp: false,
+            maglev_size: 251,
+            backends,
+        }
+    };
+    let services = vec![
+        spec(vip4, proto::TCP, 80, Forwarding::IpIp),
+        spec(vip4, proto::UDP, 80, Forwarding::Gue { port: 6080 }),
+        spec(vip4, proto::TCP, 443, Forwarding::L2),
+        spec(vip6, proto::TCP, 80, Forwarding::IpIp),
+        spec(vip6, proto::UDP, 80, Forwarding::Gue { port: 6080 }),
+        spec(own1, proto::TCP, 80, Forwarding::L2),
+    ];
+    let ports = vec![
+        PortInfo {
+            mac: [2, 0, 0, 0, 0, 1],
+            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+            mtu: 1500,
+        },
+        PortInfo {
+            mac: [2, 0, 0, 0, 0, 2],
+            ipv4: Some(Ipv4Addr::new(198, 18, 100, 2)),
+            ipv6: None,
+            mtu: 1500,
+        },
+    ];
+    ForwardingState::build(1, ports, services).expect("a valid state")
+}
+
+/// A frame near the fast paths' edges: a valid TCP or UDP frame to one of
+/// the VIPs (or a port's own address) with a few bytes of its headers
+/// replaced, its IPv4 header checksum then made right again or not, and
+/// its length cut or padded.
+fn edge_frame() -> impl Strategy<Value = (u16, Vec<u8>)> {
+    let byte = prop_oneof![
+        any::<u8>(),
+        prop::sample::select(vec![
+            0u8, 1, 2, 0x05, 0x06, 0x10, 0x11, 0x12, 0x20, 0x2c, 0x3a, 0x3f, 0x40, 0x44, 0x45, 0x46, 0x50,
+            0x60, 0x80, 0xf0, 0xff
+        ]),
+    ];
+    (
+        any::<bool>(),
+        any::<bool>(),
+        0usize..4,
+        0u16..2,
+        any::<u32>(),
+        prop::collection::vec((0usize..76, byte), 0..4),
+        any::<bool>(),
+        -24i32..24,
+        prop::sample::select(vec![0u16, 80, 443]),
+    )
+        .prop_map(|(v6, udp, dst, in_port, flow, edits, fix, len, dport)| {
+            use crate::dataplane::testframes;
+            let mut f =
+                if udp { testframes::udp(flow, v6) } else { testframes::tcp(flow, v6, (flow >> 24) as u8) };
+            let ip = 14;
+            // Destination: the VIP, port 1's own address (a VIP too), port
+            // 0's own address, or another address.
+            match (v6, dst) {
+                (false, 1) => f[ip + 19] = 2,
+                (false, 2) => f[ip + 16..ip + 20].copy_from_slice(&[198, 18, 0, 1]),
+                (false, 3) => f[ip + 19] = 9,
+                (true, 2) => f[ip + 24..ip + 40]
+                    .copy_from_slice(&std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1).octets()),
+                (true, 3) => f[ip + 39] = 9,
+                _ => {}
+            }
+            let l4 = if v6 { ip + 40 } else { ip + 20 };
+            f[l4 + 2..l4 + 4].copy_from_slice(&dport.max(80).to_be_bytes());
+            if in_port == 1 {
+                f[5] = 2;
+            }
+            for (at, b) in edits {
+                if at < f.len() {
+                    f[at] = b;
+                }
+            }
+            if !v6 && fix {
+                let ihl = (f[ip] & 0x0f) as usize * 4;
+                if ihl >= 20 && f.len() >= ip + ihl {
+                    f[ip + 10..ip + 12].fill(0);
+                    let c = crate::net::checksum::checksum(&f[ip..ip + ihl]);
+                    f[ip + 10..ip + 12].copy_from_slice(&c.to_be_bytes());
+                }
+            }
+            f.resize((f.len() as i32 + len).max(0) as usize, 0);
+            (in_port, f)
+        })
+}
+
+/// The differential tests' state (built once per process) and a fresh
+/// worker with small tables for one case.
+fn differential_worker() -> (&'static ForwardingState, Worker) {
+    static STATE: std::sync::OnceLock<ForwardingState> = std::sync::OnceLock::new();
+    let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() };
+    (STATE.get_or_init(differential_state), Worker::new(cfg))
+}
+
+use proptest::prelude::*;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(40000))]
+
+    /// Whatever the IPv4 and IPv6 fast paths take, the general parser
+    /// takes too, with the same key, hash, service, lengths, flags, DF
+    /// and TOS — including after their service memos were filled by the
+    /// frames before (one worker sees the whole sequence).
+    #[test]
+    fn the_fast_paths_decide_as_the_general_parser(frames in prop::collection::vec(edge_frame(), 1..8)) {
+        let (st, mut w) = differential_worker();
+        for (in_port, f) in frames {
+            let port = &st.ports[in_port as usize];
+            let mut fast = PacketMeta::default();
+            let took = fast_v4(st, port, in_port, &f, &mut w.last_service, &mut fast).is_some()
+                || fast_v6(st, port, in_port, &f, &mut w.last_service_v6, &mut fast).is_some();
+            let mut general = PacketMeta::default();
+            let verdict = w.parse_general(st, &mut crate::dataplane::packet::TestPacket::new(&f), in_port, port, &mut general);
+            if took {
+                prop_assert_eq!(verdict, None, "the fast path took {:02x?}", f);
+                prop_assert_eq!(fast, general, "{:02x?}", f);
+            }
+        }
+    }
+}
+
+/// What a forwarded frame carries: for IP-in-IP and GUE the client's IP
+/// packet unchanged (padding dropped) behind an outer header whose lengths
+/// and IPv4 checksum are right, nothing after it; for L2 the frame as received behind new
+/// MACs. Replies carry a valid IPv4 header checksum. Panics otherwise.
+fn check_output(input: &[u8], out: &[u8], forwarded: bool) {
+    let ether = u16::from_be_bytes([out[12], out[13]]);
+    let l3 = &out[14..];
+    let (inner, outer_proto, trailing) = match ether {
+        ethernet::ETHERTYPE_IPV4 => {
+            let ip = ipv4::Packet::new_checked(l3).expect("an IPv4 header");
+            assert!(ip.header_checksum_ok(), "outer checksum: {out:02x?}");
+            if !forwarded {
+                return;
+            }
+            (&l3[ip.header_len()..ip.total_len()], ip.protocol(), l3.len() - ip.total_len())
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = ipv6::Packet::new_checked(l3).expect("an IPv6 header");
+            if !forwarded {
+                return;
+            }
+            (&l3[ipv6::HEADER_LEN..ip.total_len()], ip.next_header(), l3.len() - ip.total_len())
+        }
+        other => panic!("ethertype {other:#06x}: {out:02x?}"),
+    };
+    let in_l3 = &input[14..];
+    let (inner, udp_len) = match outer_proto {
+        proto::IPIP | proto::IPV6 => (inner, None),
+        proto::UDP => (&inner[8..], Some(u16::from_be_bytes([inner[4], inner[5]]) as usize)),
+        // L2: the frame as received behind new MACs.
+        _ => {
+            assert_eq!(&out[12..], &input[12..], "an L2-forwarded frame changed");
+            return;
+        }
+    };
+    // The client frame's padding is trimmed before the outer header goes on.
+    assert_eq!(trailing, 0, "bytes after the outer packet: {out:02x?}");
+    if let Some(len) = udp_len {
+        assert_eq!(len, inner.len() + 8, "GUE UDP length");
+    }
+    assert_eq!(inner, &in_l3[..inner.len()], "the inner packet differs from the client's");
+    let ip_len = if in_l3[0] >> 4 == 4 {
+        u16::from_be_bytes([in_l3[2], in_l3[3]]) as usize
+    } else {
+        40 + u16::from_be_bytes([in_l3[4], in_l3[5]]) as usize
+    };
+    assert_eq!(inner.len(), ip_len, "the inner packet's length");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(20000))]
+
+    /// The whole pipeline on frames near the fast paths' edges: no panic,
+    /// and whatever it forwards or answers is well formed.
+    #[test]
+    fn edge_frames_leave_well_formed_or_not_at_all(frames in prop::collection::vec(edge_frame(), 1..8)) {
+        let (st, mut w) = differential_worker();
+        for (i, (in_port, f)) in frames.into_iter().enumerate() {
+            let mut p = crate::dataplane::packet::TestPacket::new(&f);
+            match w.process(st, &mut p, in_port, i as u64) {
+                Verdict::Forward { .. } => check_output(&f, p.data(), true),
+                Verdict::Reply { .. } => check_output(&f, p.data(), false),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A state with one service per (forwarding mode, backend family) on the
+/// frames' VIP (`v6`): IP-in-IP and GUE to IPv4 and to IPv6 backends, each
+/// with three backends.
+fn template_state(v6: bool, proto: u8, gue: bool) -> ForwardingState {
+    use crate::balancer::state::{Scheduler, ServiceSpec};
+    let vip = if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1))
+    };
+    let forwarding = if gue { Forwarding::Gue { port: 6080 } } else { Forwarding::IpIp };
+    let backends = (0..6u32)
+        .map(|i| Backend {
+            id: i + 1,
+            addr: if i % 2 == 0 {
+                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8))
+            } else {
+                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
+            },
+            weight: 1,
+            draining: false,
+            rtt_us: 0,
+            next_hop: Some([2, 0, 0, 0, 1, i as u8]),
+            port: 0,
+        })
+        .collect();
+    let ports = vec![PortInfo {
+        mac: [2, 0, 0, 0, 0, 1],
+        ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        mtu: 1500,
+    }];
+    let spec = ServiceSpec {
+        name: "t".into(),
+        vip,
+        proto,
+        port: 80,
+        forwarding,
+        scheduler: Scheduler::Maglev,
+        persistence_ms: 0,
+        timeouts: Default::default(),
+        answer_arp: false,
+        maglev_size: 251,
+        backends,
+    };
+    ForwardingState::build(1, ports, vec![spec]).expect("a valid state")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    /// The encapsulation template and the general writer produce the same
+    /// bytes and verdict for every backend that has a template: IPv4 and IPv6
+    /// clients, IP-in-IP and GUE, IPv4 and IPv6 backends, any TOS, with and
+    /// without DF, with Ethernet padding and TCP data of any length.
+    #[test]
+    fn the_template_writes_what_the_general_writer_writes(
+        flow in any::<u32>(),
+        v6 in any::<bool>(),
+        udp in any::<bool>(),
+        gue in any::<bool>(),
+        tos in any::<u8>(),
+        df in any::<bool>(),
+        data in prop::collection::vec(any::<u8>(), 0..64),
+        pad in 0usize..16,
+    ) {
+        use crate::dataplane::packet::TestPacket;
+        use crate::dataplane::testframes;
+        let p = if udp { proto::UDP } else { proto::TCP };
+        static STATES: std::sync::OnceLock<Vec<ForwardingState>> = std::sync::OnceLock::new();
+        let states = STATES.get_or_init(|| {
+            (0..8).map(|i| template_state(i & 4 != 0, [proto::TCP, proto::UDP][i & 1], i & 2 != 0)).collect()
+        });
+        let st = &states[(v6 as usize) << 2 | (gue as usize) << 1 | udp as usize];
+        let mut f = if udp { testframes::udp(flow, v6) } else { testframes::tcp(flow, v6, tcp::ACK) };
+        // The payload, the lengths, the TOS and DF, then the IPv4 checksum.
+        f.extend_from_slice(&data);
+        let ip = ethernet::HEADER_LEN;
+        let ip_len = f.len() - ip;
+        if v6 {
+            f[ip] = 0x60 | tos >> 4;
+            f[ip + 1] = (tos << 4) | (f[ip + 1] & 0x0f);
+            f[ip + 4..ip + 6].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
+            if udp {
+                f[ip + 44..ip + 46].copy_from_slice(&((ip_len - 40) as u16).to_be_bytes());
+            }
+        } else {
+            f[ip + 1] = tos;
+            f[ip + 2..ip + 4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+            f[ip + 6] = if df { 0x40 } else { 0 };
+            if udp {
+                f[ip + 24..ip + 26].copy_from_slice(&((ip_len - 20) as u16).to_be_bytes());
+            }
+            let mut h = ipv4::Packet::new_checked(&mut f[ip..]).expect("an IPv4 header");
+            h.fill_checksum();
+        }
+        f.resize(f.len() + pad, 0);
+        thread_local! {
+            static WORKERS: std::cell::RefCell<[Worker; 2]> = std::cell::RefCell::new(std::array::from_fn(|_| {
+                Worker::new(WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() })
+            }));
+        }
+        WORKERS.with_borrow_mut(|[a, b]| {
+        let mut meta = PacketMeta::default();
+        let parsed = a.parse_general(st, &mut TestPacket::new(&f), 0, &st.ports[0], &mut meta);
+        prop_assert_eq!(parsed, None);
+        let svc = &st.services[meta.service as usize];
+        let mut compared = 0;
+        for &slot in svc.backends.iter() {
+            let slot = slot as usize;
+            let Some(t) = st.template(slot) else { continue };
+            if meta.ip_len > t.max_inner {
+                continue;
+            }
+            // The same IPv4 ident sequence for both.
+            (a.ident, b.ident) = (0, 0);
+            let (mut by_template, mut general) = (TestPacket::new(&f), TestPacket::new(&f));
+            let vt = a.encap_template(t, &mut by_template, &meta);
+            let vg = b.rewrite(st, svc, &st.backends[slot], &mut general, 0, 0, &meta);
+            prop_assert_eq!(vt, vg);
+            prop_assert_eq!(by_template.data(), general.data(), "backend {}", st.backends[slot].addr);
+            compared += 1;
+        }
+        // Templates: none for IPv6 GUE (its UDP checksum covers the packet)
+        // nor for IPv6 clients of IPv4 backends (6in4).
+        let (v4_backends, v6_backends) = (if v6 { 0 } else { 3 }, if gue { 0 } else { 3 });
+        prop_assert_eq!(compared, v4_backends + v6_backends);
+        Ok(())
+        })?;
+    }
+}
