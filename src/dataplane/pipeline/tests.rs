@@ -341,7 +341,6 @@ proptest! {
     ) {
         use crate::dataplane::packet::TestPacket;
         use crate::dataplane::testframes;
-        let p = if udp { proto::UDP } else { proto::TCP };
         static STATES: std::sync::OnceLock<Vec<ForwardingState>> = std::sync::OnceLock::new();
         let states = STATES.get_or_init(|| {
             (0..8).map(|i| template_state(i & 4 != 0, [proto::TCP, proto::UDP][i & 1], i & 2 != 0)).collect()
