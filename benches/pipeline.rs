@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use l4lb::balancer::state::{Forwarding, ForwardingState};
 use l4lb::dataplane::packet::{Packet, TestPacket};
-use l4lb::dataplane::pipeline::{DropReason, Verdict, Worker, WorkerConfig};
+use l4lb::dataplane::pipeline::{Counter, DropReason, Verdict, Worker, WorkerConfig};
 use l4lb::dataplane::testframes;
 use l4lb::dpdk::CpuPrefetch;
 
@@ -47,7 +47,7 @@ fn setup(forwarding: Forwarding, v6: bool, proto: u8, populate: u32) -> Setup {
         let n = pkts.len();
         w.process_burst(&st, &mut pkts, 0, 0, &mut verdicts[..n], &CpuPrefetch);
     }
-    assert_eq!(w.counters.forwarded, populate as u64);
+    assert_eq!(w.counters[Counter::Forwarded], populate as u64);
     Setup { st, w, v6, proto }
 }
 
@@ -72,7 +72,7 @@ fn run(c: &mut Criterion, name: &str, s: &mut Setup, pick: &mut dyn FnMut() -> u
     let mut at = 0usize;
     // Generation 0 is the ring as built: fresh runs start at 1.
     let mut pass = 1u16;
-    let before = (s.w.counters.forwarded, s.w.counters.new_flows);
+    let before = (s.w.counters[Counter::Forwarded], s.w.counters[Counter::NewFlows]);
     g.bench_function(name, |b| {
         b.iter(|| {
             for p in pkts.iter_mut() {
@@ -89,7 +89,8 @@ fn run(c: &mut Criterion, name: &str, s: &mut Setup, pick: &mut dyn FnMut() -> u
         })
     });
     g.finish();
-    let (forwarded, new_flows) = (s.w.counters.forwarded - before.0, s.w.counters.new_flows - before.1);
+    let (forwarded, new_flows) =
+        (s.w.counters[Counter::Forwarded] - before.0, s.w.counters[Counter::NewFlows] - before.1);
     if fresh {
         assert!(new_flows as f64 >= 0.99 * forwarded as f64, "{name}: {new_flows} new of {forwarded}");
     } else {

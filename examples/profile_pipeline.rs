@@ -87,7 +87,7 @@ fn main() {
     let ns = start.elapsed().as_nanos() as f64 / (bursts as f64 * 32.0);
     println!(
         "{forwarded} forwarded, {} new flows, {ns:.1} ns/packet (including the frame copy)",
-        w.counters.new_flows
+        w.counters[l4lb::dataplane::pipeline::Counter::NewFlows]
     );
 }
 

@@ -30,7 +30,7 @@ done
 sleep "$warm"
 sample() {
   $BIN ctl --socket "$sock" --json stats |
-    /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["rx_packets"], d["new_flows"], d["dropped"])'
+    /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["counters"]["rx_packets"], d["counters"]["new_flows"], d["dropped"])'
 }
 # One sample a second; the rate is the median of the per-second rates (as
 # bench.sh takes testpmd's), so one second in which the VM stopped the worker

@@ -13,9 +13,10 @@ use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
 use crate::control::runtime::Runtime;
 use crate::control::state_build::{worker_config, PortFacts};
-use crate::dataplane::balance::{BalanceStats, BalanceWorker, StateMailbox};
-use crate::dataplane::forward::{ForwardWorker, PollConfig, WorkerStats};
-use crate::dataplane::pipeline::DropReason;
+use crate::dataplane::balance::{BalanceWorker, StateMailbox};
+use crate::dataplane::forward::{ForwardWorker, PollConfig};
+use crate::dataplane::pipeline::{Counter, DropReason, DROPS_METRIC};
+use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{lcore, DpdkError, Eal, Mempool, Port, PortConfig, PortStats};
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +52,7 @@ pub struct RunReport {
     /// Plain forwarding (no services configured).
     pub workers: WorkerStats,
     /// Balancing (services configured).
-    pub balance: Option<BalanceStats>,
+    pub balance: Option<WorkerStats>,
     pub ports: Vec<(String, PortStats)>,
     /// Per service (by name): what each backend was sent.
     pub services: Vec<(String, Vec<BackendTraffic>)>,
@@ -72,7 +73,7 @@ enum Final {
     #[default]
     None,
     Forward(WorkerStats),
-    Balance(BalanceStats),
+    Balance(WorkerStats),
 }
 
 /// Runs until `signals.stop` is set. Progress and the final report go to
@@ -360,7 +361,7 @@ pub fn run(
         match st.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Final::None => {}
             Final::Forward(f) => report.workers += f,
-            Final::Balance(b) => *report.balance.get_or_insert_with(BalanceStats::default) += b,
+            Final::Balance(b) => *report.balance.get_or_insert_with(WorkerStats::default) += b,
         }
     }
     for mb in mailboxes {
@@ -421,44 +422,41 @@ fn print_report(r: &RunReport, out: &mut dyn Write) {
         }
     }
     if let Some(b) = &r.balance {
-        let c = &b.pipeline;
-        let polls = (b.busy_polls + b.idle_polls).max(1);
+        let c = &b.counters;
+        let polls = (c[Counter::BusyPolls] + c[Counter::IdlePolls]).max(1);
         let _ = writeln!(
             out,
-            "balancing: rx {} tx {} forwarded {} replied {} to_kernel {} new_flows {} rescheduled {} dropped {} busy polls {:.1}%",
-            b.rx_packets,
-            b.tx_packets,
-            c.forwarded,
-            c.replied,
-            c.to_kernel,
-            c.new_flows,
-            c.rescheduled,
-            c.dropped() + b.dropped_tx_full,
-            100.0 * b.busy_polls as f64 / polls as f64
+            "balancing: rx {} tx {} forwarded {} replied {} local {} new_flows {} rescheduled {} dropped {} busy polls {:.1}%",
+            c[Counter::RxPackets],
+            c[Counter::TxPackets],
+            c[Counter::Forwarded],
+            c[Counter::Replied],
+            c[Counter::Local],
+            c[Counter::NewFlows],
+            c[Counter::Rescheduled],
+            c.dropped(),
+            100.0 * c[Counter::BusyPolls] as f64 / polls as f64
         );
-        poll_gap_line(out, b.longest_poll_gap_us, b.stalls);
-        for r in DropReason::ALL {
-            if c.drop_count(r) > 0 {
-                let _ = writeln!(out, "  drop {:<22} {}", r.name(), c.drop_count(r));
+        poll_gap_line(out, b.longest_poll_gap_us, c[Counter::Stalls]);
+        for (info, v) in c.rows() {
+            if v > 0 && info.metric == DROPS_METRIC {
+                let _ = writeln!(out, "  drop {:<22} {v}", info.name);
             }
-        }
-        if b.dropped_tx_full > 0 {
-            let _ = writeln!(out, "  drop {:<22} {}", "tx_full", b.dropped_tx_full);
         }
         return;
     }
-    let w = &r.workers;
-    let polls = (w.busy_polls + w.idle_polls).max(1);
+    let c = &r.workers.counters;
+    let polls = (c[Counter::BusyPolls] + c[Counter::IdlePolls]).max(1);
     let _ = writeln!(
         out,
         "workers: rx {} tx {} dropped(no route) {} dropped(tx full) {} busy polls {:.1}%",
-        w.rx_packets,
-        w.tx_packets,
-        w.dropped_no_route,
-        w.dropped_tx_full,
-        100.0 * w.busy_polls as f64 / polls as f64
+        c[Counter::RxPackets],
+        c[Counter::TxPackets],
+        c[DropReason::NoRoute],
+        c[DropReason::TxFull],
+        100.0 * c[Counter::BusyPolls] as f64 / polls as f64
     );
-    poll_gap_line(out, w.longest_poll_gap_us, w.stalls);
+    poll_gap_line(out, r.workers.longest_poll_gap_us, c[Counter::Stalls]);
 }
 
 /// The workers' poll-gap meter in the summary (see `PollGaps`).

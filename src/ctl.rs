@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::control::api::{call, Request};
+use crate::control::api::{call, Request, Stats};
 
 /// Runs one request and renders its answer.
 pub fn run(socket: &Path, req: &Request, json: bool) -> Result<String, String> {
@@ -133,41 +133,33 @@ pub fn services_table(v: &Value) -> String {
 
 fn stats_text(v: &Value) -> String {
     let mut o = String::new();
-    for k in [
-        "rx_packets",
-        "tx_packets",
-        "forwarded",
-        "replied",
-        "to_kernel",
-        "dropped",
-        "dropped_tx_full",
-        "new_flows",
-        "rescheduled",
-        "flows",
-        "flow_capacity",
-        "evicted_unconfirmed",
-        "evicted_established",
-        "generation",
-    ] {
-        let _ = writeln!(o, "{k:<22} {}", s(&v[k]));
+    let Ok(st) = serde_json::from_value::<Stats>(v.clone()) else {
+        return format!("{v:#}\n");
+    };
+    // Every counter of the workers' table but the drops, then the drops
+    // that happened, then the gauges.
+    for (k, n) in st.counters.iter().filter(|(k, _)| !st.drops.contains_key(*k)) {
+        let _ = writeln!(o, "{k:<22} {n}");
     }
-    if let Some(d) = v["drops"].as_object() {
-        for (k, n) in d.iter().filter(|(_, n)| n.as_u64() != Some(0)) {
-            let _ = writeln!(o, "  drop {k:<22} {n}");
-        }
+    let _ = writeln!(o, "{:<22} {}", "dropped", st.dropped);
+    for (k, n) in st.drops.iter().filter(|(_, n)| **n != 0) {
+        let _ = writeln!(o, "  drop {k:<22} {n}");
     }
-    for (i, w) in v["workers"].as_array().into_iter().flatten().enumerate() {
-        let busy = w["busy_polls"].as_f64().unwrap_or(0.0);
-        let idle = w["idle_polls"].as_f64().unwrap_or(0.0);
+    for (k, n) in [("flows", st.flows), ("flow_capacity", st.flow_capacity), ("generation", st.generation)] {
+        let _ = writeln!(o, "{k:<22} {n}");
+    }
+    for (i, w) in st.workers.iter().enumerate() {
+        let c = |k: &str| w.counters.get(k).copied().unwrap_or(0);
+        let (busy, idle) = (c("busy_polls") as f64, c("idle_polls") as f64);
         let _ = writeln!(
             o,
             "worker {i}: rx {} flows {} busy polls {:.1}% generation {} longest poll gap {:.3} ms stalls {}",
-            s(&w["rx_packets"]),
-            s(&w["flows"]),
+            c("rx_packets"),
+            w.flows,
             100.0 * busy / (busy + idle).max(1.0),
-            s(&w["generation"]),
-            w["longest_poll_gap_us"].as_f64().unwrap_or(0.0) / 1000.0,
-            s(&w["stalls"])
+            w.generation,
+            w.longest_poll_gap_us as f64 / 1000.0,
+            c("stalls")
         );
     }
     o
@@ -216,8 +208,8 @@ pub fn top(socket: &Path, interval: Duration, count: Option<u64>) -> Result<(), 
             s(&status["uptime_s"]),
             s(&status["generation"]),
             s(&stats["flows"]),
-            s(&stats["rx_packets"]),
-            s(&stats["forwarded"]),
+            s(&stats["counters"]["rx_packets"]),
+            s(&stats["counters"]["forwarded"]),
             s(&stats["dropped"]),
         );
         screen.push_str(&services_table(&services));

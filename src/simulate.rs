@@ -8,7 +8,7 @@ use std::path::Path;
 use crate::control::config::Validated;
 use crate::control::state_build::{build_state, simulated_facts, worker_config};
 use crate::dataplane::packet::{Packet, TestPacket};
-use crate::dataplane::pipeline::{Counters, DropReason, Verdict, Worker};
+use crate::dataplane::pipeline::{Counter, Counters, DropReason, Verdict, Worker};
 use crate::pcap;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,25 +60,29 @@ pub fn run(
     Ok(worker.counters)
 }
 
-/// `forward:1`, `reply:0`, `kernel`, `drop:no_service`.
+/// `forward:1`, `reply:0`, `local`, `drop:no_service`.
 pub fn verdict_text(v: Verdict) -> String {
     match v {
         Verdict::Forward { port } => format!("forward:{port}"),
         Verdict::Reply { port } => format!("reply:{port}"),
-        Verdict::ToKernel => "kernel".into(),
+        Verdict::Local => "local".into(),
         Verdict::Drop(r) => format!("drop:{}", r.name()),
     }
 }
 
-/// The verdict counts as a small table.
+/// The counts of the pipeline's own counters (what `simulate` can see: no
+/// ports, no polls) and of each drop reason that occurred.
 pub fn report(c: &Counters, out: &mut dyn Write) {
-    let _ = writeln!(out, "forwarded {}", c.forwarded);
-    let _ = writeln!(out, "replied {}", c.replied);
-    let _ = writeln!(out, "to_kernel {}", c.to_kernel);
-    let _ = writeln!(out, "new_flows {}", c.new_flows);
-    for r in DropReason::ALL {
-        if c.drop_count(r) > 0 {
-            let _ = writeln!(out, "drop {} {}", r.name(), c.drop_count(r));
+    for k in [Counter::Forwarded, Counter::Replied, Counter::Local, Counter::NewFlows, Counter::Rescheduled] {
+        let _ = writeln!(out, "{} {}", row_name(k), c[k]);
+    }
+    for &r in DropReason::ALL {
+        if c[r] > 0 {
+            let _ = writeln!(out, "drop {} {}", r.name(), c[r]);
         }
     }
+}
+
+fn row_name(k: Counter) -> &'static str {
+    crate::dataplane::pipeline::row_info(k as usize).name
 }

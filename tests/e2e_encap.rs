@@ -6,7 +6,8 @@
 mod common;
 
 use common::lan::{
-    attach_tap, balancing_field, http_load, l4lb_config, service, start_decap, start_servers, topology,
+    attach_tap, balancing_field, ctl_json, http_load, l4lb_config, service, start_decap, start_servers,
+    topology,
 };
 use common::netns::{netns_exists, require_root, unique, L4lb};
 
@@ -50,7 +51,11 @@ fn http_through_ipip_and_gue_tunnels_over_ipv4_and_ipv6() {
     let tap = unique("l4bt");
     let dir = std::env::temp_dir().join(unique("l4lb-encap-"));
     std::fs::create_dir_all(&dir).unwrap();
-    let l4lb = L4lb::start(&config(&tap, &t), &dir);
+    let cfg = config(&tap, &t);
+    let socket =
+        cfg.lines().find_map(|l| l.strip_prefix("socket = ")).expect("a control socket").trim_matches('"');
+    let socket = std::path::PathBuf::from(socket);
+    let l4lb = L4lb::start(&cfg, &dir);
     attach_tap(&t, &tap);
     let names: Vec<String> = t.backends.iter().map(|b| b.name.clone()).collect();
 
@@ -74,6 +79,13 @@ fn http_through_ipip_and_gue_tunnels_over_ipv4_and_ipv6() {
             let c = counts.get(name).copied().unwrap_or(0);
             assert!(c >= 20, "{vip}: backend {name} got {c} of {n}: {counts:?}");
         }
+    }
+    // The neighbour exchange that resolved the IPv6 backends reached the
+    // workers' counters: solicitations the management core had a worker
+    // send, advertisements a worker handed up.
+    let stats = ctl_json(&socket, "stats");
+    for name in ["control_sent", "control_up"] {
+        assert!(stats["counters"][name].as_u64().unwrap_or(0) > 0, "{name} is 0: {stats}");
     }
     let (status, transcript) = l4lb.stop();
     assert!(status.success(), "{transcript}");

@@ -7,7 +7,7 @@ use l4lb::balancer::NoPrefetch;
 use l4lb::control::config::Config;
 use l4lb::control::state_build::{build_state, simulated_facts, worker_config};
 use l4lb::dataplane::packet::{Packet, TestPacket};
-use l4lb::dataplane::pipeline::{BurstPlan, DropReason, Verdict, Worker, WorkerConfig};
+use l4lb::dataplane::pipeline::{BurstPlan, Counter, DropReason, Verdict, Worker, WorkerConfig};
 use proptest::prelude::*;
 
 const BASE: &str = r#"
@@ -143,7 +143,7 @@ fn established_flows_keep_their_backend_across_changes_and_only_removed_ones_mov
         vec![spec_of(&st3, 0), spec_of(&st3, 1)],
     )
     .unwrap();
-    let before = w.counters.rescheduled;
+    let before = w.counters[Counter::Rescheduled];
     let mut moved = 0;
     for (i, &(src, sp)) in flows.iter().enumerate() {
         let (_, p) = send(&mut w, &st3, &frame(src, sp, ACK), 3000);
@@ -155,7 +155,7 @@ fn established_flows_keep_their_backend_across_changes_and_only_removed_ones_mov
         }
     }
     assert!(moved > 100, "about a third of 600 flows were on .12, got {moved}");
-    assert_eq!(w.counters.rescheduled - before, moved);
+    assert_eq!(w.counters[Counter::Rescheduled] - before, moved);
 }
 
 fn spec_of(st: &l4lb::balancer::state::ForwardingState, i: usize) -> l4lb::balancer::state::ServiceSpec {
@@ -205,8 +205,8 @@ fn a_full_flow_table_evicts_and_keeps_forwarding() {
         assert_eq!(v, Verdict::Forward { port: 0 }, "packet {i}");
     }
     let s = w.flow_stats();
-    assert_eq!(w.counters.forwarded, 1000);
-    assert_eq!(w.counters.new_flows, 1000);
+    assert_eq!(w.counters[Counter::Forwarded], 1000);
+    assert_eq!(w.counters[Counter::NewFlows], 1000);
     assert!(w.flows().len() <= 64);
     assert!(s.evicted_unconfirmed > 0 && s.evicted_established > 0, "{s:?}");
     assert_eq!(s.inserts, 1000);
@@ -371,7 +371,7 @@ fn a_staged_burst_is_finished_without_prefetching_again() {
         assert!(finish.0.get() >= 16, "flags {flags:#x}: an unstaged burst is staged by its finish");
         assert_eq!(plan.verdicts(), &[Verdict::Forward { port: 0 }; 16]);
     }
-    assert_eq!(w.counters.new_flows, 64);
+    assert_eq!(w.counters[Counter::NewFlows], 64);
 }
 
 #[test]
@@ -394,7 +394,7 @@ fn the_packet_path_allocates_nothing() {
         allocations += info.count_total;
         assert!(verdicts.iter().all(|v| *v == Verdict::Forward { port: 0 }));
     }
-    assert_eq!(w.counters.forwarded, 200 * 32);
+    assert_eq!(w.counters[Counter::Forwarded], 200 * 32);
     assert_eq!(allocations, 0, "allocations on the packet path");
 }
 
@@ -491,7 +491,7 @@ fn a_ports_own_address_is_never_balanced_on_that_port() {
                 "v6 {v6}: balanced on port 1"
             );
             let mut p = TestPacket::new(&testframes::tcp(round, v6, 0x02));
-            assert_eq!(w.process(&st, &mut p, 0, 0), Verdict::ToKernel, "v6 {v6}: own address on port 0");
+            assert_eq!(w.process(&st, &mut p, 0, 0), Verdict::Local, "v6 {v6}: own address on port 0");
         }
     }
 }

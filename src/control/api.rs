@@ -7,6 +7,7 @@
 //! `{"cmd": "backends"}` (fields by command, see [`Request`]); the answer is
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -58,6 +59,51 @@ pub enum Request {
 
 /// The management loop's answer.
 pub type Reply = Result<Value, String>;
+
+/// `stats`: every worker counter, summed and per worker, and the ports'.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    /// Every row of the workers' counter table (`dataplane::pipeline::
+    /// counters`), summed over workers, by name; drop reasons among them.
+    pub counters: BTreeMap<String, u64>,
+    /// The drop reasons' rows alone (also in `counters`).
+    pub drops: BTreeMap<String, u64>,
+    /// Every packet dropped, whatever the reason.
+    pub dropped: u64,
+    pub flows: u64,
+    pub flow_capacity: u64,
+    /// The newest forwarding state built.
+    pub generation: u64,
+    pub workers: Vec<WorkerStatsRow>,
+    pub ports: Vec<PortCounters>,
+}
+
+/// One worker's counters (by name) and gauges.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerStatsRow {
+    pub counters: BTreeMap<String, u64>,
+    pub flows: u64,
+    /// The forwarding-state generation the worker uses.
+    pub generation: u64,
+    pub longest_poll_gap_us: u64,
+}
+
+/// One port's device counters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortCounters {
+    pub name: String,
+    pub rx_packets: u64,
+    pub tx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub rx_missed: u64,
+    pub rx_errors: u64,
+    pub tx_errors: u64,
+    pub rx_no_mbuf: u64,
+}
 
 /// A question for the management loop.
 pub enum Call {

@@ -4,7 +4,6 @@
 //! metrics endpoint. Nothing here runs on a worker.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,9 +11,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::api::{Call, Reply, Request};
+use super::api::{Call, PortCounters, Reply, Request, Stats, WorkerStatsRow};
 use super::config::Config;
 use super::health::{Checker, Probe};
+use super::metrics::{self, PortRow};
 use super::neighbour::NeighbourTable;
 use super::runtime::{BackendKey, Change, Health, Runtime};
 use super::state_build::{needed_neighbours, PortFacts};
@@ -22,8 +22,8 @@ use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::state::{ForwardingState, SchedState};
 use crate::dataplane::balance::{FlowQuery, StateMailbox};
-use crate::dataplane::pipeline::{BackendCounters, DropReason};
-use crate::dataplane::telemetry::TelemetrySnapshot;
+use crate::dataplane::pipeline::{BackendCounters, Counter, Counters, DROPS_METRIC};
+use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{Mempool, Port};
 
 /// One health-checked backend.
@@ -43,9 +43,6 @@ struct Rate {
     pps: f64,
     bps: f64,
 }
-
-/// A port's name, counters and extended counters.
-type PortRow = (String, crate::dpdk::PortStats, Vec<(String, u64)>);
 
 /// Rebuild a slow-starting state this often.
 const RAMP_STEP_MS: u64 = 250;
@@ -371,9 +368,9 @@ impl<'a> Management<'a> {
         self.mailboxes.iter().map(|m| m.telemetry.active(id) as u64).sum()
     }
 
-    fn telemetry(&self) -> (TelemetrySnapshot, Vec<TelemetrySnapshot>) {
-        let per: Vec<TelemetrySnapshot> = self.mailboxes.iter().map(|m| m.telemetry.snapshot()).collect();
-        let mut sum = TelemetrySnapshot::default();
+    fn telemetry(&self) -> (WorkerStats, Vec<WorkerStats>) {
+        let per: Vec<WorkerStats> = self.mailboxes.iter().map(|m| m.telemetry.snapshot()).collect();
+        let mut sum = WorkerStats::default();
         for s in &per {
             sum += *s;
         }
@@ -520,7 +517,7 @@ impl<'a> Management<'a> {
             "backends": self.runtime.backends.len(),
             "backends_not_down": up,
             "flows": t.flows,
-            "rx_packets": t.stats.rx_packets,
+            "rx_packets": t.counters[Counter::RxPackets],
             "reloads": {"applied": self.reloads_ok, "refused": self.reloads_refused, "last": self.last_reload},
         })
     }
@@ -603,41 +600,45 @@ impl<'a> Management<'a> {
 
     fn stats(&self) -> Value {
         let (t, per) = self.telemetry();
-        let c = &t.stats.pipeline;
-        let drops: serde_json::Map<String, Value> =
-            DropReason::ALL.iter().map(|r| (r.name().to_owned(), json!(c.drop_count(*r)))).collect();
-        let ports: Vec<Value> = self
-            .port_stats(false)
-            .into_iter()
-            .map(|(name, s, _)| {
-                json!({"name": name, "rx_packets": s.rx_packets, "tx_packets": s.tx_packets,
-                       "rx_bytes": s.rx_bytes, "tx_bytes": s.tx_bytes, "rx_missed": s.rx_missed,
-                       "rx_errors": s.rx_errors, "tx_errors": s.tx_errors, "rx_no_mbuf": s.rx_no_mbuf})
-            })
-            .collect();
-        json!({
-            "rx_packets": t.stats.rx_packets,
-            "tx_packets": t.stats.tx_packets,
-            "forwarded": c.forwarded,
-            "replied": c.replied,
-            "to_kernel": c.to_kernel,
-            "dropped": c.dropped(),
-            "dropped_tx_full": t.stats.dropped_tx_full,
-            "drops": drops,
-            "new_flows": c.new_flows,
-            "rescheduled": c.rescheduled,
-            "flows": t.flows,
-            "flow_capacity": t.flow_capacity,
-            "evicted_unconfirmed": t.flow_table.evicted_unconfirmed,
-            "evicted_established": t.flow_table.evicted_established,
-            "generation": self.generation(),
-            "workers": per.iter().map(|w| json!({
-                "rx_packets": w.stats.rx_packets, "busy_polls": w.stats.busy_polls,
-                "idle_polls": w.stats.idle_polls, "flows": w.flows, "generation": w.generation,
-                "longest_poll_gap_us": w.stats.longest_poll_gap_us, "stalls": w.stats.stalls,
-            })).collect::<Vec<_>>(),
-            "ports": ports,
-        })
+        let by_name = |c: &Counters| c.rows().map(|(i, v)| (i.name.to_owned(), v)).collect();
+        let stats = Stats {
+            counters: by_name(&t.counters),
+            drops: t
+                .counters
+                .rows()
+                .filter(|(i, _)| i.metric == DROPS_METRIC)
+                .map(|(i, v)| (i.name.to_owned(), v))
+                .collect(),
+            dropped: t.counters.dropped(),
+            flows: t.flows,
+            flow_capacity: t.flow_capacity,
+            generation: self.generation(),
+            workers: per
+                .iter()
+                .map(|w| WorkerStatsRow {
+                    counters: by_name(&w.counters),
+                    flows: w.flows,
+                    generation: w.generation,
+                    longest_poll_gap_us: w.longest_poll_gap_us,
+                })
+                .collect(),
+            ports: self
+                .port_stats(false)
+                .into_iter()
+                .map(|(name, s, _)| PortCounters {
+                    name,
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_missed: s.rx_missed,
+                    rx_errors: s.rx_errors,
+                    tx_errors: s.tx_errors,
+                    rx_no_mbuf: s.rx_no_mbuf,
+                })
+                .collect(),
+        };
+        serde_json::to_value(stats).unwrap_or_default()
     }
 
     fn lookup(&mut self, proto: &str, src: &str, dst: &str) -> Reply {
@@ -742,281 +743,43 @@ impl<'a> Management<'a> {
         Ok(v)
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition (`control::metrics`) of what this scrape
+    /// gathers.
     pub fn metrics(&self) -> String {
-        let mut o = String::with_capacity(16 * 1024);
-        let (t, per) = self.telemetry();
-        family(&mut o, "l4lb_up", "gauge", "1 while l4lb runs.");
-        let _ = writeln!(o, "l4lb_up 1");
-        family(&mut o, "l4lb_forwarding_state_generation", "gauge", "Newest forwarding state built.");
-        let _ = writeln!(o, "l4lb_forwarding_state_generation {}", self.generation());
-        family(&mut o, "l4lb_reloads_total", "counter", "Configuration reloads by result.");
-        let _ = writeln!(o, "l4lb_reloads_total{{result=\"applied\"}} {}", self.reloads_ok);
-        let _ = writeln!(o, "l4lb_reloads_total{{result=\"refused\"}} {}", self.reloads_refused);
-
-        let port_rows = self.port_stats(true);
-        for (name, help, get) in [
-            (
-                "l4lb_port_rx_packets_total",
-                "Packets received by the port.",
-                (|s: &crate::dpdk::PortStats| s.rx_packets) as fn(&crate::dpdk::PortStats) -> u64,
-            ),
-            ("l4lb_port_tx_packets_total", "Packets sent by the port.", |s| s.tx_packets),
-            ("l4lb_port_rx_bytes_total", "Bytes received by the port.", |s| s.rx_bytes),
-            ("l4lb_port_tx_bytes_total", "Bytes sent by the port.", |s| s.tx_bytes),
-            ("l4lb_port_rx_missed_total", "Packets the device dropped: RX queue full.", |s| s.rx_missed),
-            ("l4lb_port_rx_errors_total", "Receive errors.", |s| s.rx_errors),
-            ("l4lb_port_tx_errors_total", "Transmit errors.", |s| s.tx_errors),
-            ("l4lb_port_rx_nombuf_total", "Receive failures: packet pool empty.", |s| s.rx_no_mbuf),
-        ] {
-            family(&mut o, name, "counter", help);
-            for (port, s, _) in &port_rows {
-                let _ = writeln!(o, "{name}{{port=\"{}\"}} {}", esc(port), get(s));
-            }
-        }
-        family(
-            &mut o,
-            "l4lb_port_xstat",
-            "untyped",
-            "The driver's extended statistics (rte_eth_xstats), by name.",
-        );
-        for (port, _, xs) in &port_rows {
-            for (n, v) in xs {
-                let _ = writeln!(o, "l4lb_port_xstat{{port=\"{}\",name=\"{}\"}} {v}", esc(port), esc(n));
-            }
-        }
-
+        let (_, per) = self.telemetry();
         let entries = self.table_entries();
         let c = &self.runtime.cfg.config;
-        let mut svc_rows = Vec::new();
-        let mut be_rows = Vec::new();
+        let mut services = Vec::new();
+        let mut backends = Vec::new();
         for s in &c.services {
-            let mut sum = [0u64; 4];
+            let mut sums = [0u64; 4];
             for b in &s.backends {
                 let st = &self.runtime.backends[&(s.name.clone(), b.address)];
                 let (p, by) = self.traffic(st.id);
-                let vals = [p, by, self.new_flows(st.id), self.active(st.id)];
-                for (a, v) in sum.iter_mut().zip(vals) {
+                let traffic = [p, by, self.new_flows(st.id), self.active(st.id)];
+                for (a, v) in sums.iter_mut().zip(traffic) {
                     *a += v;
                 }
-                be_rows.push((
-                    s.name.clone(),
-                    b.address.to_string(),
-                    st.clone(),
-                    vals,
-                    entries.get(&st.id).copied(),
-                ));
+                backends.push(metrics::BackendRow {
+                    service: s.name.clone(),
+                    addr: b.address.to_string(),
+                    status: st.clone(),
+                    traffic,
+                    maglev_entries: entries.get(&st.id).copied(),
+                });
             }
-            svc_rows.push((s.name.clone(), s.vip.to_string(), sum));
+            services.push(metrics::ServiceRow { name: s.name.clone(), vip: s.vip.to_string(), sums });
         }
-        for (i, (name, kind, help)) in [
-            ("l4lb_service_packets_total", "counter", "Packets sent to the service's backends."),
-            (
-                "l4lb_service_bytes_total",
-                "counter",
-                "IP bytes sent to the service's backends (before encapsulation).",
-            ),
-            ("l4lb_service_new_flows_total", "counter", "Flows scheduled to the service's backends."),
-            ("l4lb_service_active_flows", "gauge", "Flows the workers track for the service."),
-        ]
-        .iter()
-        .enumerate()
-        {
-            family(&mut o, name, kind, help);
-            for (svc, vip, sum) in &svc_rows {
-                let _ = writeln!(o, "{name}{{service=\"{}\",vip=\"{vip}\"}} {}", esc(svc), sum[i]);
-            }
-        }
-        for (i, (name, kind, help)) in [
-            ("l4lb_backend_packets_total", "counter", "Packets sent to the backend."),
-            ("l4lb_backend_bytes_total", "counter", "IP bytes sent to the backend (before encapsulation)."),
-            ("l4lb_backend_new_flows_total", "counter", "Flows scheduled (or moved) to the backend."),
-            ("l4lb_backend_active_flows", "gauge", "Flows the workers track for the backend."),
-        ]
-        .iter()
-        .enumerate()
-        {
-            family(&mut o, name, kind, help);
-            for (svc, addr, _, vals, _) in &be_rows {
-                let _ = writeln!(o, "{name}{{service=\"{}\",backend=\"{addr}\"}} {}", esc(svc), vals[i]);
-            }
-        }
-        family(&mut o, "l4lb_backend_up", "gauge", "1 when the backend is not down by its health checks.");
-        for (svc, addr, st, _, _) in &be_rows {
-            let _ = writeln!(
-                o,
-                "l4lb_backend_up{{service=\"{}\",backend=\"{addr}\"}} {}",
-                esc(svc),
-                (st.health.state != Health::Down) as u8
-            );
-        }
-        family(
-            &mut o,
-            "l4lb_backend_health",
-            "gauge",
-            "Health state (unknown, up, down): 1 for the current one.",
-        );
-        for (svc, addr, st, _, _) in &be_rows {
-            for h in [Health::Unknown, Health::Up, Health::Down] {
-                let _ = writeln!(
-                    o,
-                    "l4lb_backend_health{{service=\"{}\",backend=\"{addr}\",state=\"{}\"}} {}",
-                    esc(svc),
-                    h.name(),
-                    (st.health.state == h) as u8
-                );
-            }
-        }
-        family(&mut o, "l4lb_backend_draining", "gauge", "1 while the backend is drained.");
-        for (svc, addr, st, _, _) in &be_rows {
-            let _ = writeln!(
-                o,
-                "l4lb_backend_draining{{service=\"{}\",backend=\"{addr}\"}} {}",
-                esc(svc),
-                st.draining_since_ms.is_some() as u8
-            );
-        }
-        family(&mut o, "l4lb_backend_maglev_entries", "gauge", "Maglev table entries the backend holds.");
-        for (svc, addr, _, _, e) in &be_rows {
-            let _ = writeln!(
-                o,
-                "l4lb_backend_maglev_entries{{service=\"{}\",backend=\"{addr}\"}} {}",
-                esc(svc),
-                e.unwrap_or(0)
-            );
-        }
-        family(
-            &mut o,
-            "l4lb_backend_check_rtt_seconds",
-            "gauge",
-            "Round-trip time of the last successful health check.",
-        );
-        for (svc, addr, st, _, _) in &be_rows {
-            if st.checks_ok > 0 {
-                let _ = writeln!(
-                    o,
-                    "l4lb_backend_check_rtt_seconds{{service=\"{}\",backend=\"{addr}\"}} {}",
-                    esc(svc),
-                    st.rtt_us as f64 / 1e6
-                );
-            }
-        }
-        family(&mut o, "l4lb_backend_checks_total", "counter", "Health checks by result.");
-        for (svc, addr, st, _, _) in &be_rows {
-            let _ = writeln!(
-                o,
-                "l4lb_backend_checks_total{{service=\"{}\",backend=\"{addr}\",result=\"ok\"}} {}",
-                esc(svc),
-                st.checks_ok
-            );
-            let _ = writeln!(
-                o,
-                "l4lb_backend_checks_total{{service=\"{}\",backend=\"{addr}\",result=\"failed\"}} {}",
-                esc(svc),
-                st.checks_failed
-            );
-        }
-
-        family(&mut o, "l4lb_drops_total", "counter", "Packets dropped, by reason.");
-        for r in DropReason::ALL {
-            let _ =
-                writeln!(o, "l4lb_drops_total{{reason=\"{}\"}} {}", r.name(), t.stats.pipeline.drop_count(r));
-        }
-        let _ = writeln!(o, "l4lb_drops_total{{reason=\"tx_full\"}} {}", t.stats.dropped_tx_full);
-        let p = &t.stats.pipeline;
-        for (name, help, v) in [
-            ("l4lb_forwarded_packets_total", "Packets rewritten and sent to a backend.", p.forwarded),
-            ("l4lb_replied_packets_total", "Packets answered (ARP, ICMP echo, frag-needed, NA).", p.replied),
-            ("l4lb_to_kernel_packets_total", "Packets for the host (not forwarded).", p.to_kernel),
-            ("l4lb_new_flows_total", "Flows scheduled.", p.new_flows),
-            (
-                "l4lb_rescheduled_flows_total",
-                "Tracked flows moved because their backend left.",
-                p.rescheduled,
-            ),
-            (
-                "l4lb_icmp_too_big_sent_total",
-                "frag-needed / packet-too-big answers sent.",
-                p.icmp_too_big_sent,
-            ),
-        ] {
-            family(&mut o, name, "counter", help);
-            let _ = writeln!(o, "{name} {v}");
-        }
-        for (name, kind, help, get) in [
-            (
-                "l4lb_worker_rx_packets_total",
-                "counter",
-                "Packets a worker received.",
-                (|s: &TelemetrySnapshot| s.stats.rx_packets) as fn(&TelemetrySnapshot) -> u64,
-            ),
-            ("l4lb_worker_tx_packets_total", "counter", "Packets a worker sent.", |s| s.stats.tx_packets),
-            ("l4lb_worker_busy_polls_total", "counter", "Polls that received packets.", |s| {
-                s.stats.busy_polls
-            }),
-            ("l4lb_worker_idle_polls_total", "counter", "Polls that received nothing.", |s| {
-                s.stats.idle_polls
-            }),
-            ("l4lb_worker_state_generation", "gauge", "Forwarding-state generation the worker uses.", |s| {
-                s.generation
-            }),
-            (
-                "l4lb_worker_longest_poll_gap_microseconds",
-                "gauge",
-                "The longest time between two polls since start (the worker was not running).",
-                |s| s.stats.longest_poll_gap_us,
-            ),
-            (
-                "l4lb_worker_stalls_total",
-                "counter",
-                "Gaps of 1 ms or more between two polls, not counting idle pauses.",
-                |s| s.stats.stalls,
-            ),
-            (
-                "l4lb_flow_table_entries",
-                "gauge",
-                "Occupied flow-table slots (expired ones not yet reclaimed included).",
-                |s| s.flows,
-            ),
-            ("l4lb_flow_table_capacity", "gauge", "Flow-table slots.", |s| s.flow_capacity),
-            ("l4lb_flow_table_expired_total", "counter", "Expired flows reclaimed.", |s| {
-                s.flow_table.expired
-            }),
-        ] {
-            family(&mut o, name, kind, help);
-            for (w, s) in per.iter().enumerate() {
-                let _ = writeln!(o, "{name}{{worker=\"{w}\"}} {}", get(s));
-            }
-        }
-        family(
-            &mut o,
-            "l4lb_flow_table_evictions_total",
-            "counter",
-            "Live flows evicted from a full table, by class.",
-        );
-        for (w, s) in per.iter().enumerate() {
-            let _ = writeln!(
-                o,
-                "l4lb_flow_table_evictions_total{{worker=\"{w}\",class=\"unconfirmed\"}} {}",
-                s.flow_table.evicted_unconfirmed
-            );
-            let _ = writeln!(
-                o,
-                "l4lb_flow_table_evictions_total{{worker=\"{w}\",class=\"established\"}} {}",
-                s.flow_table.evicted_established
-            );
-        }
-        o
+        metrics::render(&metrics::Scrape {
+            generation: self.generation(),
+            reloads_applied: self.reloads_ok,
+            reloads_refused: self.reloads_refused,
+            ports: self.port_stats(true),
+            services,
+            backends,
+            workers: per,
+        })
     }
-}
-
-fn family(o: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// A Prometheus label value with `\`, `"` and newlines escaped.
-fn esc(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// (address, MAC) from an ARP reply or a neighbour advertisement.
@@ -1035,16 +798,5 @@ pub fn neighbour_answer(frame: &[u8]) -> Option<(IpAddr, [u8; 6])> {
                 .then(|| (IpAddr::V6(na.target), na.link_addr.unwrap_or(f.src())))
         }
         _ => None,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::esc;
-
-    #[test]
-    fn label_values_are_escaped() {
-        assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
-        assert_eq!(esc("x\ny"), "x\\ny");
     }
 }

@@ -5,6 +5,7 @@ pub mod api;
 pub mod config;
 pub mod health;
 pub mod lcores;
+pub mod metrics;
 pub mod mgmt;
 pub mod neighbour;
 pub mod runtime;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use crossbeam::queue::ArrayQueue;
 
 use super::forward::{flush_all, IdleBackoff, PollConfig, PollGaps};
-use super::pipeline::{BurstPlan, Counters, Verdict, Worker};
-use super::telemetry::WorkerTelemetry;
+use super::pipeline::{BurstPlan, Counter, Counters, DropReason, Verdict, Worker};
+use super::telemetry::{WorkerStats, WorkerTelemetry};
 use crate::balancer::flow::FlowKey;
 use crate::balancer::flowtable::Entry;
 use crate::balancer::limits::MAX_BACKEND_IDS;
@@ -120,45 +120,6 @@ pub struct BalanceWorker<'p> {
     pub pipeline: Worker,
 }
 
-/// What a balancing worker reports when it stops.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct BalanceStats {
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    pub dropped_tx_full: u64,
-    pub busy_polls: u64,
-    pub idle_polls: u64,
-    pub pipeline: Counters,
-    pub states_adopted: u64,
-    /// Control packets handed to the management core / dropped on a full ring.
-    pub control_up: u64,
-    pub control_up_dropped: u64,
-    /// Packets the management core asked this worker to send.
-    pub control_sent: u64,
-    /// The longest gap between two polls, in microseconds, and the gaps of
-    /// [`STALL_US`] or more (see [`PollGaps`]). Summed over workers: the
-    /// longest and the total.
-    pub longest_poll_gap_us: u64,
-    pub stalls: u64,
-}
-
-impl std::ops::AddAssign for BalanceStats {
-    fn add_assign(&mut self, o: Self) {
-        self.rx_packets += o.rx_packets;
-        self.tx_packets += o.tx_packets;
-        self.dropped_tx_full += o.dropped_tx_full;
-        self.busy_polls += o.busy_polls;
-        self.idle_polls += o.idle_polls;
-        self.pipeline.add(&o.pipeline);
-        self.states_adopted += o.states_adopted;
-        self.control_up += o.control_up;
-        self.control_up_dropped += o.control_up_dropped;
-        self.control_sent += o.control_sent;
-        self.longest_poll_gap_us = self.longest_poll_gap_us.max(o.longest_poll_gap_us);
-        self.stalls += o.stalls;
-    }
-}
-
 /// A gap between polls this long (µs) counts as a stall: at 10 Mpps a
 /// 1024-descriptor RX ring fills in 0.1 ms.
 pub const STALL_US: u64 = 1000;
@@ -179,8 +140,8 @@ impl BalanceWorker<'_> {
         tsc_per_ms: u64,
         mailbox: &StateMailbox,
         stop: &AtomicBool,
-    ) -> BalanceStats {
-        let mut stats = BalanceStats::default();
+    ) -> WorkerStats {
+        let mut stats = WorkerStats::default();
         // Room for every state the rings can hold, so handing back never allocates.
         let mut pending: Vec<Arc<ForwardingState>> = Vec::with_capacity(64);
         let mut state = loop {
@@ -192,7 +153,7 @@ impl BalanceWorker<'_> {
             }
             std::hint::spin_loop();
         };
-        stats.states_adopted += 1;
+        self.pipeline.counters[Counter::StatesAdopted] += 1;
         // Two bursts in flight: each poll prepares the burst it receives
         // (parse, first flow-table prefetches) before it finishes the one it
         // held from the poll before, and stages the held one (its second
@@ -212,7 +173,7 @@ impl BalanceWorker<'_> {
                 // A held burst planned with the old state is parsed again
                 // when it is finished (`Worker::finish_burst`).
                 pending.push(std::mem::replace(&mut state, newer));
-                stats.states_adopted += 1;
+                self.pipeline.counters[Counter::StatesAdopted] += 1;
             }
             if !pending.is_empty() {
                 mailbox.give_back(&mut pending);
@@ -220,7 +181,7 @@ impl BalanceWorker<'_> {
             while let Some((port, m)) = mailbox.control_down.pop() {
                 if let Some(t) = self.tx.get_mut(port as usize) {
                     t.push(m);
-                    stats.control_sent += 1;
+                    self.pipeline.counters[Counter::ControlSent] += 1;
                 }
             }
             let now_tsc = tsc();
@@ -228,9 +189,7 @@ impl BalanceWorker<'_> {
             gaps.poll(now_tsc);
             if now_ms.wrapping_sub(published_ms) >= PUBLISH_MS {
                 published_ms = now_ms;
-                stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms;
-                stats.stalls = gaps.stalls;
-                self.publish(&mut stats, &state, mailbox, now_ms);
+                self.publish(&mut stats, &gaps, tsc_per_ms, &state, mailbox, now_ms);
             }
             let mut got = 0usize;
             for (rxq, port) in self.rx.iter_mut() {
@@ -255,7 +214,7 @@ impl BalanceWorker<'_> {
                         &CpuPrefetch,
                     );
                 }
-                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, mailbox, &mut stats);
+                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, mailbox);
                 if n > 0 {
                     std::mem::swap(&mut next, &mut held);
                 }
@@ -263,22 +222,19 @@ impl BalanceWorker<'_> {
             for t in self.tx.iter_mut() {
                 t.drain_if_due(now_tsc);
             }
-            stats.rx_packets += got as u64;
+            self.pipeline.counters[Counter::RxPackets] += got as u64;
             let sweep = if got > 0 { SWEEP_BUSY } else { SWEEP_IDLE };
             self.pipeline.sweep(now_ms, sweep);
             if got > 0 {
                 self.pipeline.prefetch_sweep(SWEEP_BUSY, &CpuPrefetch);
             }
-            if backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls) {
+            if backoff.after_poll(got, &cfg, &mut self.pipeline.counters) {
                 gaps.paused();
             }
         }
-        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, mailbox, &mut stats);
-        (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
-        stats.pipeline = self.pipeline.counters;
-        stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms;
-        stats.stalls = gaps.stalls;
-        self.publish(&mut stats, &state, mailbox, tsc() / tsc_per_ms);
+        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, mailbox);
+        flush_all(&mut self.tx);
+        self.publish(&mut stats, &gaps, tsc_per_ms, &state, mailbox, tsc() / tsc_per_ms);
         pending.push(state);
         mailbox.give_back(&mut pending);
         stats
@@ -290,22 +246,25 @@ impl BalanceWorker<'_> {
     /// flow-table questions (both off the per-packet path: once per ms).
     fn publish(
         &self,
-        stats: &mut BalanceStats,
+        stats: &mut WorkerStats,
+        gaps: &PollGaps,
+        tsc_per_ms: u64,
         state: &ForwardingState,
         mailbox: &StateMailbox,
         now_ms: u64,
     ) {
-        let (mut tx, mut full) = (0, 0);
+        let p = &self.pipeline;
+        stats.counters = p.counter_snapshot();
+        let c = &mut stats.counters;
         for t in &self.tx {
             let s = t.stats();
-            tx += s.sent;
-            full += s.dropped_full;
+            c[Counter::TxPackets] += s.sent;
+            c[DropReason::TxFull] += s.dropped_full;
         }
-        stats.tx_packets = tx;
-        stats.dropped_tx_full = full;
-        let p = &self.pipeline;
-        let flows = (p.flows().len(), p.flows().capacity(), p.flow_stats());
-        mailbox.telemetry.publish(stats, &p.counters, flows, state, |id| p.active_flows(id));
+        c[Counter::Stalls] = gaps.stalls;
+        stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms;
+        (stats.flows, stats.flow_capacity) = (p.flows().len() as u64, p.flows().capacity() as u64);
+        mailbox.telemetry.publish(stats, state, |id| p.active_flows(id));
         while let Some(q) = mailbox.queries.pop() {
             let _ = mailbox.answers.push(FlowAnswer {
                 tag: q.tag,
@@ -342,13 +301,13 @@ impl InFlight {
         now_ms: u64,
         tx: &mut [TxQueue<'_>],
         mailbox: &StateMailbox,
-        stats: &mut BalanceStats,
     ) {
         if self.burst.is_empty() {
             return;
         }
         pipeline.finish_burst(st, self.burst.as_mut_slice(), self.port, now_ms, &mut self.plan, &CpuPrefetch);
-        dispatch(tx, mailbox, stats, &mut self.burst, self.port, self.plan.verdicts());
+        let verdicts = self.plan.verdicts();
+        dispatch(tx, mailbox, &mut pipeline.counters, &mut self.burst, self.port, verdicts);
     }
 }
 
@@ -357,7 +316,7 @@ impl InFlight {
 fn dispatch(
     tx: &mut [TxQueue<'_>],
     mailbox: &StateMailbox,
-    stats: &mut BalanceStats,
+    counters: &mut Counters,
     burst: &mut Burst,
     in_port: u16,
     verdicts: &[Verdict],
@@ -369,14 +328,13 @@ fn dispatch(
                 None => drop(m),
             },
             // ARP replies and neighbour advertisements teach the management
-            // core its neighbours; the rest of the kernel-bound traffic is
+            // core its neighbours; the rest of the traffic for the box is
             // counted by the pipeline and freed (no kernel exception path yet).
-            Verdict::ToKernel if is_neighbour_answer(m.data()) => match mailbox.control_up.push((in_port, m))
-            {
-                Ok(()) => stats.control_up += 1,
-                Err(_) => stats.control_up_dropped += 1,
+            Verdict::Local if is_neighbour_answer(m.data()) => match mailbox.control_up.push((in_port, m)) {
+                Ok(()) => counters[Counter::ControlUp] += 1,
+                Err(_) => counters[DropReason::ControlRingFull] += 1,
             },
-            Verdict::ToKernel | Verdict::Drop(_) => drop(m),
+            Verdict::Local | Verdict::Drop(_) => drop(m),
         }
     }
 }

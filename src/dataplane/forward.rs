@@ -5,40 +5,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::pipeline::{Counter, Counters, DropReason};
+use super::telemetry::WorkerStats;
 use crate::dpdk::{tsc, Burst, RxQueue, TxQueue};
-
-/// What one worker did; summed over workers at shutdown.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct WorkerStats {
-    pub rx_packets: u64,
-    pub tx_packets: u64,
-    /// Received on a port that forwards nowhere.
-    pub dropped_no_route: u64,
-    /// Freed because the TX buffer and the device were both full.
-    pub dropped_tx_full: u64,
-    /// Polls of all queues that found at least one packet.
-    pub busy_polls: u64,
-    /// Polls of all queues that found nothing.
-    pub idle_polls: u64,
-    /// The longest gap between two polls, in microseconds, and the gaps of
-    /// [`STALL_US`](super::balance::STALL_US) or more (see [`PollGaps`]):
-    /// summed over workers, the longest and the total.
-    pub longest_poll_gap_us: u64,
-    pub stalls: u64,
-}
-
-impl std::ops::AddAssign for WorkerStats {
-    fn add_assign(&mut self, o: Self) {
-        self.rx_packets += o.rx_packets;
-        self.tx_packets += o.tx_packets;
-        self.dropped_no_route += o.dropped_no_route;
-        self.dropped_tx_full += o.dropped_tx_full;
-        self.busy_polls += o.busy_polls;
-        self.idle_polls += o.idle_polls;
-        self.longest_poll_gap_us = self.longest_poll_gap_us.max(o.longest_poll_gap_us);
-        self.stalls += o.stalls;
-    }
-}
 
 /// How the loop polls and backs off.
 #[derive(Debug, Clone, Copy)]
@@ -61,13 +30,13 @@ impl IdleBackoff {
     /// Records a poll that received `got` packets; sleeps when the idle run
     /// is long enough. Returns whether it slept.
     #[inline]
-    pub fn after_poll(&mut self, got: usize, cfg: &PollConfig, busy: &mut u64, idle: &mut u64) -> bool {
+    pub fn after_poll(&mut self, got: usize, cfg: &PollConfig, counters: &mut Counters) -> bool {
         if got > 0 {
-            *busy += 1;
+            counters[Counter::BusyPolls] += 1;
             self.idle_run = 0;
             return false;
         }
-        *idle += 1;
+        counters[Counter::IdlePolls] += 1;
         self.idle_run = self.idle_run.saturating_add(1);
         if !cfg.idle_pause.is_zero() && self.idle_run >= cfg.idle_polls_before_pause {
             std::thread::sleep(cfg.idle_pause);
@@ -154,7 +123,7 @@ impl ForwardWorker<'_> {
                 match out {
                     Some(o) => self.tx[*o].push_burst(&mut burst),
                     None => {
-                        stats.dropped_no_route += n as u64;
+                        stats.counters[DropReason::NoRoute] += n as u64;
                         burst.clear();
                     }
                 }
@@ -162,14 +131,15 @@ impl ForwardWorker<'_> {
             for t in self.tx.iter_mut() {
                 t.drain_if_due(now);
             }
-            stats.rx_packets += got as u64;
-            if backoff.after_poll(got, &cfg, &mut stats.busy_polls, &mut stats.idle_polls) {
+            stats.counters[Counter::RxPackets] += got as u64;
+            if backoff.after_poll(got, &cfg, &mut stats.counters) {
                 gaps.paused();
             }
         }
-        (stats.tx_packets, stats.dropped_tx_full) = flush_all(&mut self.tx);
+        let c = &mut stats.counters;
+        (c[Counter::TxPackets], c[DropReason::TxFull]) = flush_all(&mut self.tx);
+        c[Counter::Stalls] = gaps.stalls;
         stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms.max(1);
-        stats.stalls = gaps.stalls;
         // Dropping the TX queues frees (and the stats above omit) whatever the
         // device still refused at the very end.
         stats
@@ -200,10 +170,18 @@ mod tests {
 
     #[test]
     fn worker_stats_sum_counts_and_keep_the_longest_gap() {
-        let mut a = WorkerStats { rx_packets: 5, longest_poll_gap_us: 300, stalls: 1, ..Default::default() };
-        a += WorkerStats { rx_packets: 7, longest_poll_gap_us: 2500, stalls: 2, ..Default::default() };
-        a += WorkerStats { longest_poll_gap_us: 40, ..Default::default() };
-        assert_eq!((a.rx_packets, a.longest_poll_gap_us, a.stalls), (12, 2500, 3));
+        let stats = |rx: u64, gap_us: u64, stalls: u64| {
+            let mut s = WorkerStats { longest_poll_gap_us: gap_us, ..Default::default() };
+            (s.counters[Counter::RxPackets], s.counters[Counter::Stalls]) = (rx, stalls);
+            s
+        };
+        let mut a = stats(5, 300, 1);
+        a += stats(7, 2500, 2);
+        a += stats(0, 40, 0);
+        assert_eq!(
+            (a.counters[Counter::RxPackets], a.longest_poll_gap_us, a.counters[Counter::Stalls]),
+            (12, 2500, 3)
+        );
     }
 
     #[test]
@@ -214,13 +192,13 @@ mod tests {
             idle_polls_before_pause: 2,
             idle_pause: Duration::from_micros(1),
         };
-        let (mut b, mut busy, mut idle) = (IdleBackoff::default(), 0, 0);
-        assert!(!b.after_poll(0, &cfg, &mut busy, &mut idle));
-        assert!(b.after_poll(0, &cfg, &mut busy, &mut idle));
-        assert!(!b.after_poll(5, &cfg, &mut busy, &mut idle));
-        assert!(!b.after_poll(0, &cfg, &mut busy, &mut idle));
-        assert_eq!((busy, idle), (1, 3));
+        let (mut b, mut c) = (IdleBackoff::default(), Counters::default());
+        assert!(!b.after_poll(0, &cfg, &mut c));
+        assert!(b.after_poll(0, &cfg, &mut c));
+        assert!(!b.after_poll(5, &cfg, &mut c));
+        assert!(!b.after_poll(0, &cfg, &mut c));
+        assert_eq!((c[Counter::BusyPolls], c[Counter::IdlePolls]), (1, 3));
         let off = PollConfig { idle_pause: Duration::ZERO, ..cfg };
-        assert!(!b.after_poll(0, &off, &mut busy, &mut idle));
+        assert!(!b.after_poll(0, &off, &mut c));
     }
 }

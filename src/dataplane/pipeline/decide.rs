@@ -3,7 +3,7 @@
 //! scheduler; the flow's state machine from the client's packets.
 
 use super::verdict::DropReason;
-use super::{release, PacketMeta, TablePlan, Verdict, Worker};
+use super::{release, Counter, PacketMeta, TablePlan, Verdict, Worker};
 use crate::balancer::flow::KeyKind;
 use crate::balancer::flowtable::{refresh_slack, Entry, FlowState};
 use crate::balancer::state::{ForwardingState, Service};
@@ -61,7 +61,7 @@ impl Worker {
                         }
                         let state = next_state(svc.proto, kind, meta.tcp_flags, None);
                         self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
-                        self.counters.rescheduled += 1;
+                        self.counters[Counter::Rescheduled] += 1;
                         self.per_backend.count_new_flow(id as usize);
                         (b, id)
                     }
@@ -82,7 +82,7 @@ impl Worker {
                     if let Some(a) = self.active.get_mut(id as usize) {
                         *a += 1;
                     }
-                    self.counters.new_flows += 1;
+                    self.counters[Counter::NewFlows] += 1;
                     self.per_backend.count_new_flow(id as usize);
                 }
                 (b, id)

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::verdict::DropReason;
-use super::{PacketMeta, Verdict, Worker, OWN_TTL, V4_HDR, V6_HDR};
+use super::{Counter, PacketMeta, Verdict, Worker, OWN_TTL, V4_HDR, V6_HDR};
 use crate::balancer::state::ForwardingState;
 use crate::dataplane::packet::Packet;
 use crate::net::{ethernet, icmp, ipv4, ipv6, proto};
@@ -92,7 +92,7 @@ impl Worker {
         if have > len && !pkt.trim_back(have - len) {
             return Verdict::Drop(DropReason::Malformed);
         }
-        self.counters.icmp_too_big_sent += 1;
+        self.counters[Counter::IcmpTooBigSent] += 1;
         Verdict::Reply { port: in_port }
     }
 }

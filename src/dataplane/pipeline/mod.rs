@@ -8,7 +8,8 @@
 //!    persistence;
 //! 4. **rewrite** ([`encap`]: L2 MAC rewrite, IP-in-IP, GUE; [`icmp_error`]:
 //!    frag-needed / packet-too-big when the packet would not fit);
-//! 5. **dispatch**: the [`Verdict`] and its counter ([`verdict`]); the worker
+//! 5. **dispatch**: the [`Verdict`] ([`verdict`]) and its counter
+//!    ([`counters`], the worker's one counter table); the worker
 //!    loop (`dataplane::balance`) sends, hands up or frees the packet.
 //!
 //! [`Worker::process`] runs one packet through it; [`Worker::process_burst`]
@@ -28,6 +29,7 @@ use crate::balancer::Prefetch;
 use crate::net::tcp;
 
 mod burst;
+mod counters;
 mod decide;
 mod encap;
 mod fast;
@@ -39,8 +41,9 @@ mod tests;
 mod verdict;
 
 pub use burst::BurstPlan;
+pub use counters::{row_info, BackendCounters, Counter, CounterInfo, Counters, DROPS_METRIC, ROWS};
 pub use decide::next_state;
-pub use verdict::{BackendCounters, Counters, DropReason, Verdict};
+pub use verdict::{DropReason, Verdict};
 
 use fast::{ServiceMemo, ServiceMemoV6};
 
@@ -200,6 +203,17 @@ impl Worker {
         self.flows.stats()
     }
 
+    /// The counter table with the flow table's own counts filled in.
+    pub fn counter_snapshot(&self) -> Counters {
+        let mut c = self.counters;
+        let fs = self.flows.stats();
+        c[Counter::FlowInserts] = fs.inserts;
+        c[Counter::FlowsExpired] = fs.expired;
+        c[Counter::EvictedUnconfirmed] = fs.evicted_unconfirmed;
+        c[Counter::EvictedEstablished] = fs.evicted_established;
+        c
+    }
+
     pub fn flows(&self) -> &FlowTable {
         &self.flows
     }
@@ -275,7 +289,7 @@ impl Worker {
     #[inline(always)]
     fn count(&mut self, v: Verdict) {
         if let Verdict::Forward { .. } = v {
-            self.counters.forwarded += 1;
+            self.counters[Counter::Forwarded] += 1;
             return;
         }
         self.count_other(v)
@@ -283,11 +297,6 @@ impl Worker {
 
     #[inline(never)]
     fn count_other(&mut self, v: Verdict) {
-        match v {
-            Verdict::Forward { .. } => self.counters.forwarded += 1,
-            Verdict::Reply { .. } => self.counters.replied += 1,
-            Verdict::ToKernel => self.counters.to_kernel += 1,
-            Verdict::Drop(r) => self.counters.drops[r as usize] += 1,
-        }
+        self.counters.count(v)
     }
 }

@@ -163,7 +163,7 @@ impl Worker {
             if t == icmp::v6::NEIGHBOR_ADVERT || t == icmp::v6::ROUTER_SOLICIT || t == icmp::v6::ROUTER_ADVERT
             {
                 // Advertisements and router messages are for the control plane.
-                return Some(Verdict::ToKernel);
+                return Some(Verdict::Local);
             }
         }
         if ip.hop_limit() == 0 {

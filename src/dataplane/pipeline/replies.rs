@@ -28,7 +28,7 @@ impl Worker {
             return Verdict::Drop(DropReason::Malformed);
         };
         if a.op() != arp::OP_REQUEST {
-            return Verdict::ToKernel;
+            return Verdict::Local;
         }
         let target = a.target_ip();
         let ours = port.ipv4 == Some(target) || st.is_vip(&mapped(target)).is_some_and(|s| s.answer_arp);
@@ -55,7 +55,7 @@ impl Worker {
             && ip.payload().len() >= icmp::HEADER_LEN
             && ip.payload()[icmp::field::TYPE] == icmp::v4::ECHO_REQUEST;
         if !is_echo {
-            return if own { Verdict::ToKernel } else { Verdict::Drop(DropReason::NoService) };
+            return if own { Verdict::Local } else { Verdict::Drop(DropReason::NoService) };
         }
         ethernet::swap_addresses(data);
         let Ok(mut ip) = ipv4::Packet::new_checked(&mut data[l2..]) else {
@@ -84,7 +84,7 @@ impl Worker {
             && data.len() >= l2 + l4_off + icmp::HEADER_LEN
             && data[l2 + l4_off + icmp::field::TYPE] == icmp::v6::ECHO_REQUEST;
         if !is_echo {
-            return if own { Verdict::ToKernel } else { Verdict::Drop(DropReason::NoService) };
+            return if own { Verdict::Local } else { Verdict::Drop(DropReason::NoService) };
         }
         ethernet::swap_addresses(data);
         let Ok(mut ip) = ipv6::Packet::new_checked(&mut data[l2..]) else {

@@ -1,0 +1,284 @@
+//! Prometheus text exposition (format 0.0.4) of what the management core
+//! gathered: ports, services, backends, and every worker's counter table.
+//!
+//! Written here rather than with a client crate (`prometheus-client`,
+//! `prometheus`): their model is metric objects that own their values and a
+//! registry that encodes them, while l4lb's values live elsewhere — in the
+//! workers' telemetry blocks, the backend registry and the ports — and are
+//! read once per scrape. Rendering those values is a loop over rows and one
+//! escaping rule; a registry would add a copy of every value and a
+//! dependency without removing either.
+
+use std::fmt::{Display, Write as _};
+
+use super::runtime::{BackendStatus, Health};
+use crate::dataplane::pipeline::{row_info, DROPS_METRIC, ROWS};
+use crate::dataplane::telemetry::WorkerStats;
+use crate::dpdk::PortStats;
+
+/// A port's name, counters and extended counters.
+pub type PortRow = (String, PortStats, Vec<(String, u64)>);
+
+/// One service: name, VIP, and its backends' packets, bytes, new flows and
+/// active flows summed.
+pub struct ServiceRow {
+    pub name: String,
+    pub vip: String,
+    pub sums: [u64; 4],
+}
+
+/// One backend: service, address, registry status, [packets, bytes, new
+/// flows, active flows], Maglev entries in the current state.
+pub struct BackendRow {
+    pub service: String,
+    pub addr: String,
+    pub status: BackendStatus,
+    pub traffic: [u64; 4],
+    pub maglev_entries: Option<u64>,
+}
+
+/// Everything one scrape shows.
+pub struct Scrape {
+    pub generation: u64,
+    pub reloads_applied: u64,
+    pub reloads_refused: u64,
+    pub ports: Vec<PortRow>,
+    pub services: Vec<ServiceRow>,
+    pub backends: Vec<BackendRow>,
+    /// Each worker's counters and gauges, by worker index.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// A text exposition being written: families (HELP and TYPE) and samples.
+#[derive(Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values are escaped.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let _ = write!(self.out, "{k}=\"{}\"", esc(v));
+            }
+            self.out.push('}');
+        }
+        let _ = writeln!(self.out, " {value}");
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// A Prometheus label value with `\`, `"` and newlines escaped.
+pub fn esc(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The whole exposition of one scrape.
+pub fn render(s: &Scrape) -> String {
+    let mut e = Exposition::default();
+    e.family("l4lb_up", "gauge", "1 while l4lb runs.");
+    e.sample("l4lb_up", &[], 1);
+    e.family("l4lb_forwarding_state_generation", "gauge", "Newest forwarding state built.");
+    e.sample("l4lb_forwarding_state_generation", &[], s.generation);
+    e.family("l4lb_reloads_total", "counter", "Configuration reloads by result.");
+    e.sample("l4lb_reloads_total", &[("result", "applied")], s.reloads_applied);
+    e.sample("l4lb_reloads_total", &[("result", "refused")], s.reloads_refused);
+    ports(&mut e, &s.ports);
+    services(&mut e, &s.services);
+    backends(&mut e, &s.backends);
+    workers(&mut e, &s.workers);
+    e.finish()
+}
+
+fn ports(e: &mut Exposition, rows: &[PortRow]) {
+    type Get = fn(&PortStats) -> u64;
+    let families: [(&str, &str, Get); 8] = [
+        ("l4lb_port_rx_packets_total", "Packets received by the port.", |s| s.rx_packets),
+        ("l4lb_port_tx_packets_total", "Packets sent by the port.", |s| s.tx_packets),
+        ("l4lb_port_rx_bytes_total", "Bytes received by the port.", |s| s.rx_bytes),
+        ("l4lb_port_tx_bytes_total", "Bytes sent by the port.", |s| s.tx_bytes),
+        ("l4lb_port_rx_missed_total", "Packets the device dropped: RX queue full.", |s| s.rx_missed),
+        ("l4lb_port_rx_errors_total", "Receive errors.", |s| s.rx_errors),
+        ("l4lb_port_tx_errors_total", "Transmit errors.", |s| s.tx_errors),
+        ("l4lb_port_rx_nombuf_total", "Receive failures: packet pool empty.", |s| s.rx_no_mbuf),
+    ];
+    for (name, help, get) in families {
+        e.family(name, "counter", help);
+        for (port, s, _) in rows {
+            e.sample(name, &[("port", port)], get(s));
+        }
+    }
+    e.family("l4lb_port_xstat", "untyped", "The driver's extended statistics (rte_eth_xstats), by name.");
+    for (port, _, xs) in rows {
+        for (n, v) in xs {
+            e.sample("l4lb_port_xstat", &[("port", port), ("name", n)], v);
+        }
+    }
+}
+
+fn services(e: &mut Exposition, rows: &[ServiceRow]) {
+    let families = [
+        ("l4lb_service_packets_total", "counter", "Packets sent to the service's backends."),
+        (
+            "l4lb_service_bytes_total",
+            "counter",
+            "IP bytes sent to the service's backends (before encapsulation).",
+        ),
+        ("l4lb_service_new_flows_total", "counter", "Flows scheduled to the service's backends."),
+        ("l4lb_service_active_flows", "gauge", "Flows the workers track for the service."),
+    ];
+    for (i, (name, kind, help)) in families.into_iter().enumerate() {
+        e.family(name, kind, help);
+        for r in rows {
+            e.sample(name, &[("service", &r.name), ("vip", &r.vip)], r.sums[i]);
+        }
+    }
+}
+
+fn backends(e: &mut Exposition, rows: &[BackendRow]) {
+    let families = [
+        ("l4lb_backend_packets_total", "counter", "Packets sent to the backend."),
+        ("l4lb_backend_bytes_total", "counter", "IP bytes sent to the backend (before encapsulation)."),
+        ("l4lb_backend_new_flows_total", "counter", "Flows scheduled (or moved) to the backend."),
+        ("l4lb_backend_active_flows", "gauge", "Flows the workers track for the backend."),
+    ];
+    for (i, (name, kind, help)) in families.into_iter().enumerate() {
+        e.family(name, kind, help);
+        for r in rows {
+            e.sample(name, &[("service", &r.service), ("backend", &r.addr)], r.traffic[i]);
+        }
+    }
+    fn id(r: &BackendRow) -> [(&'static str, &str); 2] {
+        [("service", r.service.as_str()), ("backend", r.addr.as_str())]
+    }
+    e.family("l4lb_backend_up", "gauge", "1 when the backend is not down by its health checks.");
+    for r in rows {
+        e.sample("l4lb_backend_up", &id(r), (r.status.health.state != Health::Down) as u8);
+    }
+    e.family("l4lb_backend_health", "gauge", "Health state (unknown, up, down): 1 for the current one.");
+    for r in rows {
+        for h in [Health::Unknown, Health::Up, Health::Down] {
+            let [s, b] = id(r);
+            e.sample("l4lb_backend_health", &[s, b, ("state", h.name())], (r.status.health.state == h) as u8);
+        }
+    }
+    e.family("l4lb_backend_draining", "gauge", "1 while the backend is drained.");
+    for r in rows {
+        e.sample("l4lb_backend_draining", &id(r), r.status.draining_since_ms.is_some() as u8);
+    }
+    e.family("l4lb_backend_maglev_entries", "gauge", "Maglev table entries the backend holds.");
+    for r in rows {
+        e.sample("l4lb_backend_maglev_entries", &id(r), r.maglev_entries.unwrap_or(0));
+    }
+    e.family(
+        "l4lb_backend_check_rtt_seconds",
+        "gauge",
+        "Round-trip time of the last successful health check.",
+    );
+    for r in rows.iter().filter(|r| r.status.checks_ok > 0) {
+        e.sample("l4lb_backend_check_rtt_seconds", &id(r), r.status.rtt_us as f64 / 1e6);
+    }
+    e.family("l4lb_backend_checks_total", "counter", "Health checks by result.");
+    for r in rows {
+        let [s, b] = id(r);
+        e.sample("l4lb_backend_checks_total", &[s, b, ("result", "ok")], r.status.checks_ok);
+        e.sample("l4lb_backend_checks_total", &[s, b, ("result", "failed")], r.status.checks_failed);
+    }
+}
+
+/// Every row of the workers' counter table, per worker (the table's rows of
+/// one family are adjacent: one header each), then the workers' gauges.
+pub fn workers(e: &mut Exposition, per: &[WorkerStats]) {
+    let mut last_family = "";
+    for i in 0..ROWS {
+        let info = row_info(i);
+        if info.metric != last_family {
+            let help = if info.metric == DROPS_METRIC { "Packets dropped, by reason." } else { info.help };
+            e.family(info.metric, "counter", help);
+            last_family = info.metric;
+        }
+        for (w, s) in per.iter().enumerate() {
+            let w = w.to_string();
+            let v = s.counters.as_array()[i];
+            match info.label {
+                Some(l) => e.sample(info.metric, &[("worker", &w), l], v),
+                None => e.sample(info.metric, &[("worker", &w)], v),
+            }
+        }
+    }
+    type Get = fn(&WorkerStats) -> u64;
+    let gauges: [(&str, &str, Get); 4] = [
+        ("l4lb_worker_state_generation", "Forwarding-state generation the worker uses.", |s| s.generation),
+        (
+            "l4lb_worker_longest_poll_gap_microseconds",
+            "The longest time between two polls since start (the worker was not running).",
+            |s| s.longest_poll_gap_us,
+        ),
+        (
+            "l4lb_flow_table_entries",
+            "Occupied flow-table slots (expired ones not yet reclaimed included).",
+            |s| s.flows,
+        ),
+        ("l4lb_flow_table_capacity", "Flow-table slots.", |s| s.flow_capacity),
+    ];
+    for (name, help, get) in gauges {
+        e.family(name, "gauge", help);
+        for (w, s) in per.iter().enumerate() {
+            e.sample(name, &[("worker", &w.to_string())], get(s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::pipeline::Counters;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(esc(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(esc("x\ny"), "x\\ny");
+    }
+
+    /// Every row of the counter table reaches the page, per worker, with its
+    /// own value (a row published as 0 or under another row's series fails),
+    /// each family with one HELP and TYPE.
+    #[test]
+    fn every_counter_reaches_the_page_with_its_value() {
+        let per: Vec<WorkerStats> = (0..2u64)
+            .map(|w| WorkerStats {
+                counters: Counters::from_array(std::array::from_fn(|i| 1 + i as u64 + 1000 * w)),
+                ..Default::default()
+            })
+            .collect();
+        let mut e = Exposition::default();
+        workers(&mut e, &per);
+        let text = e.finish();
+        for i in 0..ROWS {
+            let info = row_info(i);
+            for w in 0..2u64 {
+                let labels = match info.label {
+                    Some((k, v)) => format!("{{worker=\"{w}\",{k}=\"{v}\"}}"),
+                    None => format!("{{worker=\"{w}\"}}"),
+                };
+                let line = format!("{}{labels} {}", info.metric, 1 + i as u64 + 1000 * w);
+                assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+            }
+            let header = format!("# TYPE {} counter", info.metric);
+            assert_eq!(text.lines().filter(|l| *l == header).count(), 1, "{header}");
+        }
+    }
+}
