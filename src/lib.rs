@@ -3,6 +3,7 @@
 //! Only [`dpdk`] contains `unsafe` code; every other module is safe Rust.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[cfg(feature = "dpdk")]
 pub mod app;
 pub mod balancer;
 pub mod control;
@@ -11,6 +12,7 @@ pub mod dataplane;
 pub mod dpdk;
 pub mod net;
 pub mod pcap;
+#[cfg(feature = "dpdk")]
 pub mod replay;
 pub mod simulate;
 pub mod trafficgen;

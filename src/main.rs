@@ -1,11 +1,13 @@
 #![forbid(unsafe_code)]
 use std::path::PathBuf;
 use std::process::ExitCode;
+#[cfg(feature = "dpdk")]
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "dpdk")]
 use l4lb::app::Signals;
 use l4lb::control::api::Request;
 use l4lb::control::config::Config;
@@ -20,6 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[cfg(feature = "dpdk")]
     /// Start EAL and the ports from a configuration and forward until Ctrl-C/SIGTERM.
     Run {
         #[arg(short, long)]
@@ -78,6 +81,7 @@ enum Cmd {
         #[arg(long, default_value = "0/1")]
         part: String,
     },
+    #[cfg(feature = "dpdk")]
     /// Send a pcap on one DPDK port at a set rate and count what returns on
     /// another (loss measurements over net_memif; scripts/bench.sh).
     Replay {
@@ -156,9 +160,11 @@ enum CtlCmd {
     },
 }
 
+#[cfg(feature = "dpdk")]
 static SIGNALS: Signals = Signals { stop: AtomicBool::new(false), reload: AtomicBool::new(false) };
 
 /// SIGINT/SIGTERM stop (a second one exits at once); SIGHUP reloads.
+#[cfg(feature = "dpdk")]
 fn install_signals() -> std::io::Result<()> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
@@ -269,6 +275,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "dpdk")]
         Cmd::Replay { pcap, tx_device, rx_device, rate_pps, seconds, warmup_seconds, cpu, file_prefix } => {
             if let Err(e) = install_signals() {
                 eprintln!("error: cannot install the signal handlers: {e}");
@@ -350,6 +357,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        #[cfg(feature = "dpdk")]
         Cmd::Run { config } => {
             let cfg = match Config::load(&config) {
                 Ok(v) => v,

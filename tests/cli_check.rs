@@ -87,6 +87,8 @@ fn missing_file_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/l4lb.toml: (file): cannot read"));
 }
 
+// Needs DPDK (EAL's own error): the full tier.
+#[cfg(feature = "dpdk")]
 #[test]
 fn run_with_a_missing_device_fails_with_one_clear_error() {
     let dir = std::env::temp_dir().join(format!("l4lb-run-{}", std::process::id()));

@@ -1,5 +1,7 @@
 //! Port, queue, mbuf and lcore tests on DPDK virtual devices. Each test is its
 //! own process under cargo-nextest (EAL initialises once per process).
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,5 +1,7 @@
 //! dpdk-sys smoke test: EAL up on a net_ring vdev, a mempool, one packet sent
 //! and received back, bytes compared.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use l4lb::dpdk::{Burst, Eal, Mempool, Port, PortConfig};

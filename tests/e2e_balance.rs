@@ -1,5 +1,7 @@
 //! End to end: `l4lb run` balancing real HTTP and UDP over TAP in L2
 //! (MAC-rewrite) direct-server-return mode, one arm (tests/common/lan.rs).
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use common::lan::{

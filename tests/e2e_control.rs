@@ -2,6 +2,8 @@
 //! metrics against what the test sent, `ctl lookup` against where packets
 //! went, `ctl whatif` against what moved, drain, reloads under wrk (ctl and
 //! SIGHUP, a broken one refused), and packet accounting at the end.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use std::collections::HashMap;

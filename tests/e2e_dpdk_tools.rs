@@ -2,6 +2,8 @@
 //! ethdev stats and `dpdk-dumpcap` captures on its port. Both attach through
 //! EAL's runtime files, so this l4lb runs on hugepages, not `--in-memory`.
 //! (Named e2e_ to run alone: its net_null port keeps a worker busy.)
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use common::netns::{require_root, sh, sh_try, unique, L4lb};

@@ -3,6 +3,8 @@
 //! backend decapsulates in userspace (scripts/backend-decap.py: raw and UDP
 //! sockets into a TUN device) and its kernel TCP stack answers the client
 //! directly from the VIP.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use common::lan::{

@@ -1,6 +1,8 @@
 //! End to end: health checks and failover with slow start, on the one-arm TAP
 //! LAN (tests/common/lan.rs). l4lb runs in a management namespace on the LAN,
 //! so its checks reach the backends through kernel networking.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use std::collections::HashMap;

@@ -2,6 +2,8 @@
 //! counts what comes back, and it keeps every thread it and EAL start on its
 //! own CPU, off the CPUs of the program it measures.
 //! (Named e2e_ to run alone: it busy-polls a CPU.)
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use common::netns::{require_root, unique};

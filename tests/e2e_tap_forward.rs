@@ -1,6 +1,8 @@
 //! End to end on TAP devices: `l4lb run` forwards between two `net_tap` ports
 //! whose kernel sides live in two namespaces; ping and UDP cross; everything
 //! is removed afterwards, also when the test fails.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
 mod common;
 
 use std::time::Duration;

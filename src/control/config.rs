@@ -556,9 +556,11 @@ impl Validated {
         let mut n: u64 = 4096;
         for (i, p) in self.config.ports.iter().enumerate() {
             n += self.rx_queues(i) as u64 * p.rx_desc as u64;
-            n += self.tx_queues(i) as u64 * (p.tx_desc as u64 + crate::dpdk::TX_BUFFER_CAPACITY as u64);
+            n += self.tx_queues(i) as u64
+                * (p.tx_desc as u64 + crate::balancer::limits::TX_BUFFER_CAPACITY as u64);
         }
-        n += (self.workers.len() as u64 + 1) * (MEMPOOL_CACHE as u64 + crate::dpdk::BURST_MAX as u64);
+        n += (self.workers.len() as u64 + 1)
+            * (MEMPOOL_CACHE as u64 + crate::balancer::limits::BURST_MAX as u64);
         // A power of two minus one is the most memory-efficient mempool size.
         (n.next_power_of_two() - 1).min(u32::MAX as u64) as u32
     }
@@ -679,8 +681,11 @@ impl Config {
             return Err(err("dpdk.mbufs".into(), "must be at least 1024".into()));
         }
         let w = &self.workers;
-        if !(1..=crate::dpdk::BURST_MAX).contains(&w.burst_size) {
-            return Err(err("workers.burst_size".into(), format!("must be 1 to {}", crate::dpdk::BURST_MAX)));
+        if !(1..=crate::balancer::limits::BURST_MAX).contains(&w.burst_size) {
+            return Err(err(
+                "workers.burst_size".into(),
+                format!("must be 1 to {}", crate::balancer::limits::BURST_MAX),
+            ));
         }
         if w.tx_drain_us == 0 || w.tx_drain_us > 100_000 {
             return Err(err("workers.tx_drain_us".into(), "must be 1 to 100000 µs".into()));

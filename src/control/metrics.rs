@@ -11,13 +11,12 @@
 
 use std::fmt::{Display, Write as _};
 
+use super::api::PortCounters;
 use super::runtime::{BackendStatus, Health};
 use crate::dataplane::pipeline::{row_info, DROPS_METRIC, ROWS};
 use crate::dataplane::telemetry::WorkerStats;
-use crate::dpdk::PortStats;
-
-/// A port's name, counters and extended counters.
-pub type PortRow = (String, PortStats, Vec<(String, u64)>);
+/// A port's counters (with its name) and extended counters.
+pub type PortRow = (PortCounters, Vec<(String, u64)>);
 
 /// One service: name, VIP, and its backends' packets, bytes, new flows and
 /// active flows summed.
@@ -104,7 +103,7 @@ pub fn render(s: &Scrape) -> String {
 }
 
 fn ports(e: &mut Exposition, rows: &[PortRow]) {
-    type Get = fn(&PortStats) -> u64;
+    type Get = fn(&PortCounters) -> u64;
     let families: [(&str, &str, Get); 8] = [
         ("l4lb_port_rx_packets_total", "Packets received by the port.", |s| s.rx_packets),
         ("l4lb_port_tx_packets_total", "Packets sent by the port.", |s| s.tx_packets),
@@ -117,14 +116,14 @@ fn ports(e: &mut Exposition, rows: &[PortRow]) {
     ];
     for (name, help, get) in families {
         e.family(name, "counter", help);
-        for (port, s, _) in rows {
-            e.sample(name, &[("port", port)], get(s));
+        for (s, _) in rows {
+            e.sample(name, &[("port", &s.name)], get(s));
         }
     }
     e.family("l4lb_port_xstat", "untyped", "The driver's extended statistics (rte_eth_xstats), by name.");
-    for (port, _, xs) in rows {
+    for (s, xs) in rows {
         for (n, v) in xs {
-            e.sample("l4lb_port_xstat", &[("port", port), ("name", n)], v);
+            e.sample("l4lb_port_xstat", &[("port", &s.name), ("name", n)], v);
         }
     }
 }

@@ -377,14 +377,26 @@ impl<'a> Management<'a> {
         (sum, per)
     }
 
-    /// Each port's name, counters and (with `xstats`) extended counters.
+    /// Each port's counters and (with `xstats`) extended counters.
     fn port_stats(&self, xstats: bool) -> Vec<PortRow> {
         let names = self.runtime.cfg.config.ports.iter().map(|p| p.name.clone());
         names
             .zip(self.ports)
             .map(|(name, port)| {
                 let x = if xstats { port.xstats().unwrap_or_default() } else { Vec::new() };
-                (name, port.stats().unwrap_or_default(), x)
+                let s = port.stats().unwrap_or_default();
+                let counters = PortCounters {
+                    name,
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_missed: s.rx_missed,
+                    rx_errors: s.rx_errors,
+                    tx_errors: s.tx_errors,
+                    rx_no_mbuf: s.rx_no_mbuf,
+                };
+                (counters, x)
             })
             .collect()
     }
@@ -622,21 +634,7 @@ impl<'a> Management<'a> {
                     longest_poll_gap_us: w.longest_poll_gap_us,
                 })
                 .collect(),
-            ports: self
-                .port_stats(false)
-                .into_iter()
-                .map(|(name, s, _)| PortCounters {
-                    name,
-                    rx_packets: s.rx_packets,
-                    tx_packets: s.tx_packets,
-                    rx_bytes: s.rx_bytes,
-                    tx_bytes: s.tx_bytes,
-                    rx_missed: s.rx_missed,
-                    rx_errors: s.rx_errors,
-                    tx_errors: s.tx_errors,
-                    rx_no_mbuf: s.rx_no_mbuf,
-                })
-                .collect(),
+            ports: self.port_stats(false).into_iter().map(|(c, _)| c).collect(),
         };
         serde_json::to_value(stats).unwrap_or_default()
     }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod health;
 pub mod lcores;
 pub mod metrics;
+#[cfg(feature = "dpdk")]
 pub mod mgmt;
 pub mod neighbour;
 pub mod runtime;

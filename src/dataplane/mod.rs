@@ -1,7 +1,9 @@
 //! The per-packet side: worker poll loops over DPDK queues.
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "dpdk")]
 pub mod balance;
+#[cfg(feature = "dpdk")]
 pub mod forward;
 pub mod packet;
 pub mod pipeline;

@@ -2,8 +2,6 @@
 //! `Mbuf` and by [`TestPacket`] (a plain buffer with headroom), so the whole
 //! per-packet logic runs and is tested without EAL.
 
-use crate::dpdk::Mbuf;
-
 pub trait Packet {
     fn data(&self) -> &[u8];
     fn data_mut(&mut self) -> &mut [u8];
@@ -26,34 +24,35 @@ pub trait Packet {
     fn append(&mut self, n: usize) -> bool;
 }
 
-impl Packet for Mbuf {
+#[cfg(feature = "dpdk")]
+impl Packet for crate::dpdk::Mbuf {
     #[inline(always)]
     fn data(&self) -> &[u8] {
-        Mbuf::data(self)
+        crate::dpdk::Mbuf::data(self)
     }
     #[inline(always)]
     fn data_mut(&mut self) -> &mut [u8] {
-        Mbuf::data_mut(self)
+        crate::dpdk::Mbuf::data_mut(self)
     }
     #[inline(always)]
     fn len(&self) -> usize {
-        Mbuf::len(self)
+        crate::dpdk::Mbuf::len(self)
     }
     #[inline(always)]
     fn prepend(&mut self, n: usize) -> bool {
-        Mbuf::prepend(self, n).is_some()
+        crate::dpdk::Mbuf::prepend(self, n).is_some()
     }
     #[inline(always)]
     fn trim_front(&mut self, n: usize) -> bool {
-        Mbuf::trim_front(self, n)
+        crate::dpdk::Mbuf::trim_front(self, n)
     }
     #[inline(always)]
     fn trim_back(&mut self, n: usize) -> bool {
-        Mbuf::trim_back(self, n)
+        crate::dpdk::Mbuf::trim_back(self, n)
     }
     #[inline(always)]
     fn append(&mut self, n: usize) -> bool {
-        Mbuf::append(self, n).is_some()
+        crate::dpdk::Mbuf::append(self, n).is_some()
     }
 }
 

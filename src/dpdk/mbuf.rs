@@ -4,8 +4,7 @@ use std::ptr::NonNull;
 
 use dpdk_sys::rte_mbuf;
 
-/// The largest burst l4lb moves at once (RX burst size is configured up to this).
-pub const BURST_MAX: usize = 64;
+pub use crate::balancer::limits::BURST_MAX;
 
 /// An owned packet buffer; freed back to its mempool on drop.
 ///

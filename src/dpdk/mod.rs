@@ -6,23 +6,45 @@
 //! dropped. Queues borrow their [`Port`], and [`lcore::scope`] joins every
 //! launched lcore before it returns, so workers may borrow queues and state.
 
+//!
+//! Everything that needs DPDK is behind the default `dpdk` cargo feature; the
+//! CPU helpers below (time-stamp counter, prefetch, huge-page advice, signal
+//! mask) are plain x86_64 and libc and build without it.
+
+#[cfg(feature = "dpdk")]
 mod capture;
+#[cfg(feature = "dpdk")]
 mod eal;
+#[cfg(feature = "dpdk")]
 mod error;
+#[cfg(feature = "dpdk")]
 pub mod lcore;
+#[cfg(feature = "dpdk")]
 mod mbuf;
+#[cfg(feature = "dpdk")]
 mod mempool;
+#[cfg(feature = "dpdk")]
 mod port;
+#[cfg(feature = "dpdk")]
 mod queue;
 
+pub use crate::balancer::limits::{BURST_MAX, TX_BUFFER_CAPACITY};
+#[cfg(feature = "dpdk")]
 pub use capture::PacketCapture;
+#[cfg(feature = "dpdk")]
 pub use eal::Eal;
+#[cfg(feature = "dpdk")]
 pub use error::DpdkError;
+#[cfg(feature = "dpdk")]
 pub use lcore::{pin_current_thread, LaunchScope, Lcore};
-pub use mbuf::{Burst, Drain, Mbuf, BURST_MAX};
+#[cfg(feature = "dpdk")]
+pub use mbuf::{Burst, Drain, Mbuf};
+#[cfg(feature = "dpdk")]
 pub use mempool::Mempool;
+#[cfg(feature = "dpdk")]
 pub use port::{Link, Port, PortConfig, PortInfo, PortStats};
-pub use queue::{RxQueue, TxQueue, TxStats, TX_BUFFER_CAPACITY};
+#[cfg(feature = "dpdk")]
+pub use queue::{RxQueue, TxQueue, TxStats};
 
 /// Reads the CPU's time-stamp counter.
 #[inline(always)]
@@ -32,10 +54,17 @@ pub fn tsc() -> u64 {
     unsafe {
         std::arch::x86_64::_rdtsc()
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(not(target_arch = "x86_64"), feature = "dpdk"))]
     // SAFETY: rte_rdtsc only reads the time-stamp counter; it has no preconditions.
     unsafe {
         dpdk_sys::l4lb_rdtsc()
+    }
+    #[cfg(all(not(target_arch = "x86_64"), not(feature = "dpdk")))]
+    {
+        // Nanoseconds since the first call: a monotonic counter for the
+        // simulations and tools that build without DPDK elsewhere.
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_nanos() as u64
     }
 }
 
@@ -55,11 +84,13 @@ pub(crate) fn prefetch_ptr(p: *const u8) {
     unsafe {
         std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
     }
-    #[cfg(not(target_arch = "x86_64"))]
+    #[cfg(all(not(target_arch = "x86_64"), feature = "dpdk"))]
     // SAFETY: a prefetch is only a hint and never faults.
     unsafe {
         dpdk_sys::l4lb_prefetch0(p as *const std::ffi::c_void)
     }
+    #[cfg(all(not(target_arch = "x86_64"), not(feature = "dpdk")))]
+    let _ = p;
 }
 
 /// The CPU prefetch for the pure balancing code (which has no `unsafe`).

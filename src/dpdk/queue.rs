@@ -5,8 +5,7 @@ use dpdk_sys::rte_mbuf;
 
 use super::{Burst, Mbuf, Port};
 
-/// How many packets a [`TxQueue`] holds when the device does not take them.
-pub const TX_BUFFER_CAPACITY: usize = 512;
+pub use crate::balancer::limits::TX_BUFFER_CAPACITY;
 
 /// A port's RX queue, owned by one lcore.
 pub struct RxQueue<'p> {

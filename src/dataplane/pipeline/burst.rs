@@ -9,7 +9,7 @@ use crate::balancer::Prefetch;
 use crate::dataplane::packet::Packet;
 
 /// Packets per `process_burst` call at most.
-const BURST: usize = crate::dpdk::BURST_MAX;
+const BURST: usize = crate::balancer::limits::BURST_MAX;
 
 /// What [`Worker::prepare_burst`] hands [`Worker::finish_burst`]: each
 /// packet's parse (or its verdict, when parsing decided it) and flow-table
