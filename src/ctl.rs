@@ -6,56 +6,100 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::Value;
+use crate::control::api::{
+    call, call_as, Applied, BackendRow, Lookup, Request, ServiceRow, Stats, Status, WhatifRow,
+};
 
-use crate::control::api::{call, Request, Stats};
-
-/// Runs one request and renders its answer.
+/// Runs one request and renders its answer: a table for people, or (`json`)
+/// the reply type as JSON for scripts.
 pub fn run(socket: &Path, req: &Request, json: bool) -> Result<String, String> {
-    let v = call(socket, req)?;
     if json {
+        let v = call(socket, req)?;
         return Ok(serde_json::to_string_pretty(&v).unwrap_or_default() + "\n");
     }
     Ok(match req {
-        Request::Backends { .. } => backends_table(&v),
-        Request::Services => services_table(&v),
-        Request::Stats => stats_text(&v),
+        Request::Backends { .. } => backends_table(&call_as::<Vec<BackendRow>>(socket, req)?),
+        Request::Services => services_table(&call_as::<Vec<ServiceRow>>(socket, req)?),
+        Request::Stats => stats_text(&call_as(socket, req)?),
         Request::Lookup { .. } => {
-            format!("service {}: backend {}\n  {}\n", s(&v["service"]), s(&v["backend"]), s(&v["why"]))
+            let l: Lookup = call_as(socket, req)?;
+            let backend = l.backend.map_or("none".to_string(), |b| b.to_string());
+            format!("service {}: backend {backend}\n  {}\n", l.service, l.why)
         }
-        Request::Whatif { .. } => whatif_text(&v),
+        Request::Whatif { .. } => whatif_text(&call_as::<Vec<WhatifRow>>(socket, req)?),
         Request::Reload | Request::Drain { .. } | Request::Undrain { .. } | Request::SetWeight { .. } => {
-            let mut o = format!("applied: forwarding state generation {}", v["generation"]);
-            match v["applied_ms"].as_f64() {
-                Some(ms) => {
-                    let _ = write!(o, ", on every worker within {ms:.1} ms");
-                }
-                None => o.push_str(", not yet confirmed by every worker"),
-            }
-            for k in [
-                "services_added",
-                "services_removed",
-                "backends_added",
-                "backends_removed",
-                "weights_changed",
-            ] {
-                if let Some(a) = v[k].as_array().filter(|a| !a.is_empty()) {
-                    let names: Vec<String> = a.iter().map(s).collect();
-                    let _ = write!(o, "\n  {}: {}", k.replace('_', " "), names.join(", "));
-                }
-            }
-            o + "\n"
+            applied_text(&call_as(socket, req)?)
         }
-        Request::Status => serde_json::to_string_pretty(&v).unwrap_or_default() + "\n",
+        Request::Status => status_text(&call_as(socket, req)?),
     })
 }
 
-fn s(v: &Value) -> String {
-    match v {
-        Value::String(x) => x.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+fn applied_text(a: &Applied) -> String {
+    let mut o = format!("applied: forwarding state generation {}", a.generation);
+    match a.applied_ms {
+        Some(ms) => {
+            let _ = write!(o, ", on every worker within {ms:.1} ms");
+        }
+        None => o.push_str(", not yet confirmed by every worker"),
     }
+    if !a.backends.is_empty() {
+        let _ = write!(o, "\n  backends: {}", a.backends.join(", "));
+    }
+    if let Some(r) = &a.reload {
+        for (k, names) in [
+            ("services added", &r.services_added),
+            ("services removed", &r.services_removed),
+            ("backends added", &r.backends_added),
+            ("backends removed", &r.backends_removed),
+            ("weights changed", &r.weights_changed),
+        ] {
+            if !names.is_empty() {
+                let _ = write!(o, "\n  {k}: {}", names.join(", "));
+            }
+        }
+    }
+    o + "\n"
+}
+
+fn status_text(st: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "l4lb {}  up {} s  config {}",
+        st.version,
+        st.uptime_s,
+        st.config.as_deref().unwrap_or("-")
+    );
+    let gens: Vec<String> = st.worker_generations.iter().map(u64::to_string).collect();
+    let _ = writeln!(
+        o,
+        "forwarding state generation {} (workers: {})  workers {}  TSC {:.3} GHz",
+        st.generation,
+        gens.join(" "),
+        st.workers,
+        st.tsc_hz as f64 / 1e9
+    );
+    for p in &st.ports {
+        let link = match p.link_up {
+            Some(true) => format!("link up {} Mb/s", p.speed_mbps.unwrap_or(0)),
+            Some(false) => "link down".into(),
+            None => "link unknown".into(),
+        };
+        let _ = writeln!(o, "port {} ({}): {link}", p.name, p.device);
+    }
+    let _ = writeln!(
+        o,
+        "services {}  backends {} ({} not down)  flows {}  rx packets {}",
+        st.services, st.backends, st.backends_not_down, st.flows, st.rx_packets
+    );
+    let _ = writeln!(
+        o,
+        "reloads: {} applied, {} refused{}",
+        st.reloads.applied,
+        st.reloads.refused,
+        st.reloads.last.as_ref().map_or(String::new(), |l| format!("; last {l}"))
+    );
+    o
 }
 
 fn rate(x: f64, unit: &str) -> String {
@@ -71,35 +115,35 @@ fn rate(x: f64, unit: &str) -> String {
     format!("{v:.1}{p}{unit}")
 }
 
-pub fn backends_table(v: &Value) -> String {
+pub fn backends_table(rows: &[BackendRow]) -> String {
     let mut o = format!(
         "{:<12} {:<26} {:<8} {:>6} {:>7} {:>8} {:>9} {:>10} {:>10} {:>9}  {}\n",
         "SERVICE", "BACKEND", "HEALTH", "WEIGHT", "EFFECT", "ENTRIES", "ACTIVE", "PPS", "BPS", "RTT", "NOTE"
     );
-    for b in v.as_array().into_iter().flatten() {
+    for b in rows {
         let mut note = Vec::new();
-        if b["draining"] == true {
+        if b.draining {
             note.push("draining".to_string());
         }
-        if !b["weight_override"].is_null() {
-            note.push(format!("set-weight {}", b["weight_override"]));
+        if let Some(w) = b.weight_override {
+            note.push(format!("set-weight {w}"));
         }
-        if let Some(e) = b["last_error"].as_str() {
-            note.push(e.to_string());
+        if let Some(e) = &b.last_error {
+            note.push(e.clone());
         }
-        let rtt = b["rtt_us"].as_u64().map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0));
+        let rtt = b.rtt_us.map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0));
         let _ = writeln!(
             o,
             "{:<12} {:<26} {:<8} {:>6} {:>7} {:>8} {:>9} {:>10} {:>10} {:>9}  {}",
-            s(&b["service"]),
-            s(&b["backend"]),
-            s(&b["health"]),
-            s(&b["weight"]),
-            s(&b["effective_weight"]),
-            s(&b["table_entries"]),
-            s(&b["active_flows"]),
-            rate(b["pps"].as_f64().unwrap_or(0.0), ""),
-            rate(b["bps"].as_f64().unwrap_or(0.0), "b"),
+            b.service,
+            b.backend.to_string(),
+            b.health,
+            b.weight,
+            b.effective_weight,
+            b.table_entries,
+            b.active_flows,
+            rate(b.pps, ""),
+            rate(b.bps, "b"),
             rtt,
             note.join("; ")
         );
@@ -107,35 +151,32 @@ pub fn backends_table(v: &Value) -> String {
     o
 }
 
-pub fn services_table(v: &Value) -> String {
+pub fn services_table(rows: &[ServiceRow]) -> String {
     let mut o = format!(
         "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9}\n",
         "SERVICE", "VIP", "PROTO", "MODE", "SCHEDULER", "BACKENDS", "PACKETS", "NEW", "ACTIVE"
     );
-    for x in v.as_array().into_iter().flatten() {
-        let vip = format!("{}:{}", s(&x["vip"]), s(&x["port"]));
+    for x in rows {
+        let vip = std::net::SocketAddr::new(x.vip, x.port).to_string();
         let _ = writeln!(
             o,
             "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9}",
-            s(&x["name"]),
+            x.name,
             vip,
-            s(&x["protocol"]),
-            s(&x["forwarding"]),
-            s(&x["scheduler"]),
-            format!("{}/{}", s(&x["backends_in_service"]), s(&x["backends"])),
-            s(&x["packets"]),
-            s(&x["new_flows"]),
-            s(&x["active_flows"]),
+            x.protocol,
+            x.forwarding,
+            x.scheduler,
+            format!("{}/{}", x.backends_in_service, x.backends),
+            x.packets,
+            x.new_flows,
+            x.active_flows,
         );
     }
     o
 }
 
-fn stats_text(v: &Value) -> String {
+fn stats_text(st: &Stats) -> String {
     let mut o = String::new();
-    let Ok(st) = serde_json::from_value::<Stats>(v.clone()) else {
-        return format!("{v:#}\n");
-    };
     // Every counter of the workers' table but the drops, then the drops
     // that happened, then the gauges.
     for (k, n) in st.counters.iter().filter(|(k, _)| !st.drops.contains_key(*k)) {
@@ -165,27 +206,22 @@ fn stats_text(v: &Value) -> String {
     o
 }
 
-fn whatif_text(v: &Value) -> String {
+fn whatif_text(rows: &[WhatifRow]) -> String {
     let mut o = String::new();
-    for r in v.as_array().into_iter().flatten() {
-        let size = r["table_size"].as_f64().unwrap_or(1.0);
-        let moved = r["entries_moved"].as_f64().unwrap_or(0.0);
+    for r in rows {
         let _ = writeln!(
             o,
             "{}/{}: {} of {} Maglev entries move ({:.2}%), {} tracked flows move",
-            s(&r["service"]),
-            s(&r["backend"]),
-            s(&r["entries_moved"]),
-            s(&r["table_size"]),
-            100.0 * moved / size,
-            s(&r["tracked_flows_moved"])
+            r.service,
+            r.backend,
+            r.entries_moved,
+            r.table_size,
+            100.0 * r.entries_moved as f64 / r.table_size.max(1) as f64,
+            r.tracked_flows_moved
         );
-        let before = r["entries_before"].as_array().cloned().unwrap_or_default();
-        let after = r["entries_after"].as_array().cloned().unwrap_or_default();
-        for b in &before {
-            let a =
-                after.iter().find(|x| x["backend"] == b["backend"]).map_or("0".into(), |x| s(&x["entries"]));
-            let _ = writeln!(o, "  {:<26} {:>8} -> {:>8}", s(&b["backend"]), s(&b["entries"]), a);
+        for b in &r.entries_before {
+            let a = r.entries_after.iter().find(|x| x.backend == b.backend).map_or(0, |x| x.entries);
+            let _ = writeln!(o, "  {:<26} {:>8} -> {:>8}", b.backend.to_string(), b.entries, a);
         }
     }
     o
@@ -196,21 +232,22 @@ fn whatif_text(v: &Value) -> String {
 pub fn top(socket: &Path, interval: Duration, count: Option<u64>) -> Result<(), String> {
     let mut n = 0u64;
     loop {
-        let status = call(socket, &Request::Status)?;
-        let services = call(socket, &Request::Services)?;
-        let backends = call(socket, &Request::Backends { service: None })?;
-        let stats = call(socket, &Request::Stats)?;
+        let status: Status = call_as(socket, &Request::Status)?;
+        let services: Vec<ServiceRow> = call_as(socket, &Request::Services)?;
+        let backends: Vec<BackendRow> = call_as(socket, &Request::Backends { service: None })?;
+        let stats: Stats = call_as(socket, &Request::Stats)?;
+        let c = |k: &str| stats.counters.get(k).copied().unwrap_or(0);
         let mut screen = String::from("\x1b[H\x1b[2J");
         let _ = writeln!(
             screen,
             "l4lb {}  up {}s  generation {}  flows {}  rx {}  forwarded {}  dropped {}\n",
-            s(&status["version"]),
-            s(&status["uptime_s"]),
-            s(&status["generation"]),
-            s(&stats["flows"]),
-            s(&stats["counters"]["rx_packets"]),
-            s(&stats["counters"]["forwarded"]),
-            s(&stats["dropped"]),
+            status.version,
+            status.uptime_s,
+            status.generation,
+            stats.flows,
+            c("rx_packets"),
+            c("forwarded"),
+            stats.dropped,
         );
         screen.push_str(&services_table(&services));
         screen.push('\n');

@@ -1,5 +1,6 @@
 #![forbid(unsafe_code)]
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 #[cfg(feature = "dpdk")]
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,8 +10,8 @@ use clap::{Parser, Subcommand};
 
 #[cfg(feature = "dpdk")]
 use l4lb::app::Signals;
-use l4lb::control::api::Request;
-use l4lb::control::config::Config;
+use l4lb::control::api::{Change, Protocol, Request, MAX_WEIGHT};
+use l4lb::control::config::{Config, Validated};
 
 /// l4lb: a userspace L4 load balancer on DPDK.
 #[derive(Parser)]
@@ -143,13 +144,24 @@ enum CtlCmd {
     /// Undo drain.
     Undrain { backend: String },
     /// Change a backend's weight until the next reload that changes it in the file.
-    SetWeight { backend: String, weight: u32 },
+    SetWeight {
+        backend: String,
+        #[arg(value_parser = clap::value_parser!(u32).range(0..=MAX_WEIGHT as i64))]
+        weight: u32,
+    },
     /// Re-read the configuration file (refused with the reason if it is wrong).
     Reload,
     /// Which backend a flow gets, and why: `lookup tcp 198.18.0.2:40000 198.18.100.1:80`.
-    Lookup { proto: String, src: String, dst: String },
+    Lookup {
+        #[arg(value_enum)]
+        proto: Protocol,
+        /// The client's ADDRESS:PORT ([ADDRESS]:PORT for IPv6).
+        src: SocketAddr,
+        /// The VIP's ADDRESS:PORT.
+        dst: SocketAddr,
+    },
     /// What would move if BACKEND changed: CHANGE is remove, drain or weight=N.
-    Whatif { backend: String, change: String },
+    Whatif { backend: String, change: Change },
     /// A live view refreshed every second.
     Top {
         #[arg(long, default_value_t = 1000)]
@@ -184,104 +196,27 @@ fn install_signals() -> std::io::Result<()> {
     Ok(())
 }
 
+/// How a command failed; the exit code says which kind.
+enum Failure {
+    /// A configuration or argument that is wrong: exit 2.
+    Usage(String),
+    /// Something that did not work: exit 1.
+    Failed(String),
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.cmd {
-        Cmd::Check { config } => match Config::load(&config) {
-            Ok(v) => {
-                println!(
-                    "{}: OK ({} ports, {} workers, main lcore {})",
-                    config.display(),
-                    v.config.ports.len(),
-                    v.workers.len(),
-                    v.main_lcore
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::from(2)
-            }
-        },
+    let result = match cli.cmd {
+        Cmd::Check { config } => check(&config),
         Cmd::Simulate { config, input, output, port, trace } => {
-            let cfg = match Config::load(&config) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let in_port = match port {
-                None => 0,
-                Some(name) => match cfg.config.ports.iter().position(|p| p.name == name) {
-                    Some(i) => i as u16,
-                    None => {
-                        eprintln!("error: --port {name}: no such port in {}", config.display());
-                        return ExitCode::from(2);
-                    }
-                },
-            };
-            let mut stdout = std::io::stdout();
-            let tr: Option<&mut dyn std::io::Write> = if trace { Some(&mut stdout) } else { None };
-            match l4lb::simulate::run(&cfg, &input, &output, in_port, tr) {
-                Ok(c) => {
-                    l4lb::simulate::report(&c, &mut std::io::stdout());
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            simulate(&config, &input, &output, port, trace)
         }
         Cmd::Gen { output, flows, packets, mix, size, vip, dst_mac, seed, no_payload, part } => {
-            let part = match part.split_once('/').map(|(k, n)| (k.parse::<u32>(), n.parse::<u32>())) {
-                Some((Ok(k), Ok(n))) if n > 0 && k < n => (k, n),
-                _ => {
-                    eprintln!("error: --part {part}: say K/N with K < N");
-                    return ExitCode::from(2);
-                }
-            };
-            let Some(dst_mac) = l4lb::net::ethernet::parse_mac(&dst_mac) else {
-                eprintln!("error: --dst-mac {dst_mac}: not a MAC address");
-                return ExitCode::from(2);
-            };
-            if flows == 0 {
-                eprintln!("error: --flows must be at least 1");
-                return ExitCode::from(2);
-            }
-            let spec = l4lb::trafficgen::Spec {
-                flows,
-                packets: packets.unwrap_or(flows.max(4096)),
-                mix,
-                v6: vip.is_ipv6(),
-                sizes: size,
-                vip: vip.ip(),
-                port: vip.port(),
-                dst_mac,
-                src_mac: [0x02, 0, 0, 0, 0x0c, 0x02],
-                seed,
-                no_payload,
-                part,
-            };
-            match l4lb::trafficgen::write(&spec, &output) {
-                Ok(()) => {
-                    println!("{}: {} packets, {} flows", output.display(), spec.packets, flows);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {}: {e}", output.display());
-                    ExitCode::FAILURE
-                }
-            }
+            gen(&output, flows, packets, mix, size, vip, &dst_mac, seed, no_payload, &part)
         }
         #[cfg(feature = "dpdk")]
         Cmd::Replay { pcap, tx_device, rx_device, rate_pps, seconds, warmup_seconds, cpu, file_prefix } => {
-            if let Err(e) = install_signals() {
-                eprintln!("error: cannot install the signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-            let args = l4lb::replay::ReplayArgs {
+            replay(l4lb::replay::ReplayArgs {
                 pcap,
                 tx_device,
                 rx_device,
@@ -290,94 +225,168 @@ fn main() -> ExitCode {
                 warmup_seconds,
                 cpu,
                 file_prefix,
-            };
-            match l4lb::replay::run(&args, &SIGNALS.stop, &mut std::io::stdout()) {
-                Ok(r) => {
-                    println!(
-                        "offered {} sent {} refused {} received {} lost {} skipped {} seconds {:.3} offered_mpps {:.3} received_mpps {:.3}",
-                        r.offered,
-                        r.sent,
-                        r.refused,
-                        r.received,
-                        r.lost(),
-                        r.skipped,
-                        r.seconds,
-                        r.offered as f64 / seconds / 1e6,
-                        r.received as f64 / seconds / 1e6,
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            })
         }
-        Cmd::Ctl { socket, config, json, cmd } => {
-            let socket = match (socket, config) {
-                (Some(s), _) => s,
-                (None, Some(c)) => match Config::load(&c) {
-                    Ok(v) => v.control_socket(),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return ExitCode::from(2);
-                    }
-                },
-                (None, None) => PathBuf::from("/run/l4lb/l4lb.sock"),
-            };
-            let req = match cmd {
-                CtlCmd::Top { interval_ms, count } => {
-                    return match l4lb::ctl::top(&socket, Duration::from_millis(interval_ms.max(100)), count) {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            eprintln!("error: {e}");
-                            ExitCode::FAILURE
-                        }
-                    };
-                }
-                CtlCmd::Status => Request::Status,
-                CtlCmd::Services => Request::Services,
-                CtlCmd::Backends { service } => Request::Backends { service },
-                CtlCmd::Stats => Request::Stats,
-                CtlCmd::Drain { backend } => Request::Drain { backend },
-                CtlCmd::Undrain { backend } => Request::Undrain { backend },
-                CtlCmd::SetWeight { backend, weight } => Request::SetWeight { backend, weight },
-                CtlCmd::Reload => Request::Reload,
-                CtlCmd::Lookup { proto, src, dst } => Request::Lookup { proto, src, dst },
-                CtlCmd::Whatif { backend, change } => Request::Whatif { backend, change },
-            };
-            match l4lb::ctl::run(&socket, &req, json) {
-                Ok(text) => {
-                    print!("{text}");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        Cmd::Ctl { socket, config, json, cmd } => ctl(socket, config, json, cmd),
         #[cfg(feature = "dpdk")]
-        Cmd::Run { config } => {
-            let cfg = match Config::load(&config) {
-                Ok(v) => v,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if let Err(e) = install_signals() {
-                eprintln!("error: cannot install the signal handlers: {e}");
-                return ExitCode::FAILURE;
-            }
-            let mut out = std::io::stdout();
-            match l4lb::app::run(&cfg, Some(&config), &SIGNALS, &mut out) {
-                Ok(_) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+        Cmd::Run { config } => run(&config),
+    };
+    // Errors become exit codes here, and only here.
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Failed(e)) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+fn load(config: &Path) -> Result<Validated, Failure> {
+    Config::load(config).map_err(|e| Failure::Usage(e.to_string()))
+}
+
+/// `l4lb check`: validate, print a summary.
+fn check(config: &Path) -> Result<(), Failure> {
+    let v = load(config)?;
+    println!(
+        "{}: OK ({} ports, {} workers, main lcore {})",
+        config.display(),
+        v.config.ports.len(),
+        v.workers.len(),
+        v.main_lcore
+    );
+    Ok(())
+}
+
+/// `l4lb simulate`: a pcap through the pipeline, the verdict counts.
+fn simulate(
+    config: &Path,
+    input: &Path,
+    output: &Path,
+    port: Option<String>,
+    trace: bool,
+) -> Result<(), Failure> {
+    let cfg = load(config)?;
+    let in_port = match port {
+        None => 0,
+        Some(name) => match cfg.config.ports.iter().position(|p| p.name == name) {
+            Some(i) => i as u16,
+            None => {
+                return Err(Failure::Usage(format!("--port {name}: no such port in {}", config.display())))
+            }
+        },
+    };
+    let mut stdout = std::io::stdout();
+    let tr: Option<&mut dyn std::io::Write> = if trace { Some(&mut stdout) } else { None };
+    let c =
+        l4lb::simulate::run(&cfg, input, output, in_port, tr).map_err(|e| Failure::Failed(e.to_string()))?;
+    l4lb::simulate::report(&c, &mut std::io::stdout());
+    Ok(())
+}
+
+/// `l4lb gen`: a benchmark capture.
+#[allow(clippy::too_many_arguments)]
+fn gen(
+    output: &Path,
+    flows: u32,
+    packets: Option<u32>,
+    mix: l4lb::trafficgen::Mix,
+    sizes: l4lb::trafficgen::Sizes,
+    vip: SocketAddr,
+    dst_mac: &str,
+    seed: u64,
+    no_payload: bool,
+    part: &str,
+) -> Result<(), Failure> {
+    let part = match part.split_once('/').map(|(k, n)| (k.parse::<u32>(), n.parse::<u32>())) {
+        Some((Ok(k), Ok(n))) if n > 0 && k < n => (k, n),
+        _ => return Err(Failure::Usage(format!("--part {part}: say K/N with K < N"))),
+    };
+    let Some(dst_mac) = l4lb::net::ethernet::parse_mac(dst_mac) else {
+        return Err(Failure::Usage(format!("--dst-mac {dst_mac}: not a MAC address")));
+    };
+    if flows == 0 {
+        return Err(Failure::Usage("--flows must be at least 1".into()));
+    }
+    let spec = l4lb::trafficgen::Spec {
+        flows,
+        packets: packets.unwrap_or(flows.max(4096)),
+        mix,
+        v6: vip.is_ipv6(),
+        sizes,
+        vip: vip.ip(),
+        port: vip.port(),
+        dst_mac,
+        src_mac: [0x02, 0, 0, 0, 0x0c, 0x02],
+        seed,
+        no_payload,
+        part,
+    };
+    l4lb::trafficgen::write(&spec, output)
+        .map_err(|e| Failure::Failed(format!("{}: {e}", output.display())))?;
+    println!("{}: {} packets, {} flows", output.display(), spec.packets, flows);
+    Ok(())
+}
+
+/// `l4lb replay`: send a capture on one port, count what returns on another.
+#[cfg(feature = "dpdk")]
+fn replay(args: l4lb::replay::ReplayArgs) -> Result<(), Failure> {
+    install_signals().map_err(|e| Failure::Failed(format!("cannot install the signal handlers: {e}")))?;
+    let seconds = args.seconds;
+    let r = l4lb::replay::run(&args, &SIGNALS.stop, &mut std::io::stdout()).map_err(Failure::Failed)?;
+    println!(
+        "offered {} sent {} refused {} received {} lost {} skipped {} seconds {:.3} offered_mpps {:.3} received_mpps {:.3}",
+        r.offered,
+        r.sent,
+        r.refused,
+        r.received,
+        r.lost(),
+        r.skipped,
+        r.seconds,
+        r.offered as f64 / seconds / 1e6,
+        r.received as f64 / seconds / 1e6,
+    );
+    Ok(())
+}
+
+/// `l4lb ctl`: one request to a running l4lb, or `top`.
+fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, cmd: CtlCmd) -> Result<(), Failure> {
+    let socket = match (socket, config) {
+        (Some(s), _) => s,
+        (None, Some(c)) => load(&c)?.control_socket(),
+        (None, None) => PathBuf::from("/run/l4lb/l4lb.sock"),
+    };
+    let req = match cmd {
+        CtlCmd::Top { interval_ms, count } => {
+            let every = Duration::from_millis(interval_ms.max(100));
+            return l4lb::ctl::top(&socket, every, count).map_err(Failure::Failed);
+        }
+        CtlCmd::Status => Request::Status,
+        CtlCmd::Services => Request::Services,
+        CtlCmd::Backends { service } => Request::Backends { service },
+        CtlCmd::Stats => Request::Stats,
+        CtlCmd::Drain { backend } => Request::Drain { backend },
+        CtlCmd::Undrain { backend } => Request::Undrain { backend },
+        CtlCmd::SetWeight { backend, weight } => Request::SetWeight { backend, weight },
+        CtlCmd::Reload => Request::Reload,
+        CtlCmd::Lookup { proto, src, dst } => Request::Lookup { proto, src, dst },
+        CtlCmd::Whatif { backend, change } => Request::Whatif { backend, change },
+    };
+    let text = l4lb::ctl::run(&socket, &req, json).map_err(Failure::Failed)?;
+    print!("{text}");
+    Ok(())
+}
+
+/// `l4lb run`: the appliance, until SIGINT/SIGTERM.
+#[cfg(feature = "dpdk")]
+fn run(config: &Path) -> Result<(), Failure> {
+    let cfg = load(config)?;
+    install_signals().map_err(|e| Failure::Failed(format!("cannot install the signal handlers: {e}")))?;
+    let mut out = std::io::stdout();
+    l4lb::app::run(&cfg, Some(config), &SIGNALS, &mut out).map_err(|e| Failure::Failed(e.to_string()))?;
+    Ok(())
 }

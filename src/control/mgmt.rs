@@ -9,14 +9,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
-
-use super::api::{Call, PortCounters, Reply, Request, Stats, WorkerStatsRow};
+use super::api::{
+    Applied, BackendRow, Call, Change, Entries, Lookup, PortCounters, PortStatus, Protocol, ReloadChanges,
+    Reloads, Reply, Request, Response, ServiceRow, Stats, Status, WhatifRow, WorkerStatsRow, MAX_WEIGHT,
+};
 use super::config::Config;
 use super::health::{Checker, Probe};
 use super::metrics::{self, PortRow};
 use super::neighbour::NeighbourTable;
-use super::runtime::{BackendKey, Change, Health, Runtime};
+use super::runtime::{BackendKey, Health, Runtime};
 use super::state_build::{needed_neighbours, PortFacts};
 use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
@@ -170,7 +171,9 @@ impl<'a> Management<'a> {
         if reload {
             let r = self.reload();
             self.log.push(match r {
-                Ok(v) => format!("reload (SIGHUP): applied, {v}"),
+                Ok(v) => {
+                    format!("reload (SIGHUP): applied, {}", serde_json::to_string(&v).unwrap_or_default())
+                }
                 Err(e) => format!("reload (SIGHUP) refused: {e}"),
             });
         }
@@ -295,18 +298,19 @@ impl<'a> Management<'a> {
         None
     }
 
-    fn publish_and_wait(&mut self) -> Result<Value, String> {
+    fn publish_and_wait(&mut self) -> Result<Applied, String> {
         let g = self.publish()?;
         let applied = self.wait_applied(g);
-        Ok(json!({
-            "generation": g,
-            "applied_ms": applied.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
-        }))
+        Ok(Applied {
+            generation: g,
+            applied_ms: applied.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+            ..Applied::default()
+        })
     }
 
     /// Re-reads the configuration file; a bad one is refused and the old one
     /// stays in force.
-    pub fn reload(&mut self) -> Result<Value, String> {
+    pub fn reload(&mut self) -> Result<Applied, String> {
         let r = self.try_reload();
         match &r {
             Ok(_) => self.reloads_ok += 1,
@@ -319,7 +323,7 @@ impl<'a> Management<'a> {
         r
     }
 
-    fn try_reload(&mut self) -> Result<Value, String> {
+    fn try_reload(&mut self) -> Result<Applied, String> {
         let path = self.cfg_path.clone().ok_or("l4lb was started without a configuration file")?;
         let new = Config::load(&path).map_err(|e| e.to_string())?;
         // Check that the new services build before anything changes.
@@ -332,11 +336,13 @@ impl<'a> Management<'a> {
         self.neighbours.track(&needed_neighbours(&new));
         self.rebuild_targets();
         let mut v = self.publish_and_wait()?;
-        v["services_added"] = json!(sum.services_added);
-        v["services_removed"] = json!(sum.services_removed);
-        v["backends_added"] = json!(sum.backends_added);
-        v["backends_removed"] = json!(sum.backends_removed);
-        v["weights_changed"] = json!(sum.weights_changed);
+        v.reload = Some(ReloadChanges {
+            services_added: sum.services_added,
+            services_removed: sum.services_removed,
+            backends_added: sum.backends_added,
+            backends_removed: sum.backends_removed,
+            weights_changed: sum.weights_changed,
+        });
         Ok(v)
     }
 
@@ -433,17 +439,17 @@ impl<'a> Management<'a> {
     fn api(&mut self, req: Request) -> Reply {
         let now = self.now_ms();
         match req {
-            Request::Status => Ok(self.status()),
-            Request::Services => Ok(self.services()),
+            Request::Status => Ok(Response::Status(Box::new(self.status()))),
+            Request::Services => Ok(Response::Services(self.services())),
             Request::Backends { service } => {
                 if let Some(s) = &service {
                     if self.runtime.service(s).is_none() {
                         return Err(format!("no service named `{s}`"));
                     }
                 }
-                Ok(self.backends(service.as_deref()))
+                Ok(Response::Backends(self.backends(service.as_deref())))
             }
-            Request::Stats => Ok(self.stats()),
+            Request::Stats => Ok(Response::Stats(Box::new(self.stats()))),
             Request::Drain { backend } => {
                 let keys = self.runtime.resolve(&backend)?;
                 for k in &keys {
@@ -452,8 +458,8 @@ impl<'a> Management<'a> {
                 }
                 self.log.push(format!("drain {backend}"));
                 let mut v = self.publish_and_wait()?;
-                v["backends"] = json!(keys.iter().map(|k| format!("{}/{}", k.0, k.1)).collect::<Vec<_>>());
-                Ok(v)
+                v.backends = keys.iter().map(|k| format!("{}/{}", k.0, k.1)).collect();
+                Ok(Response::Applied(v))
             }
             Request::Undrain { backend } => {
                 let keys = self.runtime.resolve(&backend)?;
@@ -461,30 +467,27 @@ impl<'a> Management<'a> {
                     self.runtime.backends.get_mut(k).expect("resolved").draining_since_ms = None;
                 }
                 self.log.push(format!("undrain {backend}"));
-                self.publish_and_wait()
+                self.publish_and_wait().map(Response::Applied)
             }
             Request::SetWeight { backend, weight } => {
-                if weight > 65_535 {
-                    return Err("weight must be 0 to 65535".into());
+                if weight > MAX_WEIGHT {
+                    return Err(format!("weight must be 0 to {MAX_WEIGHT}"));
                 }
                 let keys = self.runtime.resolve(&backend)?;
                 for k in &keys {
                     self.runtime.backends.get_mut(k).expect("resolved").weight_override = Some(weight);
                 }
                 self.log.push(format!("set-weight {backend} {weight}"));
-                self.publish_and_wait()
+                self.publish_and_wait().map(Response::Applied)
             }
-            Request::Reload => self.reload(),
-            Request::Lookup { proto, src, dst } => self.lookup(&proto, &src, &dst),
+            Request::Reload => self.reload().map(Response::Applied),
+            Request::Lookup { proto, src, dst } => self.lookup(proto, src, dst).map(Response::Lookup),
             Request::Whatif { backend, change } => {
-                let change = match change.as_str() {
-                    "remove" | "down" => Change::Remove,
-                    "drain" => Change::Drain,
-                    w => match w.strip_prefix("weight=").and_then(|n| n.parse::<u32>().ok()) {
-                        Some(n) if n <= 65_535 => Change::Weight(n),
-                        _ => return Err(format!("change `{w}`: say remove, drain or weight=N")),
-                    },
-                };
+                if let Change::Weight(w) = change {
+                    if w > MAX_WEIGHT {
+                        return Err(format!("weight must be 0 to {MAX_WEIGHT}"));
+                    }
+                }
                 let keys = self.runtime.resolve(&backend)?;
                 let mut rows = Vec::new();
                 for k in keys {
@@ -492,53 +495,64 @@ impl<'a> Management<'a> {
                     let w = self.runtime.whatif(&svc, k.1, change, now);
                     let id = self.runtime.backends[&k].id;
                     let flows = if w.tracked_flows_move { self.active(id) } else { 0 };
-                    let list = |v: &[(IpAddr, u64)]| -> Value {
-                        v.iter().map(|(a, n)| json!({"backend": a.to_string(), "entries": n})).collect()
+                    let list = |v: &[(IpAddr, u64)]| -> Vec<Entries> {
+                        v.iter().map(|&(backend, entries)| Entries { backend, entries }).collect()
                     };
-                    rows.push(json!({
-                        "service": k.0,
-                        "backend": k.1.to_string(),
-                        "table_size": w.table_size,
-                        "entries_moved": w.entries_moved,
-                        "tracked_flows_moved": flows,
-                        "entries_before": list(&w.entries_before),
-                        "entries_after": list(&w.entries_after),
-                    }));
+                    rows.push(WhatifRow {
+                        service: k.0,
+                        backend: k.1,
+                        table_size: w.table_size,
+                        entries_moved: w.entries_moved,
+                        tracked_flows_moved: flows,
+                        entries_before: list(&w.entries_before),
+                        entries_after: list(&w.entries_after),
+                    });
                 }
-                Ok(Value::Array(rows))
+                Ok(Response::Whatif(rows))
             }
         }
     }
 
-    fn status(&self) -> Value {
+    fn status(&self) -> Status {
         let (t, per) = self.telemetry();
         let up = self.runtime.backends.values().filter(|b| b.health.state != Health::Down).count();
-        json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "uptime_s": self.started.elapsed().as_secs(),
-            "config": self.cfg_path.as_ref().map(|p| p.display().to_string()),
-            "generation": self.generation(),
-            "worker_generations": per.iter().map(|p| p.generation).collect::<Vec<_>>(),
-            "workers": self.mailboxes.len(),
-            "tsc_hz": self.tsc_hz,
-            "ports": self.runtime.cfg.config.ports.iter().zip(self.ports).map(|(p, port)| {
-                let link = port.link().ok();
-                json!({"name": p.name, "device": p.device, "link_up": link.map(|l| l.up), "speed_mbps": link.map(|l| l.speed_mbps)})
-            }).collect::<Vec<_>>(),
-            "services": self.runtime.cfg.config.services.len(),
-            "backends": self.runtime.backends.len(),
-            "backends_not_down": up,
-            "flows": t.flows,
-            "rx_packets": t.counters[Counter::RxPackets],
-            "reloads": {"applied": self.reloads_ok, "refused": self.reloads_refused, "last": self.last_reload},
-        })
+        let ports = self.runtime.cfg.config.ports.iter().zip(self.ports);
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_s: self.started.elapsed().as_secs(),
+            config: self.cfg_path.as_ref().map(|p| p.display().to_string()),
+            generation: self.generation(),
+            worker_generations: per.iter().map(|p| p.generation).collect(),
+            workers: self.mailboxes.len(),
+            tsc_hz: self.tsc_hz,
+            ports: ports
+                .map(|(p, port)| {
+                    let link = port.link().ok();
+                    PortStatus {
+                        name: p.name.clone(),
+                        device: p.device.clone(),
+                        link_up: link.map(|l| l.up),
+                        speed_mbps: link.map(|l| l.speed_mbps),
+                    }
+                })
+                .collect(),
+            services: self.runtime.cfg.config.services.len(),
+            backends: self.runtime.backends.len(),
+            backends_not_down: up,
+            flows: t.flows,
+            rx_packets: t.counters[Counter::RxPackets],
+            reloads: Reloads {
+                applied: self.reloads_ok,
+                refused: self.reloads_refused,
+                last: self.last_reload.clone(),
+            },
+        }
     }
 
-    fn services(&self) -> Value {
+    fn services(&self) -> Vec<ServiceRow> {
         let entries = self.table_entries();
         let c = &self.runtime.cfg.config;
-        let rows: Vec<Value> = c
-            .services
+        c.services
             .iter()
             .map(|s| {
                 let (mut p, mut b, mut nf, mut act, mut up) = (0, 0, 0, 0, 0);
@@ -551,24 +565,26 @@ impl<'a> Management<'a> {
                     act += self.active(st.id);
                     up += (entries.contains_key(&st.id) && st.health.state != Health::Down) as u64;
                 }
-                json!({
-                    "name": s.name,
-                    "vip": s.vip.to_string(),
-                    "protocol": format!("{:?}", s.protocol).to_lowercase(),
-                    "port": s.port,
-                    "forwarding": format!("{:?}", s.forwarding).to_lowercase(),
-                    "scheduler": format!("{:?}", s.scheduler),
-                    "backends": s.backends.len(),
-                    "backends_in_service": up,
-                    "packets": p, "bytes": b, "new_flows": nf, "active_flows": act,
-                    "health_check": s.health.as_ref().map(|h| h.check.name()),
-                })
+                ServiceRow {
+                    name: s.name.clone(),
+                    vip: s.vip,
+                    protocol: format!("{:?}", s.protocol).to_lowercase(),
+                    port: s.port,
+                    forwarding: format!("{:?}", s.forwarding).to_lowercase(),
+                    scheduler: format!("{:?}", s.scheduler),
+                    backends: s.backends.len(),
+                    backends_in_service: up,
+                    packets: p,
+                    bytes: b,
+                    new_flows: nf,
+                    active_flows: act,
+                    health_check: s.health.as_ref().map(|h| h.check.name().to_owned()),
+                }
             })
-            .collect();
-        Value::Array(rows)
+            .collect()
     }
 
-    fn backends(&self, only: Option<&str>) -> Value {
+    fn backends(&self, only: Option<&str>) -> Vec<BackendRow> {
         let entries = self.table_entries();
         let now = self.now_ms();
         let mut rows = Vec::new();
@@ -583,34 +599,38 @@ impl<'a> Management<'a> {
                         .iter()
                         .any(|sv| sv.name == s.name && sv.backends.contains(&(slot as u32)))
                 });
-                rows.push(json!({
-                    "service": s.name,
-                    "backend": b.address.to_string(),
-                    "id": st.id,
-                    "health": st.health.state.name(),
-                    "draining": st.draining_since_ms.is_some(),
-                    "in_state": in_state,
-                    "weight": b.weight,
-                    "weight_override": st.weight_override,
-                    "effective_weight": if in_state { self.runtime.effective_weight(s, b.address, now) } else { 0 },
-                    "table_entries": entries.get(&st.id).copied().unwrap_or(0),
-                    "active_flows": self.active(st.id),
-                    "new_flows": self.new_flows(st.id),
-                    "packets": p,
-                    "bytes": by,
-                    "pps": r.pps,
-                    "bps": r.bps,
-                    "rtt_us": (st.last_check_ms.is_some()).then_some(st.rtt_us),
-                    "checks_ok": st.checks_ok,
-                    "checks_failed": st.checks_failed,
-                    "last_error": st.last_error,
-                }));
+                rows.push(BackendRow {
+                    service: s.name.clone(),
+                    backend: b.address,
+                    id: st.id,
+                    health: st.health.state.name().into(),
+                    draining: st.draining_since_ms.is_some(),
+                    in_state,
+                    weight: b.weight,
+                    weight_override: st.weight_override,
+                    effective_weight: if in_state {
+                        self.runtime.effective_weight(s, b.address, now)
+                    } else {
+                        0
+                    },
+                    table_entries: entries.get(&st.id).copied().unwrap_or(0),
+                    active_flows: self.active(st.id),
+                    new_flows: self.new_flows(st.id),
+                    packets: p,
+                    bytes: by,
+                    pps: r.pps,
+                    bps: r.bps,
+                    rtt_us: st.last_check_ms.is_some().then_some(st.rtt_us),
+                    checks_ok: st.checks_ok,
+                    checks_failed: st.checks_failed,
+                    last_error: st.last_error.clone(),
+                });
             }
         }
-        Value::Array(rows)
+        rows
     }
 
-    fn stats(&self) -> Value {
+    fn stats(&self) -> Stats {
         let (t, per) = self.telemetry();
         let by_name = |c: &Counters| c.rows().map(|(i, v)| (i.name.to_owned(), v)).collect();
         let stats = Stats {
@@ -636,19 +656,11 @@ impl<'a> Management<'a> {
                 .collect(),
             ports: self.port_stats(false).into_iter().map(|(c, _)| c).collect(),
         };
-        serde_json::to_value(stats).unwrap_or_default()
+        stats
     }
 
-    fn lookup(&mut self, proto: &str, src: &str, dst: &str) -> Reply {
-        let p = match proto {
-            "tcp" => crate::net::proto::TCP,
-            "udp" => crate::net::proto::UDP,
-            _ => return Err(format!("protocol `{proto}`: say tcp or udp")),
-        };
-        let sa = |s: &str, what: &str| -> Result<SocketAddr, String> {
-            s.parse().map_err(|_| format!("{what} `{s}` is not ADDRESS:PORT (IPv6: [ADDRESS]:PORT)"))
-        };
-        let (s, d) = (sa(src, "source")?, sa(dst, "destination")?);
+    fn lookup(&mut self, proto: Protocol, s: SocketAddr, d: SocketAddr) -> Result<Lookup, String> {
+        let p = proto.number();
         if s.is_ipv4() != d.is_ipv4() {
             return Err("source and destination are of different address families".into());
         }
@@ -686,19 +698,20 @@ impl<'a> Management<'a> {
             }
             std::thread::sleep(Duration::from_micros(200));
         }
-        let addr_of = |id: u32| st.slot_of(id).map(|s| st.backends[s].addr.to_string());
-        let mut v = json!({"service": svc.name, "flow_hash": format!("{:016x}", key.hash())});
+        let addr_of = |id: u32| st.slot_of(id).map(|s| st.backends[s].addr);
+        let mut v = Lookup {
+            service: svc.name.clone(),
+            flow_hash: format!("{:016x}", key.hash()),
+            backend: None,
+            why: String::new(),
+        };
         if let Some((w, e)) = tracked {
-            v["backend"] = json!(addr_of(e.backend));
-            v["why"] = json!(match addr_of(e.backend) {
-                Some(_) => format!("tracked flow on worker {w} (state {:?}): it keeps its backend", e.state),
-                None => format!(
-                    "tracked flow on worker {w}, but its backend left: its next packet is scheduled again"
-                ),
-            });
-            if addr_of(e.backend).is_some() {
+            if let Some(a) = addr_of(e.backend) {
+                v.backend = Some(a);
+                v.why = format!("tracked flow on worker {w} (state {:?}): it keeps its backend", e.state);
                 return Ok(v);
             }
+            // Its backend left: the next packet is scheduled again, as below.
         }
         // A new flow of a persisted client goes where the worker keeps that
         // client, while that backend is up and not draining (as the
@@ -707,19 +720,19 @@ impl<'a> Management<'a> {
         if let Some((w, (id, left_ms))) = persisted {
             if let Some(b) = st.slot_of(id).filter(|&b| !st.backends[b].draining) {
                 let left_s = left_ms.div_ceil(1000);
-                v["backend"] = json!(st.backends[b].addr.to_string());
-                v["why"] = json!(format!(
+                v.backend = Some(st.backends[b].addr);
+                v.why = format!(
                     "new flow of a persisted client: worker {w} keeps {} on this backend for {left_s} s more \
                      (persistence_s, renewed by each packet)",
                     s.ip()
-                ));
+                );
                 return Ok(v);
             }
         }
         let active: Vec<u32> = (0..st.id_space() as u32).map(|id| self.active(id) as u32).collect();
         let mut sched = SchedState { rr: 0, wrr: vec![0; svc.backends.len()] };
         let pick = svc.pick(&st, &key, key.hash(), &active, &mut sched);
-        v["backend"] = json!(pick.map(|b| st.backends[b].addr.to_string()));
+        v.backend = pick.map(|b| st.backends[b].addr);
         let how = match svc.scheduler {
             crate::balancer::state::Scheduler::Maglev => format!(
                 "new flow: Maglev entry {} of {} (the same on every l4lb with this configuration)",
@@ -733,11 +746,14 @@ impl<'a> Management<'a> {
         };
         let how =
             if pick.is_none() { "no backend takes new flows: dropped (no_backend)".to_string() } else { how };
-        v["why"] = json!(if svc.persistence_ms > 0 {
+        v.why = if svc.persistence_ms > 0 {
             format!("{how}; no worker keeps this client (persistence), so the scheduler decides")
         } else {
             how
-        });
+        };
+        if let Some((w, _)) = tracked {
+            v.why = format!("tracked flow on worker {w}, but its backend left: {}", v.why);
+        }
         Ok(v)
     }
 

@@ -117,13 +117,8 @@ pub struct ReloadSummary {
     pub weights_changed: Vec<String>,
 }
 
-/// A change `whatif` is asked about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Change {
-    Remove,
-    Drain,
-    Weight(u32),
-}
+/// A change `whatif` is asked about (the control API's type).
+pub use super::api::Change;
 
 /// The answer to `whatif`.
 #[derive(Debug, Clone, PartialEq, Eq)]
