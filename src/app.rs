@@ -13,9 +13,11 @@ use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
 use crate::control::runtime::Runtime;
 use crate::control::state_build::{worker_config, PortFacts};
-use crate::dataplane::balance::{BalanceWorker, StateMailbox};
-use crate::dataplane::forward::{ForwardWorker, PollConfig};
+use crate::dataplane::balance::BalanceWorker;
+use crate::dataplane::forward::ForwardWorker;
+use crate::dataplane::mailbox::StateMailbox;
 use crate::dataplane::pipeline::{Counter, DropReason, DROPS_METRIC};
+use crate::dataplane::poll::PollConfig;
 use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{lcore, DpdkError, Eal, Mempool, Port, PortConfig, PortStats};
 
@@ -465,7 +467,7 @@ fn poll_gap_line(out: &mut dyn Write, longest_us: u64, stalls: u64) {
         out,
         "  longest poll gap {:.3} ms, stalls (gaps of {} ms or more) {}",
         longest_us as f64 / 1000.0,
-        crate::dataplane::balance::STALL_US / 1000,
+        crate::dataplane::poll::STALL_US / 1000,
         stalls
     );
 }

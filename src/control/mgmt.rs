@@ -22,7 +22,7 @@ use super::state_build::{needed_neighbours, PortFacts};
 use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::state::{ForwardingState, SchedState};
-use crate::dataplane::balance::{FlowQuery, StateMailbox};
+use crate::dataplane::mailbox::{FlowQuery, StateMailbox};
 use crate::dataplane::pipeline::{BackendCounters, Counter, Counters, DROPS_METRIC};
 use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{Mempool, Port};

@@ -5,7 +5,10 @@
 pub mod balance;
 #[cfg(feature = "dpdk")]
 pub mod forward;
+#[cfg(feature = "dpdk")]
+pub mod mailbox;
 pub mod packet;
 pub mod pipeline;
+pub mod poll;
 pub mod telemetry;
 pub mod testframes;

@@ -110,6 +110,22 @@ mod tests {
     use crate::dataplane::pipeline::{row_info, Counter, DropReason};
 
     #[test]
+    fn worker_stats_sum_counts_and_keep_the_longest_gap() {
+        let stats = |rx: u64, gap_us: u64, stalls: u64| {
+            let mut s = WorkerStats { longest_poll_gap_us: gap_us, ..Default::default() };
+            (s.counters[Counter::RxPackets], s.counters[Counter::Stalls]) = (rx, stalls);
+            s
+        };
+        let mut a = stats(5, 300, 1);
+        a += stats(7, 2500, 2);
+        a += stats(0, 40, 0);
+        assert_eq!(
+            (a.counters[Counter::RxPackets], a.longest_poll_gap_us, a.counters[Counter::Stalls]),
+            (12, 2500, 3)
+        );
+    }
+
+    #[test]
     fn every_row_round_trips_through_publish_and_snapshot() {
         let t = WorkerTelemetry::new(16);
         // A distinct value in every row: a row published as 0 or into

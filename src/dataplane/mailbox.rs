@@ -1,0 +1,157 @@
+//! The lock-free rings between one worker and the management core: new
+//! forwarding states in and old ones back (so they are freed on the
+//! management core, never on a worker), neighbour answers up, the management
+//! core's own packets down, flow-table questions and answers, and the
+//! worker's published counters.
+
+use std::sync::Arc;
+
+use crossbeam::queue::ArrayQueue;
+
+use super::telemetry::WorkerTelemetry;
+use crate::balancer::flow::FlowKey;
+use crate::balancer::flowtable::Entry;
+use crate::balancer::limits::MAX_BACKEND_IDS;
+use crate::balancer::state::ForwardingState;
+use crate::dpdk::Mbuf;
+
+/// One worker's rings to and from the management core: new states in, old
+/// states back; control packets (ARP replies, neighbour advertisements) up,
+/// packets the management core wants sent (its ARP requests and
+/// solicitations) down. All lock-free (crossbeam `ArrayQueue`).
+pub struct StateMailbox {
+    inbox: ArrayQueue<Arc<ForwardingState>>,
+    returned: ArrayQueue<Arc<ForwardingState>>,
+    /// (port, packet) from the worker to the management core.
+    pub control_up: ArrayQueue<(u16, Mbuf)>,
+    /// (port, packet) for the worker to transmit.
+    pub control_down: ArrayQueue<(u16, Mbuf)>,
+    /// Flow-table questions from the management core (`l4lb ctl lookup`)...
+    pub queries: ArrayQueue<FlowQuery>,
+    /// ...and the worker's answers.
+    pub answers: ArrayQueue<FlowAnswer>,
+    /// The worker's live counters.
+    pub telemetry: Arc<WorkerTelemetry>,
+}
+
+/// "Do you track this flow?", asked of every worker.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowQuery {
+    pub tag: u64,
+    pub key: FlowKey,
+    /// The service's persistence id, when it has persistence: also ask
+    /// whether the source is kept on a backend.
+    pub persist_id: Option<u32>,
+}
+
+/// A worker's answer: the tracked entry, if any, and the persisted backend
+/// id of the source with the time it has left (ms), if asked and any.
+#[derive(Debug, Clone, Copy)]
+pub struct FlowAnswer {
+    pub tag: u64,
+    pub entry: Option<Entry>,
+    pub persisted: Option<(u32, u64)>,
+}
+
+/// Control packets in flight per direction and worker.
+pub const CONTROL_RING: usize = 256;
+
+impl StateMailbox {
+    /// Rings of `depth` states each.
+    pub fn new(depth: usize) -> StateMailbox {
+        StateMailbox {
+            inbox: ArrayQueue::new(depth),
+            returned: ArrayQueue::new(depth + 1),
+            control_up: ArrayQueue::new(CONTROL_RING),
+            control_down: ArrayQueue::new(CONTROL_RING),
+            queries: ArrayQueue::new(16),
+            answers: ArrayQueue::new(16),
+            telemetry: Arc::new(WorkerTelemetry::new(MAX_BACKEND_IDS)),
+        }
+    }
+
+    /// Management side: offers a state; gives it back when the ring is full,
+    /// so the caller retries (a state is never lost).
+    pub fn publish(&self, st: Arc<ForwardingState>) -> Result<(), Arc<ForwardingState>> {
+        self.inbox.push(st)
+    }
+
+    /// Management side: the states workers are done with (dropped here, on
+    /// the management core).
+    pub fn reclaim(&self) -> usize {
+        let mut n = 0;
+        while self.returned.pop().is_some() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Worker side: the newest state waiting, if any (older ones waiting are
+    /// returned unused).
+    #[inline]
+    pub fn take_newest(&self, pending: &mut Vec<Arc<ForwardingState>>) -> Option<Arc<ForwardingState>> {
+        let mut newest = self.inbox.pop()?;
+        while let Some(newer) = self.inbox.pop() {
+            pending.push(std::mem::replace(&mut newest, newer));
+        }
+        Some(newest)
+    }
+
+    /// Worker side: hands old states back; what does not fit stays pending.
+    #[inline]
+    pub fn give_back(&self, pending: &mut Vec<Arc<ForwardingState>>) {
+        while let Some(old) = pending.pop() {
+            if let Err(old) = self.returned.push(old) {
+                pending.push(old);
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balancer::state::PortInfo;
+
+    fn state(generation: u64) -> Arc<ForwardingState> {
+        Arc::new(
+            ForwardingState::build(
+                generation,
+                vec![PortInfo { mac: [2, 0, 0, 0, 0, 1], ipv4: None, ipv6: None, mtu: 1500 }],
+                vec![],
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn mailbox_delivers_the_newest_and_returns_the_rest() {
+        let mb = StateMailbox::new(2);
+        assert!(mb.publish(state(1)).is_ok());
+        assert!(mb.publish(state(2)).is_ok());
+        let third = mb.publish(state(3)).unwrap_err();
+        assert_eq!(third.generation, 3, "a full ring hands the state back for a retry");
+        let mut pending = Vec::new();
+        let got = mb.take_newest(&mut pending).unwrap();
+        assert_eq!(got.generation, 2);
+        assert_eq!(pending.iter().map(|s| s.generation).collect::<Vec<_>>(), vec![1]);
+        assert!(mb.publish(third).is_ok());
+        mb.give_back(&mut pending);
+        assert!(pending.is_empty());
+        assert_eq!(mb.reclaim(), 1);
+        assert_eq!(mb.take_newest(&mut pending).unwrap().generation, 3);
+    }
+
+    #[test]
+    fn give_back_keeps_what_does_not_fit() {
+        let mb = StateMailbox::new(1); // return ring holds 2
+        let mut pending = vec![state(1), state(2), state(3)];
+        mb.give_back(&mut pending);
+        assert_eq!(pending.len(), 1);
+        assert_eq!(mb.reclaim(), 2);
+        mb.give_back(&mut pending);
+        assert!(pending.is_empty());
+        assert_eq!(mb.reclaim(), 1);
+    }
+}
