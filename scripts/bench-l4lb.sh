@@ -23,7 +23,7 @@ $BIN run --config "$cfg" >"$log" 2>&1 &
 pid=$!
 trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 for _ in $(seq 1 600); do
-  grep -q '^control socket' "$log" && break
+  grep -q 'control socket' "$log" && break
   kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "l4lb exited" >&2; exit 1; }
   sleep 0.1
 done

@@ -111,12 +111,12 @@ step "start l4lb on TAP port $TAP (in namespace $NS_MGMT)"
 ip netns exec "$NS_MGMT" $BIN run --config "$CONFIG" >"$LOG" 2>&1 &
 L4LB_PID=$!
 for _ in $(seq 1 300); do
-  grep -q '^l4lb running' "$LOG" && break
+  grep -q 'INFO  l4lb running: ' "$LOG" && break
   kill -0 "$L4LB_PID" 2>/dev/null || { cat "$LOG"; echo "l4lb exited"; exit 1; }
   sleep 0.1
 done
-grep -q '^l4lb running' "$LOG" || { cat "$LOG"; echo "l4lb did not start"; exit 1; }
-grep -E '^(port|balancing|l4lb running|control)' "$LOG"
+grep -q 'INFO  l4lb running: ' "$LOG" || { cat "$LOG"; echo "l4lb did not start"; exit 1; }
+grep -E 'INFO  (port|balancing|l4lb running|control)' "$LOG"
 ip -n "$NS_MGMT" link set "$TAP" netns "$NS_LAN"
 # The kernel side of the TAP starts with l4lb's MAC: give it its own, or the
 # bridge would keep l4lb's frames for itself.

@@ -5,21 +5,23 @@
 use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::balancer::state::ForwardingState;
 use crate::control::api::{self, Call};
 use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
-use crate::control::runtime::Runtime;
+use crate::control::registry::Registry;
 use crate::control::state_build::{worker_config, PortFacts};
 use crate::dataplane::balance::BalanceWorker;
 use crate::dataplane::forward::ForwardWorker;
 use crate::dataplane::mailbox::StateMailbox;
+use crate::dataplane::pipeline::BackendCounters;
 use crate::dataplane::pipeline::{Counter, DropReason, DROPS_METRIC};
 use crate::dataplane::poll::PollConfig;
 use crate::dataplane::telemetry::WorkerStats;
-use crate::dpdk::{lcore, DpdkError, Eal, Mempool, Port, PortConfig, PortStats};
+use crate::dpdk::{lcore, DpdkError, Eal, Mempool, PacketCapture, Port, PortConfig, PortStats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -78,8 +80,13 @@ enum Final {
     Balance(WorkerStats),
 }
 
-/// Runs until `signals.stop` is set. Progress and the final report go to
-/// `out`. `cfg_path` is the file `reload` re-reads.
+/// Runs until `signals.stop` is set. Progress goes to the log; the final
+/// report to `out`. `cfg_path` is the file `reload` re-reads.
+///
+/// In order: EAL, the packet pool and the ports; packet capture; for
+/// balancing, the first forwarding state; the workers' queues; then the
+/// workers on their lcores while this (the main lcore) runs the management
+/// loop; at the stop, the report.
 pub fn run(
     cfg: &Validated,
     cfg_path: Option<&Path>,
@@ -98,148 +105,19 @@ pub fn run(
         return Err(RunError::Lcores { got: workers.len(), want: cfg.workers.len() });
     }
     let pool = Mempool::new(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, -1).map_err(RunError::Pool)?;
-
-    let mut ports = Vec::with_capacity(cfg.config.ports.len());
-    for (i, p) in cfg.config.ports.iter().enumerate() {
-        let port_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
-        let spec = cfg.config.dpdk.devices.iter().find(|d| device_name(d) == p.device).expect("validated");
-        let id = Port::id_by_name(&eal, device_name(spec)).map_err(port_err)?;
-        let pc = PortConfig {
-            rx_queues: cfg.rx_queues(i),
-            tx_queues: cfg.tx_queues(i),
-            rx_desc: p.rx_desc,
-            tx_desc: p.tx_desc,
-            mtu: p.mtu,
-            promiscuous: true,
-        };
-        let mut port = Port::configure(&eal, id, &pc, &pool).map_err(port_err)?;
-        if let Some(mac) = p.mac {
-            port.set_mac(mac.0).map_err(port_err)?;
-        }
-        port.start().map_err(port_err)?;
-        let mac = port.mac().map_err(port_err)?;
-        let _ = writeln!(
-            out,
-            "port {} ({}, driver {}): {} rx / {} tx queues, mac {}, rss {}",
-            p.name,
-            p.device,
-            port.info().driver,
-            pc.rx_queues,
-            pc.tx_queues,
-            fmt_mac(&mac),
-            if port.rss_hf() != 0 { "on" } else { "off" },
-        );
-        ports.push(port);
-    }
-
-    // dpdk-dumpcap attaches as a secondary process: only with EAL's shared files.
-    let d = &cfg.config.dpdk;
-    let capture = if !d.in_memory && d.hugepages {
-        // Test-only fault injection: a worker waits this long inside the capture
-        // callback before each copy, as a descheduled one would
-        // (tests/e2e_dpdk_tools.rs).
-        let stall = std::env::var("L4LB_TEST_CAPTURE_STALL_US")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(Duration::from_micros)
-            .unwrap_or_default();
-        match eal.enable_packet_capture(stall) {
-            Ok(c) => {
-                let _ =
-                    writeln!(out, "packet capture on: dpdk-dumpcap --file-prefix {} -i PORT", d.file_prefix);
-                if !stall.is_zero() {
-                    let _ = writeln!(out, "packet capture: test stall of {stall:?} per copied burst");
-                }
-                Some(c)
-            }
-            Err(e) => {
-                let _ = writeln!(out, "packet capture off: {e}");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let capture_log = || capture.as_ref().map(|c| c.drain_log()).unwrap_or_default();
-    let w = &cfg.config.workers;
-    let poll = PollConfig {
-        burst_size: w.burst_size,
-        tx_drain_tsc: eal.us_to_tsc(w.tx_drain_us),
-        idle_polls_before_pause: w.idle_polls_before_pause,
-        idle_pause: Duration::from_micros(w.idle_pause_us),
-    };
-    let balancing = !cfg.config.services.is_empty();
+    let mut ports = start_ports(cfg, &eal, &pool)?;
+    let capture = start_capture(cfg, &eal);
+    let poll = poll_config(cfg, &eal);
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
-    let mut facts = Vec::with_capacity(ports.len());
-    let mut first_state = None;
-    let mut first_runtime = None;
-    if balancing {
-        for (i, port) in ports.iter().enumerate() {
-            let port_err = |source| RunError::Port {
-                port: cfg.config.ports[i].name.clone(),
-                device: cfg.config.ports[i].device.clone(),
-                source,
-            };
-            let mtu = match port.mtu() {
-                Ok(m) => m,
-                Err(_) => cfg.config.ports[i].mtu.unwrap_or(1500),
-            };
-            facts.push(PortFacts { mac: port.mac().map_err(port_err)?, mtu });
-        }
-        // The management side's model assigns the backends' stable ids; the
-        // first state comes from it like every later one.
-        let runtime = Runtime::new(cfg.clone());
-        let state = std::sync::Arc::new(runtime.build(1, &facts, &|_, _| None, 0)?);
-        first_runtime = Some(runtime);
-        for mb in &mailboxes {
-            // Fresh rings have room: this cannot be refused.
-            let _ = mb.publish(state.clone());
-        }
-        let _ = writeln!(
-            out,
-            "balancing {} services over {} backends (forwarding state generation {})",
-            state.services.len(),
-            state.backends.len(),
-            state.generation
-        );
-        first_state = Some(state);
-    }
-    // Worker k polls RX queues k, k+W, k+2W... of every port and owns TX queue k of every port.
-    let mut plans: Vec<Plan<'_>> = Vec::with_capacity(workers.len());
-    // Each balancing worker's per-backend counters, read by the management core.
-    let mut counter_blocks = Vec::with_capacity(workers.len());
-    for k in 0..workers.len() {
-        let mut rx = Vec::new();
-        let mut tx = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
-            let port_err = |source| RunError::Port {
-                port: cfg.config.ports[i].name.clone(),
-                device: cfg.config.ports[i].device.clone(),
-                source,
-            };
-            for q in (k..port.rx_queue_count() as usize).step_by(workers.len()) {
-                rx.push((port.rx_queue(q as u16).map_err(port_err)?, i));
-            }
-            let mut t = port.tx_queue(k as u16, poll.tx_drain_tsc).map_err(port_err)?;
-            t.set_flush_at(w.burst_size);
-            tx.push(t);
-        }
-        plans.push(if balancing {
-            let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
-            let pipeline = crate::dataplane::pipeline::Worker::on_hugepages(worker_config(cfg));
-            counter_blocks.push(pipeline.backend_counters());
-            Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
-        } else {
-            let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();
-            Plan::Forward(ForwardWorker { rx, tx })
-        });
-    }
+    let balancing =
+        if cfg.config.services.is_empty() { None } else { Some(first_state(cfg, &ports, &mailboxes)?) };
+    let (plans, counter_blocks) = plan_workers(cfg, &ports, workers.len(), balancing.is_some(), poll)?;
     let tsc_per_ms = eal.tsc_hz() / 1000;
 
     // Each worker writes its final counters here before its lcore returns.
     let finals: Vec<Mutex<Final>> = workers.iter().map(|_| Mutex::default()).collect();
     let mailboxes = &mailboxes;
-    let mut final_backends = None;
+    let mut final_backends = Vec::new();
     let (launch, joined) = lcore::scope(&eal, |s| {
         for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
             let launched = s.launch(*lc, move || {
@@ -256,109 +134,295 @@ pub fn run(
             }
         }
         let ids: Vec<String> = workers.iter().map(|l| l.id().to_string()).collect();
-        let _ = writeln!(
-            out,
+        log::info!(
             "l4lb running: {} ports, {} workers on lcores {}; Ctrl-C or SIGTERM stops",
             ports.len(),
             workers.len(),
             ids.join(",")
         );
-        let _ = out.flush();
-        let (Some(state), Some(runtime)) = (first_state.clone(), first_runtime.take()) else {
+        let Some(first) = balancing else {
             // Plain forwarding: nothing to manage but the stop signal.
             while !stop.load(Ordering::Relaxed) {
-                for line in capture_log() {
-                    let _ = writeln!(out, "l4lb: {line}");
+                if let Some(c) = &capture {
+                    c.sweep();
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
             return Ok(());
         };
-        // The management lcore's loop: neighbours, health checks, changes,
-        // the control API and metrics.
-        // Its helper threads (health checks, API, metrics) inherit this.
-        crate::dpdk::block_driver_signals();
-        let (calls_tx, calls) = crossbeam::channel::unbounded::<Call>();
-        let socket = cfg.control_socket();
-        let servers = match api::start(&socket, &cfg.config.control.metrics_address, calls_tx) {
-            Ok(s) => s,
-            Err(e) => {
-                stop.store(true, Ordering::SeqCst);
-                return Err(e.into());
-            }
-        };
-        let _ = writeln!(
-            out,
-            "control socket {}{}",
-            socket.display(),
-            servers.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
-        );
-        let mut mgmt = Management::new(
-            runtime,
-            cfg_path.map(Path::to_path_buf),
-            &facts,
-            &ports,
-            &pool,
+        let ctx = ManageContext {
+            cfg,
+            cfg_path,
+            ports: &ports,
+            pool: &pool,
             mailboxes,
-            counter_blocks.clone(),
-            state,
-        );
-        mgmt.tsc_hz = tsc_per_ms * 1000;
-        while !stop.load(Ordering::Relaxed) {
-            let reload = signals.reload.swap(false, Ordering::SeqCst);
-            mgmt.tick(reload);
-            for line in mgmt.log.drain(..).chain(capture_log()) {
-                let _ = writeln!(out, "l4lb: {line}");
-            }
-            let _ = out.flush();
-            if let Ok(call) = calls.recv_timeout(Duration::from_millis(10)) {
-                mgmt.handle(call);
-                while let Ok(call) = calls.try_recv() {
-                    mgmt.handle(call);
-                }
-            }
-        }
-        drop(servers);
-        // Every configured backend (down ones too), with its stable id.
-        final_backends = Some(
-            mgmt.runtime
-                .cfg
-                .config
-                .services
-                .iter()
-                .map(|s| {
-                    let ids = s
-                        .backends
-                        .iter()
-                        .filter_map(|b| {
-                            mgmt.runtime
-                                .backends
-                                .get(&(s.name.clone(), b.address))
-                                .map(|st| (b.address, st.id))
-                        })
-                        .collect::<Vec<_>>();
-                    (s.name.clone(), ids)
-                })
-                .collect::<Vec<_>>(),
-        );
-        if mgmt.generation() > 1 || mgmt.neighbours.resolved() > 0 {
-            let _ = writeln!(
-                out,
-                "neighbours: {} of {} resolved; forwarding state generation {}",
-                mgmt.neighbours.resolved(),
-                mgmt.neighbours.len(),
-                mgmt.generation()
-            );
-        }
+            counters: &counter_blocks,
+            capture: capture.as_ref(),
+            tsc_hz: tsc_per_ms * 1000,
+        };
+        final_backends = manage(&ctx, first, signals)?;
         Ok(())
     });
-    let mut report = RunReport::default();
     for (lc, res) in &joined {
         if let Err(e) = res {
-            let _ = writeln!(out, "worker on lcore {} failed: {e}", lc.id());
+            log::error!("worker on lcore {} failed: {e}", lc.id());
         }
     }
     launch?;
+    for mb in mailboxes {
+        mb.reclaim();
+    }
+    let report = collect_report(cfg, finals, &mut ports, &final_backends, &counter_blocks);
+    print_report(&report, out);
+    drop(capture);
+    drop(ports);
+    drop(pool);
+    drop(eal);
+    Ok(report)
+}
+
+/// Configures and starts every port, with its queues, MTU and MAC.
+fn start_ports(cfg: &Validated, eal: &Eal, pool: &Mempool) -> Result<Vec<Port>, RunError> {
+    let mut ports = Vec::with_capacity(cfg.config.ports.len());
+    for (i, p) in cfg.config.ports.iter().enumerate() {
+        let port_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
+        let spec = cfg.config.dpdk.devices.iter().find(|d| device_name(d) == p.device).expect("validated");
+        let id = Port::id_by_name(eal, device_name(spec)).map_err(port_err)?;
+        let pc = PortConfig {
+            rx_queues: cfg.rx_queues(i),
+            tx_queues: cfg.tx_queues(i),
+            rx_desc: p.rx_desc,
+            tx_desc: p.tx_desc,
+            mtu: p.mtu,
+            promiscuous: true,
+        };
+        let mut port = Port::configure(eal, id, &pc, pool).map_err(port_err)?;
+        if let Some(mac) = p.mac {
+            port.set_mac(mac).map_err(port_err)?;
+        }
+        port.start().map_err(port_err)?;
+        let mac = port.mac().map_err(port_err)?;
+        log::info!(
+            "port {} ({}, driver {}): {} rx / {} tx queues, mac {}, rss {}",
+            p.name,
+            p.device,
+            port.info().driver,
+            pc.rx_queues,
+            pc.tx_queues,
+            crate::net::ethernet::fmt_mac(&mac),
+            if port.rss_hf() != 0 { "on" } else { "off" },
+        );
+        ports.push(port);
+    }
+    Ok(ports)
+}
+
+/// DPDK's packet capture server, so `dpdk-dumpcap` can attach: only with
+/// EAL's shared files (it attaches as a secondary process).
+fn start_capture(cfg: &Validated, eal: &Eal) -> Option<PacketCapture> {
+    let d = &cfg.config.dpdk;
+    if d.in_memory || !d.hugepages {
+        return None;
+    }
+    // Test-only fault injection: a worker waits this long inside the capture
+    // callback before each copy, as a descheduled one would
+    // (tests/e2e_dpdk_tools.rs).
+    let stall = std::env::var("L4LB_TEST_CAPTURE_STALL_US")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_micros)
+        .unwrap_or_default();
+    match eal.enable_packet_capture(stall) {
+        Ok(c) => {
+            log::info!("packet capture on: dpdk-dumpcap --file-prefix {} -i PORT", d.file_prefix);
+            if !stall.is_zero() {
+                log::warn!("packet capture: test stall of {stall:?} per copied burst");
+            }
+            Some(c)
+        }
+        Err(e) => {
+            log::warn!("packet capture off: {e}");
+            None
+        }
+    }
+}
+
+fn poll_config(cfg: &Validated, eal: &Eal) -> PollConfig {
+    let w = &cfg.config.workers;
+    PollConfig {
+        burst_size: w.burst_size,
+        tx_drain_tsc: eal.us_to_tsc(w.tx_drain_us),
+        idle_polls_before_pause: w.idle_polls_before_pause,
+        idle_pause: Duration::from_micros(w.idle_pause_us),
+    }
+}
+
+/// What balancing starts from: the backend registry (which assigns the
+/// backends' stable ids), the first forwarding state (already in every
+/// worker's mailbox) and the ports' MACs and MTUs.
+struct FirstState {
+    registry: Registry,
+    state: Arc<ForwardingState>,
+    facts: Vec<PortFacts>,
+}
+
+fn first_state(cfg: &Validated, ports: &[Port], mailboxes: &[StateMailbox]) -> Result<FirstState, RunError> {
+    let mut facts = Vec::with_capacity(ports.len());
+    for (i, port) in ports.iter().enumerate() {
+        let p = &cfg.config.ports[i];
+        let port_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
+        let mtu = port.mtu().unwrap_or(p.mtu.unwrap_or(1500));
+        facts.push(PortFacts { mac: port.mac().map_err(port_err)?, mtu });
+    }
+    // The first state comes from the registry like every later one.
+    let registry = Registry::new(cfg.clone());
+    let state = Arc::new(registry.build(1, &facts, &|_, _| None, 0)?);
+    for mb in mailboxes {
+        // Fresh rings have room: this cannot be refused.
+        let _ = mb.publish(state.clone());
+    }
+    log::info!(
+        "balancing {} services over {} backends (forwarding state generation {})",
+        state.services.len(),
+        state.backends.len(),
+        state.generation
+    );
+    Ok(FirstState { registry, state, facts })
+}
+
+/// Each worker's queues: worker k polls RX queues k, k+W, k+2W... of every
+/// port and owns TX queue k of every port. Balancing workers get a pipeline
+/// each, whose per-backend counters the management core reads.
+fn plan_workers<'p>(
+    cfg: &Validated,
+    ports: &'p [Port],
+    workers: usize,
+    balancing: bool,
+    poll: PollConfig,
+) -> Result<(Vec<Plan<'p>>, Vec<Arc<BackendCounters>>), RunError> {
+    let mut plans = Vec::with_capacity(workers);
+    let mut counter_blocks = Vec::with_capacity(workers);
+    for k in 0..workers {
+        let mut rx = Vec::new();
+        let mut tx = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let p = &cfg.config.ports[i];
+            let port_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
+            for q in (k..port.rx_queue_count() as usize).step_by(workers) {
+                rx.push((port.rx_queue(q as u16).map_err(port_err)?, i));
+            }
+            let mut t = port.tx_queue(k as u16, poll.tx_drain_tsc).map_err(port_err)?;
+            t.set_flush_at(cfg.config.workers.burst_size);
+            tx.push(t);
+        }
+        plans.push(if balancing {
+            let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
+            let pipeline = crate::dataplane::pipeline::Worker::on_hugepages(worker_config(cfg));
+            counter_blocks.push(pipeline.backend_counters());
+            Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
+        } else {
+            let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();
+            Plan::Forward(ForwardWorker { rx, tx })
+        });
+    }
+    Ok((plans, counter_blocks))
+}
+
+/// What the management loop borrows from `run`.
+struct ManageContext<'a> {
+    cfg: &'a Validated,
+    cfg_path: Option<&'a Path>,
+    ports: &'a [Port],
+    pool: &'a Mempool,
+    mailboxes: &'a [StateMailbox],
+    counters: &'a [Arc<BackendCounters>],
+    capture: Option<&'a PacketCapture>,
+    tsc_hz: u64,
+}
+
+/// Every configured backend at the stop (down ones too), by service, with
+/// its stable id.
+type FinalBackends = Vec<(String, Vec<(std::net::IpAddr, u32)>)>;
+
+/// The management lcore's loop while balancing: neighbours, health checks,
+/// changes, the control API and metrics, until the stop.
+fn manage(ctx: &ManageContext<'_>, first: FirstState, signals: &Signals) -> Result<FinalBackends, RunError> {
+    let stop = &signals.stop;
+    // Its helper threads (health checks, API, metrics) inherit this.
+    crate::dpdk::block_driver_signals();
+    let (calls_tx, calls) = crossbeam::channel::unbounded::<Call>();
+    let socket = ctx.cfg.control_socket();
+    let servers = match api::start(&socket, &ctx.cfg.config.control.metrics_address, calls_tx) {
+        Ok(s) => s,
+        Err(e) => {
+            stop.store(true, Ordering::SeqCst);
+            return Err(e.into());
+        }
+    };
+    log::info!(
+        "control socket {}{}",
+        socket.display(),
+        servers.metrics_addr.map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default()
+    );
+    let mut mgmt = Management::new(
+        first.registry,
+        ctx.cfg_path.map(Path::to_path_buf),
+        &first.facts,
+        ctx.ports,
+        ctx.pool,
+        ctx.mailboxes,
+        ctx.counters.to_vec(),
+        first.state,
+    );
+    mgmt.tsc_hz = ctx.tsc_hz;
+    while !stop.load(Ordering::Relaxed) {
+        let reload = signals.reload.swap(false, Ordering::SeqCst);
+        mgmt.tick(reload);
+        if let Some(c) = ctx.capture {
+            c.sweep();
+        }
+        if let Ok(call) = calls.recv_timeout(Duration::from_millis(10)) {
+            mgmt.handle(call);
+            while let Ok(call) = calls.try_recv() {
+                mgmt.handle(call);
+            }
+        }
+    }
+    drop(servers);
+    if mgmt.generation() > 1 || mgmt.neighbours.resolved() > 0 {
+        log::info!(
+            "neighbours: {} of {} resolved; forwarding state generation {}",
+            mgmt.neighbours.resolved(),
+            mgmt.neighbours.len(),
+            mgmt.generation()
+        );
+    }
+    let r = &mgmt.registry;
+    Ok(r.cfg
+        .config
+        .services
+        .iter()
+        .map(|s| {
+            let ids = s
+                .backends
+                .iter()
+                .filter_map(|b| r.backends.get(&(s.name.clone(), b.address)).map(|st| (b.address, st.id)))
+                .collect();
+            (s.name.clone(), ids)
+        })
+        .collect())
+}
+
+/// The workers' final counters, the ports' (which stop here) and what each
+/// backend was sent.
+fn collect_report(
+    cfg: &Validated,
+    finals: Vec<Mutex<Final>>,
+    ports: &mut [Port],
+    final_backends: &FinalBackends,
+    counter_blocks: &[Arc<BackendCounters>],
+) -> RunReport {
+    let mut report = RunReport::default();
     for st in finals {
         match st.into_inner().unwrap_or_else(|e| e.into_inner()) {
             Final::None => {}
@@ -366,15 +430,12 @@ pub fn run(
             Final::Balance(b) => *report.balance.get_or_insert_with(WorkerStats::default) += b,
         }
     }
-    for mb in mailboxes {
-        mb.reclaim();
-    }
     for (i, port) in ports.iter_mut().enumerate() {
         let s = port.stats().unwrap_or_default();
         report.ports.push((cfg.config.ports[i].name.clone(), s));
         let _ = port.stop();
     }
-    for (name, backends) in final_backends.iter().flatten() {
+    for (name, backends) in final_backends {
         let rows = backends
             .iter()
             .map(|(addr, id)| {
@@ -385,16 +446,7 @@ pub fn run(
             .collect();
         report.services.push((name.clone(), rows));
     }
-    print_report(&report, out);
-    drop(capture);
-    drop(ports);
-    drop(pool);
-    drop(eal);
-    Ok(report)
-}
-
-fn fmt_mac(m: &[u8; 6]) -> String {
-    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    report
 }
 
 fn print_report(r: &RunReport, out: &mut dyn Write) {

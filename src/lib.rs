@@ -10,6 +10,7 @@ pub mod control;
 pub mod ctl;
 pub mod dataplane;
 pub mod dpdk;
+pub mod logging;
 pub mod net;
 pub mod pcap;
 #[cfg(feature = "dpdk")]

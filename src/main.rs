@@ -17,8 +17,33 @@ use l4lb::control::config::{Config, Validated};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
+    /// What the log shows (stderr; one plain line per event, with its time
+    /// and level, or a journald priority under systemd).
+    #[arg(long, global = true, value_enum, default_value = "info")]
+    log_level: LogLevel,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -206,6 +231,7 @@ enum Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    l4lb::logging::init(cli.log_level.into());
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
         Cmd::Simulate { config, input, output, port, trace } => {

@@ -107,6 +107,13 @@ fn ping_and_udp_cross_l4lb_between_two_namespaces() {
     let l4lb = t.l4lb.take().unwrap();
     let (status, transcript) = l4lb.stop();
     assert!(status.success(), "l4lb exit {status}:\n{transcript}");
+    // Events are log lines: UTC time to the millisecond, level, message; no
+    // colour codes (journald and files get plain text).
+    let running = transcript.lines().find(|l| l.contains("l4lb running: ")).expect("a start line");
+    let (ts, rest) = running.split_once(' ').unwrap();
+    assert!(ts.len() == 24 && ts.as_bytes()[10] == b'T' && ts.ends_with('Z'), "{running}");
+    assert!(rest.starts_with("INFO  l4lb running: 2 ports"), "{running}");
+    assert!(!transcript.contains('\x1b'), "colour codes in the log:\n{transcript}");
     // Final per-port stats: both ports saw traffic; every received packet was sent.
     let row = |name: &str| -> Vec<u64> {
         let l = transcript

@@ -441,15 +441,15 @@ proptest! {
 #[test]
 fn a_ports_own_address_is_never_balanced_on_that_port() {
     use l4lb::balancer::flowtable::Timeouts;
-    use l4lb::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec};
+    use l4lb::balancer::state::{Backend, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec};
     use l4lb::dataplane::testframes;
     use std::net::{IpAddr, Ipv6Addr};
     let vip4 = Ipv4Addr::new(198, 18, 100, 1);
     let vip6 = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
     let mac = [2, 0, 0, 0, 0, 1];
     let ports = vec![
-        PortInfo { mac, ipv4: Some(vip4), ipv6: Some(vip6), mtu: 1500 },
-        PortInfo { mac, ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)), ipv6: None, mtu: 1500 },
+        PortIdentity { mac, ipv4: Some(vip4), ipv6: Some(vip6), mtu: 1500 },
+        PortIdentity { mac, ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)), ipv6: None, mtu: 1500 },
     ];
     let spec = |vip: IpAddr, backend: IpAddr, id: u32| ServiceSpec {
         name: format!("on-{vip}"),

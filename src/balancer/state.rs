@@ -92,7 +92,7 @@ impl EncapTemplate {
         inner_v6: bool,
         b: &Backend,
         port_index: usize,
-        port: &PortInfo,
+        port: &PortIdentity,
     ) -> Option<EncapTemplate> {
         let next_hop = b.next_hop?;
         let gue_port = match forwarding {
@@ -158,9 +158,10 @@ impl EncapTemplate {
     }
 }
 
-/// A port as the pipeline sees it.
+/// A port as the pipeline sees it: the MAC and addresses it owns and its MTU
+/// (`dpdk::PortInfo` is the driver's description of a device).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortInfo {
+pub struct PortIdentity {
     pub mac: Mac,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
@@ -231,7 +232,7 @@ type ServiceKey = ([u8; 16], u8, u16);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForwardingState {
     pub generation: u64,
-    pub ports: Vec<PortInfo>,
+    pub ports: Vec<PortIdentity>,
     pub services: Vec<Service>,
     pub backends: Vec<Backend>,
     index: Vec<(ServiceKey, u32)>,
@@ -251,7 +252,11 @@ fn slot_hash(vip: u128, pp: u32) -> usize {
 }
 
 impl ForwardingState {
-    pub fn build(generation: u64, ports: Vec<PortInfo>, specs: Vec<ServiceSpec>) -> Result<Self, BuildError> {
+    pub fn build(
+        generation: u64,
+        ports: Vec<PortIdentity>,
+        specs: Vec<ServiceSpec>,
+    ) -> Result<Self, BuildError> {
         let mut services = Vec::with_capacity(specs.len());
         let mut backends: Vec<Backend> = Vec::new();
         let mut templates: Vec<Option<EncapTemplate>> = Vec::new();
@@ -531,7 +536,7 @@ mod tests {
     pub(crate) fn state(sched: Scheduler, backends: Vec<Backend>) -> ForwardingState {
         ForwardingState::build(
             1,
-            vec![PortInfo {
+            vec![PortIdentity {
                 mac: [2, 0, 0, 0, 0, 1],
                 ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
                 ipv6: None,

@@ -10,6 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Deserializer};
 
 use super::lcores::{self, LcoreMap};
+use crate::net::ethernet::Mac;
 
 /// A configuration error: which file, which key (`ports[1].ipv4`), and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -233,8 +234,8 @@ pub struct PortSection {
     #[serde(default)]
     pub forward_to: Option<String>,
     /// MAC address to give the port (default: the device's own).
-    #[serde(default)]
-    pub mac: Option<MacAddr>,
+    #[serde(default, deserialize_with = "optional_mac")]
+    pub mac: Option<Mac>,
     /// IPv4 next hop for encapsulated traffic to backends off this subnet.
     #[serde(default)]
     pub gateway: Option<Ipv4Addr>,
@@ -251,7 +252,8 @@ pub struct PortSection {
 #[serde(deny_unknown_fields)]
 pub struct NeighbourSection {
     pub ip: IpAddr,
-    pub mac: MacAddr,
+    #[serde(deserialize_with = "mac")]
+    pub mac: Mac,
 }
 
 /// `[[services]]`: one virtual service.
@@ -366,8 +368,8 @@ pub struct BackendSection {
     pub weight: u32,
     /// The backend's MAC (L2 mode, or an on-link backend when encapsulating);
     /// otherwise it comes from the port's neighbours.
-    #[serde(default)]
-    pub mac: Option<MacAddr>,
+    #[serde(default, deserialize_with = "optional_mac")]
+    pub mac: Option<Mac>,
 }
 
 fn default_gue_port() -> u16 {
@@ -386,17 +388,16 @@ fn default_weight() -> u32 {
     1
 }
 
-/// A MAC address, `02:00:00:00:00:01`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MacAddr(pub [u8; 6]);
+/// A MAC address, `02:00:00:00:00:01` (the one MAC type: `net::ethernet::Mac`).
+fn mac<'de, D: Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::net::ethernet::parse_mac(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("`{s}` is not a MAC address (like 02:00:00:00:00:01)"))
+    })
+}
 
-impl FromStr for MacAddr {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        crate::net::ethernet::parse_mac(s)
-            .map(MacAddr)
-            .ok_or_else(|| format!("`{s}` is not a MAC address (like 02:00:00:00:00:01)"))
-    }
+fn optional_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mac>, D::Error> {
+    mac(d).map(Some)
 }
 
 fn default_true() -> bool {
@@ -480,7 +481,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Ipv4Cidr, Ipv6Cidr, MacAddr);
+deserialize_from_str!(Ipv4Cidr, Ipv6Cidr);
 
 /// A configuration that passed every check, with what the checks derived.
 #[derive(Debug, Clone, PartialEq)]

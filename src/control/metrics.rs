@@ -12,7 +12,7 @@
 use std::fmt::{Display, Write as _};
 
 use super::api::PortCounters;
-use super::runtime::{BackendStatus, Health};
+use super::registry::{BackendStatus, Health};
 use crate::dataplane::pipeline::{row_info, DROPS_METRIC, ROWS};
 use crate::dataplane::telemetry::WorkerStats;
 /// A port's counters (with its name) and extended counters.

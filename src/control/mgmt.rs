@@ -17,7 +17,7 @@ use super::config::Config;
 use super::health::{Checker, Probe};
 use super::metrics::{self, PortRow};
 use super::neighbour::NeighbourTable;
-use super::runtime::{BackendKey, Health, Runtime};
+use super::registry::{BackendKey, Health, Registry};
 use super::state_build::{needed_neighbours, PortFacts};
 use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
@@ -49,7 +49,7 @@ struct Rate {
 const RAMP_STEP_MS: u64 = 250;
 
 pub struct Management<'a> {
-    pub runtime: Runtime,
+    pub registry: Registry,
     cfg_path: Option<PathBuf>,
     facts: &'a [PortFacts],
     ports: &'a [Port],
@@ -75,8 +75,6 @@ pub struct Management<'a> {
     reloads_refused: u64,
     last_reload: Option<String>,
     query_tag: u64,
-    /// Lines for the operator (state changes), printed by the caller.
-    pub log: Vec<String>,
     /// The workers' TSC rate (cycles per second), for cycles-per-packet figures.
     pub tsc_hz: u64,
 }
@@ -84,7 +82,7 @@ pub struct Management<'a> {
 impl<'a> Management<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        runtime: Runtime,
+        registry: Registry,
         cfg_path: Option<PathBuf>,
         facts: &'a [PortFacts],
         ports: &'a [Port],
@@ -94,10 +92,10 @@ impl<'a> Management<'a> {
         state: Arc<ForwardingState>,
     ) -> Self {
         let mut neighbours = NeighbourTable::default();
-        neighbours.track(&needed_neighbours(&runtime.cfg));
-        let threads = runtime.cfg.config.control.health_threads;
+        neighbours.track(&needed_neighbours(&registry.cfg));
+        let threads = registry.cfg.config.control.health_threads;
         let mut m = Management {
-            runtime,
+            registry,
             cfg_path,
             facts,
             ports,
@@ -121,7 +119,6 @@ impl<'a> Management<'a> {
             reloads_refused: 0,
             last_reload: None,
             query_tag: 0,
-            log: Vec::new(),
             tsc_hz: 0,
         };
         m.rebuild_targets();
@@ -140,7 +137,7 @@ impl<'a> Management<'a> {
     /// (Re)creates the health-check targets from the configuration; targets
     /// that stay keep their schedule.
     fn rebuild_targets(&mut self) {
-        let c = &self.runtime.cfg.config;
+        let c = &self.registry.cfg.config;
         let src4 = c.control.health_source_v4.map(IpAddr::V4);
         let src6 = c.control.health_source_v6.map(IpAddr::V6);
         let now = self.now_ms();
@@ -169,17 +166,16 @@ impl<'a> Management<'a> {
         self.neighbour_work();
         self.health_work(now);
         if reload {
-            let r = self.reload();
-            self.log.push(match r {
+            match self.reload() {
                 Ok(v) => {
-                    format!("reload (SIGHUP): applied, {}", serde_json::to_string(&v).unwrap_or_default())
+                    log::info!("reload (SIGHUP): applied, {}", serde_json::to_string(&v).unwrap_or_default())
                 }
-                Err(e) => format!("reload (SIGHUP) refused: {e}"),
-            });
+                Err(e) => log::warn!("reload (SIGHUP) refused: {e}"),
+            }
         }
         // Slow start: a new state every step while a weight ramps, and one
         // more when the ramp ends (full weight).
-        let ramping = self.runtime.ramping(now);
+        let ramping = self.registry.ramping(now);
         if (ramping && now.saturating_sub(self.last_ramp_ms) >= RAMP_STEP_MS)
             || (self.was_ramping && !ramping)
         {
@@ -210,7 +206,7 @@ impl<'a> Management<'a> {
             }
         }
         changed |= self.neighbours.expire(now_ms);
-        let cfg = &self.runtime.cfg;
+        let cfg = &self.registry.cfg;
         for (port, ip) in self.neighbours.due(now_ms) {
             let (Some(f), Some(p)) = (self.facts.get(port), cfg.config.ports.get(port)) else {
                 continue;
@@ -239,9 +235,10 @@ impl<'a> Management<'a> {
             t.in_flight = false;
             let (key, h) = (t.key.clone(), t.health.clone());
             let err = result.as_ref().err().cloned();
-            if let Some(to) = self.runtime.record_check(&key, &h, result, now) {
+            if let Some(to) = self.registry.record_check(&key, &h, result, now) {
                 let why = err.map(|e| format!(" ({e})")).unwrap_or_default();
-                self.log.push(format!("backend {}/{} is {}{why}", key.0, key.1, to.name()));
+                let level = if to == Health::Down { log::Level::Warn } else { log::Level::Info };
+                log::log!(level, "backend {}/{} is {}{why}", key.0, key.1, to.name());
                 self.dirty = true;
             }
         }
@@ -260,10 +257,10 @@ impl<'a> Management<'a> {
         let n = &self.neighbours;
         let now = self.now_ms();
         let st = self
-            .runtime
+            .registry
             .build(self.generation() + 1, self.facts, &|p, ip| n.mac(p, ip), now)
             .map_err(|e| format!("forwarding state refused: {e}"))?;
-        self.drain_deadline = self.runtime.next_drain_deadline(now);
+        self.drain_deadline = self.registry.next_drain_deadline(now);
         let st = Arc::new(st);
         self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
         self.state = st;
@@ -327,12 +324,12 @@ impl<'a> Management<'a> {
         let path = self.cfg_path.clone().ok_or("l4lb was started without a configuration file")?;
         let new = Config::load(&path).map_err(|e| e.to_string())?;
         // Check that the new services build before anything changes.
-        let mut trial = self.runtime.clone();
+        let mut trial = self.registry.clone();
         let sum = trial.reload(new.clone())?;
         trial
             .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms())
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        self.runtime = trial;
+        self.registry = trial;
         self.neighbours.track(&needed_neighbours(&new));
         self.rebuild_targets();
         let mut v = self.publish_and_wait()?;
@@ -350,7 +347,7 @@ impl<'a> Management<'a> {
         let dt = (now - self.last_rate_ms).max(1) as f64 / 1000.0;
         let first = self.last_rate_ms == 0;
         self.last_rate_ms = now;
-        for st in self.runtime.backends.values() {
+        for st in self.registry.backends.values() {
             let (p, b) = self.traffic(st.id);
             let r = self.rates.entry(st.id).or_default();
             if !first {
@@ -385,7 +382,7 @@ impl<'a> Management<'a> {
 
     /// Each port's counters and (with `xstats`) extended counters.
     fn port_stats(&self, xstats: bool) -> Vec<PortRow> {
-        let names = self.runtime.cfg.config.ports.iter().map(|p| p.name.clone());
+        let names = self.registry.cfg.config.ports.iter().map(|p| p.name.clone());
         names
             .zip(self.ports)
             .map(|(name, port)| {
@@ -443,7 +440,7 @@ impl<'a> Management<'a> {
             Request::Services => Ok(Response::Services(self.services())),
             Request::Backends { service } => {
                 if let Some(s) = &service {
-                    if self.runtime.service(s).is_none() {
+                    if self.registry.service(s).is_none() {
                         return Err(format!("no service named `{s}`"));
                     }
                 }
@@ -451,33 +448,33 @@ impl<'a> Management<'a> {
             }
             Request::Stats => Ok(Response::Stats(Box::new(self.stats()))),
             Request::Drain { backend } => {
-                let keys = self.runtime.resolve(&backend)?;
+                let keys = self.registry.resolve(&backend)?;
                 for k in &keys {
-                    let st = self.runtime.backends.get_mut(k).expect("resolved");
+                    let st = self.registry.backends.get_mut(k).expect("resolved");
                     st.draining_since_ms.get_or_insert(now);
                 }
-                self.log.push(format!("drain {backend}"));
+                log::info!("drain {backend}");
                 let mut v = self.publish_and_wait()?;
                 v.backends = keys.iter().map(|k| format!("{}/{}", k.0, k.1)).collect();
                 Ok(Response::Applied(v))
             }
             Request::Undrain { backend } => {
-                let keys = self.runtime.resolve(&backend)?;
+                let keys = self.registry.resolve(&backend)?;
                 for k in &keys {
-                    self.runtime.backends.get_mut(k).expect("resolved").draining_since_ms = None;
+                    self.registry.backends.get_mut(k).expect("resolved").draining_since_ms = None;
                 }
-                self.log.push(format!("undrain {backend}"));
+                log::info!("undrain {backend}");
                 self.publish_and_wait().map(Response::Applied)
             }
             Request::SetWeight { backend, weight } => {
                 if weight > MAX_WEIGHT {
                     return Err(format!("weight must be 0 to {MAX_WEIGHT}"));
                 }
-                let keys = self.runtime.resolve(&backend)?;
+                let keys = self.registry.resolve(&backend)?;
                 for k in &keys {
-                    self.runtime.backends.get_mut(k).expect("resolved").weight_override = Some(weight);
+                    self.registry.backends.get_mut(k).expect("resolved").weight_override = Some(weight);
                 }
-                self.log.push(format!("set-weight {backend} {weight}"));
+                log::info!("set-weight {backend} {weight}");
                 self.publish_and_wait().map(Response::Applied)
             }
             Request::Reload => self.reload().map(Response::Applied),
@@ -488,12 +485,12 @@ impl<'a> Management<'a> {
                         return Err(format!("weight must be 0 to {MAX_WEIGHT}"));
                     }
                 }
-                let keys = self.runtime.resolve(&backend)?;
+                let keys = self.registry.resolve(&backend)?;
                 let mut rows = Vec::new();
                 for k in keys {
-                    let svc = self.runtime.service(&k.0).expect("resolved").clone();
-                    let w = self.runtime.whatif(&svc, k.1, change, now);
-                    let id = self.runtime.backends[&k].id;
+                    let svc = self.registry.service(&k.0).expect("resolved").clone();
+                    let w = self.registry.whatif(&svc, k.1, change, now);
+                    let id = self.registry.backends[&k].id;
                     let flows = if w.tracked_flows_move { self.active(id) } else { 0 };
                     let list = |v: &[(IpAddr, u64)]| -> Vec<Entries> {
                         v.iter().map(|&(backend, entries)| Entries { backend, entries }).collect()
@@ -515,8 +512,8 @@ impl<'a> Management<'a> {
 
     fn status(&self) -> Status {
         let (t, per) = self.telemetry();
-        let up = self.runtime.backends.values().filter(|b| b.health.state != Health::Down).count();
-        let ports = self.runtime.cfg.config.ports.iter().zip(self.ports);
+        let up = self.registry.backends.values().filter(|b| b.health.state != Health::Down).count();
+        let ports = self.registry.cfg.config.ports.iter().zip(self.ports);
         Status {
             version: env!("CARGO_PKG_VERSION").into(),
             uptime_s: self.started.elapsed().as_secs(),
@@ -536,8 +533,8 @@ impl<'a> Management<'a> {
                     }
                 })
                 .collect(),
-            services: self.runtime.cfg.config.services.len(),
-            backends: self.runtime.backends.len(),
+            services: self.registry.cfg.config.services.len(),
+            backends: self.registry.backends.len(),
             backends_not_down: up,
             flows: t.flows,
             rx_packets: t.counters[Counter::RxPackets],
@@ -551,13 +548,13 @@ impl<'a> Management<'a> {
 
     fn services(&self) -> Vec<ServiceRow> {
         let entries = self.table_entries();
-        let c = &self.runtime.cfg.config;
+        let c = &self.registry.cfg.config;
         c.services
             .iter()
             .map(|s| {
                 let (mut p, mut b, mut nf, mut act, mut up) = (0, 0, 0, 0, 0);
                 for be in &s.backends {
-                    let st = &self.runtime.backends[&(s.name.clone(), be.address)];
+                    let st = &self.registry.backends[&(s.name.clone(), be.address)];
                     let (bp, bb) = self.traffic(st.id);
                     p += bp;
                     b += bb;
@@ -588,9 +585,9 @@ impl<'a> Management<'a> {
         let entries = self.table_entries();
         let now = self.now_ms();
         let mut rows = Vec::new();
-        for s in self.runtime.cfg.config.services.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
+        for s in self.registry.cfg.config.services.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
             for b in &s.backends {
-                let st = &self.runtime.backends[&(s.name.clone(), b.address)];
+                let st = &self.registry.backends[&(s.name.clone(), b.address)];
                 let (p, by) = self.traffic(st.id);
                 let r = self.rates.get(&st.id).copied().unwrap_or_default();
                 let in_state = self.state.slot_of(st.id).is_some_and(|slot| {
@@ -609,7 +606,7 @@ impl<'a> Management<'a> {
                     weight: b.weight,
                     weight_override: st.weight_override,
                     effective_weight: if in_state {
-                        self.runtime.effective_weight(s, b.address, now)
+                        self.registry.effective_weight(s, b.address, now)
                     } else {
                         0
                     },
@@ -762,13 +759,13 @@ impl<'a> Management<'a> {
     pub fn metrics(&self) -> String {
         let (_, per) = self.telemetry();
         let entries = self.table_entries();
-        let c = &self.runtime.cfg.config;
+        let c = &self.registry.cfg.config;
         let mut services = Vec::new();
         let mut backends = Vec::new();
         for s in &c.services {
             let mut sums = [0u64; 4];
             for b in &s.backends {
-                let st = &self.runtime.backends[&(s.name.clone(), b.address)];
+                let st = &self.registry.backends[&(s.name.clone(), b.address)];
                 let (p, by) = self.traffic(st.id);
                 let traffic = [p, by, self.new_flows(st.id), self.active(st.id)];
                 for (a, v) in sums.iter_mut().zip(traffic) {

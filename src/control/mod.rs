@@ -9,5 +9,5 @@ pub mod metrics;
 #[cfg(feature = "dpdk")]
 pub mod mgmt;
 pub mod neighbour;
-pub mod runtime;
+pub mod registry;
 pub mod state_build;

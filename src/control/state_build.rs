@@ -7,7 +7,7 @@ use super::config::{
 };
 use crate::balancer::flowtable::Timeouts;
 use crate::balancer::state::{
-    Backend, BuildError, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec,
+    Backend, BuildError, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec,
 };
 use crate::net::ethernet::Mac;
 
@@ -26,7 +26,7 @@ pub fn simulated_facts(cfg: &Validated) -> Vec<PortFacts> {
         .iter()
         .enumerate()
         .map(|(i, p)| PortFacts {
-            mac: p.mac.map(|m| m.0).unwrap_or([0x02, 0, 0, 0, 0, (i + 1) as u8]),
+            mac: p.mac.unwrap_or([0x02, 0, 0, 0, 0, (i + 1) as u8]),
             mtu: p.mtu.unwrap_or(1500),
         })
         .collect()
@@ -46,7 +46,7 @@ fn on_link(port: &PortSection, ip: IpAddr) -> bool {
 }
 
 fn neighbour(port: &PortSection, ip: IpAddr) -> Option<Mac> {
-    port.neighbours.iter().find(|n| n.ip == ip).map(|n| n.mac.0)
+    port.neighbours.iter().find(|n| n.ip == ip).map(|n| n.mac)
 }
 
 /// The address whose MAC a backend's packets are sent to: the backend itself
@@ -132,11 +132,11 @@ pub fn build_state_with(
     adjust: &mut dyn FnMut(&ServiceSection, &BackendSection) -> Option<Adjust>,
 ) -> Result<ForwardingState, BuildError> {
     let c = &cfg.config;
-    let ports: Vec<PortInfo> = c
+    let ports: Vec<PortIdentity> = c
         .ports
         .iter()
         .zip(facts)
-        .map(|(p, f)| PortInfo {
+        .map(|(p, f)| PortIdentity {
             mac: f.mac,
             ipv4: p.ipv4.map(|x| x.addr),
             ipv6: p.ipv6.map(|x| x.addr),
@@ -158,7 +158,7 @@ pub fn build_state_with(
                     weight: a.weight,
                     draining: a.draining,
                     rtt_us: a.rtt_us,
-                    next_hop: next_hop(s, egress, port, b.address, b.mac.map(|m| m.0), resolved),
+                    next_hop: next_hop(s, egress, port, b.address, b.mac, resolved),
                     port: egress,
                 })
             })

@@ -112,13 +112,13 @@ impl StateMailbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::balancer::state::PortInfo;
+    use crate::balancer::state::PortIdentity;
 
     fn state(generation: u64) -> Arc<ForwardingState> {
         Arc::new(
             ForwardingState::build(
                 generation,
-                vec![PortInfo { mac: [2, 0, 0, 0, 0, 1], ipv4: None, ipv6: None, mtu: 1500 }],
+                vec![PortIdentity { mac: [2, 0, 0, 0, 0, 1], ipv4: None, ipv6: None, mtu: 1500 }],
                 vec![],
             )
             .unwrap(),

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::balancer::flowtable::Timeouts;
-use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortInfo, Scheduler, ServiceSpec};
+use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec};
 
 /// One Maglev service on the VIP of the frames below, port 80, protocol
 /// `proto`, ten backends (IPv6 ones when `v6`) with known MACs.
@@ -27,7 +27,7 @@ pub fn state(forwarding: Forwarding, v6: bool, proto: u8) -> ForwardingState {
         .collect();
     ForwardingState::build(
         1,
-        vec![PortInfo {
+        vec![PortIdentity {
             mac: [2, 0, 0, 0, 0, 1],
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),

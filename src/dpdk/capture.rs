@@ -302,9 +302,6 @@ struct Server {
     owners: Mutex<Owners>,
     /// When the last sweep for captures whose secondary is gone ran.
     last_sweep: Mutex<Instant>,
-    /// Lines for l4lb's log (captures started and ended), drained by the
-    /// management loop.
-    log: Mutex<Vec<String>>,
 }
 
 // SAFETY: `zone` is an address in EAL's shared memory, only used to compute
@@ -330,7 +327,7 @@ struct Request {
 
 impl Server {
     fn log(&self, line: String) {
-        self.log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+        log::info!("{line}");
     }
 
     fn slot(&self, port: u16, queue: u16, dir: Dir) -> &'static Slot {
@@ -736,7 +733,6 @@ impl Eal {
             slots: Mutex::new(HashMap::new()),
             owners: Mutex::new(HashMap::new()),
             last_sweep: Mutex::new(Instant::now()),
-            log: Mutex::new(Vec::new()),
         });
         if SERVER.set(server.clone()).is_err() {
             return fail(DpdkError::invalid(
@@ -757,12 +753,10 @@ impl Eal {
 }
 
 impl PacketCapture {
-    /// Lines for l4lb's log since the last call: captures started, stopped,
-    /// refused, or removed because the process that started them is gone (this
-    /// call also looks for those, at most once a second).
-    pub fn drain_log(&self) -> Vec<String> {
+    /// Unhooks captures whose process is gone (killed: it could not send its
+    /// disable), at most once a second; the management loop calls it often.
+    pub fn sweep(&self) {
         self.server.sweep();
-        std::mem::take(&mut *self.server.log.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
 

@@ -163,7 +163,7 @@ impl L4lb {
         // Only the readers hold senders: the channel closes when l4lb exits.
         drop(tx);
         let mut l = L4lb { child: Some(child), lines: rx, output };
-        l.wait_line(Duration::from_secs(30), |s| s.starts_with("l4lb running"))
+        l.wait_line(Duration::from_secs(30), |s| s.contains("l4lb running: "))
             .unwrap_or_else(|| panic!("l4lb did not start:\n{}", l.transcript()));
         l
     }

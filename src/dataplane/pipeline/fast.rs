@@ -4,7 +4,7 @@
 
 use super::{PacketMeta, UDP_HDR, V4_HDR, V6_HDR};
 use crate::balancer::flow::{FlowKey, KeyKind};
-use crate::balancer::state::{ForwardingState, PortInfo};
+use crate::balancer::state::{ForwardingState, PortIdentity};
 use crate::net::ethernet::field as eth;
 use crate::net::ipv4::field as ip4;
 use crate::net::ipv6::field as ip6;
@@ -30,7 +30,7 @@ impl ServiceMemo {
 
 /// Whether the frame's destination MAC is the port's (compared as one word).
 #[inline(always)]
-pub(super) fn to_our_mac(frame: &[u8], port: &PortInfo) -> bool {
+pub(super) fn to_our_mac(frame: &[u8], port: &PortIdentity) -> bool {
     let word = |b: &[u8]| {
         b.get(..6).map(|b| {
             u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as u64
@@ -48,7 +48,7 @@ pub(super) fn to_our_mac(frame: &[u8], port: &PortInfo) -> bool {
 #[inline(always)]
 pub(super) fn fast_v4(
     st: &ForwardingState,
-    port: &PortInfo,
+    port: &PortIdentity,
     in_port: u16,
     data: &[u8],
     last: &mut ServiceMemo,
@@ -157,7 +157,7 @@ impl ServiceMemoV6 {
 #[inline(always)]
 pub(super) fn fast_v6(
     st: &ForwardingState,
-    port: &PortInfo,
+    port: &PortIdentity,
     in_port: u16,
     data: &[u8],
     last: &mut ServiceMemoV6,

@@ -8,7 +8,7 @@ use super::fast::{fast_v4, fast_v6};
 use super::verdict::DropReason;
 use super::{PacketMeta, Verdict, Worker};
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
-use crate::balancer::state::{ForwardingState, PortInfo};
+use crate::balancer::state::{ForwardingState, PortIdentity};
 use crate::dataplane::packet::Packet;
 use crate::net::{ethernet, icmp, ipv4, ipv6, proto, tcp};
 
@@ -43,7 +43,7 @@ impl Worker {
         st: &ForwardingState,
         pkt: &mut P,
         in_port: u16,
-        port: &PortInfo,
+        port: &PortIdentity,
         out: &mut PacketMeta,
     ) -> Option<Verdict> {
         if fast_v6(st, port, in_port, pkt.data(), &mut self.last_service_v6, out).is_some() {
@@ -59,7 +59,7 @@ impl Worker {
         st: &ForwardingState,
         pkt: &mut P,
         in_port: u16,
-        port: &PortInfo,
+        port: &PortIdentity,
         out: &mut PacketMeta,
     ) -> Option<Verdict> {
         use DropReason::*;
@@ -84,7 +84,7 @@ impl Worker {
         st: &ForwardingState,
         pkt: &mut P,
         l2: usize,
-        port: &PortInfo,
+        port: &PortIdentity,
         in_port: u16,
         out: &mut PacketMeta,
     ) -> Option<Verdict> {
@@ -143,7 +143,7 @@ impl Worker {
         st: &ForwardingState,
         pkt: &mut P,
         l2: usize,
-        port: &PortInfo,
+        port: &PortIdentity,
         in_port: u16,
         out: &mut PacketMeta,
     ) -> Option<Verdict> {

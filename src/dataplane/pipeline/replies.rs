@@ -7,7 +7,7 @@ use std::net::Ipv6Addr;
 use super::verdict::DropReason;
 use super::{Verdict, Worker, OWN_TTL};
 use crate::balancer::flow::mapped;
-use crate::balancer::state::{ForwardingState, PortInfo};
+use crate::balancer::state::{ForwardingState, PortIdentity};
 use crate::dataplane::packet::Packet;
 use crate::net::{arp, ethernet, icmp, ipv4, ipv6, proto};
 
@@ -20,7 +20,7 @@ impl Worker {
         st: &ForwardingState,
         pkt: &mut P,
         l2: usize,
-        port: &PortInfo,
+        port: &PortIdentity,
         in_port: u16,
     ) -> Verdict {
         let data = pkt.data_mut();
@@ -105,7 +105,7 @@ impl Worker {
         pkt: &mut P,
         l2: usize,
         l4_off: usize,
-        port: &PortInfo,
+        port: &PortIdentity,
         in_port: u16,
     ) -> Verdict {
         let data = pkt.data();

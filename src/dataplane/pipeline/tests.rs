@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::fast::{fast_v4, fast_v6};
 use super::*;
 use crate::balancer::flowtable::FlowState;
-use crate::balancer::state::{Backend, Forwarding, PortInfo};
+use crate::balancer::state::{Backend, Forwarding, PortIdentity};
 use crate::net::{ethernet, ipv4, ipv6, proto};
 
 #[test]
@@ -92,13 +92,13 @@ fn differential_state() -> ForwardingState {
         spec(own1, proto::TCP, 80, Forwarding::L2),
     ];
     let ports = vec![
-        PortInfo {
+        PortIdentity {
             mac: [2, 0, 0, 0, 0, 1],
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
             mtu: 1500,
         },
-        PortInfo {
+        PortIdentity {
             mac: [2, 0, 0, 0, 0, 2],
             ipv4: Some(Ipv4Addr::new(198, 18, 100, 2)),
             ipv6: None,
@@ -299,7 +299,7 @@ fn template_state(v6: bool, proto: u8, gue: bool) -> ForwardingState {
             port: 0,
         })
         .collect();
-    let ports = vec![PortInfo {
+    let ports = vec![PortIdentity {
         mac: [2, 0, 0, 0, 0, 1],
         ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
         ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),

@@ -136,7 +136,7 @@ pub struct WhatIf {
 /// The management side's model: the configuration in force and every
 /// backend's status, keyed by (service, address) so ids survive reloads.
 #[derive(Debug, Clone)]
-pub struct Runtime {
+pub struct Registry {
     pub cfg: Validated,
     pub backends: BTreeMap<BackendKey, BackendStatus>,
     /// Ids are never reused while l4lb runs: a worker may still track flows
@@ -148,10 +148,10 @@ fn fmt_key(svc: &str, addr: IpAddr) -> String {
     format!("{svc}/{addr}")
 }
 
-impl Runtime {
+impl Registry {
     /// Ids in configuration order, as `build_state` assigns them.
-    pub fn new(cfg: Validated) -> Runtime {
-        let mut r = Runtime { cfg, backends: BTreeMap::new(), next_id: 0 };
+    pub fn new(cfg: Validated) -> Registry {
+        let mut r = Registry { cfg, backends: BTreeMap::new(), next_id: 0 };
         r.adopt_new_backends();
         r
     }
@@ -495,7 +495,7 @@ backends = [{backends}]
         }
     }
 
-    fn build(r: &Runtime, now: u64) -> ForwardingState {
+    fn build(r: &Registry, now: u64) -> ForwardingState {
         r.build(1, &simulated_facts(&r.cfg), &|_, _| None, now).unwrap()
     }
 
@@ -517,7 +517,7 @@ backends = [{backends}]
 
     #[test]
     fn down_backends_leave_the_state_and_come_back_with_slow_start() {
-        let mut r = Runtime::new(cfg(THREE, "slow_start_s = 10"));
+        let mut r = Registry::new(cfg(THREE, "slow_start_s = 10"));
         let h = health();
         assert_eq!(build(&r, 0).backends.len(), 3);
         for _ in 0..3 {
@@ -539,7 +539,7 @@ backends = [{backends}]
         assert_eq!(r.effective_weight(&svc, addr, 3000), 1);
         assert!(r.ramping(3000));
         // Weight 1 in the file: the ramp is 1 throughout; with 10 it grows.
-        let mut r10 = Runtime::new(cfg(
+        let mut r10 = Registry::new(cfg(
             &THREE.replacen("mac = \"02:00:00:00:0b:12\"", "mac = \"02:00:00:00:0b:12\", weight = 10", 1),
             "slow_start_s = 10",
         ));
@@ -555,7 +555,7 @@ backends = [{backends}]
 
     #[test]
     fn drain_keeps_flows_then_times_out() {
-        let mut r = Runtime::new(cfg(THREE, "drain_timeout_s = 5"));
+        let mut r = Registry::new(cfg(THREE, "drain_timeout_s = 5"));
         r.backends.get_mut(&key(11)).unwrap().draining_since_ms = Some(1000);
         let st = build(&r, 2000);
         let b = st.backends.iter().find(|b| b.addr == key(11).1).unwrap();
@@ -567,7 +567,7 @@ backends = [{backends}]
 
     #[test]
     fn reload_keeps_ids_and_statuses_and_refuses_other_sections() {
-        let mut r = Runtime::new(cfg(THREE, ""));
+        let mut r = Registry::new(cfg(THREE, ""));
         let id13 = r.backends[&key(13)].id;
         r.backends.get_mut(&key(13)).unwrap().draining_since_ms = Some(5);
         let two_and_new = r#"{ address = "198.18.0.13", mac = "02:00:00:00:0b:13", weight = 3 },
@@ -584,7 +584,7 @@ backends = [{backends}]
         let e = r.reload(other).unwrap_err();
         assert!(e.contains("[workers] changed"), "{e}");
         // Two boxes, different histories, same backends and weights: same table.
-        let fresh = Runtime::new(cfg(two_and_new, ""));
+        let fresh = Registry::new(cfg(two_and_new, ""));
         let mut r2 = r.clone();
         r2.backends.get_mut(&key(13)).unwrap().draining_since_ms = None;
         assert_eq!(build(&r2, 0).services[0].maglev, build(&fresh, 0).services[0].maglev);
@@ -592,7 +592,7 @@ backends = [{backends}]
 
     #[test]
     fn whatif_counts_what_moves() {
-        let r = Runtime::new(cfg(THREE, ""));
+        let r = Registry::new(cfg(THREE, ""));
         let svc = r.service("web").unwrap().clone();
         let w = r.whatif(&svc, key(12).1, Change::Remove, 0);
         let removed = w.entries_moved;
