@@ -6,7 +6,13 @@
 #![allow(clippy::all)]
 #![allow(rustdoc::all)]
 
-include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+/// bindgen's output, exempt from the crate's lints on hand-written unsafe
+/// code (its accessors are unsafe fns with unsafe operations inside).
+#[allow(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
+mod bindings {
+    include!(concat!(env!("OUT_DIR"), "/bindings.rs"));
+}
+pub use bindings::*;
 
 /// Safe readers of the shim's constants (DPDK macros bindgen cannot evaluate).
 pub mod consts {

@@ -10,6 +10,7 @@
 //! Everything that needs DPDK is behind the default `dpdk` cargo feature; the
 //! CPU helpers below (time-stamp counter, prefetch, huge-page advice, signal
 //! mask) are plain x86_64 and libc and build without it.
+#![allow(unsafe_code)]
 
 #[cfg(feature = "dpdk")]
 mod capture;

@@ -1,4 +1,4 @@
-//! The one-arm TAP topology of DESIGN.md §4, built inside namespaces:
+//! The one-arm TAP topology (docs/architecture.md, "Tests"), built inside namespaces:
 //! a bridge in `lan` joins l4lb's TAP port, a client (198.18.0.2,
 //! 2001:db8::2) and three backends (198.18.0.1N, 2001:db8::1N) with the VIPs
 //! on `lo`, each running an HTTP server that answers "NAME CLIENT-ADDRESS".
