@@ -80,10 +80,11 @@ fn status_text(st: &Status) -> String {
         st.tsc_hz as f64 / 1e9
     );
     for p in &st.ports {
-        let link = match p.link_up {
-            Some(true) => format!("link up {} Mb/s", p.speed_mbps.unwrap_or(0)),
-            Some(false) => "link down".into(),
-            None => "link unknown".into(),
+        let link = match (p.link_up, &p.link_note) {
+            (Some(true), _) => format!("link up {} Mb/s", p.speed_mbps.unwrap_or(0)),
+            (Some(false), _) => "link down".into(),
+            (None, Some(note)) => format!("link unknown: {note}"),
+            (None, None) => "link unknown".into(),
         };
         let _ = writeln!(o, "port {} ({}): {link}", p.name, p.device);
     }

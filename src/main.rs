@@ -278,6 +278,10 @@ fn load(config: &Path) -> Result<Validated, Failure> {
 /// `l4lb check`: validate, print a summary.
 fn check(config: &Path) -> Result<(), Failure> {
     let v = load(config)?;
+    // The file may be meant for another machine: a warning, not an error.
+    if let Some(p) = v.cpu_problem() {
+        eprintln!("warning: {}: {p}", config.display());
+    }
     println!(
         "{}: OK ({} ports, {} workers, main lcore {})",
         config.display(),
@@ -411,6 +415,10 @@ fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, cmd: CtlCmd
 #[cfg(feature = "dpdk")]
 fn run(config: &Path) -> Result<(), Failure> {
     let cfg = load(config)?;
+    // Before EAL, whose own complaint is its whole usage text.
+    if let Some(p) = cfg.cpu_problem() {
+        return Err(Failure::Usage(format!("{}: {p}", config.display())));
+    }
     install_signals().map_err(|e| Failure::Failed(format!("cannot install the signal handlers: {e}")))?;
     let mut out = std::io::stdout();
     l4lb::app::run(&cfg, Some(config), &SIGNALS, &mut out).map_err(|e| Failure::Failed(e.to_string()))?;

@@ -16,8 +16,10 @@ pub const MAX_RECORD: u32 = 256 * 1024;
 pub enum PcapError {
     #[error("I/O: {0}")]
     Io(#[from] io::Error),
-    #[error("not a pcap file (magic {0:#010x})")]
+    #[error("not a pcap file: it does not start with a pcap magic number (it starts {0:#010x}; pcapng is not read: convert with `editcap -F pcap`)")]
     BadMagic(u32),
+    #[error("not a pcap file: {0} bytes, shorter than a pcap file header (24)")]
+    ShortHeader(usize),
     #[error("link type {0} is not Ethernet (1)")]
     LinkType(u32),
     #[error("record {index}: captured length {len} is over the {MAX_RECORD}-byte limit")]
@@ -50,7 +52,10 @@ impl<R: Read> Reader<R> {
     /// Reads and checks the file header (Ethernet only).
     pub fn new(mut inner: R) -> Result<Self, PcapError> {
         let mut h = [0u8; 24];
-        inner.read_exact(&mut h)?;
+        let got = read_full(&mut inner, &mut h)?;
+        if got < h.len() {
+            return Err(PcapError::ShortHeader(got));
+        }
         let magic_le = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
         let (swapped, nanos) = match magic_le {
             MAGIC_US => (false, false),
@@ -211,7 +216,18 @@ mod tests {
     #[test]
     fn bad_inputs_are_errors() {
         assert!(matches!(Reader::new(&[0u8; 24][..]), Err(PcapError::BadMagic(0))));
-        assert!(matches!(Reader::new(&[0u8; 3][..]), Err(PcapError::Io(_))));
+        // A short text file, a pcapng file: the message says what is wrong.
+        let e = Reader::new(&b"hello\n"[..]).err().unwrap().to_string();
+        assert_eq!(e, "not a pcap file: 6 bytes, shorter than a pcap file header (24)");
+        let pcapng = [
+            0x0a, 0x0d, 0x0d, 0x0a, 0x1c, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let e = Reader::new(&pcapng[..]).err().unwrap().to_string();
+        assert!(
+            e.starts_with("not a pcap file: it does not start with a pcap magic number")
+                && e.contains("pcapng"),
+            "{e}"
+        );
         let mut w = Writer::new(Vec::new()).unwrap();
         w.write(0, 0, &[1, 2, 3, 4]).unwrap();
         let mut bytes = w.into_inner().unwrap();

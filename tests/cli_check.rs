@@ -87,6 +87,49 @@ fn missing_file_exits_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/l4lb.toml: (file): cannot read"));
 }
 
+#[test]
+fn an_interface_name_linux_refuses_is_refused_by_check() {
+    let long = GOOD.replace("iface=l4lb0", "iface=l4lb-interface-0");
+    let (code, _, err) = check("longif.toml", &long);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("longif.toml: dpdk.devices[0]: interface name `l4lb-interface-0` (iface=) is 16 characters; Linux allows at most 15"),
+        "{err}"
+    );
+    // 15 is fine.
+    let (code, _, err) = check("fifteen.toml", &GOOD.replace("iface=l4lb0", "iface=l4lb-interface0"));
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn check_warns_of_lcores_on_cpus_this_machine_lacks() {
+    // CPU 900: no machine this runs on has it.
+    let (code, out, err) =
+        check("cpus.toml", &GOOD.replace("lcores = \"0@0,1@1\"", "lcores = \"0@0,1@900\""));
+    assert_eq!(code, 0, "the file may be meant for another machine: {err}");
+    assert!(out.contains("OK"), "{out}");
+    assert!(
+        err.starts_with("warning: ") && err.contains("cpus.toml: dpdk.lcores: lcore 1 is pinned to CPU 900"),
+        "{err}"
+    );
+}
+
+// Needs the dpdk feature (`run`).
+#[cfg(feature = "dpdk")]
+#[test]
+fn run_refuses_lcores_on_cpus_this_machine_lacks_before_eal_starts() {
+    let dir = std::env::temp_dir().join(format!("l4lb-cpus-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("cpus.toml");
+    std::fs::write(&path, GOOD.replace("lcores = \"0@0,1@1\"", "lcores = \"0@0,1@900\"")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["run", "--config"]).arg(&path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    // One line, naming the key; not EAL's usage text.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: ") && err.contains("dpdk.lcores: lcore 1 is pinned to CPU 900"), "{err}");
+}
+
 // Needs DPDK (EAL's own error): the full tier.
 #[cfg(feature = "dpdk")]
 #[test]

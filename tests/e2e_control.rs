@@ -102,6 +102,14 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     assert!(!ok && out.contains("is l4lb running?"), "{out}");
     let (ok, out) = ctl(&sock, "backends");
     assert!(ok && out.contains("198.18.0.11") && out.contains("HEALTH"), "{out}");
+    // The TAP port forwards with its kernel interface in the LAN namespace,
+    // where DPDK cannot read its link: unknown, and why, not "down".
+    let st = ctl_json(&sock, "status");
+    let port = &st["ports"][0];
+    assert!(port["link_up"].is_null(), "{st}");
+    assert!(port["link_note"].as_str().unwrap().contains("in another network namespace"), "{st}");
+    let (ok, out) = ctl(&sock, "status");
+    assert!(ok && out.contains("link unknown: TAP interface"), "{out}");
     let (ok, out) = ctl(&sock, "top --count 2 --interval-ms 100");
     assert!(ok && out.matches("SERVICE").count() == 4 && out.contains("198.18.100.4:5300"), "{out}");
 

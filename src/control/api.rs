@@ -150,10 +150,14 @@ pub struct Status {
 pub struct PortStatus {
     pub name: String,
     pub device: String,
-    /// The link as the driver reports it (a TAP port's link is the kernel
-    /// interface's: down until that interface is up); none when unknown.
+    /// The link as the driver reports it; none when it cannot tell (a TAP
+    /// port whose kernel interface was moved to another network namespace:
+    /// DPDK reads the link by name in l4lb's own).
     pub link_up: Option<bool>,
     pub speed_mbps: Option<u32>,
+    /// Why the link is unknown, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_note: Option<String>,
 }
 
 /// Reloads since start.
@@ -218,6 +222,9 @@ pub struct BackendRow {
     pub rtt_us: Option<u32>,
     pub checks_ok: u64,
     pub checks_failed: u64,
+    /// Checks this box could not make (no socket, source address not up):
+    /// they leave the health as it was.
+    pub checks_not_run: u64,
     pub last_error: Option<String>,
 }
 
@@ -773,6 +780,7 @@ mod tests {
             rtt_us: Some(100),
             checks_ok: 7,
             checks_failed: 0,
+            checks_not_run: 0,
             last_error: None,
         };
         let v = serde_json::to_value(Response::Backends(vec![row.clone()])).unwrap();

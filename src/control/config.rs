@@ -542,6 +542,13 @@ impl Validated {
     }
 
     /// The control API's unix socket.
+    /// Why this machine cannot run the configuration's lcore map (an lcore
+    /// pinned to a CPU it does not have), if it cannot.
+    pub fn cpu_problem(&self) -> Option<String> {
+        let map = lcores::parse(&self.config.dpdk.lcores).ok()?;
+        lcores::missing_cpu(&map, &lcores::allowed_cpus()?)
+    }
+
     pub fn control_socket(&self) -> std::path::PathBuf {
         self.config.control.socket.clone().unwrap_or_else(|| {
             std::path::PathBuf::from(format!("/run/l4lb/{}.sock", self.config.dpdk.file_prefix))
@@ -587,6 +594,18 @@ pub fn is_pci_address(s: &str) -> bool {
         _ => false,
     }
 }
+
+/// The kernel interface of a `net_tap` / `net_tun` device entry (`iface=`).
+pub fn tap_interface(spec: &str) -> Option<&str> {
+    let name = device_name(spec);
+    if !(name.starts_with("net_tap") || name.starts_with("net_tun")) {
+        return None;
+    }
+    spec.split(',').skip(1).find_map(|kv| kv.trim().strip_prefix("iface=")).map(str::trim)
+}
+
+/// The longest kernel interface name (IFNAMSIZ less its terminating NUL).
+pub const MAX_IFNAME: usize = 15;
 
 /// The ethdev name of a `dpdk.devices` entry: the part before the first comma.
 pub fn device_name(spec: &str) -> &str {
@@ -666,6 +685,18 @@ impl Config {
             }
             if !dev_names.insert(name) {
                 return Err(err(format!("dpdk.devices[{i}]"), format!("device `{name}` is listed twice")));
+            }
+            // Kernel interface names (TAP, pcap, af_packet devices) fit IFNAMSIZ.
+            for (k, v) in dev.split(',').skip(1).filter_map(|kv| kv.split_once('=')) {
+                if matches!(k.trim(), "iface" | "remote") && v.len() > MAX_IFNAME {
+                    return Err(err(
+                        format!("dpdk.devices[{i}]"),
+                        format!(
+                            "interface name `{v}` ({k}=) is {} characters; Linux allows at most {MAX_IFNAME}",
+                            v.len()
+                        ),
+                    ));
+                }
             }
         }
         if d.in_memory && !d.hugepages {
@@ -1073,5 +1104,8 @@ forward_to = "left"
         assert!(!is_pci_address("net_tap0"));
         assert!(!is_pci_address("0000:01:00.8"));
         assert_eq!(device_name("net_tap0,iface=x"), "net_tap0");
+        assert_eq!(tap_interface("net_tap0,iface=l4lb0"), Some("l4lb0"));
+        assert_eq!(tap_interface("net_tap1, iface=x ,remote=eth0"), Some("x"));
+        assert_eq!(tap_interface("net_pcap0,iface=eth0"), None);
     }
 }

@@ -52,8 +52,8 @@ impl Probe {
         }
     }
 
-    /// Runs the check: the round-trip time, or why it failed.
-    pub fn run(&self) -> Result<Duration, String> {
+    /// Runs the check: the round-trip time, or why it failed or could not run.
+    pub fn run(&self) -> Result<Duration, CheckError> {
         let deadline = Instant::now() + self.timeout;
         match self.kind {
             CheckKind::Tcp => self.connect(deadline).map(|(_, rtt)| rtt),
@@ -63,16 +63,19 @@ impl Probe {
         }
     }
 
-    fn socket(&self, ty: Type, proto: Protocol) -> Result<Socket, String> {
+    /// A socket from the configured source: failing here is this box's
+    /// problem (no such address yet, no permission), not the backend's.
+    fn socket(&self, ty: Type, proto: Protocol) -> Result<Socket, CheckError> {
         let s = Socket::new(Domain::for_address(SocketAddr::new(self.addr, 0)), ty, Some(proto))
-            .map_err(|e| format!("socket: {e}"))?;
+            .map_err(|e| CheckError::NotRun(format!("socket: {e}")))?;
         if let Some(src) = self.source {
-            s.bind(&SockAddr::from(SocketAddr::new(src, 0))).map_err(|e| format!("bind {src}: {e}"))?;
+            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
+                .map_err(|e| CheckError::NotRun(format!("bind {src}: {e}")))?;
         }
         Ok(s)
     }
 
-    fn connect(&self, deadline: Instant) -> Result<(Socket, Duration), String> {
+    fn connect(&self, deadline: Instant) -> Result<(Socket, Duration), CheckError> {
         let s = self.socket(Type::STREAM, Protocol::TCP)?;
         let to = SocketAddr::new(self.addr, self.port);
         let start = Instant::now();
@@ -83,7 +86,7 @@ impl Probe {
         Ok((s, rtt))
     }
 
-    fn http(&self, deadline: Instant) -> Result<Duration, String> {
+    fn http(&self, deadline: Instant) -> Result<Duration, CheckError> {
         let start = Instant::now();
         let (mut s, _) = self.connect(deadline)?;
         let req = format!(
@@ -121,12 +124,12 @@ impl Probe {
         }
         .ok_or_else(|| format!("not an HTTP status line: {:?}", line.chars().take(60).collect::<String>()))?;
         if status != self.expect_status {
-            return Err(format!("HTTP status {status}, expected {}", self.expect_status));
+            return Err(format!("HTTP status {status}, expected {}", self.expect_status).into());
         }
         Ok(rtt)
     }
 
-    fn udp(&self, deadline: Instant) -> Result<Duration, String> {
+    fn udp(&self, deadline: Instant) -> Result<Duration, CheckError> {
         let s = self.socket(Type::DGRAM, Protocol::UDP)?;
         let to = SocketAddr::new(self.addr, self.port);
         s.connect(&to.into()).map_err(|e| format!("connect {to}: {e}"))?;
@@ -146,21 +149,24 @@ impl Probe {
                 return Ok(rtt);
             }
             if Instant::now() >= deadline {
-                return Err(format!("answer from {to} lacks the expected text"));
+                return Err(format!("answer from {to} lacks the expected text").into());
             }
             // Another answer may still come: keep reading until the deadline.
         }
     }
 
-    fn icmp(&self, deadline: Instant) -> Result<Duration, String> {
+    fn icmp(&self, deadline: Instant) -> Result<Duration, CheckError> {
         static SEQ: AtomicU16 = AtomicU16::new(1);
         let (proto, request, reply) = match self.addr {
             IpAddr::V4(_) => (Protocol::ICMPV4, 8u8, 0u8),
             IpAddr::V6(_) => (Protocol::ICMPV6, 128u8, 129u8),
         };
-        let mut s = self
-            .socket(Type::RAW, proto)
-            .map_err(|e| format!("{e} (ICMP checks need root or CAP_NET_RAW)"))?;
+        let mut s = self.socket(Type::RAW, proto).map_err(|e| match e {
+            CheckError::NotRun(e) => {
+                CheckError::NotRun(format!("{e} (ICMP checks need root or CAP_NET_RAW)"))
+            }
+            e => e,
+        })?;
         // A connected raw socket only receives from that address.
         s.connect(&SocketAddr::new(self.addr, 0).into())
             .map_err(|e| format!("connect {}: {e}", self.addr))?;
@@ -211,8 +217,40 @@ fn timeout_words(e: std::io::Error) -> String {
     }
 }
 
+/// Why a check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckError {
+    /// The check could not be made from this box — no socket, the source
+    /// address not up (yet), no permission for raw sockets. It says nothing
+    /// about the backend, whose health stays as it was.
+    NotRun(String),
+    /// The backend did not answer as the check expects.
+    Failed(String),
+}
+
+impl From<String> for CheckError {
+    fn from(e: String) -> Self {
+        CheckError::Failed(e)
+    }
+}
+
+impl From<&str> for CheckError {
+    fn from(e: &str) -> Self {
+        CheckError::Failed(e.to_owned())
+    }
+}
+
+impl std::fmt::Display for CheckError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckError::NotRun(e) => write!(f, "check could not run: {e}"),
+            CheckError::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// A finished check: its tag and its round-trip time in µs or the failure.
-pub type Done = (u64, Result<u32, String>);
+pub type Done = (u64, Result<u32, CheckError>);
 
 /// A pool of threads running probes. Dropping it stops the threads once
 /// their current checks end.
@@ -322,7 +360,7 @@ mod tests {
             let p = Probe::new(&health(CheckKind::Tcp), port, local(v6), None);
             assert!(p.run().is_ok(), "v6={v6}");
             drop(l);
-            let e = p.run().unwrap_err();
+            let e = p.run().unwrap_err().to_string();
             assert!(e.contains("refused"), "{e}");
         }
     }
@@ -336,13 +374,16 @@ mod tests {
         assert!(req.starts_with("GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n"), "{req}");
         let (port, _r) = http_server(500);
         let e = Probe::new(&health(CheckKind::Http), port, local(false), None).run().unwrap_err();
-        assert_eq!(e, "HTTP status 500, expected 200");
+        assert_eq!(e, CheckError::Failed("HTTP status 500, expected 200".into()));
         // A server that accepts and never answers: the timeout bounds the check.
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut h = health(CheckKind::Http);
         h.timeout_ms = 100;
         let start = Instant::now();
-        let e = Probe::new(&h, silent.local_addr().unwrap().port(), local(false), None).run().unwrap_err();
+        let e = Probe::new(&h, silent.local_addr().unwrap().port(), local(false), None)
+            .run()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timed out"), "{e}");
         assert!(start.elapsed() < Duration::from_millis(400));
     }
@@ -365,13 +406,13 @@ mod tests {
         h.timeout_ms = 200;
         let p = Probe::new(&h, port, local(false), None);
         p.run().unwrap();
-        let e = p.run().unwrap_err();
+        let e = p.run().unwrap_err().to_string();
         assert!(e.contains("timed out") || e.contains("lacks"), "{e}");
         // Nobody listening: the port unreachable comes back as refused.
         let closed = UdpSocket::bind("127.0.0.1:0").unwrap();
         let cport = closed.local_addr().unwrap().port();
         drop(closed);
-        let e = Probe::new(&h, cport, local(false), None).run().unwrap_err();
+        let e = Probe::new(&h, cport, local(false), None).run().unwrap_err().to_string();
         assert!(e.contains("refused"), "{e}");
     }
 
@@ -412,5 +453,22 @@ mod tests {
         // A v6 source is not used for a v4 backend.
         let p6 = Probe::new(&health(CheckKind::Tcp), port, local(false), Some("::1".parse().unwrap()));
         assert_eq!(p6.source, None);
+    }
+
+    #[test]
+    fn a_source_address_this_box_lacks_means_the_check_did_not_run() {
+        // 198.18.255.254 is on no interface here: bind fails before any
+        // packet leaves, which says nothing about the backend.
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let src: IpAddr = "198.18.255.254".parse().unwrap();
+        for kind in [CheckKind::Tcp, CheckKind::Http, CheckKind::Udp] {
+            let e = Probe::new(&health(kind), port, local(false), Some(src)).run().unwrap_err();
+            match &e {
+                CheckError::NotRun(why) => assert!(why.starts_with("bind 198.18.255.254"), "{e}"),
+                other => panic!("{kind:?}: {other:?}"),
+            }
+            assert!(e.to_string().starts_with("check could not run: bind"), "{e}");
+        }
     }
 }

@@ -87,9 +87,57 @@ fn parse_range(s: &str) -> Result<impl Iterator<Item = u32>, String> {
     Ok(a..=b)
 }
 
+/// The CPUs this process may run on (`Cpus_allowed_list` of
+/// `/proc/self/status`: the machine's CPUs less any affinity mask it was
+/// started under); none when that cannot be read.
+pub fn allowed_cpus() -> Option<BTreeSet<u32>> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:"))?;
+    cpu_list(list.trim())
+}
+
+/// Parses a kernel CPU list such as `0-3,8,10-11`.
+pub fn cpu_list(s: &str) -> Option<BTreeSet<u32>> {
+    let mut set = BTreeSet::new();
+    for part in s.split(',').filter(|p| !p.is_empty()) {
+        set.extend(parse_range(part.trim()).ok()?);
+    }
+    Some(set)
+}
+
+/// The first lcore pinned to a CPU outside `allowed`, and that CPU, with
+/// a sentence that names the key, for `check` (a warning: the file may be
+/// for another machine) and `run` (an error before EAL starts).
+pub fn missing_cpu(map: &LcoreMap, allowed: &BTreeSet<u32>) -> Option<String> {
+    let (lcore, cpu) = map
+        .entries
+        .iter()
+        .find_map(|(id, cpus)| cpus.iter().find(|c| !allowed.contains(c)).map(|c| (*id, *c)))?;
+    let have: Vec<String> = allowed.iter().map(u32::to_string).collect();
+    Some(format!(
+        "dpdk.lcores: lcore {lcore} is pinned to CPU {cpu}, which this machine does not offer (CPUs here: {}); \
+         pin every lcore to one of those",
+        have.join(",")
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lcores_on_cpus_the_machine_lacks_are_named() {
+        let allowed = cpu_list("0-1").unwrap();
+        assert_eq!(missing_cpu(&parse("0@0,1@1").unwrap(), &allowed), None);
+        assert_eq!(missing_cpu(&parse("0@0,1@(0-1)").unwrap(), &allowed), None);
+        let e = missing_cpu(&parse("0@0,1@1,2@2,3@3").unwrap(), &allowed).unwrap();
+        assert!(e.starts_with("dpdk.lcores: lcore 2 is pinned to CPU 2"), "{e}");
+        assert!(e.contains("CPUs here: 0,1"), "{e}");
+        // Without `@`, lcore N runs on CPU N.
+        assert!(missing_cpu(&parse("0-2").unwrap(), &allowed).unwrap().contains("lcore 2"));
+        assert_eq!(cpu_list("0-3,8,10-11").unwrap(), BTreeSet::from([0, 1, 2, 3, 8, 10, 11]));
+        assert!(allowed_cpus().is_some_and(|c| !c.is_empty()), "this machine's CPUs");
+    }
 
     #[test]
     fn forms() {

@@ -195,6 +195,7 @@ fn backends(e: &mut Exposition, rows: &[BackendRow]) {
         let [s, b] = id(r);
         e.sample("l4lb_backend_checks_total", &[s, b, ("result", "ok")], r.status.checks_ok);
         e.sample("l4lb_backend_checks_total", &[s, b, ("result", "failed")], r.status.checks_failed);
+        e.sample("l4lb_backend_checks_total", &[s, b, ("result", "not_run")], r.status.checks_not_run);
     }
 }
 

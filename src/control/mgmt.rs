@@ -13,8 +13,8 @@ use super::api::{
     Applied, BackendRow, Call, Change, Entries, Lookup, PortCounters, PortStatus, Protocol, ReloadChanges,
     Reloads, Reply, Request, Response, ServiceRow, Stats, Status, WhatifRow, WorkerStatsRow, MAX_WEIGHT,
 };
-use super::config::Config;
-use super::health::{Checker, Probe};
+use super::config::{device_name, tap_interface, Config};
+use super::health::{CheckError, Checker, Probe};
 use super::metrics::{self, PortRow};
 use super::neighbour::NeighbourTable;
 use super::registry::{BackendKey, Health, Registry};
@@ -235,6 +235,20 @@ impl<'a> Management<'a> {
             t.in_flight = false;
             let (key, h) = (t.key.clone(), t.health.clone());
             let err = result.as_ref().err().cloned();
+            if let Some(CheckError::NotRun(e)) = &err {
+                // Once per run of checks that cannot be made, not every interval.
+                let st = self.registry.backends.get(&key);
+                if st.is_some_and(|b| {
+                    b.last_error.as_deref().is_none_or(|l| !l.starts_with("check could not run"))
+                }) {
+                    let state = st.map_or("not checked yet", |b| match b.health.state {
+                        Health::Unknown => "not checked yet",
+                        Health::Up => "up",
+                        Health::Down => "down",
+                    });
+                    log::warn!("health check of {}/{} could not run ({e}): it stays {state}", key.0, key.1);
+                }
+            }
             if let Some(to) = self.registry.record_check(&key, &h, result, now) {
                 let why = err.map(|e| format!(" ({e})")).unwrap_or_default();
                 let level = if to == Health::Down { log::Level::Warn } else { log::Level::Info };
@@ -525,11 +539,24 @@ impl<'a> Management<'a> {
             ports: ports
                 .map(|(p, port)| {
                     let link = port.link().ok();
+                    // net_tap reads its link by interface name in this
+                    // namespace; once the interface is moved, it says down.
+                    let devices = &self.registry.cfg.config.dpdk.devices;
+                    let spec = devices.iter().find(|d| device_name(d) == p.device);
+                    let moved = spec
+                        .and_then(|d| tap_interface(d))
+                        .filter(|i| !std::path::Path::new("/sys/class/net").join(i).exists());
                     PortStatus {
                         name: p.name.clone(),
                         device: p.device.clone(),
-                        link_up: link.map(|l| l.up),
+                        link_up: if moved.is_some() { None } else { link.map(|l| l.up) },
                         speed_mbps: link.map(|l| l.speed_mbps),
+                        link_note: moved.map(|i| {
+                            format!(
+                                "TAP interface {i} is in another network namespace: DPDK cannot read its link \
+                                 from here (the port still forwards)"
+                            )
+                        }),
                     }
                 })
                 .collect(),
@@ -620,6 +647,7 @@ impl<'a> Management<'a> {
                     rtt_us: st.last_check_ms.is_some().then_some(st.rtt_us),
                     checks_ok: st.checks_ok,
                     checks_failed: st.checks_failed,
+                    checks_not_run: st.checks_not_run,
                     last_error: st.last_error.clone(),
                 });
             }

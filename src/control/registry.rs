@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::config::{HealthSection, ServiceSection, Validated};
+use super::health::CheckError;
 use super::state_build::{build_state_with, Adjust, PortFacts, Resolver};
 use crate::balancer::maglev::{MaglevBackend, MaglevTable};
 use crate::balancer::state::{BuildError, ForwardingState};
@@ -85,6 +86,8 @@ pub struct BackendStatus {
     pub last_error: Option<String>,
     pub checks_ok: u64,
     pub checks_failed: u64,
+    /// Checks this box could not make (no socket, source address not up).
+    pub checks_not_run: u64,
 }
 
 impl BackendStatus {
@@ -100,6 +103,7 @@ impl BackendStatus {
             last_error: None,
             checks_ok: 0,
             checks_failed: 0,
+            checks_not_run: 0,
         }
     }
 }
@@ -315,23 +319,31 @@ impl Registry {
         &mut self,
         key: &BackendKey,
         h: &HealthSection,
-        result: Result<u32, String>,
+        result: Result<u32, CheckError>,
         now_ms: u64,
     ) -> Option<Health> {
         let st = self.backends.get_mut(key)?;
-        st.last_check_ms = Some(now_ms);
-        let ok = result.is_ok();
-        match result {
+        let ok = match result {
             Ok(rtt) => {
                 st.rtt_us = rtt.max(1);
                 st.checks_ok += 1;
                 st.last_error = None;
+                true
             }
-            Err(e) => {
+            // This box could not make the check: the backend's health stays
+            // as it was (a new backend: not checked yet).
+            Err(e @ CheckError::NotRun(_)) => {
+                st.checks_not_run += 1;
+                st.last_error = Some(e.to_string());
+                return None;
+            }
+            Err(CheckError::Failed(e)) => {
                 st.checks_failed += 1;
                 st.last_error = Some(e);
+                false
             }
-        }
+        };
+        st.last_check_ms = Some(now_ms);
         let before = st.health.state;
         let changed = st.health.record(ok, h.rise, h.fall);
         if changed == Some(Health::Up) && before == Health::Down {
@@ -516,6 +528,31 @@ backends = [{backends}]
     }
 
     #[test]
+    fn checks_that_could_not_run_leave_the_health_as_it_was() {
+        let mut r = Registry::new(cfg(THREE, ""));
+        let h = health();
+        let not_run = || Err(CheckError::NotRun("bind 198.18.0.5: Cannot assign requested address".into()));
+        // A new backend whose checks cannot be made yet: not checked yet,
+        // still in the state, the reason on record.
+        for t in 0..5 {
+            assert_eq!(r.record_check(&key(12), &h, not_run(), t), None);
+        }
+        let st = &r.backends[&key(12)];
+        assert_eq!((st.health.state, st.checks_not_run, st.checks_failed), (Health::Unknown, 5, 0));
+        assert_eq!(
+            st.last_error.as_deref(),
+            Some("check could not run: bind 198.18.0.5: Cannot assign requested address")
+        );
+        assert_eq!(st.last_check_ms, None, "no check has run");
+        assert_eq!(build(&r, 10).backends.len(), 3);
+        // Once checks run they decide; checks that cannot run in between
+        // neither count as failures nor break a run of them.
+        assert_eq!(r.record_check(&key(12), &h, Ok(100), 20), Some(Health::Up));
+        assert_eq!(r.record_check(&key(12), &h, not_run(), 30), None);
+        assert_eq!(r.backends[&key(12)].health.state, Health::Up);
+    }
+
+    #[test]
     fn down_backends_leave_the_state_and_come_back_with_slow_start() {
         let mut r = Registry::new(cfg(THREE, "slow_start_s = 10"));
         let h = health();
@@ -525,7 +562,7 @@ backends = [{backends}]
         }
         // Up on the first success; three failures take it down.
         for i in 0..3 {
-            let c = r.record_check(&key(12), &h, Err("refused".into()), 1000 + i);
+            let c = r.record_check(&key(12), &h, Err(CheckError::Failed("refused".into())), 1000 + i);
             assert_eq!(c, (i == 2).then_some(Health::Down));
         }
         let st = build(&r, 2000);
@@ -544,7 +581,7 @@ backends = [{backends}]
             "slow_start_s = 10",
         ));
         for (ok, t) in [(true, 0), (false, 1), (false, 2), (false, 3), (true, 4), (true, 5)] {
-            r10.record_check(&key(12), &h, if ok { Ok(5) } else { Err("x".into()) }, t);
+            r10.record_check(&key(12), &h, if ok { Ok(5) } else { Err(CheckError::Failed("x".into())) }, t);
         }
         let svc = r10.service("web").unwrap().clone();
         let w: Vec<u32> =
