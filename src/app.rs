@@ -35,6 +35,8 @@ pub enum RunError {
     Lcores { got: usize, want: usize },
     #[error("worker: {0}")]
     Worker(String),
+    #[error("{0}")]
+    Mtu(String),
     #[error("forwarding state: {0}")]
     State(#[from] crate::balancer::state::BuildError),
     #[error("{0}")]
@@ -273,6 +275,11 @@ fn first_state(cfg: &Validated, ports: &[Port], mailboxes: &[StateMailbox]) -> R
         let port_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
         let mtu = port.mtu().unwrap_or(p.mtu.unwrap_or(1500));
         facts.push(PortFacts { mac: port.mac().map_err(port_err)?, mtu });
+    }
+    // Ports without a configured MTU have the device's: check it now.
+    let mtus: Vec<u16> = facts.iter().map(|f| f.mtu).collect();
+    if let Some(why) = cfg.mtu_problem(&mtus) {
+        return Err(RunError::Mtu(why));
     }
     // The first state comes from the registry like every later one.
     let registry = Registry::new(cfg.clone());

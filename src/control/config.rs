@@ -542,6 +542,18 @@ impl Validated {
     }
 
     /// The control API's unix socket.
+    /// Why a port's MTU as the device set it (`mtus`, by port index: what
+    /// `run` finds when `ports.mtu` is not set) cannot carry a service, if
+    /// one cannot; the key is the service's.
+    pub fn mtu_problem(&self, mtus: &[u16]) -> Option<String> {
+        let c = &self.config;
+        c.services.iter().enumerate().find_map(|(i, s)| {
+            let e = s.egress_index(&c.ports)?;
+            let why = s.ipv6_mtu_problem(&c.ports[e].name, *mtus.get(e)?)?;
+            Some(format!("services[{i}].forwarding: {why}"))
+        })
+    }
+
     /// Why this machine cannot run the configuration's lcore map (an lcore
     /// pinned to a CPU it does not have), if it cannot.
     pub fn cpu_problem(&self) -> Option<String> {
@@ -592,6 +604,33 @@ pub fn is_pci_address(s: &str) -> bool {
         [dom, bus, dev] => hex(dom, 4) && hex(bus, 2) && hex(dev, 2),
         [bus, dev] => hex(bus, 2) && hex(dev, 2),
         _ => false,
+    }
+}
+
+impl ServiceSection {
+    /// The port a service's packets leave on: `egress`, or the first port.
+    pub fn egress_index(&self, ports: &[PortSection]) -> Option<usize> {
+        match &self.egress {
+            Some(name) => ports.iter().position(|p| &p.name == name),
+            None => Some(0),
+        }
+    }
+
+    /// Why an egress MTU of `mtu` cannot carry this service: an IPv6 VIP
+    /// must deliver 1280-byte packets (RFC 8200) with the encapsulation on.
+    pub fn ipv6_mtu_problem(&self, port: &str, mtu: u16) -> Option<String> {
+        if self.forwarding == ForwardingMode::L2 || !self.vip.is_ipv6() {
+            return None;
+        }
+        let overhead = if self.backends.iter().any(|b| b.address.is_ipv6()) { 40 } else { 20 }
+            + if self.forwarding == ForwardingMode::Gue { 8 } else { 0 };
+        ((mtu as usize) < 1280 + overhead).then(|| {
+            format!(
+                "port `{port}` MTU {mtu} is below 1280 + {overhead} bytes of encapsulation for an IPv6 VIP \
+                 (set ports.mtu to at least {})",
+                1280 + overhead
+            )
+        })
     }
 }
 
@@ -968,18 +1007,10 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
                 }
             }
         }
-        if s.forwarding != ForwardingMode::L2 {
-            let overhead = if s.backends.iter().any(|b| b.address.is_ipv6()) { 40 } else { 20 }
-                + if s.forwarding == ForwardingMode::Gue { 8 } else { 0 };
-            if s.vip.is_ipv6() && port.mtu.is_some_and(|m| (m as usize) < 1280 + overhead) {
-                return Err(err(
-                    key("forwarding"),
-                    format!(
-                        "port `{}` MTU is below 1280 + {overhead} bytes of encapsulation for an IPv6 VIP",
-                        port.name
-                    ),
-                ));
-            }
+        // With no `mtu` the device's applies: `l4lb run` checks it then
+        // (Validated::mtu_problem), once the port is up.
+        if let Some(why) = port.mtu.and_then(|m| s.ipv6_mtu_problem(&port.name, m)) {
+            return Err(err(key("forwarding"), why));
         }
     }
     if backend_count > crate::balancer::limits::MAX_BACKEND_IDS {
@@ -1095,6 +1126,45 @@ forward_to = "left"
         let e = check("[dpdk\n").unwrap_err();
         assert_eq!(e.key, "(syntax)");
         assert!(e.reason.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn an_ipv6_vip_needs_an_egress_mtu_for_1280_bytes_plus_encapsulation() {
+        let text = |mtu: &str| {
+            format!(
+                r#"
+[dpdk]
+lcores = "0@0,1@1"
+devices = ["net_tap0,iface=a"]
+[[ports]]
+name = "p"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+{mtu}
+[[services]]
+name = "v6"
+vip = "2001:db8:100::1"
+protocol = "tcp"
+port = 80
+forwarding = "ipip"
+backends = [{{ address = "2001:db8::11", mac = "02:00:00:00:00:11" }}]
+"#
+            )
+        };
+        // Set in the file: check refuses it.
+        let e = check(&text("mtu = 1300")).unwrap_err();
+        assert_eq!(e.key, "services[0].forwarding", "{e}");
+        assert!(
+            e.reason.contains("MTU 1300 is below 1280 + 40") && e.reason.contains("at least 1320"),
+            "{e}"
+        );
+        // Not set: the device's applies, which run checks once the port is up.
+        let v = check(&text("")).unwrap();
+        assert_eq!(v.mtu_problem(&[1500]), None);
+        let why = v.mtu_problem(&[1300]).unwrap();
+        assert!(why.starts_with("services[0].forwarding: port `p` MTU 1300 is below 1280 + 40"), "{why}");
+        assert_eq!(check(&text("mtu = 1320")).map(|_| ()), Ok(()));
     }
 
     #[test]
