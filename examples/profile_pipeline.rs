@@ -10,7 +10,7 @@
 //! victims expired long ago).
 //! `syn`: every packet a SYN of a new flow (4096 frames, their client address
 //! renewed every pass over them: `testframes::renew`), into a table of
-//! `capacity` entries (default 2M); with 65536, as `scripts/bench.sh` sets for
+//! `capacity` entries (default 2M); with 65536, as `scripts/bench/testpmd.sh` sets for
 //! its SYN input, every SYN soon evicts one. It prints how many were new.
 
 use l4lb::balancer::state::Forwarding;

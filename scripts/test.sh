@@ -27,5 +27,5 @@ cargo test --workspace --doc --quiet
 
 echo "== unit, vdev and end-to-end tests"
 # The nextest summary line is the last thing printed.
-# (Benchmarks are compiled by clippy above and run by scripts/bench-core.sh.)
+# (Benchmarks are compiled by clippy above and run by scripts/bench/core.sh.)
 cargo nextest run --workspace --lib --bins --tests --no-fail-fast "$@"

@@ -77,7 +77,7 @@ enum Cmd {
         #[arg(long)]
         trace: bool,
     },
-    /// Write a benchmark pcap: TCP flows to a VIP (scripts/bench.sh replays it).
+    /// Write a benchmark pcap: TCP flows to a VIP (scripts/bench/testpmd.sh replays it).
     Gen {
         #[arg(long = "out")]
         output: PathBuf,
@@ -109,7 +109,7 @@ enum Cmd {
     },
     #[cfg(feature = "dpdk")]
     /// Send a pcap on one DPDK port at a set rate and count what returns on
-    /// another (loss measurements over net_memif; scripts/bench.sh).
+    /// another (loss measurements over net_memif; scripts/bench/testpmd.sh).
     Replay {
         #[arg(long)]
         pcap: PathBuf,

@@ -1,5 +1,5 @@
 //! `l4lb replay`: a paced traffic source and counting sink for loss
-//! measurements over `net_memif` (scripts/bench.sh's second setup). It sends
+//! measurements over `net_memif` (scripts/bench/testpmd.sh's second setup). It sends
 //! a pcap on one port at a fixed packet rate (or as fast as the port takes
 //! it) and counts what comes back on another, on one lcore. A packet the
 //! device refuses counts as lost: on a NIC it would have been dropped at

@@ -1,7 +1,7 @@
 //! Benchmark traffic: pcaps of client-to-VIP TCP packets with a chosen number
 //! of flows, mix (established, SYN, half and half), address family and frame
 //! sizes (64 bytes or IMIX), for `net_pcap,infinite_rx=1` replay
-//! (`scripts/bench.sh`). Deterministic: the same arguments give the same file.
+//! (`scripts/bench/testpmd.sh`). Deterministic: the same arguments give the same file.
 #![forbid(unsafe_code)]
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -3,40 +3,34 @@
 # let it warm up, read `l4lb ctl stats` once a second over a measuring window,
 # stop it.
 #
-#   scripts/bench-l4lb.sh CONFIG [WARM_S] [MEASURE_S]     (defaults 3 and 5)
-#   L4LB_BIN=/path/to/other/l4lb scripts/bench-l4lb.sh ... (another build, for an A/B on one config)
+#   scripts/bench/rate.sh CONFIG [WARM_S] [MEASURE_S]     (defaults 3 and 5)
+#   L4LB_BIN=/path/to/other/l4lb scripts/bench/rate.sh ... (another build, for an A/B on one config)
 #
 # Prints "Mpps new_flow_fraction drop_fraction tsc_hz": Mpps is the median of
-# the per-second rates in the window. scripts/bench.sh uses it for every l4lb
+# the per-second rates in the window. scripts/bench/testpmd.sh uses it for every l4lb
 # run; on its own it A/B-tests a change against a config
-# bench.sh wrote (e.g. /tmp/l4lb-bench/l4lb.toml). Needs the [control] socket.
+# scripts/bench/testpmd.sh wrote (e.g. /tmp/l4lb-bench/l4lb.toml). Needs the [control] socket.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 cfg=$1
 warm=${2:-3}
 measure=${3:-5}
 BIN=${L4LB_BIN:-target/release/l4lb}
 sock=$(sed -n 's/^socket = "\(.*\)"/\1/p' "$cfg" | head -1)
 [ -n "$sock" ] || { echo "$cfg: needs [control] socket = \"...\"" >&2; exit 2; }
+. scripts/bench/lib.sh
 log=$(mktemp /tmp/l4lb-rate.XXXXXX.log)
-$BIN run --config "$cfg" >"$log" 2>&1 &
-pid=$!
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
-for _ in $(seq 1 600); do
-  grep -q 'control socket' "$log" && break
-  kill -0 "$pid" 2>/dev/null || { cat "$log" >&2; echo "l4lb exited" >&2; exit 1; }
-  sleep 0.1
-done
+samples=$(mktemp /tmp/l4lb-rate.XXXXXX.samples)
+trap 'l4lb_stop; rm -f "$log" "$samples"' EXIT
+l4lb_start "$cfg" "$log" 'control socket'
 sleep "$warm"
 sample() {
   $BIN ctl --socket "$sock" --json stats |
     /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["counters"]["rx_packets"], d["counters"]["new_flows"], d["dropped"])'
 }
 # One sample a second; the rate is the median of the per-second rates (as
-# bench.sh takes testpmd's), so one second in which the VM stopped the worker
+# scripts/bench/testpmd.sh takes testpmd's), so one second in which the VM stopped the worker
 # does not set the figure. The fractions are over the whole window.
-samples=$(mktemp /tmp/l4lb-rate.XXXXXX.samples)
-trap 'kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log" "$samples"' EXIT
 sample >> "$samples"
 for _ in $(seq 1 "$measure"); do
   sleep 1

@@ -5,7 +5,7 @@ instruction was inlined from (the outermost frame below process_burst).
     cargo build --release --example profile_pipeline
     valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file=/tmp/cg.out \\
         target/release/examples/profile_pipeline hot v4 20000
-    scripts/callgrind-by-function.py target/release/examples/profile_pipeline /tmp/cg.out 640000 [DEPTH]
+    scripts/bench/callgrind-by-function.py target/release/examples/profile_pipeline /tmp/cg.out 640000 [DEPTH]
 
 The third argument is the packet count (bursts x 32); DEPTH 2 splits each
 function by the one inlined into it (e.g. balance > encap_template). Only instructions that

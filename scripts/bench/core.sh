@@ -2,10 +2,10 @@
 # Benchmarks of the pure core (no DPDK): Maglev table builds and the pipeline's
 # cost per packet in bursts of 32. Prints a summary table; criterion's full
 # reports land in target/criterion/.
-#   scripts/bench-core.sh            both
-#   scripts/bench-core.sh maglev     one of them
+#   scripts/bench/core.sh            both
+#   scripts/bench/core.sh maglev     one of them
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 which=${1:-all}
 # The flow tables are large (64 B x capacity): benches/pipeline.rs madvises
 # them onto transparent huge pages itself, as `l4lb run` does.

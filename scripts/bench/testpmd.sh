@@ -2,7 +2,7 @@
 # Whole-program packet rates: l4lb against dpdk-testpmd on the same input and
 # the same cores, the way operators measure an appliance.
 #
-#   scripts/bench.sh [--workers N] [--flows LIST] [--seconds S] [--quick] [--no-docs]
+#   scripts/bench/testpmd.sh [--workers N] [--flows LIST] [--seconds S] [--quick] [--no-docs]
 #
 #   --workers N   worker cores for testpmd and l4lb (default 1; lcore 0 is the
 #                 main/management lcore on CPU 0, workers take CPUs 1..N)
@@ -23,13 +23,13 @@
 # For every input: testpmd `io` (the DPDK floor) and `5tswap`, then l4lb in
 # `ipip` and `l2` modes. testpmd's rate is its port 0 Rx-pps (median of the
 # per-second samples after the warm-up); l4lb's comes from its own counters
-# (scripts/bench-l4lb.sh: `l4lb ctl stats` once a second, the median of the
+# (scripts/bench/rate.sh: `l4lb ctl stats` once a second, the median of the
 # per-second rates). Cycles per packet = TSC rate x workers / packet rate (every worker
 # busy-polls). Results go to
-# docs/benchmarks.md (between the bench.sh markers) and docs/bench.png.
+# docs/benchmarks.md (between the scripts/bench/testpmd.sh markers) and docs/bench.png.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/bench-lib.sh
+cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 WORKERS=1
 FLOWS=1000,100000,1000000
@@ -73,7 +73,6 @@ L4LB_PID=
 
 cleanup() {
   set +e
-  [ -n "$L4LB_PID" ] && kill -TERM "$L4LB_PID" 2>/dev/null && wait "$L4LB_PID" 2>/dev/null
   bench_cleanup
 }
 trap cleanup EXIT INT TERM
@@ -116,7 +115,7 @@ run_l4lb() {
   local fwd=$1 pcaps=$2 packets=$3 table=$4 cfg=$WORK/l4lb.toml sock=$WORK/l4lb.sock
   bench_l4lb_config "$cfg" "$sock" "$fwd" "$pcaps" "$packets" "$table"
   local out
-  out=$(scripts/bench-l4lb.sh "$cfg" "$WARM" "$SECONDS_MEASURE")
+  out=$(scripts/bench/rate.sh "$cfg" "$WARM" "$SECONDS_MEASURE")
   # (This runs in a subshell: the TSC rate goes through a file.)
   echo "$out" | awk '{print $4}' > "$WORK/tsc_hz"
   echo "$out" | awk '{print $1, $2, $3}'
@@ -168,10 +167,9 @@ if [ "$WORKERS" = 1 ]; then
     sed -e "s|^devices = .*|devices = [\"net_memif0,role=client,socket=$WORK/in.sock,rsize=14,mac=02:70:63:61:70:00\", \"net_memif1,role=client,socket=$WORK/out.sock,rsize=14\"]|" \
         -e 's|device = "net_pcap0"|device = "net_memif0"|' -e 's|device = "net_null0"|device = "net_memif1"|' \
         -e 's|^mbufs = .*|mbufs = 65535|' "$WORK/l4lb.toml" > "$WORK/memif.toml"
-    $BIN run --config "$WORK/memif.toml" >"$WORK/l4lb-memif.log" 2>&1 &
-    L4LB_PID=$!
+    l4lb_start "$WORK/memif.toml" "$WORK/l4lb-memif.log" || exit 1
     wait "$rp" || { cat "$WORK/replay.log" >&2; exit 1; }
-    kill -TERM "$L4LB_PID"; wait "$L4LB_PID" || true; L4LB_PID=
+    l4lb_stop
     tail -1 "$WORK/replay.log"
   }
   field() { echo "$1" | tr ' ' '\n' | awk -v k="$2" 'p{print; exit} $0==k{p=1}'; }
@@ -198,5 +196,5 @@ if [ "$WORKERS" = 1 ]; then
 fi
 
 echo
-/usr/bin/python3 scripts/bench-report.py "$RESULTS" --workers "$WORKERS" --layout "$LAYOUT" --tsc-hz "$(cat "$WORK/tsc_hz" 2>/dev/null || echo 0)" \
+/usr/bin/python3 scripts/bench/report.py "$RESULTS" --workers "$WORKERS" --layout "$LAYOUT" --tsc-hz "$(cat "$WORK/tsc_hz" 2>/dev/null || echo 0)" \
   --seconds "$SECONDS_MEASURE" $([ "$DOCS" = 1 ] && echo --docs)

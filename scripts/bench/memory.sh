@@ -3,7 +3,7 @@
 # three inputs that differ in one thing at a time, then the machine's own
 # rate of random cache-line reads (examples/memory_parallelism.rs).
 #
-#   scripts/bench-memory.sh [ROUNDS]      (default 3; median per input)
+#   scripts/bench/memory.sh [ROUNDS]      (default 3; median per input)
 #
 #   1k/1k   1000 flows, a 1000-packet capture: table and capture in cache
 #   1k/1M   1000 flows, a 1,000,000-packet capture: the capture (about 2 GiB of
@@ -12,10 +12,10 @@
 #   1M/1M   1,000,000 flows, a 1,000,000-packet capture: the flow table (2M slots,
 #           144 MiB) does not fit either
 # The step from 1k/1M to 1M/1M is what the flow table's misses cost per packet.
-# Needs what scripts/bench.sh needs (run scripts/setup.sh once); captures and
+# Needs what scripts/bench/testpmd.sh needs (run scripts/setup.sh once); captures and
 # configurations go to /tmp/l4lb-bench.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 rounds=${1:-3}
 WORK=/tmp/l4lb-bench
 BIN=target/release/l4lb
@@ -67,7 +67,7 @@ done
 for _ in $(seq 1 "$rounds"); do
   for spec in "${inputs[@]}"; do
     read -r name _ <<< "$spec"
-    r=$(scripts/bench-l4lb.sh "$WORK/mem-${name/\//-}.toml" 2 3 | cut -d' ' -f1)
+    r=$(scripts/bench/rate.sh "$WORK/mem-${name/\//-}.toml" 2 3 | cut -d' ' -f1)
     rates[$name]="${rates[$name]:-} $r"
   done
 done

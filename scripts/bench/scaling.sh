@@ -3,7 +3,7 @@
 # workers on one input, in alternating rounds (1, 2, ..., N, 1, 2, ...), so a
 # shared machine's slow stretches hit every worker count alike.
 #
-#   scripts/bench-scaling.sh [--workers LIST] [--rounds R] [--flows F] [--mix MIX]
+#   scripts/bench/scaling.sh [--workers LIST] [--rounds R] [--flows F] [--mix MIX]
 #                            [--seconds S] [--share-main-cpu]
 #
 #   --workers LIST    worker counts (default 1 to the most this machine runs)
@@ -11,18 +11,18 @@
 #   --flows F         flows in the input (default 1000000), IPv4, 64-byte frames
 #   --mix MIX         established (default) or syn
 #   --seconds S       measured seconds per run, after a 3-second warm-up (default 5)
-#   --share-main-cpu  the main lcore shares CPU 0 with worker 1 (see scripts/bench-lib.sh);
+#   --share-main-cpu  the main lcore shares CPU 0 with worker 1 (see scripts/bench/lib.sh);
 #                     implied when the machine has fewer than 3 CPUs, so that a
 #                     2-CPU machine measures two workers. Every worker count runs
 #                     with the same layout.
 #
-# Inputs and runs are bench.sh's (same captures, split one per worker queue as
+# Inputs and runs are scripts/bench/testpmd.sh's (same captures, split one per worker queue as
 # RSS would; same l4lb configuration; per worker the same flow-table load).
 # Prints a markdown table: Mpps per run, the median, and the median against the
 # one-worker median.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-. scripts/bench-lib.sh
+cd "$(dirname "$0")/../.."
+. scripts/bench/lib.sh
 
 CPUS=$(nproc)
 LIST=
@@ -74,7 +74,7 @@ for round in $(seq 1 "$ROUNDS"); do
     [ "$MIX" = syn ] && table=65536
     r_io=$(bench_testpmd io "$pcaps" "$packets")
     bench_l4lb_config "$WORK/scaling.toml" "$WORK/scaling.sock" ipip "$pcaps" "$packets" "$table"
-    r_l4=$(scripts/bench-l4lb.sh "$WORK/scaling.toml" "$WARM" "$SECONDS_MEASURE" | cut -d' ' -f1)
+    r_l4=$(scripts/bench/rate.sh "$WORK/scaling.toml" "$WARM" "$SECONDS_MEASURE" | cut -d' ' -f1)
     echo "round $round, $w worker(s) [$(bench_lcores)]: testpmd io $r_io Mpps, l4lb ipip $r_l4 Mpps"
     io[$w]="${io[$w]:-} $r_io"
     l4[$w]="${l4[$w]:-} $r_l4"
@@ -85,7 +85,7 @@ median() { tr ' ' '\n' | awk 'NF' | sort -n | awk '{v[NR]=$1} END {print v[int((
 base_io=$(echo ${io[${COUNTS[0]}]} | median)
 base_l4=$(echo ${l4[${COUNTS[0]}]} | median)
 echo
-echo "Command: \`scripts/bench-scaling.sh --workers $LIST --rounds $ROUNDS --flows $FLOWS_N --mix $MIX --seconds $SECONDS_MEASURE$([ "$LAYOUT" = shared ] && echo ' --share-main-cpu')\`."
+echo "Command: \`scripts/bench/scaling.sh --workers $LIST --rounds $ROUNDS --flows $FLOWS_N --mix $MIX --seconds $SECONDS_MEASURE$([ "$LAYOUT" = shared ] && echo ' --share-main-cpu')\`."
 echo "Machine: $(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1), $CPUS CPUs; $(date -u +%F). Input: v4 $MIX, $FLOWS_N flows, 64 B."
 echo
 echo "| workers | testpmd io Mpps (runs) | median | × ${COUNTS[0]} | l4lb ipip Mpps (runs) | median | × ${COUNTS[0]} |"

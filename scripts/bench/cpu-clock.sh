@@ -2,7 +2,7 @@
 # The core's actual clock (which the TSC rate is not: turbo), from a loop of
 # dependent adds that retires one add per cycle. Prints GHz. Used to turn the
 # pipeline's ns/packet into cycles (docs/benchmarks.md). Needs a C compiler.
-#   scripts/cpu-clock.sh [CPU]      (default: the CPU it lands on)
+#   scripts/bench/cpu-clock.sh [CPU]      (default: the CPU it lands on)
 set -euo pipefail
 dir=$(mktemp -d)
 trap 'rm -rf "$dir"' EXIT

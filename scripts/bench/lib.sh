@@ -1,5 +1,6 @@
-# Shared pieces of the whole-program benchmarks (sourced by scripts/bench.sh and
-# scripts/bench-scaling.sh, not run on its own).
+# Shared pieces of the whole-program benchmarks (sourced by the scripts in
+# scripts/bench/, not run on its own): starting, waiting for and stopping
+# l4lb and testpmd by the PIDs they were given, inputs, configurations.
 #
 # The caller sets: WORK (the scratch directory), BIN (the l4lb binary), WORKERS,
 # CPUS, WARM and SECONDS_MEASURE (seconds), LAYOUT (below) and, for
@@ -26,10 +27,45 @@ bench_prepare() {
   mkdir -p "$WORK"
 }
 
-# bench_cleanup: stops a testpmd left running, removes the runs' DPDK runtime
-# files and gives back the extra hugepages the runs reserved.
+# l4lb_start CONFIG LOG [READY]: starts $BIN (default target/release/l4lb) on
+# CONFIG with its output in LOG, sets L4LB_PID and waits until LOG has a line
+# matching READY (default: its "l4lb running:" line). Fails, showing LOG, when
+# l4lb exits first or is not ready in 60 s.
+l4lb_start() {
+  local cfg=$1 log=$2 ready=${3:-'l4lb running: '}
+  "${BIN:-target/release/l4lb}" run --config "$cfg" >"$log" 2>&1 &
+  L4LB_PID=$!
+  for _ in $(seq 1 600); do
+    grep -q "$ready" "$log" && return 0
+    if ! kill -0 "$L4LB_PID" 2>/dev/null; then
+      cat "$log" >&2; echo "l4lb exited before it was ready" >&2; L4LB_PID=; return 1
+    fi
+    sleep 0.1
+  done
+  cat "$log" >&2; echo "l4lb was not ready in 60 s" >&2; l4lb_stop; return 1
+}
+
+# l4lb_stop: SIGTERM to the l4lb l4lb_start started (it drains, prints its
+# report and exits), then waits for it.
+l4lb_stop() {
+  [ -n "${L4LB_PID:-}" ] || return 0
+  kill -TERM "$L4LB_PID" 2>/dev/null || true
+  wait "$L4LB_PID" 2>/dev/null || true
+  L4LB_PID=
+}
+
+# bench_cleanup: stops the l4lb and testpmd these scripts started (by PID),
+# removes the runs' DPDK runtime files and gives back the extra hugepages the
+# runs reserved.
 bench_cleanup() {
-  pkill -INT -f "dpdk-testpmd.*l4lbbench" 2>/dev/null
+  l4lb_stop
+  local tp
+  tp=$(cat "$WORK/testpmd.pid" 2>/dev/null || true)
+  # Only if that PID is still a testpmd (not a reused number).
+  if [ -n "$tp" ] && [ "$(cat "/proc/$tp/comm" 2>/dev/null)" = dpdk-testpmd ]; then
+    kill -INT "$tp" 2>/dev/null
+  fi
+  rm -f "$WORK/testpmd.pid"
   rm -rf /var/run/dpdk/l4lbbench* 2>/dev/null
   if [ "${HP_BEFORE:-0}" -gt 0 ]; then echo "$HP_BEFORE" > "$HP_DIR/nr_hugepages" 2>/dev/null; fi
   return 0
@@ -68,11 +104,21 @@ bench_captures() {
 bench_testpmd() {
   local mode=$1 pcaps=$2 packets=$3 log=$WORK/testpmd.log
   local mbufs=$((packets + 65536))
+  # In the background with its PID on file, so bench_cleanup can stop it
+  # (this function runs in a subshell) if the run is interrupted.
   timeout -s INT $((WARM + SECONDS_MEASURE + 4 + packets / 200000)) \
     dpdk-testpmd --lcores "$(bench_lcores)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
       --vdev "net_pcap0,${pcaps}infinite_rx=1" --vdev "net_null0,no-rx=1" -- \
       --forward-mode="$mode" --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" \
-      --total-num-mbufs="$mbufs" --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 || true
+      --total-num-mbufs="$mbufs" --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 &
+  local t=$!
+  # timeout runs testpmd as its child: the PID to stop is the child's.
+  for _ in $(seq 1 50); do
+    pgrep -P "$t" > "$WORK/testpmd.pid" && break
+    sleep 0.02
+  done
+  wait "$t" || true
+  rm -f "$WORK/testpmd.pid"
   # Per-second Rx-pps of port 0 once traffic flows; drop the warm-up, take the median.
   awk '/NIC statistics for port 0/{p=1} /NIC statistics for port 1/{p=0} p && /Rx-pps:/{print $2}' "$log" |
     awk '$1 > 0' | tail -n +$((WARM + 1)) | head -n "$SECONDS_MEASURE" | sort -n |

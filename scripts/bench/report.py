@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""Turns scripts/bench.sh results into a table (stdout), and with --docs the
-section of docs/benchmarks.md between the bench.sh markers and docs/bench.png.
+"""Turns scripts/bench/testpmd.sh results into a table (stdout), and with --docs the
+section of docs/benchmarks.md between the scripts/bench/testpmd.sh markers and docs/bench.png.
 
-    bench-report.py RESULTS.tsv --workers N --tsc-hz HZ --seconds S [--docs]
+    scripts/bench/report.py RESULTS.tsv --workers N --tsc-hz HZ --seconds S [--docs]
 
 RESULTS.tsv rows: input, program, Mpps, new-flow fraction, drop fraction.
 """
@@ -96,24 +96,24 @@ def cpu():
     return platform.processor()
 
 
-cmd = f"scripts/bench.sh --workers {a.workers} --seconds {a.seconds}"
+cmd = f"scripts/bench/testpmd.sh --workers {a.workers} --seconds {a.seconds}"
 main_lcore = "the main lcore on a CPU of its own"
 if a.layout == "shared":
     cmd += " --share-main-cpu"
     main_lcore = "the main lcore sharing CPU 0 with worker 1"
 rustc = subprocess.run(["rustc", "--version"], capture_output=True, text=True).stdout.strip()
-section = f"""<!-- bench.sh begin -->
+section = f"""<!-- scripts/bench/testpmd.sh begin -->
 Command: `{cmd}` (the table and docs/bench.png are written by it). Date: {datetime.date.today()}.
 Machine: {cpu()}, {os.cpu_count()} CPUs, {a.workers} worker core(s) + {main_lcore}, DPDK 22.11
 (Debian), {rustc}. Input: `net_pcap,infinite_rx=1` into `net_null,no-rx=1`; frame sizes on the wire with FCS
 (IMIX = 7:4:1 of 64, 594, 1438 B). Cycles/packet = TSC rate ({a.tsc_hz / 1e9:.2f} GHz) × workers / rate.
 
 {text}
-<!-- bench.sh end -->"""
+<!-- scripts/bench/testpmd.sh end -->"""
 path = "docs/benchmarks.md"
 doc = open(path).read()
-if "<!-- bench.sh begin -->" in doc:
-    doc = re.sub(r"<!-- bench.sh begin -->.*<!-- bench.sh end -->", lambda _: section, doc, flags=re.S)
+if "<!-- scripts/bench/testpmd.sh begin -->" in doc:
+    doc = re.sub(r"<!-- scripts/bench/testpmd.sh begin -->.*<!-- scripts/bench/testpmd.sh end -->", lambda _: section, doc, flags=re.S)
 else:
     doc += "\n" + section + "\n"
 open(path, "w").write(doc)

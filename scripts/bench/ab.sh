@@ -6,15 +6,15 @@
 # a pair tended to win it, whatever it was); prints each build's rates, their
 # median and, for each build after the first, the rounds it beat the first in.
 #
-#   scripts/bench-ab.sh CONFIG ROUNDS BIN_A BIN_B [BIN ...]
+#   scripts/bench/ab.sh CONFIG ROUNDS BIN_A BIN_B [BIN ...]
 #   e.g. cp target/release/l4lb /tmp/l4lb-before; (change, build)
-#        scripts/bench-ab.sh /tmp/l4lb-bench/l4lb.toml 6 /tmp/l4lb-before target/release/l4lb
+#        scripts/bench/ab.sh /tmp/l4lb-bench/l4lb.toml 6 /tmp/l4lb-before target/release/l4lb
 #
-# Each run is scripts/bench-l4lb.sh CONFIG 2 3 (2 s warm-up, 3 s measured) with
-# L4LB_BIN set to the build; CONFIG is one scripts/bench.sh wrote (it keeps its
+# Each run is scripts/bench/rate.sh CONFIG 2 3 (2 s warm-up, 3 s measured) with
+# L4LB_BIN set to the build; CONFIG is one scripts/bench/testpmd.sh wrote (it keeps its
 # inputs and configurations in /tmp/l4lb-bench).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 [ $# -ge 4 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
 cfg=$1
 rounds=$2
@@ -28,7 +28,7 @@ for round in $(seq 1 "$rounds"); do
     for ((i = ${#bins[@]} - 1; i >= 0; i--)); do order+=("${bins[$i]}"); done
   fi
   for bin in "${order[@]}"; do
-    r=$(L4LB_BIN=$bin scripts/bench-l4lb.sh "$cfg" 2 3 | cut -d' ' -f1)
+    r=$(L4LB_BIN=$bin scripts/bench/rate.sh "$cfg" 2 3 | cut -d' ' -f1)
     rates[$bin]="${rates[$bin]:-} $r"
   done
 done
