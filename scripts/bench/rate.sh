@@ -26,7 +26,7 @@ l4lb_start "$cfg" "$log" 'control socket'
 sleep "$warm"
 sample() {
   $BIN ctl --socket "$sock" --json stats |
-    /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); print(time.time(), d["counters"]["rx_packets"], d["counters"]["new_flows"], d["dropped"])'
+    /usr/bin/python3 -c 'import json,sys,time; d=json.load(sys.stdin); c=d.get("counters", d); print(time.time(), c["rx_packets"], c["new_flows"], d["dropped"])'
 }
 # One sample a second; the rate is the median of the per-second rates (as
 # scripts/bench/testpmd.sh takes testpmd's), so one second in which the VM stopped the worker
