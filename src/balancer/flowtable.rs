@@ -1,5 +1,9 @@
 //! The per-worker connection table.
 //!
+//! (One file over ~700 lines on purpose: the bucket layout, its invariants and
+//! the lookup, insert, eviction and sweep passes that rely on them are read
+//! and changed together; half the file is their tests.)
+//!
 //! - Capacity is fixed at creation; nothing is allocated afterwards.
 //! - Entries live in buckets of 8. A key may sit in one of two buckets (the
 //!   second derived from the first and a 16-bit signature), which keeps lookup

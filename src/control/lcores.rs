@@ -25,23 +25,29 @@ pub fn parse(s: &str) -> Result<LcoreMap, String> {
         return Err("empty lcore map".into());
     }
     while !rest.is_empty() {
+        let grouped = rest.starts_with('(');
         let (lcores, r) = parse_set(rest)?;
         rest = r;
+        // Without `@`, `0-2` is lcore N on CPU N; a group `(0-2)` floats on
+        // the group's CPUs (EAL's --lcores).
         let cpus = if let Some(r) = rest.strip_prefix('@') {
             let (cpus, r) = parse_set(r)?;
             rest = r;
-            cpus
+            Some(cpus)
+        } else if grouped {
+            Some(lcores.clone())
         } else {
-            lcores.clone()
+            None
         };
         for id in lcores {
+            let cpus = cpus.clone().unwrap_or_else(|| BTreeSet::from([id]));
             if id >= MAX_LCORE {
                 return Err(format!("lcore {id} is over DPDK's limit of {}", MAX_LCORE - 1));
             }
             if entries.iter().any(|(e, _)| *e == id) {
                 return Err(format!("lcore {id} appears twice"));
             }
-            entries.push((id, cpus.clone()));
+            entries.push((id, cpus));
         }
         match rest.strip_prefix(',') {
             Some(r) if !r.is_empty() => rest = r,
@@ -149,6 +155,9 @@ mod tests {
         assert_eq!(m.entries[3].1, BTreeSet::from([4]));
         let m = parse("0-3").unwrap();
         assert_eq!(m.ids().count(), 4);
+        assert_eq!(m.entries[2].1, BTreeSet::from([2]), "lcore N on CPU N");
+        let m = parse("(0-1)").unwrap();
+        assert_eq!(m.entries[1].1, BTreeSet::from([0, 1]), "a group floats on its CPUs");
     }
 
     #[test]

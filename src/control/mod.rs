@@ -1,4 +1,6 @@
-//! Management side: configuration (and, later, health checks, API, metrics).
+//! The management side: configuration, the backend registry, health checks,
+//! neighbours, the control protocol and its servers, metrics, and the
+//! management loop.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -10,4 +12,5 @@ pub mod metrics;
 pub mod mgmt;
 pub mod neighbour;
 pub mod registry;
+pub mod server;
 pub mod state_build;

@@ -1,3 +1,7 @@
+//! (One file over ~700 lines on purpose: the protocol's messages, the shared
+//! slots workers read, and the callbacks' unsafe code are one unit, each
+//! block's SAFETY argument resting on the others.)
+//!
 //! l4lb's server for DPDK's packet-capture protocol, the one `dpdk-dumpcap` and
 //! `dpdk-pdump` speak: a secondary process sends an "mp_pdump" request (enable
 //! or disable capture on a device's queues, with a ring and a mempool in shared

@@ -1,0 +1,538 @@
+//! The l4lb configuration file: TOML read through serde, unknown keys refused
+//! (this file: the schema, section by section, and `Config::load`), then
+//! checked as a whole (`validate.rs`) into a [`Validated`] configuration with
+//! what the checks derived (`validated.rs`). Every error names the file, the
+//! key and the reason.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::Path;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::net::ethernet::Mac;
+
+/// A configuration error: which file, which key (`ports[1].ipv4`), and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub dpdk: DpdkSection,
+    #[serde(default)]
+    pub workers: WorkersSection,
+    pub ports: Vec<PortSection>,
+    #[serde(default)]
+    pub services: Vec<ServiceSection>,
+    #[serde(default)]
+    pub control: ControlSection,
+}
+
+/// `[control]`: the management side's sockets and health-check source.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlSection {
+    /// Unix socket of the control API (`l4lb ctl`); default
+    /// `/run/l4lb/<dpdk.file_prefix>.sock`. Created with mode 0600.
+    pub socket: Option<std::path::PathBuf>,
+    /// Prometheus metrics listen address (`host:port`); "" turns it off.
+    pub metrics_address: String,
+    /// Source addresses for health checks (default: the kernel's choice).
+    pub health_source_v4: Option<Ipv4Addr>,
+    pub health_source_v6: Option<Ipv6Addr>,
+    /// Threads that run health checks (each check blocks one until it ends).
+    pub health_threads: usize,
+}
+
+impl Default for ControlSection {
+    fn default() -> Self {
+        ControlSection {
+            socket: None,
+            metrics_address: "127.0.0.1:9100".into(),
+            health_source_v4: None,
+            health_source_v6: None,
+            health_threads: 4,
+        }
+    }
+}
+
+/// `[services.health]`: how the management side checks each backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    pub check: CheckKind,
+    #[serde(default = "default_interval_ms")]
+    pub interval_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Consecutive successes that bring a down backend up.
+    #[serde(default = "default_rise")]
+    pub rise: u32,
+    /// Consecutive failures that take an up backend down.
+    #[serde(default = "default_fall")]
+    pub fall: u32,
+    /// Port to check (default: the service port).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// HTTP: request path, expected status, Host header (default: the backend address).
+    #[serde(default = "default_path")]
+    pub path: String,
+    #[serde(default = "default_status")]
+    pub expect_status: u16,
+    #[serde(default)]
+    pub host: Option<String>,
+    /// UDP: the datagram to send, and text the answer must contain ("": any answer).
+    #[serde(default)]
+    pub send: String,
+    #[serde(default)]
+    pub expect: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckKind {
+    Tcp,
+    Http,
+    Udp,
+    Icmp,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckKind::Tcp => "tcp",
+            CheckKind::Http => "http",
+            CheckKind::Udp => "udp",
+            CheckKind::Icmp => "icmp",
+        }
+    }
+}
+
+fn default_interval_ms() -> u64 {
+    1000
+}
+fn default_timeout_ms() -> u64 {
+    500
+}
+fn default_rise() -> u32 {
+    2
+}
+fn default_fall() -> u32 {
+    3
+}
+fn default_path() -> String {
+    "/".into()
+}
+fn default_status() -> u16 {
+    200
+}
+
+/// `[dpdk]`: how EAL starts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DpdkSection {
+    /// EAL `--lcores` map; the main (management) lcore is the lowest id unless
+    /// `main_lcore` says otherwise, every other lcore is a worker.
+    pub lcores: String,
+    #[serde(default)]
+    pub main_lcore: Option<u32>,
+    /// PCI addresses to use (`0000:01:00.0`) and virtual devices
+    /// (`net_tap0,iface=l4lb0`). With no PCI address, EAL runs with `--no-pci`.
+    pub devices: Vec<String>,
+    /// Use hugepages (`false`: `--no-huge`, for tests and small demos).
+    #[serde(default = "default_true")]
+    pub hugepages: bool,
+    /// Memory to reserve at start (`-m`), in MiB; default: EAL's dynamic memory.
+    #[serde(default)]
+    pub memory_mb: Option<u32>,
+    /// Keep all DPDK memory private to the process (`--in-memory`): no files in
+    /// hugetlbfs or /var/run, but no secondary processes (dpdk-dumpcap).
+    #[serde(default)]
+    pub in_memory: bool,
+    /// EAL `--file-prefix`: distinct per l4lb instance on one host.
+    #[serde(default = "default_file_prefix")]
+    pub file_prefix: String,
+    /// Size of the packet-buffer pool; default: computed from ports and queues.
+    #[serde(default)]
+    pub mbufs: Option<u32>,
+    /// EAL log level (`--log-level`), e.g. "notice", "debug", "lib.eal:info".
+    #[serde(default)]
+    pub log_level: Option<String>,
+    /// Further EAL arguments, passed as they are.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+/// `[workers]`: the poll loop.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkersSection {
+    /// Packets per RX burst (1..=64).
+    pub burst_size: usize,
+    /// Longest time a packet waits in a TX buffer before it is sent, in µs.
+    pub tx_drain_us: u64,
+    /// Sleep this long after `idle_polls_before_pause` empty polls in a row
+    /// (0: never sleep — lowest latency, one busy core per worker).
+    pub idle_pause_us: u64,
+    pub idle_polls_before_pause: u32,
+    /// Flows each worker tracks (its flow table is allocated whole at start).
+    pub flow_table_capacity: usize,
+    /// Source-IP persistence entries per worker.
+    pub persistence_capacity: usize,
+    /// ICMP frag-needed / packet-too-big answers per second per worker.
+    pub icmp_rate_per_s: u64,
+    pub icmp_burst: u64,
+}
+
+impl Default for WorkersSection {
+    fn default() -> Self {
+        WorkersSection {
+            burst_size: 32,
+            tx_drain_us: 100,
+            idle_pause_us: 0,
+            idle_polls_before_pause: 256,
+            flow_table_capacity: 1 << 20,
+            persistence_capacity: 1 << 16,
+            icmp_rate_per_s: 100,
+            icmp_burst: 20,
+        }
+    }
+}
+
+/// `[[ports]]`: one DPDK port.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSection {
+    /// l4lb's name for the port (used in logs, stats and other keys).
+    pub name: String,
+    /// The DPDK device name: a PCI address or a vdev name from `dpdk.devices`.
+    pub device: String,
+    #[serde(default)]
+    pub ipv4: Option<Ipv4Cidr>,
+    #[serde(default)]
+    pub ipv6: Option<Ipv6Cidr>,
+    #[serde(default)]
+    pub mtu: Option<u16>,
+    /// RX queues (default: one per worker); RSS spreads flows over them.
+    #[serde(default)]
+    pub rx_queues: Option<u16>,
+    /// TX queues (default and minimum: one per worker).
+    #[serde(default)]
+    pub tx_queues: Option<u16>,
+    #[serde(default = "default_desc")]
+    pub rx_desc: u16,
+    #[serde(default = "default_desc")]
+    pub tx_desc: u16,
+    /// Plain forwarding: every packet received here leaves on this port.
+    #[serde(default)]
+    pub forward_to: Option<String>,
+    /// MAC address to give the port (default: the device's own).
+    #[serde(default, deserialize_with = "optional_mac")]
+    pub mac: Option<Mac>,
+    /// IPv4 next hop for encapsulated traffic to backends off this subnet.
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// IPv6 next hop for encapsulated traffic to backends off this subnet.
+    #[serde(default)]
+    pub gateway6: Option<Ipv6Addr>,
+    /// Static neighbours (IP -> MAC) on this port's segment.
+    #[serde(default)]
+    pub neighbours: Vec<NeighbourSection>,
+}
+
+/// A static neighbour entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NeighbourSection {
+    pub ip: IpAddr,
+    #[serde(deserialize_with = "mac")]
+    pub mac: Mac,
+}
+
+/// `[[services]]`: one virtual service.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSection {
+    pub name: String,
+    pub vip: IpAddr,
+    pub protocol: Protocol,
+    /// The service port; 0 serves every port of the VIP for this protocol.
+    pub port: u16,
+    #[serde(default)]
+    pub forwarding: ForwardingMode,
+    /// GUE's UDP destination port on the backends.
+    #[serde(default = "default_gue_port")]
+    pub gue_port: u16,
+    #[serde(default)]
+    pub scheduler: SchedulerName,
+    /// Prefix lengths the `source-ip` scheduler keeps of a client address.
+    #[serde(default = "default_prefix_v4")]
+    pub source_prefix_v4: u8,
+    #[serde(default = "default_prefix_v6")]
+    pub source_prefix_v6: u8,
+    /// Source-IP persistence: a client keeps its backend this long after its
+    /// last packet (0: off).
+    #[serde(default)]
+    pub persistence_s: u64,
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    #[serde(default = "default_maglev_size")]
+    pub maglev_table_size: u32,
+    /// The port backends are reached through (default: the first port).
+    #[serde(default)]
+    pub egress: Option<String>,
+    /// Answer ARP / neighbour solicitations for the VIP (one-arm L2 setups
+    /// where the router sends VIP traffic by ARP rather than a route).
+    #[serde(default)]
+    pub answer_arp: bool,
+    /// Health checks (none: every backend counts as up).
+    #[serde(default)]
+    pub health: Option<HealthSection>,
+    /// A backend that comes back up ramps its weight from 1 to full over this
+    /// many seconds (0: full weight at once).
+    #[serde(default)]
+    pub slow_start_s: u64,
+    /// A drained backend's remaining flows are moved after this many seconds
+    /// (0: they continue until they end).
+    #[serde(default)]
+    pub drain_timeout_s: u64,
+    pub backends: Vec<BackendSection>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardingMode {
+    #[default]
+    L2,
+    Ipip,
+    Gue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum SchedulerName {
+    #[default]
+    Maglev,
+    SourceIp,
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    WeightedLeastConnections,
+    LeastResponseTime,
+}
+
+/// Flow idle timeouts in seconds.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    pub tcp_syn_s: u64,
+    pub tcp_established_s: u64,
+    pub tcp_closing_s: u64,
+    pub udp_s: u64,
+    pub other_s: u64,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        let t = crate::balancer::flowtable::Timeouts::default();
+        TimeoutsSection {
+            tcp_syn_s: t.tcp_syn_ms / 1000,
+            tcp_established_s: t.tcp_established_ms / 1000,
+            tcp_closing_s: t.tcp_closing_ms / 1000,
+            udp_s: t.udp_ms / 1000,
+            other_s: t.other_ms / 1000,
+        }
+    }
+}
+
+/// `[[services.backends]]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSection {
+    pub address: IpAddr,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// The backend's MAC (L2 mode, or an on-link backend when encapsulating);
+    /// otherwise it comes from the port's neighbours.
+    #[serde(default, deserialize_with = "optional_mac")]
+    pub mac: Option<Mac>,
+}
+
+fn default_gue_port() -> u16 {
+    6080
+}
+fn default_prefix_v4() -> u8 {
+    32
+}
+fn default_prefix_v6() -> u8 {
+    128
+}
+fn default_maglev_size() -> u32 {
+    crate::balancer::maglev::DEFAULT_SIZE
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// A MAC address, `02:00:00:00:00:01` (the one MAC type: `net::ethernet::Mac`).
+fn mac<'de, D: Deserializer<'de>>(d: D) -> Result<Mac, D::Error> {
+    let s = String::deserialize(d)?;
+    crate::net::ethernet::parse_mac(&s).ok_or_else(|| {
+        serde::de::Error::custom(format!("`{s}` is not a MAC address (like 02:00:00:00:00:01)"))
+    })
+}
+
+fn optional_mac<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Mac>, D::Error> {
+    mac(d).map(Some)
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_file_prefix() -> String {
+    "l4lb".into()
+}
+fn default_desc() -> u16 {
+    1024
+}
+
+/// An address with a prefix length, `198.18.0.1/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+/// An address with a prefix length, `2001:db8::1/64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv6Cidr {
+    pub addr: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+fn parse_cidr<A: FromStr>(s: &str, max: u8, family: &str) -> Result<(A, u8), String> {
+    let (a, p) = s.split_once('/').ok_or_else(|| {
+        format!("`{s}` is not an {family} address with a prefix length (like {})", example(family))
+    })?;
+    let addr = a.parse::<A>().map_err(|_| format!("`{a}` is not a valid {family} address"))?;
+    let prefix_len = p
+        .parse::<u8>()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix length `{p}` is not between 0 and {max}"))?;
+    Ok((addr, prefix_len))
+}
+
+fn example(family: &str) -> &'static str {
+    if family == "IPv4" {
+        "198.18.0.1/24"
+    } else {
+        "2001:db8::1/64"
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cidr(s, 32, "IPv4").map(|(addr, prefix_len)| Ipv4Cidr { addr, prefix_len })
+    }
+}
+
+impl FromStr for Ipv6Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        parse_cidr(s, 128, "IPv6").map(|(addr, prefix_len)| Ipv6Cidr { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+impl fmt::Display for Ipv6Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+macro_rules! deserialize_from_str {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+deserialize_from_str!(Ipv4Cidr, Ipv6Cidr);
+
+impl Config {
+    /// Reads, parses and validates a file.
+    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file)?.validate(&file)
+    }
+
+    /// Parses TOML text; `file` is used in error messages.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            let mut msg = inner.message().to_owned();
+            let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let mut key = if path == "." { String::new() } else { path };
+            // serde reports a missing key at its parent: name the key itself.
+            if let Some(field) = msg.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
+                key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
+                msg = "required key is missing".to_owned();
+            } else if let Some(rest) = msg.strip_prefix("unknown field `") {
+                if let Some((field, expected)) = rest.split_once('`') {
+                    let field = field.to_owned();
+                    let known = expected.trim_start_matches(", expected ").to_owned();
+                    if !key.ends_with(&field) {
+                        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+                    }
+                    msg = format!("unknown key (known keys here: {known})");
+                }
+            }
+            if key.is_empty() {
+                key = "(syntax)".into();
+            }
+            if let Some(line) = line {
+                msg = format!("{msg} (line {line})");
+            }
+            ConfigError { file: file.to_owned(), key, reason: msg }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
+mod validate;
+mod validated;
+
+pub use validated::{device_name, is_pci_address, tap_interface, Validated, MAX_IFNAME, MEMPOOL_CACHE};

@@ -1,0 +1,139 @@
+//! The configuration's own tests: parsing, the checks, what is derived.
+
+use super::*;
+
+const GOOD: &str = r#"
+[dpdk]
+lcores = "0@0,1@1"
+devices = ["net_tap0,iface=a", "net_tap1,iface=b"]
+hugepages = false
+
+[[ports]]
+name = "left"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+forward_to = "right"
+
+[[ports]]
+name = "right"
+device = "net_tap1"
+forward_to = "left"
+"#;
+
+fn check(text: &str) -> Result<Validated, ConfigError> {
+    Config::parse(text, "t.toml")?.validate("t.toml")
+}
+
+#[test]
+fn good_config() {
+    let v = check(GOOD).unwrap();
+    assert_eq!(v.main_lcore, 0);
+    assert_eq!(v.workers, vec![1]);
+    assert_eq!(v.forward, vec![Some(1), Some(0)]);
+    assert_eq!(v.config.ports[0].ipv4.unwrap().to_string(), "198.18.0.1/24");
+    let args = v.eal_args();
+    assert!(args.windows(2).any(|w| w == ["--vdev", "net_tap0,iface=a"]));
+    assert!(args.contains(&"--no-pci".to_string()));
+    assert!(args.contains(&"--no-huge".to_string()));
+    assert_eq!(v.rx_queues(0), 1);
+    assert!(v.mbufs() >= 4096 && (v.mbufs() + 1).is_power_of_two());
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let e = check(&GOOD.replace("hugepages = false", "hugepages = false\nhugepage = 1")).unwrap_err();
+    assert_eq!(e.key, "dpdk.hugepage");
+    assert!(e.reason.starts_with("unknown key"), "{e}");
+    let e = check(&GOOD.replace("forward_to = \"left\"", "forward_to = \"left\"\nspeed = 1")).unwrap_err();
+    assert_eq!(e.key, "ports[1].speed");
+}
+
+#[test]
+fn bad_address_is_named() {
+    let e = check(&GOOD.replace("198.18.0.1/24", "198.18.0.300/24")).unwrap_err();
+    assert_eq!(e.key, "ports[0].ipv4");
+    assert!(e.reason.contains("198.18.0.300"), "{e}");
+    let e = check(&GOOD.replace("2001:db8::1/64", "2001:db8::1/129")).unwrap_err();
+    assert_eq!(e.key, "ports[0].ipv6");
+    assert!(e.reason.contains("prefix length"), "{e}");
+}
+
+#[test]
+fn missing_section_is_named() {
+    let text = GOOD.split("[[ports]]").next().unwrap();
+    let e = check(text).unwrap_err();
+    assert_eq!(e.key, "ports");
+    assert!(e.reason.contains("missing"), "{e}");
+    let e = check(&GOOD.replace("[dpdk]", "[dpdkx]")).unwrap_err();
+    assert_eq!(e.key, "dpdkx");
+}
+
+#[test]
+fn semantic_errors() {
+    let cases = [
+        ("lcores = \"0@0,1@1\"", "lcores = \"0\"", "dpdk.lcores"),
+        ("hugepages = false", "hugepages = false\nin_memory = true", "dpdk.in_memory"),
+        ("forward_to = \"right\"", "forward_to = \"nowhere\"", "ports[0].forward_to"),
+        ("device = \"net_tap1\"", "device = \"net_tap7\"", "ports[1].device"),
+        ("device = \"net_tap1\"", "device = \"net_tap0\"", "ports[1].device"),
+        ("name = \"right\"", "name = \"left\"", "ports[1].name"),
+        ("forward_to = \"left\"", "forward_to = \"left\"\nmtu = 20", "ports[1].mtu"),
+        ("forward_to = \"left\"", "forward_to = \"left\"\ntx_queues = 0", "ports[1].tx_queues"),
+    ];
+    for (from, to, key) in cases {
+        let e = check(&GOOD.replacen(from, to, 1)).unwrap_err();
+        assert_eq!(e.key, key, "{from} -> {to}: {e}");
+    }
+    let e = check("[dpdk\n").unwrap_err();
+    assert_eq!(e.key, "(syntax)");
+    assert!(e.reason.contains("line 1"), "{e}");
+}
+
+#[test]
+fn an_ipv6_vip_needs_an_egress_mtu_for_1280_bytes_plus_encapsulation() {
+    let text = |mtu: &str| {
+        format!(
+            r#"
+[dpdk]
+lcores = "0@0,1@1"
+devices = ["net_tap0,iface=a"]
+[[ports]]
+name = "p"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+ipv6 = "2001:db8::1/64"
+{mtu}
+[[services]]
+name = "v6"
+vip = "2001:db8:100::1"
+protocol = "tcp"
+port = 80
+forwarding = "ipip"
+backends = [{{ address = "2001:db8::11", mac = "02:00:00:00:00:11" }}]
+"#
+        )
+    };
+    // Set in the file: check refuses it.
+    let e = check(&text("mtu = 1300")).unwrap_err();
+    assert_eq!(e.key, "services[0].forwarding", "{e}");
+    assert!(e.reason.contains("MTU 1300 is below 1280 + 40") && e.reason.contains("at least 1320"), "{e}");
+    // Not set: the device's applies, which run checks once the port is up.
+    let v = check(&text("")).unwrap();
+    assert_eq!(v.mtu_problem(&[1500]), None);
+    let why = v.mtu_problem(&[1300]).unwrap();
+    assert!(why.starts_with("services[0].forwarding: port `p` MTU 1300 is below 1280 + 40"), "{why}");
+    assert_eq!(check(&text("mtu = 1320")).map(|_| ()), Ok(()));
+}
+
+#[test]
+fn pci_addresses() {
+    assert!(is_pci_address("0000:01:00.0"));
+    assert!(is_pci_address("3b:00.1"));
+    assert!(!is_pci_address("net_tap0"));
+    assert!(!is_pci_address("0000:01:00.8"));
+    assert_eq!(device_name("net_tap0,iface=x"), "net_tap0");
+    assert_eq!(tap_interface("net_tap0,iface=l4lb0"), Some("l4lb0"));
+    assert_eq!(tap_interface("net_tap1, iface=x ,remote=eth0"), Some("x"));
+    assert_eq!(tap_interface("net_pcap0,iface=eth0"), None);
+}

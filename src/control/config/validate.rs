@@ -1,0 +1,348 @@
+//! The checks of a parsed configuration as a whole: each error names the
+//! file, the key and what is wrong.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use super::*;
+use crate::control::lcores;
+
+impl Config {
+    /// Checks the configuration as a whole.
+    pub fn validate(self, file: &str) -> Result<Validated, ConfigError> {
+        let err = |key: String, reason: String| ConfigError { file: file.to_owned(), key, reason };
+        let d = &self.dpdk;
+        let lcores = lcores::parse(&d.lcores).map_err(|r| err("dpdk.lcores".into(), r))?;
+        let main_lcore = match d.main_lcore {
+            Some(m) if lcores.ids().any(|id| id == m) => m,
+            Some(m) => return Err(err("dpdk.main_lcore".into(), format!("lcore {m} is not in dpdk.lcores"))),
+            None => lcores.ids().next().expect("parse returns at least one lcore"),
+        };
+        let workers: Vec<u32> = lcores.ids().filter(|id| *id != main_lcore).collect();
+        if workers.is_empty() {
+            return Err(err(
+                "dpdk.lcores".into(),
+                "needs at least two lcores: one for management, one or more workers".into(),
+            ));
+        }
+        if d.devices.is_empty() {
+            return Err(err("dpdk.devices".into(), "lists no device: add a PCI address or a vdev".into()));
+        }
+        let mut dev_names = HashSet::new();
+        for (i, dev) in d.devices.iter().enumerate() {
+            let name = device_name(dev);
+            if name.is_empty() {
+                return Err(err(format!("dpdk.devices[{i}]"), "empty device name".into()));
+            }
+            if !dev_names.insert(name) {
+                return Err(err(format!("dpdk.devices[{i}]"), format!("device `{name}` is listed twice")));
+            }
+            // Kernel interface names (TAP, pcap, af_packet devices) fit IFNAMSIZ.
+            for (k, v) in dev.split(',').skip(1).filter_map(|kv| kv.split_once('=')) {
+                if matches!(k.trim(), "iface" | "remote") && v.len() > MAX_IFNAME {
+                    return Err(err(
+                        format!("dpdk.devices[{i}]"),
+                        format!(
+                            "interface name `{v}` ({k}=) is {} characters; Linux allows at most {MAX_IFNAME}",
+                            v.len()
+                        ),
+                    ));
+                }
+            }
+        }
+        if d.in_memory && !d.hugepages {
+            return Err(err(
+                "dpdk.in_memory".into(),
+                "cannot be combined with hugepages = false (EAL's --no-huge already keeps memory private)"
+                    .into(),
+            ));
+        }
+        if d.file_prefix.is_empty() || d.file_prefix.contains('/') {
+            return Err(err("dpdk.file_prefix".into(), "must be a non-empty name without `/`".into()));
+        }
+        if d.mbufs.is_some_and(|n| n < 1024) {
+            return Err(err("dpdk.mbufs".into(), "must be at least 1024".into()));
+        }
+        let w = &self.workers;
+        if !(1..=crate::balancer::limits::BURST_MAX).contains(&w.burst_size) {
+            return Err(err(
+                "workers.burst_size".into(),
+                format!("must be 1 to {}", crate::balancer::limits::BURST_MAX),
+            ));
+        }
+        if w.tx_drain_us == 0 || w.tx_drain_us > 100_000 {
+            return Err(err("workers.tx_drain_us".into(), "must be 1 to 100000 µs".into()));
+        }
+        if w.idle_pause_us > 100_000 {
+            return Err(err("workers.idle_pause_us".into(), "must be at most 100000 µs".into()));
+        }
+        if self.ports.is_empty() {
+            return Err(err("ports".into(), "at least one [[ports]] section is required".into()));
+        }
+        let mut names = HashSet::new();
+        let mut devices = HashSet::new();
+        for (i, p) in self.ports.iter().enumerate() {
+            let key = |k: &str| format!("ports[{i}].{k}");
+            if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(err(key("name"), format!("`{}` must be letters, digits, `-` or `_`", p.name)));
+            }
+            if !names.insert(p.name.as_str()) {
+                return Err(err(key("name"), format!("port name `{}` is used twice", p.name)));
+            }
+            if !dev_names.contains(p.device.as_str()) {
+                return Err(err(key("device"), format!("`{}` is not in dpdk.devices", p.device)));
+            }
+            if !devices.insert(p.device.as_str()) {
+                return Err(err(key("device"), format!("device `{}` is used by two ports", p.device)));
+            }
+            if let Some(mtu) = p.mtu {
+                if !(68..=9600).contains(&mtu) {
+                    return Err(err(key("mtu"), format!("{mtu} is not between 68 and 9600")));
+                }
+                if p.ipv6.is_some() && mtu < 1280 {
+                    return Err(err(key("mtu"), format!("{mtu} is below IPv6's minimum of 1280")));
+                }
+            }
+            for (k, v) in [("rx_queues", p.rx_queues), ("tx_queues", p.tx_queues)] {
+                if v == Some(0) || v.is_some_and(|v| v > 1024) {
+                    return Err(err(key(k), "must be 1 to 1024".into()));
+                }
+            }
+            if let Some(tx) = p.tx_queues {
+                if (tx as usize) < workers.len() {
+                    return Err(err(
+                        key("tx_queues"),
+                        format!(
+                            "{tx} is fewer than the {} workers; each worker needs its own TX queue",
+                            workers.len()
+                        ),
+                    ));
+                }
+            }
+            for (k, v) in [("rx_desc", p.rx_desc), ("tx_desc", p.tx_desc)] {
+                if !(32..=16384).contains(&v) {
+                    return Err(err(key(k), format!("{v} is not between 32 and 16384")));
+                }
+            }
+        }
+        let mut forward = Vec::with_capacity(self.ports.len());
+        for (i, p) in self.ports.iter().enumerate() {
+            forward.push(match &p.forward_to {
+                None => None,
+                Some(t) => Some(self.ports.iter().position(|q| &q.name == t).ok_or_else(|| {
+                    err(format!("ports[{i}].forward_to"), format!("there is no port named `{t}`"))
+                })?),
+            });
+        }
+        if !(crate::balancer::flowtable::MIN_CAPACITY..=crate::balancer::flowtable::MAX_CAPACITY)
+            .contains(&w.flow_table_capacity)
+        {
+            return Err(err(
+                "workers.flow_table_capacity".into(),
+                format!(
+                    "must be {} to {} flows",
+                    crate::balancer::flowtable::MIN_CAPACITY,
+                    crate::balancer::flowtable::MAX_CAPACITY
+                ),
+            ));
+        }
+        if w.persistence_capacity == 0 || w.persistence_capacity > 1 << 24 {
+            return Err(err("workers.persistence_capacity".into(), "must be 1 to 16777216".into()));
+        }
+        if w.icmp_burst == 0 {
+            return Err(err("workers.icmp_burst".into(), "must be at least 1".into()));
+        }
+        if !self.services.is_empty() {
+            if let Some(i) = self.ports.iter().position(|p| p.forward_to.is_some()) {
+                return Err(err(
+                    format!("ports[{i}].forward_to"),
+                    "plain forwarding cannot be combined with [[services]]: remove one of them".into(),
+                ));
+            }
+        }
+        validate_services(&self, &err)?;
+        Ok(Validated { config: self, lcores, main_lcore, workers, forward })
+    }
+}
+
+fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {
+    use crate::balancer::maglev::{is_prime, MAX_BACKENDS, MAX_SIZE};
+    let mut seen: Vec<(IpAddr, Protocol, u16)> = Vec::new();
+    let mut names = HashSet::new();
+    if cfg.services.len() > crate::balancer::limits::MAX_SERVICES {
+        return Err(err(
+            "services".into(),
+            format!("at most {} services", crate::balancer::limits::MAX_SERVICES),
+        ));
+    }
+    let mut backend_count = 0usize;
+    for (i, s) in cfg.services.iter().enumerate() {
+        let key = |k: &str| format!("services[{i}].{k}");
+        if s.name.is_empty() || !s.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(err(key("name"), format!("`{}` must be letters, digits, `-` or `_`", s.name)));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(err(key("name"), format!("service name `{}` is used twice", s.name)));
+        }
+        if s.vip.is_unspecified() || s.vip.is_multicast() {
+            return Err(err(key("vip"), format!("{} cannot be a VIP", s.vip)));
+        }
+        if let Some(j) = seen.iter().position(|x| *x == (s.vip, s.protocol, s.port)) {
+            return Err(err(key("vip"), format!("same VIP, protocol and port as services[{j}]")));
+        }
+        seen.push((s.vip, s.protocol, s.port));
+        let egress = match &s.egress {
+            Some(name) => cfg
+                .ports
+                .iter()
+                .position(|p| &p.name == name)
+                .ok_or_else(|| err(key("egress"), format!("there is no port named `{name}`")))?,
+            None => 0,
+        };
+        let port = &cfg.ports[egress];
+        if s.forwarding == ForwardingMode::Gue && s.gue_port == 0 {
+            return Err(err(key("gue_port"), "must not be 0".into()));
+        }
+        if s.source_prefix_v4 > 32 {
+            return Err(err(key("source_prefix_v4"), "must be 0 to 32".into()));
+        }
+        if s.source_prefix_v6 > 128 {
+            return Err(err(key("source_prefix_v6"), "must be 0 to 128".into()));
+        }
+        if s.persistence_s > 86_400 {
+            return Err(err(key("persistence_s"), "must be at most 86400 (one day)".into()));
+        }
+        let t = &s.timeouts;
+        for (k, v) in [
+            ("tcp_syn_s", t.tcp_syn_s),
+            ("tcp_established_s", t.tcp_established_s),
+            ("tcp_closing_s", t.tcp_closing_s),
+            ("udp_s", t.udp_s),
+            ("other_s", t.other_s),
+        ] {
+            if v == 0 || v > 7 * 86_400 {
+                return Err(err(key(&format!("timeouts.{k}")), "must be 1 s to 7 days".into()));
+            }
+        }
+        if !(3..=MAX_SIZE).contains(&s.maglev_table_size) || !is_prime(s.maglev_table_size) {
+            return Err(err(
+                key("maglev_table_size"),
+                format!(
+                    "{} is not a prime between 3 and {MAX_SIZE} (65537 and 655373 are)",
+                    s.maglev_table_size
+                ),
+            ));
+        }
+        if s.backends.is_empty() {
+            return Err(err(key("backends"), "a service needs at least one backend".into()));
+        }
+        if s.slow_start_s > 3600 {
+            return Err(err(key("slow_start_s"), "must be at most 3600".into()));
+        }
+        if s.drain_timeout_s > 7 * 86_400 {
+            return Err(err(key("drain_timeout_s"), "must be at most 7 days".into()));
+        }
+        if let Some(h) = &s.health {
+            let hkey = |k: &str| format!("services[{i}].health.{k}");
+            if !(10..=3_600_000).contains(&h.interval_ms) {
+                return Err(err(hkey("interval_ms"), "must be 10 to 3600000".into()));
+            }
+            if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+                return Err(err(hkey("timeout_ms"), "must be 1 to interval_ms".into()));
+            }
+            if !(1..=100).contains(&h.rise) {
+                return Err(err(hkey("rise"), "must be 1 to 100".into()));
+            }
+            if !(1..=100).contains(&h.fall) {
+                return Err(err(hkey("fall"), "must be 1 to 100".into()));
+            }
+            if h.check != CheckKind::Icmp && h.port.unwrap_or(s.port) == 0 {
+                return Err(err(
+                    hkey("port"),
+                    "the service serves every port (port = 0): say which port to check".into(),
+                ));
+            }
+            if h.check == CheckKind::Http {
+                if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(err(hkey("path"), "must start with `/` and contain no spaces".into()));
+                }
+                if !(100..=599).contains(&h.expect_status) {
+                    return Err(err(hkey("expect_status"), "must be an HTTP status, 100 to 599".into()));
+                }
+                if h.host.as_ref().is_some_and(|x| x.is_empty() || x.chars().any(|c| c.is_whitespace())) {
+                    return Err(err(hkey("host"), "must be a host name without spaces".into()));
+                }
+            }
+            if h.check == CheckKind::Udp && h.send.is_empty() {
+                return Err(err(hkey("send"), "a UDP check needs a datagram to send".into()));
+            }
+        }
+        if s.backends.len() > MAX_BACKENDS || s.backends.len() as u64 > s.maglev_table_size as u64 {
+            return Err(err(key("backends"), "more backends than the Maglev table size allows".into()));
+        }
+        backend_count += s.backends.len();
+        let total: u64 = s.backends.iter().map(|b| b.weight as u64).sum();
+        if total == 0 {
+            return Err(err(key("backends"), "total weight is 0: no backend would get traffic".into()));
+        }
+        for (j, b) in s.backends.iter().enumerate() {
+            let bkey = |k: &str| format!("services[{i}].backends[{j}].{k}");
+            if s.backends[..j].iter().any(|o| o.address == b.address) {
+                return Err(err(bkey("address"), format!("{} is listed twice", b.address)));
+            }
+            if b.weight > 65_535 {
+                return Err(err(bkey("weight"), "must be 0 to 65535".into()));
+            }
+            if s.forwarding != ForwardingMode::L2 {
+                match (s.vip, b.address) {
+                    (IpAddr::V6(_), IpAddr::V4(_)) => {
+                        return Err(err(
+                            bkey("address"),
+                            "an IPv6 VIP cannot be encapsulated to an IPv4 backend (4in4, 6in6 and 4in6 are supported)"
+                                .into(),
+                        ))
+                    }
+                    (_, IpAddr::V4(_)) if port.ipv4.is_none() => {
+                        return Err(err(
+                            bkey("address"),
+                            format!("port `{}` has no ipv4 address to encapsulate from", port.name),
+                        ))
+                    }
+                    (_, IpAddr::V6(_)) if port.ipv6.is_none() => {
+                        return Err(err(
+                            bkey("address"),
+                            format!("port `{}` has no ipv6 address to encapsulate from", port.name),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        // With no `mtu` the device's applies: `l4lb run` checks it then
+        // (Validated::mtu_problem), once the port is up.
+        if let Some(why) = port.mtu.and_then(|m| s.ipv6_mtu_problem(&port.name, m)) {
+            return Err(err(key("forwarding"), why));
+        }
+    }
+    if backend_count > crate::balancer::limits::MAX_BACKEND_IDS {
+        return Err(err("services".into(), "too many backends in total".into()));
+    }
+    let c = &cfg.control;
+    if !c.metrics_address.is_empty() && c.metrics_address.parse::<std::net::SocketAddr>().is_err() {
+        return Err(err(
+            "control.metrics_address".into(),
+            format!(
+                "`{}` is not an address:port (like 127.0.0.1:9100), or \"\" to turn metrics off",
+                c.metrics_address
+            ),
+        ));
+    }
+    if !(1..=64).contains(&c.health_threads) {
+        return Err(err("control.health_threads".into(), "must be 1 to 64".into()));
+    }
+    if c.socket.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.as_os_str().len() > 100) {
+        return Err(err("control.socket".into(), "must be a path of 1 to 100 bytes".into()));
+    }
+    Ok(())
+}

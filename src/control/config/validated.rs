@@ -1,0 +1,175 @@
+//! A configuration that passed every check, and what l4lb derives from it:
+//! queues, EAL's arguments, the packet pool's size, the control socket, the
+//! checks that need the machine (its CPUs, a device's MTU).
+
+use crate::control::lcores::{self, LcoreMap};
+
+use super::{Config, ForwardingMode, PortSection, ServiceSection};
+
+/// A configuration that passed every check, with what the checks derived.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub config: Config,
+    pub lcores: LcoreMap,
+    pub main_lcore: u32,
+    /// Worker lcore ids, in order.
+    pub workers: Vec<u32>,
+    /// For each port, the index of the port it forwards to.
+    pub forward: Vec<Option<usize>>,
+}
+
+impl Validated {
+    pub fn rx_queues(&self, port: usize) -> u16 {
+        self.config.ports[port].rx_queues.unwrap_or(self.workers.len() as u16)
+    }
+
+    pub fn tx_queues(&self, port: usize) -> u16 {
+        self.config.ports[port].tx_queues.unwrap_or(self.workers.len() as u16)
+    }
+
+    /// EAL arguments for this configuration.
+    pub fn eal_args(&self) -> Vec<String> {
+        let d = &self.config.dpdk;
+        let mut a: Vec<String> =
+            vec!["--lcores".into(), d.lcores.clone(), "--main-lcore".into(), self.main_lcore.to_string()];
+        a.extend(["--file-prefix".into(), d.file_prefix.clone()]);
+        if d.in_memory {
+            a.push("--in-memory".into());
+        }
+        if !d.hugepages {
+            a.push("--no-huge".into());
+            if d.memory_mb.is_none() {
+                a.extend(["-m".into(), "512".into()]);
+            }
+        }
+        if let Some(mb) = d.memory_mb {
+            a.extend(["-m".into(), mb.to_string()]);
+        }
+        let mut any_pci = false;
+        for dev in &d.devices {
+            if is_pci_address(dev) {
+                any_pci = true;
+                a.extend(["-a".into(), dev.clone()]);
+            } else {
+                a.extend(["--vdev".into(), dev.clone()]);
+            }
+        }
+        if !any_pci {
+            a.push("--no-pci".into());
+        }
+        if let Some(level) = &d.log_level {
+            a.extend(["--log-level".into(), level.clone()]);
+        }
+        a.extend(d.extra_args.iter().cloned());
+        a
+    }
+
+    /// The control API's unix socket.
+    /// Why a port's MTU as the device set it (`mtus`, by port index: what
+    /// `run` finds when `ports.mtu` is not set) cannot carry a service, if
+    /// one cannot; the key is the service's.
+    pub fn mtu_problem(&self, mtus: &[u16]) -> Option<String> {
+        let c = &self.config;
+        c.services.iter().enumerate().find_map(|(i, s)| {
+            let e = s.egress_index(&c.ports)?;
+            let why = s.ipv6_mtu_problem(&c.ports[e].name, *mtus.get(e)?)?;
+            Some(format!("services[{i}].forwarding: {why}"))
+        })
+    }
+
+    /// Why this machine cannot run the configuration's lcore map (an lcore
+    /// pinned to a CPU it does not have), if it cannot.
+    pub fn cpu_problem(&self) -> Option<String> {
+        let map = lcores::parse(&self.config.dpdk.lcores).ok()?;
+        lcores::missing_cpu(&map, &lcores::allowed_cpus()?)
+    }
+
+    pub fn control_socket(&self) -> std::path::PathBuf {
+        self.config.control.socket.clone().unwrap_or_else(|| {
+            std::path::PathBuf::from(format!("/run/l4lb/{}.sock", self.config.dpdk.file_prefix))
+        })
+    }
+
+    /// Packet buffers to allocate: enough for every descriptor and buffer,
+    /// plus per-lcore caches and slack.
+    pub fn mbufs(&self) -> u32 {
+        if let Some(n) = self.config.dpdk.mbufs {
+            return n;
+        }
+        let mut n: u64 = 4096;
+        for (i, p) in self.config.ports.iter().enumerate() {
+            n += self.rx_queues(i) as u64 * p.rx_desc as u64;
+            n += self.tx_queues(i) as u64
+                * (p.tx_desc as u64 + crate::balancer::limits::TX_BUFFER_CAPACITY as u64);
+        }
+        n += (self.workers.len() as u64 + 1)
+            * (MEMPOOL_CACHE as u64 + crate::balancer::limits::BURST_MAX as u64);
+        // A power of two minus one is the most memory-efficient mempool size.
+        (n.next_power_of_two() - 1).min(u32::MAX as u64) as u32
+    }
+}
+
+/// Per-lcore mempool cache size.
+pub const MEMPOOL_CACHE: u32 = 256;
+
+/// `0000:01:00.0` or `01:00.0`.
+pub fn is_pci_address(s: &str) -> bool {
+    let hex = |t: &str, n: usize| t.len() == n && t.chars().all(|c| c.is_ascii_hexdigit());
+    let (rest, func) = match s.rsplit_once('.') {
+        Some(x) => x,
+        None => return false,
+    };
+    if !(func.len() == 1 && func.as_bytes()[0].is_ascii_digit() && func.as_bytes()[0] <= b'7') {
+        return false;
+    }
+    let parts: Vec<&str> = rest.split(':').collect();
+    match parts.as_slice() {
+        [dom, bus, dev] => hex(dom, 4) && hex(bus, 2) && hex(dev, 2),
+        [bus, dev] => hex(bus, 2) && hex(dev, 2),
+        _ => false,
+    }
+}
+
+impl ServiceSection {
+    /// The port a service's packets leave on: `egress`, or the first port.
+    pub fn egress_index(&self, ports: &[PortSection]) -> Option<usize> {
+        match &self.egress {
+            Some(name) => ports.iter().position(|p| &p.name == name),
+            None => Some(0),
+        }
+    }
+
+    /// Why an egress MTU of `mtu` cannot carry this service: an IPv6 VIP
+    /// must deliver 1280-byte packets (RFC 8200) with the encapsulation on.
+    pub fn ipv6_mtu_problem(&self, port: &str, mtu: u16) -> Option<String> {
+        if self.forwarding == ForwardingMode::L2 || !self.vip.is_ipv6() {
+            return None;
+        }
+        let overhead = if self.backends.iter().any(|b| b.address.is_ipv6()) { 40 } else { 20 }
+            + if self.forwarding == ForwardingMode::Gue { 8 } else { 0 };
+        ((mtu as usize) < 1280 + overhead).then(|| {
+            format!(
+                "port `{port}` MTU {mtu} is below 1280 + {overhead} bytes of encapsulation for an IPv6 VIP \
+                 (set ports.mtu to at least {})",
+                1280 + overhead
+            )
+        })
+    }
+}
+
+/// The kernel interface of a `net_tap` / `net_tun` device entry (`iface=`).
+pub fn tap_interface(spec: &str) -> Option<&str> {
+    let name = device_name(spec);
+    if !(name.starts_with("net_tap") || name.starts_with("net_tun")) {
+        return None;
+    }
+    spec.split(',').skip(1).find_map(|kv| kv.trim().strip_prefix("iface=")).map(str::trim)
+}
+
+/// The longest kernel interface name (IFNAMSIZ less its terminating NUL).
+pub const MAX_IFNAME: usize = 15;
+
+/// The ethdev name of a `dpdk.devices` entry: the part before the first comma.
+pub fn device_name(spec: &str) -> &str {
+    spec.split(',').next().unwrap_or(spec).trim()
+}

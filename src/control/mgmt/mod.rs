@@ -1,0 +1,457 @@
+//! The management core's loop while balancing: neighbour resolution, health
+//! checks, drain/weight/reload changes, forwarding-state builds and their
+//! hand-over to every worker, and the answers to the control API and the
+//! metrics endpoint (its answers: `answers.rs`). Nothing here runs on a worker.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::api::{
+    Applied, BackendRow, Call, Change, Entries, Lookup, PortCounters, PortStatus, Protocol, ReloadChanges,
+    Reloads, Reply, Request, Response, ServiceRow, Stats, Status, WhatifRow, WorkerStatsRow, MAX_WEIGHT,
+};
+use super::config::{device_name, tap_interface, Config};
+use super::health::{CheckError, Checker, Probe};
+use super::metrics::{self, PortRow};
+use super::neighbour::NeighbourTable;
+use super::registry::{BackendKey, Health, Registry};
+use super::state_build::{needed_neighbours, PortFacts};
+use crate::balancer::flow::ip16;
+use crate::balancer::flow::FlowKey;
+use crate::balancer::state::{ForwardingState, SchedState};
+use crate::dataplane::mailbox::{FlowQuery, StateMailbox};
+use crate::dataplane::pipeline::{BackendCounters, Counter, Counters, DROPS_METRIC};
+use crate::dataplane::telemetry::WorkerStats;
+use crate::dpdk::{Mempool, Port};
+
+/// One health-checked backend.
+struct Target {
+    key: BackendKey,
+    health: super::config::HealthSection,
+    probe: Arc<Probe>,
+    next_due_ms: u64,
+    in_flight: bool,
+}
+
+/// Packet/byte rates of one backend, from one-second samples.
+#[derive(Default, Clone, Copy)]
+struct Rate {
+    packets: u64,
+    bytes: u64,
+    pps: f64,
+    bps: f64,
+}
+
+/// Rebuild a slow-starting state this often.
+const RAMP_STEP_MS: u64 = 250;
+
+pub struct Management<'a> {
+    pub registry: Registry,
+    cfg_path: Option<PathBuf>,
+    facts: &'a [PortFacts],
+    ports: &'a [Port],
+    pool: &'a Mempool,
+    mailboxes: &'a [StateMailbox],
+    counters: Vec<Arc<BackendCounters>>,
+    pub neighbours: NeighbourTable,
+    pub state: Arc<ForwardingState>,
+    unsent: Vec<Option<Arc<ForwardingState>>>,
+    dirty: bool,
+    checker: Checker,
+    targets: Vec<Target>,
+    /// Bumped when targets are rebuilt; results of older checks are ignored.
+    epoch: u64,
+    started: Instant,
+    rates: BTreeMap<u32, Rate>,
+    last_rate_ms: u64,
+    last_ramp_ms: u64,
+    was_ramping: bool,
+    /// When a drain timeout ends next (the state changes then).
+    drain_deadline: Option<u64>,
+    reloads_ok: u64,
+    reloads_refused: u64,
+    last_reload: Option<String>,
+    query_tag: u64,
+    /// The workers' TSC rate (cycles per second), for cycles-per-packet figures.
+    pub tsc_hz: u64,
+}
+
+impl<'a> Management<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        registry: Registry,
+        cfg_path: Option<PathBuf>,
+        facts: &'a [PortFacts],
+        ports: &'a [Port],
+        pool: &'a Mempool,
+        mailboxes: &'a [StateMailbox],
+        counters: Vec<Arc<BackendCounters>>,
+        state: Arc<ForwardingState>,
+    ) -> Self {
+        let mut neighbours = NeighbourTable::default();
+        neighbours.track(&needed_neighbours(&registry.cfg));
+        let threads = registry.cfg.config.control.health_threads;
+        let mut m = Management {
+            registry,
+            cfg_path,
+            facts,
+            ports,
+            pool,
+            mailboxes,
+            counters,
+            neighbours,
+            state,
+            unsent: Vec::new(),
+            dirty: false,
+            checker: Checker::new(threads),
+            targets: Vec::new(),
+            epoch: 0,
+            started: Instant::now(),
+            rates: BTreeMap::new(),
+            last_rate_ms: 0,
+            last_ramp_ms: 0,
+            was_ramping: false,
+            drain_deadline: None,
+            reloads_ok: 0,
+            reloads_refused: 0,
+            last_reload: None,
+            query_tag: 0,
+            tsc_hz: 0,
+        };
+        m.rebuild_targets();
+        m
+    }
+
+    /// The newest forwarding state's generation.
+    pub fn generation(&self) -> u64 {
+        self.state.generation
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// (Re)creates the health-check targets from the configuration; targets
+    /// that stay keep their schedule.
+    fn rebuild_targets(&mut self) {
+        let c = &self.registry.cfg.config;
+        let src4 = c.control.health_source_v4.map(IpAddr::V4);
+        let src6 = c.control.health_source_v6.map(IpAddr::V6);
+        let now = self.now_ms();
+        let mut next = Vec::new();
+        for s in &c.services {
+            let Some(h) = &s.health else { continue };
+            for b in &s.backends {
+                let key = (s.name.clone(), b.address);
+                let src = if b.address.is_ipv4() { src4 } else { src6 };
+                let probe = Arc::new(Probe::new(h, s.port, b.address, src));
+                let due = self
+                    .targets
+                    .iter()
+                    .find(|t| t.key == key && *t.probe == *probe && t.health == *h)
+                    .map_or(now, |t| t.next_due_ms);
+                next.push(Target { key, health: h.clone(), probe, next_due_ms: due, in_flight: false });
+            }
+        }
+        self.targets = next;
+        self.epoch += 1;
+    }
+
+    /// One pass of periodic work; `reload` is set when SIGHUP arrived.
+    pub fn tick(&mut self, reload: bool) {
+        let now = self.now_ms();
+        self.neighbour_work();
+        self.health_work(now);
+        if reload {
+            match self.reload() {
+                Ok(v) => {
+                    log::info!("reload (SIGHUP): applied, {}", serde_json::to_string(&v).unwrap_or_default())
+                }
+                Err(e) => log::warn!("reload (SIGHUP) refused: {e}"),
+            }
+        }
+        // Slow start: a new state every step while a weight ramps, and one
+        // more when the ramp ends (full weight).
+        let ramping = self.registry.ramping(now);
+        if (ramping && now.saturating_sub(self.last_ramp_ms) >= RAMP_STEP_MS)
+            || (self.was_ramping && !ramping)
+        {
+            self.last_ramp_ms = now;
+            self.dirty = true;
+        }
+        self.was_ramping = ramping;
+        if self.drain_deadline.is_some_and(|d| now >= d) {
+            self.dirty = true;
+        }
+        if self.dirty {
+            let _ = self.publish();
+        }
+        self.offer();
+        if now.saturating_sub(self.last_rate_ms) >= 1000 {
+            self.sample_rates(now);
+        }
+    }
+
+    fn neighbour_work(&mut self) {
+        let now_ms = self.now_ms();
+        let mut changed = false;
+        for mb in self.mailboxes {
+            while let Some((port, m)) = mb.control_up.pop() {
+                if let Some((ip, mac)) = neighbour_answer(m.data()) {
+                    changed |= self.neighbours.learn(port as usize, ip, mac, now_ms);
+                }
+            }
+        }
+        changed |= self.neighbours.expire(now_ms);
+        let cfg = &self.registry.cfg;
+        for (port, ip) in self.neighbours.due(now_ms) {
+            let (Some(f), Some(p)) = (self.facts.get(port), cfg.config.ports.get(port)) else {
+                continue;
+            };
+            let frame: Option<Vec<u8>> = match ip {
+                IpAddr::V4(t) => p.ipv4.map(|a| crate::net::arp::request_frame(f.mac, a.addr, t).to_vec()),
+                IpAddr::V6(t) => p.ipv6.map(|a| crate::net::icmp::solicit_frame(f.mac, a.addr, t).to_vec()),
+            };
+            let (Some(frame), Some(mut m)) = (frame, self.pool.alloc()) else { continue };
+            if m.set_data(&frame) {
+                if let Some(mb) = self.mailboxes.first() {
+                    let _ = mb.control_down.push((port as u16, m));
+                }
+            }
+        }
+        self.dirty |= changed;
+    }
+
+    fn health_work(&mut self, now: u64) {
+        let results: Vec<_> = self.checker.results().collect();
+        for (tag, result) in results {
+            if tag >> 32 != self.epoch {
+                continue; // a check of a target a reload replaced
+            }
+            let Some(t) = self.targets.get_mut((tag & 0xffff_ffff) as usize) else { continue };
+            t.in_flight = false;
+            let (key, h) = (t.key.clone(), t.health.clone());
+            let err = result.as_ref().err().cloned();
+            if let Some(CheckError::NotRun(e)) = &err {
+                // Once per run of checks that cannot be made, not every interval.
+                let st = self.registry.backends.get(&key);
+                if st.is_some_and(|b| {
+                    b.last_error.as_deref().is_none_or(|l| !l.starts_with("check could not run"))
+                }) {
+                    let state = st.map_or("not checked yet", |b| match b.health.state {
+                        Health::Unknown => "not checked yet",
+                        Health::Up => "up",
+                        Health::Down => "down",
+                    });
+                    log::warn!("health check of {}/{} could not run ({e}): it stays {state}", key.0, key.1);
+                }
+            }
+            if let Some(to) = self.registry.record_check(&key, &h, result, now) {
+                let why = err.map(|e| format!(" ({e})")).unwrap_or_default();
+                let level = if to == Health::Down { log::Level::Warn } else { log::Level::Info };
+                log::log!(level, "backend {}/{} is {}{why}", key.0, key.1, to.name());
+                self.dirty = true;
+            }
+        }
+        for (i, t) in self.targets.iter_mut().enumerate() {
+            if !t.in_flight && now >= t.next_due_ms {
+                t.in_flight = true;
+                t.next_due_ms = now + t.health.interval_ms;
+                self.checker.submit(self.epoch << 32 | i as u64, t.probe.clone());
+            }
+        }
+    }
+
+    /// Builds the next generation and offers it to every worker.
+    fn publish(&mut self) -> Result<u64, String> {
+        self.dirty = false;
+        let n = &self.neighbours;
+        let now = self.now_ms();
+        let st = self
+            .registry
+            .build(self.generation() + 1, self.facts, &|p, ip| n.mac(p, ip), now)
+            .map_err(|e| format!("forwarding state refused: {e}"))?;
+        self.drain_deadline = self.registry.next_drain_deadline(now);
+        let st = Arc::new(st);
+        self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
+        self.state = st;
+        self.offer();
+        Ok(self.generation())
+    }
+
+    /// Offers unsent states again (a full inbox refused them).
+    fn offer(&mut self) {
+        for (slot, mb) in self.unsent.iter_mut().zip(self.mailboxes) {
+            if let Some(st) = slot.take() {
+                if let Err(st) = mb.publish(st) {
+                    *slot = Some(st);
+                }
+            }
+        }
+        for mb in self.mailboxes {
+            mb.reclaim();
+        }
+    }
+
+    /// Waits (briefly) until every worker runs generation `g`; the time it took.
+    fn wait_applied(&mut self, g: u64) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(2) {
+            self.offer();
+            if self.mailboxes.iter().all(|m| m.telemetry.snapshot().generation >= g) {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        None
+    }
+
+    fn publish_and_wait(&mut self) -> Result<Applied, String> {
+        let g = self.publish()?;
+        let applied = self.wait_applied(g);
+        Ok(Applied {
+            generation: g,
+            applied_ms: applied.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
+            ..Applied::default()
+        })
+    }
+
+    /// Re-reads the configuration file; a bad one is refused and the old one
+    /// stays in force.
+    pub fn reload(&mut self) -> Result<Applied, String> {
+        let r = self.try_reload();
+        match &r {
+            Ok(_) => self.reloads_ok += 1,
+            Err(_) => self.reloads_refused += 1,
+        }
+        self.last_reload = Some(match &r {
+            Ok(_) => "applied".into(),
+            Err(e) => format!("refused: {e}"),
+        });
+        r
+    }
+
+    fn try_reload(&mut self) -> Result<Applied, String> {
+        let path = self.cfg_path.clone().ok_or("l4lb was started without a configuration file")?;
+        let new = Config::load(&path).map_err(|e| e.to_string())?;
+        // Check that the new services build before anything changes.
+        let mut trial = self.registry.clone();
+        let sum = trial.reload(new.clone())?;
+        trial
+            .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        self.registry = trial;
+        self.neighbours.track(&needed_neighbours(&new));
+        self.rebuild_targets();
+        let mut v = self.publish_and_wait()?;
+        v.reload = Some(ReloadChanges {
+            services_added: sum.services_added,
+            services_removed: sum.services_removed,
+            backends_added: sum.backends_added,
+            backends_removed: sum.backends_removed,
+            weights_changed: sum.weights_changed,
+        });
+        Ok(v)
+    }
+
+    fn sample_rates(&mut self, now: u64) {
+        let dt = (now - self.last_rate_ms).max(1) as f64 / 1000.0;
+        let first = self.last_rate_ms == 0;
+        self.last_rate_ms = now;
+        for st in self.registry.backends.values() {
+            let (p, b) = self.traffic(st.id);
+            let r = self.rates.entry(st.id).or_default();
+            if !first {
+                r.pps = p.saturating_sub(r.packets) as f64 / dt;
+                r.bps = 8.0 * b.saturating_sub(r.bytes) as f64 / dt;
+            }
+            r.packets = p;
+            r.bytes = b;
+        }
+    }
+
+    fn traffic(&self, id: u32) -> (u64, u64) {
+        self.counters.iter().map(|c| c.get(id)).fold((0, 0), |a, x| (a.0 + x.0, a.1 + x.1))
+    }
+
+    fn new_flows(&self, id: u32) -> u64 {
+        self.counters.iter().map(|c| c.new_flows(id)).sum()
+    }
+
+    fn active(&self, id: u32) -> u64 {
+        self.mailboxes.iter().map(|m| m.telemetry.active(id) as u64).sum()
+    }
+
+    fn telemetry(&self) -> (WorkerStats, Vec<WorkerStats>) {
+        let per: Vec<WorkerStats> = self.mailboxes.iter().map(|m| m.telemetry.snapshot()).collect();
+        let mut sum = WorkerStats::default();
+        for s in &per {
+            sum += *s;
+        }
+        (sum, per)
+    }
+
+    /// Each port's counters and (with `xstats`) extended counters.
+    fn port_stats(&self, xstats: bool) -> Vec<PortRow> {
+        let names = self.registry.cfg.config.ports.iter().map(|p| p.name.clone());
+        names
+            .zip(self.ports)
+            .map(|(name, port)| {
+                let x = if xstats { port.xstats().unwrap_or_default() } else { Vec::new() };
+                let s = port.stats().unwrap_or_default();
+                let counters = PortCounters {
+                    name,
+                    rx_packets: s.rx_packets,
+                    tx_packets: s.tx_packets,
+                    rx_bytes: s.rx_bytes,
+                    tx_bytes: s.tx_bytes,
+                    rx_missed: s.rx_missed,
+                    rx_errors: s.rx_errors,
+                    tx_errors: s.tx_errors,
+                    rx_no_mbuf: s.rx_no_mbuf,
+                };
+                (counters, x)
+            })
+            .collect()
+    }
+
+    /// Maglev entries per backend id in the current state.
+    fn table_entries(&self) -> BTreeMap<u32, u64> {
+        let st = &self.state;
+        let mut out = BTreeMap::new();
+        for svc in &st.services {
+            let mut n = vec![0u64; svc.backends.len()];
+            for &e in svc.maglev.entries() {
+                n[e as usize] += 1;
+            }
+            for (pos, &slot) in svc.backends.iter().enumerate() {
+                *out.entry(st.backends[slot as usize].id).or_insert(0) += n[pos];
+            }
+        }
+        out
+    }
+}
+
+/// (address, MAC) from an ARP reply or a neighbour advertisement.
+pub fn neighbour_answer(frame: &[u8]) -> Option<(IpAddr, [u8; 6])> {
+    use crate::net::{arp, ethernet, icmp, ipv6};
+    let f = ethernet::Frame::new_checked(frame).ok()?;
+    match f.ethertype() {
+        ethernet::ETHERTYPE_ARP => {
+            let a = arp::Packet::new_checked(f.payload()).ok()?;
+            (a.op() == arp::OP_REPLY).then(|| (IpAddr::V4(a.sender_ip()), a.sender_mac()))
+        }
+        ethernet::ETHERTYPE_IPV6 => {
+            let ip = ipv6::Packet::new_checked(f.payload()).ok()?;
+            let na = icmp::parse_ndp(ip.payload()).ok()?;
+            (na.msg_type == icmp::v6::NEIGHBOR_ADVERT)
+                .then(|| (IpAddr::V6(na.target), na.link_addr.unwrap_or(f.src())))
+        }
+        _ => None,
+    }
+}
+
+mod answers;
