@@ -17,6 +17,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::dataplane::pipeline::{Counters, DROPS_METRIC};
+use crate::dataplane::telemetry::WorkerStats;
+
 pub use super::server::{start, ApiError, Call, Servers};
 
 /// How long a client waits for an answer beyond the server's own wait for
@@ -333,6 +336,41 @@ pub struct Stats {
     pub generation: u64,
     pub workers: Vec<WorkerStatsRow>,
     pub ports: Vec<PortCounters>,
+}
+
+impl Stats {
+    /// The reply from each worker's published counters (`per`, by worker
+    /// index), the newest state's generation and the ports' counters.
+    pub fn from_workers(per: &[WorkerStats], generation: u64, ports: Vec<PortCounters>) -> Stats {
+        let mut t = WorkerStats::default();
+        for w in per {
+            t += *w;
+        }
+        let by_name = |c: &Counters| c.rows().map(|(i, v)| (i.name.to_owned(), v)).collect();
+        Stats {
+            counters: by_name(&t.counters),
+            drops: t
+                .counters
+                .rows()
+                .filter(|(i, _)| i.metric == DROPS_METRIC)
+                .map(|(i, v)| (i.name.to_owned(), v))
+                .collect(),
+            dropped: t.counters.dropped(),
+            flows: t.flows,
+            flow_capacity: t.flow_capacity,
+            generation,
+            workers: per
+                .iter()
+                .map(|w| WorkerStatsRow {
+                    counters: by_name(&w.counters),
+                    flows: w.flows,
+                    generation: w.generation,
+                    longest_poll_gap_us: w.longest_poll_gap_us,
+                })
+                .collect(),
+            ports,
+        }
+    }
 }
 
 /// One worker's counters (by name) and gauges.

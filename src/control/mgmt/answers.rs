@@ -228,32 +228,9 @@ impl Management<'_> {
     }
 
     fn stats(&self) -> Stats {
-        let (t, per) = self.telemetry();
-        let by_name = |c: &Counters| c.rows().map(|(i, v)| (i.name.to_owned(), v)).collect();
-        let stats = Stats {
-            counters: by_name(&t.counters),
-            drops: t
-                .counters
-                .rows()
-                .filter(|(i, _)| i.metric == DROPS_METRIC)
-                .map(|(i, v)| (i.name.to_owned(), v))
-                .collect(),
-            dropped: t.counters.dropped(),
-            flows: t.flows,
-            flow_capacity: t.flow_capacity,
-            generation: self.generation(),
-            workers: per
-                .iter()
-                .map(|w| WorkerStatsRow {
-                    counters: by_name(&w.counters),
-                    flows: w.flows,
-                    generation: w.generation,
-                    longest_poll_gap_us: w.longest_poll_gap_us,
-                })
-                .collect(),
-            ports: self.port_stats(false).into_iter().map(|(c, _)| c).collect(),
-        };
-        stats
+        let (_, per) = self.telemetry();
+        let ports = self.port_stats(false).into_iter().map(|(c, _)| c).collect();
+        Stats::from_workers(&per, self.generation(), ports)
     }
 
     fn lookup(&mut self, proto: Protocol, s: SocketAddr, d: SocketAddr) -> Result<Lookup, String> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::api::{
     Applied, BackendRow, Call, Change, Entries, Lookup, PortCounters, PortStatus, Protocol, ReloadChanges,
-    Reloads, Reply, Request, Response, ServiceRow, Stats, Status, WhatifRow, WorkerStatsRow, MAX_WEIGHT,
+    Reloads, Reply, Request, Response, ServiceRow, Stats, Status, WhatifRow, MAX_WEIGHT,
 };
 use super::config::{device_name, tap_interface, Config};
 use super::health::{CheckError, Checker, Probe};
@@ -23,7 +23,7 @@ use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::state::{ForwardingState, SchedState};
 use crate::dataplane::mailbox::{FlowQuery, StateMailbox};
-use crate::dataplane::pipeline::{BackendCounters, Counter, Counters, DROPS_METRIC};
+use crate::dataplane::pipeline::{BackendCounters, Counter};
 use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{Mempool, Port};
 
