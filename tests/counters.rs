@@ -102,7 +102,7 @@ fn provoked_counters() -> Counters {
     let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() };
     let mut w = Worker::new(cfg);
     let syn = |flow: u32| testframes::tcp(flow, false, tcp::SYN);
-    let mut send = |w: &mut Worker, st: &ForwardingState, f: &[u8], now: u64| {
+    let send = |w: &mut Worker, st: &ForwardingState, f: &[u8], now: u64| {
         w.process(st, &mut TestPacket::new(f), 0, now)
     };
     // Every backend drained: nobody takes new flows.
