@@ -13,8 +13,7 @@
 //! l4lb. (Fast tier: no DPDK, no root.)
 use std::net::{IpAddr, Ipv4Addr};
 
-use l4lb::balancer::flowtable::Timeouts;
-use l4lb::balancer::state::{Backend, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec};
+use l4lb::balancer::state::{Backend, Forwarding, ForwardingState};
 use l4lb::control::api::Stats;
 use l4lb::control::config::Config;
 use l4lb::control::metrics::{workers, Exposition};
@@ -62,39 +61,14 @@ fn fixture_counters() -> Counters {
 /// The benchmark frames' service (198.18.100.1:80, TCP, IP-in-IP) with three
 /// backends made by `backend`, on a port with or without an IPv4 address.
 fn state(generation: u64, port_v4: bool, backend: impl Fn(u32) -> Option<Backend>) -> ForwardingState {
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
     let backends = (0..3).filter_map(&backend).collect();
-    let port = PortIdentity {
-        mac: [2, 0, 0, 0, 0, 1],
-        ipv4: port_v4.then_some(Ipv4Addr::new(198, 18, 0, 1)),
-        ipv6: None,
-        mtu: 1500,
-    };
-    let spec = ServiceSpec {
-        name: "t".into(),
-        vip: IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1)),
-        proto: l4lb::net::proto::TCP,
-        port: 80,
-        forwarding: Forwarding::IpIp,
-        scheduler: Scheduler::Maglev,
-        persistence_ms: 0,
-        timeouts: Timeouts::default(),
-        answer_arp: false,
-        maglev_size: 251,
-        backends,
-    };
-    ForwardingState::build(generation, vec![port], vec![spec]).unwrap()
+    let spec = testframes::service(vip, l4lb::net::proto::TCP, 80, Forwarding::IpIp, backends);
+    ForwardingState::build(generation, vec![testframes::port(port_v4, false)], vec![spec]).unwrap()
 }
 
 fn backend(i: u32) -> Backend {
-    Backend {
-        id: i + 1,
-        addr: IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8)),
-        weight: 1,
-        draining: false,
-        rtt_us: 0,
-        next_hop: Some([2, 0, 0, 0, 1, i as u8]),
-        port: 0,
-    }
+    testframes::backend(i, false)
 }
 
 /// The events the fixtures do not cover, each checked to give its verdict.

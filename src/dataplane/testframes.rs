@@ -54,6 +54,58 @@ pub fn state(forwarding: Forwarding, v6: bool, proto: u8) -> ForwardingState {
     .expect("a valid benchmark state")
 }
 
+/// Backend `i` of the test states: id `i + 1`, 198.18.0.(10+i) or
+/// 2001:db8::(10+i), weight 1, MAC 02:00:00:00:01:0i, on port 0.
+pub fn backend(i: u32, v6: bool) -> Backend {
+    Backend {
+        id: i + 1,
+        addr: if v6 {
+            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8))
+        },
+        weight: 1,
+        draining: false,
+        rtt_us: 0,
+        next_hop: Some([2, 0, 0, 0, 1, i as u8]),
+        port: 0,
+    }
+}
+
+/// The port of the test states: 02:00:00:00:00:01, 198.18.0.1 (if `v4`),
+/// 2001:db8::1 (if `v6`), MTU 1500.
+pub fn port(v4: bool, v6: bool) -> PortIdentity {
+    PortIdentity {
+        mac: [2, 0, 0, 0, 0, 1],
+        ipv4: v4.then_some(Ipv4Addr::new(198, 18, 0, 1)),
+        ipv6: v6.then_some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
+        mtu: 1500,
+    }
+}
+
+/// A Maglev service (table size 251, default timeouts, nothing else set).
+pub fn service(
+    vip: IpAddr,
+    proto: u8,
+    port: u16,
+    forwarding: Forwarding,
+    backends: Vec<Backend>,
+) -> ServiceSpec {
+    ServiceSpec {
+        name: format!("{vip}:{proto}:{port}"),
+        vip,
+        proto,
+        port,
+        forwarding,
+        scheduler: Scheduler::Maglev,
+        persistence_ms: 0,
+        timeouts: Timeouts::default(),
+        answer_arp: false,
+        maglev_size: 251,
+        backends,
+    }
+}
+
 /// Flow `flow` (client address and port derived from it), TCP `flags`.
 pub fn tcp(flow: u32, v6: bool, flags: u8) -> Vec<u8> {
     l4(flow, v6, crate::net::proto::TCP, flags)

@@ -43,45 +43,20 @@ fn flow_states_follow_the_clients_segments() {
 /// it arrives on port 0) and TCP and UDP services on an IPv4 and an IPv6
 /// VIP, in each forwarding mode.
 fn differential_state() -> ForwardingState {
-    use crate::balancer::flowtable::Timeouts;
-    use crate::balancer::state::{Scheduler, ServiceSpec};
+    use crate::dataplane::testframes::{backend, service};
     let vip4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
     let vip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1));
     let own1 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 2));
     let mut next_id = 0u32;
     let mut spec = |vip: IpAddr, proto: u8, port: u16, forwarding: Forwarding| {
+        // Ids go on across services: one state holds them all.
         let backends = (0..3)
             .map(|i| {
                 next_id += 1;
-                Backend {
-                    id: next_id,
-                    addr: match vip {
-                        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i)),
-                        IpAddr::V6(_) => {
-                            IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
-                        }
-                    },
-                    weight: 1,
-                    draining: false,
-                    rtt_us: 0,
-                    next_hop: Some([2, 0, 0, 0, 1, i]),
-                    port: 0,
-                }
+                Backend { id: next_id, ..backend(i, vip.is_ipv6()) }
             })
             .collect();
-        ServiceSpec {
-            name: format!("{vip}:{proto}:{port}"),
-            vip,
-            proto,
-            port,
-            forwarding,
-            scheduler: Scheduler::Maglev,
-            persistence_ms: 0,
-            timeouts: Timeouts::default(),
-            answer_arp: false,
-            maglev_size: 251,
-            backends,
-        }
+        service(vip, proto, port, forwarding, backends)
     };
     let services = vec![
         spec(vip4, proto::TCP, 80, Forwarding::IpIp),
@@ -277,48 +252,16 @@ proptest! {
 /// frames' VIP (`v6`): IP-in-IP and GUE to IPv4 and to IPv6 backends, each
 /// with three backends.
 fn template_state(v6: bool, proto: u8, gue: bool) -> ForwardingState {
-    use crate::balancer::state::{Scheduler, ServiceSpec};
+    use crate::dataplane::testframes::{backend, port, service};
     let vip = if v6 {
         IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1))
     } else {
         IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1))
     };
     let forwarding = if gue { Forwarding::Gue { port: 6080 } } else { Forwarding::IpIp };
-    let backends = (0..6u32)
-        .map(|i| Backend {
-            id: i + 1,
-            addr: if i % 2 == 0 {
-                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8))
-            } else {
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
-            },
-            weight: 1,
-            draining: false,
-            rtt_us: 0,
-            next_hop: Some([2, 0, 0, 0, 1, i as u8]),
-            port: 0,
-        })
-        .collect();
-    let ports = vec![PortIdentity {
-        mac: [2, 0, 0, 0, 0, 1],
-        ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-        ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-        mtu: 1500,
-    }];
-    let spec = ServiceSpec {
-        name: "t".into(),
-        vip,
-        proto,
-        port: 80,
-        forwarding,
-        scheduler: Scheduler::Maglev,
-        persistence_ms: 0,
-        timeouts: Default::default(),
-        answer_arp: false,
-        maglev_size: 251,
-        backends,
-    };
-    ForwardingState::build(1, ports, vec![spec]).expect("a valid state")
+    let backends = (0..6u32).map(|i| backend(i, i % 2 == 1)).collect();
+    ForwardingState::build(1, vec![port(true, true)], vec![service(vip, proto, 80, forwarding, backends)])
+        .expect("a valid state")
 }
 
 proptest! {
