@@ -239,16 +239,64 @@ fn dispatch(
 /// An ARP reply or an ICMPv6 neighbour advertisement (untagged or tagged).
 #[inline]
 pub fn is_neighbour_answer(frame: &[u8]) -> bool {
-    use crate::net::ethernet;
+    use crate::net::{arp, ethernet, icmp, ipv6, proto};
     let Ok(f) = ethernet::Frame::new_checked(frame) else { return false };
     let p = f.payload();
     match f.ethertype() {
-        ethernet::ETHERTYPE_ARP => p.len() >= 8 && p[6..8] == [0, 2],
+        ethernet::ETHERTYPE_ARP => {
+            p.get(arp::field::OP..arp::field::OP + 2) == Some(&arp::OP_REPLY.to_be_bytes()[..])
+        }
         ethernet::ETHERTYPE_IPV6 => {
-            p.len() > 40
-                && p[6] == crate::net::proto::ICMPV6
-                && p[40] == crate::net::icmp::v6::NEIGHBOR_ADVERT
+            p.get(ipv6::field::NEXT_HEADER) == Some(&proto::ICMPV6)
+                && p.get(ipv6::HEADER_LEN + icmp::field::TYPE) == Some(&icmp::v6::NEIGHBOR_ADVERT)
         }
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::is_neighbour_answer;
+    use crate::net::{arp, ethernet, icmp, ipv6, proto};
+
+    #[test]
+    fn neighbour_answers_go_up_and_nothing_else() {
+        let (mac, ip) = ([2, 0, 0, 0, 0, 0x0b], Ipv4Addr::new(198, 18, 0, 11));
+        let request = arp::request_frame([2, 0, 0, 0, 0, 1], Ipv4Addr::new(198, 18, 0, 1), ip);
+        assert!(!is_neighbour_answer(&request), "an ARP request");
+        let mut reply = request;
+        arp::write(&mut reply[ethernet::HEADER_LEN..], arp::OP_REPLY, mac, ip, [2, 0, 0, 0, 0, 1], ip);
+        assert!(is_neighbour_answer(&reply), "an ARP reply");
+        assert!(!is_neighbour_answer(&reply[..ethernet::HEADER_LEN + 7]), "cut before the op");
+        let (me, them) = (
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1),
+            Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x11),
+        );
+        let ns = icmp::solicit_frame([2, 0, 0, 0, 0, 1], me, them);
+        assert!(!is_neighbour_answer(&ns), "a solicitation");
+        let mut na = vec![0u8; ethernet::HEADER_LEN + ipv6::HEADER_LEN + icmp::NA_LEN];
+        ethernet::write_header(&mut na, [2, 0, 0, 0, 0, 1], mac, ethernet::ETHERTYPE_IPV6);
+        let repr = ipv6::Repr {
+            src: them,
+            dst: me,
+            next_header: proto::ICMPV6,
+            payload_len: icmp::NA_LEN as u16,
+            hop_limit: 255,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        repr.write(&mut na[ethernet::HEADER_LEN..]);
+        icmp::write_neighbor_advert(
+            &mut na[ethernet::HEADER_LEN + ipv6::HEADER_LEN..],
+            &them,
+            &me,
+            &them,
+            mac,
+            true,
+        );
+        assert!(is_neighbour_answer(&na), "an advertisement");
+        assert!(!is_neighbour_answer(&na[..ethernet::HEADER_LEN + ipv6::HEADER_LEN]), "cut before the type");
     }
 }

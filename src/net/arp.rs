@@ -9,6 +9,19 @@ pub const LEN: usize = 28;
 pub const OP_REQUEST: u16 = 1;
 pub const OP_REPLY: u16 = 2;
 
+/// Byte offsets of the (Ethernet, IPv4) ARP packet's fields.
+pub mod field {
+    pub const HTYPE: usize = 0;
+    pub const PTYPE: usize = 2;
+    pub const HLEN: usize = 4;
+    pub const PLEN: usize = 5;
+    pub const OP: usize = 6;
+    pub const SENDER_MAC: usize = 8;
+    pub const SENDER_IP: usize = 14;
+    pub const TARGET_MAC: usize = 18;
+    pub const TARGET_IP: usize = 24;
+}
+
 /// A view of an Ethernet/IPv4 ARP packet.
 #[derive(Debug, Clone, Copy)]
 pub struct Packet<T: AsRef<[u8]>> {
@@ -22,26 +35,30 @@ impl<T: AsRef<[u8]>> Packet<T> {
         if b.len() < LEN {
             return Err(ParseError::Truncated);
         }
-        if be16(b, 0) != 1 || be16(b, 2) != 0x0800 || b[4] != 6 || b[5] != 4 {
+        if be16(b, field::HTYPE) != 1
+            || be16(b, field::PTYPE) != 0x0800
+            || b[field::HLEN] != 6
+            || b[field::PLEN] != 4
+        {
             return Err(ParseError::Malformed);
         }
         Ok(Packet { buf })
     }
 
     pub fn op(&self) -> u16 {
-        be16(self.buf.as_ref(), 6)
+        be16(self.buf.as_ref(), field::OP)
     }
     pub fn sender_mac(&self) -> Mac {
-        mac_at(self.buf.as_ref(), 8)
+        mac_at(self.buf.as_ref(), field::SENDER_MAC)
     }
     pub fn sender_ip(&self) -> Ipv4Addr {
-        ip_at(self.buf.as_ref(), 14)
+        ip_at(self.buf.as_ref(), field::SENDER_IP)
     }
     pub fn target_mac(&self) -> Mac {
-        mac_at(self.buf.as_ref(), 18)
+        mac_at(self.buf.as_ref(), field::TARGET_MAC)
     }
     pub fn target_ip(&self) -> Ipv4Addr {
-        ip_at(self.buf.as_ref(), 24)
+        ip_at(self.buf.as_ref(), field::TARGET_IP)
     }
 }
 
