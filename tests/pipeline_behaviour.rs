@@ -291,6 +291,32 @@ fn a_clients_persistence_follows_its_packets_to_within_the_refresh_slack() {
 }
 
 #[test]
+fn a_persisted_client_leaves_a_backend_whose_weight_is_set_to_0() {
+    let mut cfg = config(4096, &[(11, 1), (12, 1)]);
+    cfg.config.services[0].persistence_s = 300;
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let src = 0xc612_0009u32;
+    let (_, p) = send(&mut w, &st, &frame(src, 4000, SYN), 0);
+    let kept = backend_of(&p);
+    // Its next connections, from other ports, stay on that backend...
+    for sport in 4001..4010 {
+        assert_eq!(backend_of(&send(&mut w, &st, &frame(src, sport, SYN), 1).1), kept);
+    }
+    // ...until its weight is 0 (set-weight 0): new connections go elsewhere,
+    // the tracked ones stay.
+    let weights: Vec<(u8, u32)> = [11u8, 12].iter().map(|&b| (b, (b != kept) as u32)).collect();
+    let mut cfg0 = config(4096, &weights);
+    cfg0.config.services[0].persistence_s = 300;
+    let st0 = build_state(&cfg0, 2, &simulated_facts(&cfg0)).unwrap();
+    assert_eq!(st0.services[0].persistence_ms, 300_000);
+    for sport in 4010..4020 {
+        assert_ne!(backend_of(&send(&mut w, &st0, &frame(src, sport, SYN), 2).1), kept, "port {sport}");
+    }
+    assert_eq!(backend_of(&send(&mut w, &st0, &frame(src, 4000, ACK), 3).1), kept, "a tracked flow stays");
+}
+
+#[test]
 fn a_burst_prepared_with_one_state_and_finished_with_another_follows_the_newer() {
     // State 1 numbers "web" second (web6 first); state 2 has "web" alone,
     // on another backend. A worker prepares a burst with state 1 and a new

@@ -58,6 +58,8 @@ pub struct Backend {
 }
 
 impl Backend {
+    /// Whether new flows may go here: not drained and a weight above 0.
+    #[inline]
     pub fn takes_new_flows(&self) -> bool {
         self.weight > 0 && !self.draining
     }
@@ -244,6 +246,24 @@ pub struct ForwardingState {
     by_id: Vec<u32>,
 }
 
+/// A service's backends with each one not measured yet (`rtt_us` 0: no
+/// health-check round trip so far, e.g. just added) given the median of the
+/// measured ones, so least-response-time neither sends it every new flow (as
+/// the fastest) nor none (as the slowest) until its first check. With none
+/// measured, all stay equal.
+fn with_unmeasured_at_median(mut backends: Vec<Backend>) -> Vec<Backend> {
+    let mut measured: Vec<u32> = backends.iter().map(|b| b.rtt_us).filter(|&r| r > 0).collect();
+    if measured.is_empty() || measured.len() == backends.len() {
+        return backends;
+    }
+    measured.sort_unstable();
+    let median = measured[(measured.len() - 1) / 2];
+    for b in backends.iter_mut().filter(|b| b.rtt_us == 0) {
+        b.rtt_us = median;
+    }
+    backends
+}
+
 #[inline(always)]
 fn slot_hash(vip: u128, pp: u32) -> usize {
     super::hash::fmix64(
@@ -281,7 +301,7 @@ impl ForwardingState {
             templates.extend(spec.backends.iter().map(|b| {
                 EncapTemplate::build(spec.forwarding, spec.vip.is_ipv6(), b, b.port, &ports[b.port])
             }));
-            backends.extend(spec.backends);
+            backends.extend(with_unmeasured_at_median(spec.backends));
             let persist_id = hash_words(
                 SEED_SOURCE,
                 &[key.1 as u64, key.2 as u64, u64::from_le_bytes(key.0[8..].try_into().unwrap_or_default())],
@@ -643,6 +663,26 @@ mod tests {
         bs[1].rtt_us = 300;
         // Costs equalise when active0 + 1 = 3 (active1 + 1): 3:1 split.
         assert_eq!(spread(&state(Scheduler::LeastResponseTime, bs), 400), vec![300, 100]);
+    }
+
+    #[test]
+    fn an_unmeasured_backend_counts_as_the_median_of_the_measured() {
+        // A new backend, no check yet, beside ones at 100, 300 and 500 µs: it
+        // takes new flows like the 300 µs one, not all of them (as 1 µs did).
+        let mut bs: Vec<Backend> = (0..4).map(|i| backend(i, 11 + i as u8, 1)).collect();
+        for (b, rtt) in bs.iter_mut().zip([100, 300, 500, 0]) {
+            b.rtt_us = rtt;
+        }
+        let st = state(Scheduler::LeastResponseTime, bs);
+        assert_eq!(st.backends[3].rtt_us, 300);
+        let got = spread(&st, 2300);
+        assert!(got[3].abs_diff(got[1]) <= 1, "{got:?}");
+        assert!(got[3] < got[0], "{got:?}");
+        // None measured: all equal.
+        let unmeasured = |i: u32| Backend { rtt_us: 0, ..backend(i, 11 + i as u8, 1) };
+        let st = state(Scheduler::LeastResponseTime, (0..3).map(unmeasured).collect());
+        assert!(st.backends.iter().all(|b| b.rtt_us == 0));
+        assert_eq!(spread(&st, 300), vec![100, 100, 100]);
     }
 
     #[test]

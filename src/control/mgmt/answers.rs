@@ -288,11 +288,11 @@ impl Management<'_> {
             // Its backend left: the next packet is scheduled again, as below.
         }
         // A new flow of a persisted client goes where the worker keeps that
-        // client, while that backend is up and not draining (as the
+        // client, while that backend is up, not draining and of weight above 0 (as the
         // worker's scheduler decides). Each worker keeps its own clients:
         // the answer names the one that does.
         if let Some((w, (id, left_ms))) = persisted {
-            if let Some(b) = st.slot_of(id).filter(|&b| !st.backends[b].draining) {
+            if let Some(b) = st.slot_of(id).filter(|&b| st.backends[b].takes_new_flows()) {
                 let left_s = left_ms.div_ceil(1000);
                 v.backend = Some(st.backends[b].addr);
                 v.why = format!(

@@ -115,7 +115,11 @@ impl Worker {
     ) -> Option<usize> {
         if svc.persistence_ms > 0 {
             if let Some(id) = self.persist.lookup(svc.persist_id, &meta.key.src, now_ms) {
-                if let Some(b) = st.slot_of(id).filter(|&b| !st.backends[b].draining) {
+                // A drained backend, or one whose weight is now 0, takes no
+                // new flows, persisted clients' included.
+                // A drained backend, or one whose weight is now 0, takes no
+                // new flows, persisted clients' included.
+                if let Some(b) = st.slot_of(id).filter(|&b| st.backends[b].takes_new_flows()) {
                     return Some(b);
                 }
             }
