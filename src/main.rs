@@ -73,9 +73,17 @@ enum Cmd {
         /// The port (by name) the packets arrive on; default: the first.
         #[arg(long)]
         port: Option<String>,
-        /// Print one line per packet: index and verdict.
+        /// Print one line per packet: index (worker) and verdict.
         #[arg(long)]
         trace: bool,
+        /// Pipelines to spread the packets over, each with its own tables, as
+        /// l4lb's workers have.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+        workers: u16,
+        /// How packets reach the workers: `rss` (a NIC's Toeplitz hash),
+        /// `round-robin` (packet by packet) or `random:SEED`.
+        #[arg(long, default_value = "rss")]
+        assign: l4lb::simulate::Assign,
     },
     /// Write a benchmark pcap: TCP flows to a VIP (scripts/bench/testpmd.sh replays it).
     Gen {
@@ -234,8 +242,8 @@ fn main() -> ExitCode {
     l4lb::logging::init(cli.log_level.into());
     let result = match cli.cmd {
         Cmd::Check { config } => check(&config),
-        Cmd::Simulate { config, input, output, port, trace } => {
-            simulate(&config, &input, &output, port, trace)
+        Cmd::Simulate { config, input, output, port, trace, workers, assign } => {
+            simulate(&config, &input, &output, port, trace, workers as usize, assign)
         }
         Cmd::Gen { output, flows, packets, mix, size, vip, dst_mac, seed, no_payload, part } => {
             gen(&output, flows, packets, mix, size, vip, &dst_mac, seed, no_payload, &part)
@@ -299,6 +307,8 @@ fn simulate(
     output: &Path,
     port: Option<String>,
     trace: bool,
+    workers: usize,
+    assign: l4lb::simulate::Assign,
 ) -> Result<(), Failure> {
     let cfg = load(config)?;
     let in_port = match port {
@@ -312,8 +322,8 @@ fn simulate(
     };
     let mut stdout = std::io::stdout();
     let tr: Option<&mut dyn std::io::Write> = if trace { Some(&mut stdout) } else { None };
-    let c =
-        l4lb::simulate::run(&cfg, input, output, in_port, tr).map_err(|e| Failure::Failed(e.to_string()))?;
+    let c = l4lb::simulate::run(&cfg, input, output, in_port, workers, assign, tr)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
     l4lb::simulate::report(&c, &mut std::io::stdout());
     Ok(())
 }

@@ -21,17 +21,51 @@ pub enum SimulateError {
     State(#[from] crate::balancer::state::BuildError),
 }
 
-/// Replays `input` as received on port `in_port`; writes forwarded and reply
-/// packets to `output`; returns the counters. With `trace`, one line per packet.
+/// How packets are spread over the simulated workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Assign {
+    /// As a NIC's RSS would: the Toeplitz hash with DPDK's default key over
+    /// addresses and TCP/UDP ports, a 128-entry redirection table
+    /// (`balancer::rss`).
+    Rss,
+    /// Packet by packet in turn, whatever its flow: the worst a device could
+    /// do, and what decisions must survive.
+    RoundRobin,
+    /// Each packet to a worker drawn from this seed.
+    Random(u64),
+}
+
+impl std::str::FromStr for Assign {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Assign, String> {
+        match s {
+            "rss" => Ok(Assign::Rss),
+            "round-robin" => Ok(Assign::RoundRobin),
+            _ => s
+                .strip_prefix("random:")
+                .and_then(|n| n.parse().ok())
+                .map(Assign::Random)
+                .ok_or_else(|| format!("`{s}`: say rss, round-robin or random:SEED")),
+        }
+    }
+}
+
+/// Replays `input` as received on port `in_port`, spread over `workers`
+/// pipelines by `assign` (each with its own tables, as l4lb's workers have);
+/// writes forwarded and reply packets to `output`, in input order; returns
+/// the counters summed over the workers. With `trace`, one line per packet:
+/// its index, its worker and its verdict.
 pub fn run(
     cfg: &Validated,
     input: &Path,
     output: &Path,
     in_port: u16,
+    workers: usize,
+    assign: Assign,
     mut trace: Option<&mut dyn Write>,
 ) -> Result<Counters, SimulateError> {
     let state = build_state(cfg, 1, &simulated_facts(cfg))?;
-    let mut worker = Worker::new(worker_config(cfg));
+    let mut pipelines: Vec<Worker> = (0..workers.max(1)).map(|_| Worker::new(worker_config(cfg))).collect();
     let f = std::fs::File::open(input).map_err(|e| SimulateError::Io(input.display().to_string(), e))?;
     let reader = pcap::Reader::new(std::io::BufReader::new(f))
         .map_err(|e| SimulateError::Pcap(input.display().to_string(), e))?;
@@ -39,13 +73,33 @@ pub fn run(
         std::fs::File::create(output).map_err(|e| SimulateError::Io(output.display().to_string(), e))?;
     let mut writer = pcap::Writer::new(std::io::BufWriter::new(out))
         .map_err(|e| SimulateError::Io(output.display().to_string(), e))?;
+    let mut seed = match assign {
+        Assign::Random(s) => s | 1,
+        _ => 1,
+    };
+    let n = pipelines.len();
     for (i, rec) in reader.enumerate() {
         let rec = rec.map_err(|e| SimulateError::Pcap(input.display().to_string(), e))?;
         let now_ms = rec.ts_sec as u64 * 1000 + rec.ts_nsec as u64 / 1_000_000;
+        let w = match assign {
+            Assign::Rss => crate::balancer::rss::queue_of(&crate::balancer::rss::DEFAULT_KEY, &rec.data, n),
+            Assign::RoundRobin => i % n,
+            Assign::Random(_) => {
+                // xorshift64*: reproducible from the seed.
+                seed ^= seed >> 12;
+                seed ^= seed << 25;
+                seed ^= seed >> 27;
+                (seed.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n
+            }
+        };
         let mut pkt = TestPacket::new(&rec.data);
-        let v = worker.process(&state, &mut pkt, in_port, now_ms);
+        let v = pipelines[w].process(&state, &mut pkt, in_port, now_ms);
         if let Some(t) = trace.as_deref_mut() {
-            let _ = writeln!(t, "{i} {}", verdict_text(v));
+            if n > 1 {
+                let _ = writeln!(t, "{i} worker {w} {}", verdict_text(v));
+            } else {
+                let _ = writeln!(t, "{i} {}", verdict_text(v));
+            }
         }
         if matches!(v, Verdict::Forward { .. } | Verdict::Reply { .. }) {
             writer
@@ -57,7 +111,11 @@ pub fn run(
         .into_inner()
         .and_then(|mut w| w.flush())
         .map_err(|e| SimulateError::Io(output.display().to_string(), e))?;
-    Ok(worker.counters)
+    let mut sum = Counters::default();
+    for p in &pipelines {
+        sum += &p.counter_snapshot();
+    }
+    Ok(sum)
 }
 
 /// `forward:1`, `reply:0`, `local`, `drop:no_service`.

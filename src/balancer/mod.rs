@@ -8,6 +8,7 @@ pub mod hash;
 pub mod limits;
 pub mod maglev;
 pub mod persist;
+pub mod rss;
 pub mod state;
 
 /// A cache hint the data path gives before it touches memory. Pure code stays
