@@ -10,48 +10,19 @@ use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortIdentity,
 /// One Maglev service on the VIP of the frames below, port 80, protocol
 /// `proto`, ten backends (IPv6 ones when `v6`) with known MACs.
 pub fn state(forwarding: Forwarding, v6: bool, proto: u8) -> ForwardingState {
-    let backends = (0..10u32)
-        .map(|i| Backend {
-            id: i,
-            addr: if v6 {
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10 + i as u16))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(198, 18, 0, 10 + i as u8))
-            },
-            weight: 1,
-            draining: false,
-            rtt_us: 0,
-            next_hop: Some([2, 0, 0, 0, 1, i as u8]),
-            port: 0,
-        })
-        .collect();
-    ForwardingState::build(
-        1,
-        vec![PortIdentity {
-            mac: [2, 0, 0, 0, 0, 1],
-            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-            mtu: 1500,
-        }],
-        vec![ServiceSpec {
-            name: "bench".into(),
-            vip: if v6 {
-                IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1))
-            } else {
-                IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1))
-            },
-            proto,
-            port: 80,
-            forwarding,
-            scheduler: Scheduler::Maglev,
-            persistence_ms: 0,
-            timeouts: Timeouts::default(),
-            answer_arp: false,
-            maglev_size: 65537,
-            backends,
-        }],
-    )
-    .expect("a valid benchmark state")
+    // Ids from 0 and a 65537-entry table, as the benchmarks' figures were taken.
+    let backends = (0..10u32).map(|i| Backend { id: i, ..backend(i, v6) }).collect();
+    let vip = if v6 {
+        IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1))
+    };
+    let spec = ServiceSpec {
+        name: "bench".into(),
+        maglev_size: 65537,
+        ..service(vip, proto, 80, forwarding, backends)
+    };
+    ForwardingState::build(1, vec![port(true, true)], vec![spec]).expect("a valid benchmark state")
 }
 
 /// Backend `i` of the test states: id `i + 1`, 198.18.0.(10+i) or

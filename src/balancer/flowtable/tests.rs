@@ -62,8 +62,7 @@ fn refresh_writes_only_a_new_state_or_an_expiry_moved_by_the_slack() {
     let mut t = FlowTable::with_capacity(1024);
     let k = key(1);
     let est = FlowState::Established;
-    let s =
-        t.insert(Entry { key: k, backend: 7, state: est, expires_ms: 10_000 }, k.hash(), 0, &mut |_| {});
+    let s = t.insert(Entry { key: k, backend: 7, state: est, expires_ms: 10_000 }, k.hash(), 0, &mut |_| {});
     let seen = |t: &FlowTable| {
         (t.entry(s).state, t.entry(s).expires_ms, t.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS])
     };
@@ -188,12 +187,8 @@ fn a_tracked_flow_finds_its_lines_prefetched() {
     for load in [2, 32] {
         let mut t = FlowTable::with_capacity(1 << 14);
         let n = (t.capacity() - t.capacity() / load) as u32;
-        let est = |i: u32| Entry {
-            key: key(i),
-            backend: i,
-            state: FlowState::Established,
-            expires_ms: 1 << 40,
-        };
+        let est =
+            |i: u32| Entry { key: key(i), backend: i, state: FlowState::Established, expires_ms: 1 << 40 };
         for i in 0..n {
             t.insert(est(i), key(i).hash(), 0, &mut |_| {});
         }
@@ -225,9 +220,7 @@ fn a_tracked_flow_finds_its_lines_prefetched() {
                 }
             }
         }
-        println!(
-            "1/{load} free: {second} of {n} keys in the second bucket, {covered} in its preferred slot"
-        );
+        println!("1/{load} free: {second} of {n} keys in the second bucket, {covered} in its preferred slot");
         assert!(
             covered * 100 > n as usize,
             "only {covered} keys in the second's preferred slot: few checked"
@@ -341,13 +334,11 @@ fn an_eviction_hint_is_taken_only_while_it_holds() {
             break;
         }
         let k = key(i);
-        let e =
-            Entry { key: k, backend: i, state: FlowState::SynSeen, expires_ms: 5_000 + 1_000 * i as u64 };
+        let e = Entry { key: k, backend: i, state: FlowState::SynSeen, expires_ms: 5_000 + 1_000 * i as u64 };
         t.insert(e, k.hash(), 0, &mut |_| {});
     }
     assert!(t.len() >= t.high_water(), "filled to {}", t.len());
-    let new =
-        |i: u32| Entry { key: key(i), backend: i, state: FlowState::SynSeen, expires_ms: 9_000_000 };
+    let new = |i: u32| Entry { key: key(i), backend: i, state: FlowState::SynSeen, expires_ms: 9_000_000 };
 
     // New keys whose two buckets are full (most, past the high-water mark).
     let hinted = |t: &FlowTable, from: u32| {
@@ -471,12 +462,8 @@ fn victims_rank_by_expiry_to_the_second_and_idle_hours_count_as_stale() {
     let order = [7u64, 3, 12, 0, 9, 14, 1, 5, 11, 2, 8, 13, 4, 10, 6];
     for &n in &order {
         let k = same.next().unwrap();
-        let e = Entry {
-            key: k,
-            backend: n as u32,
-            state: FlowState::SynSeen,
-            expires_ms: 10_000 + 2_000 * n,
-        };
+        let e =
+            Entry { key: k, backend: n as u32, state: FlowState::SynSeen, expires_ms: 10_000 + 2_000 * n };
         t.insert(e, k.hash(), 0, &mut |_| panic!("room left"));
     }
     let k = same.next().unwrap();
@@ -522,11 +509,7 @@ fn a_flow_idle_for_hours_ranks_as_stale_whatever_its_timeout() {
         // Its rank looks stale, but its entry says live: counted as an
         // established flow evicted, not as an expired one.
         let s = t.stats();
-        assert_eq!(
-            (s.expired, s.evicted_established, s.evicted_unconfirmed),
-            (0, 1, 0),
-            "touch: {by_touch}"
-        );
+        assert_eq!((s.expired, s.evicted_established, s.evicted_unconfirmed), (0, 1, 0), "touch: {by_touch}");
     }
 }
 

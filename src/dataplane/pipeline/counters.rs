@@ -172,10 +172,6 @@ impl Counters {
         self.0[Counter::COUNT..].iter().sum()
     }
 
-    pub fn drop_count(&self, r: DropReason) -> u64 {
-        self[r]
-    }
-
     /// Every row with its value, in table order.
     pub fn rows(&self) -> impl Iterator<Item = (CounterInfo, u64)> + '_ {
         self.0.iter().enumerate().map(|(i, v)| (row_info(i), *v))
