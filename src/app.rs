@@ -125,7 +125,7 @@ pub fn run(
             let launched = s.launch(*lc, move || {
                 let st = match plan {
                     Plan::Forward(f) => Final::Forward(f.run(poll, tsc_per_ms, stop)),
-                    Plan::Balance(b, k) => Final::Balance(b.run(poll, tsc_per_ms, &mailboxes[k], stop)),
+                    Plan::Balance(b, k) => Final::Balance(b.run(poll, tsc_per_ms, mailboxes, k, stop)),
                 };
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = st;
                 0
@@ -309,6 +309,13 @@ fn plan_workers<'p>(
 ) -> Result<(Vec<Plan<'p>>, Vec<Arc<BackendCounters>>), RunError> {
     let mut plans = Vec::with_capacity(workers);
     let mut counter_blocks = Vec::with_capacity(workers);
+    // Balancing workers are one team: they share the persistence table and
+    // hand each other packets (`Verdict::Handoff`).
+    let mut team = if balancing {
+        crate::dataplane::pipeline::Worker::team_on_hugepages(worker_config(cfg), workers).into_iter()
+    } else {
+        Vec::new().into_iter()
+    };
     for k in 0..workers {
         let mut rx = Vec::new();
         let mut tx = Vec::new();
@@ -324,7 +331,7 @@ fn plan_workers<'p>(
         }
         plans.push(if balancing {
             let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
-            let pipeline = crate::dataplane::pipeline::Worker::on_hugepages(worker_config(cfg));
+            let pipeline = team.next().expect("one pipeline per worker");
             counter_blocks.push(pipeline.backend_counters());
             Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
         } else {

@@ -65,7 +65,7 @@ pub fn run(
     mut trace: Option<&mut dyn Write>,
 ) -> Result<Counters, SimulateError> {
     let state = build_state(cfg, 1, &simulated_facts(cfg))?;
-    let mut pipelines: Vec<Worker> = (0..workers.max(1)).map(|_| Worker::new(worker_config(cfg))).collect();
+    let mut pipelines = Worker::team(worker_config(cfg), workers.max(1));
     let f = std::fs::File::open(input).map_err(|e| SimulateError::Io(input.display().to_string(), e))?;
     let reader = pcap::Reader::new(std::io::BufReader::new(f))
         .map_err(|e| SimulateError::Pcap(input.display().to_string(), e))?;
@@ -93,10 +93,18 @@ pub fn run(
             }
         };
         let mut pkt = TestPacket::new(&rec.data);
-        let v = pipelines[w].process(&state, &mut pkt, in_port, now_ms);
+        let mut v = pipelines[w].process(&state, &mut pkt, in_port, now_ms);
+        // Hand-offs, as the workers' rings carry them: the packet goes on to
+        // the worker named, which knows where it came in.
+        let mut path = String::new();
+        while let Verdict::Handoff { worker } = v {
+            let at = worker as usize % n;
+            path.push_str(&format!(" -> worker {at}"));
+            v = pipelines[at].process_handed(&state, &mut pkt, in_port, now_ms, w as u16);
+        }
         if let Some(t) = trace.as_deref_mut() {
             if n > 1 {
-                let _ = writeln!(t, "{i} worker {w} {}", verdict_text(v));
+                let _ = writeln!(t, "{i} worker {w}{path} {}", verdict_text(v));
             } else {
                 let _ = writeln!(t, "{i} {}", verdict_text(v));
             }
@@ -124,6 +132,7 @@ pub fn verdict_text(v: Verdict) -> String {
         Verdict::Forward { port } => format!("forward:{port}"),
         Verdict::Reply { port } => format!("reply:{port}"),
         Verdict::Local => "local".into(),
+        Verdict::Handoff { worker } => format!("handoff:{worker}"),
         Verdict::Drop(r) => format!("drop:{}", r.name()),
     }
 }
@@ -133,6 +142,12 @@ pub fn verdict_text(v: Verdict) -> String {
 pub fn report(c: &Counters, out: &mut dyn Write) {
     for k in [Counter::Forwarded, Counter::Replied, Counter::Local, Counter::NewFlows, Counter::Rescheduled] {
         let _ = writeln!(out, "{} {}", row_name(k), c[k]);
+    }
+    // Only several workers hand packets over.
+    for k in [Counter::HandedOff] {
+        if c[k] > 0 {
+            let _ = writeln!(out, "{} {}", row_name(k), c[k]);
+        }
     }
     for &r in DropReason::ALL {
         if c[r] > 0 {

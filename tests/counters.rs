@@ -25,7 +25,7 @@ use l4lb::dataplane::testframes;
 use l4lb::net::tcp;
 
 /// Rows the worker loop counts, around the pipeline.
-const LOOP_ROWS: [&str; 11] = [
+const LOOP_ROWS: [&str; 12] = [
     "rx_packets",
     "tx_packets",
     "busy_polls",
@@ -37,6 +37,7 @@ const LOOP_ROWS: [&str; 11] = [
     "tx_full",
     "control_ring_full",
     "no_route",
+    "handoff_ring_full",
 ];
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -109,7 +110,35 @@ fn provoked_counters() -> Counters {
     }
     // Long after: every entry has expired and the sweep takes them.
     w.sweep(10_000_000, 1 << 20);
-    w.counter_snapshot()
+    let mut c = w.counter_snapshot();
+    c += &persistence_counters();
+    c
+}
+
+/// Two workers and a persistent service: a client's first flow that reaches
+/// the worker which is not its owner is handed over, the owner writes the
+/// entry, and in a table of one set (4 entries) later clients evict.
+fn persistence_counters() -> Counters {
+    let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 4, ..WorkerConfig::default() };
+    let mut team = Worker::team(cfg, 2);
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
+    let mut spec =
+        testframes::service(vip, l4lb::net::proto::TCP, 80, Forwarding::IpIp, (0..3).map(backend).collect());
+    spec.persistence_ms = 60_000;
+    let st = ForwardingState::build(7, vec![testframes::port(true, false)], vec![spec]).unwrap();
+    for client in 0..8u32 {
+        let frame = testframes::tcp(client * 64_000, false, tcp::SYN);
+        let mut p = TestPacket::new(&frame);
+        let mut v = team[0].process(&st, &mut p, 0, 10);
+        if let Verdict::Handoff { worker } = v {
+            assert_eq!(worker, 1);
+            v = team[1].process_handed(&st, &mut p, 0, 10, 0);
+        }
+        assert!(matches!(v, Verdict::Forward { .. }), "client {client}: {v:?}");
+    }
+    let mut c = team[0].counter_snapshot();
+    c += &team[1].counter_snapshot();
+    c
 }
 
 #[test]

@@ -370,7 +370,7 @@ fn lookup_names_the_backend_a_persisted_client_is_kept_on() {
     };
     // No client kept yet: the scheduler decides, port by port.
     let v = lookup(42000);
-    assert!(v["why"].as_str().unwrap().contains("no worker keeps this client"), "{v}");
+    assert!(v["why"].as_str().unwrap().contains("l4lb keeps no backend for this client"), "{v}");
     let first = v["backend"].as_str().unwrap().to_owned();
     let other = (42001..42200)
         .find(|&p| lookup(p)["backend"] != first.as_str())
@@ -381,7 +381,7 @@ fn lookup_names_the_backend_a_persisted_client_is_kept_on() {
     let v = lookup(other);
     assert_eq!(v["backend"], first.as_str(), "{v}");
     let why = v["why"].as_str().unwrap();
-    assert!(why.starts_with("new flow of a persisted client: worker 0 keeps 198.18.0.2"), "{v}");
+    assert!(why.starts_with("new flow of a persisted client: l4lb keeps 198.18.0.2"), "{v}");
     assert_eq!(connect(other), first);
 
     let Managed { l4lb, dir, .. } = m;

@@ -5,12 +5,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use super::mailbox::{FlowAnswer, StateMailbox};
+use super::mailbox::{FlowAnswer, Handed, StateMailbox};
 use super::pipeline::{BurstPlan, Counter, Counters, DropReason, Verdict, Worker};
 use super::poll::{flush_all, IdleBackoff, PollConfig, PollGaps, STALL_US};
 use super::telemetry::WorkerStats;
 use crate::balancer::state::ForwardingState;
-use crate::dpdk::{tsc, Burst, CpuPrefetch, RxQueue, TxQueue};
+use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue};
 
 /// One balancing worker's queues and state.
 pub struct BalanceWorker<'p> {
@@ -28,16 +28,20 @@ const SWEEP_IDLE: usize = 256;
 const PUBLISH_MS: u64 = 1;
 
 impl BalanceWorker<'_> {
-    /// Polls until `stop`, reading the forwarding state from `mailbox` (it
-    /// waits for the first one). `tsc_per_ms` converts TSC ticks to the
-    /// pipeline's milliseconds.
+    /// Polls until `stop`, reading the forwarding state from its own mailbox
+    /// (`mailboxes[me]`; it waits for the first state) and handing packets
+    /// to the other workers' mailboxes. `tsc_per_ms` converts TSC ticks to
+    /// the pipeline's milliseconds.
     pub fn run(
         mut self,
         cfg: PollConfig,
         tsc_per_ms: u64,
-        mailbox: &StateMailbox,
+        mailboxes: &[StateMailbox],
+        me: usize,
         stop: &AtomicBool,
     ) -> WorkerStats {
+        let mailbox = &mailboxes[me];
+        let peers = Peers { mailboxes, me: me as u16 };
         let mut stats = WorkerStats::default();
         // Room for every state the rings can hold, so handing back never allocates.
         let mut pending: Vec<Arc<ForwardingState>> = Vec::with_capacity(64);
@@ -84,6 +88,9 @@ impl BalanceWorker<'_> {
             let now_tsc = tsc();
             let now_ms = now_tsc / tsc_per_ms;
             gaps.poll(now_tsc);
+            if mailboxes.len() > 1 {
+                self.take_handed(&state, now_ms, &peers);
+            }
             if now_ms.wrapping_sub(published_ms) >= PUBLISH_MS {
                 published_ms = now_ms;
                 self.publish(&mut stats, &gaps, tsc_per_ms, &state, mailbox, now_ms);
@@ -111,7 +118,7 @@ impl BalanceWorker<'_> {
                         &CpuPrefetch,
                     );
                 }
-                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, mailbox);
+                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, &peers);
                 if n > 0 {
                     std::mem::swap(&mut next, &mut held);
                 }
@@ -129,7 +136,7 @@ impl BalanceWorker<'_> {
                 gaps.paused();
             }
         }
-        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, mailbox);
+        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, &peers);
         flush_all(&mut self.tx);
         self.publish(&mut stats, &gaps, tsc_per_ms, &state, mailbox, tsc() / tsc_per_ms);
         pending.push(state);
@@ -139,6 +146,18 @@ impl BalanceWorker<'_> {
 }
 
 impl BalanceWorker<'_> {
+    /// Decides the packets other workers handed over (a burst's worth at
+    /// most per poll) and sends, hands on or frees each.
+    #[inline(never)]
+    fn take_handed(&mut self, state: &ForwardingState, now_ms: u64, peers: &Peers<'_>) {
+        let own = &peers.mailboxes[peers.me as usize];
+        for _ in 0..crate::balancer::limits::BURST_MAX {
+            let Some(Handed { mut m, port, origin }) = own.handoff.pop() else { return };
+            let v = self.pipeline.process_handed(state, &mut m, port, now_ms, origin);
+            deliver(&mut self.tx, peers, &mut self.pipeline.counters, m, port, origin, v);
+        }
+    }
+
     /// Copies the counters out for the management core and answers its
     /// flow-table questions (both off the per-packet path: once per ms).
     fn publish(
@@ -197,42 +216,61 @@ impl InFlight {
         st: &ForwardingState,
         now_ms: u64,
         tx: &mut [TxQueue<'_>],
-        mailbox: &StateMailbox,
+        peers: &Peers<'_>,
     ) {
         if self.burst.is_empty() {
             return;
         }
         pipeline.finish_burst(st, self.burst.as_mut_slice(), self.port, now_ms, &mut self.plan, &CpuPrefetch);
         let verdicts = self.plan.verdicts();
-        dispatch(tx, mailbox, &mut pipeline.counters, &mut self.burst, self.port, verdicts);
+        let (counters, port) = (&mut pipeline.counters, self.port);
+        for (m, v) in self.burst.drain().zip(verdicts.iter()) {
+            deliver(tx, peers, counters, m, port, peers.me, *v);
+        }
     }
 }
 
-/// Sends, hands up or frees each packet of a finished burst by its verdict.
+/// Every worker's mailbox, and which is this worker's.
+struct Peers<'a> {
+    mailboxes: &'a [StateMailbox],
+    me: u16,
+}
+
+/// Sends, hands up, hands over or frees one decided packet by its verdict.
+/// `origin`: the worker that received it from the NIC.
 #[inline(always)]
-fn dispatch(
+fn deliver(
     tx: &mut [TxQueue<'_>],
-    mailbox: &StateMailbox,
+    peers: &Peers<'_>,
     counters: &mut Counters,
-    burst: &mut Burst,
+    m: Mbuf,
     in_port: u16,
-    verdicts: &[Verdict],
+    origin: u16,
+    v: Verdict,
 ) {
-    for (m, v) in burst.drain().zip(verdicts.iter()) {
-        match *v {
-            Verdict::Forward { port } | Verdict::Reply { port } => match tx.get_mut(port as usize) {
-                Some(t) => t.push(m),
-                None => drop(m),
-            },
-            // ARP replies and neighbour advertisements teach the management
-            // core its neighbours; the rest of the traffic for the box is
-            // counted by the pipeline and freed (no kernel exception path yet).
-            Verdict::Local if is_neighbour_answer(m.data()) => match mailbox.control_up.push((in_port, m)) {
+    match v {
+        Verdict::Forward { port } | Verdict::Reply { port } => match tx.get_mut(port as usize) {
+            Some(t) => t.push(m),
+            None => drop(m),
+        },
+        // ARP replies and neighbour advertisements teach the management
+        // core its neighbours; the rest of the traffic for the box is
+        // counted by the pipeline and freed (no kernel exception path yet).
+        Verdict::Local if is_neighbour_answer(m.data()) => {
+            match peers.mailboxes[peers.me as usize].control_up.push((in_port, m)) {
                 Ok(()) => counters[Counter::ControlUp] += 1,
                 Err(_) => counters[DropReason::ControlRingFull] += 1,
-            },
-            Verdict::Local | Verdict::Drop(_) => drop(m),
+            }
         }
+        Verdict::Handoff { worker } => match peers.mailboxes.get(worker as usize) {
+            Some(mb) => {
+                if mb.handoff.push(Handed { m, port: in_port, origin }).is_err() {
+                    counters[DropReason::HandoffRingFull] += 1;
+                }
+            }
+            None => counters[DropReason::HandoffRingFull] += 1,
+        },
+        Verdict::Local | Verdict::Drop(_) => drop(m),
     }
 }
 

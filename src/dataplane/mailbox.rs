@@ -1,8 +1,8 @@
 //! The lock-free rings between one worker and the management core: new
 //! forwarding states in and old ones back (so they are freed on the
 //! management core, never on a worker), neighbour answers up, the management
-//! core's own packets down, flow-table questions and answers, and the
-//! worker's published counters.
+//! core's own packets down, flow-table questions and answers, the worker's
+//! published counters, and packets handed over by other workers.
 
 use std::sync::Arc;
 
@@ -30,9 +30,26 @@ pub struct StateMailbox {
     pub queries: ArrayQueue<FlowQuery>,
     /// ...and the worker's answers.
     pub answers: ArrayQueue<FlowAnswer>,
+    /// Packets other workers handed to this one to decide
+    /// (`Verdict::Handoff`): many producers, this worker consumes.
+    pub handoff: ArrayQueue<Handed>,
     /// The worker's live counters.
     pub telemetry: Arc<WorkerTelemetry>,
 }
+
+/// A packet handed from one worker to another: the port it came in on and
+/// the worker that received it from the NIC.
+pub struct Handed {
+    pub m: Mbuf,
+    pub port: u16,
+    pub origin: u16,
+}
+
+/// Packets in flight to one worker from the others. Hand-offs are rare (the
+/// first packet of a persisted client's new flow on a worker that is not
+/// the client's owner, ICMP errors), so a full ring means a flood: the
+/// packet is dropped and counted (`handoff_ring_full`).
+pub const HANDOFF_RING: usize = 1024;
 
 /// "Do you track this flow?", asked of every worker.
 #[derive(Debug, Clone, Copy)]
@@ -66,6 +83,7 @@ impl StateMailbox {
             control_down: ArrayQueue::new(CONTROL_RING),
             queries: ArrayQueue::new(16),
             answers: ArrayQueue::new(16),
+            handoff: ArrayQueue::new(HANDOFF_RING),
             telemetry: Arc::new(WorkerTelemetry::new(MAX_BACKEND_IDS)),
         }
     }

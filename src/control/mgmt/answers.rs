@@ -287,17 +287,16 @@ impl Management<'_> {
             }
             // Its backend left: the next packet is scheduled again, as below.
         }
-        // A new flow of a persisted client goes where the worker keeps that
-        // client, while that backend is up, not draining and of weight above 0 (as the
-        // worker's scheduler decides). Each worker keeps its own clients:
-        // the answer names the one that does.
-        if let Some((w, (id, left_ms))) = persisted {
+        // A new flow of a persisted client goes where the box keeps that
+        // client, while that backend is up, not draining and of weight above
+        // 0. The workers share one persistence table: any answer will do.
+        if let Some((_, (id, left_ms))) = persisted {
             if let Some(b) = st.slot_of(id).filter(|&b| st.backends[b].takes_new_flows()) {
                 let left_s = left_ms.div_ceil(1000);
                 v.backend = Some(st.backends[b].addr);
                 v.why = format!(
-                    "new flow of a persisted client: worker {w} keeps {} on this backend for {left_s} s more \
-                     (persistence_s, renewed by each packet)",
+                    "new flow of a persisted client: l4lb keeps {} on this backend for {left_s} s more \
+                     (persistence_s, renewed by the client's packets)",
                     s.ip()
                 );
                 return Ok(v);
@@ -321,7 +320,7 @@ impl Management<'_> {
         let how =
             if pick.is_none() { "no backend takes new flows: dropped (no_backend)".to_string() } else { how };
         v.why = if svc.persistence_ms > 0 {
-            format!("{how}; no worker keeps this client (persistence), so the scheduler decides")
+            format!("{how}; l4lb keeps no backend for this client (persistence), so the scheduler decides")
         } else {
             how
         };

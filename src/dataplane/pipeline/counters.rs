@@ -73,6 +73,12 @@ counters! {
         "Neighbour answers handed to the management core.";
     ControlSent => "control_sent", "l4lb_control_sent_packets_total", None,
         "Packets the management core had the worker send (ARP requests, solicitations).";
+    HandedOff => "handed_off", "l4lb_handed_off_packets_total", None,
+        "Packets passed to another worker to decide (new flows of a persisted client to its owner, ICMP errors to the worker tracking their flow).";
+    PersistWritten => "persist_written", "l4lb_persistence_entries_written_total", None,
+        "Persistence entries made or remade by this worker (the owner of their clients).";
+    PersistEvicted => "persist_evicted", "l4lb_persistence_evictions_total", None,
+        "Live persistence entries overwritten because their set was full (raise workers.persistence_capacity).";
 }
 
 /// What names a counter: its `ctl stats` name, its Prometheus family, an
@@ -163,6 +169,7 @@ impl Counters {
             Verdict::Forward { .. } => self[Counter::Forwarded] += 1,
             Verdict::Reply { .. } => self[Counter::Replied] += 1,
             Verdict::Local => self[Counter::Local] += 1,
+            Verdict::Handoff { .. } => self[Counter::HandedOff] += 1,
             Verdict::Drop(r) => self[r] += 1,
         }
     }

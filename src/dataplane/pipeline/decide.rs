@@ -1,11 +1,19 @@
 //! The flow decision: the flow table first (a tracked flow keeps its backend
 //! while that backend is in the state), then persistence, then the service's
 //! scheduler; the flow's state machine from the client's packets.
+//!
+//! With several workers, two decisions need another worker
+//! ([`Verdict::Handoff`]): a new flow of a persistent service whose client
+//! has no usable entry goes to the client's owner, the only worker that
+//! makes its entry (`balancer::persist`); an ICMP error whose flow this
+//! worker does not track goes round the workers until one does (the last
+//! one decides as for an untracked flow).
 
 use super::verdict::DropReason;
-use super::{release, Counter, PacketMeta, TablePlan, Verdict, Worker};
+use super::{release, Counter, PacketMeta, TablePlan, Verdict, Worker, NOT_HANDED};
 use crate::balancer::flow::KeyKind;
 use crate::balancer::flowtable::{refresh_slack, Entry, FlowState};
+use crate::balancer::persist::{self, Claimed};
 use crate::balancer::state::{ForwardingState, Service};
 use crate::dataplane::packet::Packet;
 use crate::net::{ethernet, proto, tcp};
@@ -30,6 +38,8 @@ impl Worker {
         // flow): only then is the client's persistence refreshed, so that
         // most packets of a persistent flow skip that table too.
         let mut refreshed = true;
+        // Whether this packet's backend was chosen now (not the flow table's).
+        let mut decided = false;
         // The backend's slot in the state and its stable id.
         let (backend, id) = match slot {
             Some(s) => {
@@ -50,9 +60,11 @@ impl Worker {
                     }
                     None => {
                         // Its backend is gone (down or removed): this flow moves.
-                        let Some(b) = self.schedule(st, svc, meta, now_ms) else {
-                            return Verdict::Drop(DropReason::NoBackend);
+                        let b = match self.schedule(st, svc, meta, now_ms) {
+                            Ok(b) => b,
+                            Err(v) => return v,
                         };
+                        decided = true;
                         let id = st.backends[b].id;
                         let Worker { flows, active, .. } = self;
                         flows.rebind(s, id, &mut release(active));
@@ -68,12 +80,26 @@ impl Worker {
                 }
             }
             None => {
-                let Some(b) = self.schedule(st, svc, meta, now_ms) else {
-                    return Verdict::Drop(DropReason::NoBackend);
+                if kind == KeyKind::IcmpError && self.workers > 1 {
+                    // Another worker may track the flow: ask the next one,
+                    // unless the error has been round them all.
+                    let origin =
+                        if self.handed_origin == NOT_HANDED { self.index } else { self.handed_origin };
+                    let next = (self.index + 1) % self.workers;
+                    if next != origin {
+                        return Verdict::Handoff { worker: next };
+                    }
+                }
+                let b = match self.schedule(st, svc, meta, now_ms) {
+                    Ok(b) => b,
+                    Err(v) => return v,
                 };
+                decided = true;
                 let id = st.backends[b].id;
-                // ICMP errors follow flows; they never start one.
-                if kind != KeyKind::IcmpError {
+                // ICMP errors follow flows; they never start one. A packet
+                // another worker handed over is decided here but tracked
+                // there (its next packet finds the persistence entry).
+                if kind != KeyKind::IcmpError && self.handed_origin == NOT_HANDED {
                     let state = next_state(svc.proto, kind, meta.tcp_flags, None);
                     let expires = now_ms + svc.timeouts.for_state(state);
                     let Worker { flows, active, .. } = self;
@@ -89,7 +115,7 @@ impl Worker {
             }
         };
         if svc.persistence_ms > 0 && kind != KeyKind::IcmpError && refreshed {
-            self.persist.record(svc.persist_id, &meta.key.src, id, now_ms, now_ms + svc.persistence_ms);
+            self.persist_flow(svc, &meta.key.src, id, now_ms, decided);
         }
         let id = id as usize;
         if let Some(t) = st.template(backend) {
@@ -105,28 +131,60 @@ impl Worker {
         v
     }
 
-    /// A backend for a new flow: the persisted one if live, else the scheduler's.
+    /// A backend for a new flow: the persisted one if live, else the
+    /// scheduler's. Err: the packet's verdict instead (no backend, or the
+    /// client's owner must decide).
     pub(super) fn schedule(
         &mut self,
         st: &ForwardingState,
         svc: &Service,
         meta: &PacketMeta,
         now_ms: u64,
-    ) -> Option<usize> {
+    ) -> Result<usize, Verdict> {
         if svc.persistence_ms > 0 {
             if let Some(id) = self.persist.lookup(svc.persist_id, &meta.key.src, now_ms) {
                 // A drained backend, or one whose weight is now 0, takes no
                 // new flows, persisted clients' included.
-                // A drained backend, or one whose weight is now 0, takes no
-                // new flows, persisted clients' included.
                 if let Some(b) = st.slot_of(id).filter(|&b| st.backends[b].takes_new_flows()) {
-                    return Some(b);
+                    return Ok(b);
+                }
+            }
+            // No usable entry: only the client's owner makes one, so two
+            // workers never give one client two backends. (An ICMP error
+            // makes no entry: it is decided here.)
+            if meta.kind != KeyKind::IcmpError && self.handed_origin == NOT_HANDED {
+                let owner = persist::owner(&meta.key.src, self.workers);
+                if owner != self.index {
+                    return Err(Verdict::Handoff { worker: owner });
                 }
             }
         }
-        let sched = self.sched.get_mut(meta.service as usize)?;
+        let sched = self.sched.get_mut(meta.service as usize).ok_or(Verdict::Drop(DropReason::NoBackend))?;
         // `meta.hash` is the documented flow hash, computed once by the parse.
-        svc.pick(st, &meta.key, meta.hash, &self.active, sched)
+        svc.pick(st, &meta.key, meta.hash, &self.active, sched).ok_or(Verdict::Drop(DropReason::NoBackend))
+    }
+
+    /// Keeps a persistent client on `backend` for the service's timeout from
+    /// now: refreshes its live entry; a backend chosen now (`decided`) makes
+    /// or remakes the entry, which only the client's owner does (a worker
+    /// that is not the owner decides only on a live entry, refreshed here).
+    #[inline(never)]
+    fn persist_flow(&mut self, svc: &Service, client: &[u8; 16], backend: u32, now_ms: u64, decided: bool) {
+        let expires = now_ms + svc.persistence_ms;
+        if self.persist.refresh(svc.persist_id, client, backend, now_ms, expires) || !decided {
+            return;
+        }
+        if persist::owner(client, self.workers) != self.index {
+            return;
+        }
+        match self.persist.claim(svc.persist_id, client, backend, now_ms, expires) {
+            Claimed::Written => self.counters[Counter::PersistWritten] += 1,
+            Claimed::Evicted => {
+                self.counters[Counter::PersistWritten] += 1;
+                self.counters[Counter::PersistEvicted] += 1;
+            }
+            Claimed::Contended => {}
+        }
     }
 }
 

@@ -56,10 +56,14 @@ const OWN_TTL: u8 = 64;
 /// GUE source ports come from this range (RFC 6335 dynamic ports).
 const GUE_SPORT_BASE: u16 = 49152;
 
+/// `Worker::handed_origin` when the packet being decided came from the NIC.
+const NOT_HANDED: u16 = u16::MAX;
+
 /// Sizes of a worker's tables and its ICMP rate limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorkerConfig {
     pub flow_capacity: usize,
+    /// Entries of the persistence table (one per team of workers).
     pub persist_capacity: usize,
     /// frag-needed / packet-too-big answers per second (token bucket rate).
     pub icmp_rate_per_s: u64,
@@ -80,7 +84,15 @@ impl Default for WorkerConfig {
 /// The per-worker mutable side of the pipeline.
 pub struct Worker {
     flows: FlowTable,
-    persist: PersistTable,
+    /// Shared by every worker of the box (`balancer::persist`).
+    persist: Arc<PersistTable>,
+    /// This worker's place in its team and the team's size: who owns which
+    /// persisted clients, and where an ICMP error goes next.
+    index: u16,
+    workers: u16,
+    /// The worker a handed-over packet first came in on while it is decided
+    /// ([`Worker::process_handed`]), else `NOT_HANDED`.
+    handed_origin: u16,
     active: Vec<u32>,
     sched: Vec<SchedState>,
     generation: u64,
@@ -158,26 +170,52 @@ fn release(active: &mut [u32]) -> impl FnMut(u32) + '_ {
 }
 
 impl Worker {
-    /// Allocates every table up front.
+    /// A team of one: allocates every table up front.
     pub fn new(cfg: WorkerConfig) -> Worker {
-        Self::new_advised(cfg, &|_, _| {})
+        Self::team(cfg, 1).pop().expect("a team of one")
     }
 
-    /// As [`Worker::new`], the flow table on transparent huge pages: every
-    /// packet reads it at random, and one TLB entry then covers 2 MiB of it.
-    /// `l4lb run` builds its workers so, and the benchmarks theirs.
-    pub fn on_hugepages(cfg: WorkerConfig) -> Worker {
-        Self::new_advised(cfg, &|addr, len| {
+    /// `n` workers that balance one box together: each has its own flow
+    /// table, and they share the persistence table.
+    pub fn team(cfg: WorkerConfig, n: usize) -> Vec<Worker> {
+        Self::team_advised(cfg, n, &|_, _| {})
+    }
+
+    /// As [`Worker::team`], the flow tables on transparent huge pages: every
+    /// packet reads its table at random, and one TLB entry then covers 2 MiB
+    /// of it. `l4lb run` builds its workers so, and the benchmarks theirs.
+    pub fn team_on_hugepages(cfg: WorkerConfig, n: usize) -> Vec<Worker> {
+        Self::team_advised(cfg, n, &|addr, len| {
             crate::dpdk::advise_hugepages(addr, len);
         })
     }
 
-    /// As [`Worker::new`]; `advise` sees the flow table's memory before it is
-    /// first touched.
-    fn new_advised(cfg: WorkerConfig, advise: &dyn Fn(usize, usize)) -> Worker {
+    /// As [`Worker::new`], on huge pages (see [`Worker::team_on_hugepages`]).
+    pub fn on_hugepages(cfg: WorkerConfig) -> Worker {
+        Self::team_on_hugepages(cfg, 1).pop().expect("a team of one")
+    }
+
+    /// As [`Worker::team`]; `advise` sees each flow table's memory before it
+    /// is first touched.
+    fn team_advised(cfg: WorkerConfig, n: usize, advise: &dyn Fn(usize, usize)) -> Vec<Worker> {
+        let n = n.clamp(1, u16::MAX as usize - 1);
+        let persist = Arc::new(PersistTable::with_capacity(cfg.persist_capacity));
+        (0..n).map(|i| Self::new_advised(cfg, persist.clone(), i as u16, n as u16, advise)).collect()
+    }
+
+    fn new_advised(
+        cfg: WorkerConfig,
+        persist: Arc<PersistTable>,
+        index: u16,
+        workers: u16,
+        advise: &dyn Fn(usize, usize),
+    ) -> Worker {
         Worker {
             flows: FlowTable::with_capacity_advised(cfg.flow_capacity, advise),
-            persist: PersistTable::with_capacity(cfg.persist_capacity),
+            persist,
+            index,
+            workers,
+            handed_origin: NOT_HANDED,
             active: vec![0; MAX_BACKEND_IDS],
             sched: (0..MAX_SERVICES).map(|_| SchedState::default()).collect(),
             generation: u64::MAX,
@@ -223,8 +261,8 @@ impl Worker {
         self.flows.lookup(key, key.hash(), now_ms).map(|s| *self.flows.entry(s))
     }
 
-    /// The backend id this worker keeps `client` on for a persistent
-    /// service, and until when (ms), if it does.
+    /// The backend id the box keeps `client` on for a persistent service,
+    /// and until when (ms), if it does.
     pub fn persisted(&self, persist_id: u32, client: &[u8; 16], now_ms: u64) -> Option<(u32, u64)> {
         self.persist.peek(persist_id, client, now_ms)
     }
@@ -282,6 +320,27 @@ impl Worker {
         };
         self.count(v);
         v
+    }
+
+    /// Processes a packet another worker handed over (`Verdict::Handoff`);
+    /// `origin` is the worker that received it from the NIC.
+    pub fn process_handed<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        origin: u16,
+    ) -> Verdict {
+        self.handed_origin = origin;
+        let v = self.process(st, pkt, in_port, now_ms);
+        self.handed_origin = NOT_HANDED;
+        v
+    }
+
+    /// This worker's index in its team.
+    pub fn index(&self) -> u16 {
+        self.index
     }
 
     /// Counts a verdict: forwards (nearly every packet) with one add, not a

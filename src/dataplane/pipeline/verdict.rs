@@ -18,6 +18,14 @@ pub enum Verdict {
     /// core, which learns its neighbours from them) and other traffic to the
     /// box's own addresses (freed: l4lb has no kernel exception path yet).
     Local,
+    /// Another worker must decide this packet (it is unchanged): the owner
+    /// of a client with no usable persistence entry, or the next worker to
+    /// look for an ICMP error's flow (`decide.rs`). The worker loop passes
+    /// it over a lock-free ring; the receiver runs it through
+    /// `Worker::process_handed`.
+    Handoff {
+        worker: u16,
+    },
     Drop(DropReason),
 }
 
@@ -88,4 +96,6 @@ drop_reasons! {
     ControlRingFull => "control_ring_full";
     /// Received on a port that forwards nowhere (plain forwarding).
     NoRoute => "no_route";
+    /// A packet for another worker found that worker's hand-off ring full (worker loop).
+    HandoffRingFull => "handoff_ring_full";
 }
