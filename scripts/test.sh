@@ -25,7 +25,17 @@ cargo clippy --no-default-features --target-dir target/fast --all-targets --quie
 echo "== doc tests"
 cargo test --workspace --doc --quiet
 
+echo "== the TAP end-to-end tests again, with two workers on a two-queue port"
+# (A failure here fails the run, after the full tier below has run too.)
+two_workers=0
+L4LB_TEST_WORKERS=2 cargo nextest run --no-fail-fast \
+  --test e2e_balance --test e2e_encap --test e2e_health --test e2e_control "$@" || two_workers=$?
+
 echo "== unit, vdev and end-to-end tests"
 # The nextest summary line is the last thing printed.
 # (Benchmarks are compiled by clippy above and run by scripts/bench/core.sh.)
 cargo nextest run --workspace --lib --bins --tests --no-fail-fast "$@"
+if [ "$two_workers" -ne 0 ]; then
+  echo "the TAP tests with two workers failed (see above)" >&2
+  exit "$two_workers"
+fi

@@ -6,7 +6,7 @@ mod common;
 
 use common::lan::{
     attach_tap, balancing_field, drop_count, http_load, l4lb_config, service, start_long_stream,
-    start_servers, stop_long_stream, topology, PY,
+    start_servers, stop_long_stream, test_workers, topology, PY,
 };
 use common::netns::{link_exists_in_root, netns_exists, require_root, unique, L4lb};
 
@@ -40,6 +40,9 @@ fn http_and_udp_through_vips_in_l2_dsr_mode() {
     std::fs::create_dir_all(&dir).unwrap();
     let l4lb = L4lb::start(&config(&tap, &t.backends), &dir);
     attach_tap(&t, &tap);
+    // As many queues as workers (L4LB_TEST_WORKERS: scripts/test.sh runs this with 2 too).
+    let w = test_workers();
+    assert!(l4lb.transcript().contains(&format!("{w} rx / {w} tx queues")), "{}", l4lb.transcript());
 
     // l4lb answers ARP and ping for its own address.
     let out = t.client.exec("ping -c 2 -i 0.2 -W 2 198.18.0.1");

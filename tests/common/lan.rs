@@ -122,8 +122,22 @@ pub fn l4lb_config(tap: &str, services: &str) -> String {
     l4lb_config_with(tap, &control, services)
 }
 
-/// As [`l4lb_config`] with the `[control]` section given.
+/// Balancing workers of the test's l4lb: `L4LB_TEST_WORKERS` (scripts/test.sh
+/// runs the TAP tests again with 2), else 1.
+pub fn test_workers() -> usize {
+    std::env::var("L4LB_TEST_WORKERS").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+}
+
+/// As [`l4lb_config`] with the `[control]` section given, and
+/// [`test_workers`] balancing workers.
 pub fn l4lb_config_with(tap: &str, control: &str, services: &str) -> String {
+    l4lb_config_workers(tap, control, services, test_workers())
+}
+
+/// As [`l4lb_config_with`] with `workers` balancing workers: as many RX and
+/// TX queues on the TAP port (the kernel's TUN driver spreads flows over
+/// them by its own flow hash).
+pub fn l4lb_config_workers(tap: &str, control: &str, services: &str, workers: usize) -> String {
     format!(
         r#"
 [dpdk]
@@ -145,7 +159,7 @@ mac = "02:00:00:00:01:01"
 {control}
 {services}
 "#,
-        lcores = super::lcore_map(2),
+        lcores = super::lcore_map(1 + workers),
         mem = if super::hugepages_free() { "in_memory = true" } else { "hugepages = false" },
     )
 }
