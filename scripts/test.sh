@@ -12,6 +12,10 @@ echo "== fast tier: no DPDK, no root (cargo test --no-default-features)"
 # Its own target directory: the two feature sets do not rebuild each other.
 cargo test --no-default-features --target-dir target/fast --quiet
 
+echo "== loom: the shared persistence table's lock-free protocol, interleaving by interleaving"
+RUSTFLAGS="--cfg l4lb_loom" LOOM_MAX_PREEMPTIONS=3 \
+  cargo test --release --no-default-features --target-dir target/loom --quiet --lib loom_models
+
 scripts/setup.sh
 
 echo "== fixtures: the committed cases are what their scapy generator writes"

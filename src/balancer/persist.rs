@@ -26,6 +26,9 @@
 //!   expiry) swap a live entry's expiry for a later one, only if the entry
 //!   still names the same backend: a refresh racing a claim loses cleanly.
 
+#[cfg(all(test, l4lb_loom))]
+use loom::sync::atomic::{fence, AtomicU64, Ordering};
+#[cfg(not(all(test, l4lb_loom)))]
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 
 use super::hash::hash_words;
@@ -41,7 +44,6 @@ const EMPTY: u64 = 0;
 /// One entry. Its fields are atomics so that readers on other cores may read
 /// them while an owner writes; the sequence word says whether they saw one
 /// write whole.
-#[derive(Default)]
 struct Slot {
     /// Even when stable, odd while a writer changes the fields.
     seq: AtomicU64,
@@ -50,6 +52,17 @@ struct Slot {
     client: [AtomicU64; 2],
     /// ms; [`EMPTY`], [`CLAIMING`] or the time the entry lapses.
     expires: AtomicU64,
+}
+
+impl Slot {
+    fn new() -> Slot {
+        Slot {
+            seq: AtomicU64::new(0),
+            ident: AtomicU64::new(0),
+            client: [AtomicU64::new(0), AtomicU64::new(0)],
+            expires: AtomicU64::new(EMPTY),
+        }
+    }
 }
 
 /// A slot's fields as one consistent read saw them.
@@ -112,7 +125,7 @@ fn words(client: &[u8; 16]) -> [u64; 2] {
 impl PersistTable {
     pub fn with_capacity(capacity: usize) -> PersistTable {
         let sets = (capacity / WAYS).max(1).next_power_of_two();
-        PersistTable { slots: (0..sets * WAYS).map(|_| Slot::default()).collect(), mask: sets - 1 }
+        PersistTable { slots: (0..sets * WAYS).map(|_| Slot::new()).collect(), mask: sets - 1 }
     }
 
     pub fn capacity(&self) -> usize {
@@ -246,7 +259,7 @@ impl PersistTable {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(l4lb_loom)))]
 mod tests {
     use super::*;
 
@@ -323,7 +336,8 @@ mod tests {
     /// read one small table (so sets are contended and entries evicted)
     /// while the others read everybody's entries. Every entry names the
     /// backend its client's id implies, so a read that mixed two writes
-    /// would show a wrong backend.
+    /// would show a wrong backend. (A smoke test on real threads: the
+    /// interleavings themselves are explored by the loom models below.)
     #[test]
     fn concurrent_owners_and_readers_never_see_a_torn_entry() {
         let p = std::sync::Arc::new(PersistTable::with_capacity(64));
@@ -357,5 +371,83 @@ mod tests {
             .collect();
         let hits: u64 = threads.into_iter().map(|t| t.join().expect("no thread panicked")).sum();
         assert!(hits > 0, "the readers found entries");
+    }
+}
+
+/// Loom models of the protocol: every interleaving (and every weak-memory
+/// outcome loom models) of a claim against a read, a refresh and another
+/// claim, on a table of one set.
+/// `RUSTFLAGS="--cfg l4lb_loom" cargo test --release --no-default-features --lib loom`
+#[cfg(all(test, l4lb_loom))]
+mod loom_models {
+    use loom::sync::Arc;
+
+    use super::*;
+
+    fn client(i: u8) -> [u8; 16] {
+        [i; 16]
+    }
+
+    /// A full set: clients 1..=4 on backends 11..=14, client 1's entry
+    /// nearest expiry.
+    fn full_set() -> PersistTable {
+        let p = PersistTable::with_capacity(4);
+        for i in 1..=4u8 {
+            assert_eq!(p.claim(1, &client(i), 10 + i as u32, 0, 100 + i as u64), Claimed::Written);
+        }
+        p
+    }
+
+    /// An owner evicts client 1 for client 9 while another worker reads
+    /// and refreshes client 1 and reads client 9: every read sees a whole
+    /// entry (client 1 on 11, or client 9 on 19, or nothing), never a mix.
+    #[test]
+    fn a_claim_never_shows_a_torn_entry_to_readers() {
+        loom::model(|| {
+            let p = Arc::new(full_set());
+            let owner = {
+                let p = p.clone();
+                loom::thread::spawn(move || p.claim(1, &client(9), 19, 0, 300))
+            };
+            let old = p.lookup(1, &client(1), 0);
+            assert!(old.is_none() || old == Some(11), "client 1 read as {old:?}");
+            p.refresh(1, &client(1), 11, 0, 150);
+            let new = p.lookup(1, &client(9), 0);
+            assert!(new.is_none() || new == Some(19), "client 9 read as {new:?}");
+            assert_eq!(owner.join().unwrap(), Claimed::Evicted);
+            assert_eq!(p.lookup(1, &client(9), 0), Some(19), "the claim is whole once done");
+            // The entry nearest expiry went: client 1's, or client 2's if
+            // the refresh came first. The rest are untouched.
+            let kept: Vec<u8> = (1..=4u8).filter(|&i| p.lookup(1, &client(i), 0).is_some()).collect();
+            assert!(kept == [2, 3, 4] || kept == [1, 3, 4], "kept {kept:?}");
+            for i in kept {
+                assert_eq!(p.lookup(1, &client(i), 0), Some(10 + i as u32), "client {i}");
+            }
+        });
+    }
+
+    /// Two owners claim for two clients at once with one slot free: both
+    /// entries end up whole, in different slots.
+    #[test]
+    fn two_owners_never_write_one_slot() {
+        loom::model(|| {
+            let p = PersistTable::with_capacity(4);
+            for i in 1..=3u8 {
+                p.claim(1, &client(i), 10 + i as u32, 0, 100 + i as u64);
+            }
+            let p = Arc::new(p);
+            let other = {
+                let p = p.clone();
+                loom::thread::spawn(move || p.claim(1, &client(8), 18, 0, 300))
+            };
+            let mine = p.claim(1, &client(9), 19, 0, 300);
+            let theirs = other.join().unwrap();
+            assert_ne!(mine, Claimed::Contended);
+            assert_ne!(theirs, Claimed::Contended);
+            assert_eq!(p.lookup(1, &client(8), 0), Some(18));
+            assert_eq!(p.lookup(1, &client(9), 0), Some(19));
+            // One of the two took the free slot, the other evicted client 1.
+            assert_eq!(p.lookup(1, &client(1), 0), None);
+        });
     }
 }

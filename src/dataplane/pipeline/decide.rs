@@ -60,9 +60,8 @@ impl Worker {
                     }
                     None => {
                         // Its backend is gone (down or removed): this flow moves.
-                        let b = match self.schedule(st, svc, meta, now_ms) {
-                            Ok(b) => b,
-                            Err(v) => return v,
+                        let Some(b) = self.schedule(st, svc, meta, now_ms) else {
+                            return self.unscheduled(svc, meta);
                         };
                         decided = true;
                         let id = st.backends[b].id;
@@ -80,43 +79,51 @@ impl Worker {
                 }
             }
             None => {
-                if kind == KeyKind::IcmpError && self.workers > 1 {
-                    // Another worker may track the flow: ask the next one,
-                    // unless the error has been round them all.
-                    let origin =
-                        if self.handed_origin == NOT_HANDED { self.index } else { self.handed_origin };
-                    let next = (self.index + 1) % self.workers;
-                    if next != origin {
-                        return Verdict::Handoff { worker: next };
-                    }
+                // ICMP errors follow flows and never start one; a packet
+                // another worker handed over is decided here but tracked
+                // there. Both are rare: off the new-flow path.
+                if kind == KeyKind::IcmpError || self.handed_origin != NOT_HANDED {
+                    return self.balance_untracked(st, pkt, in_port, now_ms, meta);
                 }
-                let b = match self.schedule(st, svc, meta, now_ms) {
-                    Ok(b) => b,
-                    Err(v) => return v,
+                let Some(b) = self.schedule(st, svc, meta, now_ms) else {
+                    return self.unscheduled(svc, meta);
                 };
                 decided = true;
                 let id = st.backends[b].id;
-                // ICMP errors follow flows; they never start one. A packet
-                // another worker handed over is decided here but tracked
-                // there (its next packet finds the persistence entry).
-                if kind != KeyKind::IcmpError && self.handed_origin == NOT_HANDED {
-                    let state = next_state(svc.proto, kind, meta.tcp_flags, None);
-                    let expires = now_ms + svc.timeouts.for_state(state);
-                    let Worker { flows, active, .. } = self;
-                    let entry = Entry { key: meta.key, backend: id, state, expires_ms: expires };
-                    flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active));
-                    if let Some(a) = self.active.get_mut(id as usize) {
-                        *a += 1;
-                    }
-                    self.counters[Counter::NewFlows] += 1;
-                    self.per_backend.count_new_flow(id as usize);
+                let state = next_state(svc.proto, kind, meta.tcp_flags, None);
+                let expires = now_ms + svc.timeouts.for_state(state);
+                let Worker { flows, active, .. } = self;
+                let entry = Entry { key: meta.key, backend: id, state, expires_ms: expires };
+                flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active));
+                if let Some(a) = self.active.get_mut(id as usize) {
+                    *a += 1;
                 }
+                self.counters[Counter::NewFlows] += 1;
+                self.per_backend.count_new_flow(id as usize);
                 (b, id)
             }
         };
         if svc.persistence_ms > 0 && kind != KeyKind::IcmpError && refreshed {
             self.persist_flow(svc, &meta.key.src, id, now_ms, decided);
         }
+        self.send_to(st, svc, backend, id, pkt, in_port, now_ms, meta)
+    }
+
+    /// The DSR rewrite of a VIP packet for `backend` (its slot in the state;
+    /// `id` its stable id) and its per-backend count.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn send_to<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        svc: &Service,
+        backend: usize,
+        id: u32,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        meta: &PacketMeta,
+    ) -> Verdict {
         let id = id as usize;
         if let Some(t) = st.template(backend) {
             if meta.ip_len <= t.max_inner && meta.l2_len as usize == ethernet::HEADER_LEN {
@@ -131,37 +138,103 @@ impl Worker {
         v
     }
 
+    /// A VIP packet this worker decides without tracking its flow: an ICMP
+    /// error whose flow it does not track (handed to the next worker, unless
+    /// the error has been round them all: then decided as a new flow), or a
+    /// new flow another worker handed over (decided and, if persistent,
+    /// recorded here; tracked by the worker that received it, whose next
+    /// packet finds the persistence entry).
+    #[inline(never)]
+    fn balance_untracked<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        let svc = &st.services[meta.service as usize];
+        let icmp = meta.kind == KeyKind::IcmpError;
+        if icmp && self.workers > 1 {
+            let origin = if self.handed_origin == NOT_HANDED { self.index } else { self.handed_origin };
+            let next = (self.index + 1) % self.workers;
+            if next != origin {
+                return Verdict::Handoff { worker: next };
+            }
+        }
+        let Some(b) = self.schedule(st, svc, meta, now_ms) else {
+            return self.unscheduled(svc, meta);
+        };
+        let id = st.backends[b].id;
+        if svc.persistence_ms > 0 && !icmp {
+            self.persist_flow(svc, &meta.key.src, id, now_ms, true);
+        }
+        self.send_to(st, svc, b, id, pkt, in_port, now_ms, meta)
+    }
+
     /// A backend for a new flow: the persisted one if live, else the
-    /// scheduler's. Err: the packet's verdict instead (no backend, or the
-    /// client's owner must decide).
+    /// scheduler's. `None`: no backend here ([`Worker::unscheduled`] says
+    /// why).
     pub(super) fn schedule(
         &mut self,
         st: &ForwardingState,
         svc: &Service,
         meta: &PacketMeta,
         now_ms: u64,
-    ) -> Result<usize, Verdict> {
+    ) -> Option<usize> {
         if svc.persistence_ms > 0 {
-            if let Some(id) = self.persist.lookup(svc.persist_id, &meta.key.src, now_ms) {
-                // A drained backend, or one whose weight is now 0, takes no
-                // new flows, persisted clients' included.
-                if let Some(b) = st.slot_of(id).filter(|&b| st.backends[b].takes_new_flows()) {
-                    return Ok(b);
-                }
-            }
-            // No usable entry: only the client's owner makes one, so two
-            // workers never give one client two backends. (An ICMP error
-            // makes no entry: it is decided here.)
-            if meta.kind != KeyKind::IcmpError && self.handed_origin == NOT_HANDED {
-                let owner = persist::owner(&meta.key.src, self.workers);
-                if owner != self.index {
-                    return Err(Verdict::Handoff { worker: owner });
-                }
+            if let Some(choice) = self.persistent_choice(st, svc, meta, now_ms) {
+                return choice;
             }
         }
-        let sched = self.sched.get_mut(meta.service as usize).ok_or(Verdict::Drop(DropReason::NoBackend))?;
+        let sched = self.sched.get_mut(meta.service as usize)?;
         // `meta.hash` is the documented flow hash, computed once by the parse.
-        svc.pick(st, &meta.key, meta.hash, &self.active, sched).ok_or(Verdict::Drop(DropReason::NoBackend))
+        svc.pick(st, &meta.key, meta.hash, &self.active, sched)
+    }
+
+    /// Persistence's part of [`Worker::schedule`]: `Some(Some(b))` the
+    /// client's live entry's backend, `Some(None)` no usable entry and the
+    /// client's owner must decide, `None` the scheduler decides. (Out of
+    /// line: services without persistence pay one test.)
+    #[inline(never)]
+    fn persistent_choice(
+        &self,
+        st: &ForwardingState,
+        svc: &Service,
+        meta: &PacketMeta,
+        now_ms: u64,
+    ) -> Option<Option<usize>> {
+        if let Some(id) = self.persist.lookup(svc.persist_id, &meta.key.src, now_ms) {
+            // A drained backend, or one whose weight is now 0, takes no new
+            // flows, persisted clients' included.
+            if let Some(b) = st.slot_of(id).filter(|&b| st.backends[b].takes_new_flows()) {
+                return Some(Some(b));
+            }
+        }
+        // No usable entry: only the client's owner makes one, so two workers
+        // never give one client two backends.
+        self.owes_handoff(meta).then_some(None)
+    }
+
+    /// Whether a new flow of a persistent service with no usable entry must
+    /// go to its client's owner: not from the owner itself, not a packet
+    /// already handed over, not an ICMP error (it makes no entry: it is
+    /// decided where it is).
+    #[inline]
+    fn owes_handoff(&self, meta: &PacketMeta) -> bool {
+        meta.kind != KeyKind::IcmpError
+            && self.handed_origin == NOT_HANDED
+            && persist::owner(&meta.key.src, self.workers) != self.index
+    }
+
+    /// The verdict of a packet [`Worker::schedule`] found no backend for:
+    /// the client's owner must decide, or no backend takes new flows.
+    #[inline(never)]
+    fn unscheduled(&self, svc: &Service, meta: &PacketMeta) -> Verdict {
+        if svc.persistence_ms > 0 && self.owes_handoff(meta) {
+            return Verdict::Handoff { worker: persist::owner(&meta.key.src, self.workers) };
+        }
+        Verdict::Drop(DropReason::NoBackend)
     }
 
     /// Keeps a persistent client on `backend` for the service's timeout from
