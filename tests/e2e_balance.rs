@@ -5,8 +5,8 @@
 mod common;
 
 use common::lan::{
-    attach_tap, balancing_field, drop_count, http_load, l4lb_config, service, start_long_stream,
-    start_servers, stop_long_stream, test_workers, topology, PY,
+    assert_shares, attach_tap, balancing_field, drop_count, http_load, l4lb_config, service,
+    start_long_stream, start_servers, stop_long_stream, test_workers, topology, PY,
 };
 use common::netns::{link_exists_in_root, netns_exists, require_root, unique, L4lb};
 
@@ -63,14 +63,7 @@ fn http_and_udp_through_vips_in_l2_dsr_mode() {
     }
     // Weights 1:2:3: shares within ±5 points of 1/6, 2/6, 3/6 over 1200 connections.
     let counts = http_load(&t.client, "198.18.100.2", 1200, "198.18.0.2", &l4lb);
-    for (n, w) in names.iter().zip([1.0, 2.0, 3.0]) {
-        let share = counts.get(n).copied().unwrap_or(0) as f64 / 1200.0;
-        assert!(
-            (share - w / 6.0).abs() <= 0.05,
-            "backend {n}: share {share:.3}, want {:.3}: {counts:?}",
-            w / 6.0
-        );
-    }
+    assert_shares(&counts, &names, &[1.0, 2.0, 3.0], 0.05);
     let (n, errors, seen) = stop_long_stream(stream);
     assert_eq!(errors, 0, "the long connection broke");
     assert!(n >= 20, "the long connection made only {n} requests");

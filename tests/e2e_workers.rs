@@ -15,7 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::lan::{
-    attach_tap, ctl_json, http_load, l4lb_config_workers, service, spawn_script, start_servers, topology,
+    assert_shares, attach_tap, ctl_json, http_load, l4lb_config_workers, service, spawn_script,
+    start_servers, topology,
 };
 use common::netns::{require_root, unique, L4lb};
 
@@ -134,14 +135,7 @@ fn two_workers_spread_weigh_persist_and_route_icmp_errors_to_their_flow() {
     // Weighted round robin, each worker with its own turn: shares within ±5
     // points of 1/6, 2/6, 3/6 over 1200 connections.
     let counts = http_load(&t.client, VIPS[1], 1200, "198.18.0.2", &l4lb);
-    for (n, w) in names.iter().zip([1.0, 2.0, 3.0]) {
-        let share = counts.get(n).copied().unwrap_or(0) as f64 / 1200.0;
-        assert!(
-            (share - w / 6.0).abs() <= 0.05,
-            "backend {n}: share {share:.3}, want {:.3}: {counts:?}",
-            w / 6.0
-        );
-    }
+    assert_shares(&counts, &names, &[1.0, 2.0, 3.0], 0.05);
     // Persistence over round robin: 100 connections of one client, from as
     // many source ports, over both workers, reach one backend.
     let counts = http_load(&t.client, VIPS[2], 100, "198.18.0.2", &l4lb);

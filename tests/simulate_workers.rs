@@ -18,7 +18,7 @@ use l4lb::trafficgen::{Mix, Sizes, Spec};
 
 const PORT_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
 
-const CONFIG: &str = r#"
+const HEADER: &str = r#"
 [dpdk]
 lcores = "0,1"
 devices = ["net_null0"]
@@ -29,32 +29,35 @@ name = "lan"
 device = "net_null0"
 ipv4 = "198.18.0.1/24"
 mac = "02:00:00:00:00:01"
-
-[[services]]
-name = "web"
-vip = "198.18.100.1"
-protocol = "tcp"
-port = 80
-forwarding = "ipip"
-backends = [
-  { address = "198.18.0.11", mac = "02:00:00:00:0b:11" },
-  { address = "198.18.0.12", mac = "02:00:00:00:0b:12" },
-  { address = "198.18.0.13", mac = "02:00:00:00:0b:13" },
-]
-
-[[services]]
-name = "by-source"
-vip = "198.18.100.2"
-protocol = "tcp"
-port = 80
-forwarding = "ipip"
-scheduler = "source-ip"
-backends = [
-  { address = "198.18.0.21", mac = "02:00:00:00:0b:21" },
-  { address = "198.18.0.22", mac = "02:00:00:00:0b:22" },
-  { address = "198.18.0.23", mac = "02:00:00:00:0b:23" },
-]
 "#;
+
+/// A TCP port 80 IP-in-IP service on 198.18.100.N with backends
+/// 198.18.0.N1 to N3, and `extra` keys.
+fn service(name: &str, n: u8, extra: &str) -> String {
+    let backends: Vec<String> = (1..=3)
+        .map(|b| format!("  {{ address = \"198.18.0.{n}{b}\", mac = \"02:00:00:00:0b:{n}{b}\" }},"))
+        .collect();
+    format!(
+        "\n[[services]]\nname = \"{name}\"\nvip = \"198.18.100.{n}\"\nprotocol = \"tcp\"\nport = 80\n\
+         forwarding = \"ipip\"\n{extra}\nbackends = [\n{}\n]\n",
+        backends.join("\n")
+    )
+}
+
+/// Maglev on the flow and on the source address.
+fn stateless() -> String {
+    format!("{HEADER}{}{}", service("web", 1, ""), service("by-source", 2, "scheduler = \"source-ip\""))
+}
+
+/// Persistence over Maglev and over round robin, and least connections.
+fn stateful() -> String {
+    format!(
+        "{HEADER}{}{}{}",
+        service("sticky", 3, "persistence_s = 300"),
+        service("sticky-rr", 4, "scheduler = \"round-robin\"\npersistence_s = 300"),
+        service("least", 5, "scheduler = \"least-connections\"")
+    )
+}
 
 /// A directory of this test's own (the tests of this file run at once).
 fn dir(tag: &str) -> PathBuf {
@@ -115,7 +118,7 @@ fn backends(out: &Path) -> BTreeMap<([u8; 4], u16, [u8; 4]), [u8; 4]> {
 #[test]
 fn every_flow_reaches_the_same_backend_however_its_packets_are_spread() {
     let d = dir("same");
-    let cfg = Config::parse(CONFIG, "t.toml").unwrap().validate("t.toml").unwrap();
+    let cfg = Config::parse(&stateless(), "t.toml").unwrap().validate("t.toml").unwrap();
     let input = d.join("in.pcap");
     capture(&input);
     let one = d.join("one.pcap");
@@ -147,7 +150,7 @@ fn every_flow_reaches_the_same_backend_however_its_packets_are_spread() {
 #[test]
 fn rss_keeps_a_flow_on_one_worker_and_a_random_spread_does_not() {
     let d = dir("spread");
-    let cfg = Config::parse(CONFIG, "t.toml").unwrap().validate("t.toml").unwrap();
+    let cfg = Config::parse(&stateless(), "t.toml").unwrap().validate("t.toml").unwrap();
     let input = d.join("in.pcap");
     capture(&input);
     let workers_of = |assign| {
@@ -165,59 +168,6 @@ fn rss_keeps_a_flow_on_one_worker_and_a_random_spread_does_not() {
     assert!(workers_of(Assign::Random(3)) > 300, "random: flows split across workers");
     let _ = std::fs::remove_dir_all(&d);
 }
-
-const STATEFUL: &str = r#"
-[dpdk]
-lcores = "0,1"
-devices = ["net_null0"]
-hugepages = false
-
-[[ports]]
-name = "lan"
-device = "net_null0"
-ipv4 = "198.18.0.1/24"
-mac = "02:00:00:00:00:01"
-
-[[services]]
-name = "sticky"
-vip = "198.18.100.3"
-protocol = "tcp"
-port = 80
-forwarding = "ipip"
-persistence_s = 300
-backends = [
-  { address = "198.18.0.31", mac = "02:00:00:00:0b:31" },
-  { address = "198.18.0.32", mac = "02:00:00:00:0b:32" },
-  { address = "198.18.0.33", mac = "02:00:00:00:0b:33" },
-]
-
-[[services]]
-name = "sticky-rr"
-vip = "198.18.100.4"
-protocol = "tcp"
-port = 80
-forwarding = "ipip"
-scheduler = "round-robin"
-persistence_s = 300
-backends = [
-  { address = "198.18.0.41", mac = "02:00:00:00:0b:41" },
-  { address = "198.18.0.42", mac = "02:00:00:00:0b:42" },
-  { address = "198.18.0.43", mac = "02:00:00:00:0b:43" },
-]
-
-[[services]]
-name = "least"
-vip = "198.18.100.5"
-protocol = "tcp"
-port = 80
-forwarding = "ipip"
-scheduler = "least-connections"
-backends = [
-  { address = "198.18.0.51", mac = "02:00:00:00:0b:51" },
-  { address = "198.18.0.52", mac = "02:00:00:00:0b:52" },
-  { address = "198.18.0.53", mac = "02:00:00:00:0b:53" },
-]
-"#;
 
 const ROUTER: [u8; 4] = [198, 18, 0, 254];
 
@@ -328,7 +278,7 @@ const LEAST: [u8; 4] = [198, 18, 100, 5];
 #[test]
 fn persistence_and_icmp_errors_hold_however_packets_are_spread() {
     let d = dir("stateful");
-    let cfg = Config::parse(STATEFUL, "t.toml").unwrap().validate("t.toml").unwrap();
+    let cfg = Config::parse(&stateful(), "t.toml").unwrap().validate("t.toml").unwrap();
     let input = d.join("in.pcap");
     stateful_capture(&input);
     let one = d.join("one.pcap");

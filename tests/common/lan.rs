@@ -311,6 +311,20 @@ pub fn http_load(
     counts
 }
 
+/// Asserts each backend's share of `counts` (connections per backend name)
+/// is within `points` of its weight's share.
+pub fn assert_shares(counts: &HashMap<String, usize>, names: &[String], weights: &[f64], points: f64) {
+    let (total, sum) = (counts.values().sum::<usize>() as f64, weights.iter().sum::<f64>());
+    for (n, w) in names.iter().zip(weights) {
+        let share = counts.get(n).copied().unwrap_or(0) as f64 / total;
+        assert!(
+            (share - w / sum).abs() <= points,
+            "backend {n}: share {share:.3}, want {:.3}: {counts:?}",
+            w / sum
+        );
+    }
+}
+
 /// Starts a client that keeps one HTTP/1.1 connection to `vip` and sends a
 /// request on it every 10 ms until it is told to stop (a line on stdin); it
 /// then prints "requests N errors E backends B1,B2..".
