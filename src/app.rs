@@ -14,7 +14,8 @@ use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
 use crate::control::registry::Registry;
 use crate::control::state_build::{worker_config, PortFacts};
-use crate::dataplane::balance::BalanceWorker;
+use crate::dataplane::balance::{BalanceWorker, Punt};
+use crate::dataplane::exception::{KernelLink, KernelQueues};
 use crate::dataplane::forward::ForwardWorker;
 use crate::dataplane::mailbox::StateMailbox;
 use crate::dataplane::pipeline::BackendCounters;
@@ -41,6 +42,8 @@ pub enum RunError {
     State(#[from] crate::balancer::state::BuildError),
     #[error("{0}")]
     Control(#[from] api::ApiError),
+    #[error("{0}\n  hint: l4lb needs root (CAP_NET_ADMIN) to set up a port's kernel interface, or set ports.kernel.enabled = false")]
+    Kernel(#[from] crate::control::kernel::KernelError),
 }
 
 /// What the signal handlers tell the running l4lb.
@@ -108,6 +111,9 @@ pub fn run(
     }
     let pool = Mempool::new(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, -1).map_err(RunError::Pool)?;
     let mut ports = start_ports(cfg, &eal, &pool)?;
+    let kernel_ports = start_kernel_ports(cfg, &eal, &pool, &ports)?;
+    let kernel_link =
+        KernelLink::new((0..ports.len()).map(|i| kernel_ports.iter().any(|(p, _)| *p == i)).collect());
     let capture = start_capture(cfg, &eal);
     let poll = poll_config(cfg, &eal);
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
@@ -161,8 +167,20 @@ pub fn run(
             counters: &counter_blocks,
             capture: capture.as_ref(),
             tsc_hz: tsc_per_ms * 1000,
+            kernel: &kernel_link,
         };
-        final_backends = manage(&ctx, first, signals)?;
+        // The exception path's thread, beside the management loop, until it ends.
+        let kernel_queues = kernel_queues(&kernel_ports, cfg)?;
+        let kernel_stop = AtomicBool::new(false);
+        final_backends = std::thread::scope(|t| {
+            if !kernel_queues.is_empty() {
+                let (link, stop) = (&kernel_link, &kernel_stop);
+                t.spawn(move || crate::dataplane::exception::run(kernel_queues, link, mailboxes, stop));
+            }
+            let r = manage(&ctx, first, signals);
+            kernel_stop.store(true, Ordering::SeqCst);
+            r
+        })?;
         Ok(())
     });
     for (lc, res) in &joined {
@@ -177,6 +195,7 @@ pub fn run(
     let report = collect_report(cfg, finals, &mut ports, &final_backends, &counter_blocks);
     print_report(&report, out);
     drop(capture);
+    drop(kernel_ports);
     drop(ports);
     drop(pool);
     drop(eal);
@@ -217,6 +236,73 @@ fn start_ports(cfg: &Validated, eal: &Eal, pool: &Mempool) -> Result<Vec<Port>, 
         ports.push(port);
     }
     Ok(ports)
+}
+
+/// Starts each port's kernel interface device (one RX and one TX queue, for
+/// the exception path's thread) and gives the Linux interface the port's
+/// MAC, MTU and addresses. By data port index.
+fn start_kernel_ports(
+    cfg: &Validated,
+    eal: &Eal,
+    pool: &Mempool,
+    ports: &[Port],
+) -> Result<Vec<(usize, Port)>, RunError> {
+    let mut out = Vec::new();
+    for k in cfg.kernel_interfaces() {
+        let p = &cfg.config.ports[k.port];
+        let device = k.device();
+        let port_err = |source| RunError::Port {
+            port: format!("{} (kernel interface)", p.name),
+            device: device.clone(),
+            source,
+        };
+        let id = Port::id_by_name(eal, &device).map_err(port_err)?;
+        let pc = PortConfig {
+            rx_queues: 1,
+            tx_queues: 1,
+            rx_desc: crate::control::config::KERNEL_DESC,
+            tx_desc: crate::control::config::KERNEL_DESC,
+            mtu: None,
+            promiscuous: true,
+        };
+        let mut port = Port::configure(eal, id, &pc, pool).map_err(port_err)?;
+        port.start().map_err(port_err)?;
+        let data = &ports[k.port];
+        let data_err = |source| RunError::Port { port: p.name.clone(), device: p.device.clone(), source };
+        let (mac, mtu) = (data.mac().map_err(data_err)?, data.mtu().map_err(data_err)?);
+        let _ = port.set_mtu(mtu);
+        crate::control::kernel::take_identity(&k.name, p, mac, mtu)?;
+        log::info!(
+            "port {}: kernel interface {} ({:?}), mac {}, mtu {mtu}, addresses {:?}",
+            p.name,
+            k.name,
+            k.driver,
+            crate::net::ethernet::fmt_mac(&mac),
+            crate::control::kernel::addresses(p)
+        );
+        out.push((k.port, port));
+    }
+    Ok(out)
+}
+
+/// The kernel interface devices' queues, for the exception path's thread.
+fn kernel_queues<'p>(
+    kernel_ports: &'p [(usize, Port)],
+    cfg: &Validated,
+) -> Result<Vec<KernelQueues<'p>>, RunError> {
+    let mut out = Vec::new();
+    for (i, port) in kernel_ports {
+        let p = &cfg.config.ports[*i];
+        let port_err = |source| RunError::Port {
+            port: format!("{} (kernel interface)", p.name),
+            device: String::new(),
+            source,
+        };
+        let mut tx = port.tx_queue(0, 0).map_err(port_err)?;
+        tx.set_flush_at(1);
+        out.push(KernelQueues { port: *i as u16, rx: port.rx_queue(0).map_err(port_err)?, tx });
+    }
+    Ok(out)
 }
 
 /// DPDK's packet capture server, so `dpdk-dumpcap` can attach: only with
@@ -333,7 +419,12 @@ fn plan_workers<'p>(
             let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
             let pipeline = team.next().expect("one pipeline per worker");
             counter_blocks.push(pipeline.backend_counters());
-            Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline }), k)
+            let w = &cfg.config.workers;
+            let kernel: Vec<bool> = (0..ports.len())
+                .map(|i| crate::control::config::kernel_interface_name(&cfg.config, i).is_some())
+                .collect();
+            let punt = Punt::new(&kernel, w.punt_rate_per_s, w.punt_burst);
+            Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline, punt }), k)
         } else {
             let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();
             Plan::Forward(ForwardWorker { rx, tx })
@@ -352,6 +443,7 @@ struct ManageContext<'a> {
     counters: &'a [Arc<BackendCounters>],
     capture: Option<&'a PacketCapture>,
     tsc_hz: u64,
+    kernel: &'a KernelLink,
 }
 
 /// Every configured backend at the stop (down ones too), by service, with
@@ -389,6 +481,7 @@ fn manage(ctx: &ManageContext<'_>, first: FirstState, signals: &Signals) -> Resu
         first.state,
     );
     mgmt.tsc_hz = ctx.tsc_hz;
+    mgmt.kernel = Some(ctx.kernel);
     while !stop.load(Ordering::Relaxed) {
         let reload = signals.reload.swap(false, Ordering::SeqCst);
         mgmt.tick(reload);

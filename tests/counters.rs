@@ -25,7 +25,7 @@ use l4lb::dataplane::testframes;
 use l4lb::net::tcp;
 
 /// Rows the worker loop counts, around the pipeline.
-const LOOP_ROWS: [&str; 12] = [
+const LOOP_ROWS: [&str; 15] = [
     "rx_packets",
     "tx_packets",
     "busy_polls",
@@ -38,6 +38,9 @@ const LOOP_ROWS: [&str; 12] = [
     "control_ring_full",
     "no_route",
     "handoff_ring_full",
+    "punted",
+    "punt_rate_limited",
+    "punt_ring_full",
 ];
 
 fn unhex(s: &str) -> Vec<u8> {

@@ -31,6 +31,8 @@ flow_table_capacity = 65536
 name = "lan"
 device = "net_null0"
 ipv4 = "198.18.0.1/24"
+# In the root namespace: no kernel interface.
+kernel = {{ enabled = false }}
 [control]
 socket = "{socket}"
 metrics_address = ""

@@ -474,8 +474,14 @@ fn a_ports_own_address_is_never_balanced_on_that_port() {
     let vip6 = Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1);
     let mac = [2, 0, 0, 0, 0, 1];
     let ports = vec![
-        PortIdentity { mac, ipv4: Some(vip4), ipv6: Some(vip6), mtu: 1500 },
-        PortIdentity { mac, ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)), ipv6: None, mtu: 1500 },
+        PortIdentity { mac, ipv4: Some(vip4), ipv6: Some(vip6), mtu: 1500, ..Default::default() },
+        PortIdentity {
+            mac,
+            ipv4: Some(Ipv4Addr::new(198, 18, 1, 1)),
+            ipv6: None,
+            mtu: 1500,
+            ..Default::default()
+        },
     ];
     let spec = |vip: IpAddr, backend: IpAddr, id: u32| ServiceSpec {
         name: format!("on-{vip}"),

@@ -150,11 +150,13 @@ name = "in"
 device = "net_pcap0"
 ipv4 = "198.18.0.1/24"
 ipv6 = "2001:db8::1/64"
+kernel = { enabled = false }
 [[ports]]
 name = "out"
 device = "net_null0"
 ipv4 = "198.18.1.1/24"
 ipv6 = "2001:db8:1::1/64"
+kernel = { enabled = false }
 [control]
 socket = "$sock"
 metrics_address = ""

@@ -38,10 +38,12 @@ idle_pause_us = 0
 name = "in"
 device = "net_pcap0"
 ipv4 = "198.18.0.1/24"
+kernel = { enabled = false }
 [[ports]]
 name = "out"
 device = "net_null0"
 ipv4 = "198.18.1.1/24"
+kernel = { enabled = false }
 [control]
 socket = "$WORK/mem.sock"
 metrics_address = ""

@@ -160,14 +160,21 @@ impl EncapTemplate {
     }
 }
 
-/// A port as the pipeline sees it: the MAC and addresses it owns and its MTU
-/// (`dpdk::PortInfo` is the driver's description of a device).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A port as the pipeline sees it: the MAC and addresses it owns, its MTU
+/// and its kernel interface (`dpdk::PortInfo` is the driver's description
+/// of a device).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortIdentity {
     pub mac: Mac,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     pub mtu: u16,
+    /// Whether the port has a kernel interface: traffic for the box that
+    /// l4lb does not answer goes to it (`Verdict::Local`), else it is freed.
+    pub kernel: bool,
+    /// Traffic to a VIP on a protocol and port no service covers is the
+    /// kernel's (`Local`) instead of a `no_service` drop.
+    pub punt_unknown_vip_ports: bool,
 }
 
 /// A virtual service.
@@ -561,6 +568,7 @@ mod tests {
                 ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
                 ipv6: None,
                 mtu: 1500,
+                ..Default::default()
             }],
             vec![ServiceSpec {
                 name: "web".into(),

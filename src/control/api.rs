@@ -397,6 +397,15 @@ pub struct PortCounters {
     pub rx_errors: u64,
     pub tx_errors: u64,
     pub rx_no_mbuf: u64,
+    /// The exception path, on a port with a kernel interface: packets sent
+    /// to the kernel, packets from it sent on the port, and those dropped on
+    /// the way (workers' punt drops are in the drop counters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_kernel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_kernel: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_dropped: Option<u64>,
 }
 
 /// Parses one request line: the protocol version first, then the request,

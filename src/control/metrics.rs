@@ -120,6 +120,30 @@ fn ports(e: &mut Exposition, rows: &[PortRow]) {
             e.sample(name, &[("port", &s.name)], get(s));
         }
     }
+    type Kernel = fn(&PortCounters) -> Option<u64>;
+    let kernel: [(&str, &str, Kernel); 3] = [
+        ("l4lb_port_to_kernel_packets_total", "Packets sent to the port's kernel interface.", |s| {
+            s.to_kernel
+        }),
+        ("l4lb_port_from_kernel_packets_total", "Packets from the kernel interface sent on the port.", |s| {
+            s.from_kernel
+        }),
+        (
+            "l4lb_port_kernel_dropped_packets_total",
+            "Packets dropped between the port and its kernel interface (rings or device full).",
+            |s| s.kernel_dropped,
+        ),
+    ];
+    for (name, help, get) in kernel {
+        if rows.iter().any(|(s, _)| get(s).is_some()) {
+            e.family(name, "counter", help);
+        }
+        for (s, _) in rows {
+            if let Some(v) = get(s) {
+                e.sample(name, &[("port", &s.name)], v);
+            }
+        }
+    }
     e.family("l4lb_port_xstat", "untyped", "The driver's extended statistics (rte_eth_xstats), by name.");
     for (s, xs) in rows {
         for (n, v) in xs {

@@ -6,6 +6,7 @@
 pub mod api;
 pub mod config;
 pub mod health;
+pub mod kernel;
 pub mod lcores;
 pub mod metrics;
 #[cfg(feature = "dpdk")]

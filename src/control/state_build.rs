@@ -136,11 +136,15 @@ pub fn build_state_with(
         .ports
         .iter()
         .zip(facts)
-        .map(|(p, f)| PortIdentity {
+        .enumerate()
+        .map(|(i, (p, f))| PortIdentity {
             mac: f.mac,
             ipv4: p.ipv4.map(|x| x.addr),
             ipv6: p.ipv6.map(|x| x.addr),
             mtu: f.mtu,
+            kernel: crate::control::config::kernel_interface_name(c, i).is_some(),
+            punt_unknown_vip_ports: p.kernel.punt_unknown_vip_ports
+                && crate::control::config::kernel_interface_name(c, i).is_some(),
         })
         .collect();
     let mut specs = Vec::with_capacity(c.services.len());

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::mailbox::{FlowAnswer, Handed, StateMailbox};
 use super::pipeline::{BurstPlan, Counter, Counters, DropReason, Verdict, Worker};
 use super::poll::{flush_all, IdleBackoff, PollConfig, PollGaps, STALL_US};
+use super::punt::{self, PuntClass, TokenBucket};
 use super::telemetry::WorkerStats;
 use crate::balancer::state::ForwardingState;
 use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue};
@@ -19,6 +20,30 @@ pub struct BalanceWorker<'p> {
     /// One TX queue per port, by port index.
     pub tx: Vec<TxQueue<'p>>,
     pub pipeline: Worker,
+    pub punt: Punt,
+}
+
+/// What the worker hands the ports' kernel interfaces (the exception path,
+/// `dataplane::exception`).
+pub struct Punt {
+    /// Bit `i`: port `i` has a kernel interface.
+    pub ports: u64,
+    /// Bounds everything but control-plane packets (`punt::class`).
+    pub bucket: TokenBucket,
+}
+
+impl Punt {
+    /// `ports[i]`: whether port `i` has a kernel interface (ports past 63
+    /// have none); `rate_per_s` and `burst` bound what is not control-plane
+    /// traffic.
+    pub fn new(ports: &[bool], rate_per_s: u64, burst: u64) -> Punt {
+        let bits = ports.iter().take(64).enumerate().filter(|(_, &k)| k).fold(0u64, |b, (i, _)| b | 1 << i);
+        Punt { ports: bits, bucket: TokenBucket::new(rate_per_s, burst) }
+    }
+
+    fn has(&self, port: u16) -> bool {
+        port < 64 && self.ports & 1 << port != 0
+    }
 }
 
 /// Flow-table buckets swept per busy poll and per idle poll.
@@ -118,7 +143,7 @@ impl BalanceWorker<'_> {
                         &CpuPrefetch,
                     );
                 }
-                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, &peers);
+                held.finish(&mut self.pipeline, &state, now_ms, &mut self.tx, &peers, &mut self.punt);
                 if n > 0 {
                     std::mem::swap(&mut next, &mut held);
                 }
@@ -136,7 +161,7 @@ impl BalanceWorker<'_> {
                 gaps.paused();
             }
         }
-        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, &peers);
+        held.finish(&mut self.pipeline, &state, tsc() / tsc_per_ms, &mut self.tx, &peers, &mut self.punt);
         flush_all(&mut self.tx);
         self.publish(&mut stats, &gaps, tsc_per_ms, &state, mailbox, tsc() / tsc_per_ms);
         pending.push(state);
@@ -154,7 +179,17 @@ impl BalanceWorker<'_> {
         for _ in 0..crate::balancer::limits::BURST_MAX {
             let Some(Handed { mut m, port, origin }) = own.handoff.pop() else { return };
             let v = self.pipeline.process_handed(state, &mut m, port, now_ms, origin);
-            deliver(&mut self.tx, peers, &mut self.pipeline.counters, m, port, origin, v);
+            deliver(
+                &mut self.tx,
+                peers,
+                &mut self.pipeline.counters,
+                &mut self.punt,
+                now_ms,
+                m,
+                port,
+                origin,
+                v,
+            );
         }
     }
 
@@ -217,6 +252,7 @@ impl InFlight {
         now_ms: u64,
         tx: &mut [TxQueue<'_>],
         peers: &Peers<'_>,
+        punt: &mut Punt,
     ) {
         if self.burst.is_empty() {
             return;
@@ -225,7 +261,7 @@ impl InFlight {
         let verdicts = self.plan.verdicts();
         let (counters, port) = (&mut pipeline.counters, self.port);
         for (m, v) in self.burst.drain().zip(verdicts.iter()) {
-            deliver(tx, peers, counters, m, port, peers.me, *v);
+            deliver(tx, peers, counters, punt, now_ms, m, port, peers.me, *v);
         }
     }
 }
@@ -239,10 +275,13 @@ struct Peers<'a> {
 /// Sends, hands up, hands over or frees one decided packet by its verdict.
 /// `origin`: the worker that received it from the NIC.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn deliver(
     tx: &mut [TxQueue<'_>],
     peers: &Peers<'_>,
     counters: &mut Counters,
+    punt: &mut Punt,
+    now_ms: u64,
     m: Mbuf,
     in_port: u16,
     origin: u16,
@@ -254,14 +293,17 @@ fn deliver(
             None => drop(m),
         },
         // ARP replies and neighbour advertisements teach the management
-        // core its neighbours; the rest of the traffic for the box is
-        // counted by the pipeline and freed (no kernel exception path yet).
+        // core its neighbours (it then passes them to the kernel interface);
+        // the rest of the traffic for the box goes to the port's kernel
+        // interface, or is freed (counted `local` by the pipeline) on a port
+        // without one.
         Verdict::Local if is_neighbour_answer(m.data()) => {
             match peers.mailboxes[peers.me as usize].control_up.push((in_port, m)) {
                 Ok(()) => counters[Counter::ControlUp] += 1,
                 Err(_) => counters[DropReason::ControlRingFull] += 1,
             }
         }
+        Verdict::Local if punt.has(in_port) => to_kernel(peers, counters, punt, now_ms, m, in_port),
         Verdict::Handoff { worker } => match peers.mailboxes.get(worker as usize) {
             Some(mb) => {
                 if mb.handoff.push(Handed { m, port: in_port, origin }).is_err() {
@@ -271,6 +313,28 @@ fn deliver(
             None => counters[DropReason::HandoffRingFull] += 1,
         },
         Verdict::Local | Verdict::Drop(_) => drop(m),
+    }
+}
+
+/// Puts a packet for the box on this worker's punt ring for its class:
+/// control-plane packets always (while the ring has room), the rest within
+/// the worker's punt rate.
+#[inline(never)]
+fn to_kernel(peers: &Peers<'_>, counters: &mut Counters, punt: &mut Punt, now_ms: u64, m: Mbuf, port: u16) {
+    let mb = &peers.mailboxes[peers.me as usize];
+    let ring = match punt::class(m.data()) {
+        PuntClass::Control => &mb.punt_high,
+        PuntClass::Other => {
+            if !punt.bucket.take(now_ms) {
+                counters[DropReason::PuntRateLimited] += 1;
+                return;
+            }
+            &mb.punt_low
+        }
+    };
+    match ring.push((port, m)) {
+        Ok(()) => counters[Counter::Punted] += 1,
+        Err(_) => counters[DropReason::PuntRingFull] += 1,
     }
 }
 

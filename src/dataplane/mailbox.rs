@@ -2,7 +2,8 @@
 //! forwarding states in and old ones back (so they are freed on the
 //! management core, never on a worker), neighbour answers up, the management
 //! core's own packets down, flow-table questions and answers, the worker's
-//! published counters, and packets handed over by other workers.
+//! published counters, packets handed over by other workers, and packets
+//! for the kernel (`dataplane::exception`).
 
 use std::sync::Arc;
 
@@ -30,6 +31,11 @@ pub struct StateMailbox {
     pub queries: ArrayQueue<FlowQuery>,
     /// ...and the worker's answers.
     pub answers: ArrayQueue<FlowAnswer>,
+    /// Packets for the ports' kernel interfaces, to the exception path's
+    /// thread: control-plane traffic (BGP, BFD, ARP, NDP)...
+    pub punt_high: ArrayQueue<(u16, Mbuf)>,
+    /// ...and the rest (rate-limited by the worker).
+    pub punt_low: ArrayQueue<(u16, Mbuf)>,
     /// Packets other workers handed to this one to decide
     /// (`Verdict::Handoff`): many producers, this worker consumes.
     pub handoff: ArrayQueue<Handed>,
@@ -84,6 +90,8 @@ impl StateMailbox {
             queries: ArrayQueue::new(16),
             answers: ArrayQueue::new(16),
             handoff: ArrayQueue::new(HANDOFF_RING),
+            punt_high: ArrayQueue::new(crate::control::config::PUNT_RING_HIGH),
+            punt_low: ArrayQueue::new(crate::control::config::PUNT_RING_LOW),
             telemetry: Arc::new(WorkerTelemetry::new(MAX_BACKEND_IDS)),
         }
     }
@@ -136,7 +144,7 @@ mod tests {
         Arc::new(
             ForwardingState::build(
                 generation,
-                vec![PortIdentity { mac: [2, 0, 0, 0, 0, 1], ipv4: None, ipv6: None, mtu: 1500 }],
+                vec![PortIdentity { mac: [2, 0, 0, 0, 0, 1], mtu: 1500, ..Default::default() }],
                 vec![],
             )
             .unwrap(),

@@ -51,6 +51,7 @@ pub fn port(v4: bool, v6: bool) -> PortIdentity {
         ipv4: v4.then_some(Ipv4Addr::new(198, 18, 0, 1)),
         ipv6: v6.then_some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
         mtu: 1500,
+        ..Default::default()
     }
 }
 

@@ -113,6 +113,7 @@ pub mod v6 {
     pub const ROUTER_ADVERT: u8 = 134;
     pub const NEIGHBOR_SOLICIT: u8 = 135;
     pub const NEIGHBOR_ADVERT: u8 = 136;
+    pub const REDIRECT: u8 = 137;
     pub const OPT_SOURCE_LL: u8 = 1;
     pub const OPT_TARGET_LL: u8 = 2;
     /// NA flags: router, solicited, override.

@@ -138,6 +138,19 @@ pub fn l4lb_config_with(tap: &str, control: &str, services: &str) -> String {
 /// TX queues on the TAP port (the kernel's TUN driver spreads flows over
 /// them by its own flow hash).
 pub fn l4lb_config_workers(tap: &str, control: &str, services: &str, workers: usize) -> String {
+    // These tests run l4lb in the root namespace or one that has its own
+    // route to the LAN: no kernel interface (tests/e2e_kernel.rs has them).
+    l4lb_config_port(tap, control, services, workers, "kernel = { enabled = false }")
+}
+
+/// As [`l4lb_config_workers`], with `port_extra` keys in the port's section.
+pub fn l4lb_config_port(
+    tap: &str,
+    control: &str,
+    services: &str,
+    workers: usize,
+    port_extra: &str,
+) -> String {
     format!(
         r#"
 [dpdk]
@@ -155,6 +168,7 @@ device = "net_tap0"
 ipv4 = "198.18.0.1/24"
 ipv6 = "2001:db8::1/64"
 mac = "02:00:00:00:01:01"
+{port_extra}
 
 {control}
 {services}

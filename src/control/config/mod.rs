@@ -185,11 +185,15 @@ pub struct WorkersSection {
     pub idle_polls_before_pause: u32,
     /// Flows each worker tracks (its flow table is allocated whole at start).
     pub flow_table_capacity: usize,
-    /// Source-IP persistence entries per worker.
+    /// Source-IP persistence entries (one table shared by the workers).
     pub persistence_capacity: usize,
     /// ICMP frag-needed / packet-too-big answers per second per worker.
     pub icmp_rate_per_s: u64,
     pub icmp_burst: u64,
+    /// Packets per second each worker hands its ports' kernel interfaces,
+    /// control-plane packets (BGP, BFD, ARP, NDP) not counted.
+    pub punt_rate_per_s: u64,
+    pub punt_burst: u64,
 }
 
 impl Default for WorkersSection {
@@ -203,6 +207,8 @@ impl Default for WorkersSection {
             persistence_capacity: 1 << 16,
             icmp_rate_per_s: 100,
             icmp_burst: 20,
+            punt_rate_per_s: 10_000,
+            punt_burst: 1_000,
         }
     }
 }
@@ -246,6 +252,38 @@ pub struct PortSection {
     /// Static neighbours (IP -> MAC) on this port's segment.
     #[serde(default)]
     pub neighbours: Vec<NeighbourSection>,
+    /// The port's kernel interface (the exception path).
+    #[serde(default)]
+    pub kernel: KernelSection,
+}
+
+/// `[ports.kernel]`: the kernel-side interface of a port, which carries the
+/// box's own traffic (BGP, SSH, health checks from the port's address).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelSection {
+    /// Default: on when the port has an address and l4lb balances.
+    pub enabled: Option<bool>,
+    /// The interface's name (default: the port's name).
+    pub name: Option<String>,
+    pub driver: KernelDriver,
+    /// Traffic to a VIP on a protocol and port no service covers goes to
+    /// the kernel instead of being dropped.
+    pub punt_unknown_vip_ports: bool,
+}
+
+/// How the kernel interface is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KernelDriver {
+    /// `virtio-user` where `/dev/vhost-net` exists, else `tap`.
+    #[default]
+    Auto,
+    /// DPDK's `net_tap`.
+    Tap,
+    /// DPDK's `virtio_user` over the kernel's vhost-net (DPDK's recommended
+    /// exception path).
+    VirtioUser,
 }
 
 /// A static neighbour entry.
@@ -535,4 +573,8 @@ mod tests;
 mod validate;
 mod validated;
 
-pub use validated::{device_name, is_pci_address, tap_interface, Validated, MAX_IFNAME, MEMPOOL_CACHE};
+pub use validate::kernel_interface_name;
+pub use validated::{
+    device_name, is_pci_address, tap_interface, KernelInterface, Validated, KERNEL_DESC, MAX_IFNAME,
+    MEMPOOL_CACHE, PUNT_RING_HIGH, PUNT_RING_LOW, VHOST_NET,
+};

@@ -125,6 +125,60 @@ impl Config {
                     return Err(err(key(k), format!("{v} is not between 32 and 16384")));
                 }
             }
+            let k = &p.kernel;
+            if let Some(n) = &k.name {
+                if n.is_empty() || n.len() > MAX_IFNAME || n.contains(['/', ' ', ':']) {
+                    return Err(err(
+                        key("kernel.name"),
+                        format!("`{n}` is not an interface name: 1 to {MAX_IFNAME} characters, no `/`, `:` or space"),
+                    ));
+                }
+            }
+            if k.enabled == Some(true) && (p.forward_to.is_some() || self.services.is_empty()) {
+                return Err(err(
+                    key("kernel.enabled"),
+                    "a kernel interface needs l4lb to balance ([[services]]), not plain forwarding".into(),
+                ));
+            }
+            if k.enabled != Some(false)
+                && !self.services.is_empty()
+                && p.name.len() > MAX_IFNAME
+                && k.name.is_none()
+            {
+                return Err(err(
+                    key("kernel.name"),
+                    format!(
+                        "the port's name `{}` is too long for an interface ({MAX_IFNAME} characters at most): name the kernel interface",
+                        p.name
+                    ),
+                ));
+            }
+        }
+        let mut kernel_names = HashSet::new();
+        for i in 0..self.ports.len() {
+            if self.ports[i].kernel.punt_unknown_vip_ports && kernel_interface_name(&self, i).is_none() {
+                return Err(err(
+                    format!("ports[{i}].kernel.punt_unknown_vip_ports"),
+                    "needs the port's kernel interface (kernel.enabled, an address, and [[services]])".into(),
+                ));
+            }
+            if let Some(n) = kernel_interface_name(&self, i) {
+                if !kernel_names.insert(n) {
+                    return Err(err(
+                        format!("ports[{i}].kernel.name"),
+                        format!("interface `{n}` is used twice"),
+                    ));
+                }
+                if self.dpdk.devices.iter().any(|d| super::tap_interface(d) == Some(n)) {
+                    return Err(err(
+                        format!("ports[{i}].kernel.name"),
+                        format!("`{n}` is also a TAP device in dpdk.devices: name the kernel interface"),
+                    ));
+                }
+            }
+        }
+        if w.punt_burst == 0 {
+            return Err(err("workers.punt_burst".into(), "must be at least 1".into()));
         }
         let mut forward = Vec::with_capacity(self.ports.len());
         for (i, p) in self.ports.iter().enumerate() {
@@ -164,6 +218,16 @@ impl Config {
         validate_services(&self, &err)?;
         Ok(Validated { config: self, lcores, main_lcore, workers, forward })
     }
+}
+
+/// The kernel interface port `i` gets, if any: on by default when the port
+/// has an address and l4lb balances (plain forwarding has no management
+/// core to carry it).
+pub fn kernel_interface_name(cfg: &Config, i: usize) -> Option<&str> {
+    let p = cfg.ports.get(i)?;
+    let has_address = p.ipv4.is_some() || p.ipv6.is_some();
+    let on = p.kernel.enabled.unwrap_or(has_address) && !cfg.services.is_empty() && p.forward_to.is_none();
+    on.then(|| p.kernel.name.as_deref().unwrap_or(&p.name))
 }
 
 fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) -> Result<(), ConfigError> {

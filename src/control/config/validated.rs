@@ -4,7 +4,7 @@
 
 use crate::control::lcores::{self, LcoreMap};
 
-use super::{Config, ForwardingMode, PortSection, ServiceSection};
+use super::{Config, ForwardingMode, KernelDriver, PortSection, ServiceSection};
 
 /// A configuration that passed every check, with what the checks derived.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +25,23 @@ impl Validated {
 
     pub fn tx_queues(&self, port: usize) -> u16 {
         self.config.ports[port].tx_queues.unwrap_or(self.workers.len() as u16)
+    }
+
+    /// The ports' kernel interfaces (the exception path), by port.
+    pub fn kernel_interfaces(&self) -> Vec<KernelInterface> {
+        (0..self.config.ports.len())
+            .filter_map(|i| {
+                let name = super::validate::kernel_interface_name(&self.config, i)?;
+                let driver = match self.config.ports[i].kernel.driver {
+                    KernelDriver::Auto if std::path::Path::new(VHOST_NET).exists() => {
+                        KernelDriver::VirtioUser
+                    }
+                    KernelDriver::Auto => KernelDriver::Tap,
+                    d => d,
+                };
+                Some(KernelInterface { port: i, name: name.to_owned(), driver })
+            })
+            .collect()
     }
 
     /// EAL arguments for this configuration.
@@ -53,6 +70,9 @@ impl Validated {
             } else {
                 a.extend(["--vdev".into(), dev.clone()]);
             }
+        }
+        for k in self.kernel_interfaces() {
+            a.extend(["--vdev".into(), k.vdev()]);
         }
         if !any_pci {
             a.push("--no-pci".into());
@@ -104,8 +124,54 @@ impl Validated {
         }
         n += (self.workers.len() as u64 + 1)
             * (MEMPOOL_CACHE as u64 + crate::balancer::limits::BURST_MAX as u64);
+        // Each kernel interface's RX ring, and the packets in flight to it
+        // (the punt rings of every worker).
+        let punt_rings = self.workers.len() as u64 * (PUNT_RING_HIGH + PUNT_RING_LOW) as u64;
+        n += self.kernel_interfaces().len() as u64 * (KERNEL_DESC as u64 * 2 + punt_rings);
         // A power of two minus one is the most memory-efficient mempool size.
         (n.next_power_of_two() - 1).min(u32::MAX as u64) as u32
+    }
+}
+
+/// The kernel's vhost-net device (`virtio_user` needs it).
+pub const VHOST_NET: &str = "/dev/vhost-net";
+/// Descriptors of a kernel interface's RX and TX rings.
+pub const KERNEL_DESC: u16 = 512;
+/// Packets each worker may hold for the kernel: control-plane packets
+/// (BGP, BFD, ARP, NDP) and the rest.
+pub const PUNT_RING_HIGH: usize = 256;
+pub const PUNT_RING_LOW: usize = 1024;
+
+/// A port's kernel interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelInterface {
+    /// The port's index.
+    pub port: usize,
+    pub name: String,
+    /// Tap or virtio-user (`auto` resolved on this machine).
+    pub driver: KernelDriver,
+}
+
+impl KernelInterface {
+    /// The DPDK device that makes it (`--vdev`).
+    pub fn device(&self) -> String {
+        match self.driver {
+            KernelDriver::VirtioUser => format!("virtio_user_k{}", self.port),
+            _ => format!("net_tap_k{}", self.port),
+        }
+    }
+
+    fn vdev(&self) -> String {
+        match self.driver {
+            KernelDriver::VirtioUser => {
+                format!(
+                    "{},path={VHOST_NET},queues=1,queue_size={KERNEL_DESC},iface={}",
+                    self.device(),
+                    self.name
+                )
+            }
+            _ => format!("{},iface={}", self.device(), self.name),
+        }
     }
 }
 

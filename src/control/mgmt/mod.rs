@@ -3,6 +3,7 @@
 //! hand-over to every worker, and the answers to the control API and the
 //! metrics endpoint (its answers: `answers.rs`). Nothing here runs on a worker.
 
+use crate::dataplane::exception::KernelLink;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub struct Management<'a> {
     query_tag: u64,
     /// The workers' TSC rate (cycles per second), for cycles-per-packet figures.
     pub tsc_hz: u64,
+    /// The exception path: neighbour answers go on to the kernel through it;
+    /// its per-port counters.
+    pub kernel: Option<&'a KernelLink>,
 }
 
 impl<'a> Management<'a> {
@@ -120,6 +124,7 @@ impl<'a> Management<'a> {
             last_reload: None,
             query_tag: 0,
             tsc_hz: 0,
+            kernel: None,
         };
         m.rebuild_targets();
         m
@@ -202,6 +207,12 @@ impl<'a> Management<'a> {
             while let Some((port, m)) = mb.control_up.pop() {
                 if let Some((ip, mac)) = neighbour_answer(m.data()) {
                     changed |= self.neighbours.learn(port as usize, ip, mac, now_ms);
+                }
+                // The port's kernel resolves its neighbours from the same answers.
+                if let Some(k) = self.kernel.filter(|k| k.has(port as usize)) {
+                    if k.from_management.push((port, m)).is_err() {
+                        k.counters[port as usize].dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                 }
             }
         }
@@ -399,7 +410,8 @@ impl<'a> Management<'a> {
         let names = self.registry.cfg.config.ports.iter().map(|p| p.name.clone());
         names
             .zip(self.ports)
-            .map(|(name, port)| {
+            .enumerate()
+            .map(|(i, (name, port))| {
                 let x = if xstats { port.xstats().unwrap_or_default() } else { Vec::new() };
                 let s = port.stats().unwrap_or_default();
                 let counters = PortCounters {
@@ -412,7 +424,15 @@ impl<'a> Management<'a> {
                     rx_errors: s.rx_errors,
                     tx_errors: s.tx_errors,
                     rx_no_mbuf: s.rx_no_mbuf,
+                    ..Default::default()
                 };
+                let mut counters = counters;
+                if let Some(k) = self.kernel.and_then(|k| k.has(i).then(|| &k.counters[i])) {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    counters.to_kernel = Some(k.to_kernel.load(Relaxed));
+                    counters.from_kernel = Some(k.from_kernel.load(Relaxed));
+                    counters.kernel_dropped = Some(k.dropped.load(Relaxed));
+                }
                 (counters, x)
             })
             .collect()

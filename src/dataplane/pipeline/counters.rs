@@ -73,6 +73,8 @@ counters! {
         "Neighbour answers handed to the management core.";
     ControlSent => "control_sent", "l4lb_control_sent_packets_total", None,
         "Packets the management core had the worker send (ARP requests, solicitations).";
+    Punted => "punted", "l4lb_punted_packets_total", None,
+        "Packets for the box handed towards its port's kernel interface (the exception path).";
     HandedOff => "handed_off", "l4lb_handed_off_packets_total", None,
         "Packets passed to another worker to decide (new flows of a persisted client to its owner, ICMP errors to the worker tracking their flow).";
     PersistWritten => "persist_written", "l4lb_persistence_entries_written_total", None,

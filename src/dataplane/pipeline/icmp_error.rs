@@ -25,15 +25,10 @@ impl Worker {
         if !meta.v6 && !meta.df {
             return Verdict::Drop(DropReason::TooBig);
         }
-        // Token bucket: icmp_rate per second, icmp_burst deep.
-        let elapsed = now_ms.saturating_sub(self.icmp_last_ms);
-        self.icmp_last_ms = now_ms;
-        self.icmp_tokens_milli =
-            (self.icmp_tokens_milli + elapsed * self.icmp_rate).min(self.icmp_burst * 1000);
-        if self.icmp_tokens_milli < 1000 {
+        // icmp_rate_per_s per second, icmp_burst deep.
+        if !self.icmp_bucket.take(now_ms) {
             return Verdict::Drop(DropReason::IcmpRateLimited);
         }
-        self.icmp_tokens_milli -= 1000;
         let Some(port) = st.ports.get(in_port as usize) else { return Verdict::Drop(DropReason::NotForUs) };
         let l2 = meta.l2_len as usize;
         let svc_vip = st.services[meta.service as usize].vip;

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 
 use super::packet::Packet;
+use super::punt::TokenBucket;
 use crate::balancer::flow::{FlowKey, KeyKind};
 use crate::balancer::flowtable::{Entry, FlowTable, FlowTableStats, InsertHint, Place};
 use crate::balancer::limits::{MAX_BACKEND_IDS, MAX_SERVICES};
@@ -96,10 +97,8 @@ pub struct Worker {
     active: Vec<u32>,
     sched: Vec<SchedState>,
     generation: u64,
-    icmp_tokens_milli: u64,
-    icmp_last_ms: u64,
-    icmp_rate: u64,
-    icmp_burst: u64,
+    /// frag-needed / packet-too-big answers.
+    icmp_bucket: TokenBucket,
     ident: u16,
     last_service: ServiceMemo,
     last_service_v6: ServiceMemoV6,
@@ -219,10 +218,7 @@ impl Worker {
             active: vec![0; MAX_BACKEND_IDS],
             sched: (0..MAX_SERVICES).map(|_| SchedState::default()).collect(),
             generation: u64::MAX,
-            icmp_tokens_milli: cfg.icmp_burst * 1000,
-            icmp_last_ms: 0,
-            icmp_rate: cfg.icmp_rate_per_s,
-            icmp_burst: cfg.icmp_burst,
+            icmp_bucket: TokenBucket::new(cfg.icmp_rate_per_s, cfg.icmp_burst),
             ident: 0,
             last_service: ServiceMemo::EMPTY,
             last_service_v6: ServiceMemoV6::EMPTY,

@@ -114,9 +114,9 @@ impl Worker {
         let Some(service) = self.service_for(st, &key, kind, ip.protocol()) else {
             return Some(if st.is_vip(&mapped(dst)).is_some() {
                 if ip.protocol() == proto::ICMP && kind == KeyKind::ThreeTuple {
-                    self.local_v4(pkt, l2, in_port, false)
+                    self.local_v4(pkt, l2, in_port, port.punt_unknown_vip_ports)
                 } else {
-                    Verdict::Drop(NoService)
+                    unknown_vip_port(port)
                 }
             } else {
                 Verdict::Drop(NotForUs)
@@ -182,9 +182,9 @@ impl Worker {
         let Some(service) = self.service_for(st, &key, kind, upper.protocol) else {
             return Some(if st.is_vip(&dst.octets()).is_some() {
                 if upper.protocol == proto::ICMPV6 && kind == KeyKind::ThreeTuple {
-                    self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, false)
+                    self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, port.punt_unknown_vip_ports)
                 } else {
-                    Verdict::Drop(NoService)
+                    unknown_vip_port(port)
                 }
             } else {
                 Verdict::Drop(NotForUs)
@@ -220,6 +220,17 @@ impl Worker {
             KeyKind::Fragment => st.find_service_any_port(&key.dst, key.proto),
             _ => st.find_service(&key.dst, key.proto, key.dst_port),
         }
+    }
+}
+
+/// A packet to a VIP on a protocol and port no service covers: the
+/// kernel's where the port says so, else dropped.
+#[inline]
+fn unknown_vip_port(port: &PortIdentity) -> Verdict {
+    if port.punt_unknown_vip_ports {
+        Verdict::Local
+    } else {
+        Verdict::Drop(DropReason::NoService)
     }
 }
 

@@ -42,9 +42,17 @@ impl Worker {
     }
 
     /// Traffic to l4lb's own IPv4 address (or ICMP to a VIP): echo requests
-    /// are answered, the rest goes to the kernel (own) or is dropped (VIP).
-    /// The header was checked by the parser.
-    pub(super) fn local_v4<P: Packet>(&mut self, pkt: &mut P, l2: usize, in_port: u16, own: bool) -> Verdict {
+    /// are answered; the rest is the box's (`Local`: to the port's kernel
+    /// interface, if any) where `kernel` says so (its own address, or a VIP
+    /// on a port that punts unknown VIP traffic), else dropped. The header
+    /// was checked by the parser.
+    pub(super) fn local_v4<P: Packet>(
+        &mut self,
+        pkt: &mut P,
+        l2: usize,
+        in_port: u16,
+        kernel: bool,
+    ) -> Verdict {
         let data = pkt.data_mut();
         let Ok(ip) = ipv4::Packet::new_checked(&data[l2..]) else {
             return Verdict::Drop(DropReason::Malformed);
@@ -55,7 +63,7 @@ impl Worker {
             && ip.payload().len() >= icmp::HEADER_LEN
             && ip.payload()[icmp::field::TYPE] == icmp::v4::ECHO_REQUEST;
         if !is_echo {
-            return if own { Verdict::Local } else { Verdict::Drop(DropReason::NoService) };
+            return if kernel { Verdict::Local } else { Verdict::Drop(DropReason::NoService) };
         }
         ethernet::swap_addresses(data);
         let Ok(mut ip) = ipv4::Packet::new_checked(&mut data[l2..]) else {
@@ -77,14 +85,14 @@ impl Worker {
         l4_off: usize,
         upper: u8,
         in_port: u16,
-        own: bool,
+        kernel: bool,
     ) -> Verdict {
         let data = pkt.data_mut();
         let is_echo = upper == proto::ICMPV6
             && data.len() >= l2 + l4_off + icmp::HEADER_LEN
             && data[l2 + l4_off + icmp::field::TYPE] == icmp::v6::ECHO_REQUEST;
         if !is_echo {
-            return if own { Verdict::Local } else { Verdict::Drop(DropReason::NoService) };
+            return if kernel { Verdict::Local } else { Verdict::Drop(DropReason::NoService) };
         }
         ethernet::swap_addresses(data);
         let Ok(mut ip) = ipv6::Packet::new_checked(&mut data[l2..]) else {

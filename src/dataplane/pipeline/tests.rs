@@ -72,12 +72,14 @@ fn differential_state() -> ForwardingState {
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
             mtu: 1500,
+            ..Default::default()
         },
         PortIdentity {
             mac: [2, 0, 0, 0, 0, 2],
             ipv4: Some(Ipv4Addr::new(198, 18, 100, 2)),
             ipv6: None,
             mtu: 1500,
+            ..Default::default()
         },
     ];
     ForwardingState::build(1, ports, services).expect("a valid state")

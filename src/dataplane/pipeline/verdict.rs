@@ -15,8 +15,9 @@ pub enum Verdict {
     },
     /// For the box itself and not answered by the pipeline: ARP replies and
     /// neighbour advertisements (the worker hands them to the management
-    /// core, which learns its neighbours from them) and other traffic to the
-    /// box's own addresses (freed: l4lb has no kernel exception path yet).
+    /// core, which learns its neighbours from them, then passes them to the
+    /// port's kernel interface) and other traffic to the box's own addresses
+    /// (to the kernel interface; freed on a port without one).
     Local,
     /// Another worker must decide this packet (it is unchanged): the owner
     /// of a client with no usable persistence entry, or the next worker to
@@ -98,4 +99,8 @@ drop_reasons! {
     NoRoute => "no_route";
     /// A packet for another worker found that worker's hand-off ring full (worker loop).
     HandoffRingFull => "handoff_ring_full";
+    /// A packet for the kernel interface over the worker's punt rate (control-plane traffic is exempt).
+    PuntRateLimited => "punt_rate_limited";
+    /// A packet for the kernel interface found the worker's punt ring full.
+    PuntRingFull => "punt_ring_full";
 }

@@ -1,0 +1,153 @@
+//! End to end: the exception path. l4lb runs in its own namespace ("the
+//! box"), where its port's kernel interface appears with the port's MAC and
+//! addresses; the box's kernel talks to the LAN through the DPDK port — a TCP
+//! server on the box answers a client over IPv4 and IPv6, the box pings the
+//! client and a backend (its ARP and neighbour discovery resolve through
+//! the path) — while VIP traffic is balanced as before. Traffic to a VIP
+//! port no service covers is dropped by default and reaches the box's
+//! kernel where the port says so.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
+mod common;
+
+use std::time::Duration;
+
+use common::lan::{
+    attach_tap_from, ctl_json, http_load, l4lb_config_port, service, start_servers, topology, Lan, PY,
+};
+use common::netns::{require_root, unique, L4lb, Netns};
+use common::wait_for;
+
+const VIP: &str = "198.18.100.1";
+
+/// The LAN with servers, and l4lb in a box namespace of its own with the
+/// port's kernel interface (`port_extra` adds keys to `[ports.kernel]`).
+struct Box_ {
+    l4lb: L4lb,
+    ns: Netns,
+    lan: Lan,
+    socket: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+fn start_box(kernel_extra: &str) -> Box_ {
+    require_root();
+    let mut lan = topology(&[VIP]);
+    start_servers(&mut lan, None);
+    let ns = Netns::new(&unique("l4b-box"));
+    let tap = unique("l4bk");
+    let dir = std::env::temp_dir().join(unique("l4lb-box-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("ctl.sock");
+    let control = format!("[control]\nsocket = \"{}\"\nmetrics_address = \"\"\n", socket.display());
+    let backends: Vec<String> =
+        lan.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
+    // Health checks from the box's kernel: through the port's kernel
+    // interface (the box has no other way to the LAN).
+    let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 1, fall = 2 }";
+    let services = service("web", VIP, "tcp", 80, extra, &backends);
+    let port_extra = format!("kernel = {{ name = \"lan\"{kernel_extra} }}");
+    let l4lb = L4lb::start_in(Some(&ns), &l4lb_config_port(&tap, &control, &services, 1, &port_extra), &dir);
+    attach_tap_from(&lan, &ns, &tap);
+    let addrs = ns.exec("ip -br addr show dev lan");
+    assert!(addrs.contains("198.18.0.1/24") && addrs.contains("2001:db8::1/64"), "{addrs}");
+    let link = ns.exec("ip -br link show dev lan");
+    assert!(link.contains("02:00:00:00:01:01"), "the kernel interface has the port's MAC: {link}");
+    // Health checks leave from the box's kernel, through the port.
+    assert!(
+        wait_for(Duration::from_secs(10), || healths(&socket).iter().all(|(_, h)| h == "up")),
+        "the backends did not come up: {:?}",
+        healths(&socket)
+    );
+    Box_ { l4lb, ns, lan, socket, dir }
+}
+
+/// A dual-stack HTTP server in `ns` on `port`, serving "box" at /.
+fn start_http(ns: &Netns, port: u16) -> std::process::Child {
+    let root = std::env::temp_dir().join(unique("l4b-www-"));
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("index.html"), "box\n").unwrap();
+    let child =
+        ns.spawn(&format!("exec {PY} -m http.server {port} --bind :: --directory {}", root.display()));
+    assert!(
+        wait_for(Duration::from_secs(10), || ns.exec("ss -ltnH").contains(&format!(":{port}"))),
+        "the box's HTTP server did not start"
+    );
+    child
+}
+
+/// Each backend's `ctl backends` health, by address.
+fn healths(socket: &std::path::Path) -> Vec<(String, String)> {
+    let all = ctl_json(socket, "backends");
+    all.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["backend"].as_str().unwrap().to_owned(), r["health"].as_str().unwrap().to_owned()))
+        .collect()
+}
+
+#[test]
+fn the_boxs_kernel_talks_through_the_dpdk_port_while_vips_balance() {
+    let b = start_box("");
+    let mut server = start_http(&b.ns, 8080);
+    // A client reaches a TCP server on the box's own address, both families.
+    let out = b.lan.client.exec("curl -s --max-time 5 http://198.18.0.1:8080/");
+    assert_eq!(out.trim(), "box", "IPv4 to the box's kernel");
+    let out = b.lan.client.exec("curl -s --max-time 5 'http://[2001:db8::1]:8080/'");
+    assert_eq!(out.trim(), "box", "IPv6 to the box's kernel");
+    // The box's kernel resolves and pings the LAN through the port.
+    for target in ["198.18.0.2", "198.18.0.11", "2001:db8::2"] {
+        let out = b.ns.exec(&format!("ping -c 2 -i 0.2 -W 2 {target}"));
+        assert!(out.contains("2 received"), "ping {target} from the box: {out}");
+    }
+    // VIP traffic is balanced as ever.
+    let counts = http_load(&b.lan.client, VIP, 30, "198.18.0.2", &b.l4lb);
+    assert_eq!(counts.values().sum::<usize>(), 30);
+    // A backend whose health endpoint fails goes down: the checks' answers
+    // come back through the exception path too.
+    b.lan.backends[0].set_health(500);
+    assert!(
+        wait_for(Duration::from_secs(10), || healths(&b.socket)
+            .iter()
+            .any(|(a, h)| a == "198.18.0.11" && h == "down")),
+        "{:?}",
+        healths(&b.socket)
+    );
+    // An unknown port of the VIP: dropped, not the kernel's.
+    let (ok, _) = b.lan.client.exec_try("curl -s --max-time 1 http://198.18.100.1:8080/");
+    assert!(!ok, "a VIP port no service covers reached something");
+
+    let stats = ctl_json(&b.socket, "stats");
+    let port = &stats["ports"][0];
+    for k in ["to_kernel", "from_kernel"] {
+        assert!(port[k].as_u64().unwrap_or(0) > 0, "{k}: {stats}");
+    }
+    assert!(stats["counters"]["punted"].as_u64().unwrap_or(0) > 0, "{stats}");
+    assert!(stats["counters"]["no_service"].as_u64().unwrap_or(0) > 0, "{stats}");
+    let _ = server.kill();
+    let _ = server.wait();
+    let (status, transcript) = b.l4lb.stop();
+    assert!(status.success(), "{transcript}");
+    assert!(!b.ns.exec("ip -br link").contains("lan"), "the kernel interface went with l4lb");
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+#[test]
+fn unknown_vip_ports_reach_the_kernel_where_the_port_says_so() {
+    let b = start_box(", punt_unknown_vip_ports = true");
+    // The box serves the VIP itself on a port no service covers.
+    b.ns.exec(&format!("ip addr add {VIP}/32 dev lo"));
+    let mut server = start_http(&b.ns, 8080);
+    let out = b.lan.client.exec("curl -s --max-time 5 http://198.18.100.1:8080/");
+    assert_eq!(out.trim(), "box", "the VIP's unknown port reached the box's kernel");
+    // The service's own port is still balanced.
+    let counts = http_load(&b.lan.client, VIP, 10, "198.18.0.2", &b.l4lb);
+    assert!(!counts.contains_key("box"), "{counts:?}");
+    let stats = ctl_json(&b.socket, "stats");
+    assert_eq!(stats["counters"]["no_service"].as_u64(), Some(0), "{stats}");
+    let _ = server.kill();
+    let _ = server.wait();
+    let (status, transcript) = b.l4lb.stop();
+    assert!(status.success(), "{transcript}");
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
