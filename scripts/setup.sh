@@ -17,7 +17,7 @@ fi
 # the tests and the demo drive (namespaces, ping, captures, HTTP/UDP/TCP load).
 PACKAGES=(
   dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev libpcap-dev
-  iproute2 iputils-ping tcpdump tshark curl wrk iperf3 python3 python3-scapy
+  iproute2 iputils-ping tcpdump tshark curl wrk iperf3 python3 python3-scapy bird2
   netcat-openbsd procps kmod
 )
 missing=()

@@ -13,7 +13,8 @@ mod common;
 use std::time::Duration;
 
 use common::lan::{
-    attach_tap_from, ctl_json, http_load, l4lb_config_port, service, start_servers, topology, Lan, PY,
+    attach_tap_from, ctl_json, http_load, l4lb_config_port, service, start_servers, topology, veth_into, Lan,
+    PY,
 };
 use common::netns::{require_root, unique, L4lb, Netns};
 use common::wait_for;
@@ -147,6 +148,135 @@ fn unknown_vip_ports_reach_the_kernel_where_the_port_says_so() {
     assert_eq!(stats["counters"]["no_service"].as_u64(), Some(0), "{stats}");
     let _ = server.kill();
     let _ = server.wait();
+    let (status, transcript) = b.l4lb.stop();
+    assert!(status.success(), "{transcript}");
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+/// BIRD in `ns` with `conf`, in the foreground (its PID is the child's),
+/// its control socket in `dir`.
+struct Bird {
+    child: std::process::Child,
+    socket: std::path::PathBuf,
+}
+
+impl Bird {
+    fn start(ns: &Netns, dir: &std::path::Path, tag: &str, conf: &str) -> Bird {
+        let (c, socket) = (dir.join(format!("{tag}.conf")), dir.join(format!("{tag}.ctl")));
+        std::fs::write(&c, conf).unwrap();
+        let child = ns.spawn(&format!("exec bird -f -c {} -s {}", c.display(), socket.display()));
+        Bird { child, socket }
+    }
+
+    /// `birdc show protocols` line of protocol `name`.
+    fn protocol(&self, ns: &Netns, name: &str) -> String {
+        let (_, out) = ns.exec_try(&format!("birdc -s {} show protocols {name}", self.socket.display()));
+        out.lines().find(|l| l.starts_with(name)).unwrap_or("").to_owned()
+    }
+
+    fn routes(&self, ns: &Netns) -> String {
+        ns.exec_try(&format!("birdc -s {} show route", self.socket.display())).1
+    }
+}
+
+impl Drop for Bird {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// BGP between BIRD on the box (its kernel interface) and BIRD in a router
+/// namespace, with 2 s keepalives and a 6 s hold time.
+fn bird_conf(id: &str, local_as: u32, peer: &str, peer_as: u32, export: &str) -> String {
+    format!(
+        r#"
+router id {id};
+protocol device {{ }}
+protocol static vips {{ ipv4; route 198.18.100.1/32 blackhole; }}
+protocol bgp peer {{
+  local {id} as {local_as};
+  neighbor {peer} as {peer_as};
+  hold time 6; keepalive time 2; connect retry time 1;
+  ipv4 {{ import all; export {export}; }};
+}}
+"#
+    )
+}
+
+/// Sends UDP datagrams from `ns` to `dst` as fast as one Python process
+/// can, for `secs` seconds; prints how many it sent.
+fn flood(ns: &Netns, dst: &str, secs: u32) -> std::process::Child {
+    let script = format!(
+        "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + {secs}\nn = 0\n\
+         while time.time() < end:\n    for _ in range(1000):\n        s.sendto(b'flood', ('{dst}', 9))\n    n += 1000\nprint(n)\n"
+    );
+    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-flood-")));
+    std::fs::write(&path, script).unwrap();
+    ns.spawn(&format!("exec {PY} {}", path.display()))
+}
+
+#[test]
+fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
+    let b = start_box("");
+    let router = Netns::new(&unique("l4b-rt"));
+    veth_into(&b.lan.lan, &router, "vr", "198.18.0.254", "2001:db8::fe", "02:00:00:00:0c:fe");
+    let on_box = Bird::start(
+        &b.ns,
+        &b.dir,
+        "box",
+        &bird_conf("198.18.0.1", 65000, "198.18.0.254", 65001, "where proto = \"vips\""),
+    );
+    let on_router = Bird::start(
+        &router,
+        &b.dir,
+        "router",
+        &bird_conf("198.18.0.254", 65001, "198.18.0.1", 65000, "none"),
+    );
+    let established = || on_box.protocol(&b.ns, "peer").contains("Established");
+    assert!(
+        wait_for(Duration::from_secs(30), established),
+        "BGP did not come up: box {:?}, router {:?}",
+        on_box.protocol(&b.ns, "peer"),
+        on_router.protocol(&router, "peer")
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || on_router.routes(&router).contains("198.18.100.1/32")),
+        "the router did not learn the VIP: {}",
+        on_router.routes(&router)
+    );
+    // The session's state line carries the time it was established: it must
+    // not change (no flap) through what follows.
+    let since = on_box.protocol(&b.ns, "peer");
+
+    // Full-rate HTTP through the VIP, then the same under a flood at the
+    // box's own address (longer than the hold time).
+    let wrk = |secs: u32| b.lan.client.exec(&format!("wrk -t2 -c32 -d{secs}s --timeout 2s http://{VIP}/"));
+    let out = wrk(3);
+    assert!(out.contains("Requests/sec") && !out.contains("Socket errors"), "wrk: {out}");
+    let f = flood(&b.lan.client, "198.18.0.1", 9);
+    let out = wrk(8);
+    let sent = f
+        .wait_with_output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    assert!(out.contains("Requests/sec") && !out.contains("Socket errors"), "wrk under the flood: {out}");
+    assert!(!out.contains("Non-2xx"), "{out}");
+    assert_eq!(on_box.protocol(&b.ns, "peer"), since, "the BGP session flapped");
+    assert_eq!(on_router.protocol(&router, "peer").contains("Established"), true);
+
+    let stats = ctl_json(&b.socket, "stats");
+    let c = &stats["counters"];
+    eprintln!(
+        "flood: {sent} datagrams in 9 s; punted {}, punt_rate_limited {}, punt_ring_full {}; wrk under it: {}",
+        c["punted"],
+        c["punt_rate_limited"],
+        c["punt_ring_full"],
+        out.lines().find(|l| l.starts_with("Requests/sec")).unwrap_or("")
+    );
+    assert!(c["punt_rate_limited"].as_u64().unwrap_or(0) > 0, "the flood was not limited: {stats}");
+    drop(on_box);
+    drop(on_router);
     let (status, transcript) = b.l4lb.stop();
     assert!(status.success(), "{transcript}");
     let _ = std::fs::remove_dir_all(&b.dir);

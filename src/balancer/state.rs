@@ -251,6 +251,10 @@ pub struct ForwardingState {
     /// lookup: (VIP, protocol << 16 | port, service + 1; 0 = empty).
     slots: Vec<(u128, u32, u32)>,
     by_id: Vec<u32>,
+    /// Sources whose packets for the box's kernel go first (sorted): every
+    /// configured backend, up or down, so that the answers to the box's
+    /// health checks are never held behind a flood (`dataplane::punt`).
+    priority_sources: Vec<[u8; 16]>,
 }
 
 /// A service's backends with each one not measured yet (`rtt_us` 0: no
@@ -353,7 +357,17 @@ impl ForwardingState {
             }
             by_id[b.id as usize] = slot as u32;
         }
-        Ok(ForwardingState { generation, ports, services, backends, index, templates, slots, by_id })
+        Ok(ForwardingState {
+            generation,
+            ports,
+            services,
+            backends,
+            index,
+            templates,
+            slots,
+            by_id,
+            priority_sources: Vec::new(),
+        })
     }
 
     /// The service for a destination: an exact port match first, then an
@@ -375,6 +389,19 @@ impl ForwardingState {
     pub fn find_service_any_port(&self, dst: &[u8; 16], proto: u8) -> Option<usize> {
         let i = self.index.partition_point(|(k, _)| (&k.0, k.1) < (dst, proto));
         self.index.get(i).filter(|(k, _)| &k.0 == dst && k.1 == proto).map(|(_, s)| *s as usize)
+    }
+
+    /// Sets the sources whose packets for the box go first (see the field).
+    pub fn set_priority_sources(&mut self, mut addrs: Vec<[u8; 16]>) {
+        addrs.sort_unstable();
+        addrs.dedup();
+        self.priority_sources = addrs;
+    }
+
+    /// Whether packets from `src` for the box go first.
+    #[inline]
+    pub fn is_priority_source(&self, src: &[u8; 16]) -> bool {
+        self.priority_sources.binary_search(src).is_ok()
     }
 
     /// Is `addr` a VIP of some service (any protocol/port)?

@@ -205,7 +205,16 @@ pub fn build_state_with(
             backends,
         });
     }
-    ForwardingState::build(generation, ports, specs)
+    let mut st = ForwardingState::build(generation, ports, specs)?;
+    // Every configured backend, up or down: the box's health checks reach
+    // them all, and their answers must get through a flood.
+    st.set_priority_sources(
+        c.services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(|b| crate::balancer::flow::ip16(b.address)))
+            .collect(),
+    );
+    Ok(st)
 }
 
 /// The pipeline's worker sizes from `[workers]`.

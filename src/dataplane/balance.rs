@@ -180,6 +180,7 @@ impl BalanceWorker<'_> {
             let Some(Handed { mut m, port, origin }) = own.handoff.pop() else { return };
             let v = self.pipeline.process_handed(state, &mut m, port, now_ms, origin);
             deliver(
+                state,
                 &mut self.tx,
                 peers,
                 &mut self.pipeline.counters,
@@ -261,7 +262,7 @@ impl InFlight {
         let verdicts = self.plan.verdicts();
         let (counters, port) = (&mut pipeline.counters, self.port);
         for (m, v) in self.burst.drain().zip(verdicts.iter()) {
-            deliver(tx, peers, counters, punt, now_ms, m, port, peers.me, *v);
+            deliver(st, tx, peers, counters, punt, now_ms, m, port, peers.me, *v);
         }
     }
 }
@@ -277,6 +278,7 @@ struct Peers<'a> {
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 fn deliver(
+    st: &ForwardingState,
     tx: &mut [TxQueue<'_>],
     peers: &Peers<'_>,
     counters: &mut Counters,
@@ -303,7 +305,7 @@ fn deliver(
                 Err(_) => counters[DropReason::ControlRingFull] += 1,
             }
         }
-        Verdict::Local if punt.has(in_port) => to_kernel(peers, counters, punt, now_ms, m, in_port),
+        Verdict::Local if punt.has(in_port) => to_kernel(st, peers, counters, punt, now_ms, m, in_port),
         Verdict::Handoff { worker } => match peers.mailboxes.get(worker as usize) {
             Some(mb) => {
                 if mb.handoff.push(Handed { m, port: in_port, origin }).is_err() {
@@ -320,9 +322,17 @@ fn deliver(
 /// control-plane packets always (while the ring has room), the rest within
 /// the worker's punt rate.
 #[inline(never)]
-fn to_kernel(peers: &Peers<'_>, counters: &mut Counters, punt: &mut Punt, now_ms: u64, m: Mbuf, port: u16) {
+fn to_kernel(
+    st: &ForwardingState,
+    peers: &Peers<'_>,
+    counters: &mut Counters,
+    punt: &mut Punt,
+    now_ms: u64,
+    m: Mbuf,
+    port: u16,
+) {
     let mb = &peers.mailboxes[peers.me as usize];
-    let ring = match punt::class(m.data()) {
+    let ring = match punt::class(m.data(), |src| st.is_priority_source(src)) {
         PuntClass::Control => &mb.punt_high,
         PuntClass::Other => {
             if !punt.bucket.take(now_ms) {

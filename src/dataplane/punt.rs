@@ -15,21 +15,28 @@ const OSPF: u8 = 89;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PuntClass {
     /// Routing and neighbour traffic: ARP, NDP and router messages, BGP,
-    /// BFD, OSPF. Its own ring, drained first, not rate limited, so a flood
-    /// of anything else cannot starve a BGP session.
+    /// BFD, OSPF; and whatever comes from a priority source (the backends:
+    /// answers to the box's health checks). Its own ring, drained first, not
+    /// rate limited, so a flood of anything else cannot starve a BGP session
+    /// or fail the health checks.
     Control,
     /// Everything else (SSH, ICMP, …): rate limited per worker.
     Other,
 }
 
-/// The class of an Ethernet frame for the box (VLAN tags allowed).
-pub fn class(frame: &[u8]) -> PuntClass {
+/// The class of an Ethernet frame for the box (VLAN tags allowed);
+/// `priority(source)` says whether its IP source (16-byte form, IPv4
+/// mapped) goes first whatever it carries.
+pub fn class(frame: &[u8], priority: impl Fn(&[u8; 16]) -> bool) -> PuntClass {
     let Ok(f) = ethernet::Frame::new_checked(frame) else { return PuntClass::Other };
     let p = f.payload();
     let (protocol, l4) = match f.ethertype() {
         ethernet::ETHERTYPE_ARP => return PuntClass::Control,
         ethernet::ETHERTYPE_IPV4 => {
             let Ok(ip) = ipv4::Packet::new_checked(p) else { return PuntClass::Other };
+            if priority(&crate::balancer::flow::mapped(ip.src())) {
+                return PuntClass::Control;
+            }
             if ip.frag_offset() != 0 {
                 return PuntClass::Other;
             }
@@ -37,6 +44,9 @@ pub fn class(frame: &[u8]) -> PuntClass {
         }
         ethernet::ETHERTYPE_IPV6 => {
             let Ok(ip) = ipv6::Packet::new_checked(p) else { return PuntClass::Other };
+            if priority(&ip.src().octets()) {
+                return PuntClass::Control;
+            }
             let Ok(upper) = ip.upper() else { return PuntClass::Other };
             (upper.protocol, p.get(upper.offset..).unwrap_or(&[]))
         }
@@ -100,6 +110,18 @@ mod tests {
         frame[l4..l4 + 2].copy_from_slice(&sport.to_be_bytes());
         frame[l4 + 2..l4 + 4].copy_from_slice(&dport.to_be_bytes());
         frame
+    }
+
+    fn class(frame: &[u8]) -> PuntClass {
+        super::class(frame, |_| false)
+    }
+
+    #[test]
+    fn priority_sources_go_first_whatever_they_carry() {
+        let frame = with_ports(testframes::tcp(1, false, tcp::ACK), false, 80, 40000);
+        let src = crate::balancer::flow::mapped(crate::net::ipv4::addr_at(&frame, 14 + 12));
+        assert_eq!(super::class(&frame, |a| *a == src), PuntClass::Control);
+        assert_eq!(super::class(&frame, |a| *a != src), PuntClass::Other);
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub fn ctl_json(socket: &std::path::Path, args: &str) -> serde_json::Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("ctl {args}: {e}: {out}"))
 }
 
-fn veth_into(lan: &Netns, ns: &Netns, tag: &str, v4: &str, v6: &str, mac: &str) {
+pub fn veth_into(lan: &Netns, ns: &Netns, tag: &str, v4: &str, v6: &str, mac: &str) {
     let (outer, inner) = (format!("{tag}o"), format!("{tag}i"));
     sh(&format!("ip -n {} link add {outer} type veth peer name {inner} netns {}", lan.name, ns.name));
     sh(&format!("ip -n {} link set {outer} master br0 up", lan.name));
