@@ -263,7 +263,7 @@ fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
     assert!(out.contains("Requests/sec") && !out.contains("Socket errors"), "wrk under the flood: {out}");
     assert!(!out.contains("Non-2xx"), "{out}");
     assert_eq!(on_box.protocol(&b.ns, "peer"), since, "the BGP session flapped");
-    assert_eq!(on_router.protocol(&router, "peer").contains("Established"), true);
+    assert!(on_router.protocol(&router, "peer").contains("Established"), "the router lost the session");
 
     let stats = ctl_json(&b.socket, "stats");
     let c = &stats["counters"];
