@@ -112,8 +112,10 @@ pub fn run(
     let pool = Mempool::new(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, -1).map_err(RunError::Pool)?;
     let mut ports = start_ports(cfg, &eal, &pool)?;
     let kernel_ports = start_kernel_ports(cfg, &eal, &pool, &ports)?;
-    let kernel_link =
-        KernelLink::new((0..ports.len()).map(|i| kernel_ports.iter().any(|(p, _)| *p == i)).collect());
+    let kernel_link = KernelLink::new(
+        (0..ports.len()).map(|i| kernel_ports.iter().any(|(p, _)| *p == i)).collect(),
+        cfg.config.ports.iter().map(|p| (p.ipv4.map(|a| a.addr), p.ipv6.map(|a| a.addr))).collect(),
+    );
     let capture = start_capture(cfg, &eal);
     let poll = poll_config(cfg, &eal);
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();

@@ -101,6 +101,18 @@ fn the_boxs_kernel_talks_through_the_dpdk_port_while_vips_balance() {
         let out = b.ns.exec(&format!("ping -c 2 -i 0.2 -W 2 {target}"));
         assert!(out.contains("2 received"), "ping {target} from the box: {out}");
     }
+    // The kernel interface's link-local address: neighbour discovery and
+    // echo for it are the box's kernel's, through the port.
+    assert!(
+        wait_for(Duration::from_secs(10), || !b.ns.exec("ip -6 addr show dev lan").contains("tentative")),
+        "{}",
+        b.ns.exec("ip -6 addr show dev lan")
+    );
+    let brief = b.ns.exec("ip -6 -br addr show dev lan scope link");
+    let ll = brief.split_whitespace().find(|w| w.starts_with("fe80")).and_then(|w| w.split('/').next());
+    let ll = ll.unwrap_or_else(|| panic!("no link-local address: {brief}"));
+    let out = b.lan.client.exec(&format!("ping -6 -c 2 -i 0.2 -W 2 {ll}%vci"));
+    assert!(out.contains("2 received"), "ping {ll} from the client: {out}");
     // VIP traffic is balanced as ever.
     let counts = http_load(&b.lan.client, VIP, 30, "198.18.0.2", &b.l4lb);
     assert_eq!(counts.values().sum::<usize>(), 30);

@@ -10,9 +10,10 @@
 //!   kernel interface of the port they came in on.
 //! - **Down**: what the kernel sends on its interface is received here and
 //!   handed to a worker (its `control_down` ring, the workers in turn), which
-//!   sends it on the port: each TX queue keeps its one owner. ARP replies and
-//!   neighbour advertisements from the kernel stay here: l4lb answers for the
-//!   port's addresses itself.
+//!   sends it on the port: each TX queue keeps its one owner. The kernel's ARP
+//!   replies and neighbour advertisements for the port's addresses stay here:
+//!   l4lb answers for those itself (those for the interface's link-local
+//!   address go out).
 //!
 //! The thread owns the kernel devices' queues alone; it sleeps briefly when
 //! there is nothing to move (it is not a busy-polling core).
@@ -22,8 +23,8 @@ use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 
-use super::balance::is_neighbour_answer;
 use super::mailbox::StateMailbox;
+use super::punt::kernel_answer_for;
 use crate::dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 
 /// What the thread moved, per data port (by port index).
@@ -44,15 +45,22 @@ pub struct KernelLink {
     pub counters: Vec<KernelCounters>,
     /// Whether each data port has a kernel interface.
     pub has: Vec<bool>,
+    /// Each data port's own addresses: the kernel's ARP and neighbour
+    /// answers for them stay in (l4lb answers for them on the wire).
+    pub addresses: Vec<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>)>,
     /// Neighbour answers the management core has learnt from, for the kernel.
     pub from_management: ArrayQueue<(u16, Mbuf)>,
 }
 
 impl KernelLink {
-    pub fn new(has: Vec<bool>) -> KernelLink {
+    pub fn new(
+        has: Vec<bool>,
+        addresses: Vec<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>)>,
+    ) -> KernelLink {
         KernelLink {
             counters: has.iter().map(|_| KernelCounters::default()).collect(),
             has,
+            addresses,
             from_management: ArrayQueue::new(crate::control::config::PUNT_RING_HIGH),
         }
     }
@@ -110,8 +118,9 @@ pub fn run(
             let n = q.rx.burst(&mut burst);
             moved += n;
             let c = &link.counters[q.port as usize];
+            let (v4, v6) = link.addresses.get(q.port as usize).copied().unwrap_or_default();
             for m in burst.drain() {
-                if is_neighbour_answer(m.data()) || mailboxes.is_empty() {
+                if kernel_answer_for(m.data(), v4, v6) || mailboxes.is_empty() {
                     c.dropped.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }

@@ -69,6 +69,33 @@ pub fn class(frame: &[u8], priority: impl Fn(&[u8; 16]) -> bool) -> PuntClass {
     }
 }
 
+/// Whether a frame the kernel sent is its answer for one of the port's own
+/// addresses (`v4`, `v6`): an ARP reply from `v4` or a neighbour
+/// advertisement for `v6`. l4lb answers for those on the wire itself; the
+/// kernel's answers for its link-local address go out.
+pub fn kernel_answer_for(
+    frame: &[u8],
+    v4: Option<std::net::Ipv4Addr>,
+    v6: Option<std::net::Ipv6Addr>,
+) -> bool {
+    let Ok(f) = ethernet::Frame::new_checked(frame) else { return false };
+    let p = f.payload();
+    match f.ethertype() {
+        ethernet::ETHERTYPE_ARP => crate::net::arp::Packet::new_checked(p)
+            .is_ok_and(|a| a.op() == crate::net::arp::OP_REPLY && Some(a.sender_ip()) == v4),
+        ethernet::ETHERTYPE_IPV6 => {
+            let Ok(ip) = ipv6::Packet::new_checked(p) else { return false };
+            let l4 = ip.payload();
+            ip.next_header() == proto::ICMPV6
+                && l4.first() == Some(&icmp::v6::NEIGHBOR_ADVERT)
+                && l4.get(8..24).and_then(|t| <[u8; 16]>::try_from(t).ok()).map(std::net::Ipv6Addr::from)
+                    == v6
+                && v6.is_some()
+        }
+        _ => false,
+    }
+}
+
 /// A token bucket: `rate` tokens per second, at most `burst` saved up.
 /// Time comes in (ms), read once per poll by the caller.
 #[derive(Debug, Clone, Copy)]
@@ -149,6 +176,53 @@ mod tests {
         );
         assert_eq!(class(&ns), PuntClass::Control);
         assert_eq!(class(&[0u8; 10]), PuntClass::Other);
+    }
+
+    #[test]
+    fn the_kernels_answers_for_the_ports_addresses_stay_in_and_link_local_ones_go_out() {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let (mac, me4) = ([2, 0, 0, 0, 1, 1], Ipv4Addr::new(198, 18, 0, 1));
+        let mut reply = crate::net::arp::request_frame(mac, me4, Ipv4Addr::new(198, 18, 0, 2));
+        crate::net::arp::write(
+            &mut reply[14..],
+            crate::net::arp::OP_REPLY,
+            mac,
+            me4,
+            [2; 6],
+            Ipv4Addr::new(198, 18, 0, 2),
+        );
+        assert!(kernel_answer_for(&reply, Some(me4), None));
+        assert!(!kernel_answer_for(&reply, Some(Ipv4Addr::new(198, 18, 0, 9)), None));
+        let na = |target: Ipv6Addr| {
+            let mut f = vec![0u8; 14 + 40 + icmp::NA_LEN];
+            ethernet::write_header(&mut f, [2; 6], mac, ethernet::ETHERTYPE_IPV6);
+            let repr = ipv6::Repr {
+                src: target,
+                dst: "2001:db8::2".parse().unwrap(),
+                next_header: proto::ICMPV6,
+                payload_len: icmp::NA_LEN as u16,
+                hop_limit: 255,
+                traffic_class: 0,
+                flow_label: 0,
+            };
+            repr.write(&mut f[14..]);
+            icmp::write_neighbor_advert(
+                &mut f[54..],
+                &target,
+                &"2001:db8::2".parse().unwrap(),
+                &target,
+                mac,
+                true,
+            );
+            f
+        };
+        let me6: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert!(kernel_answer_for(&na(me6), None, Some(me6)));
+        assert!(
+            !kernel_answer_for(&na("fe80::1".parse().unwrap()), None, Some(me6)),
+            "link-local: the kernel's"
+        );
+        assert!(!kernel_answer_for(&na(me6), None, None));
     }
 
     #[test]

@@ -172,6 +172,11 @@ impl Worker {
         if port.ipv6 == Some(dst) {
             return Some(self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, true));
         }
+        // Link-local and multicast traffic is the kernel interface's, if the
+        // port has one (its link-local address, MLD, OSPFv3, …).
+        if port.kernel && (super::replies::is_link_local(&dst) || dst.is_multicast()) {
+            return Some(Verdict::Local);
+        }
         if dst.is_multicast() {
             return Some(Verdict::Drop(NotForUs));
         }

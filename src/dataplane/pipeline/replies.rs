@@ -129,6 +129,10 @@ impl Worker {
         let ours =
             port.ipv6 == Some(ns.target) || st.is_vip(&ns.target.octets()).is_some_and(|s| s.answer_arp);
         if !ours {
+            // The kernel interface's own link-local address: its kernel answers.
+            if port.kernel && is_link_local(&ns.target) {
+                return Verdict::Local;
+            }
             return Verdict::Drop(DropReason::ArpNotOurs);
         }
         let src = ip.src();
@@ -161,4 +165,10 @@ impl Worker {
         icmp::write_neighbor_advert(msg, &ns.target, &dst_ip, &ns.target, port.mac, solicited);
         Verdict::Reply { port: in_port }
     }
+}
+
+/// fe80::/10.
+#[inline]
+pub(super) fn is_link_local(a: &Ipv6Addr) -> bool {
+    a.segments()[0] & 0xffc0 == 0xfe80
 }
