@@ -40,7 +40,9 @@ fn start_box(kernel_extra: &str) -> Box_ {
     let dir = std::env::temp_dir().join(unique("l4lb-box-"));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("ctl.sock");
-    let control = format!("[control]\nsocket = \"{}\"\nmetrics_address = \"\"\n", socket.display());
+    // Metrics inside the box's own namespace.
+    let control =
+        format!("[control]\nsocket = \"{}\"\nmetrics_address = \"127.0.0.1:9100\"\n", socket.display());
     let backends: Vec<String> =
         lan.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
     // Health checks from the box's kernel: through the port's kernel
@@ -136,6 +138,12 @@ fn the_boxs_kernel_talks_through_the_dpdk_port_while_vips_balance() {
         assert!(port[k].as_u64().unwrap_or(0) > 0, "{k}: {stats}");
     }
     assert!(stats["counters"]["punted"].as_u64().unwrap_or(0) > 0, "{stats}");
+    let page = b.ns.exec("curl -s --max-time 5 http://127.0.0.1:9100/metrics");
+    for family in ["l4lb_port_to_kernel_packets_total", "l4lb_port_from_kernel_packets_total"] {
+        let line = page.lines().find(|l| l.starts_with(&format!("{family}{{port=\"lan\"}}"))).unwrap_or("");
+        let v: f64 = line.rsplit(' ').next().and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        assert!(v > 0.0, "{family}: `{line}`");
+    }
     assert!(stats["counters"]["no_service"].as_u64().unwrap_or(0) > 0, "{stats}");
     let _ = server.kill();
     let _ = server.wait();
