@@ -4,7 +4,8 @@
 #   scripts/demo.sh --mode ipip  IP-in-IP: backends decapsulate and answer directly
 # Builds a one-arm LAN of network namespaces around l4lb's TAP port: a client,
 # three backends running HTTP servers that answer with their own name, and a
-# management namespace l4lb runs in (its health checks leave from there).
+# namespace l4lb runs in, where its port's kernel interface appears (its health
+# checks leave from there, through the DPDK port: the exception path).
 # Sends real traffic (ping, curl, wrk), shows the spread over backends and
 # l4lb's counters, kills a backend mid-run (failover, then slow start when it
 # returns), shows that replies bypass l4lb, then removes everything (also on
@@ -81,7 +82,8 @@ attach() { # ns tag address mac
 }
 attach "$NS_CLIENT" vc 198.18.0.2 02:00:00:00:0c:02
 ip -n "$NS_CLIENT" route add 198.18.100.0/24 via 198.18.0.1
-attach "$NS_MGMT" vm 198.18.0.5 02:00:00:00:0c:05
+ip netns add "$NS_MGMT"
+ip -n "$NS_MGMT" link set lo up
 start_backend() { # i
   # `ip netns exec` (not the in_ns function, which would fork a subshell)
   # execs python, so $! is the server's own PID.
@@ -122,6 +124,11 @@ ip -n "$NS_MGMT" link set "$TAP" netns "$NS_LAN"
 # bridge would keep l4lb's frames for itself.
 ip -n "$NS_LAN" link set "$TAP" address 02:00:00:00:01:fe
 ip -n "$NS_LAN" link set "$TAP" master br0 up
+# Health checks leave through the port, so they pass once it is on the bridge.
+CTL="$BIN ctl --config $CONFIG"
+for _ in $(seq 1 100); do
+  $CTL backends | awk 'NR > 1 && $3 != "up" { bad = 1 } END { exit bad }' && break; sleep 0.1
+done
 
 step "ping l4lb (it answers ARP and ICMP itself)"
 in_ns "$NS_CLIENT" ping -c 2 -i 0.2 198.18.0.1
@@ -132,7 +139,6 @@ for _ in $(seq 1 30); do in_ns "$NS_CLIENT" curl -s --max-time 3 "http://$VIP/";
 step "wrk for 5 seconds, 20 connections"
 in_ns "$NS_CLIENT" wrk -t2 -c20 -d5s "http://$VIP/" | sed -n '1,8p'
 
-CTL="$BIN ctl --config $CONFIG"
 step "backends as l4lb sees them (l4lb ctl backends)"
 $CTL backends web-l2
 
@@ -142,9 +148,12 @@ in_ns "$NS_CLIENT" wrk -t1 -c8 -d10s --timeout 2s "http://$VIP/" > /tmp/l4lb-dem
 WRK=$!
 sleep 2
 echo "$(date +%T.%3N) killing backend-2's server"
+downs=$(grep -c "backend $SVC/198.18.0.12 is down" "$LOG" || true)
 { kill -9 "${B_PIDS[2]}"; wait "${B_PIDS[2]}"; } 2>/dev/null || true
-for _ in $(seq 1 50); do grep -q "backend $SVC/198.18.0.12 is down" "$LOG" && break; sleep 0.1; done
-echo "$(date +%T.%3N) $(grep "backend $SVC/198.18.0.12 is down" "$LOG" | head -1)"
+for _ in $(seq 1 50); do
+  [ "$(grep -c "backend $SVC/198.18.0.12 is down" "$LOG" || true)" -gt "$downs" ] && break; sleep 0.1
+done
+echo "$(date +%T.%3N) $(grep "backend $SVC/198.18.0.12 is down" "$LOG" | tail -1)"
 $CTL backends "$SVC"
 sleep 2
 echo "$(date +%T.%3N) restarting backend-2's server"
