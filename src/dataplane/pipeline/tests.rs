@@ -348,3 +348,65 @@ proptest! {
         })?;
     }
 }
+
+/// A port with a kernel interface: what the pipeline leaves to the kernel
+/// (`Local`) that a port without one drops.
+#[test]
+fn a_kernel_port_hands_the_box_link_local_multicast_and_configured_vip_ports() {
+    use crate::balancer::state::ForwardingState;
+    use crate::dataplane::packet::TestPacket;
+    use crate::dataplane::testframes;
+    use crate::net::{ethernet, icmp, ipv6};
+    let state = |kernel: bool, punt_vip: bool| {
+        let mut port = testframes::port(true, true);
+        port.kernel = kernel;
+        port.punt_unknown_vip_ports = punt_vip;
+        let vip = std::net::IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
+        let backends = (0..3).map(|i| testframes::backend(i, false)).collect();
+        let spec = testframes::service(vip, proto::TCP, 80, Forwarding::IpIp, backends);
+        ForwardingState::build(1, vec![port], vec![spec]).unwrap()
+    };
+    // An IPv6 UDP datagram from 2001:db8::2 to `dst`, to the port's MAC.
+    let v6_to = |dst: Ipv6Addr| {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        ethernet::write_header(&mut f, [2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 0xc1], ethernet::ETHERTYPE_IPV6);
+        let repr = ipv6::Repr {
+            src: "2001:db8::2".parse().unwrap(),
+            dst,
+            next_header: proto::UDP,
+            payload_len: 8,
+            hop_limit: 64,
+            traffic_class: 0,
+            flow_label: 0,
+        };
+        repr.write(&mut f[14..]);
+        f
+    };
+    let link_local: Ipv6Addr = "fe80::ff:fe00:1".parse().unwrap();
+    let mut solicit =
+        icmp::solicit_frame([2, 0, 0, 0, 0, 0xc1], "2001:db8::2".parse().unwrap(), link_local).to_vec();
+    // Addressed to the port's MAC (the solicitation builder multicasts).
+    solicit[..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    let mut vip_other_port = testframes::tcp(1, false, crate::net::tcp::SYN);
+    vip_other_port[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&8080u16.to_be_bytes());
+    let frames: [(&str, Vec<u8>); 4] = [
+        ("link-local", v6_to(link_local)),
+        ("multicast", v6_to("ff02::5".parse().unwrap())),
+        ("solicitation for the link-local address", solicit),
+        ("an unknown VIP port", vip_other_port),
+    ];
+    for (kernel, punt_vip) in [(false, false), (true, false), (true, true)] {
+        let st = state(kernel, punt_vip);
+        let mut w =
+            Worker::new(WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() });
+        for (what, f) in &frames {
+            let v = w.process(&st, &mut TestPacket::new(f), 0, 0);
+            let want_local = if *what == "an unknown VIP port" { punt_vip } else { kernel };
+            assert_eq!(
+                v == Verdict::Local,
+                want_local,
+                "{what}, kernel {kernel}, punt_vip {punt_vip}: {v:?}"
+            );
+        }
+    }
+}
