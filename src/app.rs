@@ -497,6 +497,7 @@ fn manage(ctx: &ManageContext<'_>, first: FirstState, signals: &Signals) -> Resu
             }
         }
     }
+    mgmt.withdraw_routes();
     drop(servers);
     if mgmt.generation() > 1 || mgmt.neighbours.resolved() > 0 {
         log::info!(

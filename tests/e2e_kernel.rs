@@ -32,6 +32,11 @@ struct Box_ {
 }
 
 fn start_box(kernel_extra: &str) -> Box_ {
+    start_box_with(kernel_extra, "")
+}
+
+/// As [`start_box`], with `sections` (TOML) added to the configuration.
+fn start_box_with(kernel_extra: &str, sections: &str) -> Box_ {
     require_root();
     let mut lan = topology(&[VIP]);
     start_servers(&mut lan, None);
@@ -41,8 +46,10 @@ fn start_box(kernel_extra: &str) -> Box_ {
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("ctl.sock");
     // Metrics inside the box's own namespace.
-    let control =
-        format!("[control]\nsocket = \"{}\"\nmetrics_address = \"127.0.0.1:9100\"\n", socket.display());
+    let control = format!(
+        "[control]\nsocket = \"{}\"\nmetrics_address = \"127.0.0.1:9100\"\n{sections}\n",
+        socket.display()
+    );
     let backends: Vec<String> =
         lan.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
     // Health checks from the box's kernel: through the port's kernel
@@ -194,8 +201,9 @@ impl Bird {
         out.lines().find(|l| l.starts_with(name)).unwrap_or("").to_owned()
     }
 
-    fn routes(&self, ns: &Netns) -> String {
-        ns.exec_try(&format!("birdc -s {} show route", self.socket.display())).1
+    /// The routes learnt over the BGP session.
+    fn learnt(&self, ns: &Netns) -> String {
+        ns.exec_try(&format!("birdc -s {} show route protocol peer", self.socket.display())).1
     }
 }
 
@@ -207,13 +215,15 @@ impl Drop for Bird {
 }
 
 /// BGP between BIRD on the box (its kernel interface) and BIRD in a router
-/// namespace, with 2 s keepalives and a 6 s hold time.
-fn bird_conf(id: &str, local_as: u32, peer: &str, peer_as: u32, export: &str) -> String {
+/// namespace, with 2 s keepalives and a 6 s hold time; `sources` are the
+/// box's route sources, and `export` what its session announces (the
+/// router: none, it announces nothing).
+fn bird_conf(id: &str, local_as: u32, peer: &str, peer_as: u32, sources: &str, export: &str) -> String {
     format!(
         r#"
 router id {id};
 protocol device {{ }}
-protocol static vips {{ ipv4; route 198.18.100.1/32 blackhole; }}
+{sources}
 protocol bgp peer {{
   local {id} as {local_as};
   neighbor {peer} as {peer_as};
@@ -222,6 +232,19 @@ protocol bgp peer {{
 }}
 "#
     )
+}
+
+/// A router namespace on the LAN (198.18.0.254) running BIRD, peering with the box.
+fn router(b: &Box_) -> (Netns, Bird) {
+    let ns = Netns::new(&unique("l4b-rt"));
+    veth_into(&b.lan.lan, &ns, "vr", "198.18.0.254", "2001:db8::fe", "02:00:00:00:0c:fe");
+    let bird = Bird::start(
+        &ns,
+        &b.dir,
+        "router",
+        &bird_conf("198.18.0.254", 65001, "198.18.0.1", 65000, "", "none"),
+    );
+    (ns, bird)
 }
 
 /// Sends UDP datagrams from `ns` to `dst` as fast as one Python process
@@ -239,19 +262,13 @@ fn flood(ns: &Netns, dst: &str, secs: u32) -> std::process::Child {
 #[test]
 fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
     let b = start_box("");
-    let router = Netns::new(&unique("l4b-rt"));
-    veth_into(&b.lan.lan, &router, "vr", "198.18.0.254", "2001:db8::fe", "02:00:00:00:0c:fe");
+    let (router, on_router) = router(&b);
+    let sources = "protocol static vips { ipv4; route 198.18.100.1/32 blackhole; }";
     let on_box = Bird::start(
         &b.ns,
         &b.dir,
         "box",
-        &bird_conf("198.18.0.1", 65000, "198.18.0.254", 65001, "where proto = \"vips\""),
-    );
-    let on_router = Bird::start(
-        &router,
-        &b.dir,
-        "router",
-        &bird_conf("198.18.0.254", 65001, "198.18.0.1", 65000, "none"),
+        &bird_conf("198.18.0.1", 65000, "198.18.0.254", 65001, sources, "where proto = \"vips\""),
     );
     let established = || on_box.protocol(&b.ns, "peer").contains("Established");
     assert!(
@@ -261,9 +278,9 @@ fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
         on_router.protocol(&router, "peer")
     );
     assert!(
-        wait_for(Duration::from_secs(10), || on_router.routes(&router).contains("198.18.100.1/32")),
+        wait_for(Duration::from_secs(10), || on_router.learnt(&router).contains("198.18.100.1/32")),
         "the router did not learn the VIP: {}",
-        on_router.routes(&router)
+        on_router.learnt(&router)
     );
     // The session's state line carries the time it was established: it must
     // not change (no flap) through what follows.
@@ -299,5 +316,50 @@ fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
     drop(on_router);
     let (status, transcript) = b.l4lb.stop();
     assert!(status.success(), "{transcript}");
+    let _ = std::fs::remove_dir_all(&b.dir);
+}
+
+#[test]
+fn a_vip_is_announced_while_its_service_has_backends_and_withdrawn_when_not() {
+    let b = start_box_with("", "[routing]\ntable = 100\n");
+    let (_, table) = b.ns.exec_try("ip route show table 100");
+    assert!(
+        table.contains("198.18.100.1 dev lan"),
+        "l4lb did not put the VIP in table 100: {table}\n{}",
+        b.l4lb.transcript()
+    );
+    let (router, on_router) = router(&b);
+    // BIRD on the box announces what l4lb keeps in table 100.
+    let sources =
+        "protocol kernel vips { kernel table 100; learn; scan time 2; ipv4 { import all; export none; }; }";
+    let on_box = Bird::start(
+        &b.ns,
+        &b.dir,
+        "box",
+        &bird_conf("198.18.0.1", 65000, "198.18.0.254", 65001, sources, "where proto = \"vips\""),
+    );
+    let learnt = || on_router.learnt(&router).contains("198.18.100.1/32");
+    assert!(
+        wait_for(Duration::from_secs(30), learnt),
+        "the router did not learn the VIP: box {:?}, router {}",
+        on_box.protocol(&b.ns, "peer"),
+        on_router.learnt(&router)
+    );
+    // Every backend fails its check: the VIP is withdrawn (checks every
+    // 300 ms, down after 2 failures), then announced again when one returns.
+    for be in &b.lan.backends {
+        be.set_health(500);
+    }
+    assert!(wait_for(Duration::from_secs(10), || !learnt()), "not withdrawn: {}", on_router.learnt(&router));
+    assert!(!b.ns.exec_try("ip route show table 100").1.contains("198.18.100.1"));
+    b.lan.backends[1].set_health(200);
+    assert!(wait_for(Duration::from_secs(10), learnt), "not announced again: {}", on_router.learnt(&router));
+    // The stop withdraws it before l4lb exits.
+    let (status, transcript) = b.l4lb.stop();
+    assert!(status.success(), "{transcript}");
+    assert!(transcript.contains("routing: withdrawing 198.18.100.1"), "{transcript}");
+    assert!(wait_for(Duration::from_secs(10), || !learnt()), "still announced after the stop");
+    drop(on_box);
+    drop(on_router);
     let _ = std::fs::remove_dir_all(&b.dir);
 }

@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod mgmt;
 pub mod neighbour;
 pub mod registry;
+pub mod routing;
 pub mod server;
 pub mod state_build;

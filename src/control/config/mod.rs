@@ -34,6 +34,18 @@ pub struct Config {
     pub services: Vec<ServiceSection>,
     #[serde(default)]
     pub control: ControlSection,
+    #[serde(default)]
+    pub routing: RoutingSection,
+}
+
+/// `[routing]`: the VIPs l4lb asks a routing daemon to announce.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingSection {
+    /// The kernel routing table (in l4lb's namespace) l4lb keeps one route
+    /// per announced VIP in, for BIRD's `kernel` protocol (or FRR's
+    /// `ip import-table`) to pick up; 0: off.
+    pub table: u32,
 }
 
 /// `[control]`: the management side's sockets and health-check source.
@@ -342,7 +354,15 @@ pub struct ServiceSection {
     /// (0: they continue until they end).
     #[serde(default)]
     pub drain_timeout_s: u64,
+    /// The VIP is announced (`[routing]`) while at least this many backends
+    /// take new flows.
+    #[serde(default = "default_min_healthy")]
+    pub min_healthy: u32,
     pub backends: Vec<BackendSection>,
+}
+
+fn default_min_healthy() -> u32 {
+    1
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -137,3 +137,79 @@ fn pci_addresses() {
     assert_eq!(tap_interface("net_tap1, iface=x ,remote=eth0"), Some("x"));
     assert_eq!(tap_interface("net_pcap0,iface=eth0"), None);
 }
+
+/// A balancing configuration: one port with addresses, one service.
+const BALANCING: &str = r#"
+[dpdk]
+lcores = "0@0,1@1"
+devices = ["net_tap0,iface=data0"]
+hugepages = false
+
+[[ports]]
+name = "lan"
+device = "net_tap0"
+ipv4 = "198.18.0.1/24"
+
+[[services]]
+name = "web"
+vip = "198.18.100.1"
+protocol = "tcp"
+port = 80
+backends = [{ address = "198.18.0.11" }, { address = "198.18.0.12" }]
+"#;
+
+#[test]
+fn kernel_interfaces_default_on_where_l4lb_balances_a_port_with_an_address() {
+    let v = check(BALANCING).unwrap();
+    let k = v.kernel_interfaces();
+    assert_eq!(k.len(), 1);
+    assert_eq!((k[0].port, k[0].name.as_str()), (0, "lan"));
+    let args = v.eal_args();
+    assert!(args.iter().any(|a| a.starts_with(&k[0].device()) && a.contains("iface=lan")), "{args:?}");
+    let off = BALANCING
+        .replace("ipv4 = \"198.18.0.1/24\"", "ipv4 = \"198.18.0.1/24\"\nkernel = { enabled = false }");
+    assert!(check(&off).unwrap().kernel_interfaces().is_empty());
+    // Plain forwarding has none.
+    assert!(check(GOOD).unwrap().kernel_interfaces().is_empty());
+}
+
+#[test]
+fn kernel_and_routing_errors_name_their_key() {
+    let cases = [
+        (
+            "ipv4 = \"198.18.0.1/24\"",
+            "ipv4 = \"198.18.0.1/24\"\nkernel = { name = \"a/b\" }",
+            "ports[0].kernel.name",
+        ),
+        (
+            "ipv4 = \"198.18.0.1/24\"",
+            "ipv4 = \"198.18.0.1/24\"\nkernel = { name = \"data0\" }",
+            "ports[0].kernel.name",
+        ),
+        (
+            "ipv4 = \"198.18.0.1/24\"",
+            "ipv4 = \"198.18.0.1/24\"\nkernel = { enabled = false, punt_unknown_vip_ports = true }",
+            "ports[0].kernel.punt_unknown_vip_ports",
+        ),
+        ("port = 80\n", "port = 80\nmin_healthy = 3\n", "services[0].min_healthy"),
+        ("port = 80\n", "port = 80\nmin_healthy = 0\n", "services[0].min_healthy"),
+        ("[[services]]", "[routing]\ntable = 254\n\n[[services]]", "routing.table"),
+        (
+            "ipv4 = \"198.18.0.1/24\"",
+            "ipv4 = \"198.18.0.1/24\"\nkernel = { enabled = false }\n\n[routing]\ntable = 100\n",
+            "routing.table",
+        ),
+    ];
+    for (from, to, key) in cases {
+        let e = check(&BALANCING.replacen(from, to, 1)).unwrap_err();
+        assert_eq!(e.key, key, "{to}: {e}");
+    }
+    assert_eq!(
+        check(&BALANCING.replace("[[services]]", "[routing]\ntable = 100\n\n[[services]]"))
+            .unwrap()
+            .config
+            .routing
+            .table,
+        100
+    );
+}

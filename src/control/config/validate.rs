@@ -215,6 +215,27 @@ impl Config {
                 ));
             }
         }
+        let r = &self.routing;
+        if r.table != 0 && (r.table >= 252 && r.table <= 255 || r.table > 0x7fff_ffff) {
+            return Err(err(
+                "routing.table".into(),
+                format!("{} is reserved (252-255: default, main, local) or too large; pick 1-251 or 256-2147483647", r.table),
+            ));
+        }
+        if r.table != 0 && (0..self.ports.len()).all(|i| kernel_interface_name(&self, i).is_none()) {
+            return Err(err(
+                "routing.table".into(),
+                "announcing VIPs needs a port with a kernel interface (its routing daemon's way out)".into(),
+            ));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.min_healthy == 0 || s.min_healthy as usize > s.backends.len() {
+                return Err(err(
+                    format!("services[{i}].min_healthy"),
+                    format!("{} must be 1 to the service's {} backends", s.min_healthy, s.backends.len()),
+                ));
+            }
+        }
         validate_services(&self, &err)?;
         Ok(Validated { config: self, lcores, main_lcore, workers, forward })
     }

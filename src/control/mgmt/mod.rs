@@ -81,6 +81,8 @@ pub struct Management<'a> {
     /// The exception path: neighbour answers go on to the kernel through it;
     /// its per-port counters.
     pub kernel: Option<&'a KernelLink>,
+    /// The announced VIPs' routes (`[routing] table`), if on.
+    announcer: Option<super::routing::Announcer>,
 }
 
 impl<'a> Management<'a> {
@@ -125,9 +127,29 @@ impl<'a> Management<'a> {
             query_tag: 0,
             tsc_hz: 0,
             kernel: None,
+            announcer: None,
         };
         m.rebuild_targets();
+        let table = m.registry.cfg.config.routing.table;
+        if table != 0 {
+            m.announcer = Some(super::routing::Announcer::new(table));
+            m.announce();
+        }
         m
+    }
+
+    /// Brings the announced VIPs in line with the state in force.
+    fn announce(&mut self) {
+        if let Some(a) = self.announcer.as_mut() {
+            a.apply(&super::routing::wanted(&self.state, &self.registry.cfg.config));
+        }
+    }
+
+    /// Withdraws every announced VIP (at the stop).
+    pub fn withdraw_routes(&mut self) {
+        if let Some(a) = self.announcer.as_mut() {
+            a.withdraw_all();
+        }
     }
 
     /// The newest forwarding state's generation.
@@ -290,6 +312,7 @@ impl<'a> Management<'a> {
         self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
         self.state = st;
         self.offer();
+        self.announce();
         Ok(self.generation())
     }
 

@@ -1,0 +1,107 @@
+//! Which VIPs the box announces, kept as routes in a kernel routing table of
+//! l4lb's namespace (`[routing] table`) for a routing daemon to export by BGP:
+//! BIRD's `kernel` protocol with `learn` reads such a table, FRR's
+//! `ip import-table` likewise. l4lb decides; the daemon speaks BGP.
+//!
+//! A VIP is in the table while its service has at least `min_healthy`
+//! backends taking new flows in the forwarding state in force (up, weight
+//! above 0, not draining). Each route goes through the kernel interface of
+//! the service's egress port, so if l4lb dies the interface goes with it, the
+//! kernel drops the routes and the daemon withdraws them.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::process::Command;
+
+use crate::balancer::state::ForwardingState;
+use crate::control::config::Config;
+
+/// The VIPs to announce now, each with the interface its route goes
+/// through and a line saying why (for the log).
+pub fn wanted(st: &ForwardingState, cfg: &Config) -> BTreeMap<IpAddr, (String, String)> {
+    let mut out: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
+    for s in &cfg.services {
+        let Some(svc) = st.services.iter().find(|v| v.name == s.name) else { continue };
+        let taking = svc.backends.iter().filter(|&&b| st.backends[b as usize].takes_new_flows()).count();
+        if taking < s.min_healthy as usize {
+            continue;
+        }
+        let egress = s.egress.as_ref().and_then(|e| cfg.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
+        let Some(dev) = crate::control::config::kernel_interface_name(cfg, egress) else { continue };
+        let why = format!("service {}: {taking} of {} backends take new flows", s.name, s.backends.len());
+        out.entry(s.vip).or_insert_with(|| (dev.to_owned(), why));
+    }
+    out
+}
+
+/// The routes l4lb has put in the table.
+pub struct Announcer {
+    table: u32,
+    announced: BTreeMap<IpAddr, String>,
+}
+
+impl Announcer {
+    /// Starts from an empty table (routes a previous run left are removed).
+    pub fn new(table: u32) -> Announcer {
+        let a = Announcer { table, announced: BTreeMap::new() };
+        for family in ["-4", "-6"] {
+            let _ = a.ip(&[family, "route", "flush", "table", &table.to_string()]);
+        }
+        a
+    }
+
+    fn ip(&self, args: &[&str]) -> Result<(), String> {
+        let out =
+            Command::new("ip").args(args).output().map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
+    fn route(vip: &IpAddr) -> String {
+        match vip {
+            IpAddr::V4(a) => format!("{a}/32"),
+            IpAddr::V6(a) => format!("{a}/128"),
+        }
+    }
+
+    /// Makes the table hold exactly `want`; logs each change.
+    pub fn apply(&mut self, want: &BTreeMap<IpAddr, (String, String)>) {
+        let table = self.table.to_string();
+        let gone: Vec<IpAddr> = self.announced.keys().filter(|v| !want.contains_key(v)).copied().collect();
+        for vip in gone {
+            let r = Self::route(&vip);
+            match self.ip(&["route", "del", &r, "table", &table]) {
+                Ok(()) => log::warn!("routing: withdrawing {vip} (too few backends take new flows)"),
+                Err(e) => log::warn!("routing: withdrawing {vip}: {e}"),
+            }
+            self.announced.remove(&vip);
+        }
+        for (vip, (dev, why)) in want {
+            if self.announced.get(vip) == Some(dev) {
+                continue;
+            }
+            let r = Self::route(vip);
+            // `proto static`: a route another tool made, which BIRD's `learn` imports.
+            match self.ip(&["route", "replace", &r, "dev", dev, "table", &table, "proto", "static"]) {
+                Ok(()) => {
+                    log::info!("routing: announcing {vip} via {dev} in table {table} ({why})");
+                    self.announced.insert(*vip, dev.clone());
+                }
+                Err(e) => log::warn!("routing: announcing {vip}: {e}"),
+            }
+        }
+    }
+
+    /// The VIPs in the table now.
+    pub fn announced(&self) -> impl Iterator<Item = &IpAddr> {
+        self.announced.keys()
+    }
+
+    /// Takes every route out (at the stop).
+    pub fn withdraw_all(&mut self) {
+        self.apply(&BTreeMap::new());
+    }
+}
