@@ -186,6 +186,7 @@ impl Registry {
             ("[workers]", old.workers == c.workers),
             ("[[ports]]", old.ports == c.ports),
             ("[control]", old.control == c.control),
+            ("[routing]", old.routing == c.routing),
         ] {
             if !same {
                 return Err(format!(
