@@ -5,7 +5,8 @@
 //!
 //! A VIP is in the table while its service has at least `min_healthy`
 //! backends taking new flows in the forwarding state in force (up, weight
-//! above 0, not draining). Each route goes through the kernel interface of
+//! above 0, not draining) and, where the service has health checks, checked
+//! at least once. Each route goes through the kernel interface of
 //! the service's egress port, so if l4lb dies the interface goes with it, the
 //! kernel drops the routes and the daemon withdraws them.
 
@@ -17,12 +18,24 @@ use crate::balancer::state::ForwardingState;
 use crate::control::config::Config;
 
 /// The VIPs to announce now, each with the interface its route goes
-/// through and a line saying why (for the log).
-pub fn wanted(st: &ForwardingState, cfg: &Config) -> BTreeMap<IpAddr, (String, String)> {
+/// through and a line saying why (for the log). `checked(service, backend)`:
+/// whether the backend's health is known — a service with health checks
+/// counts only checked backends, so a box that starts is not announced
+/// before its checks have run (it would draw traffic it might black-hole).
+pub fn wanted(
+    st: &ForwardingState,
+    cfg: &Config,
+    checked: &dyn Fn(&str, IpAddr) -> bool,
+) -> BTreeMap<IpAddr, (String, String)> {
     let mut out: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
     for s in &cfg.services {
         let Some(svc) = st.services.iter().find(|v| v.name == s.name) else { continue };
-        let taking = svc.backends.iter().filter(|&&b| st.backends[b as usize].takes_new_flows()).count();
+        let taking = svc
+            .backends
+            .iter()
+            .map(|&b| &st.backends[b as usize])
+            .filter(|b| b.takes_new_flows() && (s.health.is_none() || checked(&s.name, b.addr)))
+            .count();
         if taking < s.min_healthy as usize {
             continue;
         }
@@ -103,5 +116,54 @@ impl Announcer {
     /// Takes every route out (at the stop).
     pub fn withdraw_all(&mut self) {
         self.apply(&BTreeMap::new());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::state_build::{build_state, simulated_facts};
+
+    const CONFIG: &str = r#"
+[dpdk]
+lcores = "0,1"
+devices = ["net_null0"]
+hugepages = false
+
+[[ports]]
+name = "lan"
+device = "net_null0"
+ipv4 = "198.18.0.1/24"
+
+[[services]]
+name = "checked"
+vip = "198.18.100.1"
+protocol = "tcp"
+port = 80
+min_healthy = 2
+health = { check = "tcp" }
+backends = [{ address = "198.18.0.11", mac = "02:00:00:00:0b:11" }, { address = "198.18.0.12", mac = "02:00:00:00:0b:12" }]
+
+[[services]]
+name = "unchecked"
+vip = "198.18.100.2"
+protocol = "tcp"
+port = 80
+backends = [{ address = "198.18.0.21", mac = "02:00:00:00:0b:21" }]
+"#;
+
+    #[test]
+    fn a_vip_needs_min_healthy_checked_backends_and_unchecked_services_need_none() {
+        let cfg = Config::parse(CONFIG, "t.toml").unwrap().validate("t.toml").unwrap();
+        let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+        let vips = |checked: &dyn Fn(&str, IpAddr) -> bool| -> Vec<String> {
+            wanted(&st, &cfg.config, checked).keys().map(|v| v.to_string()).collect()
+        };
+        assert_eq!(vips(&|_, _| false), ["198.18.100.2"], "before the checks ran");
+        assert_eq!(vips(&|_, a| a.to_string() == "198.18.0.11"), ["198.18.100.2"], "one of two checked");
+        assert_eq!(vips(&|_, _| true), ["198.18.100.1", "198.18.100.2"]);
+        let (dev, why) = &wanted(&st, &cfg.config, &|_, _| true)[&"198.18.100.1".parse().unwrap()];
+        assert_eq!(dev, "lan");
+        assert!(why.contains("2 of 2 backends"), "{why}");
     }
 }

@@ -141,7 +141,11 @@ impl<'a> Management<'a> {
     /// Brings the announced VIPs in line with the state in force.
     fn announce(&mut self) {
         if let Some(a) = self.announcer.as_mut() {
-            a.apply(&super::routing::wanted(&self.state, &self.registry.cfg.config));
+            let r = &self.registry;
+            let checked = |svc: &str, addr: IpAddr| {
+                r.backends.get(&(svc.to_owned(), addr)).is_some_and(|b| b.health.state != Health::Unknown)
+            };
+            a.apply(&super::routing::wanted(&self.state, &r.cfg.config, &checked));
         }
     }
 
