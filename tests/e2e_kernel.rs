@@ -328,6 +328,14 @@ fn a_vip_is_announced_while_its_service_has_backends_and_withdrawn_when_not() {
         "l4lb did not put the VIP in table 100: {table}\n{}",
         b.l4lb.transcript()
     );
+    let announced_gauge = || {
+        let page = b.ns.exec("curl -s --max-time 5 http://127.0.0.1:9100/metrics");
+        let line = "l4lb_service_announced{service=\"web\",vip=\"198.18.100.1\"}";
+        page.lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+    };
+    assert_eq!(announced_gauge(), Some(1));
+    let services = ctl_json(&b.socket, "services");
+    assert_eq!(services[0]["announced"], serde_json::json!(true), "{services}");
     let (router, on_router) = router(&b);
     // BIRD on the box announces what l4lb keeps in table 100.
     let sources =
@@ -352,6 +360,7 @@ fn a_vip_is_announced_while_its_service_has_backends_and_withdrawn_when_not() {
     }
     assert!(wait_for(Duration::from_secs(10), || !learnt()), "not withdrawn: {}", on_router.learnt(&router));
     assert!(!b.ns.exec_try("ip route show table 100").1.contains("198.18.100.1"));
+    assert_eq!(announced_gauge(), Some(0));
     b.lan.backends[1].set_health(200);
     assert!(wait_for(Duration::from_secs(10), learnt), "not announced again: {}", on_router.learnt(&router));
     // The stop withdraws it before l4lb exits.

@@ -192,6 +192,9 @@ pub struct ServiceRow {
     pub active_flows: u64,
     /// The check kind, when the service is health-checked.
     pub health_check: Option<String>,
+    /// With `[routing]`: whether the VIP is announced now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub announced: Option<bool>,
 }
 
 /// A row of `backends`.

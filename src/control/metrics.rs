@@ -24,6 +24,8 @@ pub struct ServiceRow {
     pub name: String,
     pub vip: String,
     pub sums: [u64; 4],
+    /// With `[routing]`: whether the VIP is announced.
+    pub announced: Option<bool>,
 }
 
 /// One backend: service, address, registry status, [packets, bytes, new
@@ -167,6 +169,15 @@ fn services(e: &mut Exposition, rows: &[ServiceRow]) {
         e.family(name, kind, help);
         for r in rows {
             e.sample(name, &[("service", &r.name), ("vip", &r.vip)], r.sums[i]);
+        }
+    }
+    if rows.iter().any(|r| r.announced.is_some()) {
+        let name = "l4lb_service_announced";
+        e.family(name, "gauge", "1 while l4lb keeps the service's VIP announced ([routing]), else 0.");
+        for r in rows {
+            if let Some(a) = r.announced {
+                e.sample(name, &[("service", &r.name), ("vip", &r.vip)], a as u64);
+            }
         }
     }
 }

@@ -175,6 +175,7 @@ impl Management<'_> {
                     new_flows: nf,
                     active_flows: act,
                     health_check: s.health.as_ref().map(|h| h.check.name().to_owned()),
+                    announced: self.announced(s.vip),
                 }
             })
             .collect()
@@ -355,7 +356,12 @@ impl Management<'_> {
                     maglev_entries: entries.get(&st.id).copied(),
                 });
             }
-            services.push(metrics::ServiceRow { name: s.name.clone(), vip: s.vip.to_string(), sums });
+            services.push(metrics::ServiceRow {
+                name: s.name.clone(),
+                vip: s.vip.to_string(),
+                sums,
+                announced: self.announced(s.vip),
+            });
         }
         metrics::render(&metrics::Scrape {
             generation: self.generation(),

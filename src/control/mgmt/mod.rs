@@ -149,6 +149,11 @@ impl<'a> Management<'a> {
         }
     }
 
+    /// With `[routing]`: whether `vip` is announced now.
+    pub fn announced(&self, vip: IpAddr) -> Option<bool> {
+        self.announcer.as_ref().map(|a| a.announced().any(|v| *v == vip))
+    }
+
     /// Withdraws every announced VIP (at the stop).
     pub fn withdraw_routes(&mut self) {
         if let Some(a) = self.announcer.as_mut() {
