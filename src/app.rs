@@ -113,7 +113,6 @@ pub fn run(
     let mut ports = start_ports(cfg, &eal, &pool)?;
     let kernel_ports = start_kernel_ports(cfg, &eal, &pool, &ports)?;
     let kernel_link = KernelLink::new(
-        (0..ports.len()).map(|i| kernel_ports.iter().any(|(p, _)| *p == i)).collect(),
         cfg.config.ports.iter().map(|p| (p.ipv4.map(|a| a.addr), p.ipv6.map(|a| a.addr))).collect(),
     );
     let capture = start_capture(cfg, &eal);
@@ -422,10 +421,7 @@ fn plan_workers<'p>(
             let pipeline = team.next().expect("one pipeline per worker");
             counter_blocks.push(pipeline.backend_counters());
             let w = &cfg.config.workers;
-            let kernel: Vec<bool> = (0..ports.len())
-                .map(|i| crate::control::config::kernel_interface_name(&cfg.config, i).is_some())
-                .collect();
-            let punt = Punt::new(&kernel, w.punt_rate_per_s, w.punt_burst);
+            let punt = Punt::new(w.punt_rate_per_s, w.punt_burst);
             Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline, punt }), k)
         } else {
             let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();

@@ -24,25 +24,16 @@ pub struct BalanceWorker<'p> {
 }
 
 /// What the worker hands the ports' kernel interfaces (the exception path,
-/// `dataplane::exception`).
+/// `dataplane::exception`): which ports have one is the forwarding state's
+/// (`PortIdentity::kernel`); this bounds everything but control-plane
+/// packets (`punt::class`).
 pub struct Punt {
-    /// Bit `i`: port `i` has a kernel interface.
-    pub ports: u64,
-    /// Bounds everything but control-plane packets (`punt::class`).
     pub bucket: TokenBucket,
 }
 
 impl Punt {
-    /// `ports[i]`: whether port `i` has a kernel interface (ports past 63
-    /// have none); `rate_per_s` and `burst` bound what is not control-plane
-    /// traffic.
-    pub fn new(ports: &[bool], rate_per_s: u64, burst: u64) -> Punt {
-        let bits = ports.iter().take(64).enumerate().filter(|(_, &k)| k).fold(0u64, |b, (i, _)| b | 1 << i);
-        Punt { ports: bits, bucket: TokenBucket::new(rate_per_s, burst) }
-    }
-
-    fn has(&self, port: u16) -> bool {
-        port < 64 && self.ports & 1 << port != 0
+    pub fn new(rate_per_s: u64, burst: u64) -> Punt {
+        Punt { bucket: TokenBucket::new(rate_per_s, burst) }
     }
 }
 
@@ -332,7 +323,9 @@ fn deliver_other(
                 Err(_) => counters[DropReason::ControlRingFull] += 1,
             }
         }
-        Verdict::Local if punt.has(in_port) => to_kernel(st, peers, counters, punt, now_ms, m, in_port),
+        Verdict::Local if st.ports.get(in_port as usize).is_some_and(|p| p.kernel) => {
+            to_kernel(st, peers, counters, punt, now_ms, m, in_port)
+        }
         Verdict::Handoff { worker } => match peers.mailboxes.get(worker as usize) {
             Some(mb) => {
                 if mb.handoff.push(Handed { m, port: in_port, origin }).is_err() {

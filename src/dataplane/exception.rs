@@ -41,10 +41,9 @@ pub struct KernelCounters {
 
 /// What the exception path shares with the management core.
 pub struct KernelLink {
-    /// By data port index; ports without a kernel interface count nothing.
+    /// By data port index; ports without a kernel interface count nothing
+    /// (which have one is the forwarding state's `PortIdentity::kernel`).
     pub counters: Vec<KernelCounters>,
-    /// Whether each data port has a kernel interface.
-    pub has: Vec<bool>,
     /// Each data port's own addresses: the kernel's ARP and neighbour
     /// answers for them stay in (l4lb answers for them on the wire).
     pub addresses: Vec<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>)>,
@@ -53,21 +52,13 @@ pub struct KernelLink {
 }
 
 impl KernelLink {
-    pub fn new(
-        has: Vec<bool>,
-        addresses: Vec<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>)>,
-    ) -> KernelLink {
+    /// `addresses`: each data port's, by port index.
+    pub fn new(addresses: Vec<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>)>) -> KernelLink {
         KernelLink {
-            counters: has.iter().map(|_| KernelCounters::default()).collect(),
-            has,
+            counters: addresses.iter().map(|_| KernelCounters::default()).collect(),
             addresses,
             from_management: ArrayQueue::new(crate::control::config::PUNT_RING_HIGH),
         }
-    }
-
-    /// Whether data port `port` has a kernel interface.
-    pub fn has(&self, port: usize) -> bool {
-        self.has.get(port).copied().unwrap_or(false)
     }
 }
 

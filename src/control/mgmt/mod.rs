@@ -240,7 +240,8 @@ impl<'a> Management<'a> {
                     changed |= self.neighbours.learn(port as usize, ip, mac, now_ms);
                 }
                 // The port's kernel resolves its neighbours from the same answers.
-                if let Some(k) = self.kernel.filter(|k| k.has(port as usize)) {
+                let kernel = self.state.ports.get(port as usize).is_some_and(|p| p.kernel);
+                if let Some(k) = self.kernel.filter(|_| kernel) {
                     if k.from_management.push((port, m)).is_err() {
                         k.counters[port as usize].dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
@@ -459,7 +460,8 @@ impl<'a> Management<'a> {
                     ..Default::default()
                 };
                 let mut counters = counters;
-                if let Some(k) = self.kernel.and_then(|k| k.has(i).then(|| &k.counters[i])) {
+                let kernel = self.state.ports.get(i).is_some_and(|p| p.kernel);
+                if let Some(k) = self.kernel.filter(|_| kernel).and_then(|k| k.counters.get(i)) {
                     use std::sync::atomic::Ordering::Relaxed;
                     counters.to_kernel = Some(k.to_kernel.load(Relaxed));
                     counters.from_kernel = Some(k.from_kernel.load(Relaxed));

@@ -334,11 +334,6 @@ impl Worker {
         v
     }
 
-    /// This worker's index in its team.
-    pub fn index(&self) -> u16 {
-        self.index
-    }
-
     /// Counts a verdict: forwards (nearly every packet) with one add, not a
     /// jump through the verdict's variants.
     #[inline(always)]
