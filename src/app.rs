@@ -42,6 +42,8 @@ pub enum RunError {
     State(#[from] crate::balancer::state::BuildError),
     #[error("{0}")]
     Control(#[from] api::ApiError),
+    #[error("bgp: {0}")]
+    Bgp(String),
     #[error("{0}\n  hint: l4lb needs root (CAP_NET_ADMIN) to set up a port's kernel interface, or set ports.kernel.enabled = false")]
     Kernel(#[from] crate::control::kernel::KernelError),
 }
@@ -99,6 +101,9 @@ pub fn run(
     out: &mut dyn Write,
 ) -> Result<RunReport, RunError> {
     let stop = &signals.stop;
+    // The workers stop on this, set when the management loop is done (after
+    // a box's drain, which keeps forwarding past the signal).
+    let halt = &AtomicBool::new(false);
     let eal = Eal::init(cfg.eal_args()).map_err(|e| {
         RunError::Eal(
             e,
@@ -131,14 +136,15 @@ pub fn run(
         for ((plan, lc), slot) in plans.into_iter().zip(&workers).zip(&finals) {
             let launched = s.launch(*lc, move || {
                 let st = match plan {
-                    Plan::Forward(f) => Final::Forward(f.run(poll, tsc_per_ms, stop)),
-                    Plan::Balance(b, k) => Final::Balance(b.run(poll, tsc_per_ms, mailboxes, k, stop)),
+                    Plan::Forward(f) => Final::Forward(f.run(poll, tsc_per_ms, halt)),
+                    Plan::Balance(b, k) => Final::Balance(b.run(poll, tsc_per_ms, mailboxes, k, halt)),
                 };
                 *slot.lock().unwrap_or_else(|e| e.into_inner()) = st;
                 0
             });
             if let Err(e) = launched {
                 stop.store(true, Ordering::SeqCst);
+                halt.store(true, Ordering::SeqCst);
                 return Err(RunError::Worker(e.to_string()));
             }
         }
@@ -157,6 +163,7 @@ pub fn run(
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
+            halt.store(true, Ordering::SeqCst);
             return Ok(());
         };
         let ctx = ManageContext {
@@ -171,9 +178,12 @@ pub fn run(
             kernel: &kernel_link,
         };
         // The exception path's thread, beside the management loop, until it ends.
-        let kernel_queues = kernel_queues(&kernel_ports, cfg)?;
+        let kernel_queues = kernel_queues(&kernel_ports, cfg).inspect_err(|_| {
+            stop.store(true, Ordering::SeqCst);
+            halt.store(true, Ordering::SeqCst);
+        })?;
         let kernel_stop = AtomicBool::new(false);
-        final_backends = std::thread::scope(|t| {
+        let managed = std::thread::scope(|t| {
             if !kernel_queues.is_empty() {
                 let (link, stop) = (&kernel_link, &kernel_stop);
                 t.spawn(move || crate::dataplane::exception::run(kernel_queues, link, mailboxes, stop));
@@ -181,7 +191,9 @@ pub fn run(
             let r = manage(&ctx, first, signals);
             kernel_stop.store(true, Ordering::SeqCst);
             r
-        })?;
+        });
+        halt.store(true, Ordering::SeqCst);
+        final_backends = managed?;
         Ok(())
     });
     for (lc, res) in &joined {
@@ -480,7 +492,26 @@ fn manage(ctx: &ManageContext<'_>, first: FirstState, signals: &Signals) -> Resu
     );
     mgmt.tsc_hz = ctx.tsc_hz;
     mgmt.kernel = Some(ctx.kernel);
-    while !stop.load(Ordering::Relaxed) {
+    if ctx.cfg.config.bgp.is_some() {
+        let source = ctx.cfg_path.map_or("(no file)".into(), |p| p.display().to_string());
+        match crate::control::bird::Bird::start(ctx.cfg, &source) {
+            Ok(b) => mgmt.bird = Some(b),
+            Err(e) => {
+                mgmt.withdraw_routes();
+                stop.store(true, Ordering::SeqCst);
+                return Err(RunError::Bgp(e));
+            }
+        }
+    }
+    // A stop (signal) first takes the box out of the fleet: GRACEFUL_SHUTDOWN,
+    // withdrawal, forwarding while the routers move traffic away.
+    loop {
+        if stop.load(Ordering::Relaxed) && !mgmt.stopping() {
+            mgmt.drain_box(true);
+        }
+        if mgmt.drain_finished() {
+            break;
+        }
         let reload = signals.reload.swap(false, Ordering::SeqCst);
         mgmt.tick(reload);
         if let Some(c) = ctx.capture {

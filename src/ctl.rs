@@ -7,7 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::control::api::{
-    call, call_as, Applied, BackendRow, Lookup, Request, ServiceRow, Stats, Status, WhatifRow,
+    call, call_as, Applied, BackendRow, BgpStatus, BoxDrain, Lookup, Request, ServiceRow, Stats, Status,
+    WhatifRow,
 };
 
 /// Runs one request and renders its answer: a table for people, or (`json`)
@@ -31,7 +32,59 @@ pub fn run(socket: &Path, req: &Request, json: bool) -> Result<String, String> {
             applied_text(&call_as(socket, req)?)
         }
         Request::Status => status_text(&call_as(socket, req)?),
+        Request::Bgp => bgp_text(&call_as(socket, req)?),
+        Request::DrainBox { .. } | Request::UndrainBox => box_drain_text(&call_as(socket, req)?),
     })
+}
+
+fn bgp_text(b: &BgpStatus) -> String {
+    let mut o = format!("box: {} (VIP routes in kernel table {})\n", b.box_state, b.table);
+    let _ = writeln!(o, "{:<28} {:<10} {:<20} WHY", "VIP", "ANNOUNCED", "SERVICES");
+    for v in &b.vips {
+        let yes = if v.announced { "yes" } else { "no" };
+        let _ =
+            writeln!(o, "{:<28} {:<10} {:<20} {}", v.vip.to_string(), yes, v.services.join(","), v.reason);
+    }
+    if let Some(d) = &b.daemon {
+        let _ = writeln!(
+            o,
+            "\nBIRD: {} (restarts {}, socket {}){}",
+            if d.running { "running" } else { "not answering" },
+            d.restarts,
+            d.socket,
+            d.error.as_deref().map(|e| format!(": {e}")).unwrap_or_default()
+        );
+        let _ = writeln!(
+            o,
+            "{:<12} {:<28} {:>10} {:<12} {:<14} {:>8} {:<6} LAST ERROR",
+            "PEER", "ADDRESS", "AS", "STATE", "SINCE", "ROUTES", "BFD"
+        );
+        for p in &b.peers {
+            let _ = writeln!(
+                o,
+                "{:<12} {:<28} {:>10} {:<12} {:<14} {:>8} {:<6} {}",
+                p.name,
+                p.address.to_string(),
+                p.remote_as,
+                p.state,
+                p.since.as_deref().unwrap_or("-"),
+                p.exported_routes.map_or("-".into(), |n| n.to_string()),
+                p.bfd.as_deref().unwrap_or("-"),
+                p.last_error.as_deref().unwrap_or("")
+            );
+        }
+    }
+    o
+}
+
+fn box_drain_text(d: &BoxDrain) -> String {
+    let vips: Vec<String> = d.vips.iter().map(|v| v.to_string()).collect();
+    format!(
+        "box: {}{}\n  VIPs: {}\n",
+        d.box_state,
+        if d.stopping { ", l4lb stops when the drain ends" } else { "" },
+        if vips.is_empty() { "none".into() } else { vips.join(", ") }
+    )
 }
 
 fn applied_text(a: &Applied) -> String {

@@ -195,6 +195,17 @@ enum CtlCmd {
     },
     /// What would move if BACKEND changed: CHANGE is remove, drain or weight=N.
     Whatif { backend: String, change: Change },
+    /// Each VIP's announcement and the BGP sessions (with [bgp]).
+    Bgp,
+    /// Take this box out of the fleet: mark its routes GRACEFUL_SHUTDOWN,
+    /// withdraw them, forward for routing.shutdown_drain_s, then stop (as SIGTERM).
+    DrainBox {
+        /// Stay up, unannounced, until `undrain-box`.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Announce again after `drain-box --keep-running`.
+    UndrainBox,
     /// A live view refreshed every second.
     Top {
         #[arg(long, default_value_t = 1000)]
@@ -415,6 +426,9 @@ fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, cmd: CtlCmd
         CtlCmd::Reload => Request::Reload,
         CtlCmd::Lookup { proto, src, dst } => Request::Lookup { proto, src, dst },
         CtlCmd::Whatif { backend, change } => Request::Whatif { backend, change },
+        CtlCmd::Bgp => Request::Bgp,
+        CtlCmd::DrainBox { keep_running } => Request::DrainBox { keep_running },
+        CtlCmd::UndrainBox => Request::UndrainBox,
     };
     let text = l4lb::ctl::run(&socket, &req, json).map_err(Failure::Failed)?;
     print!("{text}");

@@ -66,6 +66,17 @@ pub enum Request {
         backend: String,
         change: Change,
     },
+    /// Each VIP's announcement and the BGP sessions.
+    Bgp,
+    /// Take the box out of the fleet: GRACEFUL_SHUTDOWN, withdraw every
+    /// VIP, keep forwarding for `shutdown_drain_s`, then stop (as SIGTERM),
+    /// or stay up unannounced with `keep_running` (until `undrain-box`).
+    DrainBox {
+        #[serde(default)]
+        keep_running: bool,
+    },
+    /// Announce again after `drain-box --keep-running`.
+    UndrainBox,
 }
 
 /// A transport protocol of a service.
@@ -294,6 +305,73 @@ pub struct Entries {
     pub entries: u64,
 }
 
+/// `bgp`: what the box announces and, with `[bgp]`, the sessions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpStatus {
+    /// `announcing`, `graceful-shutdown`, `withdrawn` (drained, stopping or
+    /// kept running unannounced).
+    pub box_state: String,
+    /// The kernel table the VIPs' routes are kept in.
+    pub table: u32,
+    pub vips: Vec<VipRow>,
+    /// With `[bgp]`: whether l4lb's BIRD answers, how often it was started
+    /// again, and the last error asking it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daemon: Option<DaemonRow>,
+    pub peers: Vec<PeerRow>,
+}
+
+/// A VIP in `bgp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VipRow {
+    pub vip: IpAddr,
+    pub services: Vec<String>,
+    pub announced: bool,
+    /// Why it is (not) announced.
+    pub reason: String,
+}
+
+/// l4lb's BIRD in `bgp`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonRow {
+    pub running: bool,
+    pub restarts: u64,
+    pub socket: String,
+    pub error: Option<String>,
+}
+
+/// A BGP session in `bgp`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerRow {
+    pub name: String,
+    pub address: IpAddr,
+    pub remote_as: u32,
+    /// BIRD's BGP state (`Established`, `Active`, `Connect`, ...).
+    pub state: String,
+    pub up: bool,
+    /// When the protocol last changed state (BIRD's clock).
+    pub since: Option<String>,
+    pub exported_routes: Option<u64>,
+    /// The BFD session's state, with `[bgp.bfd]`.
+    pub bfd: Option<String>,
+    pub last_error: Option<String>,
+}
+
+/// What `drain-box` and `undrain-box` did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BoxDrain {
+    pub box_state: String,
+    /// The VIPs withdrawn (or announced again).
+    pub vips: Vec<IpAddr>,
+    /// Whether l4lb stops at the end of the drain.
+    pub stopping: bool,
+}
+
 /// Every answer, as the server sends it (`result`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -305,6 +383,8 @@ pub enum Response {
     Applied(Applied),
     Lookup(Lookup),
     Whatif(Vec<WhatifRow>),
+    Bgp(Box<BgpStatus>),
+    BoxDrain(BoxDrain),
 }
 
 /// The management loop's answer.

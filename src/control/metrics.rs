@@ -48,6 +48,8 @@ pub struct Scrape {
     pub backends: Vec<BackendRow>,
     /// Each worker's counters and gauges, by worker index.
     pub workers: Vec<WorkerStats>,
+    /// With `[routing]`: the box's announcements and BGP sessions.
+    pub bgp: Option<crate::control::api::BgpStatus>,
 }
 
 /// A text exposition being written: families (HELP and TYPE) and samples.
@@ -101,7 +103,52 @@ pub fn render(s: &Scrape) -> String {
     services(&mut e, &s.services);
     backends(&mut e, &s.backends);
     workers(&mut e, &s.workers);
+    if let Some(b) = &s.bgp {
+        bgp(&mut e, b);
+    }
     e.finish()
+}
+
+fn bgp(e: &mut Exposition, b: &crate::control::api::BgpStatus) {
+    e.family(
+        "l4lb_box_announcing",
+        "gauge",
+        "1 while the box announces its VIPs; 0 while it drains out of the fleet (drain-box, a stop).",
+    );
+    e.sample("l4lb_box_announcing", &[], (b.box_state == "announcing") as u8);
+    let Some(d) = &b.daemon else { return };
+    e.family("l4lb_bgp_daemon_running", "gauge", "1 while l4lb's BIRD answers on its control socket.");
+    e.sample("l4lb_bgp_daemon_running", &[], d.running as u8);
+    e.family("l4lb_bgp_daemon_restarts_total", "counter", "Times l4lb started BIRD again after it exited.");
+    e.sample("l4lb_bgp_daemon_restarts_total", &[], d.restarts);
+    e.family("l4lb_bgp_session_up", "gauge", "1 while the BGP session to the peer is Established.");
+    for p in &b.peers {
+        e.sample(
+            "l4lb_bgp_session_up",
+            &[("peer", &p.name), ("address", &p.address.to_string())],
+            p.up as u8,
+        );
+    }
+    e.family("l4lb_bgp_session_exported_routes", "gauge", "Routes (VIPs) BIRD announces to the peer.");
+    for p in &b.peers {
+        let n = p.exported_routes.unwrap_or(0);
+        e.sample(
+            "l4lb_bgp_session_exported_routes",
+            &[("peer", &p.name), ("address", &p.address.to_string())],
+            n,
+        );
+    }
+    if b.peers.iter().any(|p| p.bfd.is_some()) {
+        e.family("l4lb_bgp_bfd_session_up", "gauge", "1 while the BFD session to the peer is Up.");
+        for p in &b.peers {
+            let up = p.bfd.as_deref() == Some("Up");
+            e.sample(
+                "l4lb_bgp_bfd_session_up",
+                &[("peer", &p.name), ("address", &p.address.to_string())],
+                up as u8,
+            );
+        }
+    }
 }
 
 fn ports(e: &mut Exposition, rows: &[PortRow]) {

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bird;
 pub mod config;
 pub mod health;
 pub mod kernel;

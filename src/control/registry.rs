@@ -187,6 +187,7 @@ impl Registry {
             ("[[ports]]", old.ports == c.ports),
             ("[control]", old.control == c.control),
             ("[routing]", old.routing == c.routing),
+            ("[bgp]", old.bgp == c.bgp),
         ] {
             if !same {
                 return Err(format!(

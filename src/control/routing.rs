@@ -15,48 +15,99 @@ use std::net::IpAddr;
 use std::process::Command;
 
 use crate::balancer::state::ForwardingState;
-use crate::control::config::Config;
+use crate::control::config::{AnnouncePolicy, Config, GRACEFUL_SHUTDOWN_PROTO};
 
-/// The VIPs to announce now, each with the interface its route goes
-/// through and a line saying why (for the log). `checked(service, backend)`:
+/// Each VIP's announcement: the interface its route goes through when
+/// announced, its services, and why it is (not) announced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VipDecision {
+    pub dev: Option<String>,
+    pub services: Vec<String>,
+    pub reason: String,
+}
+
+/// Every VIP with what it should be now. `checked(service, backend)`:
 /// whether the backend's health is known — a service with health checks
 /// counts only checked backends, so a box that starts is not announced
 /// before its checks have run (it would draw traffic it might black-hole).
+/// A VIP of several services is announced while any of them wants it.
+pub fn decide(
+    st: &ForwardingState,
+    cfg: &Config,
+    checked: &dyn Fn(&str, IpAddr) -> bool,
+) -> BTreeMap<IpAddr, VipDecision> {
+    let mut out: BTreeMap<IpAddr, VipDecision> = BTreeMap::new();
+    for s in &cfg.services {
+        let d = out.entry(s.vip).or_insert_with(|| VipDecision {
+            dev: None,
+            services: Vec::new(),
+            reason: String::new(),
+        });
+        d.services.push(s.name.clone());
+        if d.dev.is_some() {
+            continue;
+        }
+        let taking = st.services.iter().find(|v| v.name == s.name).map_or(0, |svc| {
+            svc.backends
+                .iter()
+                .map(|&b| &st.backends[b as usize])
+                .filter(|b| b.takes_new_flows() && (s.health.is_none() || checked(&s.name, b.addr)))
+                .count()
+        });
+        let (yes, why) = match s.announce {
+            AnnouncePolicy::Never => (false, format!("service {}: announce = \"never\"", s.name)),
+            AnnouncePolicy::Always => (true, format!("service {}: announce = \"always\"", s.name)),
+            AnnouncePolicy::Healthy => (
+                taking >= s.min_healthy as usize,
+                format!(
+                    "service {}: {taking} of {} backends take new flows (min_healthy {})",
+                    s.name,
+                    s.backends.len(),
+                    s.min_healthy
+                ),
+            ),
+        };
+        if !d.reason.is_empty() {
+            d.reason.push_str("; ");
+        }
+        d.reason.push_str(&why);
+        if yes {
+            let egress =
+                s.egress.as_ref().and_then(|e| cfg.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
+            match crate::control::config::kernel_interface_name(cfg, egress) {
+                Some(dev) => {
+                    d.dev = Some(dev.to_owned());
+                    d.reason = why;
+                }
+                None => d.reason.push_str(" (its port has no kernel interface)"),
+            }
+        }
+    }
+    out
+}
+
+/// The VIPs to announce now, each with the interface its route goes
+/// through and a line saying why (for the log).
 pub fn wanted(
     st: &ForwardingState,
     cfg: &Config,
     checked: &dyn Fn(&str, IpAddr) -> bool,
 ) -> BTreeMap<IpAddr, (String, String)> {
-    let mut out: BTreeMap<IpAddr, (String, String)> = BTreeMap::new();
-    for s in &cfg.services {
-        let Some(svc) = st.services.iter().find(|v| v.name == s.name) else { continue };
-        let taking = svc
-            .backends
-            .iter()
-            .map(|&b| &st.backends[b as usize])
-            .filter(|b| b.takes_new_flows() && (s.health.is_none() || checked(&s.name, b.addr)))
-            .count();
-        if taking < s.min_healthy as usize {
-            continue;
-        }
-        let egress = s.egress.as_ref().and_then(|e| cfg.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
-        let Some(dev) = crate::control::config::kernel_interface_name(cfg, egress) else { continue };
-        let why = format!("service {}: {taking} of {} backends take new flows", s.name, s.backends.len());
-        out.entry(s.vip).or_insert_with(|| (dev.to_owned(), why));
-    }
-    out
+    decide(st, cfg, checked).into_iter().filter_map(|(vip, d)| Some((vip, (d.dev?, d.reason)))).collect()
 }
 
 /// The routes l4lb has put in the table.
 pub struct Announcer {
     table: u32,
     announced: BTreeMap<IpAddr, String>,
+    /// The routes carry the GRACEFUL_SHUTDOWN mark.
+    graceful: bool,
 }
 
 impl Announcer {
     /// Starts from an empty table (routes a previous run left are removed).
     pub fn new(table: u32) -> Announcer {
-        let a = Announcer { table, announced: BTreeMap::new() };
+        let a = Announcer { table, announced: BTreeMap::new(), graceful: false };
         for family in ["-4", "-6"] {
             let _ = a.ip(&[family, "route", "flush", "table", &table.to_string()]);
         }
@@ -87,7 +138,7 @@ impl Announcer {
         for vip in gone {
             let r = Self::route(&vip);
             match self.ip(&["route", "del", &r, "table", &table]) {
-                Ok(()) => log::warn!("routing: withdrawing {vip} (too few backends take new flows)"),
+                Ok(()) => log::warn!("routing: withdrawing {vip}"),
                 Err(e) => log::warn!("routing: withdrawing {vip}: {e}"),
             }
             self.announced.remove(&vip);
@@ -97,8 +148,7 @@ impl Announcer {
                 continue;
             }
             let r = Self::route(vip);
-            // `proto static`: a route another tool made, which BIRD's `learn` imports.
-            match self.ip(&["route", "replace", &r, "dev", dev, "table", &table, "proto", "static"]) {
+            match self.put(&r, dev) {
                 Ok(()) => {
                     log::info!("routing: announcing {vip} via {dev} in table {table} ({why})");
                     self.announced.insert(*vip, dev.clone());
@@ -106,6 +156,38 @@ impl Announcer {
                 Err(e) => log::warn!("routing: announcing {vip}: {e}"),
             }
         }
+    }
+
+    /// `ip route replace` of one VIP's route: `proto static` (a route
+    /// another tool made, which BIRD's `learn` imports), or the
+    /// GRACEFUL_SHUTDOWN protocol number while marked.
+    fn put(&self, route: &str, dev: &str) -> Result<(), String> {
+        let proto = if self.graceful { GRACEFUL_SHUTDOWN_PROTO.to_string() } else { "static".to_owned() };
+        let table = self.table.to_string();
+        self.ip(&["route", "replace", route, "dev", dev, "table", &table, "proto", &proto])
+    }
+
+    /// Marks every announced route GRACEFUL_SHUTDOWN (RFC 8326), in place:
+    /// l4lb's BIRD adds the community 65535:0, and routers that honour it
+    /// prefer other paths before the withdrawal.
+    pub fn mark_graceful_shutdown(&mut self) {
+        self.graceful = true;
+        for (vip, dev) in &self.announced {
+            match self.put(&Self::route(vip), dev) {
+                Ok(()) => log::info!("routing: {vip} marked GRACEFUL_SHUTDOWN"),
+                Err(e) => log::warn!("routing: marking {vip}: {e}"),
+            }
+        }
+    }
+
+    /// Whether the routes carry the GRACEFUL_SHUTDOWN mark.
+    pub fn graceful(&self) -> bool {
+        self.graceful
+    }
+
+    /// Ends the mark (routes announced again after a drain).
+    pub fn clear_graceful_shutdown(&mut self) {
+        self.graceful = false;
     }
 
     /// The VIPs in the table now.

@@ -36,16 +36,186 @@ pub struct Config {
     pub control: ControlSection,
     #[serde(default)]
     pub routing: RoutingSection,
+    /// BGP through a BIRD l4lb runs (none: announce through `[routing]`
+    /// alone, to a daemon the operator runs).
+    #[serde(default)]
+    pub bgp: Option<BgpSection>,
 }
 
 /// `[routing]`: the VIPs l4lb asks a routing daemon to announce.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RoutingSection {
     /// The kernel routing table (in l4lb's namespace) l4lb keeps one route
     /// per announced VIP in, for BIRD's `kernel` protocol (or FRR's
     /// `ip import-table`) to pick up; 0: off.
     pub table: u32,
+    /// At a graceful stop, how long the routes carry the GRACEFUL_SHUTDOWN
+    /// mark (kernel protocol number [`GRACEFUL_SHUTDOWN_PROTO`]) before they
+    /// are withdrawn.
+    pub graceful_shutdown_s: u64,
+    /// At a graceful stop, how long l4lb keeps forwarding after the
+    /// withdrawal, while the routers move traffic away.
+    pub shutdown_drain_s: u64,
+}
+
+/// The kernel protocol number of a VIP's route while it carries the
+/// GRACEFUL_SHUTDOWN mark (RFC 8326); `static` otherwise.
+pub const GRACEFUL_SHUTDOWN_PROTO: u8 = 200;
+
+impl Default for RoutingSection {
+    fn default() -> Self {
+        RoutingSection { table: 0, graceful_shutdown_s: 2, shutdown_drain_s: 5 }
+    }
+}
+
+/// `[bgp]`: l4lb writes a BIRD 2 configuration from this section, runs BIRD
+/// and asks it for the sessions' state; BIRD announces the VIPs l4lb keeps
+/// in `[routing] table`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpSection {
+    pub local_as: u32,
+    /// Default: the first port's IPv4 address.
+    #[serde(default)]
+    pub router_id: Option<Ipv4Addr>,
+    /// BGP hold time (keepalives every third of it); 0 turns both off.
+    #[serde(default = "default_hold_time_s")]
+    pub hold_time_s: u16,
+    /// Seconds between connection attempts to a peer that is not up.
+    #[serde(default = "default_connect_retry_s")]
+    pub connect_retry_s: u16,
+    /// BFD on every session: a dead box is noticed in interval × multiplier.
+    #[serde(default)]
+    pub bfd: Option<BfdSection>,
+    /// Communities (`"65000:100"`) and large communities (`"65000:1:2"`)
+    /// every VIP carries.
+    #[serde(default)]
+    pub communities: Vec<Community>,
+    /// The BIRD 2 program.
+    #[serde(default = "default_bird")]
+    pub bird: String,
+    /// Where BIRD's configuration and control socket go (default
+    /// `/run/l4lb/<dpdk.file_prefix>-bird`).
+    #[serde(default)]
+    pub directory: Option<std::path::PathBuf>,
+    pub peers: Vec<PeerSection>,
+}
+
+/// `[bgp.bfd]`: BFD timers (BIRD's `protocol bfd`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BfdSection {
+    #[serde(default = "default_bfd_interval_ms")]
+    pub interval_ms: u32,
+    #[serde(default = "default_bfd_multiplier")]
+    pub multiplier: u32,
+}
+
+/// `[[bgp.peers]]`: one BGP neighbour (a router).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// Default: `peer<index>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    pub address: IpAddr,
+    pub remote_as: u32,
+    #[serde(default = "default_bgp_port")]
+    pub port: u16,
+    /// TCP MD5 password.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A peer more than one hop away: its TTL (default: directly connected,
+    /// on a port's subnet).
+    #[serde(default)]
+    pub multihop: Option<u8>,
+    /// Wait for the peer to connect.
+    #[serde(default)]
+    pub passive: bool,
+}
+
+impl PeerSection {
+    /// The session's name in BIRD and in `ctl bgp`.
+    pub fn name(&self, index: usize) -> String {
+        self.name.clone().unwrap_or_else(|| format!("peer{index}"))
+    }
+}
+
+/// A BGP community: standard (`"65000:100"`) or large (`"65000:1:2"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Community {
+    Standard(u16, u16),
+    Large(u32, u32, u32),
+}
+
+impl FromStr for Community {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let bad = || {
+            format!("`{s}` is not a community: write ASN:VALUE (each 0-65535) or ASN:V1:V2 (large, each 0-4294967295)")
+        };
+        match parts[..] {
+            [a, b] => Ok(Community::Standard(a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?)),
+            [a, b, c] => Ok(Community::Large(
+                a.parse().map_err(|_| bad())?,
+                b.parse().map_err(|_| bad())?,
+                c.parse().map_err(|_| bad())?,
+            )),
+            _ => Err(bad()),
+        }
+    }
+}
+
+impl fmt::Display for Community {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Community::Standard(a, b) => write!(f, "{a}:{b}"),
+            Community::Large(a, b, c) => write!(f, "{a}:{b}:{c}"),
+        }
+    }
+}
+
+/// When a service's VIP is announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnnouncePolicy {
+    /// While `min_healthy` backends take new flows.
+    #[default]
+    Healthy,
+    /// Whenever l4lb runs (and the box is not drained).
+    Always,
+    /// Never by this box.
+    Never,
+}
+
+/// `[services.bgp]`: what the VIP's route carries.
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceBgp {
+    pub communities: Vec<Community>,
+    /// Multi-exit discriminator.
+    pub med: Option<u32>,
+}
+
+fn default_hold_time_s() -> u16 {
+    9
+}
+fn default_connect_retry_s() -> u16 {
+    5
+}
+fn default_bfd_interval_ms() -> u32 {
+    100
+}
+fn default_bfd_multiplier() -> u32 {
+    3
+}
+fn default_bgp_port() -> u16 {
+    179
+}
+fn default_bird() -> String {
+    "bird".into()
 }
 
 /// `[control]`: the management side's sockets and health-check source.
@@ -358,6 +528,12 @@ pub struct ServiceSection {
     /// take new flows.
     #[serde(default = "default_min_healthy")]
     pub min_healthy: u32,
+    /// When the VIP is announced (`[routing]`).
+    #[serde(default)]
+    pub announce: AnnouncePolicy,
+    /// Communities and MED of the VIP's route (`[bgp]`).
+    #[serde(default)]
+    pub bgp: ServiceBgp,
     pub backends: Vec<BackendSection>,
 }
 
@@ -540,7 +716,7 @@ macro_rules! deserialize_from_str {
         }
     )*};
 }
-deserialize_from_str!(Ipv4Cidr, Ipv6Cidr);
+deserialize_from_str!(Ipv4Cidr, Ipv6Cidr, Community);
 
 impl Config {
     /// Reads, parses and validates a file.
@@ -593,7 +769,7 @@ mod tests;
 mod validate;
 mod validated;
 
-pub use validate::kernel_interface_name;
+pub use validate::{bgp_router_id, kernel_interface_name, peer_source};
 pub use validated::{
     device_name, is_pci_address, tap_interface, KernelInterface, Validated, KERNEL_DESC, MAX_IFNAME,
     MEMPOOL_CACHE, PUNT_RING_HIGH, PUNT_RING_LOW, VHOST_NET,

@@ -213,3 +213,53 @@ fn kernel_and_routing_errors_name_their_key() {
         100
     );
 }
+
+#[test]
+fn bgp_errors_name_their_key() {
+    let bgp = |body: &str| {
+        BALANCING.replacen(
+            "[[services]]",
+            &format!("[routing]\ntable = 100\n\n[bgp]\nlocal_as = 65001\n{body}\n\n[[services]]"),
+            1,
+        )
+    };
+    let peer = "peers = [{ address = \"198.18.0.254\", remote_as = 65000 }]";
+    let good = check(&bgp(peer)).unwrap();
+    let b = good.config.bgp.as_ref().unwrap();
+    assert_eq!((b.hold_time_s, b.peers[0].port, b.peers[0].name(0).as_str()), (9, 179, "peer0"));
+    assert_eq!(crate::control::config::bgp_router_id(&good.config), Some("198.18.0.1".parse().unwrap()));
+    let cases = [
+        (bgp(peer).replace("[routing]\ntable = 100\n", ""), "routing.table"),
+        (bgp(peer).replace("local_as = 65001", "local_as = 0"), "bgp.local_as"),
+        (bgp(&format!("hold_time_s = 2\n{peer}")), "bgp.hold_time_s"),
+        (bgp(&format!("bfd = {{ interval_ms = 5 }}\n{peer}")), "bgp.bfd.interval_ms"),
+        (bgp(&format!("bfd = {{ multiplier = 0 }}\n{peer}")), "bgp.bfd.multiplier"),
+        (bgp(&format!("communities = [\"65536:1\"]\n{peer}")), "bgp.communities[0]"),
+        (bgp("peers = []"), "bgp.peers"),
+        (bgp("peers = [{ address = \"198.19.0.1\", remote_as = 65000 }]"), "bgp.peers[0].address"),
+        (bgp("peers = [{ address = \"2001:db8::fe\", remote_as = 65000 }]"), "bgp.peers[0].address"),
+        (bgp("peers = [{ name = \"a-b\", address = \"198.18.0.254\", remote_as = 65000 }]"), "bgp.peers[0].name"),
+        (
+            bgp("peers = [{ address = \"198.18.0.254\", remote_as = 65000 }, { name = \"peer0\", address = \"198.18.0.253\", remote_as = 65000 }]"),
+            "bgp.peers[1].name",
+        ),
+        (bgp("peers = [{ address = \"198.18.0.254\", remote_as = 65000, password = \"a\\\"b\" }]"), "bgp.peers[0].password"),
+        (bgp("peers = [{ address = \"198.18.0.254\", remote_as = 65000, multihop = 0 }]"), "bgp.peers[0].multihop"),
+        (bgp(&format!("{peer}\nrouter = 1")), "bgp.router"),
+        (bgp(peer).replace("port = 80\n", "port = 80\nbgp = { med = -1 }\n"), "services[0].bgp.med"),
+        (bgp(peer).replace("port = 80\n", "port = 80\nannounce = \"sometimes\"\n"), "services[0].announce"),
+        (BALANCING.replace("port = 80\n", "port = 80\nbgp = { med = 1 }\n"), "services[0].bgp"),
+        (BALANCING.replace("[[services]]", "[routing]\ntable = 100\nshutdown_drain_s = 9999\n\n[[services]]"), "routing.shutdown_drain_s"),
+    ];
+    for (text, key) in cases {
+        let e = check(&text).unwrap_err();
+        assert!(e.key.starts_with(key), "want {key}, got {e}\n{text}");
+    }
+    // A peer further away, with multihop.
+    let far = check(&bgp("peers = [{ address = \"198.19.0.1\", remote_as = 65000, multihop = 3 }]")).unwrap();
+    let p = &far.config.bgp.as_ref().unwrap().peers[0];
+    assert_eq!(
+        crate::control::config::peer_source(&far.config, p).map(|s| s.0.to_string()).as_deref(),
+        Some("198.18.0.1")
+    );
+}

@@ -228,6 +228,15 @@ impl Config {
                 "announcing VIPs needs a port with a kernel interface (its routing daemon's way out)".into(),
             ));
         }
+        if r.graceful_shutdown_s > 600 {
+            return Err(err("routing.graceful_shutdown_s".into(), "must be at most 600".into()));
+        }
+        if r.shutdown_drain_s > 3600 {
+            return Err(err("routing.shutdown_drain_s".into(), "must be at most 3600".into()));
+        }
+        if let Some(b) = &self.bgp {
+            validate_bgp(&self, b, &err)?;
+        }
         for (i, s) in self.services.iter().enumerate() {
             if s.min_healthy == 0 || s.min_healthy as usize > s.backends.len() {
                 return Err(err(
@@ -235,9 +244,151 @@ impl Config {
                     format!("{} must be 1 to the service's {} backends", s.min_healthy, s.backends.len()),
                 ));
             }
+            if self.bgp.is_none() && s.bgp != ServiceBgp::default() {
+                return Err(err(
+                    format!("services[{i}].bgp"),
+                    "communities and MED are set by l4lb's BIRD: add a [bgp] section, or set them in your routing daemon".into(),
+                ));
+            }
         }
         validate_services(&self, &err)?;
         Ok(Validated { config: self, lcores, main_lcore, workers, forward })
+    }
+}
+
+fn validate_bgp(
+    cfg: &Config,
+    b: &BgpSection,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if cfg.routing.table == 0 {
+        return Err(err(
+            "routing.table".into(),
+            "[bgp] announces the VIPs l4lb keeps in this kernel table: set it (e.g. 100)".into(),
+        ));
+    }
+    if b.local_as == 0 {
+        return Err(err("bgp.local_as".into(), "AS 0 is reserved; use your AS number".into()));
+    }
+    if bgp_router_id(cfg).is_none() {
+        return Err(err(
+            "bgp.router_id".into(),
+            "no port has an IPv4 address to take it from: set it".into(),
+        ));
+    }
+    if b.hold_time_s != 0 && b.hold_time_s < 3 {
+        return Err(err("bgp.hold_time_s".into(), "must be 0 (off) or at least 3 (RFC 4271)".into()));
+    }
+    if b.connect_retry_s == 0 {
+        return Err(err("bgp.connect_retry_s".into(), "must be at least 1".into()));
+    }
+    if let Some(f) = &b.bfd {
+        if !(10..=10_000).contains(&f.interval_ms) {
+            return Err(err("bgp.bfd.interval_ms".into(), format!("{} must be 10 to 10000", f.interval_ms)));
+        }
+        if !(1..=255).contains(&f.multiplier) {
+            return Err(err("bgp.bfd.multiplier".into(), format!("{} must be 1 to 255", f.multiplier)));
+        }
+    }
+    if b.bird.is_empty() {
+        return Err(err("bgp.bird".into(), "names no program".into()));
+    }
+    if b.peers.is_empty() {
+        return Err(err("bgp.peers".into(), "lists no peer: add the routers as [[bgp.peers]]".into()));
+    }
+    let mut names = HashSet::new();
+    for (i, p) in b.peers.iter().enumerate() {
+        let name = p.name(i);
+        if name.is_empty() || name.len() > 32 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(err(
+                format!("bgp.peers[{i}].name"),
+                format!("`{name}`: use 1-32 letters, digits or _"),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(err(format!("bgp.peers[{i}].name"), format!("`{name}` is used twice")));
+        }
+        if p.remote_as == 0 {
+            return Err(err(format!("bgp.peers[{i}].remote_as"), "AS 0 is reserved".into()));
+        }
+        if p.port == 0 {
+            return Err(err(format!("bgp.peers[{i}].port"), "must be 1-65535".into()));
+        }
+        if p.multihop == Some(0) {
+            return Err(err(format!("bgp.peers[{i}].multihop"), "a TTL of at least 1".into()));
+        }
+        if p.password.as_deref().is_some_and(|w| w.is_empty() || w.contains(['"', '\\', '\n'])) {
+            return Err(err(
+                format!("bgp.peers[{i}].password"),
+                "must be non-empty, without quotes, backslashes or newlines".into(),
+            ));
+        }
+        if peer_source(cfg, p).is_none() {
+            let why = if p.multihop.is_some() {
+                format!(
+                    "no port with a kernel interface has an {} address to reach {} from",
+                    family(p.address),
+                    p.address
+                )
+            } else {
+                format!(
+                    "{} is on no subnet of a port with a kernel interface; set multihop for a peer further away",
+                    p.address
+                )
+            };
+            return Err(err(format!("bgp.peers[{i}].address"), why));
+        }
+    }
+    Ok(())
+}
+
+fn family(a: IpAddr) -> &'static str {
+    if a.is_ipv4() {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+/// `[bgp] router_id`, or the first port's IPv4 address.
+pub fn bgp_router_id(cfg: &Config) -> Option<std::net::Ipv4Addr> {
+    cfg.bgp.as_ref()?.router_id.or_else(|| cfg.ports.iter().find_map(|p| p.ipv4.map(|c| c.addr)))
+}
+
+/// The address and kernel interface a BGP session to `peer` leaves from:
+/// the port whose subnet holds the peer (a multihop peer: the first port of
+/// its family), among ports with a kernel interface.
+pub fn peer_source<'c>(cfg: &'c Config, peer: &PeerSection) -> Option<(IpAddr, &'c str)> {
+    let within = |addr: IpAddr, prefix_len: u8| -> bool {
+        let (a, b, bits) = match (addr, peer.address) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => (u32::from(a) as u128, u32::from(b) as u128, 32u32),
+            (IpAddr::V6(a), IpAddr::V6(b)) => (u128::from(a), u128::from(b), 128u32),
+            _ => return false,
+        };
+        let host = bits - prefix_len as u32;
+        host >= bits || (a >> host) == (b >> host)
+    };
+    let candidates = cfg.ports.iter().enumerate().filter_map(|(i, p)| {
+        let dev = kernel_interface_name(cfg, i)?;
+        let addr = if peer.address.is_ipv4() {
+            p.ipv4.map(|c| (IpAddr::V4(c.addr), c.prefix_len))
+        } else {
+            p.ipv6.map(|c| (IpAddr::V6(c.addr), c.prefix_len))
+        }?;
+        Some((addr, dev))
+    });
+    let mut first = None;
+    for ((addr, len), dev) in candidates {
+        if within(addr, len) && addr != peer.address {
+            return Some((addr, dev));
+        }
+        first.get_or_insert((addr, dev));
+    }
+    if peer.multihop.is_some() {
+        first
+    } else {
+        None
     }
 }
 

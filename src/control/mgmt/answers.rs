@@ -64,6 +64,23 @@ impl Management<'_> {
                 self.publish_and_wait().map(Response::Applied)
             }
             Request::Reload => self.reload().map(Response::Applied),
+            Request::Bgp => Ok(Response::Bgp(Box::new(self.bgp_status()))),
+            Request::DrainBox { keep_running } => {
+                if self.registry.cfg.config.routing.table == 0 && keep_running {
+                    return Err("the box announces nothing ([routing] table is off): nothing to drain".into());
+                }
+                log::warn!("drain-box{}", if keep_running { " --keep-running" } else { "" });
+                let vips = self.drain_box(!keep_running);
+                Ok(Response::BoxDrain(BoxDrain {
+                    box_state: self.box_state().into(),
+                    vips,
+                    stopping: self.stopping(),
+                }))
+            }
+            Request::UndrainBox => {
+                let vips = self.undrain_box()?;
+                Ok(Response::BoxDrain(BoxDrain { box_state: self.box_state().into(), vips, stopping: false }))
+            }
             Request::Lookup { proto, src, dst } => self.lookup(proto, src, dst).map(Response::Lookup),
             Request::Whatif { backend, change } => {
                 if let Change::Weight(w) = change {
@@ -143,6 +160,44 @@ impl Management<'_> {
                 last: self.last_reload.clone(),
             },
         }
+    }
+
+    /// `bgp`: each VIP's announcement and BIRD's sessions.
+    pub(super) fn bgp_status(&self) -> BgpStatus {
+        let r = &self.registry;
+        let checked = |svc: &str, addr: IpAddr| {
+            r.backends.get(&(svc.to_owned(), addr)).is_some_and(|b| b.health.state != Health::Unknown)
+        };
+        let decided = super::super::routing::decide(&self.state, &r.cfg.config, &checked);
+        let state = self.box_state();
+        let vips = decided
+            .into_iter()
+            .map(|(vip, d)| {
+                let announced = self.announced(vip).unwrap_or(false);
+                let reason = if state != "announcing" {
+                    format!("the box is {state}")
+                } else if r.cfg.config.routing.table == 0 {
+                    "[routing] table is off".into()
+                } else {
+                    d.reason
+                };
+                VipRow { vip, services: d.services, announced, reason }
+            })
+            .collect();
+        let (daemon, peers) = match &self.bird {
+            Some(b) => {
+                let seen = b.seen();
+                let d = DaemonRow {
+                    running: seen.running,
+                    restarts: b.restarts(),
+                    socket: b.socket().display().to_string(),
+                    error: seen.error,
+                };
+                (Some(d), seen.peers)
+            }
+            None => (None, Vec::new()),
+        };
+        BgpStatus { box_state: state.into(), table: r.cfg.config.routing.table, vips, daemon, peers }
     }
 
     fn services(&self) -> Vec<ServiceRow> {
@@ -371,6 +426,7 @@ impl Management<'_> {
             services,
             backends,
             workers: per,
+            bgp: (c.routing.table != 0).then(|| self.bgp_status()),
         })
     }
 }

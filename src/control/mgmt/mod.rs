@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::api::{
-    Applied, BackendRow, Call, Change, Entries, Lookup, PortCounters, PortStatus, Protocol, ReloadChanges,
-    Reloads, Reply, Request, Response, ServiceRow, Stats, Status, WhatifRow, MAX_WEIGHT,
+    Applied, BackendRow, BgpStatus, BoxDrain, Call, Change, DaemonRow, Entries, Lookup, PortCounters,
+    PortStatus, Protocol, ReloadChanges, Reloads, Reply, Request, Response, ServiceRow, Stats, Status,
+    VipRow, WhatifRow, MAX_WEIGHT,
 };
 use super::config::{device_name, tap_interface, Config};
 use super::health::{CheckError, Checker, Probe};
@@ -83,6 +84,37 @@ pub struct Management<'a> {
     pub kernel: Option<&'a KernelLink>,
     /// The announced VIPs' routes (`[routing] table`), if on.
     announcer: Option<super::routing::Announcer>,
+    /// The box's place in the fleet: announcing, or on its way out.
+    box_state: BoxState,
+    /// Stop l4lb when the box's drain ends (SIGTERM, `drain-box`).
+    stop_after_drain: bool,
+    /// l4lb's BIRD (`[bgp]`).
+    pub bird: Option<super::bird::Bird>,
+}
+
+/// The box's place in the fleet (`[routing]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BoxState {
+    Announcing,
+    /// The routes carry GRACEFUL_SHUTDOWN until then; withdrawn after.
+    GracefulShutdown {
+        until_ms: u64,
+    },
+    /// Nothing announced; forwarding goes on until then (none: until
+    /// `undrain-box`).
+    Withdrawn {
+        until_ms: Option<u64>,
+    },
+}
+
+impl BoxState {
+    fn name(self) -> &'static str {
+        match self {
+            BoxState::Announcing => "announcing",
+            BoxState::GracefulShutdown { .. } => "graceful-shutdown",
+            BoxState::Withdrawn { .. } => "withdrawn",
+        }
+    }
 }
 
 impl<'a> Management<'a> {
@@ -128,6 +160,9 @@ impl<'a> Management<'a> {
             tsc_hz: 0,
             kernel: None,
             announcer: None,
+            box_state: BoxState::Announcing,
+            stop_after_drain: false,
+            bird: None,
         };
         m.rebuild_targets();
         let table = m.registry.cfg.config.routing.table;
@@ -138,8 +173,12 @@ impl<'a> Management<'a> {
         m
     }
 
-    /// Brings the announced VIPs in line with the state in force.
+    /// Brings the announced VIPs in line with the state in force (while
+    /// the box is not on its way out of the fleet).
     fn announce(&mut self) {
+        if self.box_state != BoxState::Announcing {
+            return;
+        }
         if let Some(a) = self.announcer.as_mut() {
             let r = &self.registry;
             let checked = |svc: &str, addr: IpAddr| {
@@ -154,11 +193,109 @@ impl<'a> Management<'a> {
         self.announcer.as_ref().map(|a| a.announced().any(|v| *v == vip))
     }
 
-    /// Withdraws every announced VIP (at the stop).
+    /// Withdraws every announced VIP and stops BIRD (at the stop).
     pub fn withdraw_routes(&mut self) {
         if let Some(a) = self.announcer.as_mut() {
             a.withdraw_all();
         }
+        if let Some(b) = self.bird.take() {
+            b.stop();
+        }
+    }
+
+    /// Takes the box out of the fleet: its routes carry GRACEFUL_SHUTDOWN
+    /// for `graceful_shutdown_s`, are withdrawn, and forwarding goes on for
+    /// `shutdown_drain_s` (with `stop`; without, until `undrain-box`).
+    /// Without announced routes there is nothing to wait for.
+    pub fn drain_box(&mut self, stop: bool) -> Vec<IpAddr> {
+        let now = self.now_ms();
+        let r = &self.registry.cfg.config.routing;
+        let (graceful_ms, drain_ms) = (r.graceful_shutdown_s * 1000, r.shutdown_drain_s * 1000);
+        self.stop_after_drain |= stop;
+        let vips: Vec<IpAddr> =
+            self.announcer.as_ref().map(|a| a.announced().copied().collect()).unwrap_or_default();
+        match self.box_state {
+            BoxState::Announcing if !vips.is_empty() && graceful_ms > 0 => {
+                if let Some(a) = self.announcer.as_mut() {
+                    a.mark_graceful_shutdown();
+                }
+                log::warn!(
+                    "box drain: {} VIPs marked GRACEFUL_SHUTDOWN for {} s, then withdrawn",
+                    vips.len(),
+                    r.graceful_shutdown_s
+                );
+                self.box_state = BoxState::GracefulShutdown { until_ms: now + graceful_ms };
+            }
+            BoxState::Announcing => {
+                let until = if vips.is_empty() { now } else { now + drain_ms };
+                self.withdraw_for_drain(until);
+            }
+            BoxState::Withdrawn { until_ms: None } if stop => {
+                self.box_state = BoxState::Withdrawn { until_ms: Some(now + drain_ms) };
+            }
+            _ => {}
+        }
+        vips
+    }
+
+    fn withdraw_for_drain(&mut self, until_ms: u64) {
+        if let Some(a) = self.announcer.as_mut() {
+            a.withdraw_all();
+        }
+        let r = &self.registry.cfg.config.routing;
+        if self.stop_after_drain {
+            log::warn!(
+                "box drain: routes withdrawn; forwarding for {} s more, then stopping",
+                r.shutdown_drain_s
+            );
+            self.box_state = BoxState::Withdrawn { until_ms: Some(until_ms) };
+        } else {
+            log::warn!("box drain: routes withdrawn; forwarding until undrain-box");
+            self.box_state = BoxState::Withdrawn { until_ms: None };
+        }
+    }
+
+    /// Announces again after `drain-box --keep-running`.
+    pub fn undrain_box(&mut self) -> Result<Vec<IpAddr>, String> {
+        if self.stop_after_drain {
+            return Err("the box is stopping: its drain cannot be undone".into());
+        }
+        if self.box_state == BoxState::Announcing {
+            return Err("the box is not drained".into());
+        }
+        if let Some(a) = self.announcer.as_mut() {
+            a.clear_graceful_shutdown();
+        }
+        self.box_state = BoxState::Announcing;
+        log::warn!("box undrain: announcing again");
+        self.announce();
+        Ok(self.announcer.as_ref().map(|a| a.announced().copied().collect()).unwrap_or_default())
+    }
+
+    /// The box's drain steps in time (called each tick).
+    fn box_work(&mut self, now: u64) {
+        if let BoxState::GracefulShutdown { until_ms } = self.box_state {
+            if now >= until_ms {
+                let drain_ms = self.registry.cfg.config.routing.shutdown_drain_s * 1000;
+                self.withdraw_for_drain(now + drain_ms);
+            }
+        }
+    }
+
+    /// Whether a stopping box's drain is over (l4lb may exit).
+    pub fn drain_finished(&self) -> bool {
+        self.stop_after_drain
+            && matches!(self.box_state, BoxState::Withdrawn { until_ms: Some(u) } if self.now_ms() >= u)
+    }
+
+    /// Whether the box is on its way out (a drain that ends in a stop).
+    pub fn stopping(&self) -> bool {
+        self.stop_after_drain
+    }
+
+    /// `announcing`, `graceful-shutdown` or `withdrawn`.
+    pub fn box_state(&self) -> &'static str {
+        self.box_state.name()
     }
 
     /// The newest forwarding state's generation.
@@ -201,6 +338,7 @@ impl<'a> Management<'a> {
         let now = self.now_ms();
         self.neighbour_work();
         self.health_work(now);
+        self.box_work(now);
         if reload {
             match self.reload() {
                 Ok(v) => {
@@ -387,6 +525,11 @@ impl<'a> Management<'a> {
         trial
             .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms())
             .map_err(|e| format!("{}: {e}", path.display()))?;
+        // The VIPs' communities and MED: BIRD takes its new configuration
+        // first (it checks it), or the reload is refused.
+        if let Some(b) = &self.bird {
+            b.reconfigure(&new, &path.display().to_string()).map_err(|e| format!("bgp: {e}"))?;
+        }
         self.registry = trial;
         self.neighbours.track(&needed_neighbours(&new));
         self.rebuild_targets();
