@@ -12,6 +12,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::bird::Bird;
 use common::lan::{
     attach_tap_from, ctl_json, http_load, l4lb_config_port, service, start_servers, topology, veth_into, Lan,
     PY,
@@ -178,40 +179,6 @@ fn unknown_vip_ports_reach_the_kernel_where_the_port_says_so() {
     let (status, transcript) = b.l4lb.stop();
     assert!(status.success(), "{transcript}");
     let _ = std::fs::remove_dir_all(&b.dir);
-}
-
-/// BIRD in `ns` with `conf`, in the foreground (its PID is the child's),
-/// its control socket in `dir`.
-struct Bird {
-    child: std::process::Child,
-    socket: std::path::PathBuf,
-}
-
-impl Bird {
-    fn start(ns: &Netns, dir: &std::path::Path, tag: &str, conf: &str) -> Bird {
-        let (c, socket) = (dir.join(format!("{tag}.conf")), dir.join(format!("{tag}.ctl")));
-        std::fs::write(&c, conf).unwrap();
-        let child = ns.spawn(&format!("exec bird -f -c {} -s {}", c.display(), socket.display()));
-        Bird { child, socket }
-    }
-
-    /// `birdc show protocols` line of protocol `name`.
-    fn protocol(&self, ns: &Netns, name: &str) -> String {
-        let (_, out) = ns.exec_try(&format!("birdc -s {} show protocols {name}", self.socket.display()));
-        out.lines().find(|l| l.starts_with(name)).unwrap_or("").to_owned()
-    }
-
-    /// The routes learnt over the BGP session.
-    fn learnt(&self, ns: &Netns) -> String {
-        ns.exec_try(&format!("birdc -s {} show route protocol peer", self.socket.display())).1
-    }
-}
-
-impl Drop for Bird {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// BGP between BIRD on the box (its kernel interface) and BIRD in a router

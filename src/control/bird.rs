@@ -84,7 +84,7 @@ pub fn config_text(cfg: &Config, source: &str) -> String {
     }
     for (i, p) in b.peers.iter().enumerate() {
         let (local, _) = peer_source(cfg, p).expect("validated");
-        let _ = writeln!(o, "protocol bgp {} {{", p.name(i));
+        let _ = writeln!(o, "protocol bgp {} {{", protocol_name(&p.name(i)));
         let _ = writeln!(o, "  local {local} as {};", b.local_as);
         let _ = writeln!(o, "  neighbor {} port {} as {};", p.address, p.port, p.remote_as);
         if b.hold_time_s == 0 {
@@ -114,6 +114,12 @@ pub fn config_text(cfg: &Config, source: &str) -> String {
             writeln!(o, "  {family} {{ import none; export filter l4lb_export{f}; next hop self; }};\n}}\n");
     }
     o
+}
+
+/// A peer's protocol name in BIRD (a prefix keeps names like `router`,
+/// BIRD keywords, apart from its grammar).
+pub fn protocol_name(peer: &str) -> String {
+    format!("bgp_{peer}")
 }
 
 fn community_add(c: &Community) -> String {
@@ -211,7 +217,7 @@ pub fn parse_peers(protocols: &[String], bfd: &[String], cfg: &BgpSection) -> Ve
         for l in protocols {
             let cols: Vec<&str> = l.split_whitespace().collect();
             if cols.len() >= 5 && cols[1] == "BGP" {
-                inside = cols[0] == name;
+                inside = cols[0] == protocol_name(&name);
                 if inside {
                     row.since = Some(cols[4].to_owned());
                 }
@@ -481,7 +487,7 @@ local_as = 65001
 communities = ["65001:7", "65001:1:2"]
 bfd = { interval_ms = 50, multiplier = 4 }
 peers = [
-  { name = "r1", address = "198.18.0.254", remote_as = 65000, password = "s3cret" },
+  { name = "router", address = "198.18.0.254", remote_as = 65000, password = "s3cret" },
   { address = "2001:db8::fe", remote_as = 65000 },
   { name = "far", address = "198.19.9.9", remote_as = 65002, multihop = 4, passive = true },
 ]
@@ -506,12 +512,12 @@ backends = [{ address = "198.18.0.11", mac = "02:00:00:00:0b:11" }]
             "if net = 198.18.100.1/32 then { bgp_community.add((65000, 100)); bgp_med = 20; }",
             " bgp_community.add((65001, 7)); bgp_large_community.add((65001, 1, 2));",
             "if krt_source = 200 then bgp_community.add((65535, 0));",
-            "protocol bgp r1 {\n  local 198.18.0.1 as 65001;\n  neighbor 198.18.0.254 port 179 as 65000;",
+            "protocol bgp bgp_router {\n  local 198.18.0.1 as 65001;\n  neighbor 198.18.0.254 port 179 as 65000;",
             "hold time 9; keepalive time 3;",
             "password \"s3cret\";",
-            "protocol bgp peer1 {\n  local 2001:db8::1 as 65001;",
+            "protocol bgp bgp_peer1 {\n  local 2001:db8::1 as 65001;",
             "ipv6 { import none; export filter l4lb_export6; next hop self; };",
-            "protocol bgp far {\n  local 198.18.0.1 as 65001;\n  neighbor 198.19.9.9 port 179 as 65002;",
+            "protocol bgp bgp_far {\n  local 198.18.0.1 as 65001;\n  neighbor 198.19.9.9 port 179 as 65002;",
             "multihop 4;",
             "passive on;",
             "bfd on;",
@@ -536,12 +542,12 @@ backends = [{ address = "198.18.0.11", mac = "02:00:00:00:0b:11" }]
         let cfg = Config::parse(CONFIG, "t.toml").unwrap().validate("t.toml").unwrap();
         let protocols: Vec<String> = [
             "Name       Proto      Table      State  Since         Info",
-            "r1         BGP        ---        up     08:00:01.000  Established",
+            "bgp_router BGP        ---        up     08:00:01.000  Established",
             "  BGP state:          Established",
             "    Neighbor address: 198.18.0.254",
             "  Channel ipv4",
             "    Routes:         0 imported, 2 exported, 0 preferred",
-            "peer1      BGP        ---        start  08:00:00.500  Active        Socket: Connection refused",
+            "bgp_peer1  BGP        ---        start  08:00:00.500  Active        Socket: Connection refused",
             "  BGP state:          Active",
             "    Last error:       Socket: Connection refused",
             "  Channel ipv6",

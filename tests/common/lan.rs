@@ -216,13 +216,16 @@ pub fn start_servers(t: &mut Lan, udp_vip: Option<&str>) {
 pub fn start_server(b: &Backend, udp_vip: Option<&str>) -> Child {
     {
         let mut script = vec![
-            "import http.server as h, socket, threading".to_string(),
+            "import http.server as h, socket, threading, time".to_string(),
             "class S(h.ThreadingHTTPServer):".into(),
+            "    request_queue_size = 512".into(),
             "    address_family = socket.AF_INET6".into(),
             "class H(h.BaseHTTPRequestHandler):".into(),
             "    protocol_version = 'HTTP/1.1'".into(),
             "    disable_nagle_algorithm = True".into(),
             "    def do_GET(self):".into(),
+            "        if self.path.startswith('/stream'):".into(),
+            "            return self.stream()".into(),
             "        a = self.client_address[0].removeprefix('::ffff:')".into(),
             format!("        b = ('{} ' + a + '\\n').encode()", b.name),
             "        code = health() if self.path == '/health' else 200".into(),
@@ -230,6 +233,19 @@ pub fn start_server(b: &Backend, udp_vip: Option<&str>) -> Child {
             "        self.send_header('Content-Length', str(len(b)))".into(),
             "        self.end_headers()".into(),
             "        self.wfile.write(b)".into(),
+            // A slow download: /stream?chunks=N sends N chunks of 1000
+            // bytes, 0.25 s apart, byte i of the body being i % 251; the
+            // backend's name in a header.
+            "    def stream(self):".into(),
+            "        n = int(self.path.partition('chunks=')[2] or 40)".into(),
+            "        self.send_response(200)".into(),
+            "        self.send_header('Content-Length', str(n * 1000))".into(),
+            format!("        self.send_header('X-Backend', '{}')", b.name),
+            "        self.end_headers()".into(),
+            "        body = bytes(i % 251 for i in range(n * 1000))".into(),
+            "        for k in range(n):".into(),
+            "            self.wfile.write(body[k * 1000:(k + 1) * 1000]); self.wfile.flush()".into(),
+            "            if k + 1 < n: time.sleep(0.25)".into(),
             "    def log_message(self, *a):".into(),
             "        pass".into(),
             format!(

@@ -202,6 +202,28 @@ impl L4lb {
         (status.expect("l4lb exits after SIGTERM"), self.transcript())
     }
 
+    /// SIGKILL (a crash): no drain, no withdrawal; returns the output.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = self.wait_line(Duration::from_millis(200), |_| false);
+        self.transcript()
+    }
+
+    /// Sends SIGTERM without waiting: the stop (and a box's drain) begins.
+    pub fn signal_stop(&self) {
+        if let Some(c) = &self.child {
+            let _ = sh_try(&format!("kill -TERM {}", c.id()));
+        }
+    }
+
+    /// Whether l4lb has exited (its exit status then).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     fn terminate(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
         let _ = sh_try(&format!("kill -TERM {}", child.id()));

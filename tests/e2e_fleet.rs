@@ -1,0 +1,561 @@
+//! End to end: a fleet. A router namespace (BIRD with BFD, ECMP over an L4
+//! hash: `fib_multipath_hash_policy = 1`) stands between the client
+//! (198.19.0.2) and a LAN with two l4lb boxes — each in a namespace of its
+//! own with its TAP port, exception path and the BIRD l4lb runs from its
+//! `[bgp]` section — and three DSR backends that answer the client through
+//! the router. Nothing here is a speed figure: two l4lb processes share
+//! this machine's CPUs.
+// Needs DPDK and root: the full tier (scripts/test.sh), not the fast one.
+#![cfg(feature = "dpdk")]
+mod common;
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::bird::Bird;
+use common::lan::{ctl, ctl_json, service, spawn_script, start_servers, topology, veth_into, Lan};
+use common::netns::{require_root, sh, unique, L4lb, Netns};
+use common::{hugepages_free, lcore_map, wait_for};
+
+const VIP: &str = "198.18.100.1";
+const CLIENT: &str = "198.19.0.2";
+const ROUTER_MAC: &str = "02:00:00:00:0c:fe";
+
+/// One l4lb box: box `n` (1, 2) is 198.18.0.(2n-1) with MAC
+/// 02:00:00:00:01:0(2n-1).
+struct BoxRun {
+    ns: Netns,
+    l4lb: L4lb,
+    socket: PathBuf,
+    config: PathBuf,
+}
+
+struct Fleet {
+    lan: Lan,
+    router: Netns,
+    client: Netns,
+    router_bird: Bird,
+    boxes: [Option<BoxRun>; 2],
+    dir: PathBuf,
+}
+
+fn box_address(n: u8) -> String {
+    format!("198.18.0.{}", 2 * n - 1)
+}
+
+fn box_mac(n: u8) -> String {
+    format!("02:00:00:00:01:0{}", 2 * n - 1)
+}
+
+/// BIRD on the router: a session to each box with BFD, GRACEFUL_SHUTDOWN
+/// honoured (local preference 0), and equal routes merged into one
+/// multipath route in the kernel.
+fn router_conf() -> String {
+    let mut c = String::from(
+        r#"
+router id 198.18.0.254;
+protocol device { }
+protocol kernel { ipv4 { export all; }; merge paths on; }
+protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }
+filter from_boxes {
+  if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
+  accept;
+}
+template bgp boxes {
+  local 198.18.0.254 as 65000;
+  hold time 9; keepalive time 3; connect retry time 1;
+  bfd on;
+  ipv4 { import filter from_boxes; export none; };
+}
+"#,
+    );
+    for n in 1..=2u8 {
+        c.push_str(&format!("protocol bgp box{n} from boxes {{ neighbor {} as 65001; }}\n", box_address(n)));
+    }
+    c
+}
+
+impl Fleet {
+    /// The LAN, the backends' servers, the router and the client; no box yet.
+    fn new() -> Fleet {
+        require_root();
+        let mut lan = topology(&[VIP]);
+        start_servers(&mut lan, None);
+        let dir = std::env::temp_dir().join(unique("l4lb-fleet-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let router = Netns::new(&unique("l4b-rt"));
+        veth_into(&lan.lan, &router, "vr", "198.18.0.254", "2001:db8::fe", ROUTER_MAC);
+        router.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1");
+        let client = Netns::new(&unique("l4b-fc"));
+        sh(&format!("ip -n {} link add vcr type veth peer name vcc netns {}", router.name, client.name));
+        router.exec("ip addr add 198.19.0.1/24 dev vcr");
+        router.exec("ip link set vcr up");
+        client.exec(&format!("ip addr add {CLIENT}/24 dev vcc"));
+        client.exec("ip link set vcc up");
+        client.exec("ip route add default via 198.19.0.1");
+        // Direct server return: the backends answer the client through the router.
+        for b in &lan.backends {
+            b.ns.exec("ip route add 198.19.0.0/24 via 198.18.0.254");
+        }
+        let router_bird = Bird::start(&router, &dir, "router", &router_conf());
+        Fleet { lan, router, client, router_bird, boxes: [None, None], dir }
+    }
+
+    /// Starts box `n`; with `wait`, until its backends are up.
+    fn start_box(&mut self, n: u8) {
+        let ns = Netns::new(&unique(&format!("l4b-box{n}")));
+        let tap = unique(&format!("l4bf{n}-"));
+        let dir = self.dir.join(format!("box{n}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("ctl.sock");
+        let backends: Vec<String> = self
+            .lan
+            .backends
+            .iter()
+            .map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac))
+            .collect();
+        let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 1, fall = 2 }";
+        let config = format!(
+            r#"
+[dpdk]
+lcores = "{lcores}"
+devices = ["net_tap0,iface={tap}"]
+file_prefix = "{prefix}"
+{mem}
+
+[workers]
+idle_pause_us = 200
+flow_table_capacity = 65536
+
+[[ports]]
+name = "lan"
+device = "net_tap0"
+ipv4 = "{addr}/24"
+mac = "{mac}"
+kernel = {{ name = "lan" }}
+
+[control]
+socket = "{socket}"
+metrics_address = "127.0.0.1:9100"
+
+[routing]
+table = 100
+graceful_shutdown_s = 1
+shutdown_drain_s = 2
+
+[bgp]
+local_as = 65001
+connect_retry_s = 1
+directory = "{bird}"
+bfd = {{ interval_ms = 100, multiplier = 3 }}
+peers = [{{ name = "router", address = "198.18.0.254", remote_as = 65000 }}]
+
+{services}
+"#,
+            lcores = lcore_map(2),
+            prefix = unique(&format!("fleet{n}-")),
+            mem = if hugepages_free() { "in_memory = true" } else { "hugepages = false" },
+            addr = box_address(n),
+            mac = box_mac(n),
+            socket = socket.display(),
+            bird = dir.join("bird").display(),
+            services = service("web", VIP, "tcp", 80, extra, &backends),
+        );
+        let l4lb = L4lb::start_in(Some(&ns), &config, &dir);
+        // The TAP's kernel side joins the LAN (each box's with its own MAC).
+        sh(&format!("ip -n {} link set {tap} netns {}", ns.name, self.lan.lan.name));
+        self.lan.lan.exec(&format!("ip link set {tap} address 02:00:00:00:01:f{n}"));
+        self.lan.lan.exec(&format!("ip link set {tap} master br0 up"));
+        self.boxes[n as usize - 1] = Some(BoxRun { ns, l4lb, socket, config: dir.join("l4lb.toml") });
+    }
+
+    fn box_(&self, n: u8) -> &BoxRun {
+        self.boxes[n as usize - 1].as_ref().expect("box running")
+    }
+
+    /// The router's next hops for the VIP (the boxes it sends VIP traffic to).
+    fn next_hops(&self) -> Vec<String> {
+        let (_, out) = self.router.exec_try(&format!("ip -4 route show {VIP}"));
+        let words: Vec<&str> = out.split_whitespace().collect();
+        let mut hops: Vec<String> =
+            words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
+        hops.sort();
+        hops
+    }
+
+    fn wait_next_hops(&self, want: &[&str], timeout: Duration) {
+        let ok = wait_for(timeout, || self.next_hops() == want);
+        assert!(
+            ok,
+            "the router's next hops for {VIP} are {:?}, not {want:?}\nrouter: {}\n{}",
+            self.next_hops(),
+            self.router_bird.ask(&self.router, "show protocols"),
+            self.boxes.iter().flatten().map(|b| b.l4lb.transcript()).collect::<Vec<_>>().join("\n----\n")
+        );
+    }
+
+    /// Both boxes up, announcing, the router using both.
+    fn with_both_boxes() -> Fleet {
+        let mut f = Fleet::new();
+        f.start_box(1);
+        f.start_box(2);
+        f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(60));
+        f
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for b in self.boxes.iter_mut() {
+            b.take();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `n` slow downloads (`chunks` chunks of 1000 bytes 0.25 s apart) at once
+/// from the client, started before this returns (every one has its
+/// headers); `finish_downloads` reads the verdict.
+fn start_downloads(client: &Netns, n: usize, chunks: usize) -> std::process::Child {
+    let script = format!(
+        r#"
+import http.client, sys, threading
+want = bytes(i % 251 for i in range({chunks} * 1000))
+ready = threading.Barrier({n} + 1)
+results = []
+lock = threading.Lock()
+def one(i):
+    try:
+        h = http.client.HTTPConnection('{VIP}', 80, timeout=30)
+        h.request('GET', '/stream?chunks={chunks}')
+        r = h.getresponse()
+        name = r.getheader('X-Backend')
+    except Exception as e:
+        ready.abort()
+        with lock: results.append(('error', repr(e)))
+        return
+    try:
+        ready.wait(60)
+    except threading.BrokenBarrierError:
+        pass
+    try:
+        body = r.read()
+        ok = body == want
+        with lock: results.append(('ok' if ok else 'bad', name + ' ' + str(len(body))))
+    except Exception as e:
+        with lock: results.append(('broken', name + ' ' + repr(e)))
+threads = [threading.Thread(target=one, args=(i,)) for i in range({n})]
+for t in threads: t.start()
+try:
+    ready.wait(60)
+except threading.BrokenBarrierError:
+    print('not ready', flush=True)
+print('ready', flush=True)
+for t in threads: t.join()
+for kind, what in results:
+    print(kind, what, flush=True)
+print('done', flush=True)
+"#
+    );
+    spawn_script(client, &script, "l4b-downloads-")
+}
+
+/// The downloads' results: (complete and correct, the other lines).
+fn finish_downloads(mut child: std::process::Child) -> (usize, Vec<String>) {
+    let out = child.stdout.take().unwrap();
+    let mut ok = 0;
+    let mut other = Vec::new();
+    for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+        if line == "done" {
+            break;
+        }
+        if line.starts_with("ok ") {
+            ok += 1;
+        } else {
+            other.push(line);
+        }
+    }
+    let _ = child.wait();
+    (ok, other)
+}
+
+/// wrk against the VIP for `secs` from the client, in the background.
+fn start_wrk(client: &Netns, secs: u32) -> std::process::Child {
+    client.spawn(&format!("exec wrk -t2 -c16 -d{secs}s --timeout 3s http://{VIP}/"))
+}
+
+fn wrk_output(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Times the router's next hops until they are `want`, polling every 5 ms.
+fn time_until_next_hops(f: &Fleet, want: &[&str], from: Instant) -> Duration {
+    assert!(
+        wait_for(Duration::from_secs(30), || f.next_hops() == want),
+        "the router still uses {:?}",
+        f.next_hops()
+    );
+    from.elapsed()
+}
+
+#[test]
+fn both_boxes_carry_the_vip_and_every_connection_gets_the_backend_simulate_predicts() {
+    let f = Fleet::with_both_boxes();
+    // Each box: its session and BFD up, the VIP announced.
+    for n in 1..=2u8 {
+        let b = f.box_(n);
+        let bgp = ctl_json(&b.socket, "bgp");
+        assert_eq!(bgp["box_state"], "announcing", "{bgp}");
+        assert_eq!(bgp["vips"][0]["announced"], true, "{bgp}");
+        let peer = &bgp["peers"][0];
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let p = &ctl_json(&b.socket, "bgp")["peers"][0];
+                p["up"] == true && p["bfd"] == "Up" && p["exported_routes"] == 1
+            }),
+            "box {n}: {peer}"
+        );
+        let page = b.ns.exec("curl -s --max-time 5 http://127.0.0.1:9100/metrics");
+        for line in [
+            "l4lb_bgp_session_up{peer=\"router\",address=\"198.18.0.254\"} 1",
+            "l4lb_bgp_bfd_session_up{peer=\"router\",address=\"198.18.0.254\"} 1",
+            "l4lb_bgp_session_exported_routes{peer=\"router\",address=\"198.18.0.254\"} 1",
+            "l4lb_bgp_daemon_running 1",
+            "l4lb_box_announcing 1",
+        ] {
+            assert!(page.lines().any(|l| l == line), "box {n}: no `{line}` in\n{page}");
+        }
+        let (ok, text) = ctl(&b.socket, "bgp");
+        assert!(ok && text.contains("Established") && text.contains("yes"), "{text}");
+    }
+
+    // 1000 connections from the client, each with the backend that answered.
+    let script = format!(
+        r#"
+import socket
+print('ready', flush=True)
+for i in range(1000):
+    s = socket.create_connection(('{VIP}', 80), timeout=5)
+    port = s.getsockname()[1]
+    s.sendall(b'GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n')
+    data = b''
+    while True:
+        d = s.recv(4096)
+        if not d: break
+        data += d
+    s.close()
+    print(port, data.split(b'\r\n\r\n', 1)[1].split()[0].decode(), flush=True)
+print('done', flush=True)
+"#
+    );
+    let mut child = spawn_script(&f.client, &script, "l4b-conns-");
+    let mut seen: Vec<(u16, String)> = Vec::new();
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        if line == "done" {
+            break;
+        }
+        let (port, name) = line.split_once(' ').unwrap();
+        seen.push((port.parse().unwrap(), name.to_owned()));
+    }
+    let _ = child.wait();
+    assert_eq!(seen.len(), 1000, "not every connection was answered");
+
+    // Both boxes carried a share.
+    let new_flows: Vec<u64> = (1..=2u8)
+        .map(|n| ctl_json(&f.box_(n).socket, "stats")["counters"]["new_flows"].as_u64().unwrap())
+        .collect();
+    eprintln!("new flows per box: {new_flows:?} of 1000 connections");
+    assert!(new_flows.iter().all(|&x| x >= 100), "the router did not spread the flows: {new_flows:?}");
+    assert!(new_flows.iter().sum::<u64>() >= 1000, "{new_flows:?}");
+
+    // `l4lb simulate` on box 1's configuration, fed each connection's SYN,
+    // names the backend that answered it.
+    let frames: Vec<Vec<u8>> = seen.iter().map(|(port, _)| syn_frame(*port)).collect();
+    let (input, output) = (f.dir.join("syns.pcap"), f.dir.join("out.pcap"));
+    l4lb::pcap::write_file(&input, frames.iter().map(|v| v.as_slice())).unwrap();
+    let sim = sh(&format!(
+        "{} simulate --config {} --in {} --out {}",
+        env!("CARGO_BIN_EXE_l4lb"),
+        f.box_(1).config.display(),
+        input.display(),
+        output.display()
+    ));
+    let out = l4lb::pcap::read_file(&output).unwrap();
+    assert_eq!(out.len(), 1000, "simulate forwarded {} of 1000: {sim}", out.len());
+    let by_mac: HashMap<String, String> =
+        f.lan.backends.iter().map(|b| (b.mac.clone(), b.name.clone())).collect();
+    let mut differ = Vec::new();
+    for ((port, name), rec) in seen.iter().zip(&out) {
+        let mac = l4lb::net::ethernet::fmt_mac(&rec.data[..6].try_into().unwrap());
+        let predicted = by_mac.get(&mac).cloned().unwrap_or(mac);
+        if &predicted != name {
+            differ.push(format!("{CLIENT}:{port}: simulate {predicted}, answered by {name}"));
+        }
+    }
+    assert!(differ.is_empty(), "{} of 1000 differ: {:?}", differ.len(), &differ[..differ.len().min(10)]);
+
+    // A box taken out by hand stays up, unannounced, and comes back.
+    let b2 = f.box_(2);
+    let (ok, text) = ctl(&b2.socket, "drain-box --keep-running");
+    assert!(ok && text.contains("graceful-shutdown"), "{text}");
+    // GRACEFUL_SHUTDOWN alone takes it out of the router's multipath route
+    // (local preference 0); the withdrawal follows.
+    f.wait_next_hops(&["198.18.0.1"], Duration::from_secs(15));
+    assert!(
+        wait_for(Duration::from_secs(5), || ctl_json(&b2.socket, "bgp")["box_state"] == "withdrawn"),
+        "{}",
+        ctl_json(&b2.socket, "bgp")
+    );
+    assert!(!f.router_bird.ask(&f.router, &format!("show route {VIP}/32 protocol box2")).contains(VIP));
+    let (ok, text) = ctl(&b2.socket, "undrain-box");
+    assert!(ok && text.contains("announcing"), "{text}");
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(15));
+}
+
+/// A SYN from the client to the VIP as box 1 receives it from the router.
+fn syn_frame(sport: u16) -> Vec<u8> {
+    use l4lb::net::checksum;
+    let parse = |m: &str| l4lb::net::ethernet::parse_mac(m).unwrap();
+    let (src, dst): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        (CLIENT.parse().unwrap(), VIP.parse().unwrap());
+    let mut f = vec![0u8; 14 + 20 + 20];
+    l4lb::net::ethernet::write_header(&mut f, parse(&box_mac(1)), parse(ROUTER_MAC), 0x0800);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&40u16.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 63;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    let c = checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let tcp = &mut f[34..54];
+    tcp[0..2].copy_from_slice(&sport.to_be_bytes());
+    tcp[2..4].copy_from_slice(&80u16.to_be_bytes());
+    tcp[4..8].copy_from_slice(&1u32.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = 0x02;
+    tcp[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let sum = checksum::add(checksum::pseudo_v4(src, dst, 6, 20), tcp);
+    let c = !checksum::fold(sum);
+    tcp[16..18].copy_from_slice(&c.to_be_bytes());
+    f
+}
+
+#[test]
+fn a_box_that_dies_breaks_no_connection() {
+    let mut f = Fleet::with_both_boxes();
+    let downloads = start_downloads(&f.client, 200, 40);
+    let wrk = start_wrk(&f.client, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let active: Vec<u64> =
+        (1..=2u8).map(|n| ctl_json(&f.box_(n).socket, "stats")["flows"].as_u64().unwrap_or(0)).collect();
+    // Box 1 dies: no drain, no withdrawal; BIRD dies with it.
+    let t0 = Instant::now();
+    let transcript = f.boxes[0].take().unwrap().l4lb.kill();
+    let failover = time_until_next_hops(&f, &["198.18.0.3"], t0);
+    let (ok, other) = finish_downloads(downloads);
+    let wrk = wrk_output(wrk);
+    eprintln!(
+        "box 1 killed with flows per box {active:?}: the router stopped using it after {:.0} ms; \
+         downloads complete {ok} of 200; wrk: {}",
+        failover.as_secs_f64() * 1000.0,
+        wrk.lines()
+            .filter(|l| l.contains("Requests/sec") || l.contains("errors"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert!(active.iter().all(|&a| a > 0), "both boxes should carry downloads: {active:?}");
+    assert_eq!(ok, 200, "broken downloads: {other:?}\n{transcript}");
+    assert!(wrk.contains("Requests/sec"), "{wrk}");
+    assert!(!wrk.contains("Non-2xx"), "{wrk}");
+}
+
+#[test]
+fn a_draining_box_leaves_the_routes_first_and_breaks_nothing() {
+    let mut f = Fleet::with_both_boxes();
+    let downloads = start_downloads(&f.client, 200, 40);
+    let wrk = start_wrk(&f.client, 8);
+    std::thread::sleep(Duration::from_secs(2));
+    let t0 = Instant::now();
+    f.box_(1).l4lb.signal_stop();
+    // The router sees GRACEFUL_SHUTDOWN on box 1's route, then prefers box 2.
+    let marked = wait_for(Duration::from_secs(5), || {
+        f.router_bird.ask(&f.router, &format!("show route {VIP}/32 all protocol box1")).contains("(65535,0)")
+    });
+    let moved = time_until_next_hops(&f, &["198.18.0.3"], t0);
+    let b1 = f.boxes[0].as_mut().unwrap();
+    assert!(b1.l4lb.exited().is_none(), "box 1 exited before the router moved traffic away");
+    assert!(marked, "the router never saw GRACEFUL_SHUTDOWN on box 1's route");
+    assert!(wait_for(Duration::from_secs(15), || b1.l4lb.exited().is_some()), "box 1 did not stop");
+    let exited = t0.elapsed();
+    let b1 = f.boxes[0].take().unwrap();
+    let (status, transcript) = b1.l4lb.stop();
+    assert!(status.success(), "{transcript}");
+    for line in ["marked GRACEFUL_SHUTDOWN", "routes withdrawn", "bgp: BIRD stopped"] {
+        assert!(transcript.contains(line), "no `{line}` in\n{transcript}");
+    }
+    let (ok, other) = finish_downloads(downloads);
+    let wrk = wrk_output(wrk);
+    eprintln!(
+        "box 1 drained: the router moved to box 2 after {:.0} ms, box 1 exited after {:.1} s; \
+         downloads complete {ok} of 200; wrk: {}",
+        moved.as_secs_f64() * 1000.0,
+        exited.as_secs_f64(),
+        wrk.lines()
+            .filter(|l| l.contains("Requests/sec") || l.contains("errors"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    assert_eq!(ok, 200, "broken downloads: {other:?}");
+    assert!(
+        wrk.contains("Requests/sec") && !wrk.contains("Socket errors") && !wrk.contains("Non-2xx"),
+        "{wrk}"
+    );
+}
+
+#[test]
+fn a_vip_without_backends_is_withdrawn_and_a_box_that_returns_announces_after_its_checks() {
+    let mut f = Fleet::with_both_boxes();
+    // Every backend fails its check (every 300 ms, down after 2 failures).
+    let t0 = Instant::now();
+    for b in &f.lan.backends {
+        b.set_health(500);
+    }
+    let gone = time_until_next_hops(&f, &[], t0);
+    eprintln!(
+        "every backend failing: withdrawn from the router after {:.0} ms (interval × fall = 600 ms)",
+        gone.as_secs_f64() * 1000.0
+    );
+    let bgp = ctl_json(&f.box_(1).socket, "bgp");
+    assert_eq!(bgp["vips"][0]["announced"], false, "{bgp}");
+    assert!(bgp["vips"][0]["reason"].as_str().unwrap().contains("0 of 3 backends"), "{bgp}");
+    f.lan.backends[0].set_health(200);
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(15));
+    for b in &f.lan.backends[1..] {
+        b.set_health(200);
+    }
+
+    // Box 2 goes; downloads run through box 1 alone; box 2 comes back and
+    // the router moves about half of them to it: they keep their backend.
+    let b2 = f.boxes[1].take().unwrap();
+    let (status, _) = b2.l4lb.stop();
+    assert!(status.success());
+    f.wait_next_hops(&["198.18.0.1"], Duration::from_secs(15));
+    let downloads = start_downloads(&f.client, 100, 100);
+    f.start_box(2);
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(60));
+    let t = f.box_(2).l4lb.transcript();
+    let announced = t.find("routing: announcing 198.18.100.1").expect("box 2 announced");
+    let first_up = t.find("is up").expect("a backend came up on box 2");
+    assert!(first_up < announced, "box 2 announced before its checks:\n{t}");
+    let (ok, other) = finish_downloads(downloads);
+    let moved = ctl_json(&f.box_(2).socket, "stats")["counters"]["new_flows"].as_u64().unwrap_or(0);
+    eprintln!("box 2 back: {moved} flows moved to it; downloads complete {ok} of 100");
+    assert_eq!(ok, 100, "broken downloads: {other:?}");
+    assert!(moved > 0, "the router moved no download to the returning box");
+}
