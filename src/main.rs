@@ -301,6 +301,20 @@ fn check(config: &Path) -> Result<(), Failure> {
     if let Some(p) = v.cpu_problem() {
         eprintln!("warning: {}: {p}", config.display());
     }
+    // The BIRD configuration l4lb would write, through BIRD's own parser.
+    if let Some(b) = &v.config.bgp {
+        let text = l4lb::control::bird::config_text(&v.config, &config.display().to_string());
+        if l4lb::control::bird::available(&b.bird) {
+            l4lb::control::bird::check(&b.bird, &text, &std::env::temp_dir())
+                .map_err(|e| Failure::Usage(format!("{}: bgp: {e}", config.display())))?;
+        } else {
+            eprintln!(
+                "warning: {}: bgp.bird: cannot run `{}`: BIRD's own check skipped",
+                config.display(),
+                b.bird
+            );
+        }
+    }
     println!(
         "{}: OK ({} ports, {} workers, main lcore {})",
         config.display(),

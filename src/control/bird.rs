@@ -136,9 +136,14 @@ pub fn directory(cfg: &Validated) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(format!("/run/l4lb/{}-bird", cfg.config.dpdk.file_prefix)))
 }
 
+/// Whether the BIRD program can be run.
+pub fn available(bird: &str) -> bool {
+    Command::new(bird).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
+}
+
 /// Asks BIRD's parser whether `text` is a configuration it takes (`bird -p`).
 pub fn check(bird: &str, text: &str, dir: &Path) -> Result<(), String> {
-    let path = dir.join("bird.conf.check");
+    let path = dir.join(format!("l4lb-bird-{}.conf.check", std::process::id()));
     std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     let out = Command::new(bird)
         .args(["-p", "-c"])
@@ -526,7 +531,7 @@ backends = [{ address = "198.18.0.11", mac = "02:00:00:00:0b:11" }]
         }
         // BIRD itself takes it (where BIRD is installed: scripts/setup.sh
         // installs it for the full tier).
-        if Command::new("bird").arg("--version").output().is_ok() {
+        if available("bird") {
             let dir = std::env::temp_dir();
             check("bird", &t, &dir).unwrap();
         } else {

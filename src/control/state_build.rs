@@ -207,11 +207,14 @@ pub fn build_state_with(
     }
     let mut st = ForwardingState::build(generation, ports, specs)?;
     // Every configured backend, up or down: the box's health checks reach
-    // them all, and their answers must get through a flood.
+    // them all, and their answers must get through a flood. So must the
+    // BGP peers' packets, whatever port they use.
+    let peers = c.bgp.iter().flat_map(|b| b.peers.iter().map(|p| crate::balancer::flow::ip16(p.address)));
     st.set_priority_sources(
         c.services
             .iter()
             .flat_map(|s| s.backends.iter().map(|b| crate::balancer::flow::ip16(b.address)))
+            .chain(peers)
             .collect(),
     );
     Ok(st)
