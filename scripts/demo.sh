@@ -2,6 +2,7 @@
 # The l4lb demo on a machine with no NIC (docs: config/demo.toml).
 #   scripts/demo.sh              L2 direct server return (MAC rewrite)
 #   scripts/demo.sh --mode ipip  IP-in-IP: backends decapsulate and answer directly
+#   scripts/demo.sh --fleet      two boxes behind a BGP/ECMP router (scripts/demo-fleet.sh)
 # Builds a one-arm LAN of network namespaces around l4lb's TAP port: a client,
 # three backends running HTTP servers that answer with their own name, and a
 # namespace l4lb runs in, where its port's kernel interface appears (its health
@@ -18,7 +19,8 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --mode) MODE=${2:-}; shift 2 ;;
     --mode=*) MODE=${1#--mode=}; shift ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --fleet) exec scripts/demo-fleet.sh ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)"; exit 2 ;;
   esac
 done
