@@ -383,10 +383,12 @@ impl Bird {
     /// notification), then SIGKILL if it is still there after 3 s.
     pub fn stop(mut self) {
         self.stopping.store(true, Ordering::SeqCst);
+        // `down` before the monitor thread ends: a BIRD that thread started
+        // again is killed with it (its parent-death signal).
+        let _ = query(&self.socket, "down");
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }
-        let _ = query(&self.socket, "down");
         let mut c = self.child.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(child) = c.as_mut() {
             let until = Instant::now() + Duration::from_secs(3);

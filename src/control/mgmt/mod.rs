@@ -226,10 +226,11 @@ impl<'a> Management<'a> {
                 );
                 self.box_state = BoxState::GracefulShutdown { until_ms: now + graceful_ms };
             }
-            BoxState::Announcing => {
-                let until = if vips.is_empty() { now } else { now + drain_ms };
-                self.withdraw_for_drain(until);
+            // Nothing announced: nothing for the routers to move away from.
+            BoxState::Announcing if vips.is_empty() => {
+                self.box_state = BoxState::Withdrawn { until_ms: stop.then_some(now) };
             }
+            BoxState::Announcing => self.withdraw_for_drain(now + drain_ms),
             BoxState::Withdrawn { until_ms: None } if stop => {
                 self.box_state = BoxState::Withdrawn { until_ms: Some(now + drain_ms) };
             }
