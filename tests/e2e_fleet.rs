@@ -413,6 +413,45 @@ print('done', flush=True)
     let (ok, text) = ctl(&b2.socket, "undrain-box");
     assert!(ok && text.contains("announcing"), "{text}");
     f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(15));
+    // Undone while the routes still carry GRACEFUL_SHUTDOWN: the mark goes.
+    assert!(ctl(&b2.socket, "drain-box --keep-running").0);
+    let (ok, text) = ctl(&b2.socket, "undrain-box");
+    assert!(ok && text.contains("announcing"), "{text}");
+    let box2 = || f.router_bird.ask(&f.router, &format!("show route {VIP}/32 all protocol box2"));
+    assert!(
+        wait_for(Duration::from_secs(10), || box2().contains(VIP) && !box2().contains("(65535,0)")),
+        "{}",
+        box2()
+    );
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(15));
+
+    // A reload gives the VIP a community and a MED: l4lb rewrites BIRD's
+    // configuration, BIRD takes it, the router sees them.
+    let b1 = f.box_(1);
+    let text = std::fs::read_to_string(&b1.config).unwrap().replace(
+        "forwarding = \"l2\"",
+        "forwarding = \"l2\"\nbgp = { communities = [\"65001:42\"], med = 7 }",
+    );
+    std::fs::write(&b1.config, text).unwrap();
+    let (ok, out) = ctl(&b1.socket, "reload");
+    assert!(ok, "reload: {out}");
+    let route = || f.router_bird.ask(&f.router, &format!("show route {VIP}/32 all protocol box1"));
+    assert!(
+        wait_for(Duration::from_secs(10), || route().contains("(65001,42)")
+            && route().contains("BGP.med: 7")),
+        "{}",
+        route()
+    );
+
+    // BIRD dies on box 2: the router drops the box with its session; l4lb
+    // starts BIRD again and the box is back.
+    let bird = sh(&format!("pgrep -P {} -x bird", f.box_(2).l4lb.pid()));
+    sh(&format!("kill -9 {}", bird.trim()));
+    f.wait_next_hops(&["198.18.0.1"], Duration::from_secs(15));
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(30));
+    let bgp = ctl_json(&f.box_(2).socket, "bgp");
+    assert_eq!(bgp["daemon"]["restarts"], 1, "{bgp}");
+    assert!(f.box_(2).l4lb.transcript().contains("bgp: BIRD exited"));
 }
 
 /// A SYN from the client to the VIP as box 1 receives it from the router.
@@ -538,6 +577,43 @@ fn a_vip_without_backends_is_withdrawn_and_a_box_that_returns_announces_after_it
     f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(15));
     for b in &f.lan.backends[1..] {
         b.set_health(200);
+    }
+    assert!(
+        wait_for(Duration::from_secs(10), || ctl_json(&f.box_(1).socket, "backends")
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["health"] == "up")),
+        "the backends did not come back"
+    );
+    // Draining every backend of box 1, then setting every weight to 0: the
+    // box withdraws the VIP each time (no backend takes new flows), and
+    // announces it again when one does.
+    let s1 = &f.box_(1).socket;
+    for (take, give) in [("drain", "undrain"), ("set-weight", "set-weight")] {
+        for b in &f.lan.backends {
+            let args =
+                if take == "drain" { format!("drain {}", b.v4) } else { format!("set-weight {} 0", b.v4) };
+            let (ok, out) = ctl(s1, &args);
+            assert!(ok, "{args}: {out}");
+        }
+        f.wait_next_hops(&["198.18.0.3"], Duration::from_secs(10));
+        let args = if give == "undrain" {
+            format!("undrain {}", f.lan.backends[2].v4)
+        } else {
+            format!("set-weight {} 1", f.lan.backends[2].v4)
+        };
+        let (ok, out) = ctl(s1, &args);
+        assert!(ok, "{args}: {out}");
+        f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(10));
+        for b in &f.lan.backends[..2] {
+            let args = if give == "undrain" {
+                format!("undrain {}", b.v4)
+            } else {
+                format!("set-weight {} 1", b.v4)
+            };
+            assert!(ctl(s1, &args).0);
+        }
     }
 
     // Box 2 goes; downloads run through box 1 alone; box 2 comes back and

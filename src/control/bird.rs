@@ -144,7 +144,7 @@ pub fn available(bird: &str) -> bool {
 /// Asks BIRD's parser whether `text` is a configuration it takes (`bird -p`).
 pub fn check(bird: &str, text: &str, dir: &Path) -> Result<(), String> {
     let path = dir.join(format!("l4lb-bird-{}.conf.check", std::process::id()));
-    std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    write_private(&path, text)?;
     let out = Command::new(bird)
         .args(["-p", "-c"])
         .arg(&path)
@@ -159,6 +159,20 @@ pub fn check(bird: &str, text: &str, dir: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// Writes a file only its owner reads: BIRD's configuration may hold the
+/// peers' passwords.
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// One exchange with BIRD's control socket: the reply's lines with their
@@ -286,7 +300,7 @@ impl Bird {
         let text = config_text(&cfg.config, source);
         check(&b.bird, &text, &dir)?;
         let conf = dir.join("bird.conf");
-        std::fs::write(&conf, &text).map_err(|e| format!("{}: {e}", conf.display()))?;
+        write_private(&conf, &text)?;
         let socket = dir.join("bird.ctl");
         let _ = std::fs::remove_file(&socket);
         let child = spawn(&b.bird, &conf, &socket)?;
@@ -375,7 +389,7 @@ impl Bird {
         }
         let dir = self.conf.parent().unwrap_or(Path::new("."));
         check(&b.bird, &text, dir)?;
-        std::fs::write(&self.conf, &text).map_err(|e| format!("{}: {e}", self.conf.display()))?;
+        write_private(&self.conf, &text)?;
         query(&self.socket, "configure").map(|_| ())
     }
 
@@ -542,6 +556,17 @@ backends = [{ address = "198.18.0.11", mac = "02:00:00:00:0b:11" }]
         // The IPv6 filter does not carry the IPv4 VIP.
         let six = t.split("filter l4lb_export6").nth(1).unwrap().split("protocol bgp").next().unwrap();
         assert!(!six.contains("198.18.100.1"), "{six}");
+    }
+
+    #[test]
+    fn birds_configuration_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("l4lb-private-{}", std::process::id()));
+        write_private(&path, "password \"x\";").unwrap();
+        write_private(&path, "password \"y\";").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode, std::fs::read_to_string(&path).unwrap().as_str()), (0o600, "password \"y\";"));
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -180,14 +180,17 @@ impl Announcer {
         }
     }
 
-    /// Whether the routes carry the GRACEFUL_SHUTDOWN mark.
-    pub fn graceful(&self) -> bool {
-        self.graceful
-    }
-
-    /// Ends the mark (routes announced again after a drain).
+    /// Ends the mark (a drain undone): routes still in the table are put
+    /// back as `proto static`.
     pub fn clear_graceful_shutdown(&mut self) {
-        self.graceful = false;
+        if !std::mem::take(&mut self.graceful) {
+            return;
+        }
+        for (vip, dev) in &self.announced {
+            if let Err(e) = self.put(&Self::route(vip), dev) {
+                log::warn!("routing: unmarking {vip}: {e}");
+            }
+        }
     }
 
     /// The VIPs in the table now.
