@@ -20,11 +20,12 @@ use common::netns::{require_root, sh, unique, L4lb, Netns};
 use common::{hugepages_free, lcore_map, wait_for};
 
 const VIP: &str = "198.18.100.1";
+const VIP6: &str = "2001:db8:100::1";
 const CLIENT: &str = "198.19.0.2";
 const ROUTER_MAC: &str = "02:00:00:00:0c:fe";
 
-/// One l4lb box: box `n` (1, 2) is 198.18.0.(2n-1) with MAC
-/// 02:00:00:00:01:0(2n-1).
+/// One l4lb box: box `n` (1, 2) is 198.18.0.(2n-1) and 2001:db8::(2n-1)
+/// with MAC 02:00:00:00:01:0(2n-1).
 struct BoxRun {
     ns: Netns,
     l4lb: L4lb,
@@ -58,6 +59,7 @@ fn router_conf() -> String {
 router id 198.18.0.254;
 protocol device { }
 protocol kernel { ipv4 { export all; }; merge paths on; }
+protocol kernel { ipv6 { export all; }; merge paths on; }
 protocol bfd { interface "*" { min rx interval 100 ms; min tx interval 100 ms; multiplier 3; }; }
 filter from_boxes {
   if (65535, 0) ~ bgp_community then bgp_local_pref = 0;
@@ -69,10 +71,20 @@ template bgp boxes {
   bfd on;
   ipv4 { import filter from_boxes; export none; };
 }
+template bgp boxes6 {
+  local 2001:db8::fe as 65000;
+  hold time 9; keepalive time 3; connect retry time 1;
+  bfd on;
+  ipv6 { import filter from_boxes; export none; };
+}
 "#,
     );
     for n in 1..=2u8 {
         c.push_str(&format!("protocol bgp box{n} from boxes {{ neighbor {} as 65001; }}\n", box_address(n)));
+        c.push_str(&format!(
+            "protocol bgp box{n}v6 from boxes6 {{ neighbor 2001:db8::{} as 65001; }}\n",
+            2 * n - 1
+        ));
     }
     c
 }
@@ -81,23 +93,30 @@ impl Fleet {
     /// The LAN, the backends' servers, the router and the client; no box yet.
     fn new() -> Fleet {
         require_root();
-        let mut lan = topology(&[VIP]);
+        let mut lan = topology(&[VIP, VIP6]);
         start_servers(&mut lan, None);
         let dir = std::env::temp_dir().join(unique("l4lb-fleet-"));
         std::fs::create_dir_all(&dir).unwrap();
         let router = Netns::new(&unique("l4b-rt"));
         veth_into(&lan.lan, &router, "vr", "198.18.0.254", "2001:db8::fe", ROUTER_MAC);
-        router.exec("sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1");
+        router.exec(
+            "sysctl -qw net.ipv4.ip_forward=1 net.ipv4.fib_multipath_hash_policy=1 \
+             net.ipv6.conf.all.forwarding=1 net.ipv6.fib_multipath_hash_policy=1",
+        );
         let client = Netns::new(&unique("l4b-fc"));
         sh(&format!("ip -n {} link add vcr type veth peer name vcc netns {}", router.name, client.name));
         router.exec("ip addr add 198.19.0.1/24 dev vcr");
+        router.exec("ip addr add 2001:db8:19::1/64 dev vcr nodad");
         router.exec("ip link set vcr up");
         client.exec(&format!("ip addr add {CLIENT}/24 dev vcc"));
+        client.exec("ip addr add 2001:db8:19::2/64 dev vcc nodad");
         client.exec("ip link set vcc up");
         client.exec("ip route add default via 198.19.0.1");
+        client.exec("ip -6 route add default via 2001:db8:19::1");
         // Direct server return: the backends answer the client through the router.
         for b in &lan.backends {
             b.ns.exec("ip route add 198.19.0.0/24 via 198.18.0.254");
+            b.ns.exec("ip -6 route add 2001:db8:19::/64 via 2001:db8::fe");
         }
         let router_bird = Bird::start(&router, &dir, "router", &router_conf());
         Fleet { lan, router, client, router_bird, boxes: [None, None], dir }
@@ -116,6 +135,12 @@ impl Fleet {
             .iter()
             .map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac))
             .collect();
+        let backends6: Vec<String> = self
+            .lan
+            .backends
+            .iter()
+            .map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v6, b.mac))
+            .collect();
         let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 1, fall = 2 }";
         let config = format!(
             r#"
@@ -133,6 +158,7 @@ flow_table_capacity = 65536
 name = "lan"
 device = "net_tap0"
 ipv4 = "{addr}/24"
+ipv6 = "2001:db8::{last}/64"
 mac = "{mac}"
 kernel = {{ name = "lan" }}
 
@@ -150,9 +176,13 @@ local_as = 65001
 connect_retry_s = 1
 directory = "{bird}"
 bfd = {{ interval_ms = 100, multiplier = 3 }}
-peers = [{{ name = "router", address = "198.18.0.254", remote_as = 65000 }}]
+peers = [
+  {{ name = "router", address = "198.18.0.254", remote_as = 65000 }},
+  {{ name = "router6", address = "2001:db8::fe", remote_as = 65000 }},
+]
 
 {services}
+{services6}
 "#,
             lcores = lcore_map(2),
             prefix = unique(&format!("fleet{n}-")),
@@ -162,6 +192,8 @@ peers = [{{ name = "router", address = "198.18.0.254", remote_as = 65000 }}]
             socket = socket.display(),
             bird = dir.join("bird").display(),
             services = service("web", VIP, "tcp", 80, extra, &backends),
+            services6 = service("web6", VIP6, "tcp", 80, extra, &backends6),
+            last = 2 * n - 1,
         );
         let l4lb = L4lb::start_in(Some(&ns), &config, &dir);
         // The TAP's kernel side joins the LAN (each box's with its own MAC).
@@ -177,7 +209,12 @@ peers = [{{ name = "router", address = "198.18.0.254", remote_as = 65000 }}]
 
     /// The router's next hops for the VIP (the boxes it sends VIP traffic to).
     fn next_hops(&self) -> Vec<String> {
-        let (_, out) = self.router.exec_try(&format!("ip -4 route show {VIP}"));
+        self.next_hops_to(VIP)
+    }
+
+    fn next_hops_to(&self, vip: &str) -> Vec<String> {
+        let family = if vip.contains(':') { "-6" } else { "-4" };
+        let (_, out) = self.router.exec_try(&format!("ip {family} route show {vip}"));
         let words: Vec<&str> = out.split_whitespace().collect();
         let mut hops: Vec<String> =
             words.windows(2).filter(|w| w[0] == "via").map(|w| w[1].to_owned()).collect();
@@ -202,6 +239,13 @@ peers = [{{ name = "router", address = "198.18.0.254", remote_as = 65000 }}]
         f.start_box(1);
         f.start_box(2);
         f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(60));
+        assert!(
+            wait_for(Duration::from_secs(30), || f.next_hops_to(VIP6) == ["2001:db8::1", "2001:db8::3"]),
+            "the router's next hops for {VIP6}: {:?}\n{}\n{}",
+            f.next_hops_to(VIP6),
+            f.router_bird.ask(&f.router, "show route all"),
+            ctl(&f.box_(1).socket, "bgp").1
+        );
         f
     }
 }
@@ -310,13 +354,20 @@ fn both_boxes_carry_the_vip_and_every_connection_gets_the_backend_simulate_predi
         let bgp = ctl_json(&b.socket, "bgp");
         assert_eq!(bgp["box_state"], "announcing", "{bgp}");
         assert_eq!(bgp["vips"][0]["announced"], true, "{bgp}");
-        let peer = &bgp["peers"][0];
+        assert_eq!(bgp["vips"][1]["announced"], true, "{bgp}");
+        // One session per family, each announcing its family's VIP.
         assert!(
             wait_for(Duration::from_secs(10), || {
-                let p = &ctl_json(&b.socket, "bgp")["peers"][0];
-                p["up"] == true && p["bfd"] == "Up" && p["exported_routes"] == 1
+                let peers = ctl_json(&b.socket, "bgp")["peers"].clone();
+                peers.as_array().unwrap().len() == 2
+                    && peers
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|p| p["up"] == true && p["bfd"] == "Up" && p["exported_routes"] == 1)
             }),
-            "box {n}: {peer}"
+            "box {n}: {}",
+            ctl_json(&b.socket, "bgp")
         );
         let page = b.ns.exec("curl -s --max-time 5 http://127.0.0.1:9100/metrics");
         for line in [
@@ -397,6 +448,24 @@ print('done', flush=True)
     }
     assert!(differ.is_empty(), "{} of 1000 differ: {:?}", differ.len(), &differ[..differ.len().min(10)]);
 
+    // IPv6: the VIP over the IPv6 sessions, spread over both boxes too.
+    let before: Vec<u64> = (1..=2u8)
+        .map(|n| ctl_json(&f.box_(n).socket, "stats")["counters"]["new_flows"].as_u64().unwrap())
+        .collect();
+    let out = f.client.exec(&format!(
+        "sh -c \"for i in \\$(seq 1 100); do curl -s --max-time 5 'http://[{VIP6}]/'; done\" | awk '{{print $1}}' | sort | uniq -c"
+    ));
+    let answered: usize = out.split_whitespace().step_by(2).filter_map(|n| n.parse::<usize>().ok()).sum();
+    assert_eq!(answered, 100, "{out}");
+    let six: Vec<u64> = (1..=2u8)
+        .map(|n| {
+            ctl_json(&f.box_(n).socket, "stats")["counters"]["new_flows"].as_u64().unwrap()
+                - before[n as usize - 1]
+        })
+        .collect();
+    eprintln!("IPv6: 100 connections, new flows per box {six:?}");
+    assert!(six.iter().all(|&x| x > 0), "{six:?}");
+
     // A box taken out by hand stays up, unannounced, and comes back.
     let b2 = f.box_(2);
     let (ok, text) = ctl(&b2.socket, "drain-box --keep-running");
@@ -426,22 +495,37 @@ print('done', flush=True)
     f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(15));
 
     // A reload gives the VIP a community and a MED: l4lb rewrites BIRD's
-    // configuration, BIRD takes it, the router sees them.
-    let b1 = f.box_(1);
-    let text = std::fs::read_to_string(&b1.config).unwrap().replace(
-        "forwarding = \"l2\"",
-        "forwarding = \"l2\"\nbgp = { communities = [\"65001:42\"], med = 7 }",
-    );
-    std::fs::write(&b1.config, text).unwrap();
-    let (ok, out) = ctl(&b1.socket, "reload");
-    assert!(ok, "reload: {out}");
-    let route = || f.router_bird.ask(&f.router, &format!("show route {VIP}/32 all protocol box1"));
+    // configuration, BIRD takes it, the router sees them. A lower MED on
+    // box 1 alone makes the router prefer box 1 (no longer equal paths);
+    // the same on box 2 makes them equal again.
+    let reload = |n: u8, med: u32| {
+        let b = f.box_(n);
+        let text = std::fs::read_to_string(&b.config).unwrap();
+        let text = match text.find("\nbgp = {") {
+            Some(i) => text[..i].to_owned() + &text[i..].splitn(2, '}').nth(1).unwrap().to_owned(),
+            None => text,
+        };
+        let text = text.replacen(
+            "forwarding = \"l2\"",
+            &format!("forwarding = \"l2\"\nbgp = {{ communities = [\"65001:42\"], med = {med} }}"),
+            1,
+        );
+        std::fs::write(&b.config, text).unwrap();
+        let (ok, out) = ctl(&b.socket, "reload");
+        assert!(ok, "reload: {out}");
+    };
+    reload(2, 20);
+    reload(1, 10);
+    let route = |n: u8| f.router_bird.ask(&f.router, &format!("show route {VIP}/32 all protocol box{n}"));
     assert!(
-        wait_for(Duration::from_secs(10), || route().contains("(65001,42)")
-            && route().contains("BGP.med: 7")),
+        wait_for(Duration::from_secs(10), || route(1).contains("(65001,42)")
+            && route(1).contains("BGP.med: 10")),
         "{}",
-        route()
+        route(1)
     );
+    f.wait_next_hops(&["198.18.0.1"], Duration::from_secs(10));
+    reload(2, 10);
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(10));
 
     // BIRD dies on box 2: the router drops the box with its session; l4lb
     // starts BIRD again and the box is back.
