@@ -502,7 +502,7 @@ print('done', flush=True)
         let b = f.box_(n);
         let text = std::fs::read_to_string(&b.config).unwrap();
         let text = match text.find("\nbgp = {") {
-            Some(i) => text[..i].to_owned() + &text[i..].splitn(2, '}').nth(1).unwrap().to_owned(),
+            Some(i) => text[..i].to_owned() + text[i..].split_once('}').unwrap().1,
             None => text,
         };
         let text = text.replacen(
