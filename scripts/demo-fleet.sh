@@ -21,8 +21,8 @@ WORK=$(mktemp -d /tmp/l4lb-fleet.XXXXXX)
 PIDS=()
 BOX_PID=("" "")
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# step, in_ns, attach
+. scripts/demo-common.sh
 
 cleanup() {
   set +e
@@ -53,15 +53,6 @@ step "network: LAN bridge, router, client, three backends"
 ip netns add "$NS_LAN"
 in_ns "$NS_LAN" ip link add br0 type bridge
 in_ns "$NS_LAN" ip link set br0 up
-attach() { # ns tag address mac
-  ip netns add "$1"
-  ip -n "$1" link set lo up
-  ip -n "$NS_LAN" link add "$2o" type veth peer name "$2i" netns "$1"
-  ip -n "$NS_LAN" link set "$2o" master br0 up
-  ip -n "$1" link set "$2i" address "$4"
-  ip -n "$1" addr add "$3/24" dev "$2i"
-  ip -n "$1" link set "$2i" up
-}
 attach "$NS_ROUTER" vr 198.18.0.254 02:00:00:00:0c:fe
 ip netns add "$NS_CLIENT"
 ip -n "$NS_CLIENT" link set lo up

@@ -40,8 +40,8 @@ B_PIDS=()
 LOG=$(mktemp /tmp/l4lb-demo.XXXXXX.log)
 L4LB_PID=
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-in_ns() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+# step, in_ns, attach
+. scripts/demo-common.sh
 
 cleanup() {
   set +e
@@ -73,15 +73,6 @@ cleanup; trap cleanup EXIT INT TERM
 ip netns add "$NS_LAN"
 in_ns "$NS_LAN" ip link add br0 type bridge
 in_ns "$NS_LAN" ip link set br0 up
-attach() { # ns tag address mac
-  ip netns add "$1"
-  ip -n "$1" link set lo up
-  ip -n "$NS_LAN" link add "$2o" type veth peer name "$2i" netns "$1"
-  ip -n "$NS_LAN" link set "$2o" master br0 up
-  ip -n "$1" link set "$2i" address "$4"
-  ip -n "$1" addr add "$3/24" dev "$2i"
-  ip -n "$1" link set "$2i" up
-}
 attach "$NS_CLIENT" vc 198.18.0.2 02:00:00:00:0c:02
 ip -n "$NS_CLIENT" route add 198.18.100.0/24 via 198.18.0.1
 ip netns add "$NS_MGMT"
