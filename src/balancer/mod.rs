@@ -10,6 +10,7 @@ pub mod maglev;
 pub mod persist;
 pub mod rss;
 pub mod state;
+pub mod synced;
 
 /// A cache hint the data path gives before it touches memory. Pure code stays
 /// free of `unsafe`: the DPDK worker passes a real prefetch, tests pass

@@ -17,3 +17,4 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod state_build;
+pub mod sync;
