@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::balancer::state::ForwardingState;
+use crate::balancer::synced::{AtRisk, SyncWriter, SyncedFlows};
 use crate::control::api::{self, Call};
 use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
@@ -23,6 +24,7 @@ use crate::dataplane::pipeline::{Counter, DropReason, DROPS_METRIC};
 use crate::dataplane::poll::PollConfig;
 use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{lcore, DpdkError, Eal, Mempool, PacketCapture, Port, PortConfig, PortStats};
+use crossbeam::queue::ArrayQueue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -44,9 +46,18 @@ pub enum RunError {
     Control(#[from] api::ApiError),
     #[error("bgp: {0}")]
     Bgp(String),
+    #[error("sync: {0}")]
+    Sync(String),
     #[error("{0}\n  hint: l4lb needs root (CAP_NET_ADMIN) to set up a port's kernel interface, or set ports.kernel.enabled = false")]
     Kernel(#[from] crate::control::kernel::KernelError),
 }
+
+/// Flow sync: reports each worker's ring holds before the sync thread
+/// takes them (it does every 5 ms; a full ring loses reports, counted).
+const SYNC_RING: usize = 16_384;
+
+/// Each worker's flow-sync report ring, by worker index.
+type SyncRings = Vec<Arc<ArrayQueue<AtRisk>>>;
 
 /// What the signal handlers tell the running l4lb.
 #[derive(Debug, Default)]
@@ -125,7 +136,17 @@ pub fn run(
     let mailboxes: Vec<StateMailbox> = workers.iter().map(|_| StateMailbox::new(4)).collect();
     let balancing =
         if cfg.config.services.is_empty() { None } else { Some(first_state(cfg, &ports, &mailboxes)?) };
-    let (plans, counter_blocks) = plan_workers(cfg, &ports, workers.len(), balancing.is_some(), poll)?;
+    // Flow sync: the table of peers' flows the workers consult, the rings
+    // they report their own on (read by the management side's sync threads).
+    let sync = cfg.config.sync.as_ref().filter(|y| y.enabled && balancing.is_some()).map(|y| {
+        let (table, writer) = SyncedFlows::new(y.capacity);
+        let rings: SyncRings = workers.iter().map(|_| Arc::new(ArrayQueue::new(SYNC_RING))).collect();
+        (table, writer, rings)
+    });
+    let sync_parts = sync.as_ref().map(|(t, _, r)| (t.clone(), r.clone()));
+    let (plans, counter_blocks) =
+        plan_workers(cfg, &ports, workers.len(), balancing.is_some(), poll, sync_parts)?;
+    let mut sync_side = sync.map(|(_, w, r)| (w, r));
     let tsc_per_ms = eal.tsc_hz() / 1000;
 
     // Each worker writes its final counters here before its lcore returns.
@@ -188,7 +209,7 @@ pub fn run(
                 let (link, stop) = (&kernel_link, &kernel_stop);
                 t.spawn(move || crate::dataplane::exception::run(kernel_queues, link, mailboxes, stop));
             }
-            let r = manage(&ctx, first, signals);
+            let r = manage(&ctx, first, signals, sync_side.take());
             kernel_stop.store(true, Ordering::SeqCst);
             r
         });
@@ -405,6 +426,7 @@ fn plan_workers<'p>(
     workers: usize,
     balancing: bool,
     poll: PollConfig,
+    sync: Option<(Arc<SyncedFlows>, SyncRings)>,
 ) -> Result<(Vec<Plan<'p>>, Vec<Arc<BackendCounters>>), RunError> {
     let mut plans = Vec::with_capacity(workers);
     let mut counter_blocks = Vec::with_capacity(workers);
@@ -430,7 +452,10 @@ fn plan_workers<'p>(
         }
         plans.push(if balancing {
             let rx = rx.into_iter().map(|(q, i)| (q, i as u16)).collect();
-            let pipeline = team.next().expect("one pipeline per worker");
+            let mut pipeline = team.next().expect("one pipeline per worker");
+            if let Some((table, rings)) = &sync {
+                pipeline.set_sync(table.clone(), rings[k].clone());
+            }
             counter_blocks.push(pipeline.backend_counters());
             let w = &cfg.config.workers;
             let punt = Punt::new(w.punt_rate_per_s, w.punt_burst);
@@ -462,7 +487,12 @@ type FinalBackends = Vec<(String, Vec<(std::net::IpAddr, u32)>)>;
 
 /// The management lcore's loop while balancing: neighbours, health checks,
 /// changes, the control API and metrics, until the stop.
-fn manage(ctx: &ManageContext<'_>, first: FirstState, signals: &Signals) -> Result<FinalBackends, RunError> {
+fn manage(
+    ctx: &ManageContext<'_>,
+    first: FirstState,
+    signals: &Signals,
+    sync: Option<(SyncWriter, SyncRings)>,
+) -> Result<FinalBackends, RunError> {
     let stop = &signals.stop;
     // Its helper threads (health checks, API, metrics) inherit this.
     crate::dpdk::block_driver_signals();
@@ -500,6 +530,18 @@ fn manage(ctx: &ManageContext<'_>, first: FirstState, signals: &Signals) -> Resu
                 mgmt.withdraw_routes();
                 stop.store(true, Ordering::SeqCst);
                 return Err(RunError::Bgp(e));
+            }
+        }
+    }
+    if let (Some((writer, rings)), Some(y)) = (sync, ctx.cfg.config.sync.as_ref()) {
+        let tsc_per_ms = (ctx.tsc_hz / 1000).max(1);
+        let clock: crate::control::sync::Clock = Arc::new(move || crate::dpdk::tsc() / tsc_per_ms);
+        match crate::control::sync::FlowSync::start(y, rings, writer, Default::default(), clock) {
+            Ok(s) => mgmt.start_sync(s),
+            Err(e) => {
+                mgmt.withdraw_routes();
+                stop.store(true, Ordering::SeqCst);
+                return Err(RunError::Sync(e));
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::control::api::{
     call, call_as, Applied, BackendRow, BgpStatus, BoxDrain, Lookup, Request, ServiceRow, Stats, Status,
-    WhatifRow,
+    SyncStatus, WhatifRow,
 };
 
 /// Runs one request and renders its answer: a table for people, or (`json`)
@@ -34,6 +34,7 @@ pub fn run(socket: &Path, req: &Request, json: bool) -> Result<String, String> {
         Request::Status => status_text(&call_as(socket, req)?),
         Request::Bgp => bgp_text(&call_as(socket, req)?),
         Request::DrainBox { .. } | Request::UndrainBox => box_drain_text(&call_as(socket, req)?),
+        Request::Sync => sync_text(&call_as(socket, req)?),
     })
 }
 
@@ -73,6 +74,45 @@ fn bgp_text(b: &BgpStatus) -> String {
                 p.last_error.as_deref().unwrap_or("")
             );
         }
+    }
+    o
+}
+
+fn sync_text(y: &SyncStatus) -> String {
+    let mut o = format!(
+        "flow sync on port {}: {}\n  shared flows {} | received flows {} of {} | installed {} (evicted {}) | unknown {} | refused connections {} | bad messages {}\n",
+        y.port,
+        if y.warm { "warm" } else { "warming up" },
+        y.shared_flows,
+        y.received_flows,
+        y.table_capacity,
+        y.installed,
+        y.evicted,
+        y.unknown,
+        y.refused_connections,
+        y.bad_messages
+    );
+    let _ = writeln!(
+        o,
+        "{:<28} {:<8} {:<10} {:<5} {:>10} {:>12} {:>9} {:>10} {:>8} LAST ERROR",
+        "PEER", "SENDING", "RECEIVING", "DUMP", "SENT", "SENT BYTES", "DROPPED", "RECEIVED", "QUEUED"
+    );
+    for p in &y.peers {
+        let yes = |b: bool| if b { "yes" } else { "no" };
+        let _ = writeln!(
+            o,
+            "{:<28} {:<8} {:<10} {:<5} {:>10} {:>12} {:>9} {:>10} {:>8} {}",
+            p.address.to_string(),
+            yes(p.sending),
+            yes(p.receiving),
+            yes(p.dump_received),
+            p.sent,
+            p.sent_bytes,
+            p.dropped,
+            p.received,
+            p.queued,
+            p.last_error.as_deref().unwrap_or("")
+        );
     }
     o
 }

@@ -206,6 +206,8 @@ enum CtlCmd {
     },
     /// Announce again after `drain-box --keep-running`.
     UndrainBox,
+    /// Flow sync with the peer boxes (with [sync]): shared and received flows, each peer.
+    Sync,
     /// A live view refreshed every second.
     Top {
         #[arg(long, default_value_t = 1000)]
@@ -443,6 +445,7 @@ fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, cmd: CtlCmd
         CtlCmd::Bgp => Request::Bgp,
         CtlCmd::DrainBox { keep_running } => Request::DrainBox { keep_running },
         CtlCmd::UndrainBox => Request::UndrainBox,
+        CtlCmd::Sync => Request::Sync,
     };
     let text = l4lb::ctl::run(&socket, &req, json).map_err(Failure::Failed)?;
     print!("{text}");

@@ -527,3 +527,65 @@ fn a_ports_own_address_is_never_balanced_on_that_port() {
         }
     }
 }
+
+#[test]
+fn flow_sync_reports_the_flows_the_tables_no_longer_pick_and_a_peer_keeps_them_on_their_backend() {
+    use crossbeam::queue::ArrayQueue;
+    use l4lb::balancer::synced::SyncedFlows;
+    use std::sync::Arc;
+    let cfg1 = config(4096, &[(11, 1), (12, 1), (13, 1)]);
+    let st1 = build_state(&cfg1, 1, &simulated_facts(&cfg1)).unwrap();
+    // Box A tracks 600 flows.
+    let mut a = Worker::new(worker_config(&cfg1));
+    let ring_a = Arc::new(ArrayQueue::new(4096));
+    a.set_sync(SyncedFlows::new(1024).0, ring_a.clone());
+    let flows: Vec<(u32, u16)> = (0..600).map(|i| (0xc612_0200 + i / 100, 10_000 + i as u16)).collect();
+    let first: Vec<u8> =
+        flows.iter().map(|&(s, p)| backend_of(&send(&mut a, &st1, &frame(s, p, SYN), 1000).1)).collect();
+    // On the first state nothing needs sharing: every flow is the tables' choice.
+    while a.sync_scan(&st1, 1000, 64) > 0 {}
+    assert!(ring_a.is_empty(), "{} reported", ring_a.len());
+    // A backend joins (ids by configuration order: the new one last).
+    let cfg2 = config(4096, &[(11, 1), (12, 1), (13, 1), (14, 1)]);
+    let st2 = build_state(&cfg2, 2, &simulated_facts(&cfg2)).unwrap();
+    // What every box picks for these flows now: a worker that never saw them.
+    let mut fresh = Worker::new(worker_config(&cfg2));
+    let now_pick: Vec<u8> =
+        flows.iter().map(|&(s, p)| backend_of(&send(&mut fresh, &st2, &frame(s, p, SYN), 2000).1)).collect();
+    while a.sync_scan(&st2, 2000, 64) > 0 {}
+    let mut reports = Vec::new();
+    while let Some(r) = ring_a.pop() {
+        reports.push(r);
+    }
+    let moved: Vec<usize> = (0..flows.len()).filter(|&i| first[i] != now_pick[i]).collect();
+    assert!(!moved.is_empty() && moved.len() < flows.len() / 2, "{} of 600 moved", moved.len());
+    let mut ports: Vec<u16> = reports.iter().map(|r| r.key.src_port).collect();
+    ports.sort();
+    let want: Vec<u16> = moved.iter().map(|&i| flows[i].1).collect();
+    assert_eq!(ports, want, "exactly the flows whose backend is not the tables' choice");
+    assert!(reports.iter().all(|r| r.expires_in_ms > 0));
+    assert_eq!(a.counter_snapshot()[Counter::SyncReported], moved.len() as u64);
+
+    // Box B gets A's reports: the flows the router moves to it keep their
+    // backend; new flows (SYN) and the flows A did not report get the
+    // tables' choice.
+    let (peers_b, mut writer) = SyncedFlows::new(1024);
+    for r in &reports {
+        writer.put(&r.key, r.key.hash(), r.backend, 2000 + r.expires_in_ms as u64, 2000);
+    }
+    let mut b = Worker::new(worker_config(&cfg2));
+    b.set_sync(peers_b, Arc::new(ArrayQueue::new(16)));
+    for (i, &(s, p)) in flows.iter().enumerate() {
+        let got = backend_of(&send(&mut b, &st2, &frame(s, p, ACK), 3000).1);
+        assert_eq!(got, first[i], "flow {i} (moved: {})", first[i] != now_pick[i]);
+    }
+    assert_eq!(b.counter_snapshot()[Counter::SyncedFlows], moved.len() as u64);
+    // A SYN never consults the peers' table.
+    let (s, p) = flows[moved[0]];
+    let mut c = Worker::new(worker_config(&cfg2));
+    let (peers_c, mut wc) = SyncedFlows::new(16);
+    let r = reports.iter().find(|r| r.key.src_port == p).unwrap();
+    wc.put(&r.key, r.key.hash(), r.backend, 10_000, 0);
+    c.set_sync(peers_c, Arc::new(ArrayQueue::new(16)));
+    assert_eq!(backend_of(&send(&mut c, &st2, &frame(s, p, SYN), 3000).1), now_pick[moved[0]]);
+}

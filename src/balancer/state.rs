@@ -457,6 +457,24 @@ impl Service {
         Some(self.backends[pos] as usize)
     }
 
+    /// The backend (slot in the state) every box would pick for a new flow
+    /// `key` now, from the key alone: Maglev and source-IP Maglev; `None`
+    /// for the schedulers whose choice depends on this box's own state (or
+    /// when no backend takes new flows).
+    pub fn stateless_pick(&self, key: &FlowKey, hash: u64) -> Option<usize> {
+        let pos = match self.scheduler {
+            Scheduler::Maglev => self.maglev.lookup(hash)?,
+            Scheduler::SourceIp { v4_prefix, v6_prefix } => {
+                let src = masked_source(key, v4_prefix, v6_prefix);
+                let w0 = u64::from_le_bytes(src[..8].try_into().unwrap_or_default());
+                let w1 = u64::from_le_bytes(src[8..].try_into().unwrap_or_default());
+                self.maglev.lookup(hash_words(SEED_SOURCE, &[w0, w1]))?
+            }
+            _ => return None,
+        };
+        Some(self.backends[pos] as usize)
+    }
+
     /// The position in `backends` the service's scheduler picks (for Maglev,
     /// which [`Service::pick`] answers itself, from the key's flow hash).
     #[inline(never)]

@@ -63,6 +63,18 @@ fn words(k: &FlowKey) -> [u64; 5] {
     ]
 }
 
+/// A flow a worker tracks whose backend the tables would not choose for it
+/// now (it started before a backend change): what the peers need to keep it
+/// on its backend if the router moves it to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AtRisk {
+    pub key: FlowKey,
+    /// The backend's stable id on this box.
+    pub backend: u32,
+    /// How long the entry lives on without packets.
+    pub expires_in_ms: u32,
+}
+
 /// The table's read side, shared by the workers.
 pub struct SyncedFlows {
     slots: Box<[Slot]>,

@@ -77,6 +77,8 @@ pub enum Request {
     },
     /// Announce again after `drain-box --keep-running`.
     UndrainBox,
+    /// Flow sync with the peer boxes.
+    Sync,
 }
 
 /// A transport protocol of a service.
@@ -361,6 +363,50 @@ pub struct PeerRow {
     pub last_error: Option<String>,
 }
 
+/// `sync`: flow sync with the peer boxes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncStatus {
+    pub port: u16,
+    /// Every peer sent what it shares (or the warm-up timeout passed).
+    pub warm: bool,
+    /// Flows this box tracks and shares (their backend is not the tables' choice now).
+    pub shared_flows: u64,
+    /// Live entries received from peers, and the table's size.
+    pub received_flows: u64,
+    pub table_capacity: u64,
+    /// Entries installed from peers; of those, ones that took a full set's
+    /// nearest-expiry slot.
+    pub installed: u64,
+    pub evicted: u64,
+    /// Entries for a service or backend this box does not have.
+    pub unknown: u64,
+    /// Connections from addresses not in `sync.peers`.
+    pub refused_connections: u64,
+    /// Connections closed for a malformed message.
+    pub bad_messages: u64,
+    pub peers: Vec<SyncPeerRow>,
+}
+
+/// A peer in `sync`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncPeerRow {
+    pub address: IpAddr,
+    /// This box's connection to it is up; its connection to this box is up.
+    pub sending: bool,
+    pub receiving: bool,
+    /// It sent everything it shared when its connection came up.
+    pub dump_received: bool,
+    pub sent: u64,
+    pub sent_bytes: u64,
+    /// Entries dropped because its queue was full.
+    pub dropped: u64,
+    pub received: u64,
+    pub queued: u64,
+    pub last_error: Option<String>,
+}
+
 /// What `drain-box` and `undrain-box` did.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -385,6 +431,7 @@ pub enum Response {
     Whatif(Vec<WhatifRow>),
     Bgp(Box<BgpStatus>),
     BoxDrain(BoxDrain),
+    Sync(Box<SyncStatus>),
 }
 
 /// The management loop's answer.

@@ -50,6 +50,8 @@ pub struct Scrape {
     pub workers: Vec<WorkerStats>,
     /// With `[routing]`: the box's announcements and BGP sessions.
     pub bgp: Option<crate::control::api::BgpStatus>,
+    /// With `[sync]`: flow sync.
+    pub sync: Option<crate::control::api::SyncStatus>,
 }
 
 /// A text exposition being written: families (HELP and TYPE) and samples.
@@ -106,7 +108,64 @@ pub fn render(s: &Scrape) -> String {
     if let Some(b) = &s.bgp {
         bgp(&mut e, b);
     }
+    if let Some(y) = &s.sync {
+        sync(&mut e, y);
+    }
     e.finish()
+}
+
+fn sync(e: &mut Exposition, y: &crate::control::api::SyncStatus) {
+    let gauges: [(&str, &str, u64); 3] = [
+        (
+            "l4lb_sync_warm",
+            "1 once every peer sent what it shares (or the warm-up timed out).",
+            y.warm as u64,
+        ),
+        ("l4lb_sync_shared_flows", "Flows this box tracks and shares with its peers.", y.shared_flows),
+        ("l4lb_sync_received_flows", "Live flow entries received from peers.", y.received_flows),
+    ];
+    for (name, help, v) in gauges {
+        e.family(name, "gauge", help);
+        e.sample(name, &[], v);
+    }
+    let counters: [(&str, &str, u64); 4] = [
+        ("l4lb_sync_installed_total", "Entries from peers installed.", y.installed),
+        (
+            "l4lb_sync_evicted_total",
+            "Installed entries that took a full set's nearest-expiry slot.",
+            y.evicted,
+        ),
+        ("l4lb_sync_unknown_total", "Entries for a service or backend this box does not have.", y.unknown),
+        ("l4lb_sync_bad_messages_total", "Peer connections closed for a malformed message.", y.bad_messages),
+    ];
+    for (name, help, v) in counters {
+        e.family(name, "counter", help);
+        e.sample(name, &[], v);
+    }
+    type Get = fn(&crate::control::api::SyncPeerRow) -> u64;
+    let per_peer: [(&str, &str, &str, Get); 6] = [
+        ("l4lb_sync_peer_sending", "gauge", "1 while this box's connection to the peer is up.", |p| {
+            p.sending as u64
+        }),
+        ("l4lb_sync_peer_receiving", "gauge", "1 while the peer's connection to this box is up.", |p| {
+            p.receiving as u64
+        }),
+        ("l4lb_sync_sent_entries_total", "counter", "Entries sent to the peer.", |p| p.sent),
+        ("l4lb_sync_sent_bytes_total", "counter", "Bytes sent to the peer (frames).", |p| p.sent_bytes),
+        (
+            "l4lb_sync_dropped_entries_total",
+            "counter",
+            "Entries for the peer dropped: its queue was full.",
+            |p| p.dropped,
+        ),
+        ("l4lb_sync_received_entries_total", "counter", "Entries received from the peer.", |p| p.received),
+    ];
+    for (name, kind, help, get) in per_peer {
+        e.family(name, kind, help);
+        for p in &y.peers {
+            e.sample(name, &[("peer", &p.address.to_string())], get(p));
+        }
+    }
 }
 
 fn bgp(e: &mut Exposition, b: &crate::control::api::BgpStatus) {

@@ -188,6 +188,7 @@ impl Registry {
             ("[control]", old.control == c.control),
             ("[routing]", old.routing == c.routing),
             ("[bgp]", old.bgp == c.bgp),
+            ("[sync]", old.sync == c.sync),
         ] {
             if !same {
                 return Err(format!(

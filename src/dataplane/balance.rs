@@ -145,6 +145,9 @@ impl BalanceWorker<'_> {
             self.pipeline.counters[Counter::RxPackets] += got as u64;
             let sweep = if got > 0 { SWEEP_BUSY } else { SWEEP_IDLE };
             self.pipeline.sweep(now_ms, sweep);
+            // Flow sync's scan (nothing without [sync]): a bucket per busy
+            // poll, a sweep's worth when idle.
+            self.pipeline.sync_scan(&state, now_ms, if got > 0 { 1 } else { SWEEP_IDLE });
             if got > 0 {
                 self.pipeline.prefetch_sweep(SWEEP_BUSY, &CpuPrefetch);
             }

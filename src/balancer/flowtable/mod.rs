@@ -783,6 +783,29 @@ impl FlowTable {
         }
     }
 
+    /// Buckets in the table (the unit of [`FlowTable::scan`]).
+    pub fn buckets(&self) -> usize {
+        self.sigs.len()
+    }
+
+    /// Hands `f` every live entry in the `buckets` buckets from bucket
+    /// `from` on (round the table); returns the bucket after the last.
+    pub fn scan(&self, from: usize, buckets: usize, now_ms: u64, mut f: impl FnMut(&Entry)) -> usize {
+        let mut b = from & self.mask;
+        for _ in 0..buckets.min(self.sigs.len()) {
+            for i in 0..BUCKET_SLOTS {
+                if self.sigs[b].sig[i] != 0 {
+                    let e = &self.entries[b * BUCKET_SLOTS + i];
+                    if e.expires_ms > now_ms {
+                        f(e);
+                    }
+                }
+            }
+            b = (b + 1) & self.mask;
+        }
+        b
+    }
+
     /// Prefetches the signature lines the next [`FlowTable::sweep`] of
     /// `buckets` buckets reads, so a worker sweeping a few buckets per poll
     /// finds them in cache at its next poll (in a table beyond the caches each

@@ -40,6 +40,47 @@ pub struct Config {
     /// alone, to a daemon the operator runs).
     #[serde(default)]
     pub bgp: Option<BgpSection>,
+    /// Flow sync with the other boxes of the fleet.
+    #[serde(default)]
+    pub sync: Option<SyncSection>,
+}
+
+/// `[sync]`: the flows this box tracks whose backend the tables would not
+/// choose now go to the peers, and theirs come here (`control::sync`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// Off keeps the section but sends and installs nothing.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The other boxes' addresses (each listens on `port`).
+    pub peers: Vec<IpAddr>,
+    /// TCP port: listened on, and connected to at each peer.
+    #[serde(default = "default_sync_port")]
+    pub port: u16,
+    /// Entries of the table of flows received from peers.
+    #[serde(default = "default_sync_capacity")]
+    pub capacity: usize,
+    /// Entries waiting for a peer before new ones are dropped (counted).
+    #[serde(default = "default_sync_queue")]
+    pub queue: usize,
+    /// A starting box announces its VIPs once every peer sent what it had,
+    /// or after this long.
+    #[serde(default = "default_sync_warmup_s")]
+    pub warmup_timeout_s: u64,
+}
+
+fn default_sync_port() -> u16 {
+    4788
+}
+fn default_sync_capacity() -> usize {
+    1 << 18
+}
+fn default_sync_queue() -> usize {
+    1 << 16
+}
+fn default_sync_warmup_s() -> u64 {
+    5
 }
 
 /// `[routing]`: the VIPs l4lb asks a routing daemon to announce.

@@ -237,6 +237,9 @@ impl Config {
         if let Some(b) = &self.bgp {
             validate_bgp(&self, b, &err)?;
         }
+        if let Some(y) = &self.sync {
+            validate_sync(&self, y, &err)?;
+        }
         for (i, s) in self.services.iter().enumerate() {
             if s.min_healthy == 0 || s.min_healthy as usize > s.backends.len() {
                 return Err(err(
@@ -339,6 +342,47 @@ fn validate_bgp(
             };
             return Err(err(format!("bgp.peers[{i}].address"), why));
         }
+    }
+    Ok(())
+}
+
+fn validate_sync(
+    cfg: &Config,
+    y: &SyncSection,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if (0..cfg.ports.len()).all(|i| kernel_interface_name(cfg, i).is_none()) {
+        return Err(err(
+            "sync".into(),
+            "flow sync talks to the peers through a port's kernel interface: the ports have none".into(),
+        ));
+    }
+    let own: Vec<IpAddr> = cfg
+        .ports
+        .iter()
+        .flat_map(|p| [p.ipv4.map(|c| IpAddr::V4(c.addr)), p.ipv6.map(|c| IpAddr::V6(c.addr))])
+        .flatten()
+        .collect();
+    let mut seen = HashSet::new();
+    for (i, a) in y.peers.iter().enumerate() {
+        if own.contains(a) {
+            return Err(err(format!("sync.peers[{i}]"), format!("{a} is this box's own address")));
+        }
+        if !seen.insert(a) {
+            return Err(err(format!("sync.peers[{i}]"), format!("{a} is listed twice")));
+        }
+    }
+    if y.port == 0 {
+        return Err(err("sync.port".into(), "must be 1-65535".into()));
+    }
+    if y.capacity == 0 || y.capacity > 1 << 24 {
+        return Err(err("sync.capacity".into(), "must be 1 to 16777216".into()));
+    }
+    if y.queue == 0 || y.queue > 1 << 24 {
+        return Err(err("sync.queue".into(), "must be 1 to 16777216".into()));
+    }
+    if y.warmup_timeout_s > 600 {
+        return Err(err("sync.warmup_timeout_s".into(), "must be at most 600".into()));
     }
     Ok(())
 }

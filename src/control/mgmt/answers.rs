@@ -65,6 +65,10 @@ impl Management<'_> {
             }
             Request::Reload => self.reload().map(Response::Applied),
             Request::Bgp => Ok(Response::Bgp(Box::new(self.bgp_status()))),
+            Request::Sync => match &self.sync {
+                Some(y) => Ok(Response::Sync(Box::new(y.status()))),
+                None => Err("flow sync is off: no [sync] section, or sync.enabled = false".into()),
+            },
             Request::DrainBox { keep_running } => {
                 if self.registry.cfg.config.routing.table == 0 && keep_running {
                     return Err("the box announces nothing ([routing] table is off): nothing to drain".into());
@@ -427,6 +431,7 @@ impl Management<'_> {
             backends,
             workers: per,
             bgp: (c.routing.table != 0).then(|| self.bgp_status()),
+            sync: self.sync.as_ref().map(|y| y.status()),
         })
     }
 }

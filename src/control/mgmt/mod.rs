@@ -90,6 +90,10 @@ pub struct Management<'a> {
     stop_after_drain: bool,
     /// l4lb's BIRD (`[bgp]`).
     pub bird: Option<super::bird::Bird>,
+    /// Flow sync with the peer boxes (`[sync]`).
+    pub sync: Option<super::sync::FlowSync>,
+    /// Whether the VIPs wait for flow sync's warm-up.
+    warming: bool,
 }
 
 /// The box's place in the fleet (`[routing]`).
@@ -163,7 +167,10 @@ impl<'a> Management<'a> {
             box_state: BoxState::Announcing,
             stop_after_drain: false,
             bird: None,
+            sync: None,
+            warming: false,
         };
+        m.warming = m.registry.cfg.config.sync.as_ref().is_some_and(|y| y.enabled);
         m.rebuild_targets();
         let table = m.registry.cfg.config.routing.table;
         if table != 0 {
@@ -179,6 +186,15 @@ impl<'a> Management<'a> {
         if self.box_state != BoxState::Announcing {
             return;
         }
+        // A starting box with flow sync announces once its peers sent what
+        // they share: flows the router then moves here keep their backend.
+        if self.warming {
+            if !self.sync.as_ref().is_some_and(|y| y.warm()) {
+                return;
+            }
+            self.warming = false;
+            log::info!("sync: warm; the VIPs may be announced");
+        }
         if let Some(a) = self.announcer.as_mut() {
             let r = &self.registry;
             let checked = |svc: &str, addr: IpAddr| {
@@ -193,6 +209,21 @@ impl<'a> Management<'a> {
         self.announcer.as_ref().map(|a| a.announced().any(|v| *v == vip))
     }
 
+    /// Starts flow sync (`[sync]`): the VIPs wait for its warm-up.
+    pub fn start_sync(&mut self, y: super::sync::FlowSync) {
+        self.sync = Some(y);
+        self.sync_view();
+    }
+
+    /// Gives flow sync the configuration in force (after a reload).
+    fn sync_view(&self) {
+        if let Some(y) = &self.sync {
+            let r = &self.registry;
+            let id = |svc: &str, addr: IpAddr| r.backends.get(&(svc.to_owned(), addr)).map(|b| b.id);
+            y.set_view(super::sync::View::new(&r.cfg.config, &id));
+        }
+    }
+
     /// Withdraws every announced VIP and stops BIRD (at the stop).
     pub fn withdraw_routes(&mut self) {
         if let Some(a) = self.announcer.as_mut() {
@@ -200,6 +231,9 @@ impl<'a> Management<'a> {
         }
         if let Some(b) = self.bird.take() {
             b.stop();
+        }
+        if let Some(y) = self.sync.take() {
+            y.stop();
         }
     }
 
@@ -340,6 +374,9 @@ impl<'a> Management<'a> {
         self.neighbour_work();
         self.health_work(now);
         self.box_work(now);
+        if self.warming {
+            self.announce();
+        }
         if reload {
             match self.reload() {
                 Ok(v) => {
@@ -532,6 +569,7 @@ impl<'a> Management<'a> {
             b.reconfigure(&new, &path.display().to_string()).map_err(|e| format!("bgp: {e}"))?;
         }
         self.registry = trial;
+        self.sync_view();
         self.neighbours.track(&needed_neighbours(&new));
         self.rebuild_targets();
         let mut v = self.publish_and_wait()?;

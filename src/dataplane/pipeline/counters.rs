@@ -81,6 +81,12 @@ counters! {
         "Persistence entries made or remade by this worker (the owner of their clients).";
     PersistEvicted => "persist_evicted", "l4lb_persistence_evictions_total", None,
         "Live persistence entries overwritten because their set was full (raise workers.persistence_capacity).";
+    SyncedFlows => "synced_flows", "l4lb_synced_flows_total", None,
+        "Flows this worker did not track that kept the backend a peer box reported for them (flow sync).";
+    SyncReported => "sync_reported", "l4lb_sync_reported_flows_total", None,
+        "Tracked flows whose backend the tables would not choose now, reported for the peer boxes (flow sync).";
+    SyncReportsLost => "sync_reports_lost", "l4lb_sync_reports_lost_total", None,
+        "Such reports dropped because the ring to the management core was full (flow sync).";
 }
 
 /// What names a counter: its `ctl stats` name, its Prometheus family, an

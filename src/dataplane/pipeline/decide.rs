@@ -182,6 +182,13 @@ impl Worker {
         meta: &PacketMeta,
         now_ms: u64,
     ) -> Option<usize> {
+        // A flow another box tracked (flow sync): never a TCP SYN, which
+        // starts a flow; so SYN floods pay nothing for it.
+        if self.sync.is_some() && !meta.opens() {
+            if let Some(b) = self.synced_choice(st, meta, now_ms) {
+                return Some(b);
+            }
+        }
         if svc.persistence_ms > 0 {
             if let Some(choice) = self.persistent_choice(st, svc, meta, now_ms) {
                 return choice;

@@ -26,8 +26,10 @@ use crate::balancer::flowtable::{Entry, FlowTable, FlowTableStats, InsertHint, P
 use crate::balancer::limits::{MAX_BACKEND_IDS, MAX_SERVICES};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{ForwardingState, SchedState};
+use crate::balancer::synced::{AtRisk, SyncedFlows};
 use crate::balancer::Prefetch;
 use crate::net::tcp;
+use crossbeam::queue::ArrayQueue;
 
 mod burst;
 mod counters;
@@ -105,7 +107,30 @@ pub struct Worker {
     per_backend: Arc<BackendCounters>,
     plan: Option<Box<BurstPlan>>,
     pub counters: Counters,
+    /// Flow sync (`[sync]`): the flows peers reported, consulted on a miss,
+    /// and where this worker reports its own flows that need sharing.
+    sync: Option<Box<SyncSide>>,
 }
+
+/// A worker's part in flow sync.
+struct SyncSide {
+    peers: Arc<SyncedFlows>,
+    out: Arc<ArrayQueue<AtRisk>>,
+    /// The next bucket the scan reads, and how many are left of the pass.
+    cursor: usize,
+    left: usize,
+    /// The state the last pass started on.
+    generation: u64,
+    /// Whether the pass found flows to share (the last whole one, this one).
+    found: bool,
+    found_now: bool,
+    /// When a pass starts again without a new state (refreshing peers'
+    /// copies while shared flows live).
+    next_pass_ms: u64,
+}
+
+/// A pass over the flow table again this often while it found flows to share.
+const SYNC_REFRESH_MS: u64 = 10_000;
 
 /// Where a VIP packet's flow sits in the flow table: its place (from the
 /// first pass) and, for a new flow, the slot its insert will write (from the
@@ -225,7 +250,85 @@ impl Worker {
             per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
             plan: Some(Box::default()),
             counters: Counters::default(),
+            sync: None,
         }
+    }
+
+    /// Takes part in flow sync: consults `peers` for flows it does not
+    /// track, and reports to `out` the flows it tracks whose backend the
+    /// tables would not choose now (found by [`Worker::sync_scan`]).
+    pub fn set_sync(&mut self, peers: Arc<SyncedFlows>, out: Arc<ArrayQueue<AtRisk>>) {
+        self.sync = Some(Box::new(SyncSide {
+            peers,
+            out,
+            cursor: 0,
+            left: 0,
+            generation: u64::MAX,
+            found: false,
+            found_now: false,
+            next_pass_ms: 0,
+        }));
+    }
+
+    /// Flow sync's scan, a few buckets at a time: after every new state, one
+    /// pass over the flow table reports each live flow whose backend is not
+    /// the one every box would pick for it now (from the key alone); while
+    /// such flows exist, a pass again every 10 s refreshes the peers' copies.
+    /// Returns the buckets read.
+    pub fn sync_scan(&mut self, st: &ForwardingState, now_ms: u64, buckets: usize) -> usize {
+        let Some(sync) = self.sync.as_deref_mut() else { return 0 };
+        if st.generation != sync.generation {
+            sync.generation = st.generation;
+            sync.left = self.flows.buckets();
+        } else if sync.left == 0 && sync.found && now_ms >= sync.next_pass_ms {
+            sync.left = self.flows.buckets();
+        }
+        if sync.left == 0 {
+            return 0;
+        }
+        let n = buckets.min(sync.left);
+        let (mut reported, mut lost) = (0u64, 0u64);
+        let out = &sync.out;
+        let mut found = false;
+        sync.cursor = self.flows.scan(sync.cursor, n, now_ms, |e| {
+            let k = &e.key;
+            let Some(si) = st
+                .find_service(&k.dst, k.proto, k.dst_port)
+                .or_else(|| st.find_service_any_port(&k.dst, k.proto))
+            else {
+                return;
+            };
+            let svc = &st.services[si];
+            if svc.stateless_pick(k, k.hash()).is_some_and(|b| st.backends[b].id == e.backend) {
+                return;
+            }
+            found = true;
+            let left = e.expires_ms.saturating_sub(now_ms).min(u32::MAX as u64) as u32;
+            match out.push(AtRisk { key: *k, backend: e.backend, expires_in_ms: left }) {
+                Ok(()) => reported += 1,
+                Err(_) => lost += 1,
+            }
+        });
+        sync.found_now |= found;
+        sync.left -= n;
+        if sync.left == 0 {
+            sync.found = std::mem::take(&mut sync.found_now);
+            sync.next_pass_ms = now_ms + SYNC_REFRESH_MS;
+        }
+        self.counters[Counter::SyncReported] += reported;
+        self.counters[Counter::SyncReportsLost] += lost;
+        n
+    }
+
+    /// The backend a peer reported for a flow this worker does not track
+    /// (flow sync), if it is in the state.
+    #[inline(never)]
+    fn synced_choice(&mut self, st: &ForwardingState, meta: &PacketMeta, now_ms: u64) -> Option<usize> {
+        let sync = self.sync.as_deref()?;
+        let id = sync.peers.get(&meta.key, meta.hash, now_ms)?;
+        let b = st.slot_of(id)?;
+        self.counters[Counter::SyncedFlows] += 1;
+        Some(b)
     }
 
     /// This worker's per-backend counters (shared with the management core).
