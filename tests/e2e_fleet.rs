@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::bird::Bird;
-use common::lan::{ctl, ctl_json, service, spawn_script, start_servers, topology, veth_into, Lan};
+use common::lan::{ctl, ctl_json, service, spawn_script, start_servers, topology_with, veth_into, Lan};
 use common::netns::{require_root, sh, unique, L4lb, Netns};
 use common::{hugepages_free, lcore_map, wait_for};
 
@@ -35,6 +35,10 @@ struct BoxRun {
 
 struct Fleet {
     lan: Lan,
+    /// With `[sync]` (on or off) between the boxes, or without.
+    sync: Option<bool>,
+    /// How many of the LAN's backends the boxes' services list.
+    serving: usize,
     router: Netns,
     client: Netns,
     router_bird: Bird,
@@ -92,8 +96,14 @@ template bgp boxes6 {
 impl Fleet {
     /// The LAN, the backends' servers, the router and the client; no box yet.
     fn new() -> Fleet {
+        Fleet::with(3, None)
+    }
+
+    /// As [`Fleet::new`] with `backends` on the LAN (the boxes serve the
+    /// first three) and `[sync]` on, off or absent.
+    fn with(backends: u8, sync: Option<bool>) -> Fleet {
         require_root();
-        let mut lan = topology(&[VIP, VIP6]);
+        let mut lan = topology_with(&[VIP, VIP6], backends);
         start_servers(&mut lan, None);
         let dir = std::env::temp_dir().join(unique("l4lb-fleet-"));
         std::fs::create_dir_all(&dir).unwrap();
@@ -119,7 +129,7 @@ impl Fleet {
             b.ns.exec("ip -6 route add 2001:db8:19::/64 via 2001:db8::fe");
         }
         let router_bird = Bird::start(&router, &dir, "router", &router_conf());
-        Fleet { lan, router, client, router_bird, boxes: [None, None], dir }
+        Fleet { lan, sync, serving: 3, router, client, router_bird, boxes: [None, None], dir }
     }
 
     /// Starts box `n`; with `wait`, until its backends are up.
@@ -129,19 +139,15 @@ impl Fleet {
         let dir = self.dir.join(format!("box{n}"));
         std::fs::create_dir_all(&dir).unwrap();
         let socket = dir.join("ctl.sock");
-        let backends: Vec<String> = self
-            .lan
-            .backends
-            .iter()
-            .map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac))
-            .collect();
-        let backends6: Vec<String> = self
-            .lan
-            .backends
-            .iter()
-            .map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v6, b.mac))
-            .collect();
-        let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 1, fall = 2 }";
+        let (backends, backends6) = self.backend_lists(self.serving);
+        let sync = match self.sync {
+            Some(on) => format!(
+                "[sync]\nenabled = {on}\npeers = [\"{}\"]\nwarmup_timeout_s = 5\n",
+                box_address(3 - n)
+            ),
+            None => String::new(),
+        };
+        let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 400, timeout_ms = 350, rise = 1, fall = 3 }";
         let config = format!(
             r#"
 [dpdk]
@@ -181,6 +187,7 @@ peers = [
   {{ name = "router6", address = "2001:db8::fe", remote_as = 65000 }},
 ]
 
+{sync}
 {services}
 {services6}
 "#,
@@ -201,6 +208,38 @@ peers = [
         self.lan.lan.exec(&format!("ip link set {tap} address 02:00:00:00:01:f{n}"));
         self.lan.lan.exec(&format!("ip link set {tap} master br0 up"));
         self.boxes[n as usize - 1] = Some(BoxRun { ns, l4lb, socket, config: dir.join("l4lb.toml") });
+    }
+
+    /// The services' backend entries (IPv4, IPv6) for the LAN's first `count`.
+    fn backend_lists(&self, count: usize) -> (Vec<String>, Vec<String>) {
+        let bs = &self.lan.backends[..count];
+        (
+            bs.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect(),
+            bs.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v6, b.mac)).collect(),
+        )
+    }
+
+    /// Every running box serves the LAN's first `count` backends: its file
+    /// rewritten and reloaded.
+    fn serve(&mut self, count: usize) {
+        let (old4, old6) = self.backend_lists(self.serving);
+        let (new4, new6) = self.backend_lists(count);
+        for b in self.boxes.iter().flatten() {
+            let text = std::fs::read_to_string(&b.config).unwrap();
+            let text = text
+                .replace(
+                    &format!("backends = [{}]", old4.join(", ")),
+                    &format!("backends = [{}]", new4.join(", ")),
+                )
+                .replace(
+                    &format!("backends = [{}]", old6.join(", ")),
+                    &format!("backends = [{}]", new6.join(", ")),
+                );
+            std::fs::write(&b.config, text).unwrap();
+            let (ok, out) = ctl(&b.socket, "reload");
+            assert!(ok && out.contains("backends added"), "reload: {out}");
+        }
+        self.serving = count;
     }
 
     fn box_(&self, n: u8) -> &BoxRun {
@@ -235,7 +274,12 @@ peers = [
 
     /// Both boxes up, announcing, the router using both.
     fn with_both_boxes() -> Fleet {
-        let mut f = Fleet::new();
+        Fleet::both(Fleet::new())
+    }
+
+    /// `f` with both boxes started, announcing, the router using both.
+    fn both(f: Fleet) -> Fleet {
+        let mut f = f;
         f.start_box(1);
         f.start_box(2);
         f.wait_next_hops(&["198.18.0.1", "198.18.0.3"], Duration::from_secs(60));
@@ -275,7 +319,7 @@ def one(i):
         h = http.client.HTTPConnection('{VIP}', 80, timeout=30)
         h.request('GET', '/stream?chunks={chunks}')
         r = h.getresponse()
-        name = r.getheader('X-Backend')
+        name = r.getheader('X-Backend') + ' ' + str(h.sock.getsockname()[1])
     except Exception as e:
         ready.abort()
         with lock: results.append(('error', repr(e)))
@@ -644,14 +688,14 @@ fn a_draining_box_leaves_the_routes_first_and_breaks_nothing() {
 #[test]
 fn a_vip_without_backends_is_withdrawn_and_a_box_that_returns_announces_after_its_checks() {
     let mut f = Fleet::with_both_boxes();
-    // Every backend fails its check (every 300 ms, down after 2 failures).
+    // Every backend fails its check (every 400 ms, down after 3 failures).
     let t0 = Instant::now();
     for b in &f.lan.backends {
         b.set_health(500);
     }
     let gone = time_until_next_hops(&f, &[], t0);
     eprintln!(
-        "every backend failing: withdrawn from the router after {:.0} ms (interval × fall = 600 ms)",
+        "every backend failing: withdrawn from the router after {:.0} ms (interval × fall = 1200 ms)",
         gone.as_secs_f64() * 1000.0
     );
     let bgp = ctl_json(&f.box_(1).socket, "bgp");
@@ -718,4 +762,91 @@ fn a_vip_without_backends_is_withdrawn_and_a_box_that_returns_announces_after_it
     eprintln!("box 2 back: {moved} flows moved to it; downloads complete {ok} of 100");
     assert_eq!(ok, 100, "broken downloads: {other:?}");
     assert!(moved > 0, "the router moved no download to the returning box");
+}
+
+/// 200 slow downloads through both boxes; a fourth backend joins (a reload
+/// on both), so the downloads Maglev now maps to it are no longer the
+/// tables' choice; box 1 dies. Returns the downloads that completed, the
+/// others' lines, and what flow sync saw.
+fn a_backend_joins_then_a_box_dies(sync: bool) -> (usize, Vec<String>, String) {
+    let mut f = Fleet::both(Fleet::with(4, Some(sync)));
+    let downloads = start_downloads(&f.client, 200, 80);
+    f.serve(4);
+    let up = |n: u8| {
+        ctl_json(&f.box_(n).socket, "backends")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["backend"] == "198.18.0.14" && b["health"] == "up" && b["in_state"] == true)
+    };
+    assert!(wait_for(Duration::from_secs(10), || up(1) && up(2)), "the fourth backend did not come up");
+    let mut seen = String::new();
+    if sync {
+        // Each box found its downloads the new tables would send elsewhere,
+        // and its peer installed them.
+        let sync_of = |n: u8| ctl_json(&f.box_(n).socket, "sync");
+        let exchanged = || {
+            let (a, b) = (sync_of(1), sync_of(2));
+            let shared = |v: &serde_json::Value| v["shared_flows"].as_u64().unwrap_or(0);
+            let got = |v: &serde_json::Value| v["received_flows"].as_u64().unwrap_or(0);
+            shared(&a) > 0 && got(&b) >= shared(&a) && got(&a) >= shared(&b)
+        };
+        assert!(
+            wait_for(Duration::from_secs(10), exchanged),
+            "box 1: {}\nbox 2: {}\n{}\n{}",
+            sync_of(1),
+            sync_of(2),
+            f.box_(1).l4lb.lines_with("sync").join("\n"),
+            f.box_(2).l4lb.lines_with("sync").join("\n")
+        );
+        let (a, b) = (sync_of(1), sync_of(2));
+        seen = format!(
+            "box 1 shared {} flows, box 2 shared {}; box 2 holds {} of box 1's, sent {} bytes for {} entries",
+            a["shared_flows"],
+            b["shared_flows"],
+            b["received_flows"],
+            a["peers"][0]["sent_bytes"],
+            a["peers"][0]["sent"]
+        );
+        let (ok, text) = ctl(&f.box_(1).socket, "sync");
+        assert!(ok && text.contains("flow sync on port 4788: warm") && text.contains("198.18.0.3"), "{text}");
+        let page = f.box_(1).ns.exec("curl -s --max-time 5 http://127.0.0.1:9100/metrics");
+        assert!(page.contains("l4lb_sync_sent_entries_total{peer=\"198.18.0.3\"}"), "{page}");
+    }
+    let t0 = Instant::now();
+    let transcript = f.boxes[0].take().unwrap().l4lb.kill();
+    let failover = time_until_next_hops(&f, &["198.18.0.3"], t0);
+    let (ok, other) = finish_downloads(downloads);
+    let synced = ctl_json(&f.box_(2).socket, "stats")["counters"]["synced_flows"].as_u64().unwrap_or(0);
+    seen.push_str(&format!(
+        "; failover {:.0} ms; box 2 kept {synced} moved flows on a peer's entry",
+        failover.as_secs_f64() * 1000.0
+    ));
+    if ok < 200 && sync {
+        eprintln!("{}", transcript.lines().filter(|l| l.contains(" is ")).collect::<Vec<_>>().join("\n"));
+        for l in other.iter().take(5) {
+            let port = l.split_whitespace().nth(2).unwrap_or("0");
+            eprintln!(
+                "{l}: box 2 says {}",
+                ctl(&f.box_(2).socket, &format!("lookup tcp {CLIENT}:{port} {VIP}:80")).1
+            );
+        }
+        let _ = transcript;
+    }
+    (ok, other, seen)
+}
+
+#[test]
+fn with_flow_sync_no_connection_breaks_when_a_backend_joins_and_then_a_box_dies() {
+    let (ok, other, seen) = a_backend_joins_then_a_box_dies(true);
+    eprintln!("flow sync on: {ok} of 200 downloads complete; {seen}");
+    assert_eq!(ok, 200, "broken: {other:?}");
+}
+
+#[test]
+fn without_flow_sync_the_same_change_breaks_connections() {
+    let (ok, other, seen) = a_backend_joins_then_a_box_dies(false);
+    eprintln!("flow sync off: {ok} of 200 downloads complete, {} broken; {seen}", 200 - ok);
+    assert!(ok < 200, "no download broke without flow sync: the test shows nothing");
+    assert!(other.iter().all(|l| l.starts_with("broken") || l.starts_with("bad")), "{other:?}");
 }

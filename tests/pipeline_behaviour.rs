@@ -558,6 +558,7 @@ fn flow_sync_reports_the_flows_the_tables_no_longer_pick_and_a_peer_keeps_them_o
         reports.push(r);
     }
     let moved: Vec<usize> = (0..flows.len()).filter(|&i| first[i] != now_pick[i]).collect();
+    eprintln!("{} of 600 moved", moved.len());
     assert!(!moved.is_empty() && moved.len() < flows.len() / 2, "{} of 600 moved", moved.len());
     let mut ports: Vec<u16> = reports.iter().map(|r| r.key.src_port).collect();
     ports.sort();

@@ -86,6 +86,11 @@ pub fn veth_into(lan: &Netns, ns: &Netns, tag: &str, v4: &str, v6: &str, mac: &s
 
 /// Builds the LAN with `vips` (IPv4 and IPv6) on every backend's `lo`.
 pub fn topology(vips: &[&str]) -> Lan {
+    topology_with(vips, 3)
+}
+
+/// As [`topology`], with `n` backends (1 to 9).
+pub fn topology_with(vips: &[&str], n: u8) -> Lan {
     let lan = Netns::new(&unique("l4b-lan"));
     lan.exec("ip link add br0 type bridge");
     lan.exec("ip link set br0 up");
@@ -94,7 +99,7 @@ pub fn topology(vips: &[&str]) -> Lan {
     client.exec("ip route add 198.18.100.0/24 via 198.18.0.1");
     client.exec("ip -6 route add 2001:db8:100::/64 via 2001:db8::1");
     let mut backends = Vec::new();
-    for i in 1..=3u8 {
+    for i in 1..=n {
         let ns = Netns::new(&unique(&format!("l4b-b{i}")));
         let (v4, v6, mac) =
             (format!("198.18.0.1{i}"), format!("2001:db8::1{i}"), format!("02:00:00:00:0b:1{i}"));
