@@ -45,7 +45,8 @@ scripts/setup.sh
 cargo build --release --quiet
 BIN=$PWD/target/release/l4lb
 cp config/fleet.toml "$WORK/box1.toml"
-sed 's/fleet1/fleet2/g; s#198.18.0.1/24#198.18.0.3/24#; s/02:00:00:00:01:01/02:00:00:00:01:03/' \
+sed 's/fleet1/fleet2/g; s#198.18.0.1/24#198.18.0.3/24#; s/02:00:00:00:01:01/02:00:00:00:01:03/;
+     s/^peers = \["198.18.0.3"\]/peers = ["198.18.0.1"]/' \
   config/fleet.toml > "$WORK/box2.toml"
 for n in 1 2; do $BIN check --config "$WORK/box$n.toml"; done
 
