@@ -18,7 +18,7 @@ fi
 PACKAGES=(
   dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev libpcap-dev
   iproute2 iputils-ping tcpdump tshark curl wrk iperf3 python3 python3-scapy bird2
-  netcat-openbsd procps kmod
+  netcat-openbsd procps kmod nftables
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -115,7 +115,46 @@ fn provoked_counters() -> Counters {
     w.sweep(10_000_000, 1 << 20);
     let mut c = w.counter_snapshot();
     c += &persistence_counters();
+    c += &sync_counters();
     c
+}
+
+/// Flow sync: a backend starts draining, so the flows on it are no longer
+/// the tables' choice: the scan reports them (a ring of two loses the rest),
+/// and a peer given the reports keeps such a flow on its backend.
+fn sync_counters() -> Counters {
+    use crossbeam::queue::ArrayQueue;
+    use l4lb::balancer::synced::SyncedFlows;
+    use std::sync::Arc;
+    let cfg = WorkerConfig { flow_capacity: 256, ..WorkerConfig::default() };
+    let ring = Arc::new(ArrayQueue::new(2));
+    let mut a = Worker::new(cfg);
+    a.set_sync(SyncedFlows::new(64).0, ring.clone());
+    let all = state(20, true, |i| Some(backend(i)));
+    for f in 0..60u32 {
+        let v = a.process(&all, &mut TestPacket::new(&testframes::tcp(f, false, tcp::SYN)), 0, 1);
+        assert!(matches!(v, Verdict::Forward { .. }));
+    }
+    let draining = state(21, true, |i| Some(Backend { draining: i == 0, ..backend(i) }));
+    while a.sync_scan(&draining, 2, 64) > 0 {}
+    let (peers, mut writer) = SyncedFlows::new(64);
+    let mut b = Worker::new(cfg);
+    b.set_sync(peers, Arc::new(ArrayQueue::new(2)));
+    let r = ring.pop().expect("a report");
+    writer.put(&r.key, r.key.hash(), r.backend, 10_000, 2);
+    let flow = (0..60u32).find(|&f| flow_key(f) == r.key).expect("the reported flow");
+    let v = b.process(&draining, &mut TestPacket::new(&testframes::tcp(flow, false, tcp::ACK)), 0, 3);
+    assert!(matches!(v, Verdict::Forward { .. }));
+    let mut c = a.counter_snapshot();
+    c += &b.counter_snapshot();
+    c
+}
+
+/// The flow key of `testframes::tcp(flow, false, ..)`.
+fn flow_key(flow: u32) -> l4lb::balancer::flow::FlowKey {
+    let frame = testframes::tcp(flow, false, tcp::SYN);
+    let ip = l4lb::net::ipv4::Packet::new_checked(&frame[14..]).unwrap();
+    l4lb::balancer::flow::key_v4(&ip).unwrap().0
 }
 
 /// Two workers and a persistent service: a client's first flow that reaches

@@ -42,7 +42,9 @@ struct Fleet {
     router: Netns,
     client: Netns,
     router_bird: Bird,
-    boxes: [Option<BoxRun>; 2],
+    boxes: [Option<BoxRun>; 3],
+    /// Boxes 1..=size are the fleet (the router's and each other's peers).
+    size: u8,
     dir: PathBuf,
 }
 
@@ -57,7 +59,7 @@ fn box_mac(n: u8) -> String {
 /// BIRD on the router: a session to each box with BFD, GRACEFUL_SHUTDOWN
 /// honoured (local preference 0), and equal routes merged into one
 /// multipath route in the kernel.
-fn router_conf() -> String {
+fn router_conf(size: u8) -> String {
     let mut c = String::from(
         r#"
 router id 198.18.0.254;
@@ -83,7 +85,7 @@ template bgp boxes6 {
 }
 "#,
     );
-    for n in 1..=2u8 {
+    for n in 1..=size {
         c.push_str(&format!("protocol bgp box{n} from boxes {{ neighbor {} as 65001; }}\n", box_address(n)));
         c.push_str(&format!(
             "protocol bgp box{n}v6 from boxes6 {{ neighbor 2001:db8::{} as 65001; }}\n",
@@ -96,12 +98,12 @@ template bgp boxes6 {
 impl Fleet {
     /// The LAN, the backends' servers, the router and the client; no box yet.
     fn new() -> Fleet {
-        Fleet::with(3, None)
+        Fleet::with(3, None, 2)
     }
 
     /// As [`Fleet::new`] with `backends` on the LAN (the boxes serve the
     /// first three) and `[sync]` on, off or absent.
-    fn with(backends: u8, sync: Option<bool>) -> Fleet {
+    fn with(backends: u8, sync: Option<bool>, size: u8) -> Fleet {
         require_root();
         let mut lan = topology_with(&[VIP, VIP6], backends);
         start_servers(&mut lan, None);
@@ -128,8 +130,8 @@ impl Fleet {
             b.ns.exec("ip route add 198.19.0.0/24 via 198.18.0.254");
             b.ns.exec("ip -6 route add 2001:db8:19::/64 via 2001:db8::fe");
         }
-        let router_bird = Bird::start(&router, &dir, "router", &router_conf());
-        Fleet { lan, sync, serving: 3, router, client, router_bird, boxes: [None, None], dir }
+        let router_bird = Bird::start(&router, &dir, "router", &router_conf(size));
+        Fleet { lan, sync, serving: 3, router, client, router_bird, boxes: [None, None, None], size, dir }
     }
 
     /// Starts box `n`; with `wait`, until its backends are up.
@@ -141,10 +143,11 @@ impl Fleet {
         let socket = dir.join("ctl.sock");
         let (backends, backends6) = self.backend_lists(self.serving);
         let sync = match self.sync {
-            Some(on) => format!(
-                "[sync]\nenabled = {on}\npeers = [\"{}\"]\nwarmup_timeout_s = 5\n",
-                box_address(3 - n)
-            ),
+            Some(on) => {
+                let peers: Vec<String> =
+                    (1..=self.size).filter(|&m| m != n).map(|m| format!("\"{}\"", box_address(m))).collect();
+                format!("[sync]\nenabled = {on}\npeers = [{}]\nwarmup_timeout_s = 5\n", peers.join(", "))
+            }
             None => String::new(),
         };
         let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 400, timeout_ms = 350, rise = 1, fall = 3 }";
@@ -769,7 +772,7 @@ fn a_vip_without_backends_is_withdrawn_and_a_box_that_returns_announces_after_it
 /// tables' choice; box 1 dies. Returns the downloads that completed, the
 /// others' lines, and what flow sync saw.
 fn a_backend_joins_then_a_box_dies(sync: bool) -> (usize, Vec<String>, String) {
-    let mut f = Fleet::both(Fleet::with(4, Some(sync)));
+    let mut f = Fleet::both(Fleet::with(4, Some(sync), 2));
     let downloads = start_downloads(&f.client, 200, 80);
     f.serve(4);
     let up = |n: u8| {
@@ -849,4 +852,130 @@ fn without_flow_sync_the_same_change_breaks_connections() {
     eprintln!("flow sync off: {ok} of 200 downloads complete, {} broken; {seen}", 200 - ok);
     assert!(ok < 200, "no download broke without flow sync: the test shows nothing");
     assert!(other.iter().all(|l| l.starts_with("broken") || l.starts_with("bad")), "{other:?}");
+}
+
+impl Fleet {
+    /// `ctl sync` of box `n`.
+    fn sync_of(&self, n: u8) -> serde_json::Value {
+        ctl_json(&self.box_(n).socket, "sync")
+    }
+
+    /// Whether each box in `boxes` holds at least the flows every other one shares.
+    fn sync_caught_up(&self, boxes: &[u8]) -> bool {
+        let all: Vec<serde_json::Value> = boxes.iter().map(|&n| self.sync_of(n)).collect();
+        let shared = |v: &serde_json::Value| v["shared_flows"].as_u64().unwrap_or(0);
+        let got = |v: &serde_json::Value| v["received_flows"].as_u64().unwrap_or(0);
+        (0..all.len()).all(|i| {
+            let others: u64 = (0..all.len()).filter(|&j| j != i).map(|j| shared(&all[j])).sum();
+            got(&all[i]) >= others
+        })
+    }
+
+    /// Waits until the LAN's fourth backend is up and in the state of every box in `boxes`.
+    fn wait_fourth_up(&self, boxes: &[u8]) {
+        let up = |n: u8| {
+            ctl_json(&self.box_(n).socket, "backends")
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["backend"] == "198.18.0.14" && b["health"] == "up" && b["in_state"] == true)
+        };
+        assert!(
+            wait_for(Duration::from_secs(10), || boxes.iter().all(|&n| up(n))),
+            "the fourth backend did not come up"
+        );
+    }
+}
+
+#[test]
+fn a_box_that_joins_after_a_backend_change_keeps_the_flows_ecmp_moves_onto_it() {
+    let mut f = Fleet::both(Fleet::with(4, Some(true), 3));
+    let downloads = start_downloads(&f.client, 200, 100);
+    f.serve(4);
+    f.wait_fourth_up(&[1, 2]);
+    assert!(
+        wait_for(Duration::from_secs(10), || f.sync_of(1)["shared_flows"].as_u64().unwrap_or(0) > 0
+            && f.sync_caught_up(&[1, 2])),
+        "box 1: {}\nbox 2: {}",
+        f.sync_of(1),
+        f.sync_of(2)
+    );
+    // Box 3 starts with the new backend set: it takes the others' shared
+    // flows before it announces, then the router spreads over three boxes.
+    f.start_box(3);
+    f.wait_next_hops(&["198.18.0.1", "198.18.0.3", "198.18.0.5"], Duration::from_secs(60));
+    let three = f.sync_of(3);
+    assert_eq!(three["warm"], true, "{three}");
+    let shared: u64 = [1u8, 2].iter().map(|&n| f.sync_of(n)["shared_flows"].as_u64().unwrap_or(0)).sum();
+    assert!(three["received_flows"].as_u64().unwrap_or(0) >= shared, "box 3: {three}, shared {shared}");
+    let t = f.box_(3).l4lb.transcript();
+    let warm = t.find("sync: warm").expect("box 3 warmed up");
+    let announced = t.find("routing: announcing 198.18.100.1").expect("box 3 announced");
+    assert!(warm < announced, "box 3 announced before its peers' flows arrived:\n{t}");
+    let (ok, other) = finish_downloads(downloads);
+    let stats = ctl_json(&f.box_(3).socket, "stats");
+    let (moved, kept) = (
+        stats["counters"]["new_flows"].as_u64().unwrap_or(0),
+        stats["counters"]["synced_flows"].as_u64().unwrap_or(0),
+    );
+    eprintln!(
+        "box 3 joined: it took {} shared flows; the router moved {moved} downloads to it, {kept} kept their backend on a peer's entry; {ok} of 200 complete",
+        three["received_flows"]
+    );
+    assert_eq!(ok, 200, "broken: {other:?}");
+    assert!(moved > 0, "the router moved nothing to box 3");
+}
+
+#[test]
+fn a_cut_sync_link_catches_up_when_it_returns() {
+    let mut f = Fleet::both(Fleet::with(4, Some(true), 2));
+    let downloads = start_downloads(&f.client, 200, 100);
+    // Box 1's sync traffic is dropped both ways (BGP, BFD and VIP traffic pass).
+    // One `nft -f` run inside box 1's namespace (a `&&` chain would run
+    // its later commands outside it).
+    let rules = f.dir.join("cut.nft");
+    std::fs::write(
+        &rules,
+        "table ip cut {\n  chain out { type filter hook output priority 0; tcp dport 4788 drop; tcp sport 4788 drop; }\n  \
+         chain in { type filter hook input priority 0; tcp dport 4788 drop; tcp sport 4788 drop; }\n}\n",
+    )
+    .unwrap();
+    f.box_(1).ns.exec(&format!("nft -f {}", rules.display()));
+    let before = f.sync_of(2)["received_flows"].as_u64().unwrap_or(0);
+    f.serve(4);
+    f.wait_fourth_up(&[1, 2]);
+    // New connections keep arriving during the cut.
+    let load = f.client.spawn(&format!(
+        "exec sh -c 'for i in $(seq 1 300); do curl -s --max-time 2 -o /dev/null http://{VIP}/; done'"
+    ));
+    assert!(
+        wait_for(Duration::from_secs(10), || f.sync_of(1)["shared_flows"].as_u64().unwrap_or(0) > 0),
+        "box 1 found nothing to share: {}",
+        f.sync_of(1)
+    );
+    // The cut lasts 10 s: nothing of box 1's reaches box 2 meanwhile.
+    std::thread::sleep(Duration::from_secs(10));
+    let during = f.sync_of(2)["received_flows"].as_u64().unwrap_or(0);
+    assert_eq!(during, before, "entries crossed a cut link");
+    let cut = f.sync_of(1);
+    f.box_(1).ns.exec("nft delete table ip cut");
+    assert!(
+        wait_for(Duration::from_secs(30), || f.sync_caught_up(&[1, 2])),
+        "no catch-up: box 1 {}\nbox 2 {}",
+        f.sync_of(1),
+        f.sync_of(2)
+    );
+    let after = f.sync_of(1);
+    let _ = load.wait_with_output();
+    // Both boxes lived through it; the caught-up entries carry box 1's flows.
+    assert!(f.boxes.iter_mut().flatten().all(|b| b.l4lb.exited().is_none()), "a box exited");
+    let t0 = Instant::now();
+    let _ = f.boxes[0].take().unwrap().l4lb.kill();
+    time_until_next_hops(&f, &["198.18.0.3"], t0);
+    let (ok, other) = finish_downloads(downloads);
+    eprintln!(
+        "sync cut 10 s: box 1 shared {}, peer row during the cut {}, after {}; {ok} of 200 downloads complete after box 1 died",
+        after["shared_flows"], cut["peers"][0], after["peers"][0]
+    );
+    assert_eq!(ok, 200, "broken: {other:?}");
 }

@@ -291,3 +291,35 @@ mod tests {
         }
     }
 }
+
+/// Interleavings of a read against the writer (`scripts/test.sh` runs these
+/// with `--cfg l4lb_loom`).
+#[cfg(all(test, l4lb_loom))]
+mod loom_models {
+    use super::*;
+
+    #[test]
+    fn a_read_racing_a_replacement_sees_the_old_entry_or_a_miss_never_a_mix() {
+        loom::model(|| {
+            let key = |port: u16| {
+                FlowKey::new("198.19.0.2".parse().unwrap(), "198.18.100.1".parse().unwrap(), 6, port, 80)
+            };
+            let (t, mut w) = SyncedFlows::new(4);
+            // One set, full: flow i goes to backend i, the first lapses first.
+            for i in 1..=4u16 {
+                w.put(&key(i), key(i).hash(), i as u32, 10 * i as u64, 0);
+            }
+            let reader = {
+                let t = t.clone();
+                loom::thread::spawn(move || {
+                    (t.get(&key(1), key(1).hash(), 0), t.get(&key(5), key(5).hash(), 0))
+                })
+            };
+            // Flow 5 takes flow 1's slot.
+            assert_eq!(w.put(&key(5), key(5).hash(), 5, 50, 0), Put::Evicted);
+            let (one, five) = reader.join().unwrap();
+            assert!(matches!(one, None | Some(1)), "flow 1 read as {one:?}");
+            assert!(matches!(five, None | Some(5)), "flow 5 read as {five:?}");
+        });
+    }
+}

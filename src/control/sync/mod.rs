@@ -97,6 +97,9 @@ struct PeerCounters {
     out_up: AtomicBool,
     in_up: AtomicBool,
     dump_received: AtomicBool,
+    /// Entries were dropped for this peer: send it everything again once
+    /// its queue is empty.
+    resync: AtomicBool,
     connects: AtomicU64,
     last_error: Mutex<Option<String>>,
 }
@@ -273,6 +276,7 @@ fn collect(s: &Shared) {
                 for p in &s.peers {
                     if p.queue.try_send(entry).is_err() {
                         p.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                        p.counters.resync.store(true, Ordering::Relaxed);
                     }
                 }
             }
@@ -317,10 +321,43 @@ fn send(s: &Shared, i: usize) {
 }
 
 /// One connection's life: what the box shares now, `DumpEnd`, then the
-/// queue in batches.
+/// queue in batches — and everything again after the queue overflowed.
 fn stream(s: &Shared, p: &Peer, conn: &mut TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::new();
     wire::encode(&Message::Hello { router_id: 0 }, &mut buf);
+    conn.write_all(&buf)?;
+    p.counters.resync.store(false, Ordering::Relaxed);
+    dump(s, p, conn)?;
+    let mut batch = Vec::with_capacity(wire::MAX_ENTRIES);
+    while !s.stop.load(Ordering::Relaxed) {
+        match p.queued.recv_timeout(Duration::from_millis(50)) {
+            Ok(e) => batch.push(e),
+            Err(RecvTimeoutError::Timeout) => {
+                if p.counters.resync.swap(false, Ordering::Relaxed) {
+                    dump(s, p, conn)?;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+        while batch.len() < wire::MAX_ENTRIES {
+            match p.queued.try_recv() {
+                Ok(e) => batch.push(e),
+                Err(_) => break,
+            }
+        }
+        buf.clear();
+        let n = batch.len();
+        wire::encode(&Message::Entries(std::mem::take(&mut batch)), &mut buf);
+        count_sent(p, n, &buf);
+        conn.write_all(&buf)?;
+    }
+    Ok(())
+}
+
+/// Everything the box shares now, then `DumpEnd`.
+fn dump(s: &Shared, p: &Peer, conn: &mut TcpStream) -> std::io::Result<()> {
+    let mut buf = Vec::new();
     let now = (s.clock)();
     let dump: Vec<SyncEntry> = s
         .exported
@@ -341,27 +378,7 @@ fn stream(s: &Shared, p: &Peer, conn: &mut TcpStream) -> std::io::Result<()> {
         buf.clear();
     }
     wire::encode(&Message::DumpEnd, &mut buf);
-    conn.write_all(&buf)?;
-    let mut batch = Vec::with_capacity(wire::MAX_ENTRIES);
-    while !s.stop.load(Ordering::Relaxed) {
-        match p.queued.recv_timeout(Duration::from_millis(50)) {
-            Ok(e) => batch.push(e),
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
-        while batch.len() < wire::MAX_ENTRIES {
-            match p.queued.try_recv() {
-                Ok(e) => batch.push(e),
-                Err(_) => break,
-            }
-        }
-        buf.clear();
-        let n = batch.len();
-        wire::encode(&Message::Entries(std::mem::take(&mut batch)), &mut buf);
-        count_sent(p, n, &buf);
-        conn.write_all(&buf)?;
-    }
-    Ok(())
+    conn.write_all(&buf)
 }
 
 fn count_sent(p: &Peer, entries: usize, frame: &[u8]) {
