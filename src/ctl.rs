@@ -92,6 +92,17 @@ fn sync_text(y: &SyncStatus) -> String {
         y.refused_connections,
         y.bad_messages
     );
+    let ms = |v: Option<u64>| {
+        v.map_or("-".to_owned(), |v| if v == u64::MAX { "> 5000".into() } else { format!("≤ {v}") })
+    };
+    let _ = writeln!(
+        o,
+        "  lag of {} batches (ms): p50 {}, p99 {}, max {}",
+        y.lag_batches,
+        ms(y.lag_ms_p50),
+        ms(y.lag_ms_p99),
+        y.lag_ms_max
+    );
     let _ = writeln!(
         o,
         "{:<28} {:<8} {:<10} {:<5} {:>10} {:>12} {:>9} {:>10} {:>8} LAST ERROR",

@@ -813,8 +813,15 @@ fn a_backend_joins_then_a_box_dies(sync: bool) -> (usize, Vec<String>, String) {
         );
         let (ok, text) = ctl(&f.box_(1).socket, "sync");
         assert!(ok && text.contains("flow sync on port 4788: warm") && text.contains("198.18.0.3"), "{text}");
+        // Box 1's entries came in live batches, whose lag box 2 measured.
+        assert!(b["lag_batches"].as_u64().unwrap_or(0) > 0, "{b}");
+        seen.push_str(&format!(
+            "; lag at box 2: {} batches, p50 ≤ {} ms, p99 ≤ {} ms, max {} ms",
+            b["lag_batches"], b["lag_ms_p50"], b["lag_ms_p99"], b["lag_ms_max"]
+        ));
         let page = f.box_(1).ns.exec("curl -s --max-time 5 http://127.0.0.1:9100/metrics");
         assert!(page.contains("l4lb_sync_sent_entries_total{peer=\"198.18.0.3\"}"), "{page}");
+        assert!(page.contains("l4lb_sync_lag_seconds_bucket{le=\"0.1\"}"), "{page}");
     }
     let t0 = Instant::now();
     let transcript = f.boxes[0].take().unwrap().l4lb.kill();

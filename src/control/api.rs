@@ -385,6 +385,16 @@ pub struct SyncStatus {
     pub refused_connections: u64,
     /// Connections closed for a malformed message.
     pub bad_messages: u64,
+    /// Lag of the batches received (queued on the peer → installed here, by
+    /// the two clocks): how many, the bucket bounds (ms) half and 99% of them
+    /// fell under, the longest, the sum, and the counts per bucket of
+    /// `control::sync::LAG_BUCKETS_MS` (then one for longer).
+    pub lag_batches: u64,
+    pub lag_ms_p50: Option<u64>,
+    pub lag_ms_p99: Option<u64>,
+    pub lag_ms_max: u64,
+    pub lag_ms_sum: u64,
+    pub lag_buckets: Vec<u64>,
     pub peers: Vec<SyncPeerRow>,
 }
 

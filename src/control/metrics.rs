@@ -142,6 +142,22 @@ fn sync(e: &mut Exposition, y: &crate::control::api::SyncStatus) {
         e.family(name, "counter", help);
         e.sample(name, &[], v);
     }
+    let name = "l4lb_sync_lag_seconds";
+    e.family(
+        name,
+        "histogram",
+        "Batches from peers: queued there to installed here (by the two boxes' clocks).",
+    );
+    let mut cumulative = 0;
+    for (i, n) in y.lag_buckets.iter().enumerate() {
+        cumulative += n;
+        let le = crate::control::sync::LAG_BUCKETS_MS
+            .get(i)
+            .map_or("+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1000.0));
+        e.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
+    }
+    e.sample(&format!("{name}_sum"), &[], y.lag_ms_sum as f64 / 1000.0);
+    e.sample(&format!("{name}_count"), &[], y.lag_batches);
     type Get = fn(&crate::control::api::SyncPeerRow) -> u64;
     let per_peer: [(&str, &str, &str, Get); 6] = [
         ("l4lb_sync_peer_sending", "gauge", "1 while this box's connection to the peer is up.", |p| {

@@ -106,9 +106,54 @@ struct PeerCounters {
 
 struct Peer {
     address: IpAddr,
-    queue: Sender<SyncEntry>,
-    queued: Receiver<SyncEntry>,
+    /// Entries with when they were queued (ms since the Unix epoch).
+    queue: Sender<(SyncEntry, u64)>,
+    queued: Receiver<(SyncEntry, u64)>,
     counters: PeerCounters,
+}
+
+/// Upper bounds (ms) of the lag histogram's buckets.
+pub const LAG_BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
+
+/// How long batches took from being queued on the peer to being installed
+/// here (by the two boxes' clocks: meaningful where they are synchronised).
+#[derive(Default)]
+struct Lag {
+    /// Per bucket of [`LAG_BUCKETS_MS`], then one for longer.
+    buckets: [AtomicU64; 13],
+    sum_ms: AtomicU64,
+    max_ms: AtomicU64,
+}
+
+impl Lag {
+    fn record(&self, ms: u64) {
+        let i = LAG_BUCKETS_MS.iter().position(|&b| ms <= b).unwrap_or(LAG_BUCKETS_MS.len());
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_ms.fetch_add(ms, Ordering::Relaxed);
+        self.max_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The bucket bound at or under which `q` of the batches fell (none
+    /// without batches; `u64::MAX` beyond the last bound).
+    fn quantile(&self, counts: &[u64], q: f64) -> Option<u64> {
+        let n: u64 = counts.iter().sum();
+        if n == 0 {
+            return None;
+        }
+        let want = (q * n as f64).ceil() as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= want {
+                return Some(LAG_BUCKETS_MS.get(i).copied().unwrap_or(u64::MAX));
+            }
+        }
+        None
+    }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 struct Shared {
@@ -127,6 +172,7 @@ struct Shared {
     unknown: AtomicU64,
     refused: AtomicU64,
     bad: AtomicU64,
+    lag: Lag,
 }
 
 /// Flow sync, running.
@@ -172,6 +218,7 @@ impl FlowSync {
             unknown: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             bad: AtomicU64::new(0),
+            lag: Lag::default(),
         });
         let mut threads = Vec::new();
         let spawn = |name: String, f: Box<dyn FnOnce() + Send>| {
@@ -210,7 +257,14 @@ impl FlowSync {
     pub fn status(&self) -> SyncStatus {
         let s = &self.shared;
         let now = (s.clock)();
+        let lag: Vec<u64> = s.lag.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         SyncStatus {
+            lag_batches: lag.iter().sum(),
+            lag_ms_p50: s.lag.quantile(&lag, 0.5),
+            lag_ms_p99: s.lag.quantile(&lag, 0.99),
+            lag_ms_max: s.lag.max_ms.load(Ordering::Relaxed),
+            lag_ms_sum: s.lag.sum_ms.load(Ordering::Relaxed),
+            lag_buckets: lag,
             port: s.cfg.port,
             warm: self.warm(),
             shared_flows: s.exported.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
@@ -273,8 +327,9 @@ fn collect(s: &Shared) {
                 }
                 exported.insert(r.key, Exported { backend, expires_ms });
                 let entry = SyncEntry { key: r.key, backend, ttl_ms: r.expires_in_ms };
+                let queued = unix_ms();
                 for p in &s.peers {
-                    if p.queue.try_send(entry).is_err() {
+                    if p.queue.try_send((entry, queued)).is_err() {
                         p.counters.dropped.fetch_add(1, Ordering::Relaxed);
                         p.counters.resync.store(true, Ordering::Relaxed);
                     }
@@ -330,8 +385,11 @@ fn stream(s: &Shared, p: &Peer, conn: &mut TcpStream) -> std::io::Result<()> {
     dump(s, p, conn)?;
     let mut batch = Vec::with_capacity(wire::MAX_ENTRIES);
     while !s.stop.load(Ordering::Relaxed) {
-        match p.queued.recv_timeout(Duration::from_millis(50)) {
-            Ok(e) => batch.push(e),
+        let oldest = match p.queued.recv_timeout(Duration::from_millis(50)) {
+            Ok((e, at)) => {
+                batch.push(e);
+                at
+            }
             Err(RecvTimeoutError::Timeout) => {
                 if p.counters.resync.swap(false, Ordering::Relaxed) {
                     dump(s, p, conn)?;
@@ -339,16 +397,19 @@ fn stream(s: &Shared, p: &Peer, conn: &mut TcpStream) -> std::io::Result<()> {
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) => return Ok(()),
-        }
+        };
         while batch.len() < wire::MAX_ENTRIES {
             match p.queued.try_recv() {
-                Ok(e) => batch.push(e),
+                Ok((e, _)) => batch.push(e),
                 Err(_) => break,
             }
         }
         buf.clear();
         let n = batch.len();
-        wire::encode(&Message::Entries(std::mem::take(&mut batch)), &mut buf);
+        wire::encode(
+            &Message::Entries { queued_unix_ms: oldest, entries: std::mem::take(&mut batch) },
+            &mut buf,
+        );
         count_sent(p, n, &buf);
         conn.write_all(&buf)?;
     }
@@ -372,7 +433,7 @@ fn dump(s: &Shared, p: &Peer, conn: &mut TcpStream) -> std::io::Result<()> {
         })
         .collect();
     for chunk in dump.chunks(wire::MAX_ENTRIES) {
-        wire::encode(&Message::Entries(chunk.to_vec()), &mut buf);
+        wire::encode(&Message::Entries { queued_unix_ms: 0, entries: chunk.to_vec() }, &mut buf);
         count_sent(p, chunk.len(), &buf);
         conn.write_all(&buf)?;
         buf.clear();
@@ -495,7 +556,7 @@ fn install(s: &Shared, p: &Peer, m: Message) {
                 log::info!("sync: {} sent what it shares", p.address);
             }
         }
-        Message::Entries(es) => {
+        Message::Entries { queued_unix_ms, entries: es } => {
             p.counters.received.fetch_add(es.len() as u64, Ordering::Relaxed);
             let view = s.view.read().unwrap_or_else(|e| e.into_inner());
             let mut w = s.writer.lock().unwrap_or_else(|e| e.into_inner());
@@ -511,6 +572,30 @@ fn install(s: &Shared, p: &Peer, m: Message) {
                     s.evicted.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            if queued_unix_ms != 0 {
+                s.lag.record(unix_ms().saturating_sub(queued_unix_ms));
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_quantiles_are_bucket_bounds() {
+        let lag = Lag::default();
+        let counts = |l: &Lag| l.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect::<Vec<_>>();
+        assert_eq!(lag.quantile(&counts(&lag), 0.5), None);
+        for ms in [0, 1, 3, 3, 4, 40, 90, 90, 150, 9000] {
+            lag.record(ms);
+        }
+        let c = counts(&lag);
+        assert_eq!(c.iter().sum::<u64>(), 10);
+        assert_eq!(lag.quantile(&c, 0.5), Some(5), "half are at most 5 ms");
+        assert_eq!(lag.quantile(&c, 0.9), Some(200));
+        assert_eq!(lag.quantile(&c, 0.99), Some(u64::MAX), "beyond the last bound");
+        assert_eq!(lag.max_ms.load(Ordering::Relaxed), 9000);
     }
 }

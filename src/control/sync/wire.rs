@@ -4,14 +4,16 @@
 //! ```text
 //! message   = "L4SY" version:u8 kind:u8 body
 //! kind 1    Hello    body = router_id:u32        (the sender's [bgp] router id, or 0)
-//! kind 2    Entries  body = count:u16 entry*count
+//! kind 2    Entries  body = queued_unix_ms:u64 count:u16 entry*count
+//!                     (queued_unix_ms: when the oldest entry was queued, by the sender's clock; 0 in a
+//!                     dump, whose entries are old by nature — the receiver's lag figures skip it)
 //! kind 3    DumpEnd  body = (none)               (every entry the sender had is sent)
 //! entry     = flags:u8 proto:u8 src dst sport:u16 dport:u16 backend ttl_ms:u32
 //!             flags bit 0: src and dst are IPv6 (16 bytes each, else 4)
 //!             flags bit 1: backend is IPv6 (16 bytes, else 4)
 //! ```
 //!
-//! An IPv4 entry is 22 bytes. A reader refuses anything else — a bad magic,
+//! An IPv4 entry is 22 bytes, a batch's header 16. A reader refuses anything else — a bad magic,
 //! version or kind, a length over [`MAX_FRAME`], an entry cut short — with an
 //! error that names it (the connection is then closed and counted).
 
@@ -38,7 +40,7 @@ pub struct SyncEntry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Hello { router_id: u32 },
-    Entries(Vec<SyncEntry>),
+    Entries { queued_unix_ms: u64, entries: Vec<SyncEntry> },
     DumpEnd,
 }
 
@@ -71,8 +73,9 @@ pub fn encode(m: &Message, out: &mut Vec<u8>) {
             out.push(1);
             out.extend_from_slice(&router_id.to_be_bytes());
         }
-        Message::Entries(es) => {
+        Message::Entries { queued_unix_ms, entries: es } => {
             out.push(2);
+            out.extend_from_slice(&queued_unix_ms.to_be_bytes());
             out.extend_from_slice(&(es.len() as u16).to_be_bytes());
             for e in es {
                 encode_entry(e, out);
@@ -135,6 +138,9 @@ impl<'a> Cursor<'a> {
     fn u16(&mut self, what: &'static str) -> Result<u16, WireError> {
         Ok(u16::from_be_bytes(self.take(2, what)?.try_into().expect("2 bytes")))
     }
+    fn u64(&mut self, what: &'static str) -> Result<u64, WireError> {
+        Ok(u64::from_be_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+    }
     fn u32(&mut self, what: &'static str) -> Result<u32, WireError> {
         Ok(u32::from_be_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
     }
@@ -163,6 +169,7 @@ pub fn decode(msg: &[u8]) -> Result<Message, WireError> {
     let m = match c.u8("kind")? {
         1 => Message::Hello { router_id: c.u32("router id")? },
         2 => {
+            let queued_unix_ms = c.u64("queued time")?;
             let n = c.u16("entry count")? as usize;
             let mut es = Vec::with_capacity(n.min(MAX_ENTRIES));
             for index in 0..n {
@@ -178,7 +185,7 @@ pub fn decode(msg: &[u8]) -> Result<Message, WireError> {
                 let ttl_ms = c.u32("entry ttl")?;
                 es.push(SyncEntry { key: FlowKey::new(src, dst, proto, sport, dport), backend, ttl_ms });
             }
-            Message::Entries(es)
+            Message::Entries { queued_unix_ms, entries: es }
         }
         3 => Message::DumpEnd,
         k => return Err(WireError::Kind(k)),
@@ -209,7 +216,8 @@ mod tests {
             entry("198.19.0.2", "198.18.100.1", "2001:db8::13"),
         ];
         let mut buf = Vec::new();
-        for m in [Message::Hello { router_id: 0xc612_0001 }, Message::Entries(es.clone()), Message::DumpEnd] {
+        let batch = Message::Entries { queued_unix_ms: 1_796_000_000_000, entries: es.clone() };
+        for m in [Message::Hello { router_id: 0xc612_0001 }, batch, Message::DumpEnd] {
             buf.clear();
             encode(&m, &mut buf);
             let n = frame_len(&buf).unwrap().unwrap();
@@ -217,14 +225,15 @@ mod tests {
             assert_eq!(decode(&buf[4..]).unwrap(), m);
         }
         buf.clear();
-        encode(&Message::Entries(vec![es[0]; 100]), &mut buf);
-        assert_eq!(buf.len(), 4 + 6 + 2 + 100 * 22);
+        encode(&Message::Entries { queued_unix_ms: 0, entries: vec![es[0]; 100] }, &mut buf);
+        assert_eq!(buf.len(), 4 + 6 + 8 + 2 + 100 * 22);
     }
 
     #[test]
     fn bad_messages_are_refused_with_the_reason() {
         let mut buf = Vec::new();
-        encode(&Message::Entries(vec![entry("198.19.0.2", "198.18.100.1", "198.18.0.12")]), &mut buf);
+        let one = vec![entry("198.19.0.2", "198.18.100.1", "198.18.0.12")];
+        encode(&Message::Entries { queued_unix_ms: 5, entries: one }, &mut buf);
         let m = &buf[4..];
         assert_eq!(decode(b"HTTP/1.1"), Err(WireError::Magic(b"HTTP".to_vec())));
         let mut v = m.to_vec();
@@ -240,7 +249,7 @@ mod tests {
         long.push(0);
         assert_eq!(decode(&long), Err(WireError::Trailing(1)));
         let mut flags = m.to_vec();
-        flags[8] = 0x80;
+        flags[16] = 0x80;
         assert_eq!(decode(&flags), Err(WireError::Flags { index: 0, flags: 0x80 }));
         assert_eq!(frame_len(&(MAX_FRAME as u32 + 1).to_be_bytes()), Err(WireError::TooLong(MAX_FRAME + 1)));
         assert_eq!(frame_len(&[0, 0]), Ok(None));
