@@ -351,12 +351,6 @@ fn validate_sync(
     y: &SyncSection,
     err: &dyn Fn(String, String) -> ConfigError,
 ) -> Result<(), ConfigError> {
-    if (0..cfg.ports.len()).all(|i| kernel_interface_name(cfg, i).is_none()) {
-        return Err(err(
-            "sync".into(),
-            "flow sync talks to the peers through a port's kernel interface: the ports have none".into(),
-        ));
-    }
     let own: Vec<IpAddr> = cfg
         .ports
         .iter()
