@@ -621,7 +621,7 @@ fn a_box_that_dies_breaks_no_connection() {
     let mut f = Fleet::with_both_boxes();
     let downloads = start_downloads(&f.client, 200, 40);
     let wrk = start_wrk(&f.client, 8);
-    std::thread::sleep(Duration::from_secs(2));
+    f.wait_wrk_running();
     let active: Vec<u64> =
         (1..=2u8).map(|n| ctl_json(&f.box_(n).socket, "stats")["flows"].as_u64().unwrap_or(0)).collect();
     // Box 1 dies: no drain, no withdrawal; BIRD dies with it.
@@ -650,7 +650,7 @@ fn a_draining_box_leaves_the_routes_first_and_breaks_nothing() {
     let mut f = Fleet::with_both_boxes();
     let downloads = start_downloads(&f.client, 200, 40);
     let wrk = start_wrk(&f.client, 8);
-    std::thread::sleep(Duration::from_secs(2));
+    f.wait_wrk_running();
     let t0 = Instant::now();
     f.box_(1).l4lb.signal_stop();
     // The router sees GRACEFUL_SHUTDOWN on box 1's route, then prefers box 2.
@@ -862,6 +862,19 @@ fn without_flow_sync_the_same_change_breaks_connections() {
 }
 
 impl Fleet {
+    /// Waits until wrk's 16 connections are through the boxes beside the
+    /// 200 downloads (new flows over both boxes).
+    fn wait_wrk_running(&self) {
+        let flows = || -> u64 {
+            self.boxes
+                .iter()
+                .flatten()
+                .map(|b| ctl_json(&b.socket, "stats")["counters"]["new_flows"].as_u64().unwrap_or(0))
+                .sum()
+        };
+        assert!(wait_for(Duration::from_secs(10), || flows() >= 216), "wrk did not start: {} flows", flows());
+    }
+
     /// `ctl sync` of box `n`.
     fn sync_of(&self, n: u8) -> serde_json::Value {
         ctl_json(&self.box_(n).socket, "sync")

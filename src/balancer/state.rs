@@ -457,6 +457,16 @@ impl Service {
         Some(self.backends[pos] as usize)
     }
 
+    /// Source-IP Maglev's position: the Maglev entry of the client's masked
+    /// address, whatever its ports.
+    #[inline]
+    fn source_position(&self, key: &FlowKey, v4_prefix: u8, v6_prefix: u8) -> Option<usize> {
+        let src = masked_source(key, v4_prefix, v6_prefix);
+        let w0 = u64::from_le_bytes(src[..8].try_into().unwrap_or_default());
+        let w1 = u64::from_le_bytes(src[8..].try_into().unwrap_or_default());
+        self.maglev.lookup(hash_words(SEED_SOURCE, &[w0, w1]))
+    }
+
     /// The backend (slot in the state) every box would pick for a new flow
     /// `key` now, from the key alone: Maglev and source-IP Maglev; `None`
     /// for the schedulers whose choice depends on this box's own state (or
@@ -465,10 +475,7 @@ impl Service {
         let pos = match self.scheduler {
             Scheduler::Maglev => self.maglev.lookup(hash)?,
             Scheduler::SourceIp { v4_prefix, v6_prefix } => {
-                let src = masked_source(key, v4_prefix, v6_prefix);
-                let w0 = u64::from_le_bytes(src[..8].try_into().unwrap_or_default());
-                let w1 = u64::from_le_bytes(src[8..].try_into().unwrap_or_default());
-                self.maglev.lookup(hash_words(SEED_SOURCE, &[w0, w1]))?
+                self.source_position(key, v4_prefix, v6_prefix)?
             }
             _ => return None,
         };
@@ -491,10 +498,7 @@ impl Service {
         let pos = match self.scheduler {
             Scheduler::Maglev => self.maglev.lookup(key.hash())?,
             Scheduler::SourceIp { v4_prefix, v6_prefix } => {
-                let src = masked_source(key, v4_prefix, v6_prefix);
-                let w0 = u64::from_le_bytes(src[..8].try_into().unwrap_or_default());
-                let w1 = u64::from_le_bytes(src[8..].try_into().unwrap_or_default());
-                self.maglev.lookup(hash_words(SEED_SOURCE, &[w0, w1]))?
+                self.source_position(key, v4_prefix, v6_prefix)?
             }
             Scheduler::RoundRobin => {
                 let mut found = None;

@@ -194,17 +194,6 @@ impl SyncWriter {
         slot.seq.store(seq.wrapping_add(2), Ordering::Release);
         how
     }
-
-    /// Empties the table (the sync turned off, or a test).
-    pub fn clear(&mut self) {
-        for slot in self.table.slots.iter() {
-            let seq = slot.seq.load(Ordering::Relaxed);
-            slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-            fence(Ordering::Release);
-            slot.expires.store(EMPTY, Ordering::Relaxed);
-            slot.seq.store(seq.wrapping_add(2), Ordering::Release);
-        }
-    }
 }
 
 #[cfg(all(test, not(l4lb_loom)))]
@@ -233,8 +222,6 @@ mod tests {
         let six =
             FlowKey::new("2001:db8::2".parse().unwrap(), "2001:db8:100::1".parse().unwrap(), 6, 40001, 80);
         assert_eq!(t.get(&six, k.hash(), 0), None);
-        w.clear();
-        assert_eq!(t.get(&k, k.hash(), 0), None);
     }
 
     #[test]

@@ -209,15 +209,6 @@ impl FromStr for Community {
     }
 }
 
-impl fmt::Display for Community {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Community::Standard(a, b) => write!(f, "{a}:{b}"),
-            Community::Large(a, b, c) => write!(f, "{a}:{b}:{c}"),
-        }
-    }
-}
-
 /// When a service's VIP is announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
