@@ -15,7 +15,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::bird::Bird;
-use common::lan::{ctl, ctl_json, service, spawn_script, start_servers, topology_with, veth_into, Lan};
+use common::lan::{
+    ctl, ctl_json, service, spawn_script, start_servers, test_workers, topology_with, veth_into, Lan,
+};
 use common::netns::{require_root, sh, unique, L4lb, Netns};
 use common::{hugepages_free, lcore_map, wait_for};
 
@@ -194,7 +196,7 @@ peers = [
 {services}
 {services6}
 "#,
-            lcores = lcore_map(2),
+            lcores = lcore_map(1 + test_workers()),
             prefix = unique(&format!("fleet{n}-")),
             mem = if hugepages_free() { "in_memory = true" } else { "hugepages = false" },
             addr = box_address(n),
