@@ -1,7 +1,7 @@
 //! Pipeline behaviour over many packets: flow affinity across state changes,
 //! the same decision on two boxes, a full flow table, no allocation on the
 //! packet path, and no panic on any input.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use l4lb::balancer::NoPrefetch;
 use l4lb::control::config::Config;
@@ -45,6 +45,11 @@ backends = [{ address = "2001:db8::11" }, { address = "2001:db8::12" }]
 "#;
 
 fn config(flows: usize, backends: &[(u8, u32)]) -> l4lb::control::config::Validated {
+    config_with(flows, backends, "")
+}
+
+/// [`config`] with `extra` keys for the first service.
+fn config_with(flows: usize, backends: &[(u8, u32)], extra: &str) -> l4lb::control::config::Validated {
     let neigh: Vec<String> = (1..=30u8)
         .map(|i| format!("{{ ip = \"198.18.0.{i}\", mac = \"02:00:00:00:01:{i:02x}\" }}"))
         .chain(
@@ -59,7 +64,8 @@ fn config(flows: usize, backends: &[(u8, u32)]) -> l4lb::control::config::Valida
     let text = BASE
         .replace("FLOWS", &flows.to_string())
         .replace("NEIGH", &neigh.join(", "))
-        .replace("BACKENDS", &bs.join(", "));
+        .replace("BACKENDS", &bs.join(", "))
+        .replace("forwarding = \"ipip\"", &format!("forwarding = \"ipip\"\n{extra}"));
     Config::parse(&text, "test.toml").unwrap().validate("test.toml").unwrap()
 }
 
@@ -589,4 +595,35 @@ fn flow_sync_reports_the_flows_the_tables_no_longer_pick_and_a_peer_keeps_them_o
     wc.put(&r.key, r.key.hash(), r.backend, 10_000, 0);
     c.set_sync(peers_c, Arc::new(ArrayQueue::new(16)));
     assert_eq!(backend_of(&send(&mut c, &st2, &frame(s, p, SYN), 3000).1), now_pick[moved[0]]);
+}
+
+#[test]
+fn flow_sync_shares_a_flow_no_table_would_choose_from_its_first_packet() {
+    use crossbeam::queue::ArrayQueue;
+    use l4lb::balancer::synced::SyncedFlows;
+    use std::sync::Arc;
+    // Round robin: the backend depends on this box's counter, so no other
+    // box would pick it from the key; Maglev (the test above) would.
+    let cfg = config_with(4096, &[(11, 1), (12, 1), (13, 1)], "scheduler = \"round-robin\"");
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut a = Worker::new(worker_config(&cfg));
+    let ring = Arc::new(ArrayQueue::new(4096));
+    a.set_sync(SyncedFlows::new(1024).0, ring.clone());
+    let mut chosen = Vec::new();
+    for i in 0..30u16 {
+        chosen.push(backend_of(&send(&mut a, &st, &frame(0xc612_0200, 20_000 + i, SYN), 1000).1));
+        // Reported on its first packet, not at a later scan.
+        assert_eq!(ring.len(), i as usize + 1, "flow {i} reported at once");
+        // Its later packets report nothing more.
+        send(&mut a, &st, &frame(0xc612_0200, 20_000 + i, ACK), 1001);
+        assert_eq!(ring.len(), i as usize + 1);
+    }
+    let established = cfg.config.services[0].timeouts.tcp_established_s * 1000;
+    for (i, r) in std::iter::from_fn(|| ring.pop()).enumerate() {
+        assert_eq!(r.key.src_port, 20_000 + i as u16);
+        let IpAddr::V4(b) = st.backends[st.slot_of(r.backend).unwrap()].addr else { panic!() };
+        assert_eq!(b.octets()[3], chosen[i]);
+        assert_eq!(r.expires_in_ms as u64, established, "shared for as long as it lives established");
+    }
+    assert_eq!(a.counter_snapshot()[Counter::SyncReported], 30);
 }

@@ -96,6 +96,10 @@ pub enum Put {
 /// The table's only write side.
 pub struct SyncWriter {
     table: Arc<SyncedFlows>,
+    /// Slots holding an entry, live or lapsed but not yet swept.
+    occupied: usize,
+    /// The next slot [`SyncWriter::sweep`] reads.
+    cursor: usize,
 }
 
 impl SyncedFlows {
@@ -105,7 +109,7 @@ impl SyncedFlows {
         let sets = capacity.div_ceil(WAYS).next_power_of_two().max(1);
         let slots: Box<[Slot]> = (0..sets * WAYS).map(|_| Slot::new()).collect();
         let t = Arc::new(SyncedFlows { slots, set_mask: sets - 1 });
-        (t.clone(), SyncWriter { table: t })
+        (t.clone(), SyncWriter { table: t, occupied: 0, cursor: 0 })
     }
 
     pub fn capacity(&self) -> usize {
@@ -183,17 +187,49 @@ impl SyncWriter {
             }
         }
         let slot = &set[pick.expect("a set has slots")];
-        let seq = slot.seq.load(Ordering::Relaxed);
-        slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
-        fence(Ordering::Release);
-        for (a, b) in slot.key.iter().zip(want) {
-            a.store(b, Ordering::Relaxed);
+        if slot.expires.load(Ordering::Relaxed) == EMPTY {
+            self.occupied += 1;
         }
-        slot.backend.store(backend as u64, Ordering::Relaxed);
-        slot.expires.store(expires_ms.max(1), Ordering::Relaxed);
-        slot.seq.store(seq.wrapping_add(2), Ordering::Release);
+        write(slot, Some((&want, backend)), expires_ms.max(1));
         how
     }
+
+    /// Empties the lapsed entries among the next `slots` slots (round the
+    /// table), so that [`SyncWriter::occupied`] counts what still lives.
+    pub fn sweep(&mut self, now_ms: u64, slots: usize) {
+        let all = &self.table.slots;
+        for _ in 0..slots.min(all.len()) {
+            let slot = &all[self.cursor];
+            self.cursor = (self.cursor + 1) % all.len();
+            let exp = slot.expires.load(Ordering::Relaxed);
+            if exp != EMPTY && exp <= now_ms {
+                write(slot, None, EMPTY);
+                self.occupied -= 1;
+            }
+        }
+    }
+
+    /// Entries held: the live ones and lapsed ones not yet swept (a count,
+    /// not a read of the table).
+    pub fn occupied(&self) -> usize {
+        self.occupied
+    }
+}
+
+/// The seqlock write of one slot (only the writer calls it): the sequence
+/// word odd while the fields change; `entry` None keeps key and backend.
+fn write(slot: &Slot, entry: Option<(&[u64; 5], u32)>, expires: u64) {
+    let seq = slot.seq.load(Ordering::Relaxed);
+    slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+    fence(Ordering::Release);
+    if let Some((key, backend)) = entry {
+        for (a, b) in slot.key.iter().zip(key) {
+            a.store(*b, Ordering::Relaxed);
+        }
+        slot.backend.store(backend as u64, Ordering::Relaxed);
+    }
+    slot.expires.store(expires, Ordering::Relaxed);
+    slot.seq.store(seq.wrapping_add(2), Ordering::Release);
 }
 
 #[cfg(all(test, not(l4lb_loom)))]
@@ -246,16 +282,38 @@ mod tests {
     }
 
     #[test]
+    fn the_count_of_entries_follows_puts_and_sweeps() {
+        let (t, mut w) = SyncedFlows::new(64);
+        for i in 0..10 {
+            w.put(&key(i), key(i).hash(), 1, if i < 4 { 100 } else { 10_000 }, 0);
+        }
+        w.put(&key(5), key(5).hash(), 2, 20_000, 0);
+        assert_eq!((w.occupied(), t.live(50)), (10, 10), "an update is no new entry");
+        // Lapsed entries count until a sweep reaches them, in parts.
+        assert_eq!(t.live(200), 6);
+        w.sweep(200, t.capacity() / 2);
+        w.sweep(200, t.capacity() / 2);
+        assert_eq!(w.occupied(), 6);
+        assert_eq!(t.get(&key(5), key(5).hash(), 200), Some(2), "live entries stay");
+        // A swept slot is free again, and counted again once reused.
+        w.put(&key(1), key(1).hash(), 3, 30_000, 200);
+        assert_eq!((w.occupied(), t.live(200)), (7, 7));
+    }
+
+    #[test]
     fn readers_on_other_threads_see_whole_entries_only() {
         let (t, mut w) = SyncedFlows::new(4);
         let keys: Vec<FlowKey> = (0..8).map(key).collect();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // The writer starts once the readers run, so that they race it.
+        let started = Arc::new(std::sync::Barrier::new(3));
         let readers: Vec<_> = (0..2)
             .map(|_| {
-                let (t, keys, stop) = (t.clone(), keys.clone(), stop.clone());
+                let (t, keys, stop, started) = (t.clone(), keys.clone(), stop.clone(), started.clone());
                 std::thread::spawn(move || {
                     let mut seen = 0u64;
-                    while !stop.load(Ordering::Relaxed) {
+                    started.wait();
+                    while !stop.load(Ordering::Relaxed) || seen == 0 {
                         for (i, k) in keys.iter().enumerate() {
                             // Each key is only ever written with backend = its index.
                             if let Some(b) = t.get(k, k.hash(), 0) {
@@ -268,6 +326,7 @@ mod tests {
                 })
             })
             .collect();
+        started.wait();
         for round in 0..20_000u64 {
             let i = (round % 8) as usize;
             w.put(&keys[i], keys[i].hash(), i as u32, 1 + round, 0);

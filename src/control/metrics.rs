@@ -122,7 +122,11 @@ fn sync(e: &mut Exposition, y: &crate::control::api::SyncStatus) {
             y.warm as u64,
         ),
         ("l4lb_sync_shared_flows", "Flows this box tracks and shares with its peers.", y.shared_flows),
-        ("l4lb_sync_received_flows", "Live flow entries received from peers.", y.received_flows),
+        (
+            "l4lb_sync_received_flows",
+            "Flow entries received from peers and held (lapsed ones until the table is swept, within 32 s).",
+            y.received_flows,
+        ),
     ];
     for (name, help, v) in gauges {
         e.family(name, "gauge", help);

@@ -58,6 +58,10 @@ pub struct SyncSection {
     /// TCP port: listened on, and connected to at each peer.
     #[serde(default = "default_sync_port")]
     pub port: u16,
+    /// The address listened on and connected from (the address the peers
+    /// list for this box); unset: every address, the kernel's choice.
+    #[serde(default)]
+    pub listen: Option<IpAddr>,
     /// Entries of the table of flows received from peers.
     #[serde(default = "default_sync_capacity")]
     pub capacity: usize,

@@ -263,3 +263,26 @@ fn bgp_errors_name_their_key() {
         Some("198.18.0.1")
     );
 }
+
+#[test]
+fn sync_errors_name_their_key() {
+    let sync = |body: &str| BALANCING.replacen("[[services]]", &format!("[sync]\n{body}\n\n[[services]]"), 1);
+    let good = check(&sync("peers = [\"198.18.0.2\"]\nlisten = \"198.18.0.1\"")).unwrap();
+    let y = good.config.sync.as_ref().unwrap();
+    assert_eq!((y.port, y.listen), (4788, Some("198.18.0.1".parse().unwrap())));
+    let cases = [
+        (sync("peers = [\"198.18.0.1\"]"), "sync.peers[0]"),
+        (sync("peers = [\"198.18.0.2\", \"198.18.0.2\"]"), "sync.peers[1]"),
+        (sync("peers = [\"198.18.0.9\"]\nlisten = \"198.18.0.9\""), "sync.peers[0]"),
+        (sync("peers = [\"2001:db8::9\"]\nlisten = \"198.18.0.1\""), "sync.peers[0]"),
+        (sync("peers = [\"198.18.0.2\"]\nport = 0"), "sync.port"),
+        (sync("peers = [\"198.18.0.2\"]\ncapacity = 0"), "sync.capacity"),
+        (sync("peers = [\"198.18.0.2\"]\nqueue = 0"), "sync.queue"),
+        (sync("peers = [\"198.18.0.2\"]\nwarmup_timeout_s = 601"), "sync.warmup_timeout_s"),
+        (sync("peers = [\"198.18.0.2\"]\nlisten = \"x\""), "sync.listen"),
+    ];
+    for (text, key) in cases {
+        let e = check(&text).unwrap_err();
+        assert!(e.key.starts_with(key), "want {key}, got {e}\n{text}");
+    }
+}

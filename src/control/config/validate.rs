@@ -365,6 +365,17 @@ fn validate_sync(
         if !seen.insert(a) {
             return Err(err(format!("sync.peers[{i}]"), format!("{a} is listed twice")));
         }
+        if let Some(l) = y.listen {
+            if l == *a {
+                return Err(err(format!("sync.peers[{i}]"), format!("{a} is sync.listen, this box's own")));
+            }
+            if l.is_ipv4() != a.is_ipv4() {
+                return Err(err(
+                    format!("sync.peers[{i}]"),
+                    format!("{a} is {} but sync.listen {l} is {}", family(*a), family(l)),
+                ));
+            }
+        }
     }
     if y.port == 0 {
         return Err(err("sync.port".into(), "must be 1-65535".into()));

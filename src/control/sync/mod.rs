@@ -152,6 +152,10 @@ impl Lag {
     }
 }
 
+/// The received table's lapsed entries are emptied within this many
+/// seconds (a part of the table a second), so its count stays true.
+const SWEEP_ROUNDS: usize = 32;
+
 fn unix_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -191,8 +195,8 @@ impl FlowSync {
         view: View,
         clock: Clock,
     ) -> Result<FlowSync, String> {
-        let listener = TcpListener::bind(SocketAddr::new(IpAddr::from([0u16; 8]), cfg.port))
-            .map_err(|e| format!("sync.port {}: cannot listen: {e}", cfg.port))?;
+        let on = SocketAddr::new(cfg.listen.unwrap_or(IpAddr::from([0u16; 8])), cfg.port);
+        let listener = TcpListener::bind(on).map_err(|e| format!("sync: cannot listen on {on}: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         let peers = cfg
             .peers
@@ -233,8 +237,7 @@ impl FlowSync {
         let s = shared.clone();
         threads.push(spawn("l4lb-sync-in".into(), Box::new(move || listen(&s, listener)))?);
         log::info!(
-            "sync: listening on port {}, peers {}",
-            cfg.port,
+            "sync: listening on {on}, peers {}",
             cfg.peers.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ")
         );
         Ok(FlowSync { shared, threads })
@@ -256,7 +259,6 @@ impl FlowSync {
     /// `ctl sync` and the metrics.
     pub fn status(&self) -> SyncStatus {
         let s = &self.shared;
-        let now = (s.clock)();
         let lag: Vec<u64> = s.lag.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
         SyncStatus {
             lag_batches: lag.iter().sum(),
@@ -268,7 +270,7 @@ impl FlowSync {
             port: s.cfg.port,
             warm: self.warm(),
             shared_flows: s.exported.lock().unwrap_or_else(|e| e.into_inner()).len() as u64,
-            received_flows: s.table.live(now) as u64,
+            received_flows: s.writer.lock().unwrap_or_else(|e| e.into_inner()).occupied() as u64,
             table_capacity: s.table.capacity() as u64,
             installed: s.installed.load(Ordering::Relaxed),
             evicted: s.evicted.load(Ordering::Relaxed),
@@ -340,6 +342,9 @@ fn collect(s: &Shared) {
         if last_purge.elapsed() >= Duration::from_secs(1) {
             last_purge = Instant::now();
             exported.retain(|_, e| e.expires_ms > now);
+            // Round the received table every SWEEP_ROUNDS seconds.
+            let mut w = s.writer.lock().unwrap_or_else(|e| e.into_inner());
+            w.sweep(now, s.table.capacity().div_ceil(SWEEP_ROUNDS));
         }
         drop(exported);
         drop(view);
@@ -352,7 +357,7 @@ fn send(s: &Shared, i: usize) {
     let p = &s.peers[i];
     let to = SocketAddr::new(p.address, s.cfg.port);
     while !s.stop.load(Ordering::Relaxed) {
-        let mut conn = match TcpStream::connect_timeout(&to, Duration::from_secs(1)) {
+        let mut conn = match connect(s.cfg.listen, to) {
             Ok(c) => c,
             Err(e) => {
                 note_error(p, format!("connect {to}: {e}"));
@@ -375,6 +380,16 @@ fn send(s: &Shared, i: usize) {
         p.counters.out_up.store(false, Ordering::Relaxed);
         sleep_unless_stopped(s, Duration::from_secs(1));
     }
+}
+
+/// A connection to `to`, from `from` if set (`sync.listen`: the address
+/// the peer knows this box by).
+fn connect(from: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(from) = from else { return TcpStream::connect_timeout(&to, Duration::from_secs(1)) };
+    let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
+    sock.bind(&SocketAddr::new(from, 0).into())?;
+    sock.connect_timeout(&to.into(), Duration::from_secs(1))?;
+    Ok(sock.into())
 }
 
 /// One connection's life: what the box shares now, `DumpEnd`, then the
@@ -582,22 +597,4 @@ fn install(s: &Shared, p: &Peer, m: Message) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lag_quantiles_are_bucket_bounds() {
-        let lag = Lag::default();
-        let counts = |l: &Lag| l.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect::<Vec<_>>();
-        assert_eq!(lag.quantile(&counts(&lag), 0.5), None);
-        for ms in [0, 1, 3, 3, 4, 40, 90, 90, 150, 9000] {
-            lag.record(ms);
-        }
-        let c = counts(&lag);
-        assert_eq!(c.iter().sum::<u64>(), 10);
-        assert_eq!(lag.quantile(&c, 0.5), Some(5), "half are at most 5 ms");
-        assert_eq!(lag.quantile(&c, 0.9), Some(200));
-        assert_eq!(lag.quantile(&c, 0.99), Some(u64::MAX), "beyond the last bound");
-        assert_eq!(lag.max_ms.load(Ordering::Relaxed), 9000);
-    }
-}
+mod tests;

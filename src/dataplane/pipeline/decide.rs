@@ -74,6 +74,9 @@ impl Worker {
                         self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         self.counters[Counter::Rescheduled] += 1;
                         self.per_backend.count_new_flow(id as usize);
+                        if self.sync.is_some() {
+                            self.share_if_at_risk(st, svc, meta, b, state);
+                        }
                         (b, id)
                     }
                 }
@@ -100,6 +103,9 @@ impl Worker {
                 }
                 self.counters[Counter::NewFlows] += 1;
                 self.per_backend.count_new_flow(id as usize);
+                if self.sync.is_some() {
+                    self.share_if_at_risk(st, svc, meta, b, state);
+                }
                 (b, id)
             }
         };

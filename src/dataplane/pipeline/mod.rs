@@ -22,10 +22,10 @@ use std::sync::Arc;
 use super::packet::Packet;
 use super::punt::TokenBucket;
 use crate::balancer::flow::{FlowKey, KeyKind};
-use crate::balancer::flowtable::{Entry, FlowTable, FlowTableStats, InsertHint, Place};
+use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats, InsertHint, Place};
 use crate::balancer::limits::{MAX_BACKEND_IDS, MAX_SERVICES};
 use crate::balancer::persist::PersistTable;
-use crate::balancer::state::{ForwardingState, SchedState};
+use crate::balancer::state::{ForwardingState, SchedState, Service};
 use crate::balancer::synced::{AtRisk, SyncedFlows};
 use crate::balancer::Prefetch;
 use crate::net::tcp;
@@ -318,6 +318,37 @@ impl Worker {
         self.counters[Counter::SyncReported] += reported;
         self.counters[Counter::SyncReportsLost] += lost;
         n
+    }
+
+    /// Flow sync for a flow decided now: reported at once (not at the next
+    /// scan) when its backend is not the one every box would pick for it —
+    /// a scheduler with per-box state (round robin, least connections),
+    /// persistence, a peer's entry, a backend taking no new flows — so the
+    /// peers know it from its first packet. A flow still opening is shared
+    /// for as long as it would live established (the scans refresh it).
+    #[inline(never)]
+    fn share_if_at_risk(
+        &mut self,
+        st: &ForwardingState,
+        svc: &Service,
+        meta: &PacketMeta,
+        backend: usize,
+        state: FlowState,
+    ) {
+        let Some(sync) = self.sync.as_deref_mut() else { return };
+        if svc.stateless_pick(&meta.key, meta.hash) == Some(backend) {
+            return;
+        }
+        let state = if state == FlowState::SynSeen { FlowState::Established } else { state };
+        let ttl = svc.timeouts.for_state(state).min(u32::MAX as u64) as u32;
+        let id = st.backends[backend].id;
+        match sync.out.push(AtRisk { key: meta.key, backend: id, expires_in_ms: ttl }) {
+            Ok(()) => self.counters[Counter::SyncReported] += 1,
+            Err(_) => self.counters[Counter::SyncReportsLost] += 1,
+        }
+        // Periodic passes keep the peers' copy alive while the flow lives.
+        sync.found = true;
+        sync.found_now = true;
     }
 
     /// The backend a peer reported for a flow this worker does not track
