@@ -214,7 +214,10 @@ impl FlowSync {
             view: RwLock::new(view),
             table: writer.table().clone(),
             writer: Mutex::new(writer),
-            exported: Mutex::new(HashMap::new()),
+            // Sized as the peers' tables (the same `capacity` fleet-wide):
+            // growing it at a high rate would stall the collector (a rehash)
+            // long enough for the workers' rings to overflow.
+            exported: Mutex::new(HashMap::with_capacity(cfg.capacity)),
             peers,
             rings,
             installed: AtomicU64::new(0),
