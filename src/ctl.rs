@@ -258,14 +258,19 @@ pub fn backends_table(rows: &[BackendRow]) -> String {
 
 pub fn services_table(rows: &[ServiceRow]) -> String {
     let mut o = format!(
-        "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9}\n",
-        "SERVICE", "VIP", "PROTO", "MODE", "SCHEDULER", "BACKENDS", "PACKETS", "NEW", "ACTIVE"
+        "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9} {:>12}\n",
+        "SERVICE", "VIP", "PROTO", "MODE", "SCHEDULER", "BACKENDS", "PACKETS", "NEW", "ACTIVE", "DENIED"
     );
     for x in rows {
         let vip = std::net::SocketAddr::new(x.vip, x.port).to_string();
+        // "-": no access list; else the refused new flows and the list's size.
+        let denied = match x.access_prefixes {
+            Some(n) => format!("{} ({n}p)", x.denied_flows),
+            None => "-".into(),
+        };
         let _ = writeln!(
             o,
-            "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9}",
+            "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9} {:>12}",
             x.name,
             vip,
             x.protocol,
@@ -275,6 +280,7 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
             x.packets,
             x.new_flows,
             x.active_flows,
+            denied,
         );
     }
     o

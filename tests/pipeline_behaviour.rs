@@ -178,6 +178,8 @@ fn spec_of(st: &l4lb::balancer::state::ForwardingState, i: usize) -> l4lb::balan
         answer_arp: s.answer_arp,
         maglev_size: s.maglev.size(),
         backends: s.backends.iter().map(|&b| st.backends[b as usize].clone()).collect(),
+        access: s.access.clone(),
+        stats: s.stats.clone(),
     }
 }
 
@@ -509,6 +511,8 @@ fn a_ports_own_address_is_never_balanced_on_that_port() {
             next_hop: Some([2, 0, 0, 0, 1, 1]),
             port: 1,
         }],
+        access: None,
+        stats: l4lb::balancer::state::ServiceStats::new(1),
     };
     let st = ForwardingState::build(
         1,
@@ -626,4 +630,74 @@ fn flow_sync_shares_a_flow_no_table_would_choose_from_its_first_packet() {
         assert_eq!(r.expires_in_ms as u64, established, "shared for as long as it lives established");
     }
     assert_eq!(a.counter_snapshot()[Counter::SyncReported], 30);
+}
+
+/// BASE with `[access]` lists and each service's own.
+fn config_access(global: &str, web: &str, web6: &str) -> l4lb::control::config::Validated {
+    let neigh = "{ ip = \"198.18.0.11\", mac = \"02:00:00:00:01:11\" }, \
+                 { ip = \"2001:db8::11\", mac = \"02:00:00:00:06:11\" }, \
+                 { ip = \"2001:db8::12\", mac = \"02:00:00:00:06:12\" }";
+    let text = BASE
+        .replace("FLOWS", "4096")
+        .replace("NEIGH", neigh)
+        .replace("BACKENDS", "{ address = \"198.18.0.11\" }")
+        .replace("[[ports]]", &format!("[access]\n{global}\n\n[[ports]]"))
+        .replace("forwarding = \"ipip\"", &format!("forwarding = \"ipip\"\naccess = {{ {web} }}"))
+        .replace("forwarding = \"gue\"", &format!("forwarding = \"gue\"\naccess = {{ {web6} }}"));
+    Config::parse(&text, "test.toml").unwrap().validate("test.toml").unwrap()
+}
+
+/// A UDP datagram to [2001:db8:100::1]:53 from 2001:db8:1::`client`.
+fn udp6(client: u32) -> Vec<u8> {
+    let mut f = l4lb::dataplane::testframes::udp(client * 64_000, true);
+    f[14 + 40 + 2..14 + 40 + 4].copy_from_slice(&53u16.to_be_bytes());
+    f
+}
+
+#[test]
+fn access_lists_refuse_new_flows_per_service_and_globally_and_never_established_ones() {
+    let cfg = config_access(
+        "deny = [\"198.18.2.128/25\", \"2001:db8:1::ff00/120\"]",
+        "allow = [\"198.18.0.0/22\"], deny = [\"198.18.1.0/24\"]",
+        "deny = [\"2001:db8:1::/120\"]",
+    );
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let denied = Verdict::Drop(DropReason::AccessDenied);
+    let ip = |s: &str| u32::from(s.parse::<Ipv4Addr>().unwrap());
+    for (src, want_ok) in [
+        ("198.18.0.5", true),
+        ("198.18.1.5", false),   // the service's deny
+        ("198.18.2.5", true),    // in the allow list, under neither deny
+        ("198.18.2.200", false), // the global deny
+        ("198.18.4.1", false),   // outside the service's allow list
+        ("198.18.3.255", true),
+    ] {
+        let (v, _) = send(&mut w, &st, &frame(ip(src), 4000, SYN), 100);
+        assert_eq!(v == denied, !want_ok, "{src}: {v:?}");
+    }
+    for (client, want_ok) in [(0x12c, true), (0x05, false), (0xff05, false), (0x1_0000, true)] {
+        let mut p = TestPacket::new(&udp6(client));
+        let v = w.process(&st, &mut p, 0, 100);
+        assert_eq!(v == denied, !want_ok, "v6 client {client:x}: {v:?}");
+    }
+    assert_eq!(w.counter_snapshot()[DropReason::AccessDenied], 5);
+    assert_eq!((st.services[0].stats.denied(), st.services[1].stats.denied()), (3, 2));
+    assert_eq!(st.services[0].access.as_ref().unwrap().prefixes, 4);
+
+    // A new list that refuses 198.18.0.0/24: the established flow from
+    // 198.18.0.5 goes on; a new one from that network is refused.
+    let cfg2 = config_access("", "deny = [\"198.18.0.0/24\"]", "");
+    let st2 = build_state(&cfg2, 2, &simulated_facts(&cfg2)).unwrap();
+    assert!(st2.services[1].access.is_none(), "no list: nothing checked");
+    assert!(matches!(
+        send(&mut w, &st2, &frame(ip("198.18.0.5"), 4000, ACK), 200).0,
+        Verdict::Forward { .. }
+    ));
+    assert_eq!(send(&mut w, &st2, &frame(ip("198.18.0.6"), 4000, SYN), 200).0, denied);
+    // The old list's refusals are the old list's: now 198.18.1.5 may.
+    assert!(matches!(
+        send(&mut w, &st2, &frame(ip("198.18.1.5"), 4000, SYN), 200).0,
+        Verdict::Forward { .. }
+    ));
 }

@@ -2,6 +2,7 @@
 //! flow table, schedulers and the immutable forwarding state workers read.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod flow;
 pub mod flowtable;
 pub mod hash;

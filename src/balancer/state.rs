@@ -3,6 +3,10 @@
 //! Also the schedulers, which pick a backend for a new flow.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::access::AccessList;
 
 use super::flow::{ip16, FlowKey};
 use super::flowtable::Timeouts;
@@ -204,7 +208,57 @@ pub struct Service {
     pub maglev: MaglevTable,
     /// A stable id for persistence entries (hash of VIP, protocol, port).
     pub persist_id: u32,
+    /// Who may open flows (None: everyone; checked on a flow's first packet).
+    pub access: Option<Arc<AccessList>>,
+    /// Counts the workers keep for the service.
+    pub stats: Arc<ServiceStats>,
 }
+
+/// Per-service counts, one padded block per worker (each written by its
+/// worker alone: a plain load and store, no locked instruction). The
+/// management side hands the same `Arc` to every state while the service
+/// exists (by name), so the counts only grow across reloads.
+#[derive(Debug)]
+pub struct ServiceStats {
+    by_worker: Box<[ServiceCount]>,
+}
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct ServiceCount {
+    denied: AtomicU64,
+}
+
+impl ServiceStats {
+    /// Counts for `workers` workers.
+    pub fn new(workers: usize) -> Arc<ServiceStats> {
+        Arc::new(ServiceStats { by_worker: (0..workers.max(1)).map(|_| ServiceCount::default()).collect() })
+    }
+
+    /// A new flow refused by the service's access list, on `worker`.
+    #[inline]
+    pub fn count_denied(&self, worker: usize) {
+        match self.by_worker.get(worker) {
+            Some(c) => c.denied.store(c.denied.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
+            // More workers than blocks (a state built for fewer): shared.
+            None => _ = self.by_worker[0].denied.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// New flows refused by the access list, every worker together.
+    pub fn denied(&self) -> u64 {
+        self.by_worker.iter().map(|c| c.denied.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Counts are not part of what a state decides: two states that decide
+/// alike are equal whatever they counted.
+impl PartialEq for ServiceStats {
+    fn eq(&self, _: &ServiceStats) -> bool {
+        true
+    }
+}
+impl Eq for ServiceStats {}
 
 /// What a service needs to be built.
 #[derive(Debug, Clone)]
@@ -220,6 +274,8 @@ pub struct ServiceSpec {
     pub answer_arp: bool,
     pub maglev_size: u32,
     pub backends: Vec<Backend>,
+    pub access: Option<Arc<AccessList>>,
+    pub stats: Arc<ServiceStats>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -336,6 +392,8 @@ impl ForwardingState {
                 backends: slots,
                 maglev,
                 persist_id,
+                access: spec.access,
+                stats: spec.stats,
             });
         }
         index.sort_unstable_by_key(|a| a.0);
@@ -631,6 +689,8 @@ mod tests {
                 answer_arp: false,
                 maglev_size: 4099,
                 backends,
+                access: None,
+                stats: ServiceStats::new(1),
             }],
         )
         .unwrap()
@@ -799,6 +859,8 @@ mod tests {
             answer_arp: false,
             maglev_size: 101,
             backends: vec![backend(0, 11, 1)],
+            access: None,
+            stats: ServiceStats::new(1),
         };
         let mut other = svc.clone();
         other.port = 81;

@@ -208,6 +208,13 @@ pub struct ServiceRow {
     /// With `[routing]`: whether the VIP is announced now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub announced: Option<bool>,
+    /// Prefixes in the service's access lists (global ones included); none
+    /// without lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_prefixes: Option<usize>,
+    /// New flows the access lists refused.
+    #[serde(default)]
+    pub denied_flows: u64,
 }
 
 /// A row of `backends`.

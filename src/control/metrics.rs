@@ -19,13 +19,15 @@ use crate::dataplane::telemetry::WorkerStats;
 pub type PortRow = (PortCounters, Vec<(String, u64)>);
 
 /// One service: name, VIP, and its backends' packets, bytes, new flows and
-/// active flows summed.
+/// active flows summed, then the new flows its access lists refused.
 pub struct ServiceRow {
     pub name: String,
     pub vip: String,
-    pub sums: [u64; 4],
+    pub sums: [u64; 5],
     /// With `[routing]`: whether the VIP is announced.
     pub announced: Option<bool>,
+    /// Prefixes in its access lists, if it has any.
+    pub access_prefixes: Option<u64>,
 }
 
 /// One backend: service, address, registry status, [packets, bytes, new
@@ -290,11 +292,25 @@ fn services(e: &mut Exposition, rows: &[ServiceRow]) {
         ),
         ("l4lb_service_new_flows_total", "counter", "Flows scheduled to the service's backends."),
         ("l4lb_service_active_flows", "gauge", "Flows the workers track for the service."),
+        (
+            "l4lb_service_denied_flows_total",
+            "counter",
+            "New flows refused by the service's access lists ([access] and its own).",
+        ),
     ];
     for (i, (name, kind, help)) in families.into_iter().enumerate() {
         e.family(name, kind, help);
         for r in rows {
             e.sample(name, &[("service", &r.name), ("vip", &r.vip)], r.sums[i]);
+        }
+    }
+    if rows.iter().any(|r| r.access_prefixes.is_some()) {
+        let name = "l4lb_service_access_prefixes";
+        e.family(name, "gauge", "Prefixes in the service's access lists ([access] and its own).");
+        for r in rows {
+            if let Some(n) = r.access_prefixes {
+                e.sample(name, &[("service", &r.name), ("vip", &r.vip)], n);
+            }
         }
     }
     if rows.iter().any(|r| r.announced.is_some()) {

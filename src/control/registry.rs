@@ -5,12 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::config::{HealthSection, ServiceSection, Validated};
 use super::health::CheckError;
 use super::state_build::{build_state_with, Adjust, PortFacts, Resolver};
 use crate::balancer::maglev::{MaglevBackend, MaglevTable};
-use crate::balancer::state::{BuildError, ForwardingState};
+use crate::balancer::state::{BuildError, ForwardingState, ServiceStats};
 
 /// A backend's health as the checks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,6 +147,8 @@ pub struct Registry {
     /// Ids are never reused while l4lb runs: a worker may still track flows
     /// with an old id, and a reused one would send them to a stranger.
     next_id: u32,
+    /// Each service's counts, kept across reloads while it exists.
+    pub stats: BTreeMap<String, Arc<ServiceStats>>,
 }
 
 fn fmt_key(svc: &str, addr: IpAddr) -> String {
@@ -155,9 +158,19 @@ fn fmt_key(svc: &str, addr: IpAddr) -> String {
 impl Registry {
     /// Ids in configuration order, as `build_state` assigns them.
     pub fn new(cfg: Validated) -> Registry {
-        let mut r = Registry { cfg, backends: BTreeMap::new(), next_id: 0 };
+        let mut r = Registry { cfg, backends: BTreeMap::new(), next_id: 0, stats: BTreeMap::new() };
         r.adopt_new_backends();
+        r.adopt_services();
         r
+    }
+
+    /// Counts for new services; removed services' counts go.
+    fn adopt_services(&mut self) {
+        let c = &self.cfg;
+        self.stats.retain(|name, _| c.config.services.iter().any(|s| &s.name == name));
+        for s in &c.config.services {
+            self.stats.entry(s.name.clone()).or_insert_with(|| ServiceStats::new(c.workers.len()));
+        }
     }
 
     fn adopt_new_backends(&mut self) -> Vec<String> {
@@ -238,6 +251,7 @@ impl Registry {
         });
         self.cfg = new;
         sum.backends_added = self.adopt_new_backends();
+        self.adopt_services();
         Ok(sum)
     }
 
@@ -312,9 +326,15 @@ impl Registry {
         resolved: Resolver<'_>,
         now_ms: u64,
     ) -> Result<ForwardingState, BuildError> {
-        build_state_with(&self.cfg, generation, facts, resolved, &mut |s, b| {
-            self.adjust(s, b.address, now_ms)
-        })
+        let workers = self.cfg.workers.len();
+        build_state_with(
+            &self.cfg,
+            generation,
+            facts,
+            resolved,
+            &mut |s, b| self.adjust(s, b.address, now_ms),
+            &|s| self.stats.get(&s.name).cloned().unwrap_or_else(|| ServiceStats::new(workers)),
+        )
     }
 
     /// Records a health-check result; returns the new health when it changed.

@@ -1,13 +1,14 @@
 //! Turns a validated configuration into the workers' [`ForwardingState`].
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use super::config::{
     BackendSection, ForwardingMode, PortSection, Protocol, SchedulerName, ServiceSection, Validated,
 };
 use crate::balancer::flowtable::Timeouts;
 use crate::balancer::state::{
-    Backend, BuildError, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec,
+    Backend, BuildError, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec, ServiceStats,
 };
 use crate::net::ethernet::Mac;
 
@@ -106,10 +107,18 @@ pub fn build_state(
     facts: &[PortFacts],
 ) -> Result<ForwardingState, BuildError> {
     let mut next_id = 0u32;
-    build_state_with(cfg, generation, facts, &|_, _| None, &mut |_, b| {
-        next_id += 1;
-        Some(Adjust { id: next_id - 1, weight: b.weight, draining: false, rtt_us: 0 })
-    })
+    let workers = cfg.workers.len();
+    build_state_with(
+        cfg,
+        generation,
+        facts,
+        &|_, _| None,
+        &mut |_, b| {
+            next_id += 1;
+            Some(Adjust { id: next_id - 1, weight: b.weight, draining: false, rtt_us: 0 })
+        },
+        &|_| ServiceStats::new(workers),
+    )
 }
 
 /// What the management side decides about one backend beyond the file:
@@ -130,6 +139,7 @@ pub fn build_state_with(
     facts: &[PortFacts],
     resolved: Resolver<'_>,
     adjust: &mut dyn FnMut(&ServiceSection, &BackendSection) -> Option<Adjust>,
+    stats: &dyn Fn(&ServiceSection) -> Arc<ServiceStats>,
 ) -> Result<ForwardingState, BuildError> {
     let c = &cfg.config;
     let ports: Vec<PortIdentity> = c
@@ -148,7 +158,7 @@ pub fn build_state_with(
         })
         .collect();
     let mut specs = Vec::with_capacity(c.services.len());
-    for s in &c.services {
+    for (i, s) in c.services.iter().enumerate() {
         let egress = s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
         let port = &c.ports[egress];
         let backends = s
@@ -203,6 +213,8 @@ pub fn build_state_with(
             answer_arp: s.answer_arp,
             maglev_size: s.maglev_table_size,
             backends,
+            access: cfg.access.get(i).cloned().flatten(),
+            stats: stats(s),
         });
     }
     let mut st = ForwardingState::build(generation, ports, specs)?;

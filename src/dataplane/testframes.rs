@@ -5,7 +5,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::balancer::flowtable::Timeouts;
-use crate::balancer::state::{Backend, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec};
+use crate::balancer::state::{
+    Backend, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec, ServiceStats,
+};
 
 /// One Maglev service on the VIP of the frames below, port 80, protocol
 /// `proto`, ten backends (IPv6 ones when `v6`) with known MACs.
@@ -75,6 +77,8 @@ pub fn service(
         answer_arp: false,
         maglev_size: 251,
         backends,
+        access: None,
+        stats: ServiceStats::new(1),
     }
 }
 

@@ -11,6 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::balancer::access::Prefix;
 use crate::net::ethernet::Mac;
 
 /// A configuration error: which file, which key (`ports[1].ipv4`), and why.
@@ -43,6 +44,35 @@ pub struct Config {
     /// Flow sync with the other boxes of the fleet.
     #[serde(default)]
     pub sync: Option<SyncSection>,
+    /// Who may open flows to every service (each service may narrow it).
+    #[serde(default)]
+    pub access: AccessSection,
+}
+
+/// `[access]` and `services.access`: source prefixes allowed and denied to
+/// open flows (`balancer::access` has the rule: deny wins; an allow list,
+/// where there is one, must hold the client).
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessSection {
+    /// None: no allow list (everyone not denied).
+    #[serde(default)]
+    pub allow: Option<Vec<Prefix>>,
+    #[serde(default)]
+    pub deny: Vec<Prefix>,
+    /// Files of more prefixes, one per line (`#` starts a comment); a
+    /// relative path is from the configuration file's directory.
+    #[serde(default)]
+    pub allow_file: Option<String>,
+    #[serde(default)]
+    pub deny_file: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Prefix {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Prefix, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[sync]`: the flows this box tracks whose backend the tables would not
@@ -552,6 +582,9 @@ pub struct ServiceSection {
     /// Health checks (none: every backend counts as up).
     #[serde(default)]
     pub health: Option<HealthSection>,
+    /// Who may open flows to this service, within `[access]`.
+    #[serde(default)]
+    pub access: AccessSection,
     /// A backend that comes back up ramps its weight from 1 to full over this
     /// many seconds (0: full weight at once).
     #[serde(default)]

@@ -286,3 +286,39 @@ fn sync_errors_name_their_key() {
         assert!(e.key.starts_with(key), "want {key}, got {e}\n{text}");
     }
 }
+
+#[test]
+fn access_errors_name_their_key_and_files_are_read() {
+    let dir = std::env::temp_dir().join(format!("l4lb-access-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("deny.txt"), "# bad networks\n198.18.9.0/24\n\n2001:db8:9::/48  # and v6\n")
+        .unwrap();
+    std::fs::write(dir.join("bad.txt"), "198.18.9.0/24\n198.18.9.1/24\n").unwrap();
+    let file = dir.join("l4lb.toml");
+    let file = file.to_str().unwrap();
+    let with = |global: &str, own: &str| {
+        BALANCING
+            .replacen("[[services]]", &format!("[access]\n{global}\n\n[[services]]"), 1)
+            .replace("port = 80\n", &format!("port = 80\naccess = {{ {own} }}\n"))
+    };
+    let check_at = |text: &str| Config::parse(text, file).and_then(|c| c.validate(file));
+    let good = check_at(&with("deny_file = \"deny.txt\"", "allow = [\"198.18.0.0/15\"]")).unwrap();
+    let acl = good.access[0].as_ref().unwrap();
+    assert_eq!(acl.prefixes, 3);
+    assert!(!acl.permits(&crate::balancer::flow::ip16("198.18.9.7".parse().unwrap())));
+    assert!(acl.permits(&crate::balancer::flow::ip16("198.18.8.7".parse().unwrap())));
+    assert!(check_at(&with("", "")).unwrap().access[0].is_none());
+    let cases = [
+        (with("allow = []", ""), "access.allow", "empty allow list"),
+        (with("", "deny = [\"198.18.0.1/15\"]"), "services[0].access.deny[0]", "did you mean 198.18.0.0/15"),
+        (with("deny = [\"1.2.3.4/40\"]", ""), "access.deny[0]", "longer than an IPv4"),
+        (with("deny_file = \"missing.txt\"", ""), "access.deny_file", "cannot read"),
+        (with("", "allow_file = \"bad.txt\""), "services[0].access.allow_file", "bad.txt:2: 198.18.9.1/24"),
+        (with("", "permit = []"), "services[0].access.permit", "unknown key"),
+    ];
+    for (text, key, why) in cases {
+        let e = check_at(&text).unwrap_err();
+        assert!(e.key.starts_with(key) && e.to_string().contains(why), "want {key} ({why}), got {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use super::*;
+use crate::balancer::access::{AccessList, Lists};
 use crate::control::lcores;
+use std::sync::Arc;
 
 impl Config {
     /// Checks the configuration as a whole.
@@ -255,8 +257,64 @@ impl Config {
             }
         }
         validate_services(&self, &err)?;
-        Ok(Validated { config: self, lcores, main_lcore, workers, forward })
+        let access = access_lists(&self, file, &err)?;
+        Ok(Validated { config: self, lcores, main_lcore, workers, forward, access })
     }
+}
+
+/// Each service's access list (`[access]` with its own), files read.
+fn access_lists(
+    cfg: &Config,
+    file: &str,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Vec<Option<Arc<AccessList>>>, ConfigError> {
+    let global = lists(&cfg.access, "access", file, err)?;
+    let mut out = Vec::with_capacity(cfg.services.len());
+    for (i, s) in cfg.services.iter().enumerate() {
+        let own = lists(&s.access, &format!("services[{i}].access"), file, err)?;
+        out.push(AccessList::build(&global, &own).map(Arc::new));
+    }
+    Ok(out)
+}
+
+/// One `access` table's lists, with its files' prefixes.
+fn lists(
+    a: &AccessSection,
+    key: &str,
+    file: &str,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Lists, ConfigError> {
+    if a.allow.as_ref().is_some_and(Vec::is_empty) {
+        return Err(err(
+            format!("{key}.allow"),
+            "an empty allow list refuses every client: remove the key to allow everyone not denied".into(),
+        ));
+    }
+    let read = |name: &str, path: &str| -> Result<Vec<Prefix>, ConfigError> {
+        let at = Path::new(file).parent().unwrap_or(Path::new(".")).join(path);
+        let text = std::fs::read_to_string(&at)
+            .map_err(|e| err(format!("{key}.{name}"), format!("cannot read {}: {e}", at.display())))?;
+        let mut out = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let p = line
+                .parse::<Prefix>()
+                .map_err(|e| err(format!("{key}.{name}"), format!("{}:{}: {e}", at.display(), n + 1)))?;
+            out.push(p);
+        }
+        Ok(out)
+    };
+    let mut l = Lists { allow: a.allow.clone(), deny: a.deny.clone() };
+    if let Some(f) = &a.allow_file {
+        l.allow.get_or_insert_with(Vec::new).extend(read("allow_file", f)?);
+    }
+    if let Some(f) = &a.deny_file {
+        l.deny.extend(read("deny_file", f)?);
+    }
+    Ok(l)
 }
 
 fn validate_bgp(

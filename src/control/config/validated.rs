@@ -2,6 +2,9 @@
 //! queues, EAL's arguments, the packet pool's size, the control socket, the
 //! checks that need the machine (its CPUs, a device's MTU).
 
+use std::sync::Arc;
+
+use crate::balancer::access::AccessList;
 use crate::control::lcores::{self, LcoreMap};
 
 use super::{Config, ForwardingMode, KernelDriver, PortSection, ServiceSection};
@@ -16,6 +19,9 @@ pub struct Validated {
     pub workers: Vec<u32>,
     /// For each port, the index of the port it forwards to.
     pub forward: Vec<Option<usize>>,
+    /// For each service, who may open flows to it (`[access]` and its own;
+    /// None: everyone).
+    pub access: Vec<Option<Arc<AccessList>>>,
 }
 
 impl Validated {

@@ -209,7 +209,8 @@ impl Management<'_> {
         let c = &self.registry.cfg.config;
         c.services
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let (mut p, mut b, mut nf, mut act, mut up) = (0, 0, 0, 0, 0);
                 for be in &s.backends {
                     let st = &self.registry.backends[&(s.name.clone(), be.address)];
@@ -235,6 +236,8 @@ impl Management<'_> {
                     active_flows: act,
                     health_check: s.health.as_ref().map(|h| h.check.name().to_owned()),
                     announced: self.announced(s.vip),
+                    access_prefixes: self.registry.cfg.access.get(i).cloned().flatten().map(|a| a.prefixes),
+                    denied_flows: self.registry.stats.get(&s.name).map_or(0, |x| x.denied()),
                 }
             })
             .collect()
@@ -398,8 +401,9 @@ impl Management<'_> {
         let c = &self.registry.cfg.config;
         let mut services = Vec::new();
         let mut backends = Vec::new();
-        for s in &c.services {
-            let mut sums = [0u64; 4];
+        for (i, s) in c.services.iter().enumerate() {
+            let mut sums = [0u64; 5];
+            sums[4] = self.registry.stats.get(&s.name).map_or(0, |x| x.denied());
             for b in &s.backends {
                 let st = &self.registry.backends[&(s.name.clone(), b.address)];
                 let (p, by) = self.traffic(st.id);
@@ -420,6 +424,14 @@ impl Management<'_> {
                 vip: s.vip.to_string(),
                 sums,
                 announced: self.announced(s.vip),
+                access_prefixes: self
+                    .registry
+                    .cfg
+                    .access
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .map(|a| a.prefixes as u64),
             });
         }
         metrics::render(&metrics::Scrape {

@@ -88,6 +88,10 @@ impl Worker {
                 if kind == KeyKind::IcmpError || self.handed_origin != NOT_HANDED {
                     return self.balance_untracked(st, pkt, in_port, now_ms, meta);
                 }
+                // Access lists: checked when a flow starts, never after.
+                if svc.access.is_some() && self.refused(svc, meta) {
+                    return Verdict::Drop(DropReason::AccessDenied);
+                }
                 let Some(b) = self.schedule(st, svc, meta, now_ms) else {
                     return self.unscheduled(svc, meta);
                 };
@@ -176,6 +180,18 @@ impl Worker {
             self.persist_flow(svc, &meta.key.src, id, now_ms, true);
         }
         self.send_to(st, svc, b, id, pkt, in_port, now_ms, meta)
+    }
+
+    /// Whether the service's access list refuses this new flow's client
+    /// (counted for the service). Out of line: services without a list
+    /// pay one test.
+    #[inline(never)]
+    fn refused(&self, svc: &Service, meta: &PacketMeta) -> bool {
+        let refused = svc.access.as_deref().is_some_and(|acl| !acl.permits(&meta.key.src));
+        if refused {
+            svc.stats.count_denied(self.index as usize);
+        }
+        refused
     }
 
     /// A backend for a new flow: the persisted one if live, else the

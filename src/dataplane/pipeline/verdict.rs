@@ -103,4 +103,6 @@ drop_reasons! {
     PuntRateLimited => "punt_rate_limited";
     /// A packet for the kernel interface found the worker's punt ring full.
     PuntRingFull => "punt_ring_full";
+    /// A new flow from a source the service's access lists refuse.
+    AccessDenied => "access_denied";
 }
