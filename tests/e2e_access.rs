@@ -105,9 +105,18 @@ fn access_lists_refuse_clients_per_service_and_globally_and_a_reload_changes_the
         .filter_map(|l| l.split_whitespace().last()?.parse::<f64>().ok())
         .sum();
     assert_eq!(drops, 12.0, "{text}");
-    assert_eq!(metric(&text, "l4lb_service_denied_flows_total{service=\"web\",vip=\"198.18.100.1\"}"), Some(6.0));
-    assert_eq!(metric(&text, "l4lb_service_access_prefixes{service=\"web\",vip=\"198.18.100.1\"}"), Some(4.0));
-    assert_eq!(metric(&text, "l4lb_service_access_prefixes{service=\"udp\",vip=\"198.18.100.4\"}"), Some(3.0));
+    assert_eq!(
+        metric(&text, "l4lb_service_denied_flows_total{service=\"web\",vip=\"198.18.100.1\"}"),
+        Some(6.0)
+    );
+    assert_eq!(
+        metric(&text, "l4lb_service_access_prefixes{service=\"web\",vip=\"198.18.100.1\"}"),
+        Some(4.0)
+    );
+    assert_eq!(
+        metric(&text, "l4lb_service_access_prefixes{service=\"udp\",vip=\"198.18.100.4\"}"),
+        Some(3.0)
+    );
     let (ok, table) = ctl(&m.socket, "services");
     assert!(ok && table.contains("DENIED") && table.contains("6 (4p)"), "{table}");
 

@@ -5,8 +5,8 @@
 //! addresses as sorted, disjoint ranges of 16-byte addresses (IPv4 in its
 //! mapped form, as flow keys hold it), so a check is one binary search —
 //! about a dozen comparisons for thousands of prefixes — and allocates
-//! nothing. Only a flow's first packet is checked: established flows pay
-//! nothing.
+//! nothing. Only a flow being decided is checked (its first packet, or a
+//! flow whose backend is gone): established flows pay nothing.
 //!
 //! The rule: a client is refused if any deny list (global or the service's)
 //! holds it, or if an allow list (global or the service's) exists and does

@@ -88,10 +88,6 @@ impl Worker {
                 if kind == KeyKind::IcmpError || self.handed_origin != NOT_HANDED {
                     return self.balance_untracked(st, pkt, in_port, now_ms, meta);
                 }
-                // Access lists: checked when a flow starts, never after.
-                if svc.access.is_some() && self.refused(svc, meta) {
-                    return Verdict::Drop(DropReason::AccessDenied);
-                }
                 let Some(b) = self.schedule(st, svc, meta, now_ms) else {
                     return self.unscheduled(svc, meta);
                 };
@@ -182,21 +178,13 @@ impl Worker {
         self.send_to(st, svc, b, id, pkt, in_port, now_ms, meta)
     }
 
-    /// Whether the service's access list refuses this new flow's client
-    /// (counted for the service). Out of line: services without a list
-    /// pay one test.
+    /// A backend for a new flow (or one whose backend is gone): the
+    /// persisted one if live, else the scheduler's. `None`: no backend here
+    /// ([`Worker::unscheduled`] says why), also when the service's access
+    /// list refuses the client — checked whenever a flow is decided, never
+    /// for a tracked flow's packets. (Out of line: the established path's
+    /// code in `balance` stays lean.)
     #[inline(never)]
-    fn refused(&self, svc: &Service, meta: &PacketMeta) -> bool {
-        let refused = svc.access.as_deref().is_some_and(|acl| !acl.permits(&meta.key.src));
-        if refused {
-            svc.stats.count_denied(self.index as usize);
-        }
-        refused
-    }
-
-    /// A backend for a new flow: the persisted one if live, else the
-    /// scheduler's. `None`: no backend here ([`Worker::unscheduled`] says
-    /// why).
     pub(super) fn schedule(
         &mut self,
         st: &ForwardingState,
@@ -204,6 +192,9 @@ impl Worker {
         meta: &PacketMeta,
         now_ms: u64,
     ) -> Option<usize> {
+        if svc.access.is_some() && self.refused(svc, meta) {
+            return None;
+        }
         // A flow another box tracked (flow sync): never a TCP SYN, which
         // starts a flow; so SYN floods pay nothing for it.
         if self.sync.is_some() && !meta.opens() {
@@ -256,10 +247,25 @@ impl Worker {
             && persist::owner(&meta.key.src, self.workers) != self.index
     }
 
+    /// Whether the service's access list refuses the client (counted for
+    /// the service). Out of line: services without a list pay one test.
+    #[inline(never)]
+    fn refused(&self, svc: &Service, meta: &PacketMeta) -> bool {
+        let refused = svc.access.as_deref().is_some_and(|acl| !acl.permits(&meta.key.src));
+        if refused {
+            svc.stats.count_denied(self.index as usize);
+        }
+        refused
+    }
+
     /// The verdict of a packet [`Worker::schedule`] found no backend for:
-    /// the client's owner must decide, or no backend takes new flows.
+    /// refused by the access list, the client's owner must decide, or no
+    /// backend takes new flows.
     #[inline(never)]
     fn unscheduled(&self, svc: &Service, meta: &PacketMeta) -> Verdict {
+        if svc.access.as_deref().is_some_and(|acl| !acl.permits(&meta.key.src)) {
+            return Verdict::Drop(DropReason::AccessDenied);
+        }
         if svc.persistence_ms > 0 && self.owes_handoff(meta) {
             return Verdict::Handoff { worker: persist::owner(&meta.key.src, self.workers) };
         }
