@@ -701,3 +701,82 @@ fn access_lists_refuse_new_flows_per_service_and_globally_and_never_established_
         Verdict::Forward { .. }
     ));
 }
+
+/// An IPv4 fragment from 198.18.0.2 to 198.18.100.7 (UDP): `offset8` in
+/// units of 8 bytes, `more` its MF flag; the first carries a UDP header to
+/// `dport`.
+fn fragment4(ident: u16, offset8: u16, more: bool, dport: u16) -> Vec<u8> {
+    let mut payload = vec![0x5au8; 64];
+    if offset8 == 0 {
+        payload[0..2].copy_from_slice(&4000u16.to_be_bytes());
+        payload[2..4].copy_from_slice(&dport.to_be_bytes());
+        payload[4..6].copy_from_slice(&1000u16.to_be_bytes());
+    }
+    let mut f = vec![0u8; 34];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0xc1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip = &mut f[14..34];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&(20 + payload.len() as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&ident.to_be_bytes());
+    ip[6..8].copy_from_slice(&((more as u16) << 13 | offset8).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&[198, 18, 0, 2]);
+    ip[16..20].copy_from_slice(&[198, 18, 100, 7]);
+    let c = l4lb::net::checksum::checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&payload);
+    f
+}
+
+#[test]
+fn every_fragment_of_a_datagram_goes_to_its_own_services_backend() {
+    // Two UDP services on one VIP with disjoint backends: 53 on .11-.13,
+    // 5300 on .21-.23.
+    let mut text = BASE
+        .replace("FLOWS", "4096")
+        .replace(
+            "NEIGH",
+            &(11..=23)
+                .map(|i| format!("{{ ip = \"198.18.0.{i}\", mac = \"02:00:00:00:01:{i:02x}\" }}"))
+                .chain(["{ ip = \"2001:db8::11\", mac = \"02:00:00:00:06:11\" }".into()])
+                .chain(["{ ip = \"2001:db8::12\", mac = \"02:00:00:00:06:12\" }".into()])
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+        .replace("BACKENDS", "{ address = \"198.18.0.11\" }");
+    for (name, port, first) in [("dns", 53, 11), ("dns-alt", 5300, 21)] {
+        let bs: Vec<String> =
+            (first..first + 3).map(|i| format!("{{ address = \"198.18.0.{i}\" }}")).collect();
+        text += &format!(
+            "\n[[services]]\nname = \"{name}\"\nvip = \"198.18.100.7\"\nprotocol = \"udp\"\nport = {port}\n\
+             forwarding = \"ipip\"\nbackends = [{}]\n",
+            bs.join(", ")
+        );
+    }
+    let cfg = Config::parse(&text, "test.toml").unwrap().validate("test.toml").unwrap();
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let to = |w: &mut Worker, f: Vec<u8>| {
+        let (v, p) = send(w, &st, &f, 100);
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        backend_of(&p)
+    };
+    for ident in 1..=40u16 {
+        // Datagrams alternate between the services; each one's pieces
+        // (the first, a middle, the last) reach one backend of its own.
+        let (port, range) = if ident % 2 == 0 { (53, 11..=13) } else { (5300, 21..=23) };
+        let first = to(&mut w, fragment4(ident, 0, true, port));
+        let middle = to(&mut w, fragment4(ident, 8, true, 0));
+        let last = to(&mut w, fragment4(ident, 16, false, 0));
+        assert!(range.contains(&first), "datagram {ident} to {port} went to .{first}");
+        assert_eq!((middle, last), (first, first), "datagram {ident}: pieces split");
+    }
+    assert_eq!(w.counter_snapshot()[Counter::FragmentsUnmatched], 0);
+    // A later fragment whose first was never seen: the lowest-port service.
+    let orphan = to(&mut w, fragment4(999, 8, true, 0));
+    assert!((11..=13).contains(&orphan), ".{orphan}");
+    assert_eq!(w.counter_snapshot()[Counter::FragmentsUnmatched], 1);
+}

@@ -7,9 +7,11 @@
 //!   client); reversed, it is the client's flow, so the error reaches the
 //!   backend that owns the connection.
 //! - IP fragments: the 3-tuple (source, destination, protocol) for every
-//!   fragment, the first included, because later fragments carry no ports. All
-//!   pieces of a datagram reach one backend, at the price that all fragmented
-//!   traffic between one client and one VIP goes to one backend.
+//!   fragment, the first included, because later fragments carry no ports;
+//!   the parse stage then puts the service's port in the key
+//!   (`balancer::fragments`). All pieces of a datagram reach one backend, at
+//!   the price that all fragmented traffic between one client and one
+//!   service goes to one backend.
 //! - Any other protocol (and ICMP echo): the 3-tuple.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

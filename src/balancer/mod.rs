@@ -5,6 +5,7 @@
 pub mod access;
 pub mod flow;
 pub mod flowtable;
+pub mod fragments;
 pub mod hash;
 pub mod limits;
 pub mod maglev;

@@ -87,6 +87,8 @@ counters! {
         "Tracked flows whose backend the tables would not choose now, reported for the peer boxes (flow sync).";
     SyncReportsLost => "sync_reports_lost", "l4lb_sync_reports_lost_total", None,
         "Such reports dropped because the ring to the management core was full (flow sync).";
+    FragmentsUnmatched => "fragments_unmatched", "l4lb_fragments_unmatched_total", None,
+        "Later fragments whose datagram's first fragment this worker had not seen: sent to the VIP's lowest-port service of their protocol.";
 }
 
 /// What names a counter: its `ctl stats` name, its Prometheus family, an

@@ -23,6 +23,7 @@ use super::packet::Packet;
 use super::punt::TokenBucket;
 use crate::balancer::flow::{FlowKey, KeyKind};
 use crate::balancer::flowtable::{Entry, FlowState, FlowTable, FlowTableStats, InsertHint, Place};
+use crate::balancer::fragments::FragmentServices;
 use crate::balancer::limits::{MAX_BACKEND_IDS, MAX_SERVICES};
 use crate::balancer::persist::PersistTable;
 use crate::balancer::state::{ForwardingState, SchedState, Service};
@@ -110,6 +111,8 @@ pub struct Worker {
     /// Flow sync (`[sync]`): the flows peers reported, consulted on a miss,
     /// and where this worker reports its own flows that need sharing.
     sync: Option<Box<SyncSide>>,
+    /// The service of each datagram whose first fragment came here.
+    fragments: FragmentServices,
 }
 
 /// A worker's part in flow sync.
@@ -251,6 +254,7 @@ impl Worker {
             plan: Some(Box::default()),
             counters: Counters::default(),
             sync: None,
+            fragments: FragmentServices::default(),
         }
     }
 

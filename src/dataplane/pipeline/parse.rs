@@ -6,7 +6,7 @@
 
 use super::fast::{fast_v4, fast_v6};
 use super::verdict::DropReason;
-use super::{PacketMeta, Verdict, Worker};
+use super::{Counter, PacketMeta, Verdict, Worker};
 use crate::balancer::flow::{key_v4, key_v6, mapped, FlowKey, KeyKind};
 use crate::balancer::state::{ForwardingState, PortIdentity};
 use crate::dataplane::packet::Packet;
@@ -107,11 +107,17 @@ impl Worker {
         if multicast {
             return Some(Verdict::Drop(NotForUs));
         }
-        let (key, kind) = match key_v4(&ip) {
+        let (mut key, kind) = match key_v4(&ip) {
             Ok(k) => k,
             Err(_) => return Some(Verdict::Drop(Malformed)),
         };
-        let Some(service) = self.service_for(st, &key, kind, ip.protocol()) else {
+        let service = if kind == KeyKind::Fragment {
+            let first = (ip.frag_offset() == 0).then(|| dst_port(ip.protocol(), ip.payload())).flatten();
+            self.fragment_service(st, &mut key, ip.ident() as u32, first)
+        } else {
+            self.service_for(st, &key, kind, ip.protocol())
+        };
+        let Some(service) = service else {
             return Some(if st.is_vip(&mapped(dst)).is_some() {
                 if ip.protocol() == proto::ICMP && kind == KeyKind::ThreeTuple {
                     self.local_v4(pkt, l2, in_port, port.punt_unknown_vip_ports)
@@ -180,11 +186,18 @@ impl Worker {
         if dst.is_multicast() {
             return Some(Verdict::Drop(NotForUs));
         }
-        let (key, kind) = match key_v6(&ip, &upper) {
+        let (mut key, kind) = match key_v6(&ip, &upper) {
             Ok(k) => k,
             Err(_) => return Some(Verdict::Drop(Malformed)),
         };
-        let Some(service) = self.service_for(st, &key, kind, upper.protocol) else {
+        let service = match upper.fragment {
+            Some(f) if kind == KeyKind::Fragment => {
+                let first = (f.offset == 0).then(|| dst_port(upper.protocol, l4)).flatten();
+                self.fragment_service(st, &mut key, f.ident, first)
+            }
+            _ => self.service_for(st, &key, kind, upper.protocol),
+        };
+        let Some(service) = service else {
             return Some(if st.is_vip(&dst.octets()).is_some() {
                 if upper.protocol == proto::ICMPV6 && kind == KeyKind::ThreeTuple {
                     self.local_v6(pkt, l2, upper.offset, upper.protocol, in_port, port.punt_unknown_vip_ports)
@@ -211,8 +224,7 @@ impl Worker {
         None
     }
 
-    /// The service a key belongs to. Fragments carry no ports: they go to the
-    /// VIP's first service of their protocol (docs/architecture.md).
+    /// The service a key belongs to (fragments: [`Worker::fragment_service`]).
     #[inline]
     pub(super) fn service_for(
         &self,
@@ -226,6 +238,50 @@ impl Worker {
             _ => st.find_service(&key.dst, key.proto, key.dst_port),
         }
     }
+
+    /// A fragment's service: a first fragment's by its destination port
+    /// (`first`; recorded for the datagram's later fragments), a later one's
+    /// by that record, else (its first was not seen here) the VIP's
+    /// lowest-port service of its protocol, counted. The key's destination
+    /// port becomes the service's, so each service's fragments of one client
+    /// are a flow of their own (`docs/architecture.md`, "Flow keys").
+    #[inline(never)]
+    fn fragment_service(
+        &mut self,
+        st: &ForwardingState,
+        key: &mut FlowKey,
+        ident: u32,
+        first: Option<u16>,
+    ) -> Option<usize> {
+        let service = match first {
+            Some(port) => {
+                let s = st
+                    .find_service(&key.dst, key.proto, port)
+                    .or_else(|| st.find_service(&key.dst, key.proto, 0))?;
+                self.fragments.record(&key.src, &key.dst, key.proto, ident, st.services[s].port);
+                s
+            }
+            None => match self.fragments.port_of(&key.src, &key.dst, key.proto, ident) {
+                Some(port) => st.find_service(&key.dst, key.proto, port)?,
+                None => {
+                    self.counters[Counter::FragmentsUnmatched] += 1;
+                    st.find_service_any_port(&key.dst, key.proto)?
+                }
+            },
+        };
+        key.dst_port = st.services[service].port;
+        Some(service)
+    }
+}
+
+/// The destination port of a first fragment's TCP or UDP header, if whole
+/// enough to hold it.
+#[inline]
+fn dst_port(protocol: u8, l4: &[u8]) -> Option<u16> {
+    if protocol != proto::TCP && protocol != proto::UDP {
+        return None;
+    }
+    Some(u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?))
 }
 
 /// A packet to a VIP on a protocol and port no service covers: the
