@@ -119,6 +119,11 @@ fn access_lists_refuse_clients_per_service_and_globally_and_a_reload_changes_the
     );
     let (ok, table) = ctl(&m.socket, "services");
     assert!(ok && table.contains("DENIED") && table.contains("6 (4p)"), "{table}");
+    // `ctl lookup` says why a client cannot connect.
+    let (ok, out) = ctl(&m.socket, "lookup tcp 198.18.0.4:5555 198.18.100.1:80");
+    assert!(ok && out.contains("refused") && out.contains("access_denied"), "{out}");
+    let (ok, out) = ctl(&m.socket, "lookup tcp 198.18.0.2:5555 198.18.100.1:80");
+    assert!(ok && !out.contains("refused"), "{out}");
 
     // An allowed client sends datagrams, each from a new port (a new flow,
     // checked against the list in force), while the lists change.

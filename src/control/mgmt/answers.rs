@@ -350,6 +350,15 @@ impl Management<'_> {
             }
             // Its backend left: the next packet is scheduled again, as below.
         }
+        // A flow to decide: the access lists first, as the workers do.
+        if svc.access.as_deref().is_some_and(|a| !a.permits(&key.src)) {
+            v.why = format!(
+                "refused: {} is not allowed by the access lists of service {} ([access] and its own):                  dropped (access_denied)",
+                s.ip(),
+                svc.name
+            );
+            return Ok(v);
+        }
         // A new flow of a persisted client goes where the box keeps that
         // client, while that backend is up, not draining and of weight above
         // 0. The workers share one persistence table: any answer will do.
