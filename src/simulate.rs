@@ -114,6 +114,16 @@ pub fn run(
                 .write(rec.ts_sec, rec.ts_nsec / 1000, pkt.data())
                 .map_err(|e| SimulateError::Io(output.display().to_string(), e))?;
         }
+        if let Verdict::Fragment { port } = v {
+            // As the worker loop sends it: one frame per fragment.
+            let mtu = state.ports.get(port as usize).map_or(1500, |p| p.mtu as usize);
+            let l2 = crate::dataplane::pipeline::l2_len(pkt.data());
+            for f in crate::dataplane::pipeline::fragment_frames(pkt.data(), l2, mtu) {
+                writer
+                    .write(rec.ts_sec, rec.ts_nsec / 1000, &f)
+                    .map_err(|e| SimulateError::Io(output.display().to_string(), e))?;
+            }
+        }
     }
     writer
         .into_inner()
@@ -131,6 +141,7 @@ pub fn verdict_text(v: Verdict) -> String {
     match v {
         Verdict::Forward { port } => format!("forward:{port}"),
         Verdict::Reply { port } => format!("reply:{port}"),
+        Verdict::Fragment { port } => format!("fragment:{port}"),
         Verdict::Local => "local".into(),
         Verdict::Handoff { worker } => format!("handoff:{worker}"),
         Verdict::Drop(r) => format!("drop:{}", r.name()),

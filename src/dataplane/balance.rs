@@ -12,6 +12,7 @@ use super::punt::{self, PuntClass, TokenBucket};
 use super::telemetry::WorkerStats;
 use crate::balancer::state::ForwardingState;
 use crate::dpdk::{tsc, Burst, CpuPrefetch, Mbuf, RxQueue, TxQueue};
+use crate::net::ipv4;
 
 /// One balancing worker's queues and state.
 pub struct BalanceWorker<'p> {
@@ -329,6 +330,13 @@ fn deliver_other(
         Verdict::Local if st.ports.get(in_port as usize).is_some_and(|p| p.kernel) => {
             to_kernel(st, peers, counters, punt, now_ms, m, in_port)
         }
+        Verdict::Fragment { port } => match (tx.get_mut(port as usize), st.ports.get(port as usize)) {
+            (Some(t), Some(p)) => {
+                let l2 = super::pipeline::l2_len(m.data());
+                send_fragments(t, counters, m, l2, p.mtu as usize)
+            }
+            _ => drop(m),
+        },
         Verdict::Handoff { worker } => match peers.mailboxes.get(worker as usize) {
             Some(mb) => {
                 if mb.handoff.push(Handed { m, port: in_port, origin }).is_err() {
@@ -338,6 +346,37 @@ fn deliver_other(
             None => counters[DropReason::HandoffRingFull] += 1,
         },
         Verdict::Local | Verdict::Drop(_) => drop(m),
+    }
+}
+
+/// Sends `m` (its IPv4 packet after `l2` bytes) in fragments of at most
+/// `mtu` bytes, each in a new buffer of the same pool; the original is
+/// freed. A fragment without a buffer ends the packet (counted `no_mbuf`):
+/// the receiver cannot reassemble it anyway.
+fn send_fragments(t: &mut TxQueue<'_>, counters: &mut Counters, m: Mbuf, l2: usize, mtu: usize) {
+    let data = m.data();
+    let Some(ip) = data.get(l2..) else { return };
+    let total = ip.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let Some((piece, n)) = ipv4::fragment_plan(total, ipv4::MIN_HEADER_LEN, mtu) else {
+        counters[DropReason::TooBig] += 1;
+        return;
+    };
+    for i in 0..n {
+        let len = ipv4::MIN_HEADER_LEN + piece.min(total - ipv4::MIN_HEADER_LEN - i * piece);
+        let Some(mut f) = m.alloc_sibling() else {
+            counters[DropReason::NoMbuf] += 1;
+            return;
+        };
+        let Some(buf) = f.append(l2 + len) else {
+            counters[DropReason::NoMbuf] += 1;
+            return;
+        };
+        buf[..l2].copy_from_slice(&data[..l2]);
+        if ipv4::write_fragment(ip, piece, i, &mut buf[l2..]) != Some(len) {
+            counters[DropReason::Malformed] += 1;
+            return;
+        }
+        t.push(f);
     }
 }
 

@@ -176,6 +176,17 @@ impl Mbuf {
         }
     }
 
+    /// A fresh, empty mbuf from this one's pool, or `None` when the pool is
+    /// exhausted (the worker loop's fragments of a packet).
+    #[inline]
+    pub fn alloc_sibling(&self) -> Option<Mbuf> {
+        // SAFETY: an mbuf's pool outlives every mbuf of it, so the pointer
+        // is a valid pool while `self` lives.
+        let p = unsafe { dpdk_sys::l4lb_pktmbuf_alloc(self.raw().pool) };
+        // SAFETY: a non-null result is a fresh single-segment mbuf, ours.
+        NonNull::new(p).map(|p| unsafe { Mbuf::from_raw(p) })
+    }
+
     /// Replaces the contents with `bytes`; false if they do not fit.
     pub fn set_data(&mut self, bytes: &[u8]) -> bool {
         let len = self.len();

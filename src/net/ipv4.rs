@@ -181,9 +181,95 @@ impl Repr {
     }
 }
 
+/// How an IPv4 packet of `total_len` bytes with a `header_len`-byte header
+/// splits to fit `mtu` (RFC 791): the payload bytes per fragment (a multiple
+/// of 8) and the number of fragments. `None` when it cannot (an MTU below
+/// header + 8 bytes).
+pub fn fragment_plan(total_len: usize, header_len: usize, mtu: usize) -> Option<(usize, usize)> {
+    let piece = mtu.checked_sub(header_len)? & !7;
+    if piece == 0 || total_len < header_len {
+        return None;
+    }
+    Some((piece, (total_len - header_len).div_ceil(piece).max(1)))
+}
+
+/// Writes fragment `i` of `packet` (a whole IPv4 packet without options,
+/// `total_len` long, as [`fragment_plan`] cut it in `piece`-byte pieces)
+/// into `out`: the header with its length, offset, MF flag and checksum,
+/// then its piece of the payload. Returns the bytes written, or `None`
+/// when the packet has options, `i` is past the last fragment or `out` is
+/// too short.
+pub fn write_fragment(packet: &[u8], piece: usize, i: usize, out: &mut [u8]) -> Option<usize> {
+    let h = MIN_HEADER_LEN;
+    let p = Packet::new_checked(packet).ok()?;
+    if p.header_len() != h || piece == 0 || piece % 8 != 0 {
+        return None;
+    }
+    let payload = &packet[h..p.total_len()];
+    let from = i * piece;
+    if from >= payload.len() && !(i == 0 && payload.is_empty()) {
+        return None;
+    }
+    let to = (from + piece).min(payload.len());
+    let len = h + to - from;
+    let out = out.get_mut(..len)?;
+    out[..h].copy_from_slice(&packet[..h]);
+    out[h..].copy_from_slice(&payload[from..to]);
+    let flags = be16(packet, field::FLAGS_FRAG);
+    // A packet that is itself a fragment keeps its offset and its MF on its last piece.
+    let offset8 = (flags & 0x1fff) as usize + from / 8;
+    let more = to < payload.len() || flags & FLAG_MF != 0;
+    put16(out, field::TOTAL_LEN, len as u16);
+    put16(out, field::FLAGS_FRAG, (flags & FLAG_DF) | if more { FLAG_MF } else { 0 } | offset8 as u16);
+    put16(out, field::CHECKSUM, 0);
+    let c = checksum::checksum(&out[..h]);
+    put16(out, field::CHECKSUM, c);
+    Some(len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fragments_cover_the_payload_in_order_and_each_fits() {
+        let payload: Vec<u8> = (0..1500u32).map(|i| (i % 251) as u8).collect();
+        let mut pkt = vec![0u8; 20 + payload.len()];
+        Repr {
+            src: Ipv4Addr::new(198, 18, 1, 1),
+            dst: Ipv4Addr::new(198, 18, 1, 11),
+            protocol: 4,
+            payload_len: payload.len() as u16,
+            ttl: 64,
+            dscp_ecn: 0,
+            ident: 77,
+            dont_fragment: false,
+        }
+        .write(&mut pkt);
+        pkt[20..].copy_from_slice(&payload);
+        let (piece, n) = fragment_plan(pkt.len(), 20, 1500).unwrap();
+        assert_eq!((piece, n), (1480, 2));
+        let mut joined = Vec::new();
+        for i in 0..n {
+            let mut out = [0u8; 1600];
+            let len = write_fragment(&pkt, piece, i, &mut out).unwrap();
+            assert!(len <= 1500);
+            let f = Packet::new_checked(&out[..len]).unwrap();
+            assert!(f.header_checksum_ok());
+            assert_eq!((f.ident(), f.protocol(), f.total_len()), (77, 4, len));
+            assert_eq!(f.frag_offset(), joined.len(), "fragment {i} starts where the last ended");
+            assert_eq!(f.more_fragments(), i + 1 < n);
+            assert!(!f.dont_fragment());
+            joined.extend_from_slice(f.payload());
+        }
+        assert_eq!(joined, payload);
+        let mut out = [0u8; 1600];
+        assert_eq!(write_fragment(&pkt, piece, n, &mut out), None, "past the last");
+        assert_eq!(write_fragment(&pkt, 1481, 0, &mut out), None, "a piece not a multiple of 8");
+        assert_eq!(write_fragment(&pkt, piece, 0, &mut out[..100]), None, "out too short");
+        assert_eq!(fragment_plan(100, 20, 27), None);
+        assert_eq!(fragment_plan(1000, 20, 1500), Some((1480, 1)));
+    }
 
     fn sample() -> Vec<u8> {
         let mut b = vec![0u8; 28];

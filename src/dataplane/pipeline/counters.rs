@@ -87,6 +87,8 @@ counters! {
         "Tracked flows whose backend the tables would not choose now, reported for the peer boxes (flow sync).";
     SyncReportsLost => "sync_reports_lost", "l4lb_sync_reports_lost_total", None,
         "Such reports dropped because the ring to the management core was full (flow sync).";
+    Fragmented => "fragmented", "l4lb_fragmented_packets_total", None,
+        "Packets forwarded in fragments: IPv4 without DF too big once encapsulated (the outer packet is fragmented).";
     FragmentsUnmatched => "fragments_unmatched", "l4lb_fragments_unmatched_total", None,
         "Later fragments whose datagram's first fragment this worker had not seen: sent to the VIP's lowest-port service of their protocol.";
 }
@@ -178,6 +180,10 @@ impl Counters {
         match v {
             Verdict::Forward { .. } => self[Counter::Forwarded] += 1,
             Verdict::Reply { .. } => self[Counter::Replied] += 1,
+            Verdict::Fragment { .. } => {
+                self[Counter::Forwarded] += 1;
+                self[Counter::Fragmented] += 1;
+            }
             Verdict::Local => self[Counter::Local] += 1,
             Verdict::Handoff { .. } => self[Counter::HandedOff] += 1,
             Verdict::Drop(r) => self[r] += 1,

@@ -89,6 +89,9 @@ impl Worker {
         Verdict::Forward { port: t.port }
     }
 
+    /// (Out of line: the template path, [`Worker::encap_template`], takes
+    /// nearly every packet.)
+    #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rewrite<P: Packet>(
         &mut self,
@@ -113,7 +116,13 @@ impl Worker {
             _ => None,
         };
         let overhead = if outer_v6 { V6_HDR } else { V4_HDR } + if gue_port.is_some() { UDP_HDR } else { 0 };
-        if meta.ip_len as usize + overhead > out.mtu as usize {
+        // Too big once encapsulated: an IPv4 packet without DF in an IPv4
+        // tunnel is sent in fragments (of the outer packet: the backend
+        // reassembles it before decapsulating, RFC 2003 §5.1); the rest gets
+        // frag-needed / packet-too-big, or is dropped.
+        let fits = meta.ip_len as usize + overhead <= out.mtu as usize;
+        let fragment = !fits && !outer_v6 && !meta.v6 && !meta.df;
+        if !fits && !fragment {
             return self.too_big(
                 st,
                 pkt,
@@ -195,6 +204,35 @@ impl Worker {
                 put16(d, u + 6, c);
             }
         }
+        if fragment {
+            return Verdict::Fragment { port: b.port as u16 };
+        }
         Verdict::Forward { port: b.port as u16 }
     }
+}
+
+/// The length of a frame's Ethernet header (with a VLAN tag, if any).
+pub fn l2_len(frame: &[u8]) -> usize {
+    match frame.get(12..14) {
+        Some([0x81, 0x00]) => ethernet::HEADER_LEN + 4,
+        _ => ethernet::HEADER_LEN,
+    }
+}
+
+/// The frames a [`Verdict::Fragment`] packet leaves as (for `simulate` and
+/// tests; the worker loop writes the same bytes straight into new buffers):
+/// `frame`'s first `l2` bytes, then each fragment of its IPv4 packet.
+pub fn fragment_frames(frame: &[u8], l2: usize, mtu: usize) -> Vec<Vec<u8>> {
+    let Some(ip) = frame.get(l2..) else { return Vec::new() };
+    let total = ip.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let Some((piece, n)) = ipv4::fragment_plan(total, V4_HDR, mtu) else { return Vec::new() };
+    (0..n)
+        .filter_map(|i| {
+            let mut f = vec![0u8; l2 + V4_HDR + piece];
+            f[..l2].copy_from_slice(&frame[..l2]);
+            let len = ipv4::write_fragment(ip, piece, i, &mut f[l2..])?;
+            f.truncate(l2 + len);
+            Some(f)
+        })
+        .collect()
 }

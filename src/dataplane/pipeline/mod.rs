@@ -47,6 +47,7 @@ mod verdict;
 pub use burst::BurstPlan;
 pub use counters::{row_info, BackendCounters, Counter, CounterInfo, Counters, DROPS_METRIC, ROWS};
 pub use decide::next_state;
+pub use encap::{fragment_frames, l2_len};
 pub use verdict::{DropReason, Verdict};
 
 use fast::{ServiceMemo, ServiceMemoV6};

@@ -13,6 +13,14 @@ pub enum Verdict {
     Reply {
         port: u16,
     },
+    /// Send the rewritten packet on this port in fragments that fit the
+    /// port's MTU (an encapsulated IPv4 packet without DF that no longer
+    /// fits: the outer packet is fragmented, RFC 2003 §5.1). The worker
+    /// loop cuts it (`net::ipv4::write_fragment`) into new buffers. (As
+    /// small as `Forward`: the MTU is the port's, the L2 length the frame's.)
+    Fragment {
+        port: u16,
+    },
     /// For the box itself and not answered by the pipeline: ARP replies and
     /// neighbour advertisements (the worker hands them to the management
     /// core, which learns its neighbours from them, then passes them to the
@@ -105,4 +113,6 @@ drop_reasons! {
     PuntRingFull => "punt_ring_full";
     /// A new flow from a source the service's access lists refuse.
     AccessDenied => "access_denied";
+    /// No packet buffer was free for a fragment (worker loop).
+    NoMbuf => "no_mbuf";
 }
