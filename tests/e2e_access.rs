@@ -11,8 +11,7 @@ mod common;
 use std::io::BufRead;
 use std::time::Duration;
 
-use common::lan::{ctl, ctl_json, managed, service, spawn_script, Managed, PY};
-use common::netns::unique;
+use common::lan::{client_py, ctl, ctl_json, managed, metric, service, spawn_script, Managed};
 use common::wait_for;
 
 const WEB: &str = "198.18.100.1";
@@ -41,15 +40,6 @@ fn services(web: &str, udp: &str, global: &str) -> String {
     .join("\n")
 }
 
-/// Runs a Python snippet in the client namespace; its stdout.
-fn client_py(m: &Managed, script: &str) -> String {
-    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-acl-")));
-    std::fs::write(&path, script).unwrap();
-    let out = m.lan.client.exec(&format!("{PY} {}", path.display()));
-    let _ = std::fs::remove_file(&path);
-    out
-}
-
 /// Three HTTP requests from each source to `vip`, each with 0.5 s to
 /// connect (one SYN: the first retransmission is due after 1 s); the
 /// answers that came, per source.
@@ -69,10 +59,6 @@ fn denied(m: &Managed, service: &str) -> u64 {
     let rows = ctl_json(&m.socket, "services");
     let row = rows.as_array().unwrap().iter().find(|r| r["name"] == service).unwrap().clone();
     row["denied_flows"].as_u64().unwrap()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 #[test]

@@ -10,10 +10,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::lan::{
-    balancing_field, ctl, ctl_json, drop_count, http_load, managed, service, start_long_stream,
-    stop_long_stream, Managed, PY,
+    balancing_field, client_py, ctl, ctl_json, drop_count, http_load, managed, metric, service,
+    start_long_stream, stop_long_stream, Managed,
 };
-use common::netns::unique;
 use common::wait_for;
 use serde_json::Value;
 
@@ -35,11 +34,6 @@ fn services(web: &[String]) -> String {
     .join("\n")
 }
 
-/// The value of a metric line (exact name and labels) in Prometheus text.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
 /// A per-worker counter summed over the workers: the rows of `family` with
 /// a `worker` label and `label` (`reason="no_service"`) after it.
 fn worker_sum(text: &str, family: &str, label: &str) -> f64 {
@@ -53,15 +47,6 @@ fn worker_sum(text: &str, family: &str, label: &str) -> f64 {
 
 fn scrape(m: &Managed) -> String {
     m.mg.exec("curl -sf http://127.0.0.1:9100/metrics")
-}
-
-/// Runs a Python snippet in the client namespace; its stdout.
-fn client_py(m: &Managed, script: &str) -> String {
-    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-cl-")));
-    std::fs::write(&path, script).unwrap();
-    let out = m.lan.client.exec(&format!("{PY} {}", path.display()));
-    let _ = std::fs::remove_file(&path);
-    out
 }
 
 fn addr_of_name(name: &str) -> String {

@@ -10,8 +10,7 @@
 #![cfg(feature = "dpdk")]
 mod common;
 
-use common::lan::{ctl_json, managed, service, spawn_script, start_decap, Managed, PY};
-use common::netns::unique;
+use common::lan::{client_py, ctl_json, managed, service, spawn_script, start_decap, Managed};
 
 const VIP: &str = "198.18.100.5";
 
@@ -37,15 +36,6 @@ fn start_udp_servers(m: &mut Managed, vip: &str, ports: &[u16]) {
         let child = spawn_script(&b.ns, &script, &format!("l4b-frag-{}-", b.name));
         m.lan.children.push(child);
     }
-}
-
-/// Runs a Python client in the client namespace; its stdout.
-fn client_py(m: &Managed, script: &str) -> String {
-    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-frag-cl-")));
-    std::fs::write(&path, script).unwrap();
-    let out = m.lan.client.exec(&format!("{PY} {}", path.display()));
-    let _ = std::fs::remove_file(&path);
-    out
 }
 
 #[test]

@@ -488,3 +488,17 @@ pub fn managed(vips: &[&str], services: &str, udp_vip: Option<&str>) -> Managed 
     attach_tap_from(&lan, &mg, &tap);
     Managed { l4lb, mg, lan, socket, dir, tap }
 }
+
+/// Runs a Python snippet in the client namespace; its stdout.
+pub fn client_py(m: &Managed, script: &str) -> String {
+    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-cl-")));
+    std::fs::write(&path, script).unwrap();
+    let out = m.lan.client.exec(&format!("{PY} {}", path.display()));
+    let _ = std::fs::remove_file(&path);
+    out
+}
+
+/// The value of a metric line (exact name and labels) in Prometheus text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
