@@ -25,7 +25,7 @@ use l4lb::dataplane::testframes;
 use l4lb::net::tcp;
 
 /// Rows the worker loop counts, around the pipeline.
-const LOOP_ROWS: [&str; 15] = [
+const LOOP_ROWS: [&str; 16] = [
     "rx_packets",
     "tx_packets",
     "busy_polls",
@@ -41,6 +41,7 @@ const LOOP_ROWS: [&str; 15] = [
     "punted",
     "punt_rate_limited",
     "punt_ring_full",
+    "no_mbuf",
 ];
 
 fn unhex(s: &str) -> Vec<u8> {
