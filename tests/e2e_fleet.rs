@@ -463,10 +463,15 @@ print('done', flush=True)
     let _ = child.wait();
     assert_eq!(seen.len(), 1000, "not every connection was answered");
 
-    // Both boxes carried a share.
-    let new_flows: Vec<u64> = (1..=2u8)
-        .map(|n| ctl_json(&f.box_(n).socket, "stats")["counters"]["new_flows"].as_u64().unwrap())
-        .collect();
+    // Both boxes carried a share. (The workers publish their counters
+    // every few ms: wait for the last connections' to arrive.)
+    let counts = || -> Vec<u64> {
+        (1..=2u8)
+            .map(|n| ctl_json(&f.box_(n).socket, "stats")["counters"]["new_flows"].as_u64().unwrap())
+            .collect()
+    };
+    wait_for(Duration::from_secs(5), || counts().iter().sum::<u64>() >= 1000);
+    let new_flows = counts();
     eprintln!("new flows per box: {new_flows:?} of 1000 connections");
     assert!(new_flows.iter().all(|&x| x >= 100), "the router did not spread the flows: {new_flows:?}");
     assert!(new_flows.iter().sum::<u64>() >= 1000, "{new_flows:?}");
