@@ -258,8 +258,18 @@ pub fn backends_table(rows: &[BackendRow]) -> String {
 
 pub fn services_table(rows: &[ServiceRow]) -> String {
     let mut o = format!(
-        "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9} {:>12}\n",
-        "SERVICE", "VIP", "PROTO", "MODE", "SCHEDULER", "BACKENDS", "PACKETS", "NEW", "ACTIVE", "DENIED"
+        "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9} {:>12} {:>12}\n",
+        "SERVICE",
+        "VIP",
+        "PROTO",
+        "MODE",
+        "SCHEDULER",
+        "BACKENDS",
+        "PACKETS",
+        "NEW",
+        "ACTIVE",
+        "DENIED",
+        "OVER QUOTA"
     );
     for x in rows {
         let vip = std::net::SocketAddr::new(x.vip, x.port).to_string();
@@ -268,9 +278,16 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
             Some(n) => format!("{} ({n}p)", x.denied_flows),
             None => "-".into(),
         };
+        // "-": no quota; else the packets over it (dropped, or sent
+        // stateless with an "s").
+        let over = match (&x.quota, x.over_quota_stateless) {
+            (None, _) => "-".into(),
+            (Some(_), 0) => x.over_quota_dropped.to_string(),
+            (Some(_), n) => format!("{}+{n}s", x.over_quota_dropped),
+        };
         let _ = writeln!(
             o,
-            "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9} {:>12}",
+            "{:<12} {:<28} {:<6} {:<6} {:<20} {:>9} {:>12} {:>10} {:>9} {:>12} {:>12}",
             x.name,
             vip,
             x.protocol,
@@ -281,7 +298,14 @@ pub fn services_table(rows: &[ServiceRow]) -> String {
             x.new_flows,
             x.active_flows,
             denied,
+            over,
         );
+    }
+    // Each quota in words below the table.
+    for x in rows {
+        if let Some(q) = &x.quota {
+            let _ = writeln!(o, "quota of {}: {q}", x.name);
+        }
     }
     o
 }

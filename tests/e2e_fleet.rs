@@ -463,18 +463,22 @@ print('done', flush=True)
     let _ = child.wait();
     assert_eq!(seen.len(), 1000, "not every connection was answered");
 
-    // Both boxes carried a share. (The workers publish their counters
-    // every few ms: wait for the last connections' to arrive.)
+    // Both boxes carried a share. The client closes second, so its kernel
+    // may pick a source port again while the boxes still track the flow
+    // that used it: such a connection is that flow again, not a new one.
+    // (The workers publish their counters every few ms: wait for the last
+    // connections' to arrive.)
+    let flows = seen.iter().map(|(port, _)| *port).collect::<std::collections::BTreeSet<_>>().len() as u64;
     let counts = || -> Vec<u64> {
         (1..=2u8)
             .map(|n| ctl_json(&f.box_(n).socket, "stats")["counters"]["new_flows"].as_u64().unwrap())
             .collect()
     };
-    wait_for(Duration::from_secs(5), || counts().iter().sum::<u64>() >= 1000);
+    wait_for(Duration::from_secs(5), || counts().iter().sum::<u64>() >= flows);
     let new_flows = counts();
-    eprintln!("new flows per box: {new_flows:?} of 1000 connections");
+    eprintln!("new flows per box: {new_flows:?} of 1000 connections on {flows} source ports");
     assert!(new_flows.iter().all(|&x| x >= 100), "the router did not spread the flows: {new_flows:?}");
-    assert!(new_flows.iter().sum::<u64>() >= 1000, "{new_flows:?}");
+    assert!(new_flows.iter().sum::<u64>() >= flows, "{new_flows:?} for {flows} source ports");
 
     // `l4lb simulate` on box 1's configuration, fed each connection's SYN,
     // names the backend that answered it.

@@ -179,6 +179,7 @@ fn spec_of(st: &l4lb::balancer::state::ForwardingState, i: usize) -> l4lb::balan
         maglev_size: s.maglev.size(),
         backends: s.backends.iter().map(|&b| st.backends[b as usize].clone()).collect(),
         access: s.access.clone(),
+        quota: s.quota,
         stats: s.stats.clone(),
     }
 }
@@ -513,6 +514,7 @@ fn a_ports_own_address_is_never_balanced_on_that_port() {
         }],
         access: None,
         stats: l4lb::balancer::state::ServiceStats::new(1),
+        quota: None,
     };
     let st = ForwardingState::build(
         1,
@@ -779,4 +781,147 @@ fn every_fragment_of_a_datagram_goes_to_its_own_services_backend() {
     let orphan = to(&mut w, fragment4(999, 8, true, 0));
     assert!((11..=13).contains(&orphan), ".{orphan}");
     assert_eq!(w.counter_snapshot()[Counter::FragmentsUnmatched], 1);
+}
+
+/// 198.18.x.y sources for flows that are new each.
+fn source(i: u32) -> u32 {
+    u32::from(Ipv4Addr::new(198, 18, 0, 0)) + 0x100 + i
+}
+
+/// How many of `frames` (each a new flow at `now`) were forwarded, dropped
+/// over the quota, or something else.
+fn outcomes(
+    w: &mut Worker,
+    st: &l4lb::balancer::state::ForwardingState,
+    frames: &[Vec<u8>],
+    now: u64,
+) -> (usize, usize) {
+    let (mut fwd, mut over) = (0, 0);
+    for f in frames {
+        match send(w, st, f, now).0 {
+            Verdict::Forward { .. } => fwd += 1,
+            Verdict::Drop(DropReason::OverQuota) => over += 1,
+            v => panic!("{v:?}"),
+        }
+    }
+    (fwd, over)
+}
+
+#[test]
+fn a_quota_limits_a_services_new_flows_per_second_and_never_its_tracked_flows() {
+    let cfg =
+        config_with(4096, &[(11, 1), (12, 1)], "quota = { new_flows_per_s = 100, new_flows_burst = 10 }");
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let syns: Vec<Vec<u8>> = (0..20).map(|i| frame(source(i), 4000, SYN)).collect();
+    assert_eq!(outcomes(&mut w, &st, &syns, 1000), (10, 10), "the burst, then nothing");
+    // 100 ms later: 10 more tokens. The first ten flows' packets pass
+    // whatever is left: they are tracked.
+    let acks: Vec<Vec<u8>> = (0..10).map(|i| frame(source(i), 4000, ACK)).collect();
+    let more: Vec<Vec<u8>> = (100..120).map(|i| frame(source(i), 4000, SYN)).collect();
+    assert_eq!(outcomes(&mut w, &st, &more, 1100), (10, 10));
+    assert_eq!(outcomes(&mut w, &st, &acks, 1100), (10, 0));
+    assert_eq!(w.counter_snapshot()[DropReason::OverQuota], 20);
+    assert_eq!(w.counter_snapshot()[Counter::NewFlows], 20);
+    use l4lb::balancer::state::ServiceEvent;
+    assert_eq!(st.services[0].stats.total(ServiceEvent::OverQuotaDropped), 20);
+    // The other service has no quota.
+    for client in 1..=50 {
+        let mut p = TestPacket::new(&udp6(client));
+        assert!(matches!(w.process(&st, &mut p, 0, 1100), Verdict::Forward { .. }));
+    }
+    // A reload that keeps the quota keeps the bucket (no free refill); one
+    // that changes it starts a new one, full.
+    let st2 = build_state(&cfg, 2, &simulated_facts(&cfg)).unwrap();
+    let again: Vec<Vec<u8>> = (200..205).map(|i| frame(source(i), 4000, SYN)).collect();
+    assert_eq!(outcomes(&mut w, &st2, &again, 1100), (0, 5));
+    let cfg3 =
+        config_with(4096, &[(11, 1), (12, 1)], "quota = { new_flows_per_s = 100, new_flows_burst = 3 }");
+    let st3 = build_state(&cfg3, 3, &simulated_facts(&cfg3)).unwrap();
+    assert_eq!(outcomes(&mut w, &st3, &again, 1100), (3, 2));
+}
+
+#[test]
+fn a_quota_caps_a_services_share_of_the_table_until_its_flows_end() {
+    let cfg = config_with(4096, &[(11, 1), (12, 1)], "quota = { flow_table_share = 0.25 }");
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let syns: Vec<Vec<u8>> = (0..1500).map(|i| frame(source(i), 4000, SYN)).collect();
+    assert_eq!(outcomes(&mut w, &st, &syns, 1000), (1024, 476));
+    assert_eq!(w.quota_usage(0), Some((1024, 1024)));
+    assert_eq!(w.quota_usage(1), None, "the other service has no quota");
+    // Ten of them end (RST): their entries close; once they expire and are
+    // swept, ten new flows fit.
+    for i in 0..10 {
+        assert!(matches!(send(&mut w, &st, &frame(source(i), 4000, 0x04), 1000).0, Verdict::Forward { .. }));
+    }
+    let later: Vec<Vec<u8>> = (5000..5020).map(|i| frame(source(i), 4000, SYN)).collect();
+    assert_eq!(outcomes(&mut w, &st, &later, 1000), (0, 20));
+    let t = 1000 + 10_001; // past tcp_closing_s and tcp_syn_s (10 s each)
+    w.sweep(t, w.flows().buckets());
+    assert_eq!(w.quota_usage(0), Some((0, 1024)), "every SYN-only flow expired too");
+    assert_eq!(outcomes(&mut w, &st, &later, t), (20, 0));
+    assert_eq!(w.quota_usage(0), Some((20, 1024)));
+}
+
+#[test]
+fn stateless_over_quota_sends_to_the_hashs_backend_without_an_entry() {
+    let extra = "quota = { flow_table_share = 0.001, over_quota = \"stateless\" }";
+    let cfg = config_with(4096, &[(11, 1), (12, 1), (13, 1)], extra);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let plain = config(4096, &[(11, 1), (12, 1), (13, 1)]);
+    let st_plain = build_state(&plain, 1, &simulated_facts(&plain)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let mut reference = Worker::new(worker_config(&plain));
+    for i in 0..40 {
+        let f = frame(source(i), 4000, SYN);
+        let (v, p) = send(&mut w, &st, &f, 1000);
+        let (v0, p0) = send(&mut reference, &st_plain, &f, 1000);
+        assert!(matches!(v, Verdict::Forward { .. }), "{v:?}");
+        assert_eq!((v, p.data()), (v0, p0.data()), "flow {i}: the same bytes as without a quota");
+    }
+    // 0.001 of 4096: 4 entries; the other 36 flows went without one.
+    assert_eq!(w.flows().len(), 4);
+    assert_eq!(w.counter_snapshot()[Counter::OverQuotaStateless], 36);
+    assert_eq!(w.counter_snapshot()[Counter::NewFlows], 4);
+}
+
+#[test]
+fn a_flood_at_a_service_with_a_quota_evicts_no_other_services_flows() {
+    // 600 UDP flows of the service without a quota, then an ACK flood from
+    // random sources at the other: each flood packet is a new flow that
+    // would be tracked as established.
+    let run = |extra: &str| -> (u64, u64) {
+        let cfg = config_with(4096, &[(11, 1), (12, 1)], extra);
+        let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+        let mut w = Worker::new(worker_config(&cfg));
+        let victims: Vec<Vec<u8>> = (1..=600).map(udp6).collect();
+        for f in &victims {
+            let mut p = TestPacket::new(f);
+            assert!(matches!(w.process(&st, &mut p, 0, 1000), Verdict::Forward { .. }));
+        }
+        let mut x = 0x9e37_79b9u32;
+        for i in 0..20_000u32 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let _ =
+                send(&mut w, &st, &frame(0xc612_0000 | (x & 0xffff), (i % 60_000) as u16 + 1024, ACK), 1001);
+        }
+        let before = w.counter_snapshot()[Counter::NewFlows];
+        for f in &victims {
+            let mut p = TestPacket::new(f);
+            assert!(matches!(w.process(&st, &mut p, 0, 1002), Verdict::Forward { .. }));
+        }
+        let c = w.counter_snapshot();
+        (c[Counter::NewFlows] - before, c[Counter::EvictedUnconfirmed] + c[Counter::EvictedEstablished])
+    };
+    let (lost, evicted) = run("quota = { flow_table_share = 0.5 }");
+    assert_eq!((lost, evicted), (0, 0), "with the quota every victim flow is still tracked");
+    let (lost, evicted) = run("");
+    eprintln!("without a quota: {lost} of 600 flows lost, {evicted} evictions");
+    assert!(
+        lost > 100 && evicted > 10_000,
+        "without it the flood evicts them: {lost} lost, {evicted} evicted"
+    );
 }

@@ -212,6 +212,53 @@ pub struct Service {
     pub access: Option<Arc<AccessList>>,
     /// Counts the workers keep for the service.
     pub stats: Arc<ServiceStats>,
+    /// Limits on the service's new flows (None: none).
+    pub quota: Option<Quota>,
+}
+
+/// A service's limits on new flows, for the box: each worker enforces its
+/// share alone (no lock, no shared count), so a flood at one service can
+/// neither evict another's flows nor take its new ones' table room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// New flows per second the box admits (0: no limit); a worker admits
+    /// this divided by the workers, rounded up.
+    pub new_flows_per_s: u64,
+    /// New flows admitted at once above the rate (for the box, shared out
+    /// alike).
+    pub new_flows_burst: u64,
+    /// The most entries the service may hold in each worker's flow table, in
+    /// thousandths of the table (1000: no limit).
+    pub table_share_milli: u32,
+    /// What happens to a new flow over either limit.
+    pub over: OverQuota,
+}
+
+/// What a worker does with a new flow over its service's [`Quota`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OverQuota {
+    /// Dropped and counted (the default: the flood stops here, whatever the
+    /// scheduler).
+    #[default]
+    Drop,
+    /// Sent to the backend the service's hash picks, with no table entry
+    /// (Katran's "flood mode"): every packet of the flow is decided again,
+    /// so only Maglev and source-IP services may use it.
+    Stateless,
+}
+
+impl Quota {
+    /// A worker's share of the rate and burst (rounded up, at least 1).
+    pub fn per_worker(&self, workers: u16) -> (u64, u64) {
+        let w = workers.max(1) as u64;
+        (self.new_flows_per_s.div_ceil(w), self.new_flows_burst.div_ceil(w).max(1))
+    }
+
+    /// The most entries the service may hold in a table of `capacity`.
+    pub fn table_limit(&self, capacity: usize) -> u32 {
+        let n = capacity as u64 * self.table_share_milli as u64 / 1000;
+        n.clamp(1, u32::MAX as u64) as u32
+    }
 }
 
 /// Per-service counts, one padded block per worker (each written by its
@@ -227,6 +274,29 @@ pub struct ServiceStats {
 #[repr(align(64))]
 struct ServiceCount {
     denied: AtomicU64,
+    over_quota_dropped: AtomicU64,
+    over_quota_stateless: AtomicU64,
+}
+
+/// What a worker counts for a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceEvent {
+    /// A new flow refused by the access list.
+    Denied,
+    /// A new flow over the quota, dropped.
+    OverQuotaDropped,
+    /// A packet of a new flow over the quota, sent without an entry.
+    OverQuotaStateless,
+}
+
+impl ServiceCount {
+    fn of(&self, e: ServiceEvent) -> &AtomicU64 {
+        match e {
+            ServiceEvent::Denied => &self.denied,
+            ServiceEvent::OverQuotaDropped => &self.over_quota_dropped,
+            ServiceEvent::OverQuotaStateless => &self.over_quota_stateless,
+        }
+    }
 }
 
 impl ServiceStats {
@@ -235,19 +305,27 @@ impl ServiceStats {
         Arc::new(ServiceStats { by_worker: (0..workers.max(1)).map(|_| ServiceCount::default()).collect() })
     }
 
-    /// A new flow refused by the service's access list, on `worker`.
+    /// Counts `e` on `worker`.
     #[inline]
-    pub fn count_denied(&self, worker: usize) {
+    pub fn count(&self, worker: usize, e: ServiceEvent) {
         match self.by_worker.get(worker) {
-            Some(c) => c.denied.store(c.denied.load(Ordering::Relaxed) + 1, Ordering::Relaxed),
+            Some(c) => {
+                let n = c.of(e);
+                n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed)
+            }
             // More workers than blocks (a state built for fewer): shared.
-            None => _ = self.by_worker[0].denied.fetch_add(1, Ordering::Relaxed),
+            None => _ = self.by_worker[0].of(e).fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// How many `e` every worker together counted.
+    pub fn total(&self, e: ServiceEvent) -> u64 {
+        self.by_worker.iter().map(|c| c.of(e).load(Ordering::Relaxed)).sum()
     }
 
     /// New flows refused by the access list, every worker together.
     pub fn denied(&self) -> u64 {
-        self.by_worker.iter().map(|c| c.denied.load(Ordering::Relaxed)).sum()
+        self.total(ServiceEvent::Denied)
     }
 }
 
@@ -276,6 +354,7 @@ pub struct ServiceSpec {
     pub backends: Vec<Backend>,
     pub access: Option<Arc<AccessList>>,
     pub stats: Arc<ServiceStats>,
+    pub quota: Option<Quota>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -394,6 +473,7 @@ impl ForwardingState {
                 persist_id,
                 access: spec.access,
                 stats: spec.stats,
+                quota: spec.quota,
             });
         }
         index.sort_unstable_by_key(|a| a.0);
@@ -691,6 +771,7 @@ mod tests {
                 backends,
                 access: None,
                 stats: ServiceStats::new(1),
+                quota: None,
             }],
         )
         .unwrap()
@@ -861,6 +942,7 @@ mod tests {
             backends: vec![backend(0, 11, 1)],
             access: None,
             stats: ServiceStats::new(1),
+            quota: None,
         };
         let mut other = svc.clone();
         other.port = 81;

@@ -215,6 +215,15 @@ pub struct ServiceRow {
     /// New flows the access lists refused.
     #[serde(default)]
     pub denied_flows: u64,
+    /// The service's quota in words (`services.quota`); none without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<String>,
+    /// Packets of new flows over the quota: dropped, and sent without a
+    /// flow-table entry (`over_quota = "stateless"`).
+    #[serde(default)]
+    pub over_quota_dropped: u64,
+    #[serde(default)]
+    pub over_quota_stateless: u64,
 }
 
 /// A row of `backends`.

@@ -28,6 +28,9 @@ pub struct ServiceRow {
     pub announced: Option<bool>,
     /// Prefixes in its access lists, if it has any.
     pub access_prefixes: Option<u64>,
+    /// With a quota: packets of new flows over it, dropped and sent
+    /// stateless.
+    pub over_quota: Option<[u64; 2]>,
 }
 
 /// One backend: service, address, registry status, [packets, bytes, new
@@ -310,6 +313,21 @@ fn services(e: &mut Exposition, rows: &[ServiceRow]) {
         for r in rows {
             if let Some(n) = r.access_prefixes {
                 e.sample(name, &[("service", &r.name), ("vip", &r.vip)], n);
+            }
+        }
+    }
+    if rows.iter().any(|r| r.over_quota.is_some()) {
+        let name = "l4lb_service_over_quota_packets_total";
+        e.family(
+            name,
+            "counter",
+            "Packets of new flows over the service's quota (services.quota), by what was done with them.",
+        );
+        for r in rows {
+            if let Some(n) = r.over_quota {
+                for (action, v) in [("dropped", n[0]), ("stateless", n[1])] {
+                    e.sample(name, &[("service", &r.name), ("vip", &r.vip), ("action", action)], v);
+                }
             }
         }
     }

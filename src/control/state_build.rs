@@ -4,11 +4,13 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::config::{
-    BackendSection, ForwardingMode, PortSection, Protocol, SchedulerName, ServiceSection, Validated,
+    BackendSection, ForwardingMode, OverQuotaName, PortSection, Protocol, QuotaSection, SchedulerName,
+    ServiceSection, Validated,
 };
 use crate::balancer::flowtable::Timeouts;
 use crate::balancer::state::{
-    Backend, BuildError, Forwarding, ForwardingState, PortIdentity, Scheduler, ServiceSpec, ServiceStats,
+    Backend, BuildError, Forwarding, ForwardingState, OverQuota, PortIdentity, Quota, Scheduler, ServiceSpec,
+    ServiceStats,
 };
 use crate::net::ethernet::Mac;
 
@@ -215,6 +217,7 @@ pub fn build_state_with(
             backends,
             access: cfg.access.get(i).cloned().flatten(),
             stats: stats(s),
+            quota: s.quota.as_ref().map(quota),
         });
     }
     let mut st = ForwardingState::build(generation, ports, specs)?;
@@ -230,6 +233,22 @@ pub fn build_state_with(
             .collect(),
     );
     Ok(st)
+}
+
+/// A service's quota as workers enforce it.
+fn quota(q: &QuotaSection) -> Quota {
+    let rate = q.new_flows_per_s.unwrap_or(0);
+    Quota {
+        new_flows_per_s: rate,
+        new_flows_burst: q.new_flows_burst.unwrap_or((rate / 10).max(1)),
+        table_share_milli: q
+            .flow_table_share
+            .map_or(1000, |f| (f * 1000.0).round().clamp(1.0, 1000.0) as u32),
+        over: match q.over_quota {
+            OverQuotaName::Drop => OverQuota::Drop,
+            OverQuotaName::Stateless => OverQuota::Stateless,
+        },
+    }
 }
 
 /// The pipeline's worker sizes from `[workers]`.

@@ -78,6 +78,7 @@ pub fn service(
         maglev_size: 251,
         backends,
         access: None,
+        quota: None,
         stats: ServiceStats::new(1),
     }
 }

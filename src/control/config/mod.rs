@@ -585,6 +585,9 @@ pub struct ServiceSection {
     /// Who may open flows to this service, within `[access]`.
     #[serde(default)]
     pub access: AccessSection,
+    /// Limits on the service's new flows (none by default).
+    #[serde(default)]
+    pub quota: Option<QuotaSection>,
     /// A backend that comes back up ramps its weight from 1 to full over this
     /// many seconds (0: full weight at once).
     #[serde(default)]
@@ -608,6 +611,36 @@ pub struct ServiceSection {
 
 fn default_min_healthy() -> u32 {
     1
+}
+
+/// `services.quota`: how many new flows the service may start, and how much
+/// of each worker's flow table it may hold.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSection {
+    /// New flows per second for the box (each worker admits its share).
+    #[serde(default)]
+    pub new_flows_per_s: Option<u64>,
+    /// New flows admitted at once above the rate (default: a tenth of a
+    /// second's worth, at least one per worker).
+    #[serde(default)]
+    pub new_flows_burst: Option<u64>,
+    /// The most of each worker's flow table the service may hold, 0 to 1.
+    #[serde(default)]
+    pub flow_table_share: Option<f64>,
+    /// What happens to a new flow over a limit.
+    #[serde(default)]
+    pub over_quota: OverQuotaName,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OverQuotaName {
+    /// Dropped and counted.
+    #[default]
+    Drop,
+    /// Sent by the service's hash without a flow-table entry.
+    Stateless,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

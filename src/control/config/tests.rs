@@ -322,3 +322,54 @@ fn access_errors_name_their_key_and_files_are_read() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn quota_errors_name_their_key() {
+    let with = |quota: &str, more: &str| {
+        let text = BALANCING.replace("port = 80\n", &format!("port = 80\nquota = {{ {quota} }}\n{more}"));
+        Config::parse(&text, "q.toml").and_then(|c| c.validate("q.toml"))
+    };
+    let good = with("new_flows_per_s = 5000, flow_table_share = 0.25", "").unwrap();
+    let q = good.config.services[0].quota.as_ref().unwrap();
+    assert_eq!(
+        (q.new_flows_per_s, q.flow_table_share, q.over_quota),
+        (Some(5000), Some(0.25), OverQuotaName::Drop)
+    );
+    assert!(with("flow_table_share = 1.0, over_quota = \"stateless\"", "").is_ok());
+    let cases = [
+        ("", "", "services[0].quota.new_flows_per_s", "sets no limit"),
+        ("new_flows_per_s = 0", "", "services[0].quota.new_flows_per_s", "must be 1 to"),
+        (
+            "new_flows_burst = 10, flow_table_share = 0.5",
+            "",
+            "services[0].quota.new_flows_burst",
+            "needs new_flows_per_s",
+        ),
+        ("flow_table_share = 0", "", "services[0].quota.flow_table_share", "above 0"),
+        ("flow_table_share = 1.5", "", "services[0].quota.flow_table_share", "at most 1"),
+        ("flow_table_share = 0.0001", "", "services[0].quota.flow_table_share", "a thousandth"),
+        (
+            "new_flows_per_s = 10, over_quota = \"stateless\"",
+            "scheduler = \"round-robin\"\n",
+            "services[0].quota.over_quota",
+            "hashing scheduler",
+        ),
+        (
+            "new_flows_per_s = 10, over_quota = \"stateless\"",
+            "persistence_s = 60\n",
+            "services[0].quota.over_quota",
+            "persistence",
+        ),
+        (
+            "new_flows_per_s = 10, over_quota = \"queue\"",
+            "",
+            "services[0].quota.over_quota",
+            "unknown variant",
+        ),
+        ("new_flows = 10", "", "services[0].quota.new_flows", "unknown key"),
+    ];
+    for (quota, more, key, why) in cases {
+        let e = with(quota, more).unwrap_err();
+        assert!(e.key.starts_with(key) && e.to_string().contains(why), "want {key} ({why}), got {e}");
+    }
+}

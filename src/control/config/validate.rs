@@ -580,6 +580,9 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
         if s.backends.is_empty() {
             return Err(err(key("backends"), "a service needs at least one backend".into()));
         }
+        if let Some(q) = &s.quota {
+            validate_quota(q, s, &|k: &str| format!("services[{i}].quota.{k}"), err)?;
+        }
         if s.slow_start_s > 3600 {
             return Err(err(key("slow_start_s"), "must be at most 3600".into()));
         }
@@ -686,6 +689,66 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
     }
     if c.socket.as_ref().is_some_and(|p| p.as_os_str().is_empty() || p.as_os_str().len() > 100) {
         return Err(err("control.socket".into(), "must be a path of 1 to 100 bytes".into()));
+    }
+    Ok(())
+}
+
+/// `services.quota`: at least one limit, each in range; stateless sending
+/// only where the scheduler's choice is a hash of the packet.
+fn validate_quota(
+    q: &QuotaSection,
+    s: &ServiceSection,
+    key: &dyn Fn(&str) -> String,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<(), ConfigError> {
+    if q.new_flows_per_s.is_none() && q.flow_table_share.is_none() {
+        return Err(err(
+            key("new_flows_per_s"),
+            "the quota sets no limit: give new_flows_per_s, flow_table_share or both".into(),
+        ));
+    }
+    if let Some(r) = q.new_flows_per_s {
+        if !(1..=1_000_000_000).contains(&r) {
+            return Err(err(key("new_flows_per_s"), "must be 1 to 1000000000".into()));
+        }
+    }
+    match (q.new_flows_burst, q.new_flows_per_s) {
+        (Some(_), None) => {
+            return Err(err(
+                key("new_flows_burst"),
+                "needs new_flows_per_s (the rate it is a burst of)".into(),
+            ))
+        }
+        (Some(b), Some(_)) if !(1..=1_000_000_000).contains(&b) => {
+            return Err(err(key("new_flows_burst"), "must be 1 to 1000000000".into()))
+        }
+        _ => {}
+    }
+    if let Some(f) = q.flow_table_share {
+        if !(f > 0.0 && f <= 1.0) {
+            return Err(err(key("flow_table_share"), format!("{f} is not a share above 0 and at most 1")));
+        }
+        if f < 0.001 {
+            return Err(err(key("flow_table_share"), "must be at least 0.001 (a thousandth)".into()));
+        }
+    }
+    if q.over_quota == OverQuotaName::Stateless {
+        if !matches!(s.scheduler, SchedulerName::Maglev | SchedulerName::SourceIp) {
+            return Err(err(
+                key("over_quota"),
+                "`stateless` needs a hashing scheduler (maglev or source-ip): any other would send each \
+                 packet of an untracked flow somewhere else"
+                    .into(),
+            ));
+        }
+        if s.persistence_s > 0 {
+            return Err(err(
+                key("over_quota"),
+                "`stateless` cannot keep persistence (persistence_s): an untracked flow's packets would \
+                 ignore the client's entry"
+                    .into(),
+            ));
+        }
     }
     Ok(())
 }

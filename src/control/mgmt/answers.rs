@@ -237,7 +237,10 @@ impl Management<'_> {
                     health_check: s.health.as_ref().map(|h| h.check.name().to_owned()),
                     announced: self.announced(s.vip),
                     access_prefixes: self.registry.cfg.access.get(i).cloned().flatten().map(|a| a.prefixes),
-                    denied_flows: self.registry.stats.get(&s.name).map_or(0, |x| x.denied()),
+                    denied_flows: self.service_count(&s.name, ServiceEvent::Denied),
+                    quota: s.quota.as_ref().map(quota_words),
+                    over_quota_dropped: self.service_count(&s.name, ServiceEvent::OverQuotaDropped),
+                    over_quota_stateless: self.service_count(&s.name, ServiceEvent::OverQuotaStateless),
                 }
             })
             .collect()
@@ -412,7 +415,7 @@ impl Management<'_> {
         let mut backends = Vec::new();
         for (i, s) in c.services.iter().enumerate() {
             let mut sums = [0u64; 5];
-            sums[4] = self.registry.stats.get(&s.name).map_or(0, |x| x.denied());
+            sums[4] = self.service_count(&s.name, ServiceEvent::Denied);
             for b in &s.backends {
                 let st = &self.registry.backends[&(s.name.clone(), b.address)];
                 let (p, by) = self.traffic(st.id);
@@ -441,6 +444,12 @@ impl Management<'_> {
                     .cloned()
                     .flatten()
                     .map(|a| a.prefixes as u64),
+                over_quota: s.quota.as_ref().map(|_| {
+                    [
+                        self.service_count(&s.name, ServiceEvent::OverQuotaDropped),
+                        self.service_count(&s.name, ServiceEvent::OverQuotaStateless),
+                    ]
+                }),
             });
         }
         metrics::render(&metrics::Scrape {
@@ -455,4 +464,19 @@ impl Management<'_> {
             sync: self.sync.as_ref().map(|y| y.status()),
         })
     }
+}
+
+/// A service's quota as `ctl services` shows it: "5000/s (burst 500),
+/// 25% of each table, drop".
+fn quota_words(q: &crate::control::config::QuotaSection) -> String {
+    let mut parts = Vec::new();
+    if let Some(r) = q.new_flows_per_s {
+        let burst = q.new_flows_burst.unwrap_or((r / 10).max(1));
+        parts.push(format!("{r}/s (burst {burst})"));
+    }
+    if let Some(f) = q.flow_table_share {
+        parts.push(format!("{}% of each table", f * 100.0));
+    }
+    parts.push(format!("{:?}", q.over_quota).to_lowercase());
+    parts.join(", ")
 }

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use crate::balancer::state::ServiceEvent;
 use std::time::{Duration, Instant};
 
 use super::api::{
@@ -202,6 +204,11 @@ impl<'a> Management<'a> {
             };
             a.apply(&super::routing::wanted(&self.state, &r.cfg.config, &checked));
         }
+    }
+
+    /// What the workers counted for service `name`, every worker together.
+    pub fn service_count(&self, name: &str, e: ServiceEvent) -> u64 {
+        self.registry.stats.get(name).map_or(0, |x| x.total(e))
     }
 
     /// With `[routing]`: whether `vip` is announced now.

@@ -91,6 +91,8 @@ counters! {
         "Packets forwarded in fragments: IPv4 without DF too big once encapsulated (the outer packet is fragmented).";
     FragmentsUnmatched => "fragments_unmatched", "l4lb_fragments_unmatched_total", None,
         "Later fragments whose datagram's first fragment this worker had not seen: sent to the VIP's lowest-port service of their protocol.";
+    OverQuotaStateless => "over_quota_stateless", "l4lb_over_quota_stateless_packets_total", None,
+        "Packets of untracked flows over their service's quota sent to the backend its hash picks, with no flow-table entry (over_quota = \"stateless\").";
 }
 
 /// What names a counter: its `ctl stats` name, its Prometheus family, an

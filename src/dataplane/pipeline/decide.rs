@@ -14,7 +14,7 @@ use super::{release, Counter, PacketMeta, TablePlan, Verdict, Worker, NOT_HANDED
 use crate::balancer::flow::KeyKind;
 use crate::balancer::flowtable::{refresh_slack, Entry, FlowState};
 use crate::balancer::persist::{self, Claimed};
-use crate::balancer::state::{ForwardingState, Service};
+use crate::balancer::state::{ForwardingState, OverQuota, Service, ServiceEvent};
 use crate::dataplane::packet::Packet;
 use crate::net::{ethernet, proto, tcp};
 
@@ -65,11 +65,9 @@ impl Worker {
                         };
                         decided = true;
                         let id = st.backends[b].id;
-                        let Worker { flows, active, .. } = self;
-                        flows.rebind(s, id, &mut release(active));
-                        if let Some(a) = self.active.get_mut(id as usize) {
-                            *a += 1;
-                        }
+                        let Worker { flows, active, quotas, .. } = self;
+                        flows.rebind(s, id, &mut release(active, quotas));
+                        self.hold(id);
                         let state = next_state(svc.proto, kind, meta.tcp_flags, None);
                         self.flows.touch(s, state, now_ms + svc.timeouts.for_state(state), now_ms);
                         self.counters[Counter::Rescheduled] += 1;
@@ -91,16 +89,17 @@ impl Worker {
                 let Some(b) = self.schedule(st, svc, meta, now_ms) else {
                     return self.unscheduled(svc, meta);
                 };
+                if svc.quota.is_some() && !self.quotas.admit(meta.service as usize, now_ms) {
+                    return self.over_quota(st, svc, b, pkt, in_port, now_ms, meta);
+                }
                 decided = true;
                 let id = st.backends[b].id;
                 let state = next_state(svc.proto, kind, meta.tcp_flags, None);
                 let expires = now_ms + svc.timeouts.for_state(state);
-                let Worker { flows, active, .. } = self;
+                let Worker { flows, active, quotas, .. } = self;
                 let entry = Entry { key: meta.key, backend: id, state, expires_ms: expires };
-                flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active));
-                if let Some(a) = self.active.get_mut(id as usize) {
-                    *a += 1;
-                }
+                flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active, quotas));
+                self.hold(id);
                 self.counters[Counter::NewFlows] += 1;
                 self.per_backend.count_new_flow(id as usize);
                 if self.sync.is_some() {
@@ -142,6 +141,33 @@ impl Worker {
             self.per_backend.count(id, meta.ip_len as u64);
         }
         v
+    }
+
+    /// A new flow over its service's quota (`backend` is the one its
+    /// scheduler chose): dropped, or sent there with no table entry where
+    /// the service says `stateless` (a hashing scheduler, so the flow's
+    /// next packets are sent alike). Counted for the service either way.
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    fn over_quota<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        svc: &Service,
+        backend: usize,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        let worker = self.index as usize;
+        if svc.quota.is_some_and(|q| q.over == OverQuota::Stateless) {
+            svc.stats.count(worker, ServiceEvent::OverQuotaStateless);
+            self.counters[Counter::OverQuotaStateless] += 1;
+            let id = st.backends[backend].id;
+            return self.send_to(st, svc, backend, id, pkt, in_port, now_ms, meta);
+        }
+        svc.stats.count(worker, ServiceEvent::OverQuotaDropped);
+        Verdict::Drop(DropReason::OverQuota)
     }
 
     /// A VIP packet this worker decides without tracking its flow: an ICMP
@@ -253,7 +279,7 @@ impl Worker {
     fn refused(&self, svc: &Service, meta: &PacketMeta) -> bool {
         let refused = svc.access.as_deref().is_some_and(|acl| !acl.permits(&meta.key.src));
         if refused {
-            svc.stats.count_denied(self.index as usize);
+            svc.stats.count(self.index as usize, ServiceEvent::Denied);
         }
         refused
     }

@@ -39,6 +39,7 @@ mod encap;
 mod fast;
 mod icmp_error;
 mod parse;
+mod quota;
 mod replies;
 #[cfg(test)]
 mod tests;
@@ -114,6 +115,8 @@ pub struct Worker {
     sync: Option<Box<SyncSide>>,
     /// The service of each datagram whose first fragment came here.
     fragments: FragmentServices,
+    /// Per-service quotas on new flows.
+    quotas: quota::Quotas,
 }
 
 /// A worker's part in flow sync.
@@ -187,12 +190,15 @@ impl Default for PacketMeta {
     }
 }
 
-/// Active-flow bookkeeping for entries leaving the flow table (given their
-/// backend id).
-fn release(active: &mut [u32]) -> impl FnMut(u32) + '_ {
+/// Active-flow and quota bookkeeping for entries leaving the flow table
+/// (given their backend id).
+fn release<'a>(active: &'a mut [u32], quotas: &'a mut quota::Quotas) -> impl FnMut(u32) + 'a {
     move |backend| {
         if let Some(a) = active.get_mut(backend as usize) {
             *a = a.saturating_sub(1);
+        }
+        if quotas.on {
+            quotas.released(backend);
         }
     }
 }
@@ -256,6 +262,7 @@ impl Worker {
             counters: Counters::default(),
             sync: None,
             fragments: FragmentServices::default(),
+            quotas: quota::Quotas::default(),
         }
     }
 
@@ -422,12 +429,31 @@ impl Worker {
             s.wrr.clear();
             s.wrr.resize(svc.backends.len(), 0);
         }
+        self.quotas.adopt(st, &self.active, self.flows.capacity(), self.workers);
+    }
+
+    /// Service `i`'s entries in this worker's flow table and the most its
+    /// quota lets it hold, while it has a table share.
+    pub fn quota_usage(&self, i: usize) -> Option<(u32, u32)> {
+        self.quotas.usage(i)
+    }
+
+    /// A new entry of backend `id` is in the flow table: its active count
+    /// and its service's quota count.
+    #[inline(always)]
+    fn hold(&mut self, id: u32) {
+        if let Some(a) = self.active.get_mut(id as usize) {
+            *a += 1;
+        }
+        if self.quotas.on {
+            self.quotas.taken(id);
+        }
     }
 
     /// Reclaims expired flows in the next `buckets` buckets of the flow table.
     pub fn sweep(&mut self, now_ms: u64, buckets: usize) -> usize {
-        let Worker { flows, active, .. } = self;
-        flows.sweep(now_ms, buckets, &mut release(active))
+        let Worker { flows, active, quotas, .. } = self;
+        flows.sweep(now_ms, buckets, &mut release(active, quotas))
     }
 
     /// Prefetches what the next [`Worker::sweep`] of `buckets` reads.

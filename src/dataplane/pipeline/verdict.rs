@@ -115,4 +115,6 @@ drop_reasons! {
     AccessDenied => "access_denied";
     /// No packet buffer was free for a fragment (worker loop).
     NoMbuf => "no_mbuf";
+    /// A new flow over its service's quota (new flows per second or flow-table share).
+    OverQuota => "over_quota";
 }
