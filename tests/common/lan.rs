@@ -449,13 +449,15 @@ pub struct Managed {
     pub socket: std::path::PathBuf,
     pub dir: std::path::PathBuf,
     pub tap: String,
+    /// Each worker's flow-table capacity.
+    pub flows: usize,
 }
 
 impl Managed {
     /// The configuration text for `services` (what `managed` started with,
     /// or a replacement for a reload).
     pub fn config(&self, services: &str) -> String {
-        managed_config(&self.tap, &self.socket, services)
+        managed_config(&self.tap, &self.socket, services, self.flows)
     }
 
     /// Rewrites the configuration file l4lb reloads from.
@@ -464,18 +466,24 @@ impl Managed {
     }
 }
 
-fn managed_config(tap: &str, socket: &std::path::Path, services: &str) -> String {
+fn managed_config(tap: &str, socket: &std::path::Path, services: &str, flows: usize) -> String {
     let control = format!(
         "[control]\nsocket = \"{}\"\nhealth_source_v4 = \"198.18.0.5\"\nhealth_source_v6 = \"2001:db8::5\"\n",
         socket.display()
     );
     l4lb_config_with(tap, &control, services)
+        .replace("flow_table_capacity = 65536", &format!("flow_table_capacity = {flows}"))
 }
 
 /// The LAN (servers started, UDP ones on `udp_vip`), a management namespace,
 /// and l4lb running in it with `services`; its control socket is in a fresh
 /// directory, its metrics on 127.0.0.1:9100 inside the management namespace.
 pub fn managed(vips: &[&str], services: &str, udp_vip: Option<&str>) -> Managed {
+    managed_sized(vips, services, udp_vip, 65536)
+}
+
+/// As [`managed`], each worker's flow table of `flows` entries.
+pub fn managed_sized(vips: &[&str], services: &str, udp_vip: Option<&str>, flows: usize) -> Managed {
     super::netns::require_root();
     let mut lan = topology(vips);
     start_servers(&mut lan, udp_vip);
@@ -484,9 +492,9 @@ pub fn managed(vips: &[&str], services: &str, udp_vip: Option<&str>) -> Managed 
     let dir = std::env::temp_dir().join(unique("l4lb-mg-"));
     std::fs::create_dir_all(&dir).unwrap();
     let socket = dir.join("ctl.sock");
-    let l4lb = L4lb::start_in(Some(&mg), &managed_config(&tap, &socket, services), &dir);
+    let l4lb = L4lb::start_in(Some(&mg), &managed_config(&tap, &socket, services, flows), &dir);
     attach_tap_from(&lan, &mg, &tap);
-    Managed { l4lb, mg, lan, socket, dir, tap }
+    Managed { l4lb, mg, lan, socket, dir, tap, flows }
 }
 
 /// Runs a Python snippet in the client namespace; its stdout.
