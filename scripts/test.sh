@@ -4,7 +4,8 @@
 # --no-default-features`, what a laptop runs). Then setup (packages,
 # hugepages, tun), the fixture, format and lint gates, and every test tier
 # (unit and property tests, DPDK vdev tests, TAP/namespace end-to-end tests),
-# each test in its own process (cargo-nextest; EAL starts once per process).
+# each test in its own process (cargo-nextest; EAL starts once per process),
+# and a short run of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +26,10 @@ echo "== format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo clippy --no-default-features --target-dir target/fast --all-targets --quiet -- -D warnings
+
+echo "== fuzzing: each target a few seconds from its committed corpus (scripts/fuzz.sh)"
+scripts/fuzz.sh 5
+(cd tests/fuzz && cargo fmt -- --check && cargo clippy --quiet --target-dir ../../target/fuzz-clippy -- -D warnings)
 
 echo "== doc tests"
 cargo test --workspace --doc --quiet

@@ -11,6 +11,8 @@ pub mod control;
 pub mod ctl;
 pub mod dataplane;
 pub mod dpdk;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod logging;
 pub mod net;
 pub mod pcap;

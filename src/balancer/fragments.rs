@@ -14,7 +14,8 @@
 
 use super::hash::{hash_words, SEED_SOURCE};
 
-const SLOTS: usize = 4096;
+/// Slots of a worker's table unless told otherwise.
+pub const DEFAULT_SLOTS: usize = 4096;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Slot {
@@ -36,17 +37,24 @@ pub struct FragmentServices {
 
 impl Default for FragmentServices {
     fn default() -> Self {
-        FragmentServices { slots: vec![Slot::default(); SLOTS].into_boxed_slice() }
+        Self::with_slots(DEFAULT_SLOTS)
     }
 }
 
-fn index(src: u128, dst: u128, ident: u32, proto: u8) -> usize {
+impl FragmentServices {
+    /// A table of `n` slots (rounded up to a power of two, at least 16).
+    pub fn with_slots(n: usize) -> Self {
+        FragmentServices { slots: vec![Slot::default(); n.max(16).next_power_of_two()].into_boxed_slice() }
+    }
+}
+
+fn index(src: u128, dst: u128, ident: u32, proto: u8, slots: usize) -> usize {
     let w = [
         src as u64 ^ (src >> 64) as u64,
         dst as u64 ^ (dst >> 64) as u64,
         (ident as u64) << 8 | proto as u64,
     ];
-    hash_words(SEED_SOURCE, &w) as usize & (SLOTS - 1)
+    hash_words(SEED_SOURCE, &w) as usize & (slots - 1)
 }
 
 impl FragmentServices {
@@ -54,14 +62,15 @@ impl FragmentServices {
     #[inline]
     pub fn record(&mut self, src: &[u8; 16], dst: &[u8; 16], proto: u8, ident: u32, port: u16) {
         let (src, dst) = (u128::from_ne_bytes(*src), u128::from_ne_bytes(*dst));
-        self.slots[index(src, dst, ident, proto)] = Slot { src, dst, ident, proto, used: 1, port };
+        self.slots[index(src, dst, ident, proto, self.slots.len())] =
+            Slot { src, dst, ident, proto, used: 1, port };
     }
 
     /// The port of the service the datagram's first fragment went to.
     #[inline]
     pub fn port_of(&self, src: &[u8; 16], dst: &[u8; 16], proto: u8, ident: u32) -> Option<u16> {
         let (src, dst) = (u128::from_ne_bytes(*src), u128::from_ne_bytes(*dst));
-        let s = &self.slots[index(src, dst, ident, proto)];
+        let s = &self.slots[index(src, dst, ident, proto, self.slots.len())];
         (s.used == 1 && s.src == src && s.dst == dst && s.ident == ident && s.proto == proto)
             .then_some(s.port)
     }

@@ -259,5 +259,6 @@ pub fn worker_config(cfg: &Validated) -> crate::dataplane::pipeline::WorkerConfi
         persist_capacity: w.persistence_capacity,
         icmp_rate_per_s: w.icmp_rate_per_s,
         icmp_burst: w.icmp_burst,
+        ..Default::default()
     }
 }

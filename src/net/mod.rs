@@ -71,55 +71,57 @@ pub fn put16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
+/// Builds every view on `b` and calls every accessor: none may panic on
+/// any bytes (the property test below and the `parsers` fuzz target).
+pub fn exercise_views(b: &[u8]) {
+    if let Ok(f) = ethernet::Frame::new_checked(b) {
+        let _ = (f.dst(), f.src(), f.ethertype(), f.vlan(), f.payload().len());
+    }
+    if let Ok(a) = arp::Packet::new_checked(b) {
+        let _ = (a.op(), a.sender_mac(), a.sender_ip(), a.target_mac(), a.target_ip());
+    }
+    if let Ok(p) = ipv4::Packet::new_checked(b) {
+        let _ = (p.header_len(), p.total_len(), p.ident(), p.frag_offset(), p.is_fragment(), p.ttl());
+        let _ = (p.protocol(), p.checksum(), p.src(), p.dst(), p.options().len(), p.payload().len());
+        let _ = p.header_checksum_ok();
+    }
+    if let Ok(p) = ipv6::Packet::new_checked(b) {
+        let _ = (p.traffic_class(), p.flow_label(), p.payload_len(), p.hop_limit(), p.src(), p.dst());
+        let _ = (p.payload().len(), p.upper());
+    }
+    if let Ok(t) = tcp::Segment::new_checked(b) {
+        let _ = (t.src_port(), t.dst_port(), t.seq(), t.ack(), t.flags(), t.window(), t.payload().len());
+    }
+    if let Ok(u) = udp::Datagram::new_checked(b) {
+        let _ = (u.src_port(), u.dst_port(), u.len(), u.checksum(), u.payload().len());
+    }
+    if let Ok(m) = icmp::Message::new_checked(b) {
+        let _ = (
+            m.msg_type(),
+            m.code(),
+            m.checksum(),
+            m.rest(),
+            m.body().len(),
+            m.is_v4_error(),
+            m.is_v6_error(),
+        );
+    }
+    let _ = icmp::parse_ndp(b);
+    let _ = tcp::ports(b);
+}
+
 #[cfg(test)]
 mod fuzz {
     //! No view panics on any bytes: construct, then call every accessor.
     use super::*;
     use proptest::prelude::*;
 
-    fn exercise(b: &[u8]) {
-        if let Ok(f) = ethernet::Frame::new_checked(b) {
-            let _ = (f.dst(), f.src(), f.ethertype(), f.vlan(), f.payload().len());
-        }
-        if let Ok(a) = arp::Packet::new_checked(b) {
-            let _ = (a.op(), a.sender_mac(), a.sender_ip(), a.target_mac(), a.target_ip());
-        }
-        if let Ok(p) = ipv4::Packet::new_checked(b) {
-            let _ = (p.header_len(), p.total_len(), p.ident(), p.frag_offset(), p.is_fragment(), p.ttl());
-            let _ = (p.protocol(), p.checksum(), p.src(), p.dst(), p.options().len(), p.payload().len());
-            let _ = p.header_checksum_ok();
-        }
-        if let Ok(p) = ipv6::Packet::new_checked(b) {
-            let _ = (p.traffic_class(), p.flow_label(), p.payload_len(), p.hop_limit(), p.src(), p.dst());
-            let _ = (p.payload().len(), p.upper());
-        }
-        if let Ok(t) = tcp::Segment::new_checked(b) {
-            let _ = (t.src_port(), t.dst_port(), t.seq(), t.ack(), t.flags(), t.window(), t.payload().len());
-        }
-        if let Ok(u) = udp::Datagram::new_checked(b) {
-            let _ = (u.src_port(), u.dst_port(), u.len(), u.checksum(), u.payload().len());
-        }
-        if let Ok(m) = icmp::Message::new_checked(b) {
-            let _ = (
-                m.msg_type(),
-                m.code(),
-                m.checksum(),
-                m.rest(),
-                m.body().len(),
-                m.is_v4_error(),
-                m.is_v6_error(),
-            );
-        }
-        let _ = icmp::parse_ndp(b);
-        let _ = tcp::ports(b);
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(5000))]
 
         #[test]
         fn no_view_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
-            exercise(&bytes);
+            exercise_views(&bytes);
         }
 
         #[test]
@@ -129,7 +131,7 @@ mod fuzz {
         ) {
             let mut b = vec![first];
             b.extend(rest);
-            exercise(&b);
+            exercise_views(&b);
         }
     }
 }

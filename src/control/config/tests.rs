@@ -315,6 +315,8 @@ fn access_errors_name_their_key_and_files_are_read() {
         (with("deny_file = \"missing.txt\"", ""), "access.deny_file", "cannot read"),
         (with("", "allow_file = \"bad.txt\""), "services[0].access.allow_file", "bad.txt:2: 198.18.9.1/24"),
         (with("", "permit = []"), "services[0].access.permit", "unknown key"),
+        (with("deny_file = \"/dev/zero\"", ""), "access.deny_file", "not a regular file"),
+        (with("deny_file = \".\"", ""), "access.deny_file", "not a regular file"),
     ];
     for (text, key, why) in cases {
         let e = check_at(&text).unwrap_err();

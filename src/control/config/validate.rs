@@ -277,6 +277,9 @@ fn access_lists(
     Ok(out)
 }
 
+/// The largest access-list file read (about 2.5 million prefixes).
+const MAX_LIST_FILE_BYTES: u64 = 64 << 20;
+
 /// One `access` table's lists, with its files' prefixes.
 fn lists(
     a: &AccessSection,
@@ -292,8 +295,18 @@ fn lists(
     }
     let read = |name: &str, path: &str| -> Result<Vec<Prefix>, ConfigError> {
         let at = Path::new(file).parent().unwrap_or(Path::new(".")).join(path);
-        let text = std::fs::read_to_string(&at)
-            .map_err(|e| err(format!("{key}.{name}"), format!("cannot read {}: {e}", at.display())))?;
+        let cannot =
+            |why: String| err(format!("{key}.{name}"), format!("cannot read {}: {why}", at.display()));
+        // A regular file of bounded size: a device or a FIFO named here
+        // would hang `l4lb check` or a reload, or fill the memory.
+        let meta = std::fs::metadata(&at).map_err(|e| cannot(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(cannot("not a regular file".into()));
+        }
+        if meta.len() > MAX_LIST_FILE_BYTES {
+            return Err(cannot(format!("{} bytes, more than {MAX_LIST_FILE_BYTES}", meta.len())));
+        }
+        let text = std::fs::read_to_string(&at).map_err(|e| cannot(e.to_string()))?;
         let mut out = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let line = line.split('#').next().unwrap_or("").trim();

@@ -37,6 +37,8 @@ mod counters;
 mod decide;
 mod encap;
 mod fast;
+#[doc(hidden)]
+pub mod harness;
 mod icmp_error;
 mod parse;
 mod quota;
@@ -74,6 +76,13 @@ pub struct WorkerConfig {
     /// frag-needed / packet-too-big answers per second (token bucket rate).
     pub icmp_rate_per_s: u64,
     pub icmp_burst: u64,
+    /// Backend ids the worker counts flows and traffic for (ids from 0; a
+    /// flow of a higher id is forwarded but not counted). l4lb's limit by
+    /// default; the fuzz targets' small states take far fewer.
+    pub backend_ids: usize,
+    /// Slots of the table that sends a datagram's later fragments where its
+    /// first went (`balancer::fragments`).
+    pub fragment_slots: usize,
 }
 
 impl Default for WorkerConfig {
@@ -83,6 +92,8 @@ impl Default for WorkerConfig {
             persist_capacity: 1 << 16,
             icmp_rate_per_s: 100,
             icmp_burst: 20,
+            backend_ids: MAX_BACKEND_IDS,
+            fragment_slots: crate::balancer::fragments::DEFAULT_SLOTS,
         }
     }
 }
@@ -250,18 +261,18 @@ impl Worker {
             index,
             workers,
             handed_origin: NOT_HANDED,
-            active: vec![0; MAX_BACKEND_IDS],
-            sched: (0..MAX_SERVICES).map(|_| SchedState::default()).collect(),
+            active: vec![0; cfg.backend_ids],
+            sched: Vec::new(),
             generation: u64::MAX,
             icmp_bucket: TokenBucket::new(cfg.icmp_rate_per_s, cfg.icmp_burst),
             ident: 0,
             last_service: ServiceMemo::EMPTY,
             last_service_v6: ServiceMemoV6::EMPTY,
-            per_backend: Arc::new(BackendCounters::new(MAX_BACKEND_IDS)),
+            per_backend: Arc::new(BackendCounters::new(cfg.backend_ids)),
             plan: Some(Box::default()),
             counters: Counters::default(),
             sync: None,
-            fragments: FragmentServices::default(),
+            fragments: FragmentServices::with_slots(cfg.fragment_slots),
             quotas: quota::Quotas::default(),
         }
     }
@@ -424,6 +435,12 @@ impl Worker {
         self.generation = st.generation;
         self.last_service = ServiceMemo::EMPTY;
         self.last_service_v6 = ServiceMemoV6::EMPTY;
+        // Scheduler state for every service of the state (it grows with the
+        // largest state seen, here: not on the packet path).
+        let n = st.services.len().min(MAX_SERVICES);
+        if self.sched.len() < n {
+            self.sched.resize_with(n, SchedState::default);
+        }
         for (i, svc) in st.services.iter().enumerate().take(MAX_SERVICES) {
             let s = &mut self.sched[i];
             s.wrr.clear();

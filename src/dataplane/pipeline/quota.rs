@@ -11,7 +11,7 @@
 //! flows do.)
 
 use super::super::punt::TokenBucket;
-use crate::balancer::limits::{MAX_BACKEND_IDS, MAX_SERVICES};
+use crate::balancer::limits::MAX_SERVICES;
 use crate::balancer::state::{ForwardingState, Quota};
 
 /// A worker's quota bookkeeping.
@@ -22,7 +22,7 @@ pub(super) struct Quotas {
     /// Per backend id: 1 + the index of its service in the state where that
     /// service has a quota, else 0.
     of_id: Vec<u16>,
-    /// Per service index (allocated with the first state that has a quota).
+    /// Per service index (grown with the states that have a quota).
     services: Vec<ServiceQuota>,
 }
 
@@ -59,9 +59,12 @@ impl Quotas {
         if !any && !self.on {
             return;
         }
-        if self.services.is_empty() {
-            self.of_id = vec![0; MAX_BACKEND_IDS];
-            self.services = (0..MAX_SERVICES).map(|_| ServiceQuota::default()).collect();
+        if self.of_id.len() != active.len() {
+            self.of_id = vec![0; active.len()];
+        }
+        let n = st.services.len().min(MAX_SERVICES);
+        if self.services.len() < n {
+            self.services.resize_with(n, ServiceQuota::default);
         }
         self.of_id.fill(0);
         for (i, svc) in st.services.iter().enumerate().take(MAX_SERVICES) {

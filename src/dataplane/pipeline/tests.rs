@@ -3,11 +3,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::fast::{fast_v4, fast_v6};
+use super::harness::{check_output, differential_worker, fast_paths_agree};
 use super::*;
 use crate::balancer::flowtable::FlowState;
-use crate::balancer::state::{Backend, Forwarding, PortIdentity};
-use crate::net::{ethernet, ipv4, ipv6, proto};
+use crate::balancer::state::Forwarding;
+use crate::net::{ethernet, ipv4, proto};
 
 #[test]
 fn flow_states_follow_the_clients_segments() {
@@ -37,52 +37,6 @@ fn flow_states_follow_the_clients_segments() {
     for (p, kind, flags, prev, want) in cases {
         assert_eq!(next_state(p, kind, flags, prev), want, "{p} {kind:?} {flags:#x} {prev:?}");
     }
-}
-
-/// Two ports (port 1's own IPv4 address is also a VIP, balanced only when
-/// it arrives on port 0) and TCP and UDP services on an IPv4 and an IPv6
-/// VIP, in each forwarding mode.
-fn differential_state() -> ForwardingState {
-    use crate::dataplane::testframes::{backend, service};
-    let vip4 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
-    let vip6 = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x100, 0, 0, 0, 0, 1));
-    let own1 = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 2));
-    let mut next_id = 0u32;
-    let mut spec = |vip: IpAddr, proto: u8, port: u16, forwarding: Forwarding| {
-        // Ids go on across services: one state holds them all.
-        let backends = (0..3)
-            .map(|i| {
-                next_id += 1;
-                Backend { id: next_id, ..backend(i, vip.is_ipv6()) }
-            })
-            .collect();
-        service(vip, proto, port, forwarding, backends)
-    };
-    let services = vec![
-        spec(vip4, proto::TCP, 80, Forwarding::IpIp),
-        spec(vip4, proto::UDP, 80, Forwarding::Gue { port: 6080 }),
-        spec(vip4, proto::TCP, 443, Forwarding::L2),
-        spec(vip6, proto::TCP, 80, Forwarding::IpIp),
-        spec(vip6, proto::UDP, 80, Forwarding::Gue { port: 6080 }),
-        spec(own1, proto::TCP, 80, Forwarding::L2),
-    ];
-    let ports = vec![
-        PortIdentity {
-            mac: [2, 0, 0, 0, 0, 1],
-            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-            mtu: 1500,
-            ..Default::default()
-        },
-        PortIdentity {
-            mac: [2, 0, 0, 0, 0, 2],
-            ipv4: Some(Ipv4Addr::new(198, 18, 100, 2)),
-            ipv6: None,
-            mtu: 1500,
-            ..Default::default()
-        },
-    ];
-    ForwardingState::build(1, ports, services).expect("a valid state")
 }
 
 /// A frame near the fast paths' edges: a valid TCP or UDP frame to one of
@@ -147,14 +101,6 @@ fn edge_frame() -> impl Strategy<Value = (u16, Vec<u8>)> {
         })
 }
 
-/// The differential tests' state (built once per process) and a fresh
-/// worker with small tables for one case.
-fn differential_worker() -> (&'static ForwardingState, Worker) {
-    static STATE: std::sync::OnceLock<ForwardingState> = std::sync::OnceLock::new();
-    let cfg = WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() };
-    (STATE.get_or_init(differential_state), Worker::new(cfg))
-}
-
 use proptest::prelude::*;
 
 proptest! {
@@ -168,67 +114,10 @@ proptest! {
     fn the_fast_paths_decide_as_the_general_parser(frames in prop::collection::vec(edge_frame(), 1..8)) {
         let (st, mut w) = differential_worker();
         for (in_port, f) in frames {
-            let port = &st.ports[in_port as usize];
-            let mut fast = PacketMeta::default();
-            let took = fast_v4(st, port, in_port, &f, &mut w.last_service, &mut fast).is_some()
-                || fast_v6(st, port, in_port, &f, &mut w.last_service_v6, &mut fast).is_some();
-            let mut general = PacketMeta::default();
-            let verdict = w.parse_general(st, &mut crate::dataplane::packet::TestPacket::new(&f), in_port, port, &mut general);
-            if took {
-                prop_assert_eq!(verdict, None, "the fast path took {:02x?}", f);
-                prop_assert_eq!(fast, general, "{:02x?}", f);
-            }
+            let agree = fast_paths_agree(st, &mut w, in_port, &f);
+            prop_assert!(agree.is_ok(), "{}", agree.unwrap_err());
         }
     }
-}
-
-/// What a forwarded frame carries: for IP-in-IP and GUE the client's IP
-/// packet unchanged (padding dropped) behind an outer header whose lengths
-/// and IPv4 checksum are right, nothing after it; for L2 the frame as received behind new
-/// MACs. Replies carry a valid IPv4 header checksum. Panics otherwise.
-fn check_output(input: &[u8], out: &[u8], forwarded: bool) {
-    let ether = u16::from_be_bytes([out[12], out[13]]);
-    let l3 = &out[14..];
-    let (inner, outer_proto, trailing) = match ether {
-        ethernet::ETHERTYPE_IPV4 => {
-            let ip = ipv4::Packet::new_checked(l3).expect("an IPv4 header");
-            assert!(ip.header_checksum_ok(), "outer checksum: {out:02x?}");
-            if !forwarded {
-                return;
-            }
-            (&l3[ip.header_len()..ip.total_len()], ip.protocol(), l3.len() - ip.total_len())
-        }
-        ethernet::ETHERTYPE_IPV6 => {
-            let ip = ipv6::Packet::new_checked(l3).expect("an IPv6 header");
-            if !forwarded {
-                return;
-            }
-            (&l3[ipv6::HEADER_LEN..ip.total_len()], ip.next_header(), l3.len() - ip.total_len())
-        }
-        other => panic!("ethertype {other:#06x}: {out:02x?}"),
-    };
-    let in_l3 = &input[14..];
-    let (inner, udp_len) = match outer_proto {
-        proto::IPIP | proto::IPV6 => (inner, None),
-        proto::UDP => (&inner[8..], Some(u16::from_be_bytes([inner[4], inner[5]]) as usize)),
-        // L2: the frame as received behind new MACs.
-        _ => {
-            assert_eq!(&out[12..], &input[12..], "an L2-forwarded frame changed");
-            return;
-        }
-    };
-    // The client frame's padding is trimmed before the outer header goes on.
-    assert_eq!(trailing, 0, "bytes after the outer packet: {out:02x?}");
-    if let Some(len) = udp_len {
-        assert_eq!(len, inner.len() + 8, "GUE UDP length");
-    }
-    assert_eq!(inner, &in_l3[..inner.len()], "the inner packet differs from the client's");
-    let ip_len = if in_l3[0] >> 4 == 4 {
-        u16::from_be_bytes([in_l3[2], in_l3[3]]) as usize
-    } else {
-        40 + u16::from_be_bytes([in_l3[4], in_l3[5]]) as usize
-    };
-    assert_eq!(inner.len(), ip_len, "the inner packet's length");
 }
 
 proptest! {
