@@ -356,13 +356,12 @@ fn deliver_other(
 fn send_fragments(t: &mut TxQueue<'_>, counters: &mut Counters, m: Mbuf, l2: usize, mtu: usize) {
     let data = m.data();
     let Some(ip) = data.get(l2..) else { return };
-    let total = ip.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
-    let Some((piece, n)) = ipv4::fragment_plan(total, ipv4::MIN_HEADER_LEN, mtu) else {
+    let Some(plan) = ipv4::Fragments::plan(ip, mtu) else {
         counters[DropReason::TooBig] += 1;
         return;
     };
-    for i in 0..n {
-        let len = ipv4::MIN_HEADER_LEN + piece.min(total - ipv4::MIN_HEADER_LEN - i * piece);
+    for i in 0..plan.count() {
+        let len = plan.len_of(i);
         let Some(mut f) = m.alloc_sibling() else {
             counters[DropReason::NoMbuf] += 1;
             return;
@@ -372,7 +371,7 @@ fn send_fragments(t: &mut TxQueue<'_>, counters: &mut Counters, m: Mbuf, l2: usi
             return;
         };
         buf[..l2].copy_from_slice(&data[..l2]);
-        if ipv4::write_fragment(ip, piece, i, &mut buf[l2..]) != Some(len) {
+        if plan.write(ip, i, &mut buf[l2..]).is_none() {
             counters[DropReason::Malformed] += 1;
             return;
         }

@@ -193,6 +193,41 @@ pub fn fragment_plan(total_len: usize, header_len: usize, mtu: usize) -> Option<
     Some((piece, (total_len - header_len).div_ceil(piece).max(1)))
 }
 
+/// How a packet without options is cut to fit an MTU: [`fragment_plan`]
+/// read off the packet, with each fragment's length. The worker loop
+/// (into new buffers) and `simulate` (into frames) cut by it alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fragments {
+    piece: usize,
+    count: usize,
+    total: usize,
+}
+
+impl Fragments {
+    /// The plan for `packet` (from its total-length field); `None` when
+    /// the MTU leaves no room for 8 bytes of payload.
+    pub fn plan(packet: &[u8], mtu: usize) -> Option<Fragments> {
+        let total = packet.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
+        let (piece, count) = fragment_plan(total, MIN_HEADER_LEN, mtu)?;
+        Some(Fragments { piece, count, total })
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The length of fragment `i` (header included).
+    pub fn len_of(&self, i: usize) -> usize {
+        MIN_HEADER_LEN + self.piece.min((self.total - MIN_HEADER_LEN).saturating_sub(i * self.piece))
+    }
+
+    /// Writes fragment `i` of `packet` into `out` ([`write_fragment`]):
+    /// `Some` when it wrote the planned [`Fragments::len_of`] bytes.
+    pub fn write(&self, packet: &[u8], i: usize, out: &mut [u8]) -> Option<usize> {
+        write_fragment(packet, self.piece, i, out).filter(|&n| n == self.len_of(i))
+    }
+}
+
 /// Writes fragment `i` of `packet` (a whole IPv4 packet without options,
 /// `total_len` long, as [`fragment_plan`] cut it in `piece`-byte pieces)
 /// into `out`: the header with its length, offset, MF flag and checksum,

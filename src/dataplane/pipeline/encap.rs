@@ -224,14 +224,12 @@ pub fn l2_len(frame: &[u8]) -> usize {
 /// `frame`'s first `l2` bytes, then each fragment of its IPv4 packet.
 pub fn fragment_frames(frame: &[u8], l2: usize, mtu: usize) -> Vec<Vec<u8>> {
     let Some(ip) = frame.get(l2..) else { return Vec::new() };
-    let total = ip.get(2..4).map_or(0, |b| u16::from_be_bytes([b[0], b[1]]) as usize);
-    let Some((piece, n)) = ipv4::fragment_plan(total, V4_HDR, mtu) else { return Vec::new() };
-    (0..n)
+    let Some(plan) = ipv4::Fragments::plan(ip, mtu) else { return Vec::new() };
+    (0..plan.count())
         .filter_map(|i| {
-            let mut f = vec![0u8; l2 + V4_HDR + piece];
+            let mut f = vec![0u8; l2 + plan.len_of(i)];
             f[..l2].copy_from_slice(&frame[..l2]);
-            let len = ipv4::write_fragment(ip, piece, i, &mut f[l2..])?;
-            f.truncate(l2 + len);
+            plan.write(ip, i, &mut f[l2..])?;
             Some(f)
         })
         .collect()
