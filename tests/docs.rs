@@ -10,6 +10,11 @@ fn root() -> PathBuf {
 fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let p = e.unwrap().path();
+        // Build outputs and fuzzing's own files (tests/fuzz/target, its
+        // artifacts) are not the repository's text.
+        if p.is_dir() && matches!(p.file_name().and_then(|n| n.to_str()), Some("target" | "artifacts")) {
+            continue;
+        }
         if p.is_dir() {
             files_under(&p, out);
         } else {
