@@ -283,3 +283,170 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
     assert!(status.success(), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A CA (written as ca.pem in `dir`) and a certificate it signs for
+/// backend.test and the backends' addresses (server.pem, server.key).
+fn backend_pki(dir: &Path, ca_name: &str) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.distinguished_name.push(DnType::CommonName, ca_name);
+    let ca = p.self_signed(&ca_key).unwrap();
+    std::fs::write(dir.join(format!("{ca_name}.pem")), ca.pem()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut p = CertificateParams::new(vec!["backend.test".to_string()]).unwrap();
+    for i in 1..=3u8 {
+        p.subject_alt_names.push(SanType::IpAddress([198, 18, 0, 10 + i].into()));
+    }
+    let cert = p.signed_by(&key, &ca, &ca_key).unwrap();
+    std::fs::write(dir.join("server.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), key.serialize_pem()).unwrap();
+}
+
+/// An HTTPS server on port 8443 in `ns` with `dir`'s certificate, answering
+/// GET with the status and body in `state` ("200 ready").
+fn start_https(ns: &Netns, dir: &Path, state: &Path) -> Child {
+    let script = format!(
+        r#"
+import http.server, ssl
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def do_GET(self):
+        status, _, body = open('{state}').read().strip().partition(' ')
+        b = body.encode()
+        self.send_response(int(status))
+        self.send_header('Content-Length', str(len(b)))
+        self.send_header('Connection', 'close')
+        self.end_headers()
+        self.wfile.write(b)
+    def log_message(self, *a):
+        pass
+s = http.server.ThreadingHTTPServer(('0.0.0.0', 8443), H)
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain('{dir}/server.pem', '{dir}/server.key')
+s.socket = ctx.wrap_socket(s.socket, server_side=True)
+print('ready', flush=True)
+s.serve_forever()
+"#,
+        state = state.display(),
+        dir = dir.display()
+    );
+    let path = dir.join(format!("https-{}.py", ns.name));
+    std::fs::write(&path, script).unwrap();
+    let mut child = ns.spawn(&format!("exec python3 {}", path.display()));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the HTTPS server in {} did not start", ns.name);
+    child
+}
+
+#[test]
+fn https_status_body_and_command_checks_mark_backends_down_and_up() {
+    let dir = std::env::temp_dir().join(format!("l4lb-checks-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    backend_pki(&dir, "other-ca");
+    backend_pki(&dir, "ca"); // the one that signed server.pem
+    let d = dir.display();
+    let bs: Vec<String> = (1..=3)
+        .map(|i| format!("{{ address = \"198.18.0.1{i}\", mac = \"02:00:00:00:0b:1{i}\" }}"))
+        .collect();
+    let timing = "interval_ms = 300, timeout_ms = 250, rise = 2, fall = 2";
+    let https = |tls: &str, more: &str| {
+        format!("forwarding = \"l2\"\nhealth = {{ check = \"https\", port = 8443, path = \"/health\", {more} tls = {{ {tls} }}, {timing} }}")
+    };
+    let services = [
+        // Verification off (any certificate), the body must say "ready".
+        service("tlsoff", "198.18.100.1", "tcp", 80, &https("verify = false", "expect_body = \"ready\","), &bs),
+        // Verified against the test's CA and name; 200 or 204 pass.
+        service(
+            "tlson",
+            "198.18.100.2",
+            "tcp",
+            80,
+            &https(&format!("ca_file = \"{d}/ca.pem\", server_name = \"backend.test\""), "expect_status = [200, 204],"),
+            &bs,
+        ),
+        // Verified against a CA that did not sign it.
+        service("tlsbad", "198.18.100.3", "tcp", 80, &https(&format!("ca_file = \"{d}/other-ca.pem\""), ""), &bs),
+        // A program: passes while DIR/up-ADDRESS exists.
+        service(
+            "cmd",
+            "198.18.100.4",
+            "tcp",
+            80,
+            &format!(
+                "forwarding = \"l2\"\nhealth = {{ check = \"command\", command = [\"/bin/sh\", \"-c\", \"test -e {d}/up-$L4LB_BACKEND\"], {timing} }}"
+            ),
+            &bs,
+        ),
+        // A program that hangs: killed at its timeout, every time.
+        service(
+            "hang",
+            "198.18.100.5",
+            "tcp",
+            80,
+            &format!("forwarding = \"l2\"\nhealth = {{ check = \"command\", command = [\"/bin/sleep\", \"30\"], {timing} }}"),
+            &bs,
+        ),
+    ];
+    let vips = ["198.18.100.1", "198.18.100.2", "198.18.100.3", "198.18.100.4", "198.18.100.5"];
+    let Managed { lan: mut t, l4lb, socket, dir: mgdir, mg: _mg, .. } =
+        managed(&vips, &services.join("\n"), None);
+    let states: Vec<std::path::PathBuf> = (1..=3).map(|i| dir.join(format!("state-{i}"))).collect();
+    for (b, state) in t.backends.iter().zip(&states) {
+        std::fs::write(state, "200 ready").unwrap();
+        std::fs::write(dir.join(format!("up-{}", b.v4)), "").unwrap();
+    }
+    let servers: Vec<Child> =
+        t.backends.iter().zip(&states).map(|(b, s)| start_https(&b.ns, &dir, s)).collect();
+    t.children.extend(servers);
+    let h = |svc: &str, i: usize| health_of(&socket, svc, &format!("198.18.0.1{i}"));
+    let err = |svc: &str, i: usize| {
+        backend(&socket, svc, &format!("198.18.0.1{i}"))["last_error"].as_str().unwrap_or("").to_owned()
+    };
+    let all = |svc: &str, want: &str| (1..=3).all(|i| h(svc, i) == want);
+    assert!(
+        wait_for(Duration::from_secs(10), || ["tlsoff", "tlson", "cmd"].iter().all(|s| all(s, "up"))
+            && all("tlsbad", "down")
+            && all("hang", "down")),
+        "{}\n{}",
+        ctl_json(&socket, "backends"),
+        l4lb.transcript()
+    );
+    assert!(err("tlsbad", 1).contains("invalid peer certificate"), "{}", err("tlsbad", 1));
+    assert!(err("hang", 2).contains("killed"), "{}", err("hang", 2));
+
+    // backend-1 answers 204: down where only 200 passes, up where 204 does;
+    // backend-2 answers 500: down for both; backend-3 answers 200 without
+    // "ready": down where the body is checked.
+    std::fs::write(&states[0], "204 ready").unwrap();
+    std::fs::write(&states[1], "500 ready").unwrap();
+    std::fs::write(&states[2], "200 sick").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || h("tlsoff", 1) == "down"
+        && h("tlsoff", 2) == "down"
+        && h("tlson", 2) == "down"
+        && h("tlsoff", 3) == "down"));
+    assert_eq!(err("tlsoff", 1), "HTTP status 204, expected 200");
+    assert_eq!(err("tlson", 2), "HTTP status 500, expected 200 or 204");
+    assert!(err("tlsoff", 3).contains("lacks \"ready\""), "{}", err("tlsoff", 3));
+    assert_eq!((h("tlson", 1), h("tlson", 3)), ("up".to_string(), "up".to_string()));
+    assert_eq!(backend(&socket, "tlsoff", "198.18.0.12")["table_entries"], 0);
+    // backend-1's file goes: its command check exits 1.
+    std::fs::remove_file(dir.join("up-198.18.0.11")).unwrap();
+    assert!(wait_for(Duration::from_secs(5), || h("cmd", 1) == "down"));
+    assert!(err("cmd", 1).contains("exit status: 1"), "{}", err("cmd", 1));
+    assert_eq!(h("cmd", 2), "up");
+
+    // All healthy again.
+    for s in &states {
+        std::fs::write(s, "200 ready").unwrap();
+    }
+    std::fs::write(dir.join("up-198.18.0.11"), "").unwrap();
+    assert!(wait_for(Duration::from_secs(5), || ["tlsoff", "tlson", "cmd"].iter().all(|s| all(s, "up"))));
+    let (status, out) = l4lb.stop();
+    assert!(status.success(), "{out}");
+    let _ = std::fs::remove_dir_all(mgdir);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -523,8 +523,11 @@ backends = [{backends}]
             fall: 3,
             port: None,
             path: "/".into(),
-            expect_status: 200,
+            expect_status: Default::default(),
             host: None,
+            expect_body: None,
+            tls: Default::default(),
+            command: Vec::new(),
             send: String::new(),
             expect: String::new(),
         }

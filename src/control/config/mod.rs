@@ -330,13 +330,23 @@ pub struct HealthSection {
     /// Port to check (default: the service port).
     #[serde(default)]
     pub port: Option<u16>,
-    /// HTTP: request path, expected status, Host header (default: the backend address).
+    /// HTTP(S): request path, the statuses that pass (a number or a list),
+    /// Host header (default: the backend address), and text the body's
+    /// first 64 KiB must contain.
     #[serde(default = "default_path")]
     pub path: String,
-    #[serde(default = "default_status")]
-    pub expect_status: u16,
+    #[serde(default)]
+    pub expect_status: ExpectStatus,
     #[serde(default)]
     pub host: Option<String>,
+    #[serde(default)]
+    pub expect_body: Option<String>,
+    /// HTTPS: how the backend's certificate is checked, and ours if it asks.
+    #[serde(default)]
+    pub tls: TlsSection,
+    /// `command` checks: the program and its arguments (no shell).
+    #[serde(default)]
+    pub command: Vec<String>,
     /// UDP: the datagram to send, and text the answer must contain ("": any answer).
     #[serde(default)]
     pub send: String,
@@ -349,8 +359,11 @@ pub struct HealthSection {
 pub enum CheckKind {
     Tcp,
     Http,
+    Https,
     Udp,
     Icmp,
+    /// A program's exit status (keepalived's MISC_CHECK).
+    Command,
 }
 
 impl CheckKind {
@@ -358,9 +371,81 @@ impl CheckKind {
         match self {
             CheckKind::Tcp => "tcp",
             CheckKind::Http => "http",
+            CheckKind::Https => "https",
             CheckKind::Udp => "udp",
             CheckKind::Icmp => "icmp",
+            CheckKind::Command => "command",
         }
+    }
+
+    /// Whether the check speaks HTTP (`path`, `expect_status`, `host`,
+    /// `expect_body` apply).
+    pub fn is_http(self) -> bool {
+        matches!(self, CheckKind::Http | CheckKind::Https)
+    }
+}
+
+/// The HTTP statuses a check accepts: `expect_status = 200` or
+/// `expect_status = [200, 204, 301]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "StatusOneOrMany")]
+pub struct ExpectStatus(pub Vec<u16>);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StatusOneOrMany {
+    One(u16),
+    Many(Vec<u16>),
+}
+
+impl From<StatusOneOrMany> for ExpectStatus {
+    fn from(s: StatusOneOrMany) -> Self {
+        match s {
+            StatusOneOrMany::One(n) => ExpectStatus(vec![n]),
+            StatusOneOrMany::Many(v) => ExpectStatus(v),
+        }
+    }
+}
+
+impl Default for ExpectStatus {
+    fn default() -> Self {
+        ExpectStatus(vec![200])
+    }
+}
+
+impl std::fmt::Display for ExpectStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let words: Vec<String> = self.0.iter().map(u16::to_string).collect();
+        f.write_str(&words.join(" or "))
+    }
+}
+
+/// `services.health.tls`: an HTTPS check's TLS settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// Verify the backend's certificate chain and name (off: any
+    /// certificate passes, e.g. self-signed ones).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// The CA certificates (PEM) to verify against (default: the system's
+    /// bundle, /etc/ssl/certs/ca-certificates.crt).
+    #[serde(default)]
+    pub ca_file: Option<String>,
+    /// The name sent by SNI and verified (default: `host`, else none and
+    /// the backend's address is verified).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// A client certificate chain and its key (PEM), for backends that ask.
+    #[serde(default)]
+    pub cert_file: Option<String>,
+    #[serde(default)]
+    pub key_file: Option<String>,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        TlsSection { verify: true, ca_file: None, server_name: None, cert_file: None, key_file: None }
     }
 }
 
@@ -378,9 +463,6 @@ fn default_fall() -> u32 {
 }
 fn default_path() -> String {
     "/".into()
-}
-fn default_status() -> u16 {
-    200
 }
 
 /// `[dpdk]`: how EAL starts.

@@ -375,3 +375,70 @@ fn quota_errors_name_their_key() {
         assert!(e.key.starts_with(key) && e.to_string().contains(why), "want {key} ({why}), got {e}");
     }
 }
+
+#[test]
+fn https_and_command_check_errors_name_their_key() {
+    let dir = std::env::temp_dir().join(format!("l4lb-checkcfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("empty.pem"), "").unwrap();
+    let file = dir.join("l4lb.toml");
+    let file = file.to_str().unwrap();
+    let with = |health: &str| {
+        let text = BALANCING.replace("port = 80\n", &format!("port = 80\nhealth = {{ {health} }}\n"));
+        Config::parse(&text, file).and_then(|c| c.validate(file))
+    };
+    let ok =
+        with("check = \"https\", expect_status = [200, 204], expect_body = \"ok\", tls = { verify = false }")
+            .unwrap();
+    let h = ok.config.services[0].health.as_ref().unwrap();
+    assert_eq!(h.expect_status.0, [200, 204]);
+    assert!(ok.tls[0].is_some(), "the service's TLS client is made when the file is checked");
+    assert!(with("check = \"command\", command = [\"/bin/true\"]").unwrap().tls[0].is_none());
+    assert_eq!(
+        with("check = \"http\", expect_status = 301").unwrap().config.services[0]
+            .health
+            .as_ref()
+            .unwrap()
+            .expect_status
+            .0,
+        [301]
+    );
+    let cases = [
+        ("check = \"http\", expect_status = []", "services[0].health.expect_status", "a list of them"),
+        ("check = \"http\", expect_status = [200, 99]", "services[0].health.expect_status", "100 to 599"),
+        (
+            "check = \"tcp\", expect_body = \"x\"",
+            "services[0].health.expect_body",
+            "does not apply to a `tcp` check",
+        ),
+        ("check = \"http\", tls = { verify = false }", "services[0].health.tls", "does not apply"),
+        ("check = \"http\", command = [\"/bin/true\"]", "services[0].health.command", "does not apply"),
+        ("check = \"command\"", "services[0].health.command", "needs the program"),
+        ("check = \"command\", command = [\"true\"]", "services[0].health.command", "absolute path"),
+        (
+            "check = \"https\", tls = { ca_file = \"missing.pem\" }",
+            "services[0].health.tls.ca_file",
+            "cannot read",
+        ),
+        (
+            "check = \"https\", tls = { ca_file = \"empty.pem\" }",
+            "services[0].health.tls.ca_file",
+            "no certificate",
+        ),
+        (
+            "check = \"https\", tls = { verify = false, cert_file = \"empty.pem\" }",
+            "services[0].health.tls.key_file",
+            "needs its key_file",
+        ),
+        (
+            "check = \"https\", tls = { verify = false, sni = \"x\" }",
+            "services[0].health.tls.sni",
+            "unknown key",
+        ),
+    ];
+    for (health, key, why) in cases {
+        let e = with(health).unwrap_err();
+        assert!(e.key.starts_with(key) && e.to_string().contains(why), "want {key} ({why}), got {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

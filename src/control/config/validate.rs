@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use super::*;
 use crate::balancer::access::{AccessList, Lists};
+use crate::control::health::tls::TlsClient;
 use crate::control::lcores;
 use std::sync::Arc;
 
@@ -258,8 +259,29 @@ impl Config {
         }
         validate_services(&self, &err)?;
         let access = access_lists(&self, file, &err)?;
-        Ok(Validated { config: self, lcores, main_lcore, workers, forward, access })
+        let tls = tls_clients(&self, file, &err)?;
+        Ok(Validated { config: self, lcores, main_lcore, workers, forward, access, tls })
     }
+}
+
+/// Each HTTPS-checked service's TLS client, its files read.
+fn tls_clients(
+    cfg: &Config,
+    file: &str,
+    err: &dyn Fn(String, String) -> ConfigError,
+) -> Result<Vec<Option<TlsClient>>, ConfigError> {
+    let dir = Path::new(file).parent().unwrap_or(Path::new("."));
+    let mut out = Vec::with_capacity(cfg.services.len());
+    for (i, s) in cfg.services.iter().enumerate() {
+        out.push(match &s.health {
+            Some(h) if h.check == CheckKind::Https => Some(
+                TlsClient::new(&h.tls, dir)
+                    .map_err(|(k, why)| err(format!("services[{i}].health.tls.{k}"), why))?,
+            ),
+            _ => None,
+        });
+    }
+    Ok(out)
 }
 
 /// Each service's access list (`[access]` with its own), files read.
@@ -616,18 +638,22 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
             if !(1..=100).contains(&h.fall) {
                 return Err(err(hkey("fall"), "must be 1 to 100".into()));
             }
-            if h.check != CheckKind::Icmp && h.port.unwrap_or(s.port) == 0 {
+            if !matches!(h.check, CheckKind::Icmp | CheckKind::Command) && h.port.unwrap_or(s.port) == 0 {
                 return Err(err(
                     hkey("port"),
                     "the service serves every port (port = 0): say which port to check".into(),
                 ));
             }
-            if h.check == CheckKind::Http {
+            if h.check.is_http() {
                 if !h.path.starts_with('/') || h.path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                     return Err(err(hkey("path"), "must start with `/` and contain no spaces".into()));
                 }
-                if !(100..=599).contains(&h.expect_status) {
-                    return Err(err(hkey("expect_status"), "must be an HTTP status, 100 to 599".into()));
+                if h.expect_status.0.is_empty() || h.expect_status.0.iter().any(|c| !(100..=599).contains(c))
+                {
+                    return Err(err(
+                        hkey("expect_status"),
+                        "must be an HTTP status or a list of them, each 100 to 599".into(),
+                    ));
                 }
                 if h.host.as_ref().is_some_and(|x| x.is_empty() || x.chars().any(|c| c.is_whitespace())) {
                     return Err(err(hkey("host"), "must be a host name without spaces".into()));
@@ -635,6 +661,33 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
             }
             if h.check == CheckKind::Udp && h.send.is_empty() {
                 return Err(err(hkey("send"), "a UDP check needs a datagram to send".into()));
+            }
+            // Keys of one kind set on a check of another are mistakes.
+            let stray = [
+                ("expect_body", h.expect_body.is_some() && !h.check.is_http()),
+                ("tls", h.tls != TlsSection::default() && h.check != CheckKind::Https),
+                ("command", !h.command.is_empty() && h.check != CheckKind::Command),
+            ];
+            if let Some((k, _)) = stray.iter().find(|(_, bad)| *bad) {
+                return Err(err(hkey(k), format!("does not apply to a `{}` check", h.check.name())));
+            }
+            if h.check == CheckKind::Command {
+                match h.command.first() {
+                    None => return Err(err(
+                        hkey("command"),
+                        "a command check needs the program to run: command = [\"/path/to/check\", \"arg\"]"
+                            .into(),
+                    )),
+                    Some(p) if !p.starts_with('/') => {
+                        return Err(err(
+                            hkey("command"),
+                            format!(
+                                "`{p}`: give the program's absolute path (it is run without a shell or PATH)"
+                            ),
+                        ))
+                    }
+                    Some(_) => {}
+                }
             }
         }
         if s.backends.len() > MAX_BACKENDS || s.backends.len() as u64 > s.maglev_table_size as u64 {

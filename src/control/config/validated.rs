@@ -22,6 +22,8 @@ pub struct Validated {
     /// For each service, who may open flows to it (`[access]` and its own;
     /// None: everyone).
     pub access: Vec<Option<Arc<AccessList>>>,
+    /// For each service checked over HTTPS, its checks' TLS client.
+    pub tls: Vec<Option<crate::control::health::tls::TlsClient>>,
 }
 
 impl Validated {

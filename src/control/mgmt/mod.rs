@@ -357,12 +357,13 @@ impl<'a> Management<'a> {
         let src6 = c.control.health_source_v6.map(IpAddr::V6);
         let now = self.now_ms();
         let mut next = Vec::new();
-        for s in &c.services {
+        for (i, s) in c.services.iter().enumerate() {
             let Some(h) = &s.health else { continue };
+            let tls = self.registry.cfg.tls.get(i).cloned().flatten();
             for b in &s.backends {
                 let key = (s.name.clone(), b.address);
                 let src = if b.address.is_ipv4() { src4 } else { src6 };
-                let probe = Arc::new(Probe::new(h, s.port, b.address, src));
+                let probe = Arc::new(Probe::for_service(h, s, b.address, src, tls.clone()));
                 let due = self
                     .targets
                     .iter()

@@ -1,9 +1,16 @@
-//! Health checks: TCP connect, HTTP GET, UDP request/answer and ICMP echo,
-//! run through the host's kernel networking by a small pool of threads on
-//! the management side (never on a worker). Each check is blocking with a
+//! Health checks: TCP connect, HTTP and HTTPS GET (`http.rs`, `tls.rs`), UDP
+//! request/answer, ICMP echo and a program's exit status (`command.rs`), run
+//! through the host's kernel networking by a small pool of threads on the
+//! management side (never on a worker). Each check is blocking with a
 //! deadline; the management loop hands out due checks and collects results.
 
-use std::io::{Read, Write};
+mod command;
+mod http;
+#[cfg(test)]
+mod tests_checks;
+pub mod tls;
+
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
@@ -26,10 +33,20 @@ pub struct Probe {
     pub source: Option<IpAddr>,
     pub timeout: Duration,
     pub path: String,
+    /// The Host header: `host`, else the backend's address.
     pub host: String,
-    pub expect_status: u16,
+    /// `host` as configured (HTTPS: the name to verify, unless `tls.server_name`).
+    pub host_name: Option<String>,
+    pub expect_status: Vec<u16>,
+    pub expect_body: Option<Vec<u8>>,
+    pub tls: Option<tls::TlsClient>,
     pub send: Vec<u8>,
     pub expect: Vec<u8>,
+    /// Command checks: the program and its arguments.
+    pub command: Vec<String>,
+    /// The service, for command checks' environment.
+    pub service: String,
+    pub vip: Option<IpAddr>,
 }
 
 impl Probe {
@@ -46,9 +63,32 @@ impl Probe {
                 IpAddr::V4(a) => a.to_string(),
                 IpAddr::V6(a) => format!("[{a}]"),
             }),
-            expect_status: h.expect_status,
+            host_name: h.host.clone(),
+            expect_status: h.expect_status.0.clone(),
+            expect_body: h.expect_body.as_ref().map(|b| b.as_bytes().to_vec()),
+            tls: None,
             send: h.send.as_bytes().to_vec(),
             expect: h.expect.as_bytes().to_vec(),
+            command: h.command.clone(),
+            service: String::new(),
+            vip: None,
+        }
+    }
+
+    /// As [`Probe::new`] for a backend of `service`, with the service's TLS
+    /// client for HTTPS checks.
+    pub fn for_service(
+        h: &HealthSection,
+        service: &crate::control::config::ServiceSection,
+        addr: IpAddr,
+        source: Option<IpAddr>,
+        tls: Option<tls::TlsClient>,
+    ) -> Probe {
+        Probe {
+            tls,
+            service: service.name.clone(),
+            vip: Some(service.vip),
+            ..Probe::new(h, service.port, addr, source)
         }
     }
 
@@ -58,8 +98,10 @@ impl Probe {
         match self.kind {
             CheckKind::Tcp => self.connect(deadline).map(|(_, rtt)| rtt),
             CheckKind::Http => self.http(deadline),
+            CheckKind::Https => self.https(deadline),
             CheckKind::Udp => self.udp(deadline),
             CheckKind::Icmp => self.icmp(deadline),
+            CheckKind::Command => self.command(deadline),
         }
     }
 
@@ -75,7 +117,7 @@ impl Probe {
         Ok(s)
     }
 
-    fn connect(&self, deadline: Instant) -> Result<(Socket, Duration), CheckError> {
+    pub(super) fn connect(&self, deadline: Instant) -> Result<(Socket, Duration), CheckError> {
         let s = self.socket(Type::STREAM, Protocol::TCP)?;
         let to = SocketAddr::new(self.addr, self.port);
         let start = Instant::now();
@@ -84,49 +126,6 @@ impl Probe {
         // Close with a reset: checks must not pile up TIME_WAIT sockets.
         let _ = s.set_linger(Some(Duration::ZERO));
         Ok((s, rtt))
-    }
-
-    fn http(&self, deadline: Instant) -> Result<Duration, CheckError> {
-        let start = Instant::now();
-        let (mut s, _) = self.connect(deadline)?;
-        let req = format!(
-            "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: l4lb-health\r\nConnection: close\r\n\r\n",
-            self.path, self.host
-        );
-        s.set_write_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
-        // A signal handled on this thread interrupts calls with socket
-        // timeouts even under SA_RESTART: write_all and the reads below retry.
-        // (The TAP driver's SIGIO is blocked here: dpdk::block_driver_signals.)
-        s.write_all(req.as_bytes()).map_err(|e| format!("send request: {e}"))?;
-        let mut buf = [0u8; 512];
-        let mut got = 0;
-        while !buf[..got].windows(2).any(|w| w == b"\r\n") {
-            if got == buf.len() {
-                return Err("status line longer than 512 bytes".into());
-            }
-            s.set_read_timeout(Some(left(deadline)?)).map_err(|e| e.to_string())?;
-            let n = match s.read(&mut buf[got..]) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => r.map_err(|e| format!("read answer: {}", timeout_words(e)))?,
-            };
-            if n == 0 {
-                return Err("connection closed before a status line".into());
-            }
-            got += n;
-        }
-        let rtt = start.elapsed();
-        let line = String::from_utf8_lossy(&buf[..got]);
-        let line = line.lines().next().unwrap_or("");
-        let mut words = line.split_whitespace();
-        let status = match (words.next(), words.next()) {
-            (Some(v), Some(code)) if v.starts_with("HTTP/") => code.parse::<u16>().ok(),
-            _ => None,
-        }
-        .ok_or_else(|| format!("not an HTTP status line: {:?}", line.chars().take(60).collect::<String>()))?;
-        if status != self.expect_status {
-            return Err(format!("HTTP status {status}, expected {}", self.expect_status).into());
-        }
-        Ok(rtt)
     }
 
     fn udp(&self, deadline: Instant) -> Result<Duration, CheckError> {
@@ -203,14 +202,14 @@ impl Probe {
 }
 
 /// Time left before `deadline`, or the timeout error.
-fn left(deadline: Instant) -> Result<Duration, String> {
+pub(super) fn left(deadline: Instant) -> Result<Duration, String> {
     deadline
         .checked_duration_since(Instant::now())
         .filter(|d| !d.is_zero())
         .ok_or_else(|| "timed out".to_string())
 }
 
-fn timeout_words(e: std::io::Error) -> String {
+pub(super) fn timeout_words(e: std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => "timed out".into(),
         _ => e.to_string(),
@@ -308,6 +307,7 @@ impl Drop for Checker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::{TcpListener, UdpSocket};
 
     fn health(kind: CheckKind) -> HealthSection {
@@ -319,8 +319,11 @@ mod tests {
             fall: 1,
             port: None,
             path: "/health".into(),
-            expect_status: 200,
+            expect_status: Default::default(),
             host: None,
+            expect_body: None,
+            tls: Default::default(),
+            command: Vec::new(),
             send: "ping".into(),
             expect: "pong".into(),
         }
