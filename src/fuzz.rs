@@ -24,7 +24,7 @@ use crate::balancer::state::{
 };
 use crate::balancer::NoPrefetch;
 use crate::dataplane::packet::{Packet, TestPacket};
-use crate::dataplane::pipeline::harness::{check_output, differential_worker, fast_paths_agree};
+use crate::dataplane::pipeline::harness::{check_output, differential_worker, fast_paths_agree, two_ports};
 use crate::dataplane::pipeline::{fragment_frames, l2_len, Verdict, Worker, WorkerConfig};
 use crate::net::ipv4;
 
@@ -99,23 +99,12 @@ const VIPS: [IpAddr; 7] = [
 /// persistence, backends (either family, weights, drains, unknown MACs),
 /// access list and quota.
 fn draw_state(d: &mut Draw, generation: u64) -> ForwardingState {
-    let ports = vec![
-        PortIdentity {
-            mac: [2, 0, 0, 0, 0, 1],
-            ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
-            ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-            mtu: [1500, 1280, 9000, 576][d.below(4)],
-            kernel: d.bool(),
-            punt_unknown_vip_ports: d.bool(),
-        },
-        PortIdentity {
-            mac: [2, 0, 0, 0, 0, 2],
-            ipv4: Some(Ipv4Addr::new(198, 18, 100, 2)),
-            ipv6: None,
-            mtu: 1500,
-            ..Default::default()
-        },
-    ];
+    let ports = two_ports(PortIdentity {
+        mtu: [1500, 1280, 9000, 576][d.below(4)],
+        kernel: d.bool(),
+        punt_unknown_vip_ports: d.bool(),
+        ..Default::default()
+    });
     let mut id = 0u32;
     let mut specs: Vec<ServiceSpec> = Vec::new();
     for s in 0..1 + d.below(4) {

@@ -158,10 +158,35 @@ print('flood', n, round(time.time() - t0, 2), flush=True)
     )
 }
 
+/// What one run saw.
+struct Run {
+    downloads_ok: f64,
+    downloads_broken: f64,
+    new_ok: f64,
+    new_failed: f64,
+    flood_packets: f64,
+    flood_s: f64,
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "downloads {}/{STREAMS} complete ({} broken); new connections {} ok, {} failed; \
+             flood {} packets in {} s ({:.0}/s)",
+            self.downloads_ok,
+            self.downloads_broken,
+            self.new_ok,
+            self.new_failed,
+            self.flood_packets,
+            self.flood_s,
+            self.flood_packets / self.flood_s
+        )
+    }
+}
+
 /// One run: downloads and new connections to B during a 6 s flood at A.
-/// Returns (downloads OK, broken, new connections OK, failed, flood
-/// packets, flood seconds).
-fn run(m: &Managed) -> [f64; 6] {
+fn run(m: &Managed) -> Run {
     let mut streams = spawn_script(&m.lan.client, &streams_script(), "l4b-q-streams-");
     let mut newc = spawn_script(&m.lan.client, &new_connections_script(), "l4b-q-new-");
     let mut flood = spawn_script(&m.lan.client, &flood_script(6), "l4b-q-flood-");
@@ -184,7 +209,14 @@ fn run(m: &Managed) -> [f64; 6] {
     let n = last(&mut newc, "new");
     let s = last(&mut streams, "streams");
     assert!(f.len() == 2 && n.len() == 2 && s.len() == 2, "{f:?} {n:?} {s:?}");
-    [s[0], s[1], n[0], n[1], f[0], f[1]]
+    Run {
+        downloads_ok: s[0],
+        downloads_broken: s[1],
+        new_ok: n[0],
+        new_failed: n[1],
+        flood_packets: f[0],
+        flood_s: f[1],
+    }
 }
 
 fn counter(m: &Managed, name: &str) -> u64 {
@@ -199,17 +231,7 @@ fn a_flood_at_one_vip_with_a_quota_breaks_no_connection_of_another() {
     let r = run(&m);
     let over = counter(&m, "over_quota");
     let evicted = counter(&m, "evicted_established") + counter(&m, "evicted_unconfirmed");
-    eprintln!(
-        "with the quota: downloads {}/{STREAMS} complete ({} broken); new connections {} ok, {} failed; \
-         flood {} packets in {} s ({:.0}/s); over_quota drops {over}; evictions {evicted}",
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[4] / r[5]
-    );
+    eprintln!("with the quota: {r}; over_quota drops {over}; evictions {evicted}");
     let (ok, table) = ctl(&m.socket, "services");
     assert!(ok && table.contains("OVER QUOTA") && table.contains("quota of flooded: 1000/s"), "{table}");
     let text = m.mg.exec("curl -sf http://127.0.0.1:9100/metrics");
@@ -217,8 +239,8 @@ fn a_flood_at_one_vip_with_a_quota_breaks_no_connection_of_another() {
         "l4lb_service_over_quota_packets_total{service=\"flooded\",vip=\"198.18.100.1\",action=\"dropped\"}";
     assert_eq!(metric(&text, series), Some(over as f64), "{text}");
 
-    assert_eq!(r[0] as usize, STREAMS, "a download broke under the flood with the quota");
-    assert!(r[2] >= 50.0 && r[3] <= r[2] / 99.0, "new connections: {} ok, {} failed", r[2], r[3]);
+    assert_eq!(r.downloads_ok as usize, STREAMS, "a download broke under the flood with the quota: {r}");
+    assert!(r.new_ok >= 50.0 && r.new_failed <= r.new_ok / 99.0, "fewer than 99% of new connections: {r}");
     assert!(over > 10_000, "the flood was not over the quota: {over}");
     assert_eq!(evicted, 0, "with the quota the table never filled");
 
@@ -230,15 +252,5 @@ fn a_flood_at_one_vip_with_a_quota_breaks_no_connection_of_another() {
     assert!(wait_for(Duration::from_secs(5), || !ctl(&m.socket, "services").1.contains("quota of")));
     let r = run(&m);
     let evicted = counter(&m, "evicted_established") + counter(&m, "evicted_unconfirmed") - evicted;
-    eprintln!(
-        "without it: downloads {}/{STREAMS} complete ({} broken); new connections {} ok, {} failed; \
-         flood {} packets in {} s ({:.0}/s); evictions {evicted}",
-        r[0],
-        r[1],
-        r[2],
-        r[3],
-        r[4],
-        r[5],
-        r[4] / r[5]
-    );
+    eprintln!("without it: {r}; evictions {evicted}");
 }

@@ -516,20 +516,11 @@ backends = [{backends}]
 
     fn health() -> HealthSection {
         HealthSection {
-            check: crate::control::config::CheckKind::Tcp,
             interval_ms: 100,
             timeout_ms: 50,
             rise: 2,
             fall: 3,
-            port: None,
-            path: "/".into(),
-            expect_status: Default::default(),
-            host: None,
-            expect_body: None,
-            tls: Default::default(),
-            command: Vec::new(),
-            send: String::new(),
-            expect: String::new(),
+            ..HealthSection::new(crate::control::config::CheckKind::Tcp)
         }
     }
 

@@ -449,6 +449,29 @@ impl Default for TlsSection {
     }
 }
 
+impl HealthSection {
+    /// A `check` with every other key at its default, as a file that names
+    /// only `check` gets.
+    pub fn new(check: CheckKind) -> HealthSection {
+        HealthSection {
+            check,
+            interval_ms: default_interval_ms(),
+            timeout_ms: default_timeout_ms(),
+            rise: default_rise(),
+            fall: default_fall(),
+            port: None,
+            path: default_path(),
+            expect_status: ExpectStatus::default(),
+            host: None,
+            expect_body: None,
+            tls: TlsSection::default(),
+            command: Vec::new(),
+            send: String::new(),
+            expect: String::new(),
+        }
+    }
+}
+
 fn default_interval_ms() -> u64 {
     1000
 }

@@ -312,20 +312,13 @@ mod tests {
 
     fn health(kind: CheckKind) -> HealthSection {
         HealthSection {
-            check: kind,
-            interval_ms: 1000,
             timeout_ms: 500,
             rise: 1,
             fall: 1,
-            port: None,
             path: "/health".into(),
-            expect_status: Default::default(),
-            host: None,
-            expect_body: None,
-            tls: Default::default(),
-            command: Vec::new(),
             send: "ping".into(),
             expect: "pong".into(),
+            ..HealthSection::new(kind)
         }
     }
 

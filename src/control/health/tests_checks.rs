@@ -18,22 +18,7 @@ use crate::control::config::{CheckKind, ExpectStatus, HealthSection, TlsSection}
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 fn health(check: CheckKind) -> HealthSection {
-    HealthSection {
-        check,
-        interval_ms: 1000,
-        timeout_ms: 2000,
-        rise: 1,
-        fall: 1,
-        port: None,
-        path: "/health".into(),
-        expect_status: Default::default(),
-        host: None,
-        expect_body: None,
-        tls: Default::default(),
-        command: Vec::new(),
-        send: String::new(),
-        expect: String::new(),
-    }
+    HealthSection { timeout_ms: 2000, path: "/health".into(), ..HealthSection::new(check) }
 }
 
 fn scratch(tag: &str) -> PathBuf {

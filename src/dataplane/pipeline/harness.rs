@@ -38,13 +38,19 @@ fn differential_state() -> ForwardingState {
         spec(vip6, proto::UDP, 80, Forwarding::Gue { port: 6080 }),
         spec(own1, proto::TCP, 80, Forwarding::L2),
     ];
-    let ports = vec![
+    ForwardingState::build(1, two_ports(PortIdentity { mtu: 1500, ..Default::default() }), services)
+        .expect("a valid state")
+}
+
+/// Port 0 (198.18.0.1, 2001:db8::1, with `first`'s MTU and kernel settings)
+/// and port 1, whose own address 198.18.100.2 is also a VIP.
+pub fn two_ports(first: PortIdentity) -> Vec<PortIdentity> {
+    vec![
         PortIdentity {
             mac: [2, 0, 0, 0, 0, 1],
             ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
             ipv6: Some(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1)),
-            mtu: 1500,
-            ..Default::default()
+            ..first
         },
         PortIdentity {
             mac: [2, 0, 0, 0, 0, 2],
@@ -53,8 +59,7 @@ fn differential_state() -> ForwardingState {
             mtu: 1500,
             ..Default::default()
         },
-    ];
-    ForwardingState::build(1, ports, services).expect("a valid state")
+    ]
 }
 
 /// The differential tests' state (built once per process) and a fresh

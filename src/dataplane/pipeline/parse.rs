@@ -115,7 +115,7 @@ impl Worker {
             let first = (ip.frag_offset() == 0).then(|| dst_port(ip.protocol(), ip.payload())).flatten();
             self.fragment_service(st, &mut key, ip.ident() as u32, first)
         } else {
-            self.service_for(st, &key, kind, ip.protocol())
+            self.service_for(st, &key)
         };
         let Some(service) = service else {
             return Some(if st.is_vip(&mapped(dst)).is_some() {
@@ -195,7 +195,7 @@ impl Worker {
                 let first = (f.offset == 0).then(|| dst_port(upper.protocol, l4)).flatten();
                 self.fragment_service(st, &mut key, f.ident, first)
             }
-            _ => self.service_for(st, &key, kind, upper.protocol),
+            _ => self.service_for(st, &key),
         };
         let Some(service) = service else {
             return Some(if st.is_vip(&dst.octets()).is_some() {
@@ -224,19 +224,11 @@ impl Worker {
         None
     }
 
-    /// The service a key belongs to (fragments: [`Worker::fragment_service`]).
+    /// The service a key that is not a fragment's belongs to (fragments:
+    /// [`Worker::fragment_service`]).
     #[inline]
-    pub(super) fn service_for(
-        &self,
-        st: &ForwardingState,
-        key: &FlowKey,
-        kind: KeyKind,
-        _proto: u8,
-    ) -> Option<usize> {
-        match kind {
-            KeyKind::Fragment => st.find_service_any_port(&key.dst, key.proto),
-            _ => st.find_service(&key.dst, key.proto, key.dst_port),
-        }
+    pub(super) fn service_for(&self, st: &ForwardingState, key: &FlowKey) -> Option<usize> {
+        st.find_service(&key.dst, key.proto, key.dst_port)
     }
 
     /// A fragment's service: a first fragment's by its destination port
