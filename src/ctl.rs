@@ -236,6 +236,9 @@ pub fn backends_table(rows: &[BackendRow]) -> String {
         if let Some(e) = &b.last_error {
             note.push(e.clone());
         }
+        if let Some(s) = &b.suspect {
+            note.push(format!("suspect: {s}"));
+        }
         let rtt = b.rtt_us.map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0));
         let _ = writeln!(
             o,

@@ -450,3 +450,67 @@ fn https_status_body_and_command_checks_mark_backends_down_and_up() {
     let _ = std::fs::remove_dir_all(mgdir);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_backend_that_drops_syns_is_suspect_from_traffic_while_its_checks_pass() {
+    let bs: Vec<String> = (1..=3)
+        .map(|i| format!("{{ address = \"198.18.0.1{i}\", mac = \"02:00:00:00:0b:1{i}\" }}"))
+        .collect();
+    // Checked on its UDP health port, which keeps answering.
+    let keys = |down: bool| {
+        format!(
+            "forwarding = \"l2\"\n\
+             health = {{ check = \"udp\", port = 5301, send = \"ping\", expect = \"ok\", interval_ms = 300, timeout_ms = 250 }}\n\
+             passive_health = {{ window_s = 60, min_flows = 5, syn_retried_share = 0.5, down = {down} }}"
+        )
+    };
+    let m = managed(&["198.18.100.1"], &service("web", "198.18.100.1", "tcp", 80, &keys(false), &bs), None);
+    let socket = &m.socket;
+    let all_up = || (1..=3).all(|i| health_of(socket, "web", &format!("198.18.0.1{i}")) == "up");
+    assert!(wait_for(Duration::from_secs(10), all_up), "{}", ctl_json(socket, "backends"));
+    // backend-2's kernel drops every SYN to port 80.
+    m.lan.backends[1].ns.exec(
+        "nft 'add table inet l4b; add chain inet l4b in { type filter hook input priority 0; }; \
+         add rule inet l4b in tcp dport 80 tcp flags & (syn | ack) == syn drop'",
+    );
+    // 45 new connections at once, 2.5 s each to connect: the client sends
+    // each SYN again after 1 s.
+    let script = "import socket, threading\n\
+                  ok = []\n\
+                  def one():\n    try:\n        s = socket.create_connection(('198.18.100.1', 80), timeout=2.5)\n        \
+                  s.sendall(b'GET / HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n'); s.recv(100); s.close(); ok.append(1)\n    \
+                  except OSError:\n        pass\n\
+                  ts = [threading.Thread(target=one) for _ in range(45)]\n\
+                  [t.start() for t in ts]; [t.join() for t in ts]\n\
+                  print(len(ok))\n";
+    let ok: usize = common::lan::client_py(&m, script).trim().parse().unwrap();
+    let suspect =
+        |i: u8| backend(socket, "web", &format!("198.18.0.1{i}"))["suspect"].as_str().map(String::from);
+    assert!(
+        wait_for(Duration::from_secs(5), || suspect(2).is_some()),
+        "{ok} of 45 connected; {}\n{}",
+        ctl_json(socket, "backends"),
+        m.l4lb.transcript()
+    );
+    eprintln!("{ok} of 45 connected; backend-2: {}", suspect(2).unwrap());
+    assert_eq!((suspect(1), suspect(3)), (None, None));
+    assert_eq!(health_of(socket, "web", "198.18.0.12"), "up", "its checks still pass");
+    let b2 = backend(socket, "web", "198.18.0.12");
+    assert!(b2["syn_retried"].as_u64().unwrap() >= 5 && b2["in_state"] == true, "{b2}");
+    let text = m.mg.exec("curl -sf http://127.0.0.1:9100/metrics");
+    assert_eq!(
+        common::lan::metric(&text, "l4lb_backend_suspect{service=\"web\",backend=\"198.18.0.12\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::lan::metric(&text, "l4lb_backend_suspect{service=\"web\",backend=\"198.18.0.11\"}"),
+        Some(0.0)
+    );
+    // Taken as down: it leaves the state, and every new connection succeeds.
+    m.write_config(&m.config(&service("web", "198.18.100.1", "tcp", 80, &keys(true), &bs)));
+    let (ok, out) = common::lan::ctl(socket, "reload");
+    assert!(ok, "{out}");
+    assert!(wait_for(Duration::from_secs(5), || backend(socket, "web", "198.18.0.12")["in_state"] == false));
+    let ok: usize = common::lan::client_py(&m, script).trim().parse().unwrap();
+    assert_eq!(ok, 45, "with the suspect backend out, every connection succeeds");
+}

@@ -253,16 +253,18 @@ fn a_flows_expiry_follows_its_packets_to_within_the_refresh_slack() {
         let e = w.tracked(&key, now).expect("tracked");
         (e.state, e.expires_ms)
     };
-    // SYN-only: 10 s timeout, so a retransmission refreshes it once it
-    // would move the expiry by 10 s / 16 = 625 ms or more.
+    // SYN-only: 10 s timeout. The first retransmission changes the state
+    // (SYN retried), which is always written; later ones refresh it once
+    // they would move the expiry by 10 s / 16 = 625 ms or more.
     assert_eq!(at(&mut w, SYN, 0), (FlowState::SynSeen, 10_000));
-    assert_eq!(at(&mut w, SYN, 624), (FlowState::SynSeen, 10_000));
-    assert_eq!(at(&mut w, SYN, 625), (FlowState::SynSeen, 10_625));
-    // A state change is always written; then established (900 s): 1024 ms.
-    assert_eq!(at(&mut w, ACK, 700), (FlowState::Established, 900_700));
-    assert_eq!(at(&mut w, ACK, 1_723), (FlowState::Established, 900_700));
-    assert_eq!(at(&mut w, ACK, 1_724), (FlowState::Established, 901_724));
-    assert_eq!(at(&mut w, ACK | 0x01, 1_725), (FlowState::Closing, 11_725));
+    assert_eq!(at(&mut w, SYN, 624), (FlowState::SynRetried, 10_624));
+    assert_eq!(at(&mut w, SYN, 1_248), (FlowState::SynRetried, 10_624));
+    assert_eq!(at(&mut w, SYN, 1_249), (FlowState::SynRetried, 11_249));
+    // Established (900 s): 1024 ms.
+    assert_eq!(at(&mut w, ACK, 1_300), (FlowState::Established, 901_300));
+    assert_eq!(at(&mut w, ACK, 2_323), (FlowState::Established, 901_300));
+    assert_eq!(at(&mut w, ACK, 2_324), (FlowState::Established, 902_324));
+    assert_eq!(at(&mut w, ACK | 0x01, 2_325), (FlowState::Closing, 12_325));
 }
 
 #[test]
@@ -924,4 +926,31 @@ fn a_flood_at_a_service_with_a_quota_evicts_no_other_services_flows() {
         lost > 100 && evicted > 10_000,
         "without it the flood evicts them: {lost} lost, {evicted} evicted"
     );
+}
+
+#[test]
+fn a_retransmitted_syn_is_counted_once_per_flow_for_its_backend() {
+    let cfg = config(4096, &[(11, 1), (12, 1), (13, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let syn = frame(source(1), 4000, SYN);
+    let (_, first) = send(&mut w, &st, &syn, 1000);
+    for t in [2000, 4000, 8000] {
+        let (v, again) = send(&mut w, &st, &syn, t);
+        assert!(matches!(v, Verdict::Forward { .. }));
+        assert_eq!(backend_of(&again), backend_of(&first), "a retransmitted SYN keeps its backend");
+    }
+    // Another flow's SYN answered at once: not counted.
+    send(&mut w, &st, &frame(source(2), 4000, SYN), 1000);
+    send(&mut w, &st, &frame(source(2), 4000, ACK), 1001);
+    assert_eq!(w.counter_snapshot()[Counter::SynRetried], 1);
+    let id =
+        st.backends.iter().find(|b| b.addr == IpAddr::from([198, 18, 0, backend_of(&first)])).unwrap().id;
+    assert_eq!(w.backend_counters().syn_retried(id), 1);
+    assert!(w.backend_counters().new_flows(id) >= 1);
+    // The handshake completes after all: the flow is established, not
+    // counted again.
+    send(&mut w, &st, &frame(source(1), 4000, ACK), 8001);
+    send(&mut w, &st, &syn, 8002);
+    assert_eq!(w.counter_snapshot()[Counter::SynRetried], 1);
 }

@@ -260,6 +260,12 @@ pub struct BackendRow {
     /// they leave the health as it was.
     pub checks_not_run: u64,
     pub last_error: Option<String>,
+    /// New flows whose client sent its SYN again (passive health).
+    #[serde(default)]
+    pub syn_retried: u64,
+    /// Why passive health finds the backend failing (none: it does not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspect: Option<String>,
 }
 
 /// What `drain`, `undrain`, `set-weight` and `reload` changed.
@@ -746,6 +752,8 @@ mod tests {
             checks_failed: 0,
             checks_not_run: 0,
             last_error: None,
+            syn_retried: 0,
+            suspect: None,
         };
         let v = serde_json::to_value(Response::Backends(vec![row.clone()])).unwrap();
         assert_eq!(serde_json::from_value::<Vec<BackendRow>>(v).unwrap(), vec![row]);

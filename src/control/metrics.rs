@@ -41,6 +41,8 @@ pub struct BackendRow {
     pub status: BackendStatus,
     pub traffic: [u64; 4],
     pub maglev_entries: Option<u64>,
+    /// New flows whose client sent its SYN again (passive health).
+    pub syn_retried: u64,
 }
 
 /// Everything one scrape shows.
@@ -368,6 +370,22 @@ fn backends(e: &mut Exposition, rows: &[BackendRow]) {
             let [s, b] = id(r);
             e.sample("l4lb_backend_health", &[s, b, ("state", h.name())], (r.status.health.state == h) as u8);
         }
+    }
+    e.family(
+        "l4lb_backend_syn_retried_flows_total",
+        "counter",
+        "New flows to the backend whose client sent its SYN again: the backend did not answer the first.",
+    );
+    for r in rows {
+        e.sample("l4lb_backend_syn_retried_flows_total", &id(r), r.syn_retried);
+    }
+    e.family(
+        "l4lb_backend_suspect",
+        "gauge",
+        "1 while passive health (services.passive_health) finds the backend failing new flows.",
+    );
+    for r in rows {
+        e.sample("l4lb_backend_suspect", &id(r), r.status.suspect.is_some() as u8);
     }
     e.family("l4lb_backend_draining", "gauge", "1 while the backend is drained.");
     for r in rows {

@@ -32,6 +32,37 @@ impl Health {
     }
 }
 
+/// Passive health's evidence about one backend: its totals of new flows and
+/// of those whose client sent its SYN again, sampled about once a second,
+/// kept for the window.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassiveTracker {
+    samples: std::collections::VecDeque<(u64, u64, u64)>,
+}
+
+impl PassiveTracker {
+    /// Takes the totals at `now_ms`; returns the backend's suspicion now:
+    /// `Some(reason)` while the window holds at least `min_flows` new flows
+    /// of which at least `syn_retried_share` retried their SYN.
+    pub fn observe(
+        &mut self,
+        now_ms: u64,
+        new_flows: u64,
+        syn_retried: u64,
+        p: &crate::control::config::PassiveSection,
+    ) -> Option<String> {
+        self.samples.push_back((now_ms, new_flows, syn_retried));
+        let from = now_ms.saturating_sub(p.window_s * 1000);
+        while self.samples.len() > 1 && self.samples[1].0 <= from {
+            self.samples.pop_front();
+        }
+        let (_, f0, r0) = self.samples.front().copied()?;
+        let (flows, retried) = (new_flows.saturating_sub(f0), syn_retried.saturating_sub(r0));
+        (flows >= p.min_flows && retried as f64 >= p.syn_retried_share * flows as f64)
+            .then(|| format!("{retried} of {flows} new flows in {} s retried their SYN", p.window_s))
+    }
+}
+
 /// Rise/fall hysteresis: `rise` successes in a row bring a backend up, `fall`
 /// failures in a row take it down; the very first result decides at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +120,9 @@ pub struct BackendStatus {
     pub checks_failed: u64,
     /// Checks this box could not make (no socket, source address not up).
     pub checks_not_run: u64,
+    /// Passive health: the evidence, and why the backend is suspect now.
+    pub passive: PassiveTracker,
+    pub suspect: Option<String>,
 }
 
 impl BackendStatus {
@@ -105,6 +139,8 @@ impl BackendStatus {
             checks_ok: 0,
             checks_failed: 0,
             checks_not_run: 0,
+            passive: PassiveTracker::default(),
+            suspect: None,
         }
     }
 }
@@ -302,6 +338,10 @@ impl Registry {
     pub fn adjust(&self, svc: &ServiceSection, addr: IpAddr, now_ms: u64) -> Option<Adjust> {
         let st = self.backends.get(&(svc.name.clone(), addr))?;
         if st.health.state == Health::Down {
+            return None;
+        }
+        // Suspect from its traffic, where the service takes that as down.
+        if st.suspect.is_some() && svc.passive_health.as_ref().is_some_and(|p| p.down) {
             return None;
         }
         let drain_over = st
@@ -668,5 +708,30 @@ backends = [{backends}]
         assert!(r.resolve("198.18.0.99").unwrap_err().contains("no service has"));
         assert!(r.resolve("nope/198.18.0.11").unwrap_err().contains("no service named"));
         assert_eq!(r.resolve("web/198.18.0.11").unwrap(), vec![key(11)]);
+    }
+}
+
+#[cfg(test)]
+mod passive_tests {
+    use super::PassiveTracker;
+    use crate::control::config::PassiveSection;
+
+    #[test]
+    fn a_backend_is_suspect_while_its_window_holds_enough_retried_syns() {
+        let p = PassiveSection { window_s: 10, min_flows: 4, syn_retried_share: 0.5, down: false };
+        let mut t = PassiveTracker::default();
+        assert_eq!(t.observe(0, 100, 10, &p), None, "one sample: nothing to judge yet");
+        assert_eq!(t.observe(1000, 103, 12, &p), None, "3 new flows: below min_flows");
+        assert_eq!(
+            t.observe(2000, 104, 13, &p).as_deref(),
+            Some("3 of 4 new flows in 10 s retried their SYN")
+        );
+        assert_eq!(t.observe(3000, 110, 13, &p), None, "3 of 10: below the share");
+        // Ten seconds without new flows: the evidence has left the window.
+        assert_eq!(t.observe(13_500, 110, 13, &p), None);
+        assert_eq!(
+            t.observe(14_000, 114, 17, &p).as_deref(),
+            Some("4 of 4 new flows in 10 s retried their SYN")
+        );
     }
 }

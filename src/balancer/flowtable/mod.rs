@@ -60,6 +60,17 @@ pub enum FlowState {
     Udp = 4,
     /// Other protocols and fragments.
     Other = 5,
+    /// TCP: the client sent its SYN again (unconfirmed; the backend did not
+    /// answer the first: passive health counts such flows per backend).
+    SynRetried = 6,
+}
+
+impl FlowState {
+    /// A TCP flow still in its handshake (the client has sent only SYNs).
+    #[inline]
+    pub fn opening(self) -> bool {
+        matches!(self, FlowState::SynSeen | FlowState::SynRetried)
+    }
 }
 
 /// Idle timeouts in milliseconds.
@@ -87,8 +98,12 @@ impl Default for Timeouts {
 impl Timeouts {
     #[inline]
     pub fn for_state(&self, s: FlowState) -> u64 {
+        // Most packets first: one comparison, not a jump through the states.
+        if s == FlowState::Established {
+            return self.tcp_established_ms;
+        }
         match s {
-            FlowState::SynSeen => self.tcp_syn_ms,
+            FlowState::SynSeen | FlowState::SynRetried => self.tcp_syn_ms,
             FlowState::Established => self.tcp_established_ms,
             FlowState::Closing => self.tcp_closing_ms,
             FlowState::Udp => self.udp_ms,

@@ -693,6 +693,9 @@ pub struct ServiceSection {
     /// Limits on the service's new flows (none by default).
     #[serde(default)]
     pub quota: Option<QuotaSection>,
+    /// Judging backends from the service's own traffic (none by default).
+    #[serde(default)]
+    pub passive_health: Option<PassiveSection>,
     /// A backend that comes back up ramps its weight from 1 to full over this
     /// many seconds (0: full weight at once).
     #[serde(default)]
@@ -716,6 +719,34 @@ pub struct ServiceSection {
 
 fn default_min_healthy() -> u32 {
     1
+}
+
+/// `services.passive_health`: a backend is suspect while, over the last
+/// `window_s`, at least `min_flows` new flows went to it and at least
+/// `syn_retried_share` of them had their client send its SYN again.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveSection {
+    #[serde(default = "default_passive_window_s")]
+    pub window_s: u64,
+    #[serde(default = "default_passive_min_flows")]
+    pub min_flows: u64,
+    #[serde(default = "default_passive_share")]
+    pub syn_retried_share: f64,
+    /// A suspect backend takes no new flows (as if down) until a window
+    /// without that evidence.
+    #[serde(default)]
+    pub down: bool,
+}
+
+fn default_passive_window_s() -> u64 {
+    10
+}
+fn default_passive_min_flows() -> u64 {
+    20
+}
+fn default_passive_share() -> f64 {
+    0.5
 }
 
 /// `services.quota`: how many new flows the service may start, and how much

@@ -442,3 +442,23 @@ fn https_and_command_check_errors_name_their_key() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn passive_health_errors_name_their_key() {
+    let with = |p: &str| {
+        let text = BALANCING.replace("port = 80\n", &format!("port = 80\npassive_health = {{ {p} }}\n"));
+        Config::parse(&text, "p.toml").and_then(|c| c.validate("p.toml"))
+    };
+    let ok = with("").unwrap();
+    let p = ok.config.services[0].passive_health.as_ref().unwrap();
+    assert_eq!((p.window_s, p.min_flows, p.syn_retried_share, p.down), (10, 20, 0.5, false));
+    for (p, key, why) in [
+        ("window_s = 0", "services[0].passive_health.window_s", "1 to 3600"),
+        ("min_flows = 0", "services[0].passive_health.min_flows", "1 to"),
+        ("syn_retried_share = 1.5", "services[0].passive_health.syn_retried_share", "at most 1"),
+        ("share = 0.5", "services[0].passive_health.share", "unknown key"),
+    ] {
+        let e = with(p).unwrap_err();
+        assert!(e.key.starts_with(key) && e.to_string().contains(why), "want {key} ({why}), got {e}");
+    }
+}

@@ -615,6 +615,24 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
         if s.backends.is_empty() {
             return Err(err(key("backends"), "a service needs at least one backend".into()));
         }
+        if let Some(p) = &s.passive_health {
+            let pkey = |k: &str| format!("services[{i}].passive_health.{k}");
+            if !(1..=3600).contains(&p.window_s) {
+                return Err(err(pkey("window_s"), "must be 1 to 3600".into()));
+            }
+            if !(1..=1_000_000_000).contains(&p.min_flows) {
+                return Err(err(pkey("min_flows"), "must be 1 to 1000000000".into()));
+            }
+            if !(p.syn_retried_share > 0.0 && p.syn_retried_share <= 1.0) {
+                return Err(err(pkey("syn_retried_share"), "must be above 0 and at most 1".into()));
+            }
+            if s.protocol != Protocol::Tcp {
+                return Err(err(
+                    pkey("window_s"),
+                    "passive health judges TCP handshakes: a TCP service only".into(),
+                ));
+            }
+        }
         if let Some(q) = &s.quota {
             validate_quota(q, s, &|k: &str| format!("services[{i}].quota.{k}"), err)?;
         }

@@ -287,6 +287,8 @@ impl Management<'_> {
                     checks_failed: st.checks_failed,
                     checks_not_run: st.checks_not_run,
                     last_error: st.last_error.clone(),
+                    syn_retried: self.syn_retried(st.id),
+                    suspect: st.suspect.clone(),
                 });
             }
         }
@@ -429,6 +431,7 @@ impl Management<'_> {
                     status: st.clone(),
                     traffic,
                     maglev_entries: entries.get(&st.id).copied(),
+                    syn_retried: self.syn_retried(st.id),
                 });
             }
             services.push(metrics::ServiceRow {

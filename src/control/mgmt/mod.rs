@@ -174,6 +174,9 @@ impl<'a> Management<'a> {
         };
         m.warming = m.registry.cfg.config.sync.as_ref().is_some_and(|y| y.enabled);
         m.rebuild_targets();
+        // Passive health's first samples before any traffic: the windows
+        // count from here.
+        m.passive_work(0);
         let table = m.registry.cfg.config.routing.table;
         if table != 0 {
             m.announcer = Some(super::routing::Announcer::new(table));
@@ -412,6 +415,48 @@ impl<'a> Management<'a> {
         self.offer();
         if now.saturating_sub(self.last_rate_ms) >= 1000 {
             self.sample_rates(now);
+            self.passive_work(now);
+        }
+    }
+
+    /// Passive health, about once a second: each backend of a service with
+    /// `passive_health` is judged from its new flows and those whose client
+    /// sent its SYN again. A change is logged; where the service takes a
+    /// suspect backend as down, a new state follows.
+    fn passive_work(&mut self, now: u64) {
+        let totals: Vec<(BackendKey, u64, u64)> = self
+            .registry
+            .cfg
+            .config
+            .services
+            .iter()
+            .filter(|s| s.passive_health.is_some())
+            .flat_map(|s| s.backends.iter().map(move |b| (s.name.clone(), b.address)))
+            .filter_map(|key| {
+                let id = self.registry.backends.get(&key)?.id;
+                Some((key, self.new_flows(id), self.syn_retried(id)))
+            })
+            .collect();
+        for ((name, addr), flows, retried) in totals {
+            let Some(svc) = self.registry.cfg.config.services.iter().find(|s| s.name == name) else {
+                continue;
+            };
+            let Some(p) = svc.passive_health.clone() else { continue };
+            let Some(st) = self.registry.backends.get_mut(&(name.clone(), addr)) else { continue };
+            let now_suspect = st.passive.observe(now, flows, retried, &p);
+            if now_suspect.is_some() == st.suspect.is_some() {
+                st.suspect = now_suspect; // the reason's figures, updated
+                continue;
+            }
+            match &now_suspect {
+                Some(why) => log::warn!(
+                    "backend {name}/{addr} is suspect: {why}{}",
+                    if p.down { " (takes no new flows)" } else { "" }
+                ),
+                None => log::info!("backend {name}/{addr} is no longer suspect"),
+            }
+            st.suspect = now_suspect;
+            self.dirty |= p.down;
         }
     }
 
@@ -577,6 +622,8 @@ impl<'a> Management<'a> {
             b.reconfigure(&new, &path.display().to_string()).map_err(|e| format!("bgp: {e}"))?;
         }
         self.registry = trial;
+        // New passive-health windows start from the counts now.
+        self.passive_work(self.now_ms());
         self.sync_view();
         self.neighbours.track(&needed_neighbours(&new));
         self.rebuild_targets();
@@ -613,6 +660,10 @@ impl<'a> Management<'a> {
 
     fn new_flows(&self, id: u32) -> u64 {
         self.counters.iter().map(|c| c.new_flows(id)).sum()
+    }
+
+    pub fn syn_retried(&self, id: u32) -> u64 {
+        self.counters.iter().map(|c| c.syn_retried(id)).sum()
     }
 
     fn active(&self, id: u32) -> u64 {

@@ -91,6 +91,8 @@ counters! {
         "Packets forwarded in fragments: IPv4 without DF too big once encapsulated (the outer packet is fragmented).";
     FragmentsUnmatched => "fragments_unmatched", "l4lb_fragments_unmatched_total", None,
         "Later fragments whose datagram's first fragment this worker had not seen: sent to the VIP's lowest-port service of their protocol.";
+    SynRetried => "syn_retried", "l4lb_syn_retried_flows_total", None,
+        "TCP flows whose client sent its SYN again: the backend did not answer the first (passive health).";
     OverQuotaStateless => "over_quota_stateless", "l4lb_over_quota_stateless_packets_total", None,
         "Packets of untracked flows over their service's quota sent to the backend its hash picks, with no flow-table entry (over_quota = \"stateless\").";
 }
@@ -257,7 +259,7 @@ mod tests {
 /// by backend id. One block per worker, written only by that worker (relaxed
 /// load + store, no locked instruction) and read by the management core at
 /// any time; padded so two workers' blocks never share a cache line. A
-/// backend's three counters sit together: one bounds check, one line.
+/// backend's four counters sit together: one bounds check, one line.
 #[repr(align(64))]
 pub struct BackendCounters {
     by_id: Box<[BackendCount]>,
@@ -269,6 +271,8 @@ pub(super) struct BackendCount {
     packets: AtomicU64,
     bytes: AtomicU64,
     new_flows: AtomicU64,
+    /// New flows whose client sent its SYN again.
+    syn_retried: AtomicU64,
 }
 
 impl BackendCounters {
@@ -281,6 +285,18 @@ impl BackendCounters {
         if let Some(c) = self.by_id.get(id) {
             c.new_flows.store(c.new_flows.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
+    }
+
+    #[inline(always)]
+    pub(super) fn count_syn_retried(&self, id: usize) {
+        if let Some(c) = self.by_id.get(id) {
+            c.syn_retried.store(c.syn_retried.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// Flows of backend `id` whose client sent its SYN again.
+    pub fn syn_retried(&self, id: u32) -> u64 {
+        self.by_id.get(id as usize).map_or(0, |c| c.syn_retried.load(Ordering::Relaxed))
     }
 
     /// Flows started on (or moved to) backend `id`.

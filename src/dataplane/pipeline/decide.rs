@@ -51,6 +51,11 @@ impl Worker {
                     Some(b) => {
                         if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, meta.tcp_flags, Some(e_state));
+                            // The client's SYN again, the first time: its
+                            // backend did not answer (passive health).
+                            if e_state == FlowState::SynSeen && state == FlowState::SynRetried {
+                                self.syn_retried(e_backend);
+                            }
                             let t = svc.timeouts.for_state(state);
                             // Persistence bounds the slack too (per service).
                             let slack = refresh_slack(t).min(svc.persist_slack_ms);
@@ -273,6 +278,14 @@ impl Worker {
             && persist::owner(&meta.key.src, self.workers) != self.index
     }
 
+    /// A flow of backend `id` whose client sent its SYN again (counted once
+    /// per flow). Out of line: it is rare.
+    #[inline(never)]
+    fn syn_retried(&mut self, id: u32) {
+        self.counters[Counter::SynRetried] += 1;
+        self.per_backend.count_syn_retried(id as usize);
+    }
+
     /// Whether the service's access list refuses the client (counted for
     /// the service). Out of line: services without a list pay one test.
     #[inline(never)]
@@ -343,6 +356,7 @@ pub fn next_state(p: u8, kind: KeyKind, flags: u8, prev: Option<FlowState>) -> F
             } else if flags & tcp::SYN != 0 && flags & tcp::ACK == 0 {
                 match prev {
                     Some(FlowState::Established) => FlowState::Established,
+                    Some(s) if s.opening() => FlowState::SynRetried,
                     _ => FlowState::SynSeen,
                 }
             } else {

@@ -362,7 +362,7 @@ impl Worker {
         if svc.stateless_pick(&meta.key, meta.hash) == Some(backend) {
             return;
         }
-        let state = if state == FlowState::SynSeen { FlowState::Established } else { state };
+        let state = if state.opening() { FlowState::Established } else { state };
         let ttl = svc.timeouts.for_state(state).min(u32::MAX as u64) as u32;
         let id = st.backends[backend].id;
         match sync.out.push(AtRisk { key: meta.key, backend: id, expires_in_ms: ttl }) {

@@ -18,7 +18,10 @@ fn flow_states_follow_the_clients_segments() {
     let cases = [
         // (protocol, kind, flags, previous state, next state)
         (tcp, FiveTuple, syn, None, SynSeen),
-        (tcp, FiveTuple, syn, Some(SynSeen), SynSeen),
+        (tcp, FiveTuple, syn, Some(SynSeen), SynRetried),
+        (tcp, FiveTuple, syn, Some(SynRetried), SynRetried),
+        (tcp, FiveTuple, ack, Some(SynRetried), Established),
+        (tcp, FiveTuple, rst, Some(SynRetried), Closing),
         (tcp, FiveTuple, ack, Some(SynSeen), Established),
         (tcp, FiveTuple, ack, None, Established),
         (tcp, FiveTuple, ack, Some(Established), Established),
