@@ -824,6 +824,21 @@ fn a_quota_limits_a_services_new_flows_per_second_and_never_its_tracked_flows() 
     assert_eq!(outcomes(&mut w, &st, &more, 1100), (10, 10));
     assert_eq!(outcomes(&mut w, &st, &acks, 1100), (10, 0));
     assert_eq!(w.counter_snapshot()[DropReason::OverQuota], 20);
+    // Out of tokens, a segment without SYN of a connection this worker does
+    // not track (begun before a restart, or on another box) still goes to
+    // its Maglev backend, without an entry.
+    let plain = config(4096, &[(11, 1), (12, 1)]);
+    let st_plain = build_state(&plain, 1, &simulated_facts(&plain)).unwrap();
+    let mut reference = Worker::new(worker_config(&plain));
+    let tracked = w.flows().len();
+    for i in 300..310 {
+        let f = frame(source(i), 4000, ACK);
+        let (v, p) = send(&mut w, &st, &f, 1100);
+        let (v0, p0) = send(&mut reference, &st_plain, &f, 1100);
+        assert_eq!((v, p.data()), (v0, p0.data()), "a mid-stream segment over the quota");
+    }
+    assert_eq!(w.flows().len(), tracked, "no entry for them");
+    assert_eq!(w.counter_snapshot()[Counter::OverQuotaStateless], 10);
     assert_eq!(w.counter_snapshot()[Counter::NewFlows], 20);
     use l4lb::balancer::state::ServiceEvent;
     assert_eq!(st.services[0].stats.total(ServiceEvent::OverQuotaDropped), 20);

@@ -151,7 +151,13 @@ impl Worker {
     /// A new flow over its service's quota (`backend` is the one its
     /// scheduler chose): dropped, or sent there with no table entry where
     /// the service says `stateless` (a hashing scheduler, so the flow's
-    /// next packets are sent alike). Counted for the service either way.
+    /// next packets are sent alike). A TCP segment without SYN is no new
+    /// connection but one this worker does not track (it began before a
+    /// restart, or on a box that failed): where every box would send it to
+    /// `backend` anyway — the service's hash, or a peer's entry — it goes
+    /// there without an entry whatever the mode, so a quota never breaks a
+    /// connection that Maglev or flow sync would keep, and still takes no
+    /// room in the table. Counted for the service either way.
     #[inline(never)]
     #[allow(clippy::too_many_arguments)]
     fn over_quota<P: Packet>(
@@ -165,10 +171,19 @@ impl Worker {
         meta: &PacketMeta,
     ) -> Verdict {
         let worker = self.index as usize;
-        if svc.quota.is_some_and(|q| q.over == OverQuota::Stateless) {
+        let id = st.backends[backend].id;
+        let midstream =
+            svc.proto == proto::TCP && meta.kind == KeyKind::FiveTuple && meta.tcp_flags & tcp::SYN == 0;
+        let kept_anyway = midstream
+            && svc.persistence_ms == 0
+            && (svc.stateless_pick(&meta.key, meta.hash) == Some(backend)
+                || self
+                    .sync
+                    .as_deref()
+                    .is_some_and(|y| y.peers.get(&meta.key, meta.hash, now_ms) == Some(id)));
+        if kept_anyway || svc.quota.is_some_and(|q| q.over == OverQuota::Stateless) {
             svc.stats.count(worker, ServiceEvent::OverQuotaStateless);
             self.counters[Counter::OverQuotaStateless] += 1;
-            let id = st.backends[backend].id;
             return self.send_to(st, svc, backend, id, pkt, in_port, now_ms, meta);
         }
         svc.stats.count(worker, ServiceEvent::OverQuotaDropped);
