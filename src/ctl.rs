@@ -239,6 +239,9 @@ pub fn backends_table(rows: &[BackendRow]) -> String {
         if let Some(s) = &b.suspect {
             note.push(format!("suspect: {s}"));
         }
+        if let Some(us) = b.handshake_us {
+            note.push(format!("handshake {:.1}ms", us as f64 / 1000.0));
+        }
         let rtt = b.rtt_us.map_or("-".into(), |us| format!("{:.2}ms", us as f64 / 1000.0));
         let _ = writeln!(
             o,

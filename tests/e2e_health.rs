@@ -514,3 +514,41 @@ fn a_backend_that_drops_syns_is_suspect_from_traffic_while_its_checks_pass() {
     let ok: usize = common::lan::client_py(&m, script).trim().parse().unwrap();
     assert_eq!(ok, 45, "with the suspect backend out, every connection succeeds");
 }
+
+#[test]
+fn handshake_times_from_traffic_show_a_slow_backend_and_weigh_least_response_time() {
+    // IP-in-IP backends whose tunnel endpoints hold packets 0, 20 and 0 ms.
+    let bs: Vec<String> = (1..=3).map(|i| format!("{{ address = \"198.18.0.1{i}\" }}")).collect();
+    let extra = "forwarding = \"ipip\"\nscheduler = \"least-response-time\"\nresponse_time = \"handshake\"";
+    let mut m = managed(&["198.18.100.1"], &service("slow", "198.18.100.1", "tcp", 80, extra, &bs), None);
+    common::lan::start_decap_delayed(&mut m.lan, &[0, 20, 0]);
+    let socket = m.socket.clone();
+    let hs = |i: u8| backend(&socket, "slow", &format!("198.18.0.1{i}"))["handshake_us"].as_u64();
+    // Connections until every backend has handshakes in the window (least
+    // response time spreads the first ones evenly: no time is known yet).
+    let mut first = HashMap::new();
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            for (k, v) in http_load(&m.lan.client, "198.18.100.1", 15, "198.18.0.2", &m.l4lb) {
+                *first.entry(k).or_insert(0) += v;
+            }
+            (1..=3).all(|i| hs(i).is_some())
+        }),
+        "{first:?} {}",
+        ctl_json(&socket, "backends")
+    );
+    let (fast1, slow, fast3) = (hs(1).unwrap(), hs(2).unwrap(), hs(3).unwrap());
+    eprintln!("handshakes: {fast1} µs, {slow} µs (held 20 ms), {fast3} µs; first flows {first:?}");
+    assert!(slow >= 15_000 && slow >= fast1.max(fast3) + 10_000, "{fast1} {slow} {fast3}");
+    let text = m.mg.exec("curl -sf http://127.0.0.1:9100/metrics");
+    let count = common::lan::metric(
+        &text,
+        "l4lb_backend_handshake_seconds_count{service=\"slow\",backend=\"198.18.0.12\"}",
+    );
+    assert!(count.is_some_and(|n| n >= 1.0), "{text}");
+    // Weighed by those times, the slow backend gets the fewest new flows.
+    let after = http_load(&m.lan.client, "198.18.100.1", 60, "198.18.0.2", &m.l4lb);
+    let n = |b: &str| after.get(b).copied().unwrap_or(0);
+    eprintln!("then: {after:?}");
+    assert!(n("backend-2") < n("backend-1").min(n("backend-3")), "{after:?}");
+}

@@ -969,3 +969,34 @@ fn a_retransmitted_syn_is_counted_once_per_flow_for_its_backend() {
     send(&mut w, &st, &syn, 8002);
     assert_eq!(w.counter_snapshot()[Counter::SynRetried], 1);
 }
+
+#[test]
+fn a_handshake_is_timed_from_the_syn_to_the_clients_first_ack() {
+    let cfg = config(4096, &[(11, 1), (12, 1), (13, 1)]);
+    let st = build_state(&cfg, 1, &simulated_facts(&cfg)).unwrap();
+    let mut w = Worker::new(worker_config(&cfg));
+    let id_of = |p: &TestPacket| {
+        st.backends.iter().find(|b| b.addr == IpAddr::from([198, 18, 0, backend_of(p)])).unwrap().id
+    };
+    // 3 ms, then 30 ms (its first ACK only), then a flow whose SYN was
+    // retried (not timed: its SYN's time is not known).
+    let (_, p1) = send(&mut w, &st, &frame(source(1), 4000, SYN), 1000);
+    send(&mut w, &st, &frame(source(1), 4000, ACK), 1003);
+    send(&mut w, &st, &frame(source(1), 4000, ACK), 1500);
+    let (_, p2) = send(&mut w, &st, &frame(source(2), 4000, SYN), 2000);
+    send(&mut w, &st, &frame(source(2), 4000, ACK), 2030);
+    send(&mut w, &st, &frame(source(3), 4000, SYN), 3000);
+    send(&mut w, &st, &frame(source(3), 4000, SYN), 4000);
+    send(&mut w, &st, &frame(source(3), 4000, ACK), 4001);
+    let c = w.backend_counters();
+    let total: u64 = st.backends.iter().map(|b| c.handshakes(b.id).count()).sum();
+    assert_eq!(total, 2, "two handshakes timed");
+    let (h1, h2) = (c.handshakes(id_of(&p1)), c.handshakes(id_of(&p2)));
+    if id_of(&p1) != id_of(&p2) {
+        assert_eq!((h1.count(), h1.sum_ms, h2.count(), h2.sum_ms), (1, 3, 1, 30));
+        assert_eq!(h1.buckets[2], 1, "3 ms: at most 5 ms");
+        assert_eq!(h2.buckets[5], 1, "30 ms: at most 50 ms");
+    } else {
+        assert_eq!((h1.count(), h1.sum_ms), (2, 33));
+    }
+}

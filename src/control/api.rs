@@ -266,6 +266,10 @@ pub struct BackendRow {
     /// Why passive health finds the backend failing (none: it does not).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspect: Option<String>,
+    /// The mean TCP handshake of its new flows over the last window, in µs,
+    /// from traffic (none: no handshake in the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_us: Option<u32>,
 }
 
 /// What `drain`, `undrain`, `set-weight` and `reload` changed.
@@ -754,6 +758,7 @@ mod tests {
             last_error: None,
             syn_retried: 0,
             suspect: None,
+            handshake_us: None,
         };
         let v = serde_json::to_value(Response::Backends(vec![row.clone()])).unwrap();
         assert_eq!(serde_json::from_value::<Vec<BackendRow>>(v).unwrap(), vec![row]);

@@ -43,6 +43,8 @@ pub struct BackendRow {
     pub maglev_entries: Option<u64>,
     /// New flows whose client sent its SYN again (passive health).
     pub syn_retried: u64,
+    /// Its handshakes as the workers counted them.
+    pub handshakes: crate::dataplane::pipeline::Handshakes,
 }
 
 /// Everything one scrape shows.
@@ -378,6 +380,24 @@ fn backends(e: &mut Exposition, rows: &[BackendRow]) {
     );
     for r in rows {
         e.sample("l4lb_backend_syn_retried_flows_total", &id(r), r.syn_retried);
+    }
+    e.family(
+        "l4lb_backend_handshake_seconds",
+        "histogram",
+        "TCP handshakes of the backend's new flows, from traffic: the client's SYN to its first ACK, one round trip through the backend.",
+    );
+    for r in rows {
+        let [s, b] = id(r);
+        let mut cumulative = 0;
+        for (i, n) in r.handshakes.buckets.iter().enumerate() {
+            cumulative += n;
+            let le = crate::dataplane::pipeline::HANDSHAKE_BUCKETS_MS
+                .get(i)
+                .map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            e.sample("l4lb_backend_handshake_seconds_bucket", &[s, b, ("le", &le)], cumulative);
+        }
+        e.sample("l4lb_backend_handshake_seconds_sum", &[s, b], r.handshakes.sum_ms as f64 / 1000.0);
+        e.sample("l4lb_backend_handshake_seconds_count", &[s, b], cumulative);
     }
     e.family(
         "l4lb_backend_suspect",

@@ -3,6 +3,7 @@
 //! becomes the next forwarding state. Pure logic with time passed in, so it
 //! is tested without DPDK or sockets.
 
+use crate::dataplane::pipeline::Handshakes;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -60,6 +61,24 @@ impl PassiveTracker {
         let (flows, retried) = (new_flows.saturating_sub(f0), syn_retried.saturating_sub(r0));
         (flows >= p.min_flows && retried as f64 >= p.syn_retried_share * flows as f64)
             .then(|| format!("{retried} of {flows} new flows in {} s retried their SYN", p.window_s))
+    }
+}
+
+/// A backend's handshake counts over a window (see [`PassiveTracker`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HandshakeTracker {
+    samples: std::collections::VecDeque<(u64, Handshakes)>,
+}
+
+impl HandshakeTracker {
+    /// Takes the totals at `now_ms`; returns those of the last `window_ms`.
+    pub fn observe(&mut self, now_ms: u64, totals: Handshakes, window_ms: u64) -> Handshakes {
+        self.samples.push_back((now_ms, totals));
+        let from = now_ms.saturating_sub(window_ms);
+        while self.samples.len() > 1 && self.samples[1].0 <= from {
+            self.samples.pop_front();
+        }
+        self.samples.front().map_or(Handshakes::default(), |(_, first)| totals.since(first))
     }
 }
 
@@ -123,6 +142,10 @@ pub struct BackendStatus {
     /// Passive health: the evidence, and why the backend is suspect now.
     pub passive: PassiveTracker,
     pub suspect: Option<String>,
+    /// Its handshakes, sampled about once a second, and their mean time
+    /// over the last window in µs (none: no handshake in it).
+    pub handshakes: HandshakeTracker,
+    pub handshake_us: Option<u32>,
 }
 
 impl BackendStatus {
@@ -141,6 +164,8 @@ impl BackendStatus {
             checks_not_run: 0,
             passive: PassiveTracker::default(),
             suspect: None,
+            handshakes: HandshakeTracker::default(),
+            handshake_us: None,
         }
     }
 }
@@ -350,11 +375,15 @@ impl Registry {
         if drain_over {
             return None;
         }
+        let rtt_us = match (svc.response_time, st.handshake_us) {
+            (crate::control::config::ResponseTime::Handshake, Some(us)) => us,
+            _ => st.rtt_us,
+        };
         Some(Adjust {
             id: st.id,
             weight: self.effective_weight(svc, addr, now_ms),
             draining: st.draining_since_ms.is_some(),
-            rtt_us: st.rtt_us,
+            rtt_us,
         })
     }
 

@@ -294,9 +294,16 @@ pub fn start_server(b: &Backend, udp_vip: Option<&str>) -> Child {
 
 /// Starts the userspace tunnel endpoint (scripts/backend-decap.py) in every backend.
 pub fn start_decap(t: &mut Lan) {
+    start_decap_delayed(t, &[]);
+}
+
+/// As [`start_decap`], backend N holding each packet `delays_ms[N]` ms (a
+/// slow backend; none where the list ends).
+pub fn start_decap_delayed(t: &mut Lan, delays_ms: &[u32]) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/backend-decap.py");
-    for b in &t.backends {
-        let mut child = b.ns.spawn(&format!("exec {PY} {script} l4bdecap 6080"));
+    for (i, b) in t.backends.iter().enumerate() {
+        let delay = delays_ms.get(i).copied().unwrap_or(0);
+        let mut child = b.ns.spawn(&format!("exec {PY} {script} l4bdecap 6080 {delay}"));
         wait_ready(&mut child, "backend-decap.py");
         t.children.push(child);
     }

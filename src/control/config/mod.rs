@@ -696,6 +696,9 @@ pub struct ServiceSection {
     /// Judging backends from the service's own traffic (none by default).
     #[serde(default)]
     pub passive_health: Option<PassiveSection>,
+    /// What `least-response-time` takes as a backend's response time.
+    #[serde(default)]
+    pub response_time: ResponseTime,
     /// A backend that comes back up ramps its weight from 1 to full over this
     /// many seconds (0: full weight at once).
     #[serde(default)]
@@ -719,6 +722,19 @@ pub struct ServiceSection {
 
 fn default_min_healthy() -> u32 {
     1
+}
+
+/// The response time `least-response-time` weighs backends by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponseTime {
+    /// The last health check's round trip.
+    #[default]
+    Check,
+    /// The mean TCP handshake (client SYN to its first ACK, one round trip
+    /// through the backend) of the backend's new flows over the last
+    /// window, from traffic; the check's round trip until there is one.
+    Handshake,
 }
 
 /// `services.passive_health`: a backend is suspect while, over the last

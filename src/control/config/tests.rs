@@ -462,3 +462,17 @@ fn passive_health_errors_name_their_key() {
         assert!(e.key.starts_with(key) && e.to_string().contains(why), "want {key} ({why}), got {e}");
     }
 }
+
+#[test]
+fn handshake_response_time_is_for_tcp_services() {
+    let with =
+        |proto: &str| {
+            let text = BALANCING
+                .replace("port = 80\n", "port = 80\nresponse_time = \"handshake\"\n")
+                .replacen("protocol = \"tcp\"", &format!("protocol = \"{proto}\""), 1);
+            Config::parse(&text, "r.toml").and_then(|c| c.validate("r.toml"))
+        };
+    assert!(with("tcp").is_ok());
+    let e = with("udp").unwrap_err();
+    assert!(e.key == "services[0].response_time" && e.to_string().contains("TCP service only"), "{e}");
+}

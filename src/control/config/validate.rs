@@ -615,6 +615,12 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
         if s.backends.is_empty() {
             return Err(err(key("backends"), "a service needs at least one backend".into()));
         }
+        if s.response_time == ResponseTime::Handshake && s.protocol != Protocol::Tcp {
+            return Err(err(
+                key("response_time"),
+                "`handshake` is measured on TCP handshakes: a TCP service only".into(),
+            ));
+        }
         if let Some(p) = &s.passive_health {
             let pkey = |k: &str| format!("services[{i}].passive_health.{k}");
             if !(1..=3600).contains(&p.window_s) {

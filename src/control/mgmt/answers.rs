@@ -289,6 +289,7 @@ impl Management<'_> {
                     last_error: st.last_error.clone(),
                     syn_retried: self.syn_retried(st.id),
                     suspect: st.suspect.clone(),
+                    handshake_us: st.handshake_us,
                 });
             }
         }
@@ -432,6 +433,7 @@ impl Management<'_> {
                     traffic,
                     maglev_entries: entries.get(&st.id).copied(),
                     syn_retried: self.syn_retried(st.id),
+                    handshakes: self.handshakes(st.id),
                 });
             }
             services.push(metrics::ServiceRow {

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::balancer::state::ServiceEvent;
+use crate::control::config::{ResponseTime, SchedulerName};
+use crate::dataplane::pipeline::Handshakes;
 use std::time::{Duration, Instant};
 
 use super::api::{
@@ -416,7 +418,36 @@ impl<'a> Management<'a> {
         if now.saturating_sub(self.last_rate_ms) >= 1000 {
             self.sample_rates(now);
             self.passive_work(now);
+            self.handshake_work(now);
         }
+    }
+
+    /// Each backend's mean handshake time over the last window (the
+    /// service's `passive_health.window_s`, else 10 s), about once a second.
+    /// Where least response time weighs by it, a change of a fifth and of a
+    /// millisecond or more makes a new state (not every second's jitter).
+    fn handshake_work(&mut self, now: u64) {
+        let mut changed = false;
+        for s in &self.registry.cfg.config.services {
+            let window_ms = s.passive_health.as_ref().map_or(10, |p| p.window_s) * 1000;
+            let by_lrt =
+                s.response_time == ResponseTime::Handshake && s.scheduler == SchedulerName::LeastResponseTime;
+            for b in &s.backends {
+                let key = (s.name.clone(), b.address);
+                let Some(id) = self.registry.backends.get(&key).map(|st| st.id) else { continue };
+                let totals = self.handshakes(id);
+                let Some(st) = self.registry.backends.get_mut(&key) else { continue };
+                let window = st.handshakes.observe(now, totals, window_ms);
+                let us = window.mean_ms().map(|ms| (ms * 1000.0).clamp(1.0, u32::MAX as f64) as u32);
+                let moved = match (st.handshake_us, us) {
+                    (Some(a), Some(b)) => a.abs_diff(b) >= 1000 && a.abs_diff(b) * 5 >= a,
+                    (a, b) => a != b,
+                };
+                changed |= by_lrt && moved;
+                st.handshake_us = us;
+            }
+        }
+        self.dirty |= changed;
     }
 
     /// Passive health, about once a second: each backend of a service with
@@ -660,6 +691,19 @@ impl<'a> Management<'a> {
 
     fn new_flows(&self, id: u32) -> u64 {
         self.counters.iter().map(|c| c.new_flows(id)).sum()
+    }
+
+    /// Backend `id`'s handshakes, every worker together.
+    pub fn handshakes(&self, id: u32) -> Handshakes {
+        let mut h = Handshakes::default();
+        for c in self.counters.iter() {
+            let x = c.handshakes(id);
+            for (a, b) in h.buckets.iter_mut().zip(x.buckets) {
+                *a += b;
+            }
+            h.sum_ms += x.sum_ms;
+        }
+        h
     }
 
     pub fn syn_retried(&self, id: u32) -> u64 {

@@ -7,7 +7,7 @@
 //! publishing, summing, `ctl stats`, the metrics page and the exit report
 //! loop over [`Counters::rows`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use super::verdict::{DropReason, Verdict};
 
@@ -259,7 +259,8 @@ mod tests {
 /// by backend id. One block per worker, written only by that worker (relaxed
 /// load + store, no locked instruction) and read by the management core at
 /// any time; padded so two workers' blocks never share a cache line. A
-/// backend's four counters sit together: one bounds check, one line.
+/// backend's counters sit together: one bounds check; its packets and bytes
+/// in one line.
 #[repr(align(64))]
 pub struct BackendCounters {
     by_id: Box<[BackendCount]>,
@@ -273,6 +274,45 @@ pub(super) struct BackendCount {
     new_flows: AtomicU64,
     /// New flows whose client sent its SYN again.
     syn_retried: AtomicU64,
+    /// Handshakes seen (SYN to the client's first ACK), their summed time
+    /// in ms, and how many took at most each of [`HANDSHAKE_BUCKETS_MS`]
+    /// (the last: longer).
+    handshake_ms_sum: AtomicU64,
+    handshakes: [AtomicU32; HANDSHAKE_BUCKETS],
+}
+
+/// Upper bounds (ms) of the handshake-time buckets; one more bucket holds
+/// the longer ones.
+pub const HANDSHAKE_BUCKETS_MS: [u64; 10] = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000];
+pub const HANDSHAKE_BUCKETS: usize = HANDSHAKE_BUCKETS_MS.len() + 1;
+
+/// A backend's handshakes as counted: per bucket, and their summed time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Handshakes {
+    pub buckets: [u64; HANDSHAKE_BUCKETS],
+    pub sum_ms: u64,
+}
+
+impl Handshakes {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Those counted since `earlier`.
+    pub fn since(&self, earlier: &Handshakes) -> Handshakes {
+        let mut d = *self;
+        for (b, e) in d.buckets.iter_mut().zip(earlier.buckets) {
+            *b = b.saturating_sub(e);
+        }
+        d.sum_ms = d.sum_ms.saturating_sub(earlier.sum_ms);
+        d
+    }
+
+    /// Their mean time in ms (none without handshakes).
+    pub fn mean_ms(&self) -> Option<f64> {
+        let n = self.count();
+        (n > 0).then(|| self.sum_ms as f64 / n as f64)
+    }
 }
 
 impl BackendCounters {
@@ -292,6 +332,28 @@ impl BackendCounters {
         if let Some(c) = self.by_id.get(id) {
             c.syn_retried.store(c.syn_retried.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
         }
+    }
+
+    #[inline(always)]
+    pub(super) fn count_handshake(&self, id: usize, ms: u64) {
+        if let Some(c) = self.by_id.get(id) {
+            let b = HANDSHAKE_BUCKETS_MS.iter().position(|&le| ms <= le).unwrap_or(HANDSHAKE_BUCKETS - 1);
+            let n = &c.handshakes[b];
+            n.store(n.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            c.handshake_ms_sum.store(c.handshake_ms_sum.load(Ordering::Relaxed) + ms, Ordering::Relaxed);
+        }
+    }
+
+    /// Backend `id`'s handshakes so far.
+    pub fn handshakes(&self, id: u32) -> Handshakes {
+        let mut h = Handshakes::default();
+        if let Some(c) = self.by_id.get(id as usize) {
+            for (b, n) in h.buckets.iter_mut().zip(&c.handshakes) {
+                *b = n.load(Ordering::Relaxed) as u64;
+            }
+            h.sum_ms = c.handshake_ms_sum.load(Ordering::Relaxed);
+        }
+        h
     }
 
     /// Flows of backend `id` whose client sent its SYN again.

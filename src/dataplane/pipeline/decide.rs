@@ -51,10 +51,11 @@ impl Worker {
                     Some(b) => {
                         if kind != KeyKind::IcmpError {
                             let state = next_state(svc.proto, kind, meta.tcp_flags, Some(e_state));
-                            // The client's SYN again, the first time: its
-                            // backend did not answer (passive health).
-                            if e_state == FlowState::SynSeen && state == FlowState::SynRetried {
-                                self.syn_retried(e_backend);
+                            // A handshake's end (passive health): the
+                            // client's SYN again, the first time (its
+                            // backend did not answer), or its first ACK.
+                            if e_state == FlowState::SynSeen && state != FlowState::SynSeen {
+                                self.handshake_ended(s, svc, state, now_ms);
                             }
                             let t = svc.timeouts.for_state(state);
                             // Persistence bounds the slack too (per service).
@@ -293,12 +294,27 @@ impl Worker {
             && persist::owner(&meta.key.src, self.workers) != self.index
     }
 
-    /// A flow of backend `id` whose client sent its SYN again (counted once
-    /// per flow). Out of line: it is rare.
+    /// The flow in `slot`, SYN-only until this packet, is now `state`: its
+    /// SYN again (its backend did not answer: counted once per flow), or
+    /// its first ACK, which ends the handshake one round trip through the
+    /// backend after the SYN — the SYN's time is its entry's expiry less the
+    /// SYN timeout (a SYN-only entry is written once). Out of line: once per
+    /// flow.
     #[inline(never)]
-    fn syn_retried(&mut self, id: u32) {
-        self.counters[Counter::SynRetried] += 1;
-        self.per_backend.count_syn_retried(id as usize);
+    fn handshake_ended(&mut self, slot: usize, svc: &Service, state: FlowState, now_ms: u64) {
+        let e = self.flows.entry(slot);
+        let id = e.backend as usize;
+        match state {
+            FlowState::SynRetried => {
+                self.counters[Counter::SynRetried] += 1;
+                self.per_backend.count_syn_retried(id);
+            }
+            FlowState::Established => {
+                let syn_ms = e.expires_ms.saturating_sub(svc.timeouts.tcp_syn_ms);
+                self.per_backend.count_handshake(id, now_ms.saturating_sub(syn_ms));
+            }
+            _ => {}
+        }
     }
 
     /// Whether the service's access list refuses the client (counted for

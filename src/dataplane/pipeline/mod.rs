@@ -48,7 +48,10 @@ mod tests;
 mod verdict;
 
 pub use burst::BurstPlan;
-pub use counters::{row_info, BackendCounters, Counter, CounterInfo, Counters, DROPS_METRIC, ROWS};
+pub use counters::{
+    row_info, BackendCounters, Counter, CounterInfo, Counters, Handshakes, DROPS_METRIC,
+    HANDSHAKE_BUCKETS_MS, ROWS,
+};
 pub use decide::next_state;
 pub use encap::{fragment_frames, l2_len};
 pub use verdict::{DropReason, Verdict};
