@@ -249,13 +249,7 @@ pub fn pipeline(data: &[u8]) {
     let states = [draw_state(&mut Draw(a), 1), draw_state(&mut Draw(b), 2)];
     let mut d = Draw(ops);
     let mut st = &states[0];
-    let cfg = WorkerConfig {
-        flow_capacity: 64,
-        persist_capacity: 64,
-        backend_ids: 64,
-        fragment_slots: 64,
-        ..WorkerConfig::default()
-    };
+    let cfg = WorkerConfig::small();
     let mut workers = Worker::team(cfg, 2);
     let mut now = 1000u64;
     while !d.is_empty() {

@@ -66,13 +66,7 @@ pub fn two_ports(first: PortIdentity) -> Vec<PortIdentity> {
 /// worker with small tables for one case.
 pub fn differential_worker() -> (&'static ForwardingState, Worker) {
     static STATE: std::sync::OnceLock<ForwardingState> = std::sync::OnceLock::new();
-    let cfg = WorkerConfig {
-        flow_capacity: 64,
-        persist_capacity: 64,
-        backend_ids: 64,
-        fragment_slots: 64,
-        ..WorkerConfig::default()
-    };
+    let cfg = WorkerConfig::small();
     (STATE.get_or_init(differential_state), Worker::new(cfg))
 }
 

@@ -88,6 +88,21 @@ pub struct WorkerConfig {
     pub fragment_slots: usize,
 }
 
+impl WorkerConfig {
+    /// Tiny tables (64 flows, persistence entries, backend ids and fragment
+    /// slots): cheap to make, for property tests and fuzz targets that make
+    /// a worker per case.
+    pub fn small() -> WorkerConfig {
+        WorkerConfig {
+            flow_capacity: 64,
+            persist_capacity: 64,
+            backend_ids: 64,
+            fragment_slots: 64,
+            ..WorkerConfig::default()
+        }
+    }
+}
+
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
