@@ -19,7 +19,7 @@ use crate::dataplane::balance::{BalanceWorker, Punt};
 use crate::dataplane::exception::{KernelLink, KernelQueues};
 use crate::dataplane::forward::ForwardWorker;
 use crate::dataplane::mailbox::StateMailbox;
-use crate::dataplane::pipeline::BackendCounters;
+use crate::dataplane::pipeline::{BackendCounters, VipPathPorts};
 use crate::dataplane::pipeline::{Counter, DropReason, DROPS_METRIC};
 use crate::dataplane::poll::PollConfig;
 use crate::dataplane::telemetry::WorkerStats;
@@ -144,8 +144,15 @@ pub fn run(
         (table, writer, rings)
     });
     let sync_parts = sync.as_ref().map(|(t, _, r)| (t.clone(), r.clone()));
-    let (plans, counter_blocks) =
-        plan_workers(cfg, &ports, workers.len(), balancing.is_some(), poll, sync_parts)?;
+    let (plans, counter_blocks) = plan_workers(
+        cfg,
+        &ports,
+        workers.len(),
+        balancing.is_some(),
+        poll,
+        sync_parts,
+        &kernel_link.vip_path,
+    )?;
     let mut sync_side = sync.map(|(_, w, r)| (w, r));
     let tsc_per_ms = eal.tsc_hz() / 1000;
 
@@ -427,6 +434,7 @@ fn plan_workers<'p>(
     balancing: bool,
     poll: PollConfig,
     sync: Option<(Arc<SyncedFlows>, SyncRings)>,
+    vip_path: &Arc<VipPathPorts>,
 ) -> Result<(Vec<Plan<'p>>, Vec<Arc<BackendCounters>>), RunError> {
     let mut plans = Vec::with_capacity(workers);
     let mut counter_blocks = Vec::with_capacity(workers);
@@ -458,7 +466,7 @@ fn plan_workers<'p>(
             }
             counter_blocks.push(pipeline.backend_counters());
             let w = &cfg.config.workers;
-            let punt = Punt::new(w.punt_rate_per_s, w.punt_burst);
+            let punt = Punt::new(w.punt_rate_per_s, w.punt_burst, vip_path.clone());
             Plan::Balance(Box::new(BalanceWorker { rx, tx, pipeline, punt }), k)
         } else {
             let rx = rx.into_iter().map(|(q, i)| (q, cfg.forward[i])).collect();
@@ -521,7 +529,7 @@ fn manage(
         first.state,
     );
     mgmt.tsc_hz = ctx.tsc_hz;
-    mgmt.kernel = Some(ctx.kernel);
+    mgmt.set_kernel(ctx.kernel);
     if ctx.cfg.config.bgp.is_some() {
         let source = ctx.cfg_path.map_or("(no file)".into(), |p| p.display().to_string());
         match crate::control::bird::Bird::start(ctx.cfg, &source) {

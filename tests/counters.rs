@@ -25,7 +25,7 @@ use l4lb::dataplane::testframes;
 use l4lb::net::tcp;
 
 /// Rows the worker loop counts, around the pipeline.
-const LOOP_ROWS: [&str; 16] = [
+const LOOP_ROWS: [&str; 18] = [
     "rx_packets",
     "tx_packets",
     "busy_polls",
@@ -42,6 +42,8 @@ const LOOP_ROWS: [&str; 16] = [
     "punt_rate_limited",
     "punt_ring_full",
     "no_mbuf",
+    "vip_path_answers",
+    "vip_path_wrong_source",
 ];
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -117,7 +119,32 @@ fn provoked_counters() -> Counters {
     let mut c = w.counter_snapshot();
     c += &persistence_counters();
     c += &sync_counters();
+    c += &vip_path_counters();
     c
+}
+
+/// A VIP-path health check's packet from the box's kernel (a claimed source
+/// port, to the backend claimed for): sent to the VIP through the backend's
+/// rewrite.
+fn vip_path_counters() -> Counters {
+    use l4lb::balancer::state::VipPathTarget;
+    use l4lb::dataplane::pipeline::VipPathPorts;
+    let mut st = state(30, true, |i| Some(backend(i)));
+    let target = Backend { id: 40, ..backend(1) };
+    let vip = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 1));
+    st.set_vip_paths(vec![VipPathTarget { vip, forwarding: Forwarding::IpIp, backend: target.clone() }]);
+    let ports = std::sync::Arc::new(VipPathPorts::default());
+    let claim = ports.claim(40).unwrap();
+    // A SYN from the box (198.18.0.1) to the backend, as the kernel sends it.
+    let mut f = testframes::tcp(0, false, tcp::SYN);
+    f[14 + 12..14 + 16].copy_from_slice(&[198, 18, 0, 1]);
+    let IpAddr::V4(b) = target.addr else { unreachable!() };
+    f[14 + 16..14 + 20].copy_from_slice(&b.octets());
+    f[34..36].copy_from_slice(&claim.port().to_be_bytes());
+    let mut w = Worker::new(WorkerConfig::small());
+    let v = w.vip_path_out(&st, &mut TestPacket::new(&f), 0, 0, &ports);
+    assert_eq!(v, Some(Verdict::Forward { port: 0 }));
+    w.counter_snapshot()
 }
 
 /// Flow sync: a backend starts draining, so the flows on it are no longer

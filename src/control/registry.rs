@@ -396,14 +396,18 @@ impl Registry {
         now_ms: u64,
     ) -> Result<ForwardingState, BuildError> {
         let workers = self.cfg.workers.len();
-        build_state_with(
+        let mut st = build_state_with(
             &self.cfg,
             generation,
             facts,
             resolved,
             &mut |s, b| self.adjust(s, b.address, now_ms),
             &|s| self.stats.get(&s.name).cloned().unwrap_or_else(|| ServiceStats::new(workers)),
-        )
+        )?;
+        st.set_vip_paths(crate::control::state_build::vip_path_targets(&self.cfg, resolved, &|s, a| {
+            self.backends.get(&(s.name.clone(), a)).map(|b| b.id)
+        }));
+        Ok(st)
     }
 
     /// Records a health-check result; returns the new health when it changed.

@@ -10,7 +10,7 @@ use super::config::{
 use crate::balancer::flowtable::Timeouts;
 use crate::balancer::state::{
     Backend, BuildError, Forwarding, ForwardingState, OverQuota, PortIdentity, Quota, Scheduler, ServiceSpec,
-    ServiceStats,
+    ServiceStats, VipPathTarget,
 };
 use crate::net::ethernet::Mac;
 
@@ -88,7 +88,7 @@ pub fn needed_neighbours(cfg: &Validated) -> Vec<(usize, IpAddr)> {
     let c = &cfg.config;
     let mut out = Vec::new();
     for s in &c.services {
-        let egress = s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
+        let egress = crate::control::config::egress_port(c, s);
         let port = &c.ports[egress];
         for b in &s.backends {
             let Some(hop) = hop_address(s, port, b.address) else { continue };
@@ -161,7 +161,7 @@ pub fn build_state_with(
         .collect();
     let mut specs = Vec::with_capacity(c.services.len());
     for (i, s) in c.services.iter().enumerate() {
-        let egress = s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0);
+        let egress = crate::control::config::egress_port(c, s);
         let port = &c.ports[egress];
         let backends = s
             .backends
@@ -188,11 +188,7 @@ pub fn build_state_with(
                 Protocol::Udp => crate::net::proto::UDP,
             },
             port: s.port,
-            forwarding: match s.forwarding {
-                ForwardingMode::L2 => Forwarding::L2,
-                ForwardingMode::Ipip => Forwarding::IpIp,
-                ForwardingMode::Gue => Forwarding::Gue { port: s.gue_port },
-            },
+            forwarding: forwarding(s),
             scheduler: match s.scheduler {
                 SchedulerName::Maglev => Scheduler::Maglev,
                 SchedulerName::SourceIp => {
@@ -233,6 +229,47 @@ pub fn build_state_with(
             .collect(),
     );
     Ok(st)
+}
+
+/// A service's forwarding mode as workers apply it.
+fn forwarding(s: &ServiceSection) -> Forwarding {
+    match s.forwarding {
+        ForwardingMode::L2 => Forwarding::L2,
+        ForwardingMode::Ipip => Forwarding::IpIp,
+        ForwardingMode::Gue => Forwarding::Gue { port: s.gue_port },
+    }
+}
+
+/// Every configured backend checked through its VIP's path, up or down
+/// (`config::checked_via_vip`), with the stable id `id_of` gives it.
+pub fn vip_path_targets(
+    cfg: &Validated,
+    resolved: Resolver<'_>,
+    id_of: &dyn Fn(&ServiceSection, IpAddr) -> Option<u32>,
+) -> Vec<VipPathTarget> {
+    let c = &cfg.config;
+    let mut out = Vec::new();
+    for s in &c.services {
+        let egress = crate::control::config::egress_port(c, s);
+        let port = &c.ports[egress];
+        for b in s.backends.iter().filter(|b| crate::control::config::checked_via_vip(c, s, b)) {
+            let Some(id) = id_of(s, b.address) else { continue };
+            out.push(VipPathTarget {
+                vip: s.vip,
+                forwarding: forwarding(s),
+                backend: Backend {
+                    id,
+                    addr: b.address,
+                    weight: 0,
+                    draining: false,
+                    rtt_us: 0,
+                    next_hop: next_hop(s, egress, port, b.address, b.mac, resolved),
+                    port: egress,
+                },
+            });
+        }
+    }
+    out
 }
 
 /// A service's quota as workers enforce it.

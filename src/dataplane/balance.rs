@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::mailbox::{FlowAnswer, Handed, StateMailbox};
-use super::pipeline::{BurstPlan, Counter, Counters, DropReason, Verdict, Worker};
+use super::pipeline::{
+    vip_path_answer, Answer, BurstPlan, Counter, Counters, DropReason, Verdict, VipPathPorts, Worker,
+};
 use super::poll::{flush_all, IdleBackoff, PollConfig, PollGaps, STALL_US};
 use super::punt::{self, PuntClass, TokenBucket};
 use super::telemetry::WorkerStats;
@@ -30,11 +32,15 @@ pub struct BalanceWorker<'p> {
 /// packets (`punt::class`).
 pub struct Punt {
     pub bucket: TokenBucket,
+    /// The source ports of the box's VIP-path health checks
+    /// (`pipeline::vip_path`): the kernel's packets from them are turned
+    /// into a client's, their answers back into the backend's.
+    pub vip_path: Arc<VipPathPorts>,
 }
 
 impl Punt {
-    pub fn new(rate_per_s: u64, burst: u64) -> Punt {
-        Punt { bucket: TokenBucket::new(rate_per_s, burst) }
+    pub fn new(rate_per_s: u64, burst: u64, vip_path: Arc<VipPathPorts>) -> Punt {
+        Punt { bucket: TokenBucket::new(rate_per_s, burst), vip_path }
     }
 }
 
@@ -96,14 +102,11 @@ impl BalanceWorker<'_> {
             if !pending.is_empty() {
                 mailbox.give_back(&mut pending);
             }
-            while let Some((port, m)) = mailbox.control_down.pop() {
-                if let Some(t) = self.tx.get_mut(port as usize) {
-                    t.push(m);
-                    self.pipeline.counters[Counter::ControlSent] += 1;
-                }
-            }
             let now_tsc = tsc();
             let now_ms = now_tsc / tsc_per_ms;
+            if !mailbox.control_down.is_empty() {
+                self.send_control(&state, now_ms, &peers);
+            }
             gaps.poll(now_tsc);
             if mailboxes.len() > 1 {
                 self.take_handed(&state, now_ms, &peers);
@@ -186,6 +189,41 @@ impl BalanceWorker<'_> {
                 origin,
                 v,
             );
+        }
+    }
+
+    /// Sends what the management core and the ports' kernel interfaces
+    /// gave this worker to send: as it is, or, for a VIP-path health check,
+    /// as a client's packet to the VIP would go to its backend.
+    #[inline(never)]
+    fn send_control(&mut self, state: &ForwardingState, now_ms: u64, peers: &Peers<'_>) {
+        let own = &peers.mailboxes[peers.me as usize];
+        while let Some((port, mut m)) = own.control_down.pop() {
+            let probe = if state.has_vip_paths() {
+                self.pipeline.vip_path_out(state, &mut m, port, now_ms, &self.punt.vip_path)
+            } else {
+                None
+            };
+            match probe {
+                None => {
+                    if let Some(t) = self.tx.get_mut(port as usize) {
+                        t.push(m);
+                        self.pipeline.counters[Counter::ControlSent] += 1;
+                    }
+                }
+                Some(v) => deliver(
+                    state,
+                    &mut self.tx,
+                    peers,
+                    &mut self.pipeline.counters,
+                    &mut self.punt,
+                    now_ms,
+                    m,
+                    port,
+                    peers.me,
+                    v,
+                ),
+            }
         }
     }
 
@@ -389,10 +427,20 @@ fn to_kernel(
     counters: &mut Counters,
     punt: &mut Punt,
     now_ms: u64,
-    m: Mbuf,
+    mut m: Mbuf,
     port: u16,
 ) {
     let mb = &peers.mailboxes[peers.me as usize];
+    if st.has_vip_paths() {
+        match vip_path_answer(st, m.data_mut(), &punt.vip_path) {
+            Answer::NotOne => {}
+            Answer::Translated => counters[Counter::VipPathAnswers] += 1,
+            Answer::Drop(r) => {
+                counters[r] += 1;
+                return;
+            }
+        }
+    }
     let ring = match punt::class(m.data(), |src| st.is_priority_source(src)) {
         PuntClass::Control => &mb.punt_high,
         PuntClass::Other => {

@@ -19,11 +19,13 @@
 //! there is nothing to move (it is not a busy-polling core).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam::queue::ArrayQueue;
 
 use super::mailbox::StateMailbox;
+use super::pipeline::VipPathPorts;
 use super::punt::kernel_answer_for;
 use crate::dpdk::{Burst, Mbuf, RxQueue, TxQueue};
 
@@ -49,6 +51,9 @@ pub struct KernelLink {
     pub addresses: Vec<(Option<std::net::Ipv4Addr>, Option<std::net::Ipv6Addr>)>,
     /// Neighbour answers the management core has learnt from, for the kernel.
     pub from_management: ArrayQueue<(u16, Mbuf)>,
+    /// The source ports of VIP-path health checks, which the management
+    /// side's checks claim and the workers read (`pipeline::vip_path`).
+    pub vip_path: Arc<VipPathPorts>,
 }
 
 impl KernelLink {
@@ -58,6 +63,7 @@ impl KernelLink {
             counters: addresses.iter().map(|_| KernelCounters::default()).collect(),
             addresses,
             from_management: ArrayQueue::new(crate::control::config::PUNT_RING_HIGH),
+            vip_path: Arc::default(),
         }
     }
 }

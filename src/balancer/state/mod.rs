@@ -390,6 +390,23 @@ pub struct ForwardingState {
     /// configured backend, up or down, so that the answers to the box's
     /// health checks are never held behind a flood (`dataplane::punt`).
     priority_sources: Vec<[u8; 16]>,
+    /// The backends the box checks through their VIP's path, by stable id
+    /// (sorted): down ones too, which are not in `backends`.
+    vip_paths: Vec<VipPathTarget>,
+}
+
+/// A backend checked through its VIP's path (`dataplane::pipeline::vip_path`):
+/// what a probe's packets become on the way out, and what its answers come
+/// from. Carried for every such backend, up or down, so a down backend's
+/// checks still reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VipPathTarget {
+    /// The VIP the probe is addressed to (the backend's family).
+    pub vip: IpAddr,
+    pub forwarding: Forwarding,
+    /// The backend as a client's packet would reach it; its `id` is the
+    /// stable id the health check claims a source port with.
+    pub backend: Backend,
 }
 
 /// A service's backends with each one not measured yet (`rtt_us` 0: no
@@ -505,6 +522,7 @@ impl ForwardingState {
             slots,
             by_id,
             priority_sources: Vec::new(),
+            vip_paths: Vec::new(),
         })
     }
 
@@ -534,6 +552,24 @@ impl ForwardingState {
         addrs.sort_unstable();
         addrs.dedup();
         self.priority_sources = addrs;
+    }
+
+    /// Sets the backends checked through their VIP's path.
+    pub fn set_vip_paths(&mut self, mut targets: Vec<VipPathTarget>) {
+        targets.sort_unstable_by_key(|t| t.backend.id);
+        self.vip_paths = targets;
+    }
+
+    /// The VIP-path target of a backend's stable id.
+    #[inline]
+    pub fn vip_path(&self, id: u32) -> Option<&VipPathTarget> {
+        self.vip_paths.binary_search_by_key(&id, |t| t.backend.id).ok().map(|i| &self.vip_paths[i])
+    }
+
+    /// Whether any backend is checked through its VIP's path.
+    #[inline]
+    pub fn has_vip_paths(&self) -> bool {
+        !self.vip_paths.is_empty()
     }
 
     /// Whether packets from `src` for the box go first.

@@ -46,6 +46,96 @@ pub struct HealthSection {
     pub send: String,
     #[serde(default)]
     pub expect: String,
+    /// The path the check takes: `"vip"`, to the VIP through the backend's
+    /// rewrite as a client's packet (the default where the mode allows:
+    /// see [`vip_path_obstacle`]), or `"backend"`, to the backend's own
+    /// address.
+    #[serde(default)]
+    pub via: Option<HealthVia>,
+}
+
+/// `[services.health] via`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthVia {
+    Vip,
+    Backend,
+}
+
+/// The port a service's packets leave by: its `egress`, else the first.
+pub fn egress_port(c: &super::Config, s: &super::ServiceSection) -> usize {
+    s.egress.as_ref().and_then(|e| c.ports.iter().position(|p| &p.name == e)).unwrap_or(0)
+}
+
+/// Why backend `b` of service `s` cannot be checked through its VIP's path
+/// (`None`: it can). The box's kernel makes the check through the kernel
+/// interface of the service's port, from that port's address, to the
+/// backend; the worker sending it readdresses it to the VIP
+/// (`dataplane::pipeline::vip_path`).
+pub fn vip_path_obstacle(
+    c: &super::Config,
+    s: &super::ServiceSection,
+    b: &super::BackendSection,
+) -> Option<String> {
+    let h = s.health.as_ref()?;
+    if matches!(h.check, CheckKind::Icmp | CheckKind::Command) {
+        return Some(format!(
+            "a `{}` check cannot take the VIP's path (tcp, http, https and udp can)",
+            h.check.name()
+        ));
+    }
+    let family = |a: std::net::IpAddr| if a.is_ipv4() { "IPv4" } else { "IPv6" };
+    if b.address.is_ipv4() != s.vip.is_ipv4() {
+        return Some(format!(
+            "backend {} is {} and the VIP {}: a check's packet keeps its family",
+            b.address,
+            family(b.address),
+            family(s.vip)
+        ));
+    }
+    let i = egress_port(c, s);
+    let port = c.ports.get(i)?;
+    if super::kernel_interface_name(c, i).is_none() {
+        return Some(format!(
+            "port `{}` has no kernel interface (ports.kernel), which VIP-path checks leave by",
+            port.name
+        ));
+    }
+    if vip_path_source(c, s, b.address).is_none() {
+        return Some(format!("port `{}` has no {} address to check from", port.name, family(b.address)));
+    }
+    None
+}
+
+/// The address of the service's port in `backend`'s family: where the
+/// box's VIP-path checks of it come from.
+pub fn vip_path_source(
+    c: &super::Config,
+    s: &super::ServiceSection,
+    backend: std::net::IpAddr,
+) -> Option<std::net::IpAddr> {
+    let port = c.ports.get(egress_port(c, s))?;
+    match backend {
+        std::net::IpAddr::V4(_) => port.ipv4.map(|a| a.addr.into()),
+        std::net::IpAddr::V6(_) => port.ipv6.map(|a| a.addr.into()),
+    }
+}
+
+/// Whether backend `b` of service `s` is checked through its VIP's path.
+pub fn checked_via_vip(c: &super::Config, s: &super::ServiceSection, b: &super::BackendSection) -> bool {
+    s.health.as_ref().is_some_and(|h| h.via != Some(HealthVia::Backend))
+        && vip_path_obstacle(c, s, b).is_none()
+}
+
+/// `via = "vip"` said outright must be possible for every backend.
+pub(super) fn validate_via(c: &super::Config, s: &super::ServiceSection) -> Result<(), String> {
+    if s.health.as_ref().and_then(|h| h.via) != Some(HealthVia::Vip) {
+        return Ok(());
+    }
+    match s.backends.iter().find_map(|b| vip_path_obstacle(c, s, b)) {
+        Some(why) => Err(format!("{why}; say via = \"backend\" to check the backends' own addresses")),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -162,6 +252,7 @@ impl HealthSection {
             command: Vec::new(),
             send: String::new(),
             expect: String::new(),
+            via: None,
         }
     }
 }

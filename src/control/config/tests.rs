@@ -476,3 +476,42 @@ fn handshake_response_time_is_for_tcp_services() {
     let e = with("udp").unwrap_err();
     assert!(e.key == "services[0].response_time" && e.to_string().contains("TCP service only"), "{e}");
 }
+
+#[test]
+fn health_checks_take_the_vips_path_where_they_can_and_say_why_not_when_told_to() {
+    let with =
+        |health: &str| BALANCING.replace("port = 80\n", &format!("port = 80\nhealth = {{ {health} }}\n"));
+    let via_vip = |text: &str| {
+        let v = check(text).unwrap();
+        let s = &v.config.services[0];
+        s.backends.iter().map(|b| checked_via_vip(&v.config, s, b)).collect::<Vec<_>>()
+    };
+    assert_eq!(via_vip(&with("check = \"http\"")), [true, true], "the default where the mode allows");
+    assert_eq!(via_vip(&with("check = \"tcp\", via = \"vip\"")), [true, true]);
+    assert_eq!(via_vip(&with("check = \"tcp\", via = \"backend\"")), [false, false]);
+    assert_eq!(via_vip(&with("check = \"icmp\"")), [false, false], "ICMP cannot");
+    assert_eq!(via_vip(BALANCING), [false, false], "no checks");
+    let no_kernel = with("check = \"tcp\"")
+        .replace("ipv4 = \"198.18.0.1/24\"", "ipv4 = \"198.18.0.1/24\"\nkernel = { enabled = false }");
+    assert_eq!(via_vip(&no_kernel), [false, false], "no kernel interface");
+    let v = check(&with("check = \"tcp\"")).unwrap();
+    let s = &v.config.services[0];
+    assert_eq!(vip_path_source(&v.config, s, s.backends[0].address), Some("198.18.0.1".parse().unwrap()));
+    // Said outright where it cannot be: the key and the reason.
+    let cases = [
+        (with("check = \"icmp\", via = \"vip\""), "`icmp` check cannot"),
+        (no_kernel.replace("check = \"tcp\"", "check = \"tcp\", via = \"vip\""), "has no kernel interface"),
+        (
+            with("check = \"tcp\", via = \"vip\"")
+                .replace("port = 80\n", "port = 80\nforwarding = \"ipip\"\n")
+                .replace("{ address = \"198.18.0.12\" }", "{ address = \"2001:db8::12\" }"),
+            "is IPv6 and the VIP IPv4",
+        ),
+        (with("check = \"tcp\", via = \"sideways\""), "unknown variant"),
+    ];
+    for (text, why) in cases {
+        let e = check(&text).unwrap_err();
+        assert_eq!(e.key, "services[0].health.via", "{e}");
+        assert!(e.reason.contains(why), "{e}");
+    }
+}

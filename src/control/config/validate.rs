@@ -683,6 +683,7 @@ fn validate_services(cfg: &Config, err: &dyn Fn(String, String) -> ConfigError) 
                     return Err(err(hkey("host"), "must be a host name without spaces".into()));
                 }
             }
+            super::policies::validate_via(cfg, s).map_err(|why| err(hkey("via"), why))?;
             if h.check == CheckKind::Udp && h.send.is_empty() {
                 return Err(err(hkey("send"), "a UDP check needs a datagram to send".into()));
             }

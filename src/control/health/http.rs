@@ -37,8 +37,10 @@ impl Timed for StreamOwned<ClientConnection, TcpStream> {
 impl Probe {
     pub(super) fn http(&self, deadline: Instant) -> Result<Duration, CheckError> {
         let start = Instant::now();
-        let (s, _) = self.connect(deadline)?;
-        self.exchange(&mut TcpStream::from(s), deadline, start)
+        // The claim of a VIP-path port outlives the stream (locals drop in reverse).
+        let (s, _, _claim) = self.connect(deadline)?;
+        let mut stream = TcpStream::from(s);
+        self.exchange(&mut stream, deadline, start)
     }
 
     pub(super) fn https(&self, deadline: Instant) -> Result<Duration, CheckError> {
@@ -46,7 +48,7 @@ impl Probe {
             return Err(CheckError::NotRun("no TLS settings for an HTTPS check".into()));
         };
         let start = Instant::now();
-        let (s, _) = self.connect(deadline)?;
+        let (s, _, _claim) = self.connect(deadline)?;
         let name = tls.server_name(self.host_name.as_deref(), self.addr);
         let conn = ClientConnection::new(tls.config.clone(), name)
             .map_err(|e| CheckError::NotRun(format!("TLS: {e}")))?;

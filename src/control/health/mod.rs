@@ -21,6 +21,7 @@ use crossbeam::channel::{unbounded, Receiver, Sender};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 use super::config::{CheckKind, HealthSection};
+use crate::dataplane::pipeline::{VipPathClaim, VipPathPorts, VIP_PATH_PORTS};
 
 /// One check of one backend, ready to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,36 @@ pub struct Probe {
     /// The service, for command checks' environment.
     pub service: String,
     pub vip: Option<IpAddr>,
+    /// Set when the check takes the VIP's path (`[services.health] via`).
+    pub vip_path: Option<VipPath>,
+}
+
+/// How a check takes its backend's VIP path (`dataplane::pipeline::vip_path`):
+/// from a source port claimed for the backend, out of the kernel interface
+/// of the service's port, from that port's address. The worker sending it
+/// makes it a client's packet to the VIP.
+#[derive(Clone)]
+pub struct VipPath {
+    pub ports: Arc<VipPathPorts>,
+    /// The backend's stable id (the forwarding state's `vip_path` key).
+    pub id: u32,
+    /// The kernel interface the check must leave by.
+    pub device: String,
+    pub source: IpAddr,
+}
+
+impl PartialEq for VipPath {
+    fn eq(&self, o: &VipPath) -> bool {
+        (self.id, &self.device, self.source) == (o.id, &o.device, o.source)
+    }
+}
+
+impl Eq for VipPath {}
+
+impl std::fmt::Debug for VipPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VipPath {{ id: {}, device: {}, source: {} }}", self.id, self.device, self.source)
+    }
 }
 
 impl Probe {
@@ -72,6 +103,7 @@ impl Probe {
             command: h.command.clone(),
             service: String::new(),
             vip: None,
+            vip_path: None,
         }
     }
 
@@ -96,7 +128,7 @@ impl Probe {
     pub fn run(&self) -> Result<Duration, CheckError> {
         let deadline = Instant::now() + self.timeout;
         match self.kind {
-            CheckKind::Tcp => self.connect(deadline).map(|(_, rtt)| rtt),
+            CheckKind::Tcp => self.connect(deadline).map(|(_, rtt, _)| rtt),
             CheckKind::Http => self.http(deadline),
             CheckKind::Https => self.https(deadline),
             CheckKind::Udp => self.udp(deadline),
@@ -106,30 +138,55 @@ impl Probe {
     }
 
     /// A socket from the configured source: failing here is this box's
-    /// problem (no such address yet, no permission), not the backend's.
-    fn socket(&self, ty: Type, proto: Protocol) -> Result<Socket, CheckError> {
+    /// problem (no such address yet, no permission), not the backend's. A
+    /// VIP-path check's socket is bound to its port's kernel interface and
+    /// address and a source port claimed for the backend, which it holds
+    /// until the socket is closed (the claim is dropped after the socket).
+    fn socket(&self, ty: Type, proto: Protocol) -> Result<(Socket, Option<VipPathClaim>), CheckError> {
+        let not_run = |what: String| move |e: std::io::Error| CheckError::NotRun(format!("{what}: {e}"));
         let s = Socket::new(Domain::for_address(SocketAddr::new(self.addr, 0)), ty, Some(proto))
-            .map_err(|e| CheckError::NotRun(format!("socket: {e}")))?;
-        if let Some(src) = self.source {
-            s.bind(&SockAddr::from(SocketAddr::new(src, 0)))
-                .map_err(|e| CheckError::NotRun(format!("bind {src}: {e}")))?;
+            .map_err(not_run("socket".into()))?;
+        let Some(v) = &self.vip_path else {
+            if let Some(src) = self.source {
+                s.bind(&SockAddr::from(SocketAddr::new(src, 0))).map_err(not_run(format!("bind {src}")))?;
+            }
+            return Ok((s, None));
+        };
+        s.bind_device(Some(v.device.as_bytes())).map_err(not_run(format!("bind to device {}", v.device)))?;
+        // A port the box's kernel holds for something else: the next one.
+        let mut last = None;
+        for _ in 0..4 {
+            let claim = v.ports.claim(v.id).ok_or_else(|| {
+                CheckError::NotRun(format!("all {VIP_PATH_PORTS} VIP-path source ports are in use"))
+            })?;
+            let from = SocketAddr::new(v.source, claim.port());
+            match s.bind(&SockAddr::from(from)) {
+                Ok(()) => return Ok((s, Some(claim))),
+                Err(e) => last = Some(format!("bind {from}: {e}")),
+            }
         }
-        Ok(s)
+        Err(CheckError::NotRun(last.unwrap_or_default()))
     }
 
-    pub(super) fn connect(&self, deadline: Instant) -> Result<(Socket, Duration), CheckError> {
-        let s = self.socket(Type::STREAM, Protocol::TCP)?;
+    /// A connected TCP socket, the connect's round-trip time, and the
+    /// VIP-path port it holds (to drop after the socket).
+    #[allow(clippy::type_complexity)]
+    pub(super) fn connect(
+        &self,
+        deadline: Instant,
+    ) -> Result<(Socket, Duration, Option<VipPathClaim>), CheckError> {
+        let (s, claim) = self.socket(Type::STREAM, Protocol::TCP)?;
         let to = SocketAddr::new(self.addr, self.port);
         let start = Instant::now();
         s.connect_timeout(&to.into(), left(deadline)?).map_err(|e| format!("connect {to}: {e}"))?;
         let rtt = start.elapsed();
         // Close with a reset: checks must not pile up TIME_WAIT sockets.
         let _ = s.set_linger(Some(Duration::ZERO));
-        Ok((s, rtt))
+        Ok((s, rtt, claim))
     }
 
     fn udp(&self, deadline: Instant) -> Result<Duration, CheckError> {
-        let s = self.socket(Type::DGRAM, Protocol::UDP)?;
+        let (s, _claim) = self.socket(Type::DGRAM, Protocol::UDP)?;
         let to = SocketAddr::new(self.addr, self.port);
         s.connect(&to.into()).map_err(|e| format!("connect {to}: {e}"))?;
         let start = Instant::now();
@@ -160,7 +217,7 @@ impl Probe {
             IpAddr::V4(_) => (Protocol::ICMPV4, 8u8, 0u8),
             IpAddr::V6(_) => (Protocol::ICMPV6, 128u8, 129u8),
         };
-        let mut s = self.socket(Type::RAW, proto).map_err(|e| match e {
+        let (mut s, _) = self.socket(Type::RAW, proto).map_err(|e| match e {
             CheckError::NotRun(e) => {
                 CheckError::NotRun(format!("{e} (ICMP checks need root or CAP_NET_RAW)"))
             }

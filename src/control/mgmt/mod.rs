@@ -19,8 +19,11 @@ use super::api::{
     PortStatus, Protocol, ReloadChanges, Reloads, Reply, Request, Response, ServiceRow, Stats, Status,
     VipRow, WhatifRow, MAX_WEIGHT,
 };
-use super::config::{device_name, tap_interface, Config};
-use super::health::{CheckError, Checker, Probe};
+use super::config::{
+    checked_via_vip, device_name, egress_port, kernel_interface_name, tap_interface, vip_path_source,
+    BackendSection, Config, ServiceSection,
+};
+use super::health::{CheckError, Checker, Probe, VipPath};
 use super::metrics::{self, PortRow};
 use super::neighbour::NeighbourTable;
 use super::registry::{BackendKey, Health, Registry};
@@ -29,7 +32,7 @@ use crate::balancer::flow::ip16;
 use crate::balancer::flow::FlowKey;
 use crate::balancer::state::{ForwardingState, SchedState};
 use crate::dataplane::mailbox::{FlowQuery, StateMailbox};
-use crate::dataplane::pipeline::{BackendCounters, Counter};
+use crate::dataplane::pipeline::{BackendCounters, Counter, VipPathPorts};
 use crate::dataplane::telemetry::WorkerStats;
 use crate::dpdk::{Mempool, Port};
 
@@ -98,6 +101,9 @@ pub struct Management<'a> {
     pub sync: Option<super::sync::FlowSync>,
     /// Whether the VIPs wait for flow sync's warm-up.
     warming: bool,
+    /// The VIP-path checks' source ports, shared with the workers (the
+    /// exception path's, once [`Management::set_kernel`] gives it).
+    vip_path: Arc<VipPathPorts>,
 }
 
 /// The box's place in the fleet (`[routing]`).
@@ -173,6 +179,7 @@ impl<'a> Management<'a> {
             bird: None,
             sync: None,
             warming: false,
+            vip_path: Arc::default(),
         };
         m.warming = m.registry.cfg.config.sync.as_ref().is_some_and(|y| y.enabled);
         m.rebuild_targets();
@@ -185,6 +192,17 @@ impl<'a> Management<'a> {
             m.announce();
         }
         m
+    }
+
+    /// Connects the exception path: neighbour answers go on to the kernel
+    /// through it, and VIP-path checks claim its workers' source ports.
+    pub fn set_kernel(&mut self, link: &'a KernelLink) {
+        self.kernel = Some(link);
+        self.vip_path = link.vip_path.clone();
+        self.rebuild_targets();
+        if self.targets.iter().any(|t| t.probe.vip_path.is_some()) {
+            warn_ephemeral_overlap();
+        }
     }
 
     /// Brings the announced VIPs in line with the state in force (while
@@ -368,7 +386,9 @@ impl<'a> Management<'a> {
             for b in &s.backends {
                 let key = (s.name.clone(), b.address);
                 let src = if b.address.is_ipv4() { src4 } else { src6 };
-                let probe = Arc::new(Probe::for_service(h, s, b.address, src, tls.clone()));
+                let mut probe = Probe::for_service(h, s, b.address, src, tls.clone());
+                probe.vip_path = self.vip_path_of(s, b);
+                let probe = Arc::new(probe);
                 let due = self
                     .targets
                     .iter()
@@ -379,6 +399,20 @@ impl<'a> Management<'a> {
         }
         self.targets = next;
         self.epoch += 1;
+    }
+
+    /// How a backend's checks take its VIP's path, when they do.
+    fn vip_path_of(&self, s: &ServiceSection, b: &BackendSection) -> Option<VipPath> {
+        let c = &self.registry.cfg.config;
+        if !checked_via_vip(c, s, b) {
+            return None;
+        }
+        Some(VipPath {
+            ports: self.vip_path.clone(),
+            id: self.registry.backends.get(&(s.name.clone(), b.address))?.id,
+            device: kernel_interface_name(c, egress_port(c, s))?.to_owned(),
+            source: vip_path_source(c, s, b.address)?,
+        })
     }
 
     /// One pass of periodic work; `reload` is set when SIGHUP arrived.
@@ -794,3 +828,21 @@ pub fn neighbour_answer(frame: &[u8]) -> Option<(IpAddr, [u8; 6])> {
 }
 
 mod answers;
+
+/// Warns when the kernel's ephemeral ports reach into the VIP-path checks'
+/// source ports: a connection of the box's own could then take one.
+fn warn_ephemeral_overlap() {
+    use crate::dataplane::pipeline::{VIP_PATH_FIRST_PORT, VIP_PATH_PORTS};
+    const RANGE: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+    let Ok(text) = std::fs::read_to_string(RANGE) else { return };
+    let mut it = text.split_whitespace().filter_map(|w| w.parse::<u32>().ok());
+    let (Some(lo), Some(hi)) = (it.next(), it.next()) else { return };
+    let (first, last) = (VIP_PATH_FIRST_PORT as u32, VIP_PATH_FIRST_PORT as u32 + VIP_PATH_PORTS as u32 - 1);
+    if lo <= last && hi >= first {
+        log::warn!(
+            "the kernel's ephemeral ports ({RANGE}: {lo}-{hi}) overlap the VIP-path health checks' \
+             source ports {first}-{last}: a check finding its port taken moves to the next; \
+             keep them apart (sysctl net.ipv4.ip_local_port_range=\"32768 60999\")"
+        );
+    }
+}

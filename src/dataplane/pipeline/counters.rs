@@ -95,6 +95,10 @@ counters! {
         "TCP flows whose client sent its SYN again: the backend did not answer the first (passive health).";
     OverQuotaStateless => "over_quota_stateless", "l4lb_over_quota_stateless_packets_total", None,
         "Packets of untracked flows over their service's quota sent to the backend its hash picks, with no flow-table entry (over_quota = \"stateless\").";
+    VipPathProbes => "vip_path_probes", "l4lb_vip_path_probe_packets_total", None,
+        "Packets of the box's VIP-path health checks sent to a backend as a client's packet to the VIP would be.";
+    VipPathAnswers => "vip_path_answers", "l4lb_vip_path_answer_packets_total", None,
+        "Answers to the box's VIP-path health checks (from a VIP) handed to the box's kernel as from the backend.";
 }
 
 /// What names a counter: its `ctl stats` name, its Prometheus family, an

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::verdict::DropReason;
 use super::{PacketMeta, Verdict, Worker, GUE_SPORT_BASE, OWN_TTL, UDP_HDR, V4_HDR, V6_HDR};
-use crate::balancer::state::{Backend, EncapTemplate, Forwarding, ForwardingState, Service};
+use crate::balancer::state::{Backend, EncapTemplate, Forwarding, ForwardingState};
 use crate::dataplane::packet::Packet;
 use crate::net::{checksum, ethernet, ipv4, ipv6, proto, put16, udp};
 
@@ -96,7 +96,7 @@ impl Worker {
     pub(super) fn rewrite<P: Packet>(
         &mut self,
         st: &ForwardingState,
-        svc: &Service,
+        forwarding: Forwarding,
         b: &Backend,
         pkt: &mut P,
         in_port: u16,
@@ -105,13 +105,13 @@ impl Worker {
     ) -> Verdict {
         let Some(out) = st.ports.get(b.port) else { return Verdict::Drop(DropReason::NoNeighbour) };
         let Some(next_hop) = b.next_hop else { return Verdict::Drop(DropReason::NoNeighbour) };
-        if svc.forwarding == Forwarding::L2 {
+        if forwarding == Forwarding::L2 {
             let d = pkt.data_mut();
             ethernet::set_addresses(d, next_hop, out.mac);
             return Verdict::Forward { port: b.port as u16 };
         }
         let outer_v6 = b.addr.is_ipv6();
-        let gue_port = match svc.forwarding {
+        let gue_port = match forwarding {
             Forwarding::Gue { port } => Some(port),
             _ => None,
         };

@@ -46,6 +46,7 @@ mod replies;
 #[cfg(test)]
 mod tests;
 mod verdict;
+mod vip_path;
 
 pub use burst::BurstPlan;
 pub use counters::{
@@ -55,6 +56,9 @@ pub use counters::{
 pub use decide::next_state;
 pub use encap::{fragment_frames, l2_len};
 pub use verdict::{DropReason, Verdict};
+pub use vip_path::{
+    vip_path_answer, Answer, VipPathClaim, VipPathPorts, VIP_PATH_FIRST_PORT, VIP_PATH_PORTS,
+};
 
 use fast::{ServiceMemo, ServiceMemoV6};
 

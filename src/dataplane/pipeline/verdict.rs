@@ -117,4 +117,7 @@ drop_reasons! {
     NoMbuf => "no_mbuf";
     /// A new flow over its service's quota (new flows per second or flow-table share).
     OverQuota => "over_quota";
+    /// An answer to a VIP-path health check from the backend's own address,
+    /// not the VIP: a client would not take it either (worker loop).
+    VipPathWrongSource => "vip_path_wrong_source";
 }
