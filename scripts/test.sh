@@ -38,7 +38,7 @@ echo "== the TAP end-to-end tests again, with two workers on a two-queue port"
 # (A failure here fails the run, after the full tier below has run too.)
 two_workers=0
 L4LB_TEST_WORKERS=2 cargo nextest run --no-fail-fast \
-  --test e2e_balance --test e2e_encap --test e2e_health --test e2e_control --test e2e_access --test e2e_fragments --test e2e_quota "$@" || two_workers=$?
+  --test e2e_balance --test e2e_encap --test e2e_health --test e2e_control --test e2e_access --test e2e_fragments --test e2e_quota --test e2e_vip_path "$@" || two_workers=$?
 
 echo "== unit, vdev and end-to-end tests"
 # The nextest summary line is the last thing printed.

@@ -239,6 +239,9 @@ pub fn backends_table(rows: &[BackendRow]) -> String {
         if let Some(s) = &b.suspect {
             note.push(format!("suspect: {s}"));
         }
+        if b.check_via.as_deref() == Some("vip") {
+            note.push("checked via the VIP".to_string());
+        }
         if let Some(us) = b.handshake_us {
             note.push(format!("handshake {:.1}ms", us as f64 / 1000.0));
         }

@@ -20,12 +20,15 @@ use crate::balancer::access::{AccessList, Lists, Prefix};
 use crate::balancer::flowtable::Timeouts;
 use crate::balancer::state::{
     Backend, Forwarding, ForwardingState, OverQuota, PortIdentity, Quota, Scheduler, ServiceSpec,
-    ServiceStats,
+    ServiceStats, VipPathTarget,
 };
 use crate::balancer::NoPrefetch;
 use crate::dataplane::packet::{Packet, TestPacket};
 use crate::dataplane::pipeline::harness::{check_output, differential_worker, fast_paths_agree, two_ports};
-use crate::dataplane::pipeline::{fragment_frames, l2_len, Verdict, Worker, WorkerConfig};
+use crate::dataplane::pipeline::{
+    fragment_frames, l2_len, vip_path_answer, Answer, Verdict, VipPathPorts, Worker, WorkerConfig,
+    VIP_PATH_PORTS,
+};
 use crate::net::ipv4;
 
 /// Bytes read from the front; zeros once they run out.
@@ -188,7 +191,23 @@ fn draw_state(d: &mut Draw, generation: u64) -> ForwardingState {
             quota,
         });
     }
-    ForwardingState::build(generation, ports, specs).expect("a drawn state builds")
+    let mut st = ForwardingState::build(generation, ports, specs).expect("a drawn state builds");
+    // Every backend of its VIP's family checked through the VIP's path.
+    let targets = st
+        .services
+        .iter()
+        .flat_map(|s| s.backends.iter().map(move |&slot| (s, slot as usize)))
+        .filter_map(|(s, slot)| {
+            let backend = st.backends[slot].clone();
+            (backend.addr.is_ipv4() == s.vip.is_ipv4()).then_some(VipPathTarget {
+                vip: s.vip,
+                forwarding: s.forwarding,
+                backend,
+            })
+        })
+        .collect();
+    st.set_vip_paths(targets);
+    st
 }
 
 /// `n` prefixes of 198.18.0.0/15 and 2001:db8::/32 (those with host bits
@@ -252,6 +271,9 @@ pub fn pipeline(data: &[u8]) {
     let cfg = WorkerConfig::small();
     let mut workers = Worker::team(cfg, 2);
     let mut now = 1000u64;
+    // Every VIP-path source port claimed, for the drawn states' first ids.
+    let vip_ports = std::sync::Arc::new(VipPathPorts::default());
+    let _claims: Vec<_> = (0..VIP_PATH_PORTS).filter_map(|i| vip_ports.claim(1 + (i % 12) as u32)).collect();
     while !d.is_empty() {
         let op = d.u8();
         now += (op >> 4) as u64 * 97;
@@ -262,6 +284,16 @@ pub fn pipeline(data: &[u8]) {
                 let mut p = TestPacket::new(f);
                 let v = workers[w].process(st, &mut p, in_port, now);
                 follow(st, &mut workers, f, p, v, in_port, now, w);
+                // The same frame from the box's kernel (a VIP-path check's
+                // packet, perhaps), and as an answer to one.
+                let mut p = TestPacket::new(f);
+                if let Some(v) = workers[w].vip_path_out(st, &mut p, in_port, now, &vip_ports) {
+                    check_vip_path_out(f, p.data(), v);
+                }
+                let mut answer = f.to_vec();
+                if vip_path_answer(st, &mut answer, &vip_ports) == Answer::Translated {
+                    assert_eq!(answer.len(), f.len(), "an answer changed length");
+                }
             }
             2 => {
                 let frames: Vec<&[u8]> = (0..1 + d.below(8)).map(|_| frame(&mut d)).collect();
@@ -280,6 +312,20 @@ pub fn pipeline(data: &[u8]) {
                 }
             }
         }
+    }
+}
+
+/// A VIP-path check's packet leaves as a client's would: the kernel's IP
+/// packet inside (readdressed to the VIP, so only its length is compared),
+/// or a counted drop.
+fn check_vip_path_out(input: &[u8], out: &[u8], v: Verdict) {
+    match v {
+        Verdict::Forward { .. } | Verdict::Fragment { .. } => {
+            let (l2_in, l2_out) = (l2_len(input), l2_len(out));
+            assert!(out.len() >= input.len() - l2_in + l2_out, "a check's packet lost bytes");
+        }
+        Verdict::Drop(_) | Verdict::Reply { .. } => {}
+        other => panic!("a VIP-path check's packet got {other:?}"),
     }
 }
 

@@ -270,6 +270,11 @@ pub struct BackendRow {
     /// from traffic (none: no handshake in the window).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handshake_us: Option<u32>,
+    /// The path its health checks take: `vip` (as a client's packet, through
+    /// the backend's rewrite) or `backend` (its own address); none without
+    /// checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_via: Option<String>,
 }
 
 /// What `drain`, `undrain`, `set-weight` and `reload` changed.
@@ -759,6 +764,7 @@ mod tests {
             syn_retried: 0,
             suspect: None,
             handshake_us: None,
+            check_via: None,
         };
         let v = serde_json::to_value(Response::Backends(vec![row.clone()])).unwrap();
         assert_eq!(serde_json::from_value::<Vec<BackendRow>>(v).unwrap(), vec![row]);

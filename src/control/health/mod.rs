@@ -127,13 +127,21 @@ impl Probe {
     /// Runs the check: the round-trip time, or why it failed or could not run.
     pub fn run(&self) -> Result<Duration, CheckError> {
         let deadline = Instant::now() + self.timeout;
-        match self.kind {
+        let r = match self.kind {
             CheckKind::Tcp => self.connect(deadline).map(|(_, rtt, _)| rtt),
             CheckKind::Http => self.http(deadline),
             CheckKind::Https => self.https(deadline),
             CheckKind::Udp => self.udp(deadline),
             CheckKind::Icmp => self.icmp(deadline),
             CheckKind::Command => self.command(deadline),
+        };
+        // A VIP-path check's errors name the backend's address (the kernel's
+        // view): say which path it took.
+        match (r, &self.vip_path, self.vip) {
+            (Err(CheckError::Failed(e)), Some(_), Some(vip)) => {
+                Err(CheckError::Failed(format!("{e} (through the path to VIP {vip})")))
+            }
+            (r, _, _) => r,
         }
     }
 

@@ -290,6 +290,10 @@ impl Management<'_> {
                     syn_retried: self.syn_retried(st.id),
                     suspect: st.suspect.clone(),
                     handshake_us: st.handshake_us,
+                    check_via: s.health.as_ref().map(|_| {
+                        let vip = crate::control::config::checked_via_vip(&self.registry.cfg.config, s, b);
+                        if vip { "vip" } else { "backend" }.to_string()
+                    }),
                 });
             }
         }
