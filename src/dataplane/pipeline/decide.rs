@@ -142,7 +142,7 @@ impl Worker {
                 return self.encap_template(t, pkt, meta);
             }
         }
-        let v = self.rewrite(st, svc.forwarding, &st.backends[backend], pkt, in_port, now_ms, meta);
+        let v = self.rewrite(st, svc, &st.backends[backend], pkt, in_port, now_ms, meta);
         if let Verdict::Forward { .. } = v {
             self.per_backend.count(id, meta.ip_len as u64);
         }

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::verdict::DropReason;
 use super::{PacketMeta, Verdict, Worker, GUE_SPORT_BASE, OWN_TTL, UDP_HDR, V4_HDR, V6_HDR};
-use crate::balancer::state::{Backend, EncapTemplate, Forwarding, ForwardingState};
+use crate::balancer::state::{Backend, EncapTemplate, Forwarding, ForwardingState, Service};
 use crate::dataplane::packet::Packet;
 use crate::net::{checksum, ethernet, ipv4, ipv6, proto, put16, udp};
 
@@ -89,11 +89,28 @@ impl Worker {
         Verdict::Forward { port: t.port }
     }
 
-    /// (Out of line: the template path, [`Worker::encap_template`], takes
-    /// nearly every packet.)
-    #[inline(never)]
+    /// [`Worker::rewrite_with`] in `svc`'s mode.
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn rewrite<P: Packet>(
+        &mut self,
+        st: &ForwardingState,
+        svc: &Service,
+        b: &Backend,
+        pkt: &mut P,
+        in_port: u16,
+        now_ms: u64,
+        meta: &PacketMeta,
+    ) -> Verdict {
+        self.rewrite_with(st, svc.forwarding, b, pkt, in_port, now_ms, meta)
+    }
+
+    /// The general DSR rewrite of a packet for backend `b` in `forwarding`
+    /// mode. (Out of line: the template path, [`Worker::encap_template`],
+    /// takes nearly every packet.)
+    #[inline(never)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn rewrite_with<P: Packet>(
         &mut self,
         st: &ForwardingState,
         forwarding: Forwarding,

@@ -227,7 +227,7 @@ proptest! {
             (a.ident, b.ident) = (0, 0);
             let (mut by_template, mut general) = (TestPacket::new(&f), TestPacket::new(&f));
             let vt = a.encap_template(t, &mut by_template, &meta);
-            let vg = b.rewrite(st, svc.forwarding, &st.backends[slot], &mut general, 0, 0, &meta);
+            let vg = b.rewrite(st, svc, &st.backends[slot], &mut general, 0, 0, &meta);
             prop_assert_eq!(vt, vg);
             prop_assert_eq!(by_template.data(), general.data(), "backend {}", st.backends[slot].addr);
             compared += 1;

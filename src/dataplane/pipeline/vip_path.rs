@@ -261,7 +261,7 @@ impl Worker {
             tos,
             ..PacketMeta::default()
         };
-        let verdict = self.rewrite(st, t.forwarding, &t.backend, pkt, in_port, now_ms, &meta);
+        let verdict = self.rewrite_with(st, t.forwarding, &t.backend, pkt, in_port, now_ms, &meta);
         match verdict {
             Verdict::Drop(r) => self.counters[r] += 1,
             _ => self.counters[Counter::VipPathProbes] += 1,
