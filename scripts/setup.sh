@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs and prepares everything l4lb builds, runs and tests with.
 # Idempotent; quick when everything is already in place. Needs root.
-#   scripts/setup.sh            packages, cargo-nextest, hugepages, /dev/net/tun
+#   scripts/setup.sh            packages, cargo-nextest, cargo-deb, hugepages, /dev/net/tun
 #   L4LB_HUGEPAGES_MB=1024 scripts/setup.sh   reserve more hugepage memory
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,7 @@ PACKAGES=(
   dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev libpcap-dev
   iproute2 iputils-ping tcpdump tshark curl wrk iperf3 python3 python3-scapy bird2
   netcat-openbsd procps kmod nftables
+  man-db systemd
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -42,6 +43,10 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   say "installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+if ! command -v cargo-deb >/dev/null 2>&1; then
+  say "installing cargo-deb (scripts/package.sh builds the Debian package with it)"
+  cargo install --locked cargo-deb
 fi
 for c in rustfmt clippy; do
   if ! cargo "${c/rustfmt/fmt}" --version >/dev/null 2>&1; then

@@ -5,7 +5,7 @@
 # hugepages, tun), the fixture, format and lint gates, and every test tier
 # (unit and property tests, DPDK vdev tests, TAP/namespace end-to-end tests),
 # each test in its own process (cargo-nextest; EAL starts once per process),
-# and a short run of each fuzz target.
+# a short run of each fuzz target, and the Debian package's install check.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +33,9 @@ scripts/fuzz.sh 5
 
 echo "== doc tests"
 cargo test --workspace --doc --quiet
+
+echo "== the Debian package: built, installed, checked, purged (scripts/check-package.sh)"
+scripts/check-package.sh
 
 echo "== the TAP end-to-end tests again, with two workers on a two-queue port"
 # (A failure here fails the run, after the full tier below has run too.)

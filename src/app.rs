@@ -553,17 +553,41 @@ fn manage(
             }
         }
     }
+    // Ready for systemd: ports up, the first state with the workers, the
+    // control socket listening.
+    let mut systemd = crate::control::systemd::Notifier::new();
+    let serving = |m: &Management<'_>| {
+        format!(
+            "balancing {} services (forwarding state generation {})",
+            m.registry.cfg.config.services.len(),
+            m.generation()
+        )
+    };
+    systemd.ready(&serving(&mgmt));
+    let mut told_stopping = false;
     // A stop (signal) first takes the box out of the fleet: GRACEFUL_SHUTDOWN,
     // withdrawal, forwarding while the routers move traffic away.
     loop {
+        systemd.tick();
         if stop.load(Ordering::Relaxed) && !mgmt.stopping() {
             mgmt.drain_box(true);
+        }
+        // A signal's stop or `ctl drain-box`'s.
+        if mgmt.stopping() && !told_stopping {
+            told_stopping = true;
+            systemd.stopping("withdrawing the VIPs and draining before the stop");
         }
         if mgmt.drain_finished() {
             break;
         }
         let reload = signals.reload.swap(false, Ordering::SeqCst);
+        if reload {
+            systemd.reloading();
+        }
         mgmt.tick(reload);
+        if reload {
+            systemd.ready(&serving(&mgmt));
+        }
         if let Some(c) = ctx.capture {
             c.sweep();
         }

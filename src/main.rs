@@ -143,6 +143,17 @@ enum Cmd {
         #[arg(long, default_value = "l4lb-replay")]
         file_prefix: String,
     },
+    /// Print a shell completion script (bash: /usr/share/bash-completion/completions/l4lb).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (l4lb.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Talk to a running l4lb over its control socket.
     Ctl {
         /// The control socket (default: from --config, else /run/l4lb/l4lb.sock).
@@ -233,10 +244,10 @@ fn install_signals() -> std::io::Result<()> {
                 continue;
             }
             if SIGNALS.stop.swap(true, Ordering::SeqCst) {
-                eprintln!("l4lb: second signal, exiting now");
+                log::warn!("second signal, exiting now");
                 std::process::exit(130);
             }
-            eprintln!("l4lb: stopping (send the signal again to exit at once)");
+            log::info!("stopping (send the signal again to exit at once)");
         }
     })?;
     Ok(())
@@ -275,6 +286,16 @@ fn main() -> ExitCode {
             })
         }
         Cmd::Ctl { socket, config, json, cmd } => ctl(socket, config, json, cmd),
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory;
+            use std::io::Write;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "l4lb", &mut script);
+            std::io::stdout().write_all(&script).map_err(|e| Failure::Failed(format!("stdout: {e}")))
+        }
+        Cmd::Manpages { out } => {
+            manpages(&out).map_err(|e| Failure::Failed(format!("{}: {e}", out.display())))
+        }
         #[cfg(feature = "dpdk")]
         Cmd::Run { config } => run(&config),
     };
@@ -290,6 +311,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `l4lb manpages --out DIR`: `l4lb.1` and a page per command and
+/// subcommand (`l4lb-ctl-backends.1`), from the same definitions as `--help`.
+fn manpages(out: &Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    fn write(cmd: clap::Command, name: String, out: &Path) -> std::io::Result<()> {
+        let cmd = cmd.name(name.clone()).bin_name(name.replace('-', " "));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(cmd.clone()).render(&mut page)?;
+        std::fs::write(out.join(format!("{name}.1")), page)?;
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set() && s.get_name() != "help") {
+            write(sub.clone(), format!("{name}-{}", sub.get_name()), out)?;
+        }
+        Ok(())
+    }
+    std::fs::create_dir_all(out)?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    write(cmd, "l4lb".into(), out)
 }
 
 fn load(config: &Path) -> Result<Validated, Failure> {

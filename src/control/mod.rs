@@ -18,3 +18,4 @@ pub mod routing;
 pub mod server;
 pub mod state_build;
 pub mod sync;
+pub mod systemd;
