@@ -19,7 +19,7 @@ PACKAGES=(
   dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev libpcap-dev
   iproute2 iputils-ping tcpdump tshark curl wrk iperf3 python3 python3-scapy bird2
   netcat-openbsd procps kmod nftables
-  man-db systemd
+  man-db systemd prometheus
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

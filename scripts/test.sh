@@ -34,6 +34,10 @@ scripts/fuzz.sh 5
 echo "== doc tests"
 cargo test --workspace --doc --quiet
 
+echo "== alerting rules: promtool check and unit tests (config/prometheus/)"
+promtool check rules config/prometheus/l4lb-alerts.yml
+promtool test rules config/prometheus/l4lb-alerts.test.yml
+
 echo "== the Debian package: built, installed, checked, purged (scripts/check-package.sh)"
 scripts/check-package.sh
 
