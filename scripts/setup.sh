@@ -19,7 +19,7 @@ PACKAGES=(
   dpdk dpdk-dev libdpdk-dev pkg-config clang libclang-dev libpcap-dev
   iproute2 iputils-ping tcpdump tshark curl wrk iperf3 python3 python3-scapy bird2
   netcat-openbsd procps kmod nftables
-  man-db systemd prometheus
+  man-db systemd prometheus chromium python3-websocket
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

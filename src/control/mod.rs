@@ -17,5 +17,6 @@ pub mod registry;
 pub mod routing;
 pub mod server;
 pub mod state_build;
+pub mod status_page;
 pub mod sync;
 pub mod systemd;

@@ -208,7 +208,8 @@ fn serve_api(conn: UnixStream, calls: Sender<Call>) {
     }
 }
 
-/// A minimal HTTP/1.1 responder: `GET /metrics`, nothing else.
+/// A minimal HTTP/1.1 responder: `GET /metrics`, the status page (`GET /`)
+/// and its `GET /status.json`, nothing else.
 fn serve_http(mut conn: TcpStream, calls: Sender<Call>) {
     let _ = conn.set_nonblocking(false);
     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -224,7 +225,16 @@ fn serve_http(mut conn: TcpStream, calls: Sender<Call>) {
     let text = String::from_utf8_lossy(&head);
     let mut first = text.lines().next().unwrap_or("").split_whitespace();
     let (method, path) = (first.next().unwrap_or(""), first.next().unwrap_or(""));
+    let mut extra = "";
     let (status, ctype, body) = match (method, path.split('?').next().unwrap_or("")) {
+        ("GET", "/" | "/index.html") => {
+            extra = "Cache-Control: no-store\r\n";
+            ("200 OK", "text/html; charset=utf-8", super::status_page::PAGE.to_owned())
+        }
+        ("GET", "/status.json") => match super::status_page::status_json(|r| ask(&calls, r)) {
+            Ok(j) => ("200 OK", "application/json", j),
+            Err(e) => ("503 Service Unavailable", "text/plain", format!("{e}\n")),
+        },
         ("GET", "/metrics") => {
             let (tx, rx) = bounded(1);
             match calls.send(Call::Metrics(tx)).ok().and_then(|_| rx.recv_timeout(ANSWER_TIMEOUT).ok()) {
@@ -232,13 +242,15 @@ fn serve_http(mut conn: TcpStream, calls: Sender<Call>) {
                 None => ("503 Service Unavailable", "text/plain", "l4lb is not answering\n".into()),
             }
         }
-        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics\n".into()),
+        ("GET", _) => ("404 Not Found", "text/plain", "try /metrics, or / for the status page\n".into()),
         _ => ("405 Method Not Allowed", "text/plain", "GET only\n".into()),
     };
     let _ = write!(
         conn,
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\
+         Content-Security-Policy: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+        body.len(),
+        super::status_page::CONTENT_SECURITY_POLICY
     );
 }
 
@@ -306,6 +318,21 @@ mod tests {
         resp.clear();
         c.read_to_string(&mut resp).unwrap();
         assert!(resp.starts_with("HTTP/1.1 404"), "{resp}");
+        // The status page, with a policy that loads nothing from elsewhere;
+        // its status.json fails with the management loop's refusal.
+        let get = |path: &str| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            write!(c, "GET {path} HTTP/1.1\r\n\r\n").unwrap();
+            let mut resp = String::new();
+            c.read_to_string(&mut resp).unwrap();
+            resp
+        };
+        let page = get("/");
+        assert!(page.starts_with("HTTP/1.1 200 OK\r\nContent-Type: text/html"), "{page}");
+        assert!(page.contains("\r\nContent-Security-Policy: default-src 'none';"), "{page}");
+        assert!(page.ends_with(super::super::status_page::PAGE));
+        let json = get("/status.json");
+        assert!(json.starts_with("HTTP/1.1 503") && json.ends_with("\r\n\r\nno\n"), "{json}");
         // Idle connections hold at most MAX_CONNECTIONS threads; the next is
         // told why and closed at once, and a slot frees when a client leaves.
         let idle: Vec<UnixStream> =
