@@ -1,5 +1,5 @@
 //! l4lb's log: the `log` facade, written by `env_logger` to stderr as one
-//! plain line per event — `2026-12-06T04:10:00.123Z INFO  backend web/198.18.0.12 is down`
+//! plain line per event (a message of several lines joined) — `2026-12-06T04:10:00.123Z INFO  backend web/198.18.0.12 is down`
 //! — with no colour codes. Under systemd (`JOURNAL_STREAM` set) each line
 //! starts with its syslog priority instead (`<4>backend ... is down`), which
 //! journald reads as the level and strips; it adds its own timestamp.
@@ -22,8 +22,15 @@ pub fn init(level: log::LevelFilter) {
     let _ = b.try_init();
 }
 
-/// One log line (without its newline).
+/// One log line (without its newline): a message of several lines (a
+/// daemon's output, say) is joined with ` | `, so one event stays one line.
 pub fn line(journald: bool, timestamp: &dyn Display, level: log::Level, msg: &dyn Display) -> String {
+    let text = msg.to_string();
+    let msg: &dyn Display = &if text.contains(['\n', '\r']) {
+        text.split(['\n', '\r']).filter(|l| !l.trim().is_empty()).collect::<Vec<_>>().join(" | ")
+    } else {
+        text
+    };
     if journald {
         format!("<{}>{msg}", priority(level))
     } else {
@@ -56,5 +63,11 @@ mod tests {
         assert_eq!(line(true, &ts, log::Level::Warn, &"backend down"), "<4>backend down");
         assert_eq!(line(true, &ts, log::Level::Error, &"e"), "<3>e");
         assert_eq!(line(true, &ts, log::Level::Info, &"i"), "<6>i");
+        // One event, one line.
+        assert_eq!(
+            line(true, &ts, log::Level::Warn, &"bird: refused\nline 3: x\r\n"),
+            "<4>bird: refused | line 3: x"
+        );
+        assert_eq!(line(false, &ts, log::Level::Info, &"a\n\nb"), "2026-12-06T04:10:00.123Z INFO  a | b");
     }
 }
