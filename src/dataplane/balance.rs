@@ -177,19 +177,22 @@ impl BalanceWorker<'_> {
         for _ in 0..crate::balancer::limits::BURST_MAX {
             let Some(Handed { mut m, port, origin }) = own.handoff.pop() else { return };
             let v = self.pipeline.process_handed(state, &mut m, port, now_ms, origin);
-            deliver(
-                state,
-                &mut self.tx,
-                peers,
-                &mut self.pipeline.counters,
-                &mut self.punt,
-                now_ms,
-                m,
-                port,
-                origin,
-                v,
-            );
+            self.deliver(state, peers, now_ms, (m, port, origin), v);
         }
+    }
+
+    /// [`deliver`] with this worker's queues, counters and punt state; `m`
+    /// came in on `port` at worker `origin`.
+    fn deliver(
+        &mut self,
+        state: &ForwardingState,
+        peers: &Peers<'_>,
+        now_ms: u64,
+        m: (Mbuf, u16, u16),
+        v: Verdict,
+    ) {
+        let (c, punt) = (&mut self.pipeline.counters, &mut self.punt);
+        deliver(state, &mut self.tx, peers, c, punt, now_ms, m.0, m.1, m.2, v)
     }
 
     /// Sends what the management core and the ports' kernel interfaces
@@ -211,18 +214,7 @@ impl BalanceWorker<'_> {
                         self.pipeline.counters[Counter::ControlSent] += 1;
                     }
                 }
-                Some(v) => deliver(
-                    state,
-                    &mut self.tx,
-                    peers,
-                    &mut self.pipeline.counters,
-                    &mut self.punt,
-                    now_ms,
-                    m,
-                    port,
-                    peers.me,
-                    v,
-                ),
+                Some(v) => self.deliver(state, peers, now_ms, (m, port, peers.me), v),
             }
         }
     }
