@@ -120,7 +120,6 @@ pub fn build_state(
             Some(Adjust { id: next_id - 1, weight: b.weight, draining: false, rtt_us: 0 })
         },
         &|_| ServiceStats::new(workers),
-        None,
     )
 }
 
@@ -135,8 +134,7 @@ pub struct Adjust {
 }
 
 /// Builds a state where `adjust` decides, for each configured backend (in
-/// order), whether it is in the state (`None`: down or removed) and how;
-/// Maglev tables that would not change are taken from `previous`.
+/// order), whether it is in the state (`None`: down or removed) and how.
 pub fn build_state_with(
     cfg: &Validated,
     generation: u64,
@@ -144,7 +142,6 @@ pub fn build_state_with(
     resolved: Resolver<'_>,
     adjust: &mut dyn FnMut(&ServiceSection, &BackendSection) -> Option<Adjust>,
     stats: &dyn Fn(&ServiceSection) -> Arc<ServiceStats>,
-    previous: Option<&ForwardingState>,
 ) -> Result<ForwardingState, BuildError> {
     let c = &cfg.config;
     let ports: Vec<PortIdentity> = c
@@ -219,7 +216,7 @@ pub fn build_state_with(
             quota: s.quota.as_ref().map(quota),
         });
     }
-    let mut st = ForwardingState::build_reusing(generation, ports, specs, previous)?;
+    let mut st = ForwardingState::build(generation, ports, specs)?;
     // Every configured backend, up or down: the box's health checks reach
     // them all, and their answers must get through a flood. So must the
     // BGP peers' packets, whatever port they use.
