@@ -60,9 +60,4 @@ impl Notifier {
             Self::send(&[NotifyState::Watchdog]);
         }
     }
-
-    /// Whether systemd asked for watchdog messages.
-    pub fn watchdog(&self) -> Option<Duration> {
-        self.watchdog_every
-    }
 }
