@@ -410,7 +410,7 @@ fn first_state(cfg: &Validated, ports: &[Port], mailboxes: &[StateMailbox]) -> R
     }
     // The first state comes from the registry like every later one.
     let registry = Registry::new(cfg.clone());
-    let state = Arc::new(registry.build(1, &facts, &|_, _| None, 0)?);
+    let state = Arc::new(registry.build(1, &facts, &|_, _| None, 0, None)?);
     for mb in mailboxes {
         // Fresh rings have room: this cannot be refused.
         let _ = mb.publish(state.clone());

@@ -4,11 +4,11 @@
 //! is tested without DPDK or sockets.
 
 use crate::dataplane::pipeline::Handshakes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::config::{HealthSection, ServiceSection, Validated};
+use super::config::{Config, HealthSection, ServiceSection, Validated};
 use super::health::CheckError;
 use super::state_build::{build_state_with, Adjust, PortFacts, Resolver};
 use crate::balancer::maglev::{MaglevBackend, MaglevTable};
@@ -270,30 +270,42 @@ impl Registry {
                 ));
             }
         }
-        if self.next_id as usize + c.services.iter().map(|s| s.backends.len()).sum::<usize>()
-            > crate::balancer::limits::MAX_BACKEND_IDS
-        {
+        // Only (service, backend) pairs new to this run take new ids.
+        let new_ids = c
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
+            .filter(|(s, b)| !self.backends.contains_key(&(s.name.clone(), b.address)))
+            .count();
+        if self.next_id as usize + new_ids > crate::balancer::limits::MAX_BACKEND_IDS {
             return Err(
                 "backend ids are exhausted (they are not reused while l4lb runs): restart l4lb".into()
             );
         }
         let mut sum = ReloadSummary::default();
-        let find = |cfg: &Validated, name: &str| cfg.config.services.iter().position(|s| s.name == name);
+        // Lookups by name and address (a configuration may have thousands of
+        // services and a hundred thousand backends).
+        let by_name = |cfg: &Config| -> HashMap<String, usize> {
+            cfg.services.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect()
+        };
+        let (old_names, new_names) = (by_name(old), by_name(c));
         for s in &c.services {
-            if find(&self.cfg, &s.name).is_none() {
+            if !old_names.contains_key(&s.name) {
                 sum.services_added.push(s.name.clone());
             }
         }
         for s in &old.services {
-            if find(&new, &s.name).is_none() {
+            if !new_names.contains_key(&s.name) {
                 sum.services_removed.push(s.name.clone());
             }
         }
         for s in &c.services {
-            let Some(o) = find(&self.cfg, &s.name).map(|i| &old.services[i]) else { continue };
+            let Some(o) = old_names.get(&s.name).map(|&i| &old.services[i]) else { continue };
+            let old_weights: HashMap<IpAddr, u32> =
+                o.backends.iter().map(|x| (x.address, x.weight)).collect();
             for b in &s.backends {
-                if let Some(ob) = o.backends.iter().find(|x| x.address == b.address) {
-                    if ob.weight != b.weight {
+                if let Some(&ow) = old_weights.get(&b.address) {
+                    if ow != b.weight {
                         sum.weights_changed.push(fmt_key(&s.name, b.address));
                         if let Some(st) = self.backends.get_mut(&(s.name.clone(), b.address)) {
                             st.weight_override = None;
@@ -302,9 +314,13 @@ impl Registry {
                 }
             }
         }
+        let configured: HashSet<(&str, IpAddr)> = c
+            .services
+            .iter()
+            .flat_map(|s| s.backends.iter().map(move |b| (s.name.as_str(), b.address)))
+            .collect();
         self.backends.retain(|(svc, addr), _| {
-            let keep =
-                c.services.iter().any(|s| &s.name == svc && s.backends.iter().any(|b| b.address == *addr));
+            let keep = configured.contains(&(svc.as_str(), *addr));
             if !keep {
                 sum.backends_removed.push(fmt_key(svc, *addr));
             }
@@ -387,13 +403,15 @@ impl Registry {
         })
     }
 
-    /// Builds the forwarding state for `now_ms`.
+    /// Builds the forwarding state for `now_ms` (sharing `previous`'s
+    /// unchanged Maglev tables).
     pub fn build(
         &self,
         generation: u64,
         facts: &[PortFacts],
         resolved: Resolver<'_>,
         now_ms: u64,
+        previous: Option<&ForwardingState>,
     ) -> Result<ForwardingState, BuildError> {
         let workers = self.cfg.workers.len();
         let mut st = build_state_with(
@@ -403,6 +421,7 @@ impl Registry {
             resolved,
             &mut |s, b| self.adjust(s, b.address, now_ms),
             &|s| self.stats.get(&s.name).cloned().unwrap_or_else(|| ServiceStats::new(workers)),
+            previous,
         )?;
         st.set_vip_paths(crate::control::state_build::vip_path_targets(&self.cfg, resolved, &|s, a| {
             self.backends.get(&(s.name.clone(), a)).map(|b| b.id)
@@ -598,7 +617,7 @@ backends = [{backends}]
     }
 
     fn build(r: &Registry, now: u64) -> ForwardingState {
-        r.build(1, &simulated_facts(&r.cfg), &|_, _| None, now).unwrap()
+        r.build(1, &simulated_facts(&r.cfg), &|_, _| None, now, None).unwrap()
     }
 
     #[test]

@@ -120,6 +120,7 @@ pub fn build_state(
             Some(Adjust { id: next_id - 1, weight: b.weight, draining: false, rtt_us: 0 })
         },
         &|_| ServiceStats::new(workers),
+        None,
     )
 }
 
@@ -134,7 +135,8 @@ pub struct Adjust {
 }
 
 /// Builds a state where `adjust` decides, for each configured backend (in
-/// order), whether it is in the state (`None`: down or removed) and how.
+/// order), whether it is in the state (`None`: down or removed) and how;
+/// Maglev tables that would not change are taken from `previous`.
 pub fn build_state_with(
     cfg: &Validated,
     generation: u64,
@@ -142,6 +144,7 @@ pub fn build_state_with(
     resolved: Resolver<'_>,
     adjust: &mut dyn FnMut(&ServiceSection, &BackendSection) -> Option<Adjust>,
     stats: &dyn Fn(&ServiceSection) -> Arc<ServiceStats>,
+    previous: Option<&ForwardingState>,
 ) -> Result<ForwardingState, BuildError> {
     let c = &cfg.config;
     let ports: Vec<PortIdentity> = c
@@ -216,7 +219,7 @@ pub fn build_state_with(
             quota: s.quota.as_ref().map(quota),
         });
     }
-    let mut st = ForwardingState::build(generation, ports, specs)?;
+    let mut st = ForwardingState::build_reusing(generation, ports, specs, previous)?;
     // Every configured backend, up or down: the box's health checks reach
     // them all, and their answers must get through a flood. So must the
     // BGP peers' packets, whatever port they use.

@@ -205,7 +205,9 @@ pub struct Service {
     /// Slots in `ForwardingState::backends`, in configuration order.
     pub backends: Vec<u32>,
     /// Maglev over `backends` (entry = position in `backends`).
-    pub maglev: MaglevTable,
+    /// Shared with the states before and after it while its backends and
+    /// weights stay the same ([`ForwardingState::build_reusing`]).
+    pub maglev: Arc<MaglevTable>,
     /// A stable id for persistence entries (hash of VIP, protocol, port).
     pub persist_id: u32,
     /// Who may open flows (None: everyone; checked on a flow's first packet).
@@ -440,6 +442,19 @@ impl ForwardingState {
         ports: Vec<PortIdentity>,
         specs: Vec<ServiceSpec>,
     ) -> Result<Self, BuildError> {
+        Self::build_reusing(generation, ports, specs, None)
+    }
+
+    /// As [`ForwardingState::build`], taking from `previous` the Maglev
+    /// table of every service whose key, table size and backends (address
+    /// and weight, 0 when draining, in order) are the same: a change to one
+    /// service of many rebuilds one table, and the unchanged ones are shared.
+    pub fn build_reusing(
+        generation: u64,
+        ports: Vec<PortIdentity>,
+        specs: Vec<ServiceSpec>,
+        previous: Option<&ForwardingState>,
+    ) -> Result<Self, BuildError> {
         let mut services = Vec::with_capacity(specs.len());
         let mut backends: Vec<Backend> = Vec::new();
         let mut templates: Vec<Option<EncapTemplate>> = Vec::new();
@@ -457,8 +472,13 @@ impl ForwardingState {
                 .iter()
                 .map(|b| MaglevBackend { id: ip16(b.addr), weight: if b.draining { 0 } else { b.weight } })
                 .collect();
-            let maglev = MaglevTable::build(&mb, spec.maglev_size)
-                .map_err(|source| BuildError::Maglev { service: spec.name.clone(), source })?;
+            let maglev = match previous.and_then(|p| p.same_maglev(&key, spec.maglev_size, &mb)) {
+                Some(t) => t,
+                None => Arc::new(
+                    MaglevTable::build(&mb, spec.maglev_size)
+                        .map_err(|source| BuildError::Maglev { service: spec.name.clone(), source })?,
+                ),
+            };
             let first = backends.len() as u32;
             let slots: Vec<u32> = (first..first + spec.backends.len() as u32).collect();
             templates.extend(spec.backends.iter().map(|b| {
@@ -545,6 +565,20 @@ impl ForwardingState {
     pub fn find_service_any_port(&self, dst: &[u8; 16], proto: u8) -> Option<usize> {
         let i = self.index.partition_point(|(k, _)| (&k.0, k.1) < (dst, proto));
         self.index.get(i).filter(|(k, _)| &k.0 == dst && k.1 == proto).map(|(_, s)| *s as usize)
+    }
+
+    /// The Maglev table of the service with exactly `key`, when it was
+    /// built from `mb` at `size`.
+    fn same_maglev(&self, key: &ServiceKey, size: u32, mb: &[MaglevBackend]) -> Option<Arc<MaglevTable>> {
+        let i = self.index.binary_search_by(|(k, _)| k.cmp(key)).ok()?;
+        let svc = &self.services[self.index[i].1 as usize];
+        let same = svc.maglev.size() == size
+            && svc.backends.len() == mb.len()
+            && svc.backends.iter().zip(mb).all(|(&slot, m)| {
+                let b = &self.backends[slot as usize];
+                ip16(b.addr) == m.id && (if b.draining { 0 } else { b.weight }) == m.weight
+            });
+        same.then(|| svc.maglev.clone())
     }
 
     /// Sets the sources whose packets for the box go first (see the field).

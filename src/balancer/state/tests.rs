@@ -222,3 +222,62 @@ fn duplicate_services_and_ids_are_refused() {
         BuildError::DuplicateBackendId(0)
     );
 }
+
+#[test]
+fn a_rebuild_shares_the_maglev_tables_of_services_that_did_not_change() {
+    let port = PortIdentity {
+        mac: [2, 0, 0, 0, 0, 1],
+        ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        mtu: 1500,
+        ..Default::default()
+    };
+    let spec = |i: u8, backends: Vec<Backend>| ServiceSpec {
+        name: format!("s{i}"),
+        vip: IpAddr::V4(Ipv4Addr::new(198, 18, 100, i)),
+        proto: crate::net::proto::TCP,
+        port: 80,
+        forwarding: Forwarding::L2,
+        scheduler: Scheduler::Maglev,
+        persistence_ms: 0,
+        timeouts: Timeouts::default(),
+        answer_arp: false,
+        maglev_size: 251,
+        backends,
+        access: None,
+        stats: ServiceStats::new(1),
+        quota: None,
+    };
+    // Ids `base + 1..=3` (ids are per service and backend).
+    let three = |base: u32, w: u32, draining: bool| {
+        vec![
+            backend(base + 1, 11, 1),
+            Backend { draining, ..backend(base + 2, 12, w) },
+            backend(base + 3, 13, 1),
+        ]
+    };
+    let build = |prev: Option<&ForwardingState>, w: u32, draining: bool| {
+        let specs = vec![spec(1, three(0, 1, false)), spec(2, three(10, w, draining))];
+        ForwardingState::build_reusing(2, vec![port.clone()], specs, prev).unwrap()
+    };
+    let a = build(None, 1, false);
+    let same = |x: &ForwardingState, y: &ForwardingState, s: usize| {
+        Arc::ptr_eq(&x.services[s].maglev, &y.services[s].maglev)
+    };
+    // Nothing changed: both tables shared.
+    let b = build(Some(&a), 1, false);
+    assert!(same(&a, &b, 0) && same(&a, &b, 1));
+    // A weight of the second service: its table is new (and what a fresh
+    // build makes), the first's shared.
+    for (w, draining) in [(3, false), (1, true)] {
+        let c = build(Some(&a), w, draining);
+        assert!(same(&a, &c, 0), "w={w} draining={draining}");
+        assert!(!same(&a, &c, 1), "w={w} draining={draining}");
+        assert_eq!(c.services[1].maglev, build(None, w, draining).services[1].maglev);
+    }
+    // Another table size or VIP is another table.
+    let mut specs = vec![spec(1, three(0, 1, false)), spec(2, three(10, 1, false))];
+    specs[0].maglev_size = 509;
+    specs[1].vip = IpAddr::V4(Ipv4Addr::new(198, 18, 100, 9));
+    let d = ForwardingState::build_reusing(3, vec![port.clone()], specs, Some(&a)).unwrap();
+    assert!(!same(&a, &d, 0) && !same(&a, &d, 1));
+}

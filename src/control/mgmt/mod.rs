@@ -609,7 +609,7 @@ impl<'a> Management<'a> {
         let now = self.now_ms();
         let st = self
             .registry
-            .build(self.generation() + 1, self.facts, &|p, ip| n.mac(p, ip), now)
+            .build(self.generation() + 1, self.facts, &|p, ip| n.mac(p, ip), now, Some(&self.state))
             .map_err(|e| format!("forwarding state refused: {e}"))?;
         self.drain_deadline = self.registry.next_drain_deadline(now);
         let st = Arc::new(st);
@@ -679,7 +679,7 @@ impl<'a> Management<'a> {
         let mut trial = self.registry.clone();
         let sum = trial.reload(new.clone())?;
         trial
-            .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms())
+            .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms(), Some(&self.state))
             .map_err(|e| format!("{}: {e}", path.display()))?;
         // The VIPs' communities and MED: BIRD takes its new configuration
         // first (it checks it), or the reload is refused.
