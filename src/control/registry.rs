@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::config::{Config, HealthSection, ServiceSection, Validated};
+use super::config::{BackendSection, Config, HealthSection, ServiceSection, Validated};
 use super::health::CheckError;
 use super::state_build::{build_state_with, Adjust, PortFacts, Resolver};
 use crate::balancer::maglev::{MaglevBackend, MaglevTable};
@@ -212,6 +212,20 @@ pub struct Registry {
     pub stats: BTreeMap<String, Arc<ServiceStats>>,
 }
 
+/// A backend's weight at `now_ms`: `set-weight` or the file's (`file`),
+/// ramped during slow start (at least 1 while ramping).
+fn weight_now(svc: &ServiceSection, file: u32, st: &BackendStatus, now_ms: u64) -> u32 {
+    let base = st.weight_override.unwrap_or(file);
+    let period = svc.slow_start_s * 1000;
+    match st.up_since_ms {
+        Some(since) if period > 0 && base > 0 && now_ms.saturating_sub(since) < period => {
+            let elapsed = now_ms.saturating_sub(since);
+            ((base as u64 * elapsed / period) as u32).clamp(1, base)
+        }
+        _ => base,
+    }
+}
+
 fn fmt_key(svc: &str, addr: IpAddr) -> String {
     format!("{svc}/{addr}")
 }
@@ -341,26 +355,28 @@ impl Registry {
     pub fn effective_weight(&self, svc: &ServiceSection, addr: IpAddr, now_ms: u64) -> u32 {
         let Some(b) = svc.backends.iter().find(|b| b.address == addr) else { return 0 };
         let Some(st) = self.backends.get(&(svc.name.clone(), addr)) else { return 0 };
-        let base = st.weight_override.unwrap_or(b.weight);
-        let period = svc.slow_start_s * 1000;
-        match st.up_since_ms {
-            Some(since) if period > 0 && base > 0 && now_ms.saturating_sub(since) < period => {
-                let elapsed = now_ms.saturating_sub(since);
-                ((base as u64 * elapsed / period) as u32).clamp(1, base)
-            }
-            _ => base,
-        }
+        weight_now(svc, b.weight, st, now_ms)
     }
 
     /// Whether some backend is in slow start (the state is rebuilt as its
     /// weight grows).
     pub fn ramping(&self, now_ms: u64) -> bool {
-        // (Called every management tick: walks the statuses, no key is built.)
-        self.backends.iter().any(|((svc, _), st)| {
-            st.up_since_ms.is_some_and(|t| {
-                self.service(svc).is_some_and(|s| now_ms.saturating_sub(t) < s.slow_start_s * 1000)
+        // (Called every management tick: nothing to walk without slow start,
+        // else one pass over the statuses with a lookup by name each.)
+        let periods: HashMap<&str, u64> = self
+            .cfg
+            .config
+            .services
+            .iter()
+            .filter(|s| s.slow_start_s > 0)
+            .map(|s| (s.name.as_str(), s.slow_start_s * 1000))
+            .collect();
+        !periods.is_empty()
+            && self.backends.iter().any(|((svc, _), st)| {
+                st.up_since_ms.is_some_and(|t| {
+                    periods.get(svc.as_str()).is_some_and(|&period| now_ms.saturating_sub(t) < period)
+                })
             })
-        })
     }
 
     /// The next moment a drain timeout ends (the state must be rebuilt then).
@@ -368,16 +384,18 @@ impl Registry {
         self.backends
             .iter()
             .filter_map(|((svc, _), st)| {
+                // Draining ones only: the service is found for those alone.
+                let since = st.draining_since_ms?;
                 let timeout = self.service(svc)?.drain_timeout_s;
-                (timeout > 0).then_some(st.draining_since_ms? + timeout * 1000)
+                (timeout > 0).then_some(since + timeout * 1000)
             })
             .filter(|&end| end > now_ms)
             .min()
     }
 
     /// How one backend appears in the forwarding state now (`None`: absent).
-    pub fn adjust(&self, svc: &ServiceSection, addr: IpAddr, now_ms: u64) -> Option<Adjust> {
-        let st = self.backends.get(&(svc.name.clone(), addr))?;
+    pub fn adjust(&self, svc: &ServiceSection, b: &BackendSection, now_ms: u64) -> Option<Adjust> {
+        let st = self.backends.get(&(svc.name.clone(), b.address))?;
         if st.health.state == Health::Down {
             return None;
         }
@@ -397,7 +415,7 @@ impl Registry {
         };
         Some(Adjust {
             id: st.id,
-            weight: self.effective_weight(svc, addr, now_ms),
+            weight: weight_now(svc, b.weight, st, now_ms),
             draining: st.draining_since_ms.is_some(),
             rtt_us,
         })
@@ -419,7 +437,7 @@ impl Registry {
             generation,
             facts,
             resolved,
-            &mut |s, b| self.adjust(s, b.address, now_ms),
+            &mut |s, b| self.adjust(s, b, now_ms),
             &|s| self.stats.get(&s.name).cloned().unwrap_or_else(|| ServiceStats::new(workers)),
             previous,
         )?;
@@ -509,7 +527,7 @@ impl Registry {
         let mut addrs = Vec::new();
         let mut mb = Vec::new();
         for b in &svc.backends {
-            let Some(mut a) = self.adjust(svc, b.address, now_ms) else { continue };
+            let Some(mut a) = self.adjust(svc, b, now_ms) else { continue };
             match target {
                 Some((t, Change::Remove)) if t == b.address => continue,
                 Some((t, Change::Drain)) if t == b.address => a.draining = true,

@@ -87,13 +87,14 @@ pub fn next_hop(
 pub fn needed_neighbours(cfg: &Validated) -> Vec<(usize, IpAddr)> {
     let c = &cfg.config;
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for s in &c.services {
         let egress = crate::control::config::egress_port(c, s);
         let port = &c.ports[egress];
         for b in &s.backends {
             let Some(hop) = hop_address(s, port, b.address) else { continue };
             let configured = hop == b.address && b.mac.is_some();
-            if !configured && neighbour(port, hop).is_none() && !out.contains(&(egress, hop)) {
+            if !configured && neighbour(port, hop).is_none() && seen.insert((egress, hop)) {
                 out.push((egress, hop));
             }
         }
