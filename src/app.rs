@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::balancer::state::ForwardingState;
 use crate::balancer::synced::{AtRisk, SyncWriter, SyncedFlows};
 use crate::control::api::{self, Call};
-use crate::control::config::{device_name, Validated, MEMPOOL_CACHE};
+use crate::control::config::{device_name, ConfigCache, Validated, MEMPOOL_CACHE};
 use crate::control::mgmt::Management;
 use crate::control::registry::Registry;
 use crate::control::state_build::{worker_config, PortFacts};
@@ -99,7 +99,8 @@ enum Final {
 }
 
 /// Runs until `signals.stop` is set. Progress goes to the log; the final
-/// report to `out`. `cfg_path` is the file `reload` re-reads.
+/// report to `out`. `source` is the file `reload` re-reads, with what
+/// reading it parsed (a reload parses only the files that changed).
 ///
 /// In order: EAL, the packet pool and the ports; packet capture; for
 /// balancing, the first forwarding state; the workers' queues; then the
@@ -107,7 +108,7 @@ enum Final {
 /// loop; at the stop, the report.
 pub fn run(
     cfg: &Validated,
-    cfg_path: Option<&Path>,
+    source: Option<(&Path, &ConfigCache)>,
     signals: &Signals,
     out: &mut dyn Write,
 ) -> Result<RunReport, RunError> {
@@ -196,7 +197,7 @@ pub fn run(
         };
         let ctx = ManageContext {
             cfg,
-            cfg_path,
+            source,
             ports: &ports,
             pool: &pool,
             mailboxes,
@@ -479,7 +480,7 @@ fn plan_workers<'p>(
 /// What the management loop borrows from `run`.
 struct ManageContext<'a> {
     cfg: &'a Validated,
-    cfg_path: Option<&'a Path>,
+    source: Option<(&'a Path, &'a ConfigCache)>,
     ports: &'a [Port],
     pool: &'a Mempool,
     mailboxes: &'a [StateMailbox],
@@ -520,7 +521,7 @@ fn manage(
     );
     let mut mgmt = Management::new(
         first.registry,
-        ctx.cfg_path.map(Path::to_path_buf),
+        ctx.source.map(|(p, c)| (p.to_path_buf(), c.clone())),
         &first.facts,
         ctx.ports,
         ctx.pool,
@@ -531,7 +532,7 @@ fn manage(
     mgmt.tsc_hz = ctx.tsc_hz;
     mgmt.set_kernel(ctx.kernel);
     if ctx.cfg.config.bgp.is_some() {
-        let source = ctx.cfg_path.map_or("(no file)".into(), |p| p.display().to_string());
+        let source = ctx.source.map_or("(no file)".into(), |(p, _)| p.display().to_string());
         match crate::control::bird::Bird::start(ctx.cfg, &source) {
             Ok(b) => mgmt.bird = Some(b),
             Err(e) => {
@@ -617,7 +618,7 @@ fn manage(
             let ids = s
                 .backends
                 .iter()
-                .filter_map(|b| r.backends.get(&(s.name.clone(), b.address)).map(|st| (b.address, st.id)))
+                .filter_map(|b| r.backends.get(&s.name, b.address).map(|st| (b.address, st.id)))
                 .collect();
             (s.name.clone(), ids)
         })

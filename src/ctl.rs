@@ -150,6 +150,11 @@ fn applied_text(a: &Applied) -> String {
         let _ = write!(o, "\n  backends: {}", a.backends.join(", "));
     }
     if let Some(r) = &a.reload {
+        let _ = write!(
+            o,
+            "\n  reload: {} files read, {} parsed; {:.1} ms from the request to every worker",
+            r.files_read, r.files_parsed, r.took_ms
+        );
         for (k, names) in [
             ("services added", &r.services_added),
             ("services removed", &r.services_removed),

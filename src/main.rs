@@ -496,13 +496,15 @@ fn ctl(socket: Option<PathBuf>, config: Option<PathBuf>, json: bool, cmd: CtlCmd
 /// `l4lb run`: the appliance, until SIGINT/SIGTERM.
 #[cfg(feature = "dpdk")]
 fn run(config: &Path) -> Result<(), Failure> {
-    let cfg = load(config)?;
+    let mut cache = l4lb::control::config::ConfigCache::default();
+    let cfg = Config::load_cached(config, &mut cache).map_err(|e| Failure::Usage(e.to_string()))?;
     // Before EAL, whose own complaint is its whole usage text.
     if let Some(p) = cfg.cpu_problem() {
         return Err(Failure::Usage(format!("{}: {p}", config.display())));
     }
     install_signals().map_err(|e| Failure::Failed(format!("cannot install the signal handlers: {e}")))?;
     let mut out = std::io::stdout();
-    l4lb::app::run(&cfg, Some(config), &SIGNALS, &mut out).map_err(|e| Failure::Failed(e.to_string()))?;
+    l4lb::app::run(&cfg, Some((config, &cache)), &SIGNALS, &mut out)
+        .map_err(|e| Failure::Failed(e.to_string()))?;
     Ok(())
 }

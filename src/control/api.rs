@@ -303,6 +303,16 @@ pub struct ReloadChanges {
     pub backends_added: Vec<String>,
     pub backends_removed: Vec<String>,
     pub weights_changed: Vec<String>,
+    /// The files read (the main file and those it includes) and how many of
+    /// them were parsed (the others had not changed).
+    #[serde(default)]
+    pub files_read: usize,
+    #[serde(default)]
+    pub files_parsed: usize,
+    /// From the request to the new state on every worker (or, where not
+    /// every worker confirmed it, to its publication), ms.
+    #[serde(default)]
+    pub took_ms: f64,
 }
 
 /// `lookup`: the backend a flow gets, and why.

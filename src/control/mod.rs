@@ -18,5 +18,6 @@ pub mod routing;
 pub mod server;
 pub mod state_build;
 pub mod status_page;
+pub mod statuses;
 pub mod sync;
 pub mod systemd;

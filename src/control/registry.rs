@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use super::config::{BackendSection, Config, HealthSection, ServiceSection, Validated};
+use super::config::{BackendSection, HealthSection, ServiceSection, Validated};
 use super::health::CheckError;
 use super::state_build::{build_state_with, Adjust, PortFacts, Resolver};
 use crate::balancer::maglev::{MaglevBackend, MaglevTable};
@@ -173,6 +173,8 @@ impl BackendStatus {
 /// (service name, backend address).
 pub type BackendKey = (String, IpAddr);
 
+pub use super::statuses::Statuses;
+
 /// What a reload changed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReloadSummary {
@@ -204,7 +206,7 @@ pub struct WhatIf {
 #[derive(Debug, Clone)]
 pub struct Registry {
     pub cfg: Validated,
-    pub backends: BTreeMap<BackendKey, BackendStatus>,
+    pub backends: Statuses,
     /// Ids are never reused while l4lb runs: a worker may still track flows
     /// with an old id, and a reused one would send them to a stranger.
     next_id: u32,
@@ -233,8 +235,9 @@ fn fmt_key(svc: &str, addr: IpAddr) -> String {
 impl Registry {
     /// Ids in configuration order, as `build_state` assigns them.
     pub fn new(cfg: Validated) -> Registry {
-        let mut r = Registry { cfg, backends: BTreeMap::new(), next_id: 0, stats: BTreeMap::new() };
-        r.adopt_new_backends();
+        let mut r = Registry { cfg, backends: Statuses::default(), next_id: 0, stats: BTreeMap::new() };
+        let all: Vec<usize> = (0..r.cfg.config.services.len()).collect();
+        r.adopt_new_backends(&all);
         r.adopt_services();
         r
     }
@@ -242,19 +245,24 @@ impl Registry {
     /// Counts for new services; removed services' counts go.
     fn adopt_services(&mut self) {
         let c = &self.cfg;
-        self.stats.retain(|name, _| c.config.services.iter().any(|s| &s.name == name));
+        let names: HashSet<&str> = c.config.services.iter().map(|s| s.name.as_str()).collect();
+        self.stats.retain(|name, _| names.contains(name.as_str()));
         for s in &c.config.services {
-            self.stats.entry(s.name.clone()).or_insert_with(|| ServiceStats::new(c.workers.len()));
+            if !self.stats.contains_key(&s.name) {
+                self.stats.insert(s.name.clone(), ServiceStats::new(c.workers.len()));
+            }
         }
     }
 
-    fn adopt_new_backends(&mut self) -> Vec<String> {
+    /// Statuses and ids for the backends of services `which` (indices in
+    /// configuration order) that have none.
+    fn adopt_new_backends(&mut self, which: &[usize]) -> Vec<String> {
         let mut added = Vec::new();
-        for s in &self.cfg.config.services {
+        for &i in which {
+            let s = &self.cfg.config.services[i];
             for b in &s.backends {
-                let key = (s.name.clone(), b.address);
-                if !self.backends.contains_key(&key) {
-                    self.backends.insert(key, BackendStatus::new(self.next_id));
+                if !self.backends.contains(&s.name, b.address) {
+                    self.backends.insert(&s.name, b.address, BackendStatus::new(self.next_id));
                     self.next_id += 1;
                     added.push(fmt_key(&s.name, b.address));
                 }
@@ -268,6 +276,15 @@ impl Registry {
     /// stay are kept (health, drain, slow start); a changed configured weight
     /// clears a `set-weight` override.
     pub fn reload(&mut self, new: Validated) -> Result<ReloadSummary, String> {
+        let (next, sum) = self.reloaded(new)?;
+        *self = next;
+        Ok(sum)
+    }
+
+    /// [`Registry::reload`] into a new registry, this one unchanged (a
+    /// reload's trial). Services whose backends did not change cost a
+    /// comparison each.
+    pub fn reloaded(&self, new: Validated) -> Result<(Registry, ReloadSummary), String> {
         let (old, c) = (&self.cfg.config, &new.config);
         for (name, same) in [
             ("[dpdk]", old.dpdk == c.dpdk),
@@ -284,66 +301,60 @@ impl Registry {
                 ));
             }
         }
+        let olds: HashMap<&str, &ServiceSection> =
+            old.services.iter().map(|s| (s.name.as_str(), s)).collect();
+        let news: HashSet<&str> = c.services.iter().map(|s| s.name.as_str()).collect();
+        // Services whose backend lists changed (or that are new), in order.
+        let changed: Vec<usize> = (c.services.iter().enumerate())
+            .filter(|(_, s)| olds.get(s.name.as_str()).is_none_or(|o| o.backends != s.backends))
+            .map(|(i, _)| i)
+            .collect();
         // Only (service, backend) pairs new to this run take new ids.
-        let new_ids = c
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s, b)))
-            .filter(|(s, b)| !self.backends.contains_key(&(s.name.clone(), b.address)))
-            .count();
+        let new_ids: usize = (changed.iter().map(|&i| &c.services[i]))
+            .map(|s| s.backends.iter().filter(|b| !self.backends.contains(&s.name, b.address)).count())
+            .sum();
         if self.next_id as usize + new_ids > crate::balancer::limits::MAX_BACKEND_IDS {
             return Err(
                 "backend ids are exhausted (they are not reused while l4lb runs): restart l4lb".into()
             );
         }
         let mut sum = ReloadSummary::default();
-        // Lookups by name and address (a configuration may have thousands of
-        // services and a hundred thousand backends).
-        let by_name = |cfg: &Config| -> HashMap<String, usize> {
-            cfg.services.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect()
-        };
-        let (old_names, new_names) = (by_name(old), by_name(c));
-        for s in &c.services {
-            if !old_names.contains_key(&s.name) {
-                sum.services_added.push(s.name.clone());
-            }
-        }
+        let mut backends = self.backends.clone();
         for s in &old.services {
-            if !new_names.contains_key(&s.name) {
+            if !news.contains(s.name.as_str()) {
                 sum.services_removed.push(s.name.clone());
             }
         }
-        for s in &c.services {
-            let Some(o) = old_names.get(&s.name).map(|&i| &old.services[i]) else { continue };
+        let mut removed: Vec<(String, IpAddr)> = Vec::new();
+        for name in backends.retain_services(|svc| news.contains(svc)) {
+            let gone = self.backends.service(&name).into_iter().flat_map(|m| m.keys());
+            removed.extend(gone.map(|a| (name.clone(), *a)));
+        }
+        for s in changed.iter().map(|&i| &c.services[i]) {
+            let Some(o) = olds.get(s.name.as_str()) else {
+                sum.services_added.push(s.name.clone());
+                continue;
+            };
             let old_weights: HashMap<IpAddr, u32> =
                 o.backends.iter().map(|x| (x.address, x.weight)).collect();
             for b in &s.backends {
-                if let Some(&ow) = old_weights.get(&b.address) {
-                    if ow != b.weight {
-                        sum.weights_changed.push(fmt_key(&s.name, b.address));
-                        if let Some(st) = self.backends.get_mut(&(s.name.clone(), b.address)) {
-                            st.weight_override = None;
-                        }
+                if old_weights.get(&b.address).is_some_and(|&w| w != b.weight) {
+                    sum.weights_changed.push(fmt_key(&s.name, b.address));
+                    if let Some(st) = backends.get_mut(&s.name, b.address) {
+                        st.weight_override = None;
                     }
                 }
             }
+            let configured: HashSet<IpAddr> = s.backends.iter().map(|b| b.address).collect();
+            let gone = backends.retain_in(&s.name, |a| configured.contains(&a));
+            removed.extend(gone.into_iter().map(|a| (s.name.clone(), a)));
         }
-        let configured: HashSet<(&str, IpAddr)> = c
-            .services
-            .iter()
-            .flat_map(|s| s.backends.iter().map(move |b| (s.name.as_str(), b.address)))
-            .collect();
-        self.backends.retain(|(svc, addr), _| {
-            let keep = configured.contains(&(svc.as_str(), *addr));
-            if !keep {
-                sum.backends_removed.push(fmt_key(svc, *addr));
-            }
-            keep
-        });
-        self.cfg = new;
-        sum.backends_added = self.adopt_new_backends();
-        self.adopt_services();
-        Ok(sum)
+        removed.sort();
+        sum.backends_removed = removed.iter().map(|(svc, a)| fmt_key(svc, *a)).collect();
+        let mut next = Registry { cfg: new, backends, next_id: self.next_id, stats: self.stats.clone() };
+        sum.backends_added = next.adopt_new_backends(&changed);
+        next.adopt_services();
+        Ok((next, sum))
     }
 
     pub fn service(&self, name: &str) -> Option<&ServiceSection> {
@@ -354,7 +365,7 @@ impl Registry {
     /// slow start (at least 1 while ramping).
     pub fn effective_weight(&self, svc: &ServiceSection, addr: IpAddr, now_ms: u64) -> u32 {
         let Some(b) = svc.backends.iter().find(|b| b.address == addr) else { return 0 };
-        let Some(st) = self.backends.get(&(svc.name.clone(), addr)) else { return 0 };
+        let Some(st) = self.backends.get(&svc.name, addr) else { return 0 };
         weight_now(svc, b.weight, st, now_ms)
     }
 
@@ -374,7 +385,7 @@ impl Registry {
         !periods.is_empty()
             && self.backends.iter().any(|((svc, _), st)| {
                 st.up_since_ms.is_some_and(|t| {
-                    periods.get(svc.as_str()).is_some_and(|&period| now_ms.saturating_sub(t) < period)
+                    periods.get(svc).is_some_and(|&period| now_ms.saturating_sub(t) < period)
                 })
             })
     }
@@ -395,7 +406,7 @@ impl Registry {
 
     /// How one backend appears in the forwarding state now (`None`: absent).
     pub fn adjust(&self, svc: &ServiceSection, b: &BackendSection, now_ms: u64) -> Option<Adjust> {
-        let st = self.backends.get(&(svc.name.clone(), b.address))?;
+        let st = self.backends.get(&svc.name, b.address)?;
         if st.health.state == Health::Down {
             return None;
         }
@@ -442,7 +453,7 @@ impl Registry {
             previous,
         )?;
         st.set_vip_paths(crate::control::state_build::vip_path_targets(&self.cfg, resolved, &|s, a| {
-            self.backends.get(&(s.name.clone(), a)).map(|b| b.id)
+            self.backends.get(&s.name, a).map(|b| b.id)
         }));
         Ok(st)
     }
@@ -455,7 +466,7 @@ impl Registry {
         result: Result<u32, CheckError>,
         now_ms: u64,
     ) -> Option<Health> {
-        let st = self.backends.get_mut(key)?;
+        let st = self.backends.get_mut(&key.0, key.1)?;
         let ok = match result {
             Ok(rtt) => {
                 st.rtt_us = rtt.max(1);
@@ -503,9 +514,9 @@ impl Registry {
         }
         let keys: Vec<BackendKey> = self
             .backends
-            .keys()
-            .filter(|(sv, a)| *a == addr && svc.is_none_or(|s| s == sv))
-            .cloned()
+            .iter()
+            .filter(|((sv, a), _)| *a == addr && svc.is_none_or(|s| s == *sv))
+            .map(|((sv, a), _)| (sv.to_owned(), a))
             .collect();
         if keys.is_empty() {
             return Err(match svc {
@@ -664,7 +675,7 @@ backends = [{backends}]
         for t in 0..5 {
             assert_eq!(r.record_check(&key(12), &h, not_run(), t), None);
         }
-        let st = &r.backends[&key(12)];
+        let st = &r.backends[("web", key(12).1)];
         assert_eq!((st.health.state, st.checks_not_run, st.checks_failed), (Health::Unknown, 5, 0));
         assert_eq!(
             st.last_error.as_deref(),
@@ -676,7 +687,7 @@ backends = [{backends}]
         // neither count as failures nor break a run of them.
         assert_eq!(r.record_check(&key(12), &h, Ok(100), 20), Some(Health::Up));
         assert_eq!(r.record_check(&key(12), &h, not_run(), 30), None);
-        assert_eq!(r.backends[&key(12)].health.state, Health::Up);
+        assert_eq!(r.backends[("web", key(12).1)].health.state, Health::Up);
     }
 
     #[test]
@@ -720,7 +731,7 @@ backends = [{backends}]
     #[test]
     fn drain_keeps_flows_then_times_out() {
         let mut r = Registry::new(cfg(THREE, "drain_timeout_s = 5"));
-        r.backends.get_mut(&key(11)).unwrap().draining_since_ms = Some(1000);
+        r.backends.get_mut("web", key(11).1).unwrap().draining_since_ms = Some(1000);
         let st = build(&r, 2000);
         let b = st.backends.iter().find(|b| b.addr == key(11).1).unwrap();
         assert!(b.draining, "a draining backend stays, for its flows");
@@ -732,17 +743,17 @@ backends = [{backends}]
     #[test]
     fn reload_keeps_ids_and_statuses_and_refuses_other_sections() {
         let mut r = Registry::new(cfg(THREE, ""));
-        let id13 = r.backends[&key(13)].id;
-        r.backends.get_mut(&key(13)).unwrap().draining_since_ms = Some(5);
+        let id13 = r.backends[("web", key(13).1)].id;
+        r.backends.get_mut("web", key(13).1).unwrap().draining_since_ms = Some(5);
         let two_and_new = r#"{ address = "198.18.0.13", mac = "02:00:00:00:0b:13", weight = 3 },
             { address = "198.18.0.14", mac = "02:00:00:00:0b:14" }"#;
         let sum = r.reload(cfg(two_and_new, "")).unwrap();
         assert_eq!(sum.backends_added, vec!["web/198.18.0.14"]);
         assert_eq!(sum.backends_removed, vec!["web/198.18.0.11", "web/198.18.0.12"]);
         assert_eq!(sum.weights_changed, vec!["web/198.18.0.13"]);
-        assert_eq!(r.backends[&key(13)].id, id13);
-        assert_eq!(r.backends[&key(13)].draining_since_ms, Some(5));
-        assert_eq!(r.backends[&key(14)].id, 3, "ids are not reused");
+        assert_eq!(r.backends[("web", key(13).1)].id, id13);
+        assert_eq!(r.backends[("web", key(13).1)].draining_since_ms, Some(5));
+        assert_eq!(r.backends[("web", key(14).1)].id, 3, "ids are not reused");
         let mut other = cfg(two_and_new, "");
         other.config.workers.burst_size = 16;
         let e = r.reload(other).unwrap_err();
@@ -750,7 +761,7 @@ backends = [{backends}]
         // Two boxes, different histories, same backends and weights: same table.
         let fresh = Registry::new(cfg(two_and_new, ""));
         let mut r2 = r.clone();
-        r2.backends.get_mut(&key(13)).unwrap().draining_since_ms = None;
+        r2.backends.get_mut("web", key(13).1).unwrap().draining_since_ms = None;
         assert_eq!(build(&r2, 0).services[0].maglev, build(&fresh, 0).services[0].maglev);
     }
 
@@ -766,7 +777,7 @@ backends = [{backends}]
         assert!(w.tracked_flows_move);
         // The prediction equals the table actually built without it.
         let mut gone = r.clone();
-        gone.backends.get_mut(&key(12)).unwrap().health.state = Health::Down;
+        gone.backends.get_mut("web", key(12).1).unwrap().health.state = Health::Down;
         assert_eq!(gone.entries(&svc, 0), w.entries_after);
         let w = r.whatif(&svc, key(12).1, Change::Weight(2), 0);
         assert!(!w.tracked_flows_move);

@@ -1,5 +1,6 @@
 //! The l4lb configuration file: TOML read through serde, unknown keys refused
-//! (this file: the schema, section by section, and `Config::load`; a
+//! (this file: the schema, section by section; `include.rs`: `Config::load`,
+//! included files and the parse cache of reloads; a
 //! service's health checks, passive health, response time and quota in
 //! `policies.rs`), then
 //! checked as a whole (`validate.rs`) into a [`Validated`] configuration with
@@ -32,6 +33,10 @@ pub struct ConfigError {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Files and directories (every `*.toml` in one, by name) of more
+    /// `[[services]]`, relative to this file's directory.
+    #[serde(default)]
+    pub include: Vec<String>,
     pub dpdk: DpdkSection,
     #[serde(default)]
     pub workers: WorkersSection,
@@ -730,57 +735,13 @@ macro_rules! deserialize_from_str {
 }
 deserialize_from_str!(Ipv4Cidr, Ipv6Cidr, Community);
 
-impl Config {
-    /// Reads, parses and validates a file.
-    pub fn load(path: &Path) -> Result<Validated, ConfigError> {
-        let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            key: "(file)".into(),
-            reason: format!("cannot read: {e}"),
-        })?;
-        Self::parse(&text, &file)?.validate(&file)
-    }
-
-    /// Parses TOML text; `file` is used in error messages.
-    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize::<_, Config>(de).map_err(|e| {
-            let path = e.path().to_string();
-            let inner = e.into_inner();
-            let mut msg = inner.message().to_owned();
-            let line = inner.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let mut key = if path == "." { String::new() } else { path };
-            // serde reports a missing key at its parent: name the key itself.
-            if let Some(field) = msg.strip_prefix("missing field `").and_then(|m| m.strip_suffix('`')) {
-                key = if key.is_empty() { field.to_owned() } else { format!("{key}.{field}") };
-                msg = "required key is missing".to_owned();
-            } else if let Some(rest) = msg.strip_prefix("unknown field `") {
-                if let Some((field, expected)) = rest.split_once('`') {
-                    let field = field.to_owned();
-                    let known = expected.trim_start_matches(", expected ").to_owned();
-                    if !key.ends_with(&field) {
-                        key = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
-                    }
-                    msg = format!("unknown key (known keys here: {known})");
-                }
-            }
-            if key.is_empty() {
-                key = "(syntax)".into();
-            }
-            if let Some(line) = line {
-                msg = format!("{msg} (line {line})");
-            }
-            ConfigError { file: file.to_owned(), key, reason: msg }
-        })
-    }
-}
-
+mod include;
 #[cfg(test)]
 mod tests;
 mod validate;
 mod validated;
 
+pub use include::ConfigCache;
 pub use validate::{bgp_router_id, kernel_interface_name, peer_source};
 pub use validated::{
     device_name, is_pci_address, tap_interface, KernelInterface, Validated, KERNEL_DESC, MAX_IFNAME,

@@ -515,3 +515,158 @@ fn health_checks_take_the_vips_path_where_they_can_and_say_why_not_when_told_to(
         assert!(e.reason.contains(why), "{e}");
     }
 }
+
+/// A directory with `l4lb.toml` (GOOD without plain forwarding, after
+/// `main_extra`) and `files`.
+fn include_dir(tag: &str, main_extra: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("l4lb-include-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("services.d")).unwrap();
+    let main = GOOD.replace("forward_to = \"right\"", "").replace("forward_to = \"left\"", "");
+    std::fs::write(dir.join("l4lb.toml"), format!("{main_extra}\n{main}")).unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+    dir
+}
+
+fn service_text(name: &str, vip: &str, weight: u32) -> String {
+    format!(
+        "[[services]]\nname = \"{name}\"\nvip = \"{vip}\"\nprotocol = \"tcp\"\nport = 80\n\
+         backends = [{{ address = \"198.18.0.10\", mac = \"02:00:00:00:00:0a\", weight = {weight} }}]\n"
+    )
+}
+
+#[test]
+fn included_files_add_services_in_order_and_a_reload_parses_only_changed_ones() {
+    let (a, b, c) = (
+        service_text("a", "198.18.100.1", 1),
+        service_text("b", "198.18.100.2", 1),
+        service_text("c", "198.18.100.3", 1),
+    );
+    let dir = include_dir(
+        "order",
+        "include = [\"services.d\", \"extra.toml\"]",
+        &[
+            ("services.d/2-b.toml", &b),
+            ("services.d/1-a.toml", &a),
+            ("services.d/notes.txt", "not toml"),
+            ("extra.toml", &c),
+        ],
+    );
+    let main = dir.join("l4lb.toml");
+    let mut cache = ConfigCache::default();
+    let v = Config::load_cached(&main, &mut cache).unwrap();
+    let names: Vec<&str> = v.config.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c"], "a directory's files by name, then the next entry");
+    assert_eq!((cache.len(), cache.parsed()), (4, 4));
+    assert_eq!(Config::load(&main).unwrap().config, v.config, "the same without a cache");
+
+    // One file changes: it alone is parsed, and the change is seen.
+    std::fs::write(dir.join("services.d/2-b.toml"), service_text("b", "198.18.100.2", 7)).unwrap();
+    let v = Config::load_cached(&main, &mut cache).unwrap();
+    assert_eq!(cache.parsed(), 1);
+    assert_eq!(v.config.services[1].backends[0].weight, 7);
+    let v2 = Config::load_cached(&main, &mut cache).unwrap();
+    assert_eq!((cache.parsed(), v2.config), (0, v.config));
+
+    // A file that goes is forgotten; an empty directory adds nothing.
+    std::fs::remove_file(dir.join("services.d/1-a.toml")).unwrap();
+    std::fs::remove_file(dir.join("services.d/2-b.toml")).unwrap();
+    let v = Config::load_cached(&main, &mut cache).unwrap();
+    assert_eq!(v.config.services.len(), 1);
+    assert_eq!(cache.len(), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn errors_in_included_files_name_the_file_and_the_key() {
+    let a = service_text("a", "198.18.100.1", 1);
+    let cases: Vec<(&str, String, String, &str, &str)> = vec![
+        // (include, file name, its text, the file the error names, its key and reason)
+        (
+            "\"svc.toml\"",
+            "svc.toml".into(),
+            format!("{a}\n[control]\nsocket = \"/x\"\n"),
+            "svc.toml",
+            "control: unknown key (known keys here: `services`)",
+        ),
+        (
+            "\"svc.toml\"",
+            "svc.toml".into(),
+            a.replace("198.18.100.1", "198.18.100.300"),
+            "svc.toml",
+            "services[0].vip",
+        ),
+        ("\"svc.toml\"", "svc.toml".into(), a.clone() + "\n" + &a, "svc.toml", "services[1].name"),
+        (
+            "\"svc.toml\"",
+            "svc.toml".into(),
+            "[[services]]\nname = \"x\"\n".into(),
+            "svc.toml",
+            "services[0].vip: required key is missing",
+        ),
+        ("\"missing.toml\"", "svc.toml".into(), a.clone(), "l4lb.toml", "include[0]: cannot read"),
+        ("\"svc.toml\", \"svc.toml\"", "svc.toml".into(), a.clone(), "l4lb.toml", "include[1]: "),
+        ("\"l4lb.toml\"", "svc.toml".into(), a.clone(), "l4lb.toml", "include[0]: "),
+    ];
+    for (i, (include, name, text, file, key)) in cases.iter().enumerate() {
+        let dir = include_dir(&format!("err{i}"), &format!("include = [{include}]"), &[(name, text)]);
+        let e = Config::load(&dir.join("l4lb.toml")).unwrap_err();
+        assert!(e.file.ends_with(file), "case {i}: {e}");
+        assert!(format!("{}: {}", e.key, e.reason).starts_with(key), "case {i}: {e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// The main file is read in pieces (one per `[[services]]`) where that is
+/// safe; whatever the text, `load` must say what parsing it whole says.
+#[test]
+fn a_file_read_in_pieces_reads_as_the_whole() {
+    let a = service_text("a", "198.18.100.1", 1);
+    let b = service_text("b", "198.18.100.2", 2);
+    let health = "[services.health]\ncheck = \"tcp\"\ninterval_ms = 1000\n";
+    let table_backends = "[[services]]\nname = \"t\"\nvip = \"198.18.100.4\"\nprotocol = \"udp\"\nport = 53\n\
+                          [[services.backends]]\naddress = \"198.18.0.11\"\nmac = \"02:00:00:00:00:0b\"\n\
+                          [[ services.backends ]] # a comment\naddress = \"198.18.0.12\"\nmac = \"02:00:00:00:00:0c\"\n";
+    let texts = [
+        format!("{a}\n{b}"),
+        format!("{a}{health}\n{table_backends}\n{b}"),
+        // Read whole: a table after the services, a multi-line string.
+        format!("{a}\n[access]\ndeny = [\"198.18.9.0/24\"]\n"),
+        format!("{a}\n{}", b.replace("name = \"b\"", "name = \"\"\"b\"\"\"")),
+        // Errors: in the second service, with its line; a duplicate; TOML's own.
+        format!("{a}\n{}", b.replace("198.18.100.2", "198.18.100.300")),
+        format!("{a}\n{}", b.replace("port = 80", "port = 80\nbogus = 1")),
+        format!("{a}\n{a}"),
+        format!("services = []\n{a}"),
+        format!("{a}\nname = \"again\"\n"),
+    ];
+    let dir = std::env::temp_dir().join(format!("l4lb-pieces-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("l4lb.toml");
+    let main = GOOD.replace("forward_to = \"right\"", "").replace("forward_to = \"left\"", "");
+    let mut cache = ConfigCache::default();
+    for (i, t) in texts.iter().enumerate() {
+        let text = format!("{main}\n{t}");
+        std::fs::write(&path, &text).unwrap();
+        let file = path.display().to_string();
+        let whole = Config::parse(&text, &file).and_then(|c| c.validate(&file)).map(|v| v.config);
+        assert_eq!(Config::load(&path).map(|v| v.config), whole, "text {i}");
+        assert_eq!(Config::load_cached(&path, &mut cache).map(|v| v.config), whole, "text {i}, cached");
+    }
+    let pieces = |t: &str| include::split_services(t).map(|(_, c)| c.len());
+    let counts: Vec<Option<usize>> = texts[..4].iter().map(|t| pieces(&format!("{main}\n{t}"))).collect();
+    assert_eq!(counts, [Some(2), Some(3), None, None], "pieces where safe, else whole");
+
+    // One service's text changes: the file is parsed again, that service alone.
+    std::fs::write(&path, format!("{main}\n{}", texts[1])).unwrap();
+    Config::load_cached(&path, &mut cache).unwrap();
+    std::fs::write(&path, format!("{main}\n{}", texts[1].replace("weight = 2", "weight = 5"))).unwrap();
+    let v = Config::load_cached(&path, &mut cache).unwrap();
+    assert_eq!((cache.parsed(), v.config.services[2].backends[0].weight), (1, 5));
+    assert_eq!(cache.len(), 1, "one file");
+    Config::load_cached(&path, &mut cache).unwrap();
+    assert_eq!(cache.parsed(), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

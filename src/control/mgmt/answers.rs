@@ -36,7 +36,7 @@ impl Management<'_> {
             Request::Drain { backend } => {
                 let keys = self.registry.resolve(&backend)?;
                 for k in &keys {
-                    let st = self.registry.backends.get_mut(k).expect("resolved");
+                    let st = self.registry.backends.get_mut(&k.0, k.1).expect("resolved");
                     st.draining_since_ms.get_or_insert(now);
                 }
                 log::info!("drain {backend}");
@@ -47,7 +47,7 @@ impl Management<'_> {
             Request::Undrain { backend } => {
                 let keys = self.registry.resolve(&backend)?;
                 for k in &keys {
-                    self.registry.backends.get_mut(k).expect("resolved").draining_since_ms = None;
+                    self.registry.backends.get_mut(&k.0, k.1).expect("resolved").draining_since_ms = None;
                 }
                 log::info!("undrain {backend}");
                 self.publish_and_wait().map(Response::Applied)
@@ -58,7 +58,8 @@ impl Management<'_> {
                 }
                 let keys = self.registry.resolve(&backend)?;
                 for k in &keys {
-                    self.registry.backends.get_mut(k).expect("resolved").weight_override = Some(weight);
+                    self.registry.backends.get_mut(&k.0, k.1).expect("resolved").weight_override =
+                        Some(weight);
                 }
                 log::info!("set-weight {backend} {weight}");
                 self.publish_and_wait().map(Response::Applied)
@@ -97,7 +98,7 @@ impl Management<'_> {
                 for k in keys {
                     let svc = self.registry.service(&k.0).expect("resolved").clone();
                     let w = self.registry.whatif(&svc, k.1, change, now);
-                    let id = self.registry.backends[&k].id;
+                    let id = self.registry.backends[(k.0.as_str(), k.1)].id;
                     let flows = if w.tracked_flows_move { self.active(id) } else { 0 };
                     let list = |v: &[(IpAddr, u64)]| -> Vec<Entries> {
                         v.iter().map(|&(backend, entries)| Entries { backend, entries }).collect()
@@ -170,7 +171,7 @@ impl Management<'_> {
     pub(super) fn bgp_status(&self) -> BgpStatus {
         let r = &self.registry;
         let checked = |svc: &str, addr: IpAddr| {
-            r.backends.get(&(svc.to_owned(), addr)).is_some_and(|b| b.health.state != Health::Unknown)
+            r.backends.get(svc, addr).is_some_and(|b| b.health.state != Health::Unknown)
         };
         let decided = super::super::routing::decide(&self.state, &r.cfg.config, &checked);
         let state = self.box_state();
@@ -213,7 +214,7 @@ impl Management<'_> {
             .map(|(i, s)| {
                 let (mut p, mut b, mut nf, mut act, mut up) = (0, 0, 0, 0, 0);
                 for be in &s.backends {
-                    let st = &self.registry.backends[&(s.name.clone(), be.address)];
+                    let st = &self.registry.backends[(s.name.as_str(), be.address)];
                     let (bp, bb) = self.traffic(st.id);
                     p += bp;
                     b += bb;
@@ -252,7 +253,7 @@ impl Management<'_> {
         let mut rows = Vec::new();
         for s in self.registry.cfg.config.services.iter().filter(|s| only.is_none_or(|o| o == s.name)) {
             for b in &s.backends {
-                let st = &self.registry.backends[&(s.name.clone(), b.address)];
+                let st = &self.registry.backends[(s.name.as_str(), b.address)];
                 let (p, by) = self.traffic(st.id);
                 let r = self.rates.get(&st.id).copied().unwrap_or_default();
                 let in_state = self.state.slot_of(st.id).is_some_and(|slot| {
@@ -424,7 +425,7 @@ impl Management<'_> {
             let mut sums = [0u64; 5];
             sums[4] = self.service_count(&s.name, ServiceEvent::Denied);
             for b in &s.backends {
-                let st = &self.registry.backends[&(s.name.clone(), b.address)];
+                let st = &self.registry.backends[(s.name.as_str(), b.address)];
                 let (p, by) = self.traffic(st.id);
                 let traffic = [p, by, self.new_flows(st.id), self.active(st.id)];
                 for (a, v) in sums.iter_mut().zip(traffic) {

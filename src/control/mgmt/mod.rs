@@ -4,7 +4,7 @@
 //! metrics endpoint (its answers: `answers.rs`). Nothing here runs on a worker.
 
 use crate::dataplane::exception::KernelLink;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use super::api::{
 };
 use super::config::{
     checked_via_vip, device_name, egress_port, kernel_interface_name, tap_interface, vip_path_source,
-    BackendSection, Config, ServiceSection,
+    BackendSection, Config, ConfigCache, ServiceSection,
 };
 use super::health::{CheckError, Checker, Probe, VipPath};
 use super::metrics::{self, PortRow};
@@ -60,6 +60,8 @@ const RAMP_STEP_MS: u64 = 250;
 pub struct Management<'a> {
     pub registry: Registry,
     cfg_path: Option<PathBuf>,
+    /// The files `reload` read last and what they parsed to.
+    config_cache: ConfigCache,
     facts: &'a [PortFacts],
     ports: &'a [Port],
     pool: &'a Mempool,
@@ -135,7 +137,7 @@ impl<'a> Management<'a> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         registry: Registry,
-        cfg_path: Option<PathBuf>,
+        source: Option<(PathBuf, ConfigCache)>,
         facts: &'a [PortFacts],
         ports: &'a [Port],
         pool: &'a Mempool,
@@ -146,9 +148,11 @@ impl<'a> Management<'a> {
         let mut neighbours = NeighbourTable::default();
         neighbours.track(&needed_neighbours(&registry.cfg));
         let threads = registry.cfg.config.control.health_threads;
+        let (cfg_path, config_cache) = source.map_or((None, ConfigCache::default()), |(p, c)| (Some(p), c));
         let mut m = Management {
             registry,
             cfg_path,
+            config_cache,
             facts,
             ports,
             pool,
@@ -223,7 +227,7 @@ impl<'a> Management<'a> {
         if let Some(a) = self.announcer.as_mut() {
             let r = &self.registry;
             let checked = |svc: &str, addr: IpAddr| {
-                r.backends.get(&(svc.to_owned(), addr)).is_some_and(|b| b.health.state != Health::Unknown)
+                r.backends.get(svc, addr).is_some_and(|b| b.health.state != Health::Unknown)
             };
             a.apply(&super::routing::wanted(&self.state, &r.cfg.config, &checked));
         }
@@ -249,7 +253,7 @@ impl<'a> Management<'a> {
     fn sync_view(&self) {
         if let Some(y) = &self.sync {
             let r = &self.registry;
-            let id = |svc: &str, addr: IpAddr| r.backends.get(&(svc.to_owned(), addr)).map(|b| b.id);
+            let id = |svc: &str, addr: IpAddr| r.backends.get(svc, addr).map(|b| b.id);
             y.set_view(super::sync::View::new(&r.cfg.config, &id));
         }
     }
@@ -379,6 +383,9 @@ impl<'a> Management<'a> {
         let src4 = c.control.health_source_v4.map(IpAddr::V4);
         let src6 = c.control.health_source_v6.map(IpAddr::V6);
         let now = self.now_ms();
+        // Unchanged checks keep their schedule (a lookup each: a
+        // configuration may check a hundred thousand backends).
+        let old: HashMap<&BackendKey, &Target> = self.targets.iter().map(|t| (&t.key, t)).collect();
         let mut next = Vec::new();
         for (i, s) in c.services.iter().enumerate() {
             let Some(h) = &s.health else { continue };
@@ -389,14 +396,14 @@ impl<'a> Management<'a> {
                 let mut probe = Probe::for_service(h, s, b.address, src, tls.clone());
                 probe.vip_path = self.vip_path_of(s, b);
                 let probe = Arc::new(probe);
-                let due = self
-                    .targets
-                    .iter()
-                    .find(|t| t.key == key && *t.probe == *probe && t.health == *h)
+                let due = old
+                    .get(&key)
+                    .filter(|t| *t.probe == *probe && t.health == *h)
                     .map_or(now, |t| t.next_due_ms);
                 next.push(Target { key, health: h.clone(), probe, next_due_ms: due, in_flight: false });
             }
         }
+        drop(old);
         self.targets = next;
         self.epoch += 1;
     }
@@ -409,7 +416,7 @@ impl<'a> Management<'a> {
         }
         Some(VipPath {
             ports: self.vip_path.clone(),
-            id: self.registry.backends.get(&(s.name.clone(), b.address))?.id,
+            id: self.registry.backends.get(&s.name, b.address)?.id,
             device: kernel_interface_name(c, egress_port(c, s))?.to_owned(),
             source: vip_path_source(c, s, b.address)?,
         })
@@ -468,9 +475,9 @@ impl<'a> Management<'a> {
                 s.response_time == ResponseTime::Handshake && s.scheduler == SchedulerName::LeastResponseTime;
             for b in &s.backends {
                 let key = (s.name.clone(), b.address);
-                let Some(id) = self.registry.backends.get(&key).map(|st| st.id) else { continue };
+                let Some(id) = self.registry.backends.get(&key.0, key.1).map(|st| st.id) else { continue };
                 let totals = self.handshakes(id);
-                let Some(st) = self.registry.backends.get_mut(&key) else { continue };
+                let Some(st) = self.registry.backends.get_mut(&key.0, key.1) else { continue };
                 let window = st.handshakes.observe(now, totals, window_ms);
                 let us = window.mean_ms().map(|ms| (ms * 1000.0).clamp(1.0, u32::MAX as f64) as u32);
                 let moved = match (st.handshake_us, us) {
@@ -489,25 +496,22 @@ impl<'a> Management<'a> {
     /// sent its SYN again. A change is logged; where the service takes a
     /// suspect backend as down, a new state follows.
     fn passive_work(&mut self, now: u64) {
-        let totals: Vec<(BackendKey, u64, u64)> = self
+        // Each backend's service's settings come with it: no search by name.
+        let totals: Vec<(BackendKey, u64, u64, Arc<crate::control::config::PassiveSection>)> = self
             .registry
             .cfg
             .config
             .services
             .iter()
-            .filter(|s| s.passive_health.is_some())
-            .flat_map(|s| s.backends.iter().map(move |b| (s.name.clone(), b.address)))
-            .filter_map(|key| {
-                let id = self.registry.backends.get(&key)?.id;
-                Some((key, self.new_flows(id), self.syn_retried(id)))
+            .filter_map(|s| Some((s, Arc::new(s.passive_health.clone()?))))
+            .flat_map(|(s, p)| s.backends.iter().map(move |b| ((s.name.clone(), b.address), p.clone())))
+            .filter_map(|(key, p)| {
+                let id = self.registry.backends.get(&key.0, key.1)?.id;
+                Some((key, self.new_flows(id), self.syn_retried(id), p))
             })
             .collect();
-        for ((name, addr), flows, retried) in totals {
-            let Some(svc) = self.registry.cfg.config.services.iter().find(|s| s.name == name) else {
-                continue;
-            };
-            let Some(p) = svc.passive_health.clone() else { continue };
-            let Some(st) = self.registry.backends.get_mut(&(name.clone(), addr)) else { continue };
+        for ((name, addr), flows, retried, p) in totals {
+            let Some(st) = self.registry.backends.get_mut(&name, addr) else { continue };
             let now_suspect = st.passive.observe(now, flows, retried, &p);
             if now_suspect.is_some() == st.suspect.is_some() {
                 st.suspect = now_suspect; // the reason's figures, updated
@@ -574,7 +578,7 @@ impl<'a> Management<'a> {
             let err = result.as_ref().err().cloned();
             if let Some(CheckError::NotRun(e)) = &err {
                 // Once per run of checks that cannot be made, not every interval.
-                let st = self.registry.backends.get(&key);
+                let st = self.registry.backends.get(&key.0, key.1);
                 if st.is_some_and(|b| {
                     b.last_error.as_deref().is_none_or(|l| !l.starts_with("check could not run"))
                 }) {
@@ -604,20 +608,37 @@ impl<'a> Management<'a> {
 
     /// Builds the next generation and offers it to every worker.
     fn publish(&mut self) -> Result<u64, String> {
-        self.dirty = false;
+        let st = self.build_state(&self.registry).map_err(|e| format!("forwarding state refused: {e}"))?;
+        Ok(self.publish_state(st))
+    }
+
+    /// The next forwarding state from `registry` (the one in force, or a
+    /// reload's trial), sharing unchanged services' tables with the state in
+    /// force.
+    fn build_state(
+        &self,
+        registry: &Registry,
+    ) -> Result<ForwardingState, crate::balancer::state::BuildError> {
         let n = &self.neighbours;
-        let now = self.now_ms();
-        let st = self
-            .registry
-            .build(self.generation() + 1, self.facts, &|p, ip| n.mac(p, ip), now, Some(&self.state))
-            .map_err(|e| format!("forwarding state refused: {e}"))?;
-        self.drain_deadline = self.registry.next_drain_deadline(now);
+        registry.build(
+            self.generation() + 1,
+            self.facts,
+            &|p, ip| n.mac(p, ip),
+            self.now_ms(),
+            Some(&self.state),
+        )
+    }
+
+    /// Sends `st`, built from the registry in force, to every worker.
+    fn publish_state(&mut self, st: ForwardingState) -> u64 {
+        self.dirty = false;
+        self.drain_deadline = self.registry.next_drain_deadline(self.now_ms());
         let st = Arc::new(st);
         self.unsent = self.mailboxes.iter().map(|_| Some(st.clone())).collect();
         self.state = st;
         self.offer();
         self.announce();
-        Ok(self.generation())
+        self.generation()
     }
 
     /// Offers unsent states again (a full inbox refused them).
@@ -649,12 +670,16 @@ impl<'a> Management<'a> {
 
     fn publish_and_wait(&mut self) -> Result<Applied, String> {
         let g = self.publish()?;
+        Ok(self.wait_published(g))
+    }
+
+    fn wait_published(&mut self, g: u64) -> Applied {
         let applied = self.wait_applied(g);
-        Ok(Applied {
+        Applied {
             generation: g,
             applied_ms: applied.map(|d| (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0),
             ..Applied::default()
-        })
+        }
     }
 
     /// Re-reads the configuration file; a bad one is refused and the old one
@@ -673,32 +698,37 @@ impl<'a> Management<'a> {
     }
 
     fn try_reload(&mut self) -> Result<Applied, String> {
+        let start = Instant::now();
         let path = self.cfg_path.clone().ok_or("l4lb was started without a configuration file")?;
-        let new = Config::load(&path).map_err(|e| e.to_string())?;
-        // Check that the new services build before anything changes.
-        let mut trial = self.registry.clone();
-        let sum = trial.reload(new.clone())?;
-        trial
-            .build(self.generation() + 1, self.facts, &|_, _| None, self.now_ms(), Some(&self.state))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let new = Config::load_cached(&path, &mut self.config_cache).map_err(|e| e.to_string())?;
+        // The new services must build before anything changes; the state
+        // built is the one published unless passive health changes it.
+        let (trial, sum) = self.registry.reloaded(new)?;
+        let state = self.build_state(&trial).map_err(|e| format!("{}: {e}", path.display()))?;
         // The VIPs' communities and MED: BIRD takes its new configuration
         // first (it checks it), or the reload is refused.
         if let Some(b) = &self.bird {
-            b.reconfigure(&new, &path.display().to_string()).map_err(|e| format!("bgp: {e}"))?;
+            b.reconfigure(&trial.cfg, &path.display().to_string()).map_err(|e| format!("bgp: {e}"))?;
         }
         self.registry = trial;
-        // New passive-health windows start from the counts now.
+        // The trial holds every status change so far: what follows may
+        // mark more (new passive-health windows start from the counts now).
+        self.dirty = false;
         self.passive_work(self.now_ms());
         self.sync_view();
-        self.neighbours.track(&needed_neighbours(&new));
+        self.neighbours.track(&needed_neighbours(&self.registry.cfg));
         self.rebuild_targets();
-        let mut v = self.publish_and_wait()?;
+        let g = if self.dirty { self.publish()? } else { self.publish_state(state) };
+        let mut v = self.wait_published(g);
         v.reload = Some(ReloadChanges {
             services_added: sum.services_added,
             services_removed: sum.services_removed,
             backends_added: sum.backends_added,
             backends_removed: sum.backends_removed,
             weights_changed: sum.weights_changed,
+            files_read: self.config_cache.len(),
+            files_parsed: self.config_cache.parsed(),
+            took_ms: (start.elapsed().as_secs_f64() * 1e6).round() / 1e3,
         });
         Ok(v)
     }
