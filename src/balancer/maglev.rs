@@ -58,6 +58,9 @@ pub struct MaglevTable {
     /// in the core's L2 beside the packet buffers and flow-table lines that
     /// stream through it.
     narrow: Vec<u8>,
+    /// Entries per backend index (what `l4lb ctl backends` and the metrics
+    /// show, without a walk over every entry of every table each time).
+    counts: Vec<u32>,
     size: u32,
 }
 
@@ -236,7 +239,8 @@ impl MaglevTable {
         }
         let n = order.len();
         if n == 0 {
-            return Ok(MaglevTable { entries: Vec::new(), narrow: Vec::new(), size });
+            let counts = vec![0; backends.len()];
+            return Ok(MaglevTable { entries: Vec::new(), narrow: Vec::new(), counts, size });
         }
         if n > size as usize {
             return Err(MaglevError::TooSmall { size, backends: n });
@@ -262,7 +266,11 @@ impl MaglevTable {
         }
         let entries = fill(size, &order, &target, &mut pos, &skip);
         let narrow = if n <= 1 << 8 { entries.iter().map(|&e| e as u8).collect() } else { Vec::new() };
-        Ok(MaglevTable { entries, narrow, size })
+        let mut counts = vec![0; backends.len()];
+        for &e in &entries {
+            counts[e as usize] += 1;
+        }
+        Ok(MaglevTable { entries, narrow, counts, size })
     }
 
     pub fn size(&self) -> u32 {
@@ -290,6 +298,11 @@ impl MaglevTable {
     pub fn entries(&self) -> &[u16] {
         &self.entries
     }
+
+    /// How many entries each backend index has.
+    pub fn entries_per_backend(&self) -> &[u32] {
+        &self.counts
+    }
 }
 
 #[cfg(test)]
@@ -311,6 +324,8 @@ mod tests {
         for &e in t.entries() {
             c[e as usize] += 1;
         }
+        let kept: Vec<usize> = t.entries_per_backend().iter().map(|&k| k as usize).collect();
+        assert_eq!(kept, c, "the counts kept with the table are the entries'");
         c
     }
 

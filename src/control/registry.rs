@@ -590,10 +590,7 @@ impl Registry {
 }
 
 fn count_entries(addrs: &[IpAddr], t: &MaglevTable) -> Vec<(IpAddr, u64)> {
-    let mut n = vec![0u64; addrs.len()];
-    for &e in t.entries() {
-        n[e as usize] += 1;
-    }
+    let n = t.entries_per_backend().iter().map(|&k| k as u64).chain(std::iter::repeat(0));
     addrs.iter().copied().zip(n).collect()
 }
 

@@ -826,12 +826,10 @@ impl<'a> Management<'a> {
         let st = &self.state;
         let mut out = BTreeMap::new();
         for svc in &st.services {
-            let mut n = vec![0u64; svc.backends.len()];
-            for &e in svc.maglev.entries() {
-                n[e as usize] += 1;
-            }
+            let n = svc.maglev.entries_per_backend();
             for (pos, &slot) in svc.backends.iter().enumerate() {
-                *out.entry(st.backends[slot as usize].id).or_insert(0) += n[pos];
+                *out.entry(st.backends[slot as usize].id).or_insert(0) +=
+                    n.get(pos).copied().unwrap_or(0) as u64;
             }
         }
         out
