@@ -360,7 +360,13 @@ pub fn config(data: &[u8]) {
     use crate::control::config::Config;
     use crate::control::state_build::{build_state, simulated_facts, worker_config};
     let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(cfg) = Config::parse(text, "fuzz.toml") else { return };
+    // Read in pieces (as a reload reads the main file), the text must parse
+    // as it does whole: the same configuration, or an error both ways.
+    let mut cache = crate::control::config::ConfigCache::default();
+    let pieces = Config::parse_cached(text, "fuzz.toml", &mut cache);
+    let whole = Config::parse(text, "fuzz.toml");
+    assert_eq!(pieces.as_ref().ok(), whole.as_ref().ok(), "in pieces and whole");
+    let Ok(cfg) = whole else { return };
     let Ok(v) = cfg.validate("fuzz.toml") else { return };
     let _ = v.cpu_problem();
     let _ = worker_config(&v);

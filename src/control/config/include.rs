@@ -95,41 +95,8 @@ impl Config {
     /// `cache` holds; the cache then holds the files read now.
     pub fn load_cached(path: &Path, cache: &mut ConfigCache) -> Result<Validated, ConfigError> {
         let file = path.display().to_string();
-        cache.parsed = 0;
         let text = read(path, &file, "(file)")?;
-        let (prelude, chunks) = split_services(&text).unwrap_or((&text, Vec::new()));
-        let main =
-            take(&mut cache.main, &mut cache.parsed, path, prelude.to_owned(), |t| Config::parse(t, &file))?;
-        let mut cfg = main.1.clone();
-        if !chunks.is_empty() && !cfg.services.is_empty() {
-            // Services before the first `[[services]]` too: TOML's own error.
-            cfg = Config::parse(&text, &file)?;
-        }
-        let mut kept = HashMap::new();
-        let mut changed = false;
-        for (line, chunk) in chunks {
-            let n = cfg.services.len();
-            let services = match cache.chunks.remove(chunk).or_else(|| kept.get(chunk).cloned()) {
-                Some(s) => s,
-                None => {
-                    changed = true;
-                    let f = parse_toml::<IncludedFile>(chunk, &file, line).map_err(|mut e| {
-                        if let Some(rest) = e.key.strip_prefix("services[0]") {
-                            e.key = format!("services[{n}]{rest}");
-                        }
-                        e
-                    })?;
-                    Arc::new(f.services)
-                }
-            };
-            cfg.services.extend(services.iter().cloned());
-            kept.insert(chunk.to_owned(), services);
-        }
-        // The main file counts once as parsed when any part of it was.
-        if changed && cache.parsed == 0 {
-            cache.parsed = 1;
-        }
-        cache.chunks = kept;
+        let mut cfg = Config::parse_cached(&text, &file, cache)?;
         let mut seen = HashMap::new();
         let dir = path.parent().unwrap_or(Path::new("."));
         let mut origins = Vec::new();
@@ -153,9 +120,51 @@ impl Config {
                 seen.insert(p, entry);
             }
         }
-        cache.main = HashMap::from([(path.to_path_buf(), main)]);
         cache.included = seen;
         cfg.validate(&file).map_err(|e| relocate(e, &origins))
+    }
+
+    /// [`Config::parse`] of the main file's text, taking what `cache` holds
+    /// for the parts whose text is unchanged (see [`split_services`]): the
+    /// same result as parsing the text whole.
+    pub fn parse_cached(text: &str, file: &str, cache: &mut ConfigCache) -> Result<Config, ConfigError> {
+        cache.parsed = 0;
+        let (prelude, chunks) = split_services(text).unwrap_or((text, Vec::new()));
+        let main = take(&mut cache.main, &mut cache.parsed, Path::new(file), prelude.to_owned(), |t| {
+            Config::parse(t, file)
+        })?;
+        let mut cfg = main.1.clone();
+        if !chunks.is_empty() && !cfg.services.is_empty() {
+            // Services before the first `[[services]]` too: TOML's own error.
+            cfg = Config::parse(text, file)?;
+        }
+        let mut kept = HashMap::new();
+        let mut changed = false;
+        for (line, chunk) in chunks {
+            let n = cfg.services.len();
+            let services = match cache.chunks.remove(chunk).or_else(|| kept.get(chunk).cloned()) {
+                Some(s) => s,
+                None => {
+                    changed = true;
+                    let f = parse_toml::<IncludedFile>(chunk, file, line).map_err(|mut e| {
+                        if let Some(rest) = e.key.strip_prefix("services[0]") {
+                            e.key = format!("services[{n}]{rest}");
+                        }
+                        e
+                    })?;
+                    Arc::new(f.services)
+                }
+            };
+            cfg.services.extend(services.iter().cloned());
+            kept.insert(chunk.to_owned(), services);
+        }
+        // The main file counts once as parsed when any part of it was.
+        if changed && cache.parsed == 0 {
+            cache.parsed = 1;
+        }
+        cache.chunks = kept;
+        cache.main = HashMap::from([(PathBuf::from(file), main)]);
+        Ok(cfg)
     }
 
     /// Parses TOML text; `file` is used in error messages.
@@ -213,6 +222,11 @@ pub(super) fn split_services(text: &str) -> Option<(&str, Vec<(usize, &str)>)> {
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let t = line.trim_start();
+        // A key `services` (`services = []` before the tables) would clash
+        // with the tables in the whole text, not in pieces.
+        if t.strip_prefix("services").is_some_and(|r| r.trim_start().starts_with(['=', '.'])) {
+            return None;
+        }
         if t.starts_with('[') {
             let head = t.split('#').next().unwrap_or_default();
             if head.contains(['"', '\'']) {

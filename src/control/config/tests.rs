@@ -640,6 +640,7 @@ fn a_file_read_in_pieces_reads_as_the_whole() {
         format!("{a}\n{}", b.replace("port = 80", "port = 80\nbogus = 1")),
         format!("{a}\n{a}"),
         format!("services = []\n{a}"),
+        format!("{a}\nservices.x = 1\n"),
         format!("{a}\nname = \"again\"\n"),
     ];
     let dir = std::env::temp_dir().join(format!("l4lb-pieces-{}", std::process::id()));
