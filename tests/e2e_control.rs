@@ -294,6 +294,28 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     let st = ctl_json(&sock, "status");
     assert_eq!(st["generation"].as_u64(), Some(generation));
     assert!(st["reloads"]["last"].as_str().unwrap().starts_with("refused"), "{st}");
+    // A service from an included file: a reload adds it, the next parses only
+    // the file that changed, and an error in it names that file.
+    std::fs::create_dir_all(m.dir.join("services.d")).unwrap();
+    let extra =
+        |w: u32| service("extra", "198.18.100.9", "tcp", 8080, "forwarding = \"l2\"", &backends(&[1], &[w]));
+    std::fs::write(m.dir.join("services.d/extra.toml"), extra(1)).unwrap();
+    m.write_config(&format!(
+        "include = [\"services.d\"]\n{}",
+        m.config(&services(&backends(&keep, &[1, 1])))
+    ));
+    let (ok, out) = ctl(&sock, "reload");
+    assert!(ok && out.contains("services added: extra") && out.contains("2 files read, 2 parsed"), "{out}");
+    std::fs::write(m.dir.join("services.d/extra.toml"), extra(3)).unwrap();
+    let (ok, out) = ctl(&sock, "reload");
+    assert!(
+        ok && out.contains("weights changed: extra/198.18.0.11") && out.contains("2 files read, 1 parsed"),
+        "{out}"
+    );
+    std::fs::write(m.dir.join("services.d/extra.toml"), extra(1).replace("198.18.100.9", "198.18.100.300"))
+        .unwrap();
+    let (ok, out) = ctl(&sock, "reload");
+    assert!(!ok && out.contains("extra.toml: services[0].vip"), "{out}");
     let wrk_out = wrk.wait_with_output().unwrap();
     let wrk_text = String::from_utf8_lossy(&wrk_out.stdout).into_owned();
     assert!(wrk_text.contains("requests in"), "{wrk_text}");
