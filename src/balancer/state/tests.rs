@@ -192,25 +192,30 @@ fn source_ip_is_sticky_per_prefix() {
     assert_eq!(masked_source(&k4, 20, 0), mapped(Ipv4Addr::new(198, 18, 0, 0)));
 }
 
-#[test]
-fn duplicate_services_and_ids_are_refused() {
-    let s = state(Scheduler::Maglev, vec![backend(0, 11, 1)]);
-    let svc = ServiceSpec {
-        name: "x".into(),
-        vip: s.services[0].vip,
-        proto: 6,
+/// A TCP port-80 Maglev service in L2 mode.
+fn l2_spec(name: &str, vip: IpAddr, maglev_size: u32, backends: Vec<Backend>) -> ServiceSpec {
+    ServiceSpec {
+        name: name.into(),
+        vip,
+        proto: crate::net::proto::TCP,
         port: 80,
         forwarding: Forwarding::L2,
         scheduler: Scheduler::Maglev,
         persistence_ms: 0,
         timeouts: Timeouts::default(),
         answer_arp: false,
-        maglev_size: 101,
-        backends: vec![backend(0, 11, 1)],
+        maglev_size,
+        backends,
         access: None,
         stats: ServiceStats::new(1),
         quota: None,
-    };
+    }
+}
+
+#[test]
+fn duplicate_services_and_ids_are_refused() {
+    let s = state(Scheduler::Maglev, vec![backend(0, 11, 1)]);
+    let svc = l2_spec("x", s.services[0].vip, 101, vec![backend(0, 11, 1)]);
     let mut other = svc.clone();
     other.port = 81;
     assert_eq!(
@@ -231,21 +236,8 @@ fn a_rebuild_shares_the_maglev_tables_of_services_that_did_not_change() {
         mtu: 1500,
         ..Default::default()
     };
-    let spec = |i: u8, backends: Vec<Backend>| ServiceSpec {
-        name: format!("s{i}"),
-        vip: IpAddr::V4(Ipv4Addr::new(198, 18, 100, i)),
-        proto: crate::net::proto::TCP,
-        port: 80,
-        forwarding: Forwarding::L2,
-        scheduler: Scheduler::Maglev,
-        persistence_ms: 0,
-        timeouts: Timeouts::default(),
-        answer_arp: false,
-        maglev_size: 251,
-        backends,
-        access: None,
-        stats: ServiceStats::new(1),
-        quota: None,
+    let spec = |i: u8, backends: Vec<Backend>| {
+        l2_spec(&format!("s{i}"), IpAddr::V4(Ipv4Addr::new(198, 18, 100, i)), 251, backends)
     };
     // Ids `base + 1..=3` (ids are per service and backend).
     let three = |base: u32, w: u32, draining: bool| {
