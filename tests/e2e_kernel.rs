@@ -55,9 +55,11 @@ fn start_box_with(kernel_extra: &str, sections: &str) -> Box_ {
         lan.backends.iter().map(|b| format!("{{ address = \"{}\", mac = \"{}\" }}", b.v4, b.mac)).collect();
     // Health checks from the box's kernel: through the port's kernel
     // interface (the box has no other way to the LAN).
-    // Three failures in a row take a backend down: one or two checks late on
-    // a loaded two-CPU runner (the flood test) must not flap it.
-    let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 300, timeout_ms = 250, rise = 1, fall = 3 }";
+    // Three failures in a row, a second apart, take a backend down: on a
+    // loaded two-CPU runner the flood test starved every check for most of a
+    // second at once (all three backends went down together) and broke wrk's
+    // connections; a dead backend is still down within about 3 s.
+    let extra = "forwarding = \"l2\"\nhealth = { check = \"http\", path = \"/health\", interval_ms = 1000, timeout_ms = 900, rise = 1, fall = 3 }";
     let services = service("web", VIP, "tcp", 80, extra, &backends);
     let port_extra = format!("kernel = {{ name = \"lan\"{kernel_extra} }}");
     let l4lb = L4lb::start_in(Some(&ns), &l4lb_config_port(&tap, &control, &services, 1, &port_extra), &dir);
