@@ -126,7 +126,11 @@ pub fn run(
     if workers.len() != cfg.workers.len() {
         return Err(RunError::Lcores { got: workers.len(), want: cfg.workers.len() });
     }
-    let pool = Mempool::new(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, -1).map_err(RunError::Pool)?;
+    let pool = match cfg.mbuf_data_room() {
+        Some(room) => Mempool::with_data_room(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, room, -1),
+        None => Mempool::new(&eal, "l4lb_pkts", cfg.mbufs(), MEMPOOL_CACHE, -1),
+    }
+    .map_err(RunError::Pool)?;
     let mut ports = start_ports(cfg, &eal, &pool)?;
     let kernel_ports = start_kernel_ports(cfg, &eal, &pool, &ports)?;
     let kernel_link = KernelLink::new(

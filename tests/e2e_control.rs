@@ -136,6 +136,16 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
     );
     assert!(metric(&text, "l4lb_port_rx_packets_total{port=\"lan\"}").unwrap() >= 28.0);
     assert!(metric(&text, "l4lb_flow_table_capacity{worker=\"0\"}").unwrap() >= 65536.0);
+    // Flows and the slots they take, summed over workers: every flow here is
+    // IPv4, one slot each.
+    let per_worker = |family: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with(&format!("{family}{{worker=")))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum()
+    };
+    let flows = per_worker("l4lb_flow_table_entries");
+    assert!(flows >= 1.0 && per_worker("l4lb_flow_table_slots_used") == flows, "{text}");
     assert!(text.contains("# TYPE l4lb_backend_packets_total counter"));
     // Each worker's poll gaps: published as a gauge and a counter, and in ctl stats.
     assert!(metric(&text, "l4lb_worker_longest_poll_gap_microseconds{worker=\"0\"}").is_some(), "{text}");

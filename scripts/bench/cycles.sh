@@ -10,10 +10,14 @@
 # up to the measured cycles per packet, then the symbols.
 #
 #   scripts/bench/cycles.sh [--flows N] [--mix established|syn] [--forwarding ipip|l2]
-#                           [--seconds S] [--table ENTRIES]
+#                           [--seconds S] [--warm S] [--table ENTRIES] [--mbuf-room BYTES]
 #
 # Defaults: 1000 established IPv4 flows of 64 B, ipip, 5 s after a 3-second
 # warm-up. Needs perf (Debian package linux-perf) and what testpmd.sh needs.
+# Ten million flows need ten million mbufs in memory: `--flows 10000000
+# --table 16777216 --mbuf-room 256 --warm 8` (both programs get 256-byte data
+# rooms: about 5.5 GiB of hugepages), and the same --mbuf-room for the 1M run
+# it is compared with.
 # Software sampling (cpu-clock, 4 kHz) works in VMs without a PMU; inlined
 # functions count as the function they were inlined into.
 set -euo pipefail
@@ -25,6 +29,7 @@ FWD=ipip
 SECONDS_MEASURE=5
 WARM=3
 TABLE=
+MBUF_ROOM=
 while [ $# -gt 0 ]; do
   case "$1" in
     --flows) FLOWS_N=$2; shift 2 ;;
@@ -32,7 +37,9 @@ while [ $# -gt 0 ]; do
     --forwarding) FWD=$2; shift 2 ;;
     --seconds) SECONDS_MEASURE=$2; shift 2 ;;
     --table) TABLE=$2; shift 2 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --warm) WARM=$2; shift 2 ;;
+    --mbuf-room) MBUF_ROOM=$2; shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1 (try --help)"; exit 2 ;;
   esac
 done
@@ -92,4 +99,4 @@ done
 /usr/bin/python3 scripts/bench/cycles.py --tsc-hz "$tsc" \
   --run "testpmd io" "$io" "$WORK/cycles-testpmd-sym.txt" "$WORK/cycles-testpmd-srcfile.txt" \
   --run "l4lb $FWD" "$mpps" "$WORK/cycles-l4lb-sym.txt" "$WORK/cycles-l4lb-srcfile.txt" \
-  --title "v4 $MIX, $FLOWS_N flows, 64 B, one worker, $(date -u +%F), $(lscpu | sed -n 's/^Model name: *//p')"
+  --title "v4 $MIX, $FLOWS_N flows, 64 B, a $table-slot table${MBUF_ROOM:+, $MBUF_ROOM-byte mbufs}, one worker, $(date -u +%F), $(lscpu | sed -n 's/^Model name: *//p')"

@@ -100,17 +100,20 @@ bench_captures() {
   echo "$pcaps"
 }
 
-# bench_testpmd MODE PCAPARGS PACKETS -> Mpps (median of port 0 Rx-pps after the warm-up)
+# bench_testpmd MODE PCAPARGS PACKETS -> Mpps (median of port 0 Rx-pps after the warm-up).
+# MBUF_ROOM (bytes, headroom included), when set, sizes every mbuf's data room,
+# for testpmd and l4lb (bench_l4lb_config) alike.
 bench_testpmd() {
   local mode=$1 pcaps=$2 packets=$3 log=$WORK/testpmd.log
-  local mbufs=$((packets + 65536))
+  local mbufs=$((packets + 65536)) room=
+  [ -n "${MBUF_ROOM:-}" ] && room=--mbuf-size=$MBUF_ROOM
   # In the background with its PID on file, so bench_cleanup can stop it
   # (this function runs in a subshell) if the run is interrupted.
   timeout -s INT $((WARM + SECONDS_MEASURE + 4 + packets / 200000)) \
     dpdk-testpmd --lcores "$(bench_lcores)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
       --vdev "net_pcap0,${pcaps}infinite_rx=1" --vdev "net_null0,no-rx=1" -- \
       --forward-mode="$mode" --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" \
-      --total-num-mbufs="$mbufs" --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 &
+      --total-num-mbufs="$mbufs" $room --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 &
   local t=$!
   # timeout runs testpmd as its child: the PID to stop is the child's.
   for _ in $(seq 1 50); do
@@ -141,6 +144,7 @@ lcores = "$(bench_lcores)"
 devices = ["net_pcap0,${pcaps}infinite_rx=1", "net_null0,no-rx=1"]
 file_prefix = "l4lbbench"
 mbufs = $((packets + 65536))
+${MBUF_ROOM:+mbuf_data_room = $MBUF_ROOM}
 log_level = "lib.eal:warning"
 [workers]
 flow_table_capacity = $table
@@ -172,10 +176,12 @@ EOF
 }
 
 # bench_hugepages MAX_PACKETS: reserves enough for a process that holds a whole
-# capture of that many packets in mbufs (~2.5 KiB each) plus its rings.
+# capture of that many packets in mbufs (~2.5 KiB each, or MBUF_ROOM plus 320
+# bytes of mbuf header and pool overhead) plus its rings.
 bench_hugepages() {
-  local max_packets=$1 mb
-  mb=$(( (max_packets < 4096 ? 4096 : max_packets) * 5 / 2 / 1024 + 512 ))
+  local max_packets=$1 mb per=2560
+  [ -n "${MBUF_ROOM:-}" ] && per=$((MBUF_ROOM + 320))
+  mb=$(( (max_packets < 4096 ? 4096 : max_packets) * per / 1048576 + 512 ))
   echo "== hugepages: ${mb} MiB for captures of up to $max_packets packets"
   scripts/setup-hugepages.sh "$mb" >/dev/null || { echo "could not reserve ${mb} MiB of hugepages"; return 1; }
 }

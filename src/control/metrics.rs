@@ -453,7 +453,7 @@ pub fn workers(e: &mut Exposition, per: &[WorkerStats]) {
         }
     }
     type Get = fn(&WorkerStats) -> u64;
-    let gauges: [(&str, &str, Get); 4] = [
+    let gauges: [(&str, &str, Get); 5] = [
         ("l4lb_worker_state_generation", "Forwarding-state generation the worker uses.", |s| s.generation),
         (
             "l4lb_worker_longest_poll_gap_microseconds",
@@ -462,10 +462,15 @@ pub fn workers(e: &mut Exposition, per: &[WorkerStats]) {
         ),
         (
             "l4lb_flow_table_entries",
-            "Occupied flow-table slots (expired ones not yet reclaimed included).",
+            "Flows in the flow table, expired ones not yet reclaimed included (an IPv6 flow takes two slots).",
             |s| s.flows,
         ),
-        ("l4lb_flow_table_capacity", "Flow-table slots.", |s| s.flow_capacity),
+        (
+            "l4lb_flow_table_slots_used",
+            "Flow-table slots taken: one per IPv4 flow, two per IPv6 flow.",
+            |s| s.flow_slots_used,
+        ),
+        ("l4lb_flow_table_capacity", "Flow-table slots: IPv4 flows it holds when full.", |s| s.flow_capacity),
     ];
     for (name, help, get) in gauges {
         e.family(name, "gauge", help);

@@ -240,7 +240,9 @@ impl BalanceWorker<'_> {
         }
         c[Counter::Stalls] = gaps.stalls;
         stats.longest_poll_gap_us = gaps.longest_tsc * 1000 / tsc_per_ms;
-        (stats.flows, stats.flow_capacity) = (p.flows().len() as u64, p.flows().capacity() as u64);
+        let f = p.flows();
+        (stats.flows, stats.flow_slots_used, stats.flow_capacity) =
+            (f.len() as u64, f.slots_used() as u64, f.capacity() as u64);
         mailbox.telemetry.publish(stats, state, |id| p.active_flows(id));
         while let Some(q) = mailbox.queries.pop() {
             let _ = mailbox.answers.push(FlowAnswer {

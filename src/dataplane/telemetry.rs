@@ -17,8 +17,10 @@ pub struct WorkerStats {
     /// The longest gap between two polls, in microseconds (see
     /// `forward::PollGaps`); over workers, the longest.
     pub longest_poll_gap_us: u64,
-    /// Occupied flow-table slots and the table's size.
+    /// Flows in the flow table, the slots they take (an IPv6 flow two) and
+    /// the table's slots.
     pub flows: u64,
+    pub flow_slots_used: u64,
     pub flow_capacity: u64,
     /// Forwarding-state generation in use (over workers: the lowest).
     pub generation: u64,
@@ -30,6 +32,7 @@ impl std::ops::AddAssign for WorkerStats {
         self.counters += &o.counters;
         self.longest_poll_gap_us = self.longest_poll_gap_us.max(o.longest_poll_gap_us);
         self.flows += o.flows;
+        self.flow_slots_used += o.flow_slots_used;
         self.flow_capacity += o.flow_capacity;
         self.generation = if first { o.generation } else { self.generation.min(o.generation) };
     }
@@ -41,6 +44,7 @@ pub struct WorkerTelemetry {
     counters: [AtomicU64; ROWS],
     longest_poll_gap_us: AtomicU64,
     flows: AtomicU64,
+    flow_slots_used: AtomicU64,
     flow_capacity: AtomicU64,
     generation: AtomicU64,
     /// Active flows by backend id (only ids in the worker's current state
@@ -64,6 +68,7 @@ impl WorkerTelemetry {
             counters: std::array::from_fn(|_| z()),
             longest_poll_gap_us: z(),
             flows: z(),
+            flow_slots_used: z(),
             flow_capacity: z(),
             generation: z(),
             active: (0..backend_ids).map(|_| AtomicU32::new(0)).collect(),
@@ -78,6 +83,7 @@ impl WorkerTelemetry {
         }
         put(&self.longest_poll_gap_us, stats.longest_poll_gap_us);
         put(&self.flows, stats.flows);
+        put(&self.flow_slots_used, stats.flow_slots_used);
         put(&self.flow_capacity, stats.flow_capacity);
         put(&self.generation, state.generation);
         for b in &state.backends {
@@ -93,6 +99,7 @@ impl WorkerTelemetry {
             counters: Counters::from_array(std::array::from_fn(|i| get(&self.counters[i]))),
             longest_poll_gap_us: get(&self.longest_poll_gap_us),
             flows: get(&self.flows),
+            flow_slots_used: get(&self.flow_slots_used),
             flow_capacity: get(&self.flow_capacity),
             generation: get(&self.generation),
         }
@@ -134,6 +141,7 @@ mod tests {
             counters: Counters::from_array(std::array::from_fn(|i| 1000 + i as u64)),
             longest_poll_gap_us: 1500,
             flows: 3,
+            flow_slots_used: 5,
             flow_capacity: 1024,
             generation: 0,
         };

@@ -11,13 +11,14 @@
 //!   first (primary) bucket while it has room to spare, so most lookups need
 //!   one signature line: the burst lookup fetches the second only for keys
 //!   that are not found in the first.
-//! - Each bucket is one 64-byte cache line: its 16-bit signatures (0 =
-//!   empty), checked before any entry is touched; each slot's eviction rank
-//!   (below); and each slot's backend id again, so an eviction lowers the
-//!   victim backend's active-flow count without reading the victim's entry.
-//!   Entries are 64 bytes, one cache line each. A lookup reads the bucket
-//!   line and one entry; an insert the two bucket lines and the slot it
-//!   writes.
+//! - Each bucket is half a cache line: its 16-bit signatures (0 = empty),
+//!   checked before any entry is touched, and each slot's eviction rank
+//!   (below). Entries are 32-byte slots, two to a line (`slot.rs`): an IPv4
+//!   flow takes one slot, an IPv6 flow an aligned pair (one line), its
+//!   second slot marked [`PAIRED`] in the bucket. A lookup reads the bucket
+//!   and one line of entries; an insert the two buckets and the line it
+//!   writes, whose victim's backend id it reads as it overwrites it. In all
+//!   36 bytes per slot.
 //! - Entries carry an expiry time set from the service's timeouts for their
 //!   TCP state or protocol. Expired entries count as absent and are reclaimed
 //!   by inserts and by an incremental [`FlowTable::sweep`].
@@ -37,7 +38,11 @@
 
 use super::flow::FlowKey;
 use super::Prefetch;
+use slot::{pack, Line, Packed, Slot};
 use wide::{i16x8, CmpEq, CmpLt};
+
+mod pairs;
+mod slot;
 
 pub const BUCKET_SLOTS: usize = 8;
 /// Inserts use the primary bucket while it has at least this many free slots.
@@ -112,9 +117,9 @@ impl Timeouts {
     }
 }
 
-/// One tracked flow: 64 bytes, one cache line.
+/// One tracked flow, as inserted and as [`FlowTable::entry`] reads it back
+/// (the table stores it packed: `slot.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[repr(C, align(64))]
 pub struct Entry {
     pub key: FlowKey,
     /// Stable backend id (see `state::Backend::id`).
@@ -123,7 +128,39 @@ pub struct Entry {
     pub state: FlowState,
 }
 
-/// A key's two buckets and signature (see [`FlowTable::place_of`]).
+/// A tracked flow's backend, state and expiry as [`FlowTable::tracked`]
+/// read them.
+#[derive(Debug, Clone, Copy)]
+pub struct Tracked(Slot);
+
+impl Tracked {
+    #[inline(always)]
+    pub fn backend(&self) -> u32 {
+        self.0.backend()
+    }
+
+    #[inline(always)]
+    pub fn state(&self) -> FlowState {
+        self.0.state()
+    }
+
+    #[inline(always)]
+    pub fn expires_ms(&self) -> u64 {
+        self.0.expires_ms()
+    }
+}
+
+/// A flow to insert, less its key ([`FlowTable::insert_at`] takes the key
+/// by reference: a new flow's key is not copied before it is packed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewFlow {
+    pub backend: u32,
+    pub state: FlowState,
+    pub expires_ms: u64,
+}
+
+/// A key's two buckets and signature, and the key as stored (see
+/// [`FlowTable::place_of`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Place {
     b1: u32,
@@ -131,6 +168,9 @@ pub struct Place {
     sig: u16,
     /// The key's preferred slot in a bucket (see [`FlowTable::insert`]).
     pref: u8,
+    /// Packed once here for the lookup and the insert (default where only
+    /// the hash was known: such a place only prefetches).
+    key: Packed,
 }
 
 impl Place {
@@ -166,18 +206,20 @@ pub struct FlowTableStats {
     pub evicted_established: u64,
 }
 
-/// A bucket's signatures (0 = empty slot) and, beside them in the same cache
-/// line, each slot's eviction rank (established bit and coarse expiry) and
-/// backend id. Choosing a victim and releasing it read this line per bucket
-/// instead of 8 entries.
+/// A bucket's signatures (0 = empty slot, [`PAIRED`] = the second slot of
+/// an IPv6 flow) and, beside them, each slot's eviction rank (established
+/// bit and coarse expiry; a pair's second slot has its first's). Choosing a
+/// victim reads this half line per bucket instead of 8 entries.
 #[derive(Debug, Clone, Copy, Default)]
-#[repr(C, align(64))]
+#[repr(C, align(32))]
 struct Bucket {
     sig: [u16; BUCKET_SLOTS],
     rank: [u16; BUCKET_SLOTS],
-    /// Each slot's backend id (a copy of the entry's).
-    owner: [u32; BUCKET_SLOTS],
 }
+
+/// The signature of an IPv6 flow's second slot. Keys' signatures are odd, so
+/// no key matches it, and it is not 0, so the slot is not free.
+const PAIRED: u16 = 2;
 
 /// Rank: expiry in units of 2^10 ms (about 1 s), 15 bits (a 9-hour circle;
 /// expiries are clamped to 4 hours ahead so comparisons stay on one half),
@@ -239,9 +281,13 @@ fn preferred_slot(hash: u64) -> usize {
 
 pub struct FlowTable {
     sigs: Vec<Bucket>,
-    entries: Vec<Entry>,
+    /// The slots, two to a line.
+    lines: Vec<Line>,
     mask: usize,
-    len: usize,
+    /// Slots taken (an IPv6 flow takes two).
+    used: usize,
+    /// Flows tracked.
+    flows: usize,
     sweep_at: usize,
     stats: FlowTableStats,
     /// Whether any entry was ever given an expiry beyond the rank horizon
@@ -254,8 +300,8 @@ pub struct FlowTable {
 }
 
 #[inline(always)]
-fn expired(e: &Entry, now_ms: u64) -> bool {
-    e.expires_ms <= now_ms
+fn expired(e: &Slot, now_ms: u64) -> bool {
+    e.expires_ms() <= now_ms
 }
 
 impl FlowTable {
@@ -274,14 +320,15 @@ impl FlowTable {
         let mut sigs: Vec<Bucket> = Vec::with_capacity(buckets);
         advise(sigs.spare_capacity_mut().as_ptr() as usize, buckets * std::mem::size_of::<Bucket>());
         sigs.resize(buckets, Bucket::default());
-        let mut entries: Vec<Entry> = Vec::with_capacity(cap);
-        advise(entries.spare_capacity_mut().as_ptr() as usize, cap * std::mem::size_of::<Entry>());
-        entries.resize(cap, Entry::default());
+        let mut lines: Vec<Line> = Vec::with_capacity(cap / 2);
+        advise(lines.spare_capacity_mut().as_ptr() as usize, cap / 2 * std::mem::size_of::<Line>());
+        lines.resize(cap / 2, Line::default());
         FlowTable {
             sigs,
-            entries,
+            lines,
             mask: buckets - 1,
-            len: 0,
+            used: 0,
+            flows: 0,
             sweep_at: 0,
             stats: FlowTableStats::default(),
             pinned: false,
@@ -289,17 +336,60 @@ impl FlowTable {
         }
     }
 
+    /// Slots: IPv4 flows the table holds when full (an IPv6 flow takes two).
     pub fn capacity(&self) -> usize {
-        self.entries.len()
+        self.lines.len() * 2
     }
 
-    /// Occupied slots, expired-but-not-reclaimed ones included.
+    /// Flows held, expired-but-not-reclaimed ones included.
     pub fn len(&self) -> usize {
-        self.len
+        self.flows
+    }
+
+    /// Slots taken (an IPv6 flow takes two).
+    pub fn slots_used(&self) -> usize {
+        self.used
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.flows == 0
+    }
+
+    /// The table's memory: its buckets and slots.
+    pub fn bytes(&self) -> usize {
+        self.sigs.len() * std::mem::size_of::<Bucket>() + self.lines.len() * std::mem::size_of::<Line>()
+    }
+
+    #[inline(always)]
+    fn at(&self, slot: usize) -> &Slot {
+        &bytemuck::cast_slice::<Line, Slot>(&self.lines)[slot]
+    }
+
+    #[inline(always)]
+    fn at_mut(&mut self, slot: usize) -> &mut Slot {
+        &mut bytemuck::cast_slice_mut::<Line, Slot>(&mut self.lines)[slot]
+    }
+
+    /// Whether slot `i` of bucket `b` is the first of an IPv6 flow's pair.
+    #[inline(always)]
+    fn paired(&self, b: usize, i: usize) -> bool {
+        i % 2 == 0 && self.sigs[b].sig[(i + 1) & (BUCKET_SLOTS - 1)] == PAIRED
+    }
+
+    /// Slot `s`'s flow's first slot (a pair's second slot names the first).
+    #[inline(always)]
+    fn head_of(&self, s: usize) -> usize {
+        s - (self.sigs[s / BUCKET_SLOTS].sig[s % BUCKET_SLOTS] == PAIRED) as usize
+    }
+
+    /// Sets the rank of the flow whose first slot is `s` (both slots of a pair).
+    #[inline(always)]
+    fn set_rank(&mut self, s: usize, r: u16) {
+        let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
+        if self.paired(b, i) {
+            self.sigs[b].rank[i + 1] = r;
+        }
+        self.sigs[b].rank[i] = r;
     }
 
     pub fn stats(&self) -> FlowTableStats {
@@ -321,19 +411,28 @@ impl FlowTable {
         (b ^ ((sig as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 24) as usize) & self.mask
     }
 
-    /// Where a hash lives: its two buckets and signature, computed once and
-    /// reused by the prefetch stages and the lookup.
+    /// Where `key` (whose hash is `hash`) lives: its two buckets and
+    /// signature, and the key packed, computed once and reused by the
+    /// prefetch stages, the lookup and the insert.
     #[inline(always)]
-    pub fn place_of(&self, hash: u64) -> Place {
+    pub fn place_of(&self, key: &FlowKey, hash: u64) -> Place {
+        let (p, at) = (pack(key), self.place_of_hash(hash));
+        // An IPv6 key's preferred pair starts at the even slot of that line.
+        Place { key: p, pref: at.pref & !(p.v6() as u8), ..at }
+    }
+
+    /// A place for prefetching only (no key).
+    #[inline(always)]
+    fn place_of_hash(&self, hash: u64) -> Place {
         let (b1, b2, sig) = self.place(hash);
-        Place { b1: b1 as u32, b2: b2 as u32, sig, pref: preferred_slot(hash) as u8 }
+        Place { b1: b1 as u32, b2: b2 as u32, sig, pref: preferred_slot(hash) as u8, key: Packed::default() }
     }
 
     /// The first stage of a burst lookup: prefetches the primary signature
     /// line of `hash` and the entry in the key's preferred slot there.
     #[inline(always)]
     pub fn prefetch<P: Prefetch>(&self, hash: u64, p: &P) {
-        self.prefetch_place(&self.place_of(hash), p)
+        self.prefetch_place(&self.place_of_hash(hash), p)
     }
 
     /// As [`FlowTable::prefetch`] for a computed place. The preferred entry,
@@ -343,7 +442,7 @@ impl FlowTable {
     pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
         p.prefetch(&self.sigs[b1]);
-        p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref()]);
+        p.prefetch(self.at(b1 * BUCKET_SLOTS + at.pref()));
     }
 
     /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
@@ -357,8 +456,8 @@ impl FlowTable {
         let b1 = at.b1 as usize;
         p.prefetch(&self.sigs[b1]);
         p.prefetch(&self.sigs[at.b2 as usize]);
-        if self.len < self.high_water() {
-            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + at.pref()]);
+        if self.used < self.high_water() {
+            p.prefetch(self.at(b1 * BUCKET_SLOTS + at.pref()));
         }
     }
 
@@ -371,7 +470,7 @@ impl FlowTable {
     /// free entry (where a new flow will most likely be written).
     #[inline(always)]
     pub fn prefetch_entry<P: Prefetch>(&self, hash: u64, p: &P) {
-        self.prefetch_entry_place(&self.place_of(hash), p)
+        self.prefetch_entry_place(&self.place_of_hash(hash), p)
     }
 
     /// As [`FlowTable::prefetch_entry`] for a computed place.
@@ -384,7 +483,7 @@ impl FlowTable {
         }
         if let Some(i) = self.first(b1, at.sig) {
             if i != pref {
-                p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+                p.prefetch(self.at(b1 * BUCKET_SLOTS + i));
             }
             return;
         }
@@ -393,10 +492,10 @@ impl FlowTable {
         // bucket's line: a third pass would come too late), or a new flow.
         let b2 = at.b2 as usize;
         p.prefetch(&self.sigs[b2]);
-        p.prefetch(&self.entries[b2 * BUCKET_SLOTS + pref]);
+        p.prefetch(self.at(b2 * BUCKET_SLOTS + pref));
         if self.sigs[b1].sig[pref] != 0 {
             if let Some(i) = self.first(b1, 0) {
-                p.prefetch(&self.entries[b1 * BUCKET_SLOTS + i]);
+                p.prefetch(self.at(b1 * BUCKET_SLOTS + i));
             }
         }
     }
@@ -419,7 +518,7 @@ impl FlowTable {
         let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref());
         if self.sigs[b1].sig[pref] == at.sig {
             // (The first stage fetched it only below the high-water mark.)
-            p.prefetch(&self.entries[b1 * BUCKET_SLOTS + pref]);
+            p.prefetch(self.at(b1 * BUCKET_SLOTS + pref));
             return None;
         }
         let known = self
@@ -427,15 +526,15 @@ impl FlowTable {
             .map(|i| b1 * BUCKET_SLOTS + i)
             .or_else(|| self.first(b2, at.sig).map(|i| b2 * BUCKET_SLOTS + i));
         if let Some(s) = known {
-            p.prefetch(&self.entries[s]);
+            p.prefetch(self.at(s));
             return None;
         }
         let s = match self.free_pick(b1, b2, pref) {
             Some(s) => s,
-            None if self.len < self.high_water() => return None, // the insert will move an entry instead
+            None if self.used < self.high_water() => return None, // the insert will move an entry instead
             None => self.victim(b1, b2, now_ms),
         };
-        p.prefetch(&self.entries[s]);
+        p.prefetch(self.at(s));
         let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
         Some(InsertHint {
             slot: s as u32,
@@ -456,16 +555,24 @@ impl FlowTable {
     /// Above this many entries, inserts evict rather than move entries.
     #[inline(always)]
     fn high_water(&self) -> usize {
-        self.entries.len() - self.entries.len() / 32
+        self.capacity() - self.capacity() / 32
+    }
+
+    /// Whether the flow whose first slot is `slot` is `key` (packed: `p`)
+    /// and live.
+    #[inline(always)]
+    fn holds(&self, slot: usize, p: &Packed, key: &FlowKey, now_ms: u64) -> bool {
+        let e = self.at(slot);
+        // An IPv6 head is always an even slot with its pair beside it.
+        e.holds(p) && !expired(e, now_ms) && (!p.v6() || self.at(slot | 1).holds_addresses(key))
     }
 
     #[inline(always)]
-    fn find_in(&self, b: usize, sig: u16, key: &FlowKey, now_ms: u64) -> Option<usize> {
+    fn find_in(&self, b: usize, sig: u16, p: &Packed, key: &FlowKey, now_ms: u64) -> Option<usize> {
         let mut m = holding(&self.sigs[b].sig, sig);
         while m != 0 {
             let slot = b * BUCKET_SLOTS + m.trailing_zeros() as usize;
-            let e = &self.entries[slot];
-            if e.key == *key && !expired(e, now_ms) {
+            if self.holds(slot, p, key, now_ms) {
                 return Some(slot);
             }
             m &= m - 1;
@@ -476,23 +583,29 @@ impl FlowTable {
     /// The slot of a live entry for `key` (`hash` = `key.hash()`).
     #[inline]
     pub fn lookup(&self, key: &FlowKey, hash: u64, now_ms: u64) -> Option<usize> {
-        self.lookup_place(key, &self.place_of(hash), now_ms)
+        self.lookup_place(key, &self.place_of(key, hash), now_ms)
     }
 
     /// As [`FlowTable::lookup`] for a computed place. Always inlined: the
     /// burst loop calls it for every packet.
     #[inline(always)]
     pub fn lookup_place(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<usize> {
+        debug_assert_eq!(at.key, pack(key), "a place made for another key");
         let (b1, b2) = (at.b1 as usize, at.b2 as usize);
+        let p = &at.key;
         // Most keys sit in their preferred slot of the primary bucket.
-        let pref = b1 * BUCKET_SLOTS + at.pref();
-        if self.sigs[b1].sig[at.pref()] == at.sig {
-            let e = &self.entries[pref];
-            if e.key == *key && !expired(e, now_ms) {
-                return Some(pref);
-            }
+        let i = at.pref();
+        if self.sigs[b1].sig[i] == at.sig && self.holds(b1 * BUCKET_SLOTS + i, p, key, now_ms) {
+            return Some(b1 * BUCKET_SLOTS + i);
         }
-        self.find_in(b1, at.sig, key, now_ms).or_else(|| self.find_in(b2, at.sig, key, now_ms))
+        self.find_in(b1, at.sig, p, key, now_ms).or_else(|| self.find_in(b2, at.sig, p, key, now_ms))
+    }
+
+    /// As [`FlowTable::lookup_place`], with the flow as found
+    /// ([`FlowTable::tracked`]), read while its slot is at hand.
+    #[inline(always)]
+    pub fn find(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<(usize, Tracked)> {
+        self.lookup_place(key, at, now_ms).map(|s| (s, self.tracked(s)))
     }
 
     /// Looks up a whole burst: first prefetches every primary signature line,
@@ -519,8 +632,35 @@ impl FlowTable {
         }
     }
 
-    pub fn entry(&self, slot: usize) -> &Entry {
-        &self.entries[slot]
+    /// The flow whose first slot is `slot`, unpacked.
+    pub fn entry(&self, slot: usize) -> Entry {
+        self.at(slot).unpack(self.at(slot | 1))
+    }
+
+    /// The backend id of the flow whose first slot is `slot`.
+    #[inline(always)]
+    pub fn backend(&self, slot: usize) -> u32 {
+        self.at(slot).backend()
+    }
+
+    /// The expiry (ms) of the flow whose first slot is `slot`.
+    #[inline(always)]
+    pub fn expires_ms(&self, slot: usize) -> u64 {
+        self.at(slot).expires_ms()
+    }
+
+    /// The flow whose first slot is `slot`, read once for the established
+    /// path (its backend, state and expiry; [`FlowTable::refresh`] takes it
+    /// back rather than reading the slot again).
+    #[inline(always)]
+    pub fn tracked(&self, slot: usize) -> Tracked {
+        Tracked(*self.at(slot))
+    }
+
+    /// The state of the flow whose first slot is `slot`.
+    #[inline(always)]
+    pub fn state(&self, slot: usize) -> FlowState {
+        self.at(slot).state()
     }
 
     /// [`FlowTable::touch`] for a packet of a live flow, except that an
@@ -530,17 +670,19 @@ impl FlowTable {
     /// its timeouts the same way). The flow may expire up to `slack_ms`
     /// before its full timeout after its last packet. An earlier expiry (a
     /// shorter timeout) is always written. Returns whether it wrote.
+    /// `was` is the flow as [`FlowTable::tracked`] read it.
     #[inline(always)]
     pub fn refresh(
         &mut self,
         slot: usize,
+        was: &Tracked,
         state: FlowState,
         expires_ms: u64,
         slack_ms: u64,
         now_ms: u64,
     ) -> bool {
-        let e = &self.entries[slot];
-        if e.state == state && expires_ms.wrapping_sub(e.expires_ms) < slack_ms {
+        let e = &was.0;
+        if e.state_byte() == state as u8 && expires_ms.wrapping_sub(e.expires_ms()) < slack_ms {
             return false;
         }
         self.touch(slot, state, expires_ms, now_ms);
@@ -550,18 +692,15 @@ impl FlowTable {
     /// Updates a live entry's state and expiry.
     #[inline]
     pub fn touch(&mut self, slot: usize, state: FlowState, expires_ms: u64, now_ms: u64) {
-        let e = &mut self.entries[slot];
-        e.state = state;
-        e.expires_ms = expires_ms;
+        self.at_mut(slot).set(state, expires_ms);
         self.pinned |= beyond_horizon(expires_ms, now_ms);
-        self.sigs[slot / BUCKET_SLOTS].rank[slot % BUCKET_SLOTS] = rank_of(state, expires_ms, now_ms);
+        self.set_rank(slot, rank_of(state, expires_ms, now_ms));
     }
 
     /// Points a live entry at another backend (its old one went away).
     pub fn rebind(&mut self, slot: usize, backend: u32, on_remove: &mut impl FnMut(u32)) {
         on_remove(self.owner(slot));
-        self.entries[slot].backend = backend;
-        self.sigs[slot / BUCKET_SLOTS].owner[slot % BUCKET_SLOTS] = backend;
+        self.at_mut(slot).set_backend(backend);
     }
 
     /// Inserts a flow known to be absent and returns its slot. Never fails:
@@ -582,7 +721,8 @@ impl FlowTable {
         hint: Option<InsertHint>,
         on_remove: &mut impl FnMut(u32),
     ) -> usize {
-        self.insert_at(new, &self.place_of(hash), now_ms, hint, on_remove)
+        let flow = NewFlow { backend: new.backend, state: new.state, expires_ms: new.expires_ms };
+        self.insert_at(&new.key, flow, &self.place_of(&new.key, hash), now_ms, hint, on_remove)
     }
 
     /// As [`FlowTable::insert_hinted`] for the key's computed place.
@@ -592,7 +732,8 @@ impl FlowTable {
     #[inline(always)]
     pub fn insert_at(
         &mut self,
-        new: Entry,
+        key: &FlowKey,
+        new: NewFlow,
         at: &Place,
         now_ms: u64,
         hint: Option<InsertHint>,
@@ -605,25 +746,28 @@ impl FlowTable {
                 && self.sigs[b].sig[i] == h.sig
                 && (h.sig == 0 || (self.sigs[b].rank[i] == h.rank && h.frees == self.frees))
         };
+        let p = &at.key;
+        if p.v6() {
+            return self.insert_pair(key, &new, p, at, now_ms, on_remove);
+        }
         let slot = match hint.filter(holds) {
             Some(h) if h.sig == 0 => {
-                self.len += 1;
+                (self.used, self.flows) = (self.used + 1, self.flows + 1);
                 h.slot as usize
             }
-            Some(h) => self.evict(h.slot as usize, now_ms, on_remove),
+            Some(h) => self.evict_for_one(h.slot as usize, now_ms, on_remove),
             None => self.choose(b1, b2, at.pref(), now_ms, on_remove),
         };
         let bucket = &mut self.sigs[slot / BUCKET_SLOTS];
         bucket.sig[slot % BUCKET_SLOTS] = sig;
         bucket.rank[slot % BUCKET_SLOTS] = rank_of(new.state, new.expires_ms, now_ms);
         self.pinned |= beyond_horizon(new.expires_ms, now_ms);
-        bucket.owner[slot % BUCKET_SLOTS] = new.backend;
-        self.entries[slot] = new;
+        *self.at_mut(slot) = Slot::head(p, new.backend, new.state, new.expires_ms);
         self.stats.inserts += 1;
         slot
     }
 
-    /// The slot an unhinted insert into buckets `b1` (primary) and `b2`
+    /// The slot an unhinted IPv4 insert into buckets `b1` (primary) and `b2`
     /// writes, emptied: a free one, or one freed by moving an entry, or a
     /// victim evicted. A call (see [`FlowTable::insert_at`]): inlined too,
     /// it cost the burst loop 8 instructions per established packet.
@@ -646,28 +790,51 @@ impl FlowTable {
         // Moving an entry to its other bucket needs room there: worth its 16
         // random reads only while the table has room to speak of. Above the
         // high-water mark (a SYN flood's steady state) go straight to eviction.
-        let room = self.len < self.high_water();
+        let room = self.used < self.high_water();
         match pick.or_else(|| if room { self.displace(b1).or_else(|| self.displace(b2)) } else { None }) {
             Some(s) => {
-                self.len += 1;
+                (self.used, self.flows) = (self.used + 1, self.flows + 1);
                 s
             }
             None => {
                 let s = self.victim(b1, b2, now_ms);
-                self.evict(s, now_ms, on_remove)
+                self.evict_for_one(s, now_ms, on_remove)
             }
         }
     }
 
-    /// Empties `slot` for an insert: counts its entry as expired or evicted
-    /// and hands `on_remove` its backend id.
+    /// Empties slot `s` for an IPv4 insert, which then writes the slot this
+    /// returns: an IPv4 victim's own (the flow counts stay as they are), or
+    /// an IPv6 victim's first, its second left free.
     #[inline(always)]
-    fn evict(&mut self, s: usize, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> usize {
-        // The class from the rank (`expired_by_rank`), so the common
-        // victims of a SYN flood — an unconfirmed flow not yet due, or
-        // one expired a unit or more ago — cost no read of their
-        // 64-byte entry (on a table beyond the caches that read was
-        // the flood's longest wait, even with the line prefetched).
+    fn evict_for_one(&mut self, s: usize, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> usize {
+        let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
+        if self.sigs[b].sig[i] == PAIRED || self.paired(b, i) {
+            return self.evict_pair_for_one(s, now_ms, on_remove);
+        }
+        self.count_eviction(s, now_ms);
+        on_remove(self.owner(s));
+        s
+    }
+
+    #[inline(never)]
+    fn evict_pair_for_one(&mut self, s: usize, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> usize {
+        let (head, _) = self.evict(s, now_ms, on_remove);
+        // The new flow takes the first slot (the insert counts it).
+        (self.used, self.flows) = (self.used + 1, self.flows + 1);
+        // The second is left free: a hint made before must not take its
+        // buckets for full.
+        self.frees = self.frees.wrapping_add(1);
+        head
+    }
+
+    /// Counts the flow whose first slot is `s`, evicted now, by class: from
+    /// its rank (`expired_by_rank`), so the common victims of a SYN flood —
+    /// an unconfirmed flow not yet due, or one expired a unit or more ago —
+    /// wait for no read of their entry. (Its backend id is read from the line
+    /// the insert writes, prefetched with the victim's choice.)
+    #[inline(always)]
+    fn count_eviction(&mut self, s: usize, now_ms: u64) {
         let r = self.sigs[s / BUCKET_SLOTS].rank[s % BUCKET_SLOTS];
         if self.expired_by_rank(s, rank_left(r, rank_now(now_ms)), now_ms) {
             self.stats.expired += 1;
@@ -676,8 +843,24 @@ impl FlowTable {
         } else {
             self.stats.evicted_unconfirmed += 1;
         }
+    }
+
+    /// Evicts the flow in slot `s` (either slot of a pair) for an insert:
+    /// counts it as expired or evicted, hands `on_remove` its backend id and
+    /// frees its slots. Returns its first slot and how many slots it took.
+    fn evict(&mut self, s: usize, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> (usize, usize) {
+        let s = self.head_of(s);
+        let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
+        self.count_eviction(s, now_ms);
         on_remove(self.owner(s));
-        s
+        let n = 1 + self.paired(b, i) as usize;
+        self.sigs[b].sig[i] = 0;
+        if n == 2 {
+            self.sigs[b].sig[i + 1] = 0;
+        }
+        self.used -= n;
+        self.flows -= 1;
+        (s, n)
     }
 
     /// Whether the entry in `slot`, whose rank lies `left` units from now
@@ -690,14 +873,14 @@ impl FlowTable {
         match left {
             1..0x4000 => false,
             0x4000.. if !self.pinned => true,
-            _ => expired(&self.entries[slot], now_ms),
+            _ => expired(self.at(slot), now_ms),
         }
     }
 
-    /// The backend id of the entry in `slot` (from its bucket's line).
+    /// The backend id of the flow whose first slot is `slot`.
     #[inline(always)]
     fn owner(&self, slot: usize) -> u32 {
-        self.sigs[slot / BUCKET_SLOTS].owner[slot % BUCKET_SLOTS]
+        self.at(slot).backend()
     }
 
     #[cfg(test)]
@@ -732,24 +915,33 @@ impl FlowTable {
     /// Frees a slot in bucket `b` by moving one of its entries to that entry's
     /// other bucket (partial-key cuckoo: the other bucket is `b ^ f(sig)`),
     /// if one of those has room. One level deep: bounded work.
+    /// IPv6 pairs stay where they are.
     fn displace(&mut self, b: usize) -> Option<usize> {
         for i in 0..BUCKET_SLOTS {
             let sig = self.sigs[b].sig[i];
+            if sig == PAIRED || self.paired(b, i) {
+                continue;
+            }
             let alt = self.alt(b, sig);
             if alt == b {
                 continue;
             }
             if let Some(to) = self.free_slot(alt) {
-                let from = b * BUCKET_SLOTS + i;
-                self.entries[to] = self.entries[from];
-                self.sigs[alt].sig[to % BUCKET_SLOTS] = sig;
-                self.sigs[alt].rank[to % BUCKET_SLOTS] = self.sigs[b].rank[i];
-                self.sigs[alt].owner[to % BUCKET_SLOTS] = self.sigs[b].owner[i];
-                self.sigs[b].sig[i] = 0;
-                return Some(from);
+                return Some(self.move_one(b * BUCKET_SLOTS + i, to));
             }
         }
         None
+    }
+
+    /// Moves the IPv4 flow in slot `from` to the free slot `to`; returns `from`.
+    fn move_one(&mut self, from: usize, to: usize) -> usize {
+        let (b, i) = (from / BUCKET_SLOTS, from % BUCKET_SLOTS);
+        *self.at_mut(to) = *self.at(from);
+        let (sig, rank) = (self.sigs[b].sig[i], self.sigs[b].rank[i]);
+        self.sigs[to / BUCKET_SLOTS].sig[to % BUCKET_SLOTS] = sig;
+        self.sigs[to / BUCKET_SLOTS].rank[to % BUCKET_SLOTS] = rank;
+        self.sigs[b].sig[i] = 0;
+        from
     }
 
     /// Best slot to sacrifice among the 16 candidates, from their ranks alone
@@ -787,15 +979,28 @@ impl FlowTable {
         }
     }
 
-    /// Removes a slot's entry.
+    /// Removes the flow in a slot (either slot of a pair).
     pub fn remove(&mut self, slot: usize, on_remove: &mut impl FnMut(u32)) {
+        let slot = self.head_of(slot);
         let (b, i) = (slot / BUCKET_SLOTS, slot % BUCKET_SLOTS);
         if self.sigs[b].sig[i] != 0 {
-            on_remove(self.owner(slot));
-            self.sigs[b].sig[i] = 0;
-            self.len -= 1;
-            self.frees = self.frees.wrapping_add(1);
+            self.release(b, i, on_remove);
         }
+    }
+
+    /// Frees the flow whose first slot is slot `i` of bucket `b` (its pair
+    /// too) and hands `on_remove` its backend id; returns the slots freed.
+    fn release(&mut self, b: usize, i: usize, on_remove: &mut impl FnMut(u32)) -> usize {
+        on_remove(self.owner(b * BUCKET_SLOTS + i));
+        let n = 1 + self.paired(b, i) as usize;
+        self.sigs[b].sig[i] = 0;
+        if n == 2 {
+            self.sigs[b].sig[i + 1] = 0;
+        }
+        self.used -= n;
+        self.flows -= 1;
+        self.frees = self.frees.wrapping_add(n as u32);
+        n
     }
 
     /// Buckets in the table (the unit of [`FlowTable::scan`]).
@@ -809,11 +1014,10 @@ impl FlowTable {
         let mut b = from & self.mask;
         for _ in 0..buckets.min(self.sigs.len()) {
             for i in 0..BUCKET_SLOTS {
-                if self.sigs[b].sig[i] != 0 {
-                    let e = &self.entries[b * BUCKET_SLOTS + i];
-                    if e.expires_ms > now_ms {
-                        f(e);
-                    }
+                let sig = self.sigs[b].sig[i];
+                let slot = b * BUCKET_SLOTS + i;
+                if sig != 0 && sig != PAIRED && !expired(self.at(slot), now_ms) {
+                    f(&self.entry(slot));
                 }
             }
             b = (b + 1) & self.mask;
@@ -832,7 +1036,7 @@ impl FlowTable {
         }
     }
 
-    /// Reclaims expired entries in the next `buckets` buckets (round robin over
+    /// Reclaims expired flows in the next `buckets` buckets (round robin over
     /// the table); returns how many it freed. Workers call it a little per
     /// burst and more when idle, so counts of active flows stay true.
     pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(u32)) -> usize {
@@ -843,7 +1047,8 @@ impl FlowTable {
             self.sweep_at = (self.sweep_at + 1) & self.mask;
             for i in 0..BUCKET_SLOTS {
                 let slot = b * BUCKET_SLOTS + i;
-                if self.sigs[b].sig[i] == 0 {
+                // (A pair goes with its first slot.)
+                if self.sigs[b].sig[i] == 0 || self.sigs[b].sig[i] == PAIRED {
                     continue;
                 }
                 // The rank (expiry to the second) decides most slots without
@@ -859,18 +1064,15 @@ impl FlowTable {
                         // timeout): keep its rank just behind now, so it stays
                         // stale for victim() and is read again here, instead of
                         // drifting round the 15-bit circle into the future.
-                        self.sigs[b].rank[i] = (r & RANK_ESTABLISHED) | (now.wrapping_sub(1) & RANK_MASK);
+                        self.set_rank(slot, (r & RANK_ESTABLISHED) | (now.wrapping_sub(1) & RANK_MASK));
                     }
                     continue;
                 }
-                on_remove(self.owner(slot));
-                self.sigs[b].sig[i] = 0;
-                self.len -= 1;
+                self.release(b, i, on_remove);
                 self.stats.expired += 1;
                 freed += 1;
             }
         }
-        self.frees = self.frees.wrapping_add(freed as u32);
         freed
     }
 }

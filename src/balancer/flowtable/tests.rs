@@ -30,9 +30,11 @@ fn same_pair(t: &FlowTable, n: usize) -> Vec<FlowKey> {
 }
 
 #[test]
-fn entry_is_one_cache_line() {
-    assert_eq!(std::mem::size_of::<Entry>(), 64);
-    assert_eq!(std::mem::align_of::<Entry>(), 64);
+fn a_slot_costs_36_bytes() {
+    let t = FlowTable::with_capacity(1 << 16);
+    assert_eq!(t.bytes(), 36 << 16);
+    assert_eq!(t.at(0) as *const Slot as usize % 64, 0, "each even slot starts a line");
+    assert_eq!(std::mem::size_of::<Bucket>(), 32);
 }
 
 #[test]
@@ -68,16 +70,16 @@ fn refresh_writes_only_a_new_state_or_an_expiry_moved_by_the_slack() {
     };
     let first = seen(&t);
     // Same state, 999 ms later than stored with a 1000 ms slack: untouched.
-    assert!(!t.refresh(s, est, 10_999, 1000, 999));
+    assert!(!t.refresh(s, &t.tracked(s), est, 10_999, 1000, 999));
     assert_eq!(seen(&t), first);
     // 1000 ms later: written, the rank with it.
-    assert!(t.refresh(s, est, 11_000, 1000, 1000));
+    assert!(t.refresh(s, &t.tracked(s), est, 11_000, 1000, 1000));
     assert_eq!(seen(&t), (est, 11_000, rank_of(est, 11_000, 1000)));
     // A new state is written however little the expiry moves...
-    assert!(t.refresh(s, FlowState::Closing, 11_001, 1000, 1001));
+    assert!(t.refresh(s, &t.tracked(s), FlowState::Closing, 11_001, 1000, 1001));
     assert_eq!(seen(&t), (FlowState::Closing, 11_001, rank_of(FlowState::Closing, 11_001, 1001)));
     // ...and so is an earlier expiry (a shorter timeout).
-    assert!(t.refresh(s, FlowState::Closing, 5_000, 1000, 1002));
+    assert!(t.refresh(s, &t.tracked(s), FlowState::Closing, 5_000, 1000, 1002));
     assert_eq!(seen(&t), (FlowState::Closing, 5_000, rank_of(FlowState::Closing, 5_000, 1002)));
 }
 
@@ -142,7 +144,7 @@ fn at_half_load_nearly_every_key_sits_in_its_primary_bucket() {
     let preferred = (0..(cap / 2) as u32)
         .filter(|&i| {
             let k = key(i);
-            let at = t.place_of(k.hash());
+            let at = t.place_of(&k, k.hash());
             t.lookup(&k, k.hash(), 1) == Some(at.b1 as usize * BUCKET_SLOTS + at.pref as usize)
         })
         .count();
@@ -168,7 +170,7 @@ impl Prefetch for Recorded {
 
 /// The lines both prefetch stages fetch for a SYN of key `i`, sorted.
 fn syn_prefetches(t: &FlowTable, i: u32) -> Vec<usize> {
-    let at = t.place_of(key(i).hash());
+    let at = t.place_of(&key(i), key(i).hash());
     let rec = Recorded::default();
     t.prefetch_place_new(&at, &rec);
     t.prefetch_entry_place_new(&at, 0, &rec);
@@ -195,7 +197,7 @@ fn a_tracked_flow_finds_its_lines_prefetched() {
         let (mut second, mut covered) = (0, 0);
         for i in 0..n {
             let k = key(i);
-            let at = t.place_of(k.hash());
+            let at = t.place_of(&k, k.hash());
             // (Filling to the high-water mark evicts a few.)
             let Some(slot) = t.lookup(&k, k.hash(), 0) else { continue };
             let same_sig = |b: u32| holding(&t.sigs[b as usize].sig, at.sig).count_ones();
@@ -211,11 +213,11 @@ fn a_tracked_flow_finds_its_lines_prefetched() {
             assert!(got.contains(&addr(&t.sigs[at.b1 as usize])), "key {i}: the primary line");
             assert!(got.len() <= 5, "key {i}: {} lines", got.len());
             if b == at.b1 as usize {
-                assert!(got.contains(&addr(&t.entries[slot])), "key {i}: its entry in the primary");
+                assert!(got.contains(&addr(t.at(slot))), "key {i}: its entry in the primary");
             } else {
                 second += 1;
                 if slot % BUCKET_SLOTS == at.pref as usize {
-                    assert!(got.contains(&addr(&t.entries[slot])), "key {i}: its entry in the second");
+                    assert!(got.contains(&addr(t.at(slot))), "key {i}: its entry in the second");
                     covered += 1;
                 }
             }
@@ -255,7 +257,7 @@ fn a_syn_prefetches_the_lines_its_insert_touches() {
     let mut i = 0;
     while t.len() < t.high_water() {
         i += 1;
-        let at = t.place_of(key(i).hash());
+        let at = t.place_of(&key(i), key(i).hash());
         let (b1, b2) = (at.b1 as usize, at.b2 as usize);
         let got = syn_prefetches(&t, i);
         if t.free_count(b1) + t.free_count(b2) == 0 {
@@ -265,7 +267,7 @@ fn a_syn_prefetches_the_lines_its_insert_touches() {
             continue;
         }
         let slot = t.insert(syn(i), key(i).hash(), 0, &mut |_| {});
-        for want in [addr(&t.sigs[b1]), addr(&t.sigs[b2]), addr(&t.entries[slot])] {
+        for want in [addr(&t.sigs[b1]), addr(&t.sigs[b2]), addr(t.at(slot))] {
             assert!(got.contains(&want), "key {i}: {want:#x} not prefetched");
         }
         assert!(got.len() <= 4, "key {i}: {} lines", got.len());
@@ -276,7 +278,7 @@ fn a_syn_prefetches_the_lines_its_insert_touches() {
     // bucket lines and the victim's entry, not the preferred entry too.
     let mut evictions = 0;
     for i in 100_000..101_000u32 {
-        let at = t.place_of(key(i).hash());
+        let at = t.place_of(&key(i), key(i).hash());
         if t.first(at.b1 as usize, at.sig).or(t.first(at.b2 as usize, at.sig)).is_some() {
             // Another key with the same signature: its entry is fetched
             // for the lookup's key compare, the victim's then is not.
@@ -285,8 +287,7 @@ fn a_syn_prefetches_the_lines_its_insert_touches() {
         let got = syn_prefetches(&t, i);
         let hint = t.prefetch_entry_place_new(&at, 0, &NoPrefetch);
         let slot = t.insert_hinted(syn(i), key(i).hash(), 0, hint, &mut |_| {});
-        let mut want =
-            vec![addr(&t.sigs[at.b1 as usize]), addr(&t.sigs[at.b2 as usize]), addr(&t.entries[slot])];
+        let mut want = vec![addr(&t.sigs[at.b1 as usize]), addr(&t.sigs[at.b2 as usize]), addr(t.at(slot))];
         want.sort_unstable();
         want.dedup();
         assert_eq!(got, want, "key {i}");
@@ -298,7 +299,7 @@ fn a_syn_prefetches_the_lines_its_insert_touches() {
     for i in 100_000..101_000u32 {
         let k = key(i);
         if let Some(slot) = t.lookup(&k, k.hash(), 0) {
-            assert!(syn_prefetches(&t, i).contains(&addr(&t.entries[slot])), "key {i}");
+            assert!(syn_prefetches(&t, i).contains(&addr(t.at(slot))), "key {i}");
             found += 1;
         }
     }
@@ -310,7 +311,7 @@ fn a_free_slot_hint_is_taken_only_while_the_slot_is_free() {
     let mut t = FlowTable::with_capacity(1024);
     let keys = same_pair(&t, 3);
     let syn = |k: FlowKey| Entry { key: k, backend: 1, state: FlowState::SynSeen, expires_ms: 10_000 };
-    let at = t.place_of(keys[0].hash());
+    let at = t.place_of(&keys[0], keys[0].hash());
     let hint = t.prefetch_entry_place_new(&at, 0, &NoPrefetch).expect("an empty table hints a free slot");
     assert_eq!(hint.sig, 0);
     // Taken while free, whichever key of the pair inserts with it.
@@ -344,7 +345,7 @@ fn an_eviction_hint_is_taken_only_while_it_holds() {
     let hinted = |t: &FlowTable, from: u32| {
         (from..from + 10_000)
             .find_map(|i| {
-                let h = t.prefetch_entry_place_new(&t.place_of(key(i).hash()), 0, &NoPrefetch)?;
+                let h = t.prefetch_entry_place_new(&t.place_of(&key(i), key(i).hash()), 0, &NoPrefetch)?;
                 (h.sig != 0).then_some((i, h))
             })
             .expect("a key with both buckets full")
@@ -354,7 +355,7 @@ fn an_eviction_hint_is_taken_only_while_it_holds() {
     let (i, hint) = hinted(&t, 200_000);
     let k = key(i);
     let slot = hint.slot as usize;
-    let kept = t.entries[slot].key;
+    let kept = t.entry(slot).key;
     t.touch(slot, FlowState::Established, 8_000_000, 0);
     let got = t.insert_hinted(new(i), k.hash(), 0, Some(hint), &mut |_| {});
     assert_ne!(got, slot);
@@ -364,8 +365,8 @@ fn an_eviction_hint_is_taken_only_while_it_holds() {
     // the free slot and evicts nothing.
     let (i, hint) = hinted(&t, 250_000);
     let k = key(i);
-    let at = t.place_of(k.hash());
-    let victim = t.entries[hint.slot as usize].key;
+    let at = t.place_of(&k, k.hash());
+    let victim = t.entry(hint.slot as usize).key;
     let freed = (at.b2 as usize * BUCKET_SLOTS..).find(|&s| s != hint.slot as usize).unwrap();
     t.remove(freed, &mut |_| {});
     let evicted = t.stats().evicted_unconfirmed;
@@ -377,7 +378,7 @@ fn an_eviction_hint_is_taken_only_while_it_holds() {
     // An unchanged one is the slot evicted, the same the insert would choose.
     let (i, hint) = hinted(&t, 300_000);
     let k = key(i);
-    let at = t.place_of(k.hash());
+    let at = t.place_of(&k, k.hash());
     assert_eq!(hint.slot as usize, t.victim(at.b1 as usize, at.b2 as usize, 0));
     let got = t.insert_hinted(new(i), k.hash(), 0, Some(hint), &mut |_| {});
     assert_eq!(got, hint.slot as usize);

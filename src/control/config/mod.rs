@@ -350,6 +350,12 @@ pub struct DpdkSection {
     /// Size of the packet-buffer pool; default: computed from ports and queues.
     #[serde(default)]
     pub mbufs: Option<u32>,
+    /// Bytes of each packet buffer's data room, DPDK's 128-byte headroom
+    /// included; default DPDK's 2176. Frames longer than the room less the
+    /// headroom do not fit one buffer: lower it only for benchmarks and ports
+    /// whose frames are all short.
+    #[serde(default)]
+    pub mbuf_data_room: Option<u16>,
     /// EAL log level (`--log-level`), e.g. "notice", "debug", "lib.eal:info".
     #[serde(default)]
     pub log_level: Option<String>,

@@ -74,6 +74,7 @@ fn semantic_errors() {
     let cases = [
         ("lcores = \"0@0,1@1\"", "lcores = \"0\"", "dpdk.lcores"),
         ("hugepages = false", "hugepages = false\nin_memory = true", "dpdk.in_memory"),
+        ("hugepages = false", "hugepages = false\nmbuf_data_room = 255", "dpdk.mbuf_data_room"),
         ("forward_to = \"right\"", "forward_to = \"nowhere\"", "ports[0].forward_to"),
         ("device = \"net_tap1\"", "device = \"net_tap7\"", "ports[1].device"),
         ("device = \"net_tap1\"", "device = \"net_tap0\"", "ports[1].device"),

@@ -66,6 +66,14 @@ impl Config {
         if d.mbufs.is_some_and(|n| n < 1024) {
             return Err(err("dpdk.mbufs".into(), "must be at least 1024".into()));
         }
+        if let Some(n) = d.mbuf_data_room.filter(|&n| n < MIN_MBUF_DATA_ROOM) {
+            return Err(err(
+                "dpdk.mbuf_data_room".into(),
+                format!(
+                    "{n} bytes is too small: at least {MIN_MBUF_DATA_ROOM} (the 128-byte headroom and a 128-byte frame)"
+                ),
+            ));
+        }
         let w = &self.workers;
         if !(1..=crate::balancer::limits::BURST_MAX).contains(&w.burst_size) {
             return Err(err(
@@ -301,6 +309,8 @@ fn access_lists(
 
 /// The largest access-list file read (about 2.5 million prefixes).
 const MAX_LIST_FILE_BYTES: u64 = 64 << 20;
+/// The smallest `dpdk.mbuf_data_room`: DPDK's headroom and a 128-byte frame.
+const MIN_MBUF_DATA_ROOM: u16 = 256;
 
 /// One `access` table's lists, with its files' prefixes.
 fn lists(

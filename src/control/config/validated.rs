@@ -118,6 +118,12 @@ impl Validated {
         })
     }
 
+    /// Each packet buffer's data room, headroom included (`dpdk.mbuf_data_room`);
+    /// None: DPDK's default.
+    pub fn mbuf_data_room(&self) -> Option<u16> {
+        self.config.dpdk.mbuf_data_room
+    }
+
     /// Packet buffers to allocate: enough for every descriptor and buffer,
     /// plus per-lcore caches and slack.
     pub fn mbufs(&self) -> u32 {

@@ -99,7 +99,7 @@ impl Worker {
             match self.parse(st, &mut pkts[i], in_port, &mut metas[i]) {
                 Some(v) => verdicts[i] = v,
                 None => {
-                    places[i].at = self.flows.place_of(metas[i].hash);
+                    places[i].at = self.flows.place_of(&metas[i].key, metas[i].hash);
                     if metas[i].opens() {
                         self.flows.prefetch_place_new(&places[i].at, pf);
                     } else {
@@ -170,7 +170,7 @@ impl Worker {
                     // A VIP packet is not changed by its parse: parsed again as received.
                     match self.parse(st, &mut pkts[i], in_port, &mut metas[i]) {
                         Some(v) => (is_vip[i], verdicts[i]) = (false, v),
-                        None => places[i].at = self.flows.place_of(metas[i].hash),
+                        None => places[i].at = self.flows.place_of(&metas[i].key, metas[i].hash),
                     }
                 }
             }
@@ -181,8 +181,8 @@ impl Worker {
         let n = (*n).min(pkts.len()).min(BURST);
         for i in 0..n {
             if is_vip[i] {
-                let slot = self.flows.lookup_place(&metas[i].key, &places[i].at, now_ms);
-                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &metas[i], slot, &places[i]);
+                let found = self.flows.find(&metas[i].key, &places[i].at, now_ms);
+                verdicts[i] = self.balance(st, &mut pkts[i], in_port, now_ms, &metas[i], found, &places[i]);
             }
             self.count(verdicts[i]);
         }

@@ -12,7 +12,7 @@
 use super::verdict::DropReason;
 use super::{release, Counter, PacketMeta, TablePlan, Verdict, Worker, NOT_HANDED};
 use crate::balancer::flow::KeyKind;
-use crate::balancer::flowtable::{refresh_slack, Entry, FlowState};
+use crate::balancer::flowtable::{refresh_slack, FlowState, NewFlow, Tracked};
 use crate::balancer::persist::{self, Claimed};
 use crate::balancer::state::{ForwardingState, OverQuota, Service, ServiceEvent};
 use crate::dataplane::packet::Packet;
@@ -29,7 +29,7 @@ impl Worker {
         in_port: u16,
         now_ms: u64,
         meta: &PacketMeta,
-        slot: Option<usize>,
+        found: Option<(usize, Tracked)>,
         table: &TablePlan,
     ) -> Verdict {
         let svc = &st.services[meta.service as usize];
@@ -41,12 +41,9 @@ impl Worker {
         // Whether this packet's backend was chosen now (not the flow table's).
         let mut decided = false;
         // The backend's slot in the state and its stable id.
-        let (backend, id) = match slot {
-            Some(s) => {
-                let (e_backend, e_state) = {
-                    let e = self.flows.entry(s);
-                    (e.backend, e.state)
-                };
+        let (backend, id) = match found {
+            Some((s, was)) => {
+                let (e_backend, e_state) = (was.backend(), was.state());
                 match st.slot_of(e_backend) {
                     Some(b) => {
                         if kind != KeyKind::IcmpError {
@@ -60,7 +57,7 @@ impl Worker {
                             let t = svc.timeouts.for_state(state);
                             // Persistence bounds the slack too (per service).
                             let slack = refresh_slack(t).min(svc.persist_slack_ms);
-                            refreshed = self.flows.refresh(s, state, now_ms + t, slack, now_ms);
+                            refreshed = self.flows.refresh(s, &was, state, now_ms + t, slack, now_ms);
                         }
                         (b, e_backend)
                     }
@@ -103,8 +100,8 @@ impl Worker {
                 let state = next_state(svc.proto, kind, meta.tcp_flags, None);
                 let expires = now_ms + svc.timeouts.for_state(state);
                 let Worker { flows, active, quotas, .. } = self;
-                let entry = Entry { key: meta.key, backend: id, state, expires_ms: expires };
-                flows.insert_at(entry, &table.at, now_ms, table.hint, &mut release(active, quotas));
+                let new = NewFlow { backend: id, state, expires_ms: expires };
+                flows.insert_at(&meta.key, new, &table.at, now_ms, table.hint, &mut release(active, quotas));
                 self.hold(id);
                 self.counters[Counter::NewFlows] += 1;
                 self.per_backend.count_new_flow(id as usize);
@@ -302,15 +299,14 @@ impl Worker {
     /// flow.
     #[inline(never)]
     fn handshake_ended(&mut self, slot: usize, svc: &Service, state: FlowState, now_ms: u64) {
-        let e = self.flows.entry(slot);
-        let id = e.backend as usize;
+        let (id, expires_ms) = (self.flows.backend(slot) as usize, self.flows.expires_ms(slot));
         match state {
             FlowState::SynRetried => {
                 self.counters[Counter::SynRetried] += 1;
                 self.per_backend.count_syn_retried(id);
             }
             FlowState::Established => {
-                let syn_ms = e.expires_ms.saturating_sub(svc.timeouts.tcp_syn_ms);
+                let syn_ms = expires_ms.saturating_sub(svc.timeouts.tcp_syn_ms);
                 self.per_backend.count_handshake(id, now_ms.saturating_sub(syn_ms));
             }
             _ => {}

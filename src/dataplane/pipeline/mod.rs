@@ -433,7 +433,7 @@ impl Worker {
 
     /// The live entry this worker tracks for `key`, if any.
     pub fn tracked(&self, key: &FlowKey, now_ms: u64) -> Option<Entry> {
-        self.flows.lookup(key, key.hash(), now_ms).map(|s| *self.flows.entry(s))
+        self.flows.lookup(key, key.hash(), now_ms).map(|s| self.flows.entry(s))
     }
 
     /// The backend id the box keeps `client` on for a persistent service,
@@ -513,9 +513,9 @@ impl Worker {
         let v = match self.parse(st, pkt, in_port, &mut meta) {
             Some(v) => v,
             None => {
-                let table = TablePlan { at: self.flows.place_of(meta.hash), hint: None };
-                let slot = self.flows.lookup_place(&meta.key, &table.at, now_ms);
-                self.balance(st, pkt, in_port, now_ms, &meta, slot, &table)
+                let table = TablePlan { at: self.flows.place_of(&meta.key, meta.hash), hint: None };
+                let found = self.flows.find(&meta.key, &table.at, now_ms);
+                self.balance(st, pkt, in_port, now_ms, &meta, found, &table)
             }
         };
         self.count(v);
