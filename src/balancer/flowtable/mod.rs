@@ -1,8 +1,9 @@
 //! The per-worker connection table.
 //!
-//! (One file of ~840 lines on purpose: the bucket layout, its invariants and
-//! the lookup, insert, eviction and sweep passes that rely on them are read
-//! and changed together. Their tests are `tests.rs`.)
+//! Here the bucket layout, its invariants, lookup, insert and eviction;
+//! `slot.rs` how a flow is stored; `pairs.rs` IPv6 inserts; `prefetch.rs`
+//! the burst lookup's prefetch passes; `expiry.rs` removal and the sweep.
+//! Their tests are `tests.rs` (and `pairs.rs`'s own).
 //!
 //! - Capacity is fixed at creation; nothing is allocated afterwards.
 //! - Entries live in buckets of 8. A key may sit in one of two buckets (the
@@ -41,7 +42,9 @@ use super::Prefetch;
 use slot::{pack, Line, Packed, Slot};
 use wide::{i16x8, CmpEq, CmpLt};
 
+mod expiry;
 mod pairs;
+mod prefetch;
 mod slot;
 
 pub const BUCKET_SLOTS: usize = 8;
@@ -428,122 +431,6 @@ impl FlowTable {
         Place { b1: b1 as u32, b2: b2 as u32, sig, pref: preferred_slot(hash) as u8, key: Packed::default() }
     }
 
-    /// The first stage of a burst lookup: prefetches the primary signature
-    /// line of `hash` and the entry in the key's preferred slot there.
-    #[inline(always)]
-    pub fn prefetch<P: Prefetch>(&self, hash: u64, p: &P) {
-        self.prefetch_place(&self.place_of_hash(hash), p)
-    }
-
-    /// As [`FlowTable::prefetch`] for a computed place. The preferred entry,
-    /// where most keys live, is fetched beside the signature line rather than
-    /// after it.
-    #[inline(always)]
-    pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
-        let b1 = at.b1 as usize;
-        p.prefetch(&self.sigs[b1]);
-        p.prefetch(self.at(b1 * BUCKET_SLOTS + at.pref()));
-    }
-
-    /// As [`FlowTable::prefetch_place`] for a key that is most likely new (a
-    /// TCP SYN): a miss reads both bucket lines (an eviction takes the
-    /// victim's rank and backend id from them too), so both are fetched at
-    /// once. The preferred entry only while the table is below its high-water
-    /// mark: above it (a SYN flood's steady state) the insert writes the
-    /// victim's slot, one of sixteen, and that line would be fetched in vain.
-    #[inline(always)]
-    pub fn prefetch_place_new<P: Prefetch>(&self, at: &Place, p: &P) {
-        let b1 = at.b1 as usize;
-        p.prefetch(&self.sigs[b1]);
-        p.prefetch(&self.sigs[at.b2 as usize]);
-        if self.used < self.high_water() {
-            p.prefetch(self.at(b1 * BUCKET_SLOTS + at.pref()));
-        }
-    }
-
-    /// The second stage, once the primary signature line is in cache: nothing
-    /// when the preferred slot holds the signature (its entry is on its way);
-    /// else the entry of the first signature match; with no match, the second
-    /// bucket's signature line and its preferred entry (the key most likely
-    /// lives there: at half load 4.5% of keys do, 58% of those in that slot)
-    /// and, when the primary's preferred slot is taken, the primary's first
-    /// free entry (where a new flow will most likely be written).
-    #[inline(always)]
-    pub fn prefetch_entry<P: Prefetch>(&self, hash: u64, p: &P) {
-        self.prefetch_entry_place(&self.place_of_hash(hash), p)
-    }
-
-    /// As [`FlowTable::prefetch_entry`] for a computed place.
-    #[inline(always)]
-    pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
-        let b1 = at.b1 as usize;
-        let pref = at.pref();
-        if self.sigs[b1].sig[pref] == at.sig {
-            return; // prefetched in the first stage
-        }
-        if let Some(i) = self.first(b1, at.sig) {
-            if i != pref {
-                p.prefetch(self.at(b1 * BUCKET_SLOTS + i));
-            }
-            return;
-        }
-        // Not in the primary: in the second bucket, where an insert takes the
-        // preferred slot when it is free (that entry is fetched beside the
-        // bucket's line: a third pass would come too late), or a new flow.
-        let b2 = at.b2 as usize;
-        p.prefetch(&self.sigs[b2]);
-        p.prefetch(self.at(b2 * BUCKET_SLOTS + pref));
-        if self.sigs[b1].sig[pref] != 0 {
-            if let Some(i) = self.first(b1, 0) {
-                p.prefetch(self.at(b1 * BUCKET_SLOTS + i));
-            }
-        }
-    }
-
-    /// As [`FlowTable::prefetch_entry_place`] for a key that is most likely
-    /// new (a TCP SYN, whose two bucket lines the first stage fetched): a
-    /// signature match in either bucket prefetches that entry; with none, the
-    /// entry the insert will write — a free slot, or in a table above its
-    /// high-water mark the victim, chosen from the ranks as the insert would
-    /// choose it — and returns that slot for [`FlowTable::insert_hinted`], so
-    /// the choice is made once. Without it a SYN flood on a full table too
-    /// large for the caches wrote every new entry into a line not in cache.
-    #[inline(always)]
-    pub fn prefetch_entry_place_new<P: Prefetch>(
-        &self,
-        at: &Place,
-        now_ms: u64,
-        p: &P,
-    ) -> Option<InsertHint> {
-        let (b1, b2, pref) = (at.b1 as usize, at.b2 as usize, at.pref());
-        if self.sigs[b1].sig[pref] == at.sig {
-            // (The first stage fetched it only below the high-water mark.)
-            p.prefetch(self.at(b1 * BUCKET_SLOTS + pref));
-            return None;
-        }
-        let known = self
-            .first(b1, at.sig)
-            .map(|i| b1 * BUCKET_SLOTS + i)
-            .or_else(|| self.first(b2, at.sig).map(|i| b2 * BUCKET_SLOTS + i));
-        if let Some(s) = known {
-            p.prefetch(self.at(s));
-            return None;
-        }
-        let s = match self.free_pick(b1, b2, pref) {
-            Some(s) => s,
-            None if self.used < self.high_water() => return None, // the insert will move an entry instead
-            None => self.victim(b1, b2, now_ms),
-        };
-        p.prefetch(self.at(s));
-        let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
-        Some(InsertHint {
-            slot: s as u32,
-            sig: self.sigs[b].sig[i],
-            rank: self.sigs[b].rank[i],
-            frees: self.frees,
-        })
-    }
-
     /// The first slot of bucket `b` holding signature `sig` (0: the first
     /// free slot).
     #[inline(always)]
@@ -606,30 +493,6 @@ impl FlowTable {
     #[inline(always)]
     pub fn find(&self, key: &FlowKey, at: &Place, now_ms: u64) -> Option<(usize, Tracked)> {
         self.lookup_place(key, at, now_ms).map(|s| (s, self.tracked(s)))
-    }
-
-    /// Looks up a whole burst: first prefetches every primary signature line,
-    /// then every candidate entry (or second line, see
-    /// [`FlowTable::prefetch_entry`]), then compares keys. `out[i]` is the slot of
-    /// `keys[i]`, if live.
-    pub fn lookup_burst<P: Prefetch>(
-        &self,
-        keys: &[FlowKey],
-        hashes: &[u64],
-        now_ms: u64,
-        out: &mut [Option<usize>],
-        p: &P,
-    ) {
-        let n = keys.len().min(hashes.len()).min(out.len());
-        for &h in &hashes[..n] {
-            self.prefetch(h, p);
-        }
-        for &h in &hashes[..n] {
-            self.prefetch_entry(h, p);
-        }
-        for i in 0..n {
-            out[i] = self.lookup(&keys[i], hashes[i], now_ms);
-        }
     }
 
     /// The flow whose first slot is `slot`, unpacked.
@@ -977,103 +840,6 @@ impl FlowTable {
         } else {
             b2 * BUCKET_SLOTS + i - BUCKET_SLOTS
         }
-    }
-
-    /// Removes the flow in a slot (either slot of a pair).
-    pub fn remove(&mut self, slot: usize, on_remove: &mut impl FnMut(u32)) {
-        let slot = self.head_of(slot);
-        let (b, i) = (slot / BUCKET_SLOTS, slot % BUCKET_SLOTS);
-        if self.sigs[b].sig[i] != 0 {
-            self.release(b, i, on_remove);
-        }
-    }
-
-    /// Frees the flow whose first slot is slot `i` of bucket `b` (its pair
-    /// too) and hands `on_remove` its backend id; returns the slots freed.
-    fn release(&mut self, b: usize, i: usize, on_remove: &mut impl FnMut(u32)) -> usize {
-        on_remove(self.owner(b * BUCKET_SLOTS + i));
-        let n = 1 + self.paired(b, i) as usize;
-        self.sigs[b].sig[i] = 0;
-        if n == 2 {
-            self.sigs[b].sig[i + 1] = 0;
-        }
-        self.used -= n;
-        self.flows -= 1;
-        self.frees = self.frees.wrapping_add(n as u32);
-        n
-    }
-
-    /// Buckets in the table (the unit of [`FlowTable::scan`]).
-    pub fn buckets(&self) -> usize {
-        self.sigs.len()
-    }
-
-    /// Hands `f` every live entry in the `buckets` buckets from bucket
-    /// `from` on (round the table); returns the bucket after the last.
-    pub fn scan(&self, from: usize, buckets: usize, now_ms: u64, mut f: impl FnMut(&Entry)) -> usize {
-        let mut b = from & self.mask;
-        for _ in 0..buckets.min(self.sigs.len()) {
-            for i in 0..BUCKET_SLOTS {
-                let sig = self.sigs[b].sig[i];
-                let slot = b * BUCKET_SLOTS + i;
-                if sig != 0 && sig != PAIRED && !expired(self.at(slot), now_ms) {
-                    f(&self.entry(slot));
-                }
-            }
-            b = (b + 1) & self.mask;
-        }
-        b
-    }
-
-    /// Prefetches the signature lines the next [`FlowTable::sweep`] of
-    /// `buckets` buckets reads, so a worker sweeping a few buckets per poll
-    /// finds them in cache at its next poll (in a table beyond the caches each
-    /// was a miss: half the sweep's time).
-    #[inline]
-    pub fn prefetch_sweep<P: Prefetch>(&self, buckets: usize, p: &P) {
-        for k in 0..buckets.min(self.sigs.len()) {
-            p.prefetch(&self.sigs[(self.sweep_at + k) & self.mask]);
-        }
-    }
-
-    /// Reclaims expired flows in the next `buckets` buckets (round robin over
-    /// the table); returns how many it freed. Workers call it a little per
-    /// burst and more when idle, so counts of active flows stay true.
-    pub fn sweep(&mut self, now_ms: u64, buckets: usize, on_remove: &mut impl FnMut(u32)) -> usize {
-        let mut freed = 0;
-        let now = rank_now(now_ms);
-        for _ in 0..buckets.min(self.sigs.len()) {
-            let b = self.sweep_at;
-            self.sweep_at = (self.sweep_at + 1) & self.mask;
-            for i in 0..BUCKET_SLOTS {
-                let slot = b * BUCKET_SLOTS + i;
-                // (A pair goes with its first slot.)
-                if self.sigs[b].sig[i] == 0 || self.sigs[b].sig[i] == PAIRED {
-                    continue;
-                }
-                // The rank (expiry to the second) decides most slots without
-                // reading their entry (`expired_by_rank`).
-                let r = self.sigs[b].rank[i];
-                let left = rank_left(r, now);
-                if (1..0x4000).contains(&left) {
-                    continue;
-                }
-                if !self.expired_by_rank(slot, left, now_ms) {
-                    if left != 0 {
-                        // Idle past the rank horizon but not expired (a long
-                        // timeout): keep its rank just behind now, so it stays
-                        // stale for victim() and is read again here, instead of
-                        // drifting round the 15-bit circle into the future.
-                        self.set_rank(slot, (r & RANK_ESTABLISHED) | (now.wrapping_sub(1) & RANK_MASK));
-                    }
-                    continue;
-                }
-                self.release(b, i, on_remove);
-                self.stats.expired += 1;
-                freed += 1;
-            }
-        }
-        freed
     }
 }
 
