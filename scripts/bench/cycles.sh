@@ -86,7 +86,8 @@ echo "== l4lb $FWD"
 cfg=$WORK/cycles.toml
 bench_l4lb_config "$cfg" "$WORK/l4lb.sock" "$FWD" "$pcaps" "$packets" "$table"
 perf_window "$WORK/cycles-l4lb.data"
-read -r mpps _ _ tsc <<< "$(scripts/bench/rate.sh "$cfg" "$WARM" "$SECONDS_MEASURE")"
+rate=$(scripts/bench/rate.sh "$cfg" "$WARM" "$SECONDS_MEASURE") || { echo "l4lb's run failed (above)"; exit 1; }
+read -r mpps _ _ tsc <<< "$rate"
 perf_done
 
 for p in testpmd l4lb; do

@@ -108,9 +108,12 @@ bench_testpmd() {
   local mbufs=$((packets + 65536)) room=
   [ -n "${MBUF_ROOM:-}" ] && room=--mbuf-size=$MBUF_ROOM
   # In the background with its PID on file, so bench_cleanup can stop it
-  # (this function runs in a subshell) if the run is interrupted.
+  # (this function runs in a subshell) if the run is interrupted. Its
+  # hugepage files unlinked as soon as mapped (--huge-unlink), so its memory
+  # is free for the l4lb run after it: left in hugetlbfs, a large capture's
+  # pages were still taken when l4lb started, which then could not start.
   timeout -s INT $((WARM + SECONDS_MEASURE + 4 + packets / 200000)) \
-    dpdk-testpmd --lcores "$(bench_lcores)" --no-pci --file-prefix l4lbbench-tp --log-level=lib.eal:warning \
+    dpdk-testpmd --lcores "$(bench_lcores)" --no-pci --file-prefix l4lbbench-tp --huge-unlink --log-level=lib.eal:warning \
       --vdev "net_pcap0,${pcaps}infinite_rx=1" --vdev "net_null0,no-rx=1" -- \
       --forward-mode="$mode" --nb-cores="$WORKERS" --rxq="$WORKERS" --txq="$WORKERS" \
       --total-num-mbufs="$mbufs" $room --stats-period=1 --no-lsc-interrupt >"$log" 2>&1 &
