@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 which=${1:-all}
-# The flow tables are large (64 B x capacity): benches/pipeline.rs madvises
+# The flow tables are large (36 B a slot): benches/pipeline.rs madvises
 # them onto transparent huge pages itself, as `l4lb run` does.
 # (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, used here before, did nothing for
 # them: the tables are 64-byte aligned, and glibc 2.36 does not madvise

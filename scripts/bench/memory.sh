@@ -10,7 +10,7 @@
 #           mbufs that net_pcap copies frames out of) no longer fits in cache;
 #           the flow table still does
 #   1M/1M   1,000,000 flows, a 1,000,000-packet capture: the flow table (2M slots,
-#           144 MiB) does not fit either
+#           72 MiB) does not fit either
 # The step from 1k/1M to 1M/1M is what the flow table's misses cost per packet.
 # Needs what scripts/bench/testpmd.sh needs (run scripts/setup.sh once); captures and
 # configurations go to /tmp/l4lb-bench.
