@@ -14,17 +14,9 @@ impl FlowTable {
         }
     }
 
-    /// Frees the flow whose first slot is slot `i` of bucket `b` (its pair
-    /// too) and hands `on_remove` its backend id; returns the slots freed.
+    /// As [`FlowTable::clear`], counting the slots as freed (for hints).
     fn release(&mut self, b: usize, i: usize, on_remove: &mut impl FnMut(u32)) -> usize {
-        on_remove(self.owner(b * BUCKET_SLOTS + i));
-        let n = 1 + self.paired(b, i) as usize;
-        self.sigs[b].sig[i] = 0;
-        if n == 2 {
-            self.sigs[b].sig[i + 1] = 0;
-        }
-        self.used -= n;
-        self.flows -= 1;
+        let n = self.clear(b, i, on_remove);
         self.frees = self.frees.wrapping_add(n as u32);
         n
     }

@@ -713,9 +713,14 @@ impl FlowTable {
     /// frees its slots. Returns its first slot and how many slots it took.
     fn evict(&mut self, s: usize, now_ms: u64, on_remove: &mut impl FnMut(u32)) -> (usize, usize) {
         let s = self.head_of(s);
-        let (b, i) = (s / BUCKET_SLOTS, s % BUCKET_SLOTS);
         self.count_eviction(s, now_ms);
-        on_remove(self.owner(s));
+        (s, self.clear(s / BUCKET_SLOTS, s % BUCKET_SLOTS, on_remove))
+    }
+
+    /// Frees the flow whose first slot is slot `i` of bucket `b` (its pair
+    /// too) and hands `on_remove` its backend id; returns the slots freed.
+    fn clear(&mut self, b: usize, i: usize, on_remove: &mut impl FnMut(u32)) -> usize {
+        on_remove(self.owner(b * BUCKET_SLOTS + i));
         let n = 1 + self.paired(b, i) as usize;
         self.sigs[b].sig[i] = 0;
         if n == 2 {
@@ -723,7 +728,7 @@ impl FlowTable {
         }
         self.used -= n;
         self.flows -= 1;
-        (s, n)
+        n
     }
 
     /// Whether the entry in `slot`, whose rank lies `left` units from now
