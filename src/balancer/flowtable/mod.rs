@@ -520,12 +520,6 @@ impl FlowTable {
         Tracked(*self.at(slot))
     }
 
-    /// The state of the flow whose first slot is `slot`.
-    #[inline(always)]
-    pub fn state(&self, slot: usize) -> FlowState {
-        self.at(slot).state()
-    }
-
     /// [`FlowTable::touch`] for a packet of a live flow, except that an
     /// entry whose state stays the same and whose expiry would move less than
     /// `slack_ms` later is left as it is: most packets of a flow then write
