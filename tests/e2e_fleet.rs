@@ -966,7 +966,12 @@ fn a_box_that_joins_after_a_backend_change_keeps_the_flows_ecmp_moves_onto_it() 
         "box 3 joined: it took {} shared flows (the peers shared {shared}); the router moved {moved} downloads to it, {kept} kept their backend on a peer's entry; {ok} of 200 complete",
         three["received_flows"]
     );
-    assert_eq!(ok, 200, "broken: {other:?}");
+    assert_eq!(
+        ok,
+        200,
+        "broken: {other:?}\n{}",
+        f.boxes.iter().flatten().map(|b| b.l4lb.transcript()).collect::<Vec<_>>().join("\n----\n")
+    );
     assert!(moved > 0, "the router moved nothing to box 3");
 }
 

@@ -247,7 +247,7 @@ pub fn start_server(b: &Backend, udp_vip: Option<&str>) -> Child {
             "        self.send_header('Content-Length', str(n * 1000))".into(),
             format!("        self.send_header('X-Backend', '{}')", b.name),
             "        self.end_headers()".into(),
-            "        body = bytes(i % 251 for i in range(n * 1000))".into(),
+            "        body = (bytes(range(251)) * (n * 4 + 1))[:n * 1000]".into(),
             "        for k in range(n):".into(),
             "            self.wfile.write(body[k * 1000:(k + 1) * 1000]); self.wfile.flush()".into(),
             "            if k + 1 < n: time.sleep(0.25)".into(),
