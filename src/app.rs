@@ -413,6 +413,9 @@ fn first_state(cfg: &Validated, ports: &[Port], mailboxes: &[StateMailbox]) -> R
     if let Some(why) = cfg.mtu_problem(&mtus) {
         return Err(RunError::Mtu(why));
     }
+    if let Some(why) = cfg.mbuf_room_problem(&mtus) {
+        log::warn!("{why}");
+    }
     // The first state comes from the registry like every later one.
     let registry = Registry::new(cfg.clone());
     let state = Arc::new(registry.build(1, &facts, &|_, _| None, 0, None)?);

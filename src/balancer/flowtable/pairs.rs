@@ -81,7 +81,7 @@ impl FlowTable {
     /// Frees an aligned pair in bucket `b` by moving the IPv4 flows in it to
     /// their other buckets, where those have room (one level deep).
     fn displace_pair(&mut self, b: usize) -> Option<usize> {
-        for i in (0..BUCKET_SLOTS).step_by(2) {
+        'pairs: for i in (0..BUCKET_SLOTS).step_by(2) {
             if self.paired(b, i) {
                 continue;
             }
@@ -100,7 +100,9 @@ impl FlowTable {
             }
             for (k, a) in [(i, a0), (i + 1, a1)] {
                 if let Some(a) = a {
-                    let to = self.free_slot(a).expect("counted free above");
+                    // Counted free above; should that ever be wrong, the
+                    // flows moved so far stay valid where they went.
+                    let Some(to) = self.free_slot(a) else { continue 'pairs };
                     self.move_one(b * BUCKET_SLOTS + k, to);
                 }
             }

@@ -92,6 +92,20 @@ fn semantic_errors() {
 }
 
 #[test]
+fn a_small_mbuf_data_room_is_named_against_the_port_whose_frames_it_cannot_hold() {
+    let with = |room: &str| check(&GOOD.replace("hugepages = false", room)).unwrap();
+    // Without the key, DPDK's default room holds any MTU up to 2030.
+    assert_eq!(with("hugepages = false").mbuf_room_problem(&[1500, 1500]), None);
+    let v = with("hugepages = false\nmbuf_data_room = 1646");
+    assert_eq!(v.mbuf_room_problem(&[1500, 1500]), None);
+    let why = v.mbuf_room_problem(&[1500, 9000]).unwrap();
+    assert!(why.starts_with("dpdk.mbuf_data_room: 1646 bytes hold frames of up to 1518 bytes"), "{why}");
+    assert!(why.contains("port `right` (MTU 9000) takes frames of 9018"), "{why}");
+    let why = with("hugepages = false\nmbuf_data_room = 256").mbuf_room_problem(&[1500, 1500]).unwrap();
+    assert!(why.contains("port `left`") && why.contains("up to 128 bytes"), "{why}");
+}
+
+#[test]
 fn an_ipv6_vip_needs_an_egress_mtu_for_1280_bytes_plus_encapsulation() {
     let text = |mtu: &str| {
         format!(

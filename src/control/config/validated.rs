@@ -105,6 +105,24 @@ impl Validated {
         })
     }
 
+    /// Why packet buffers of `dpdk.mbuf_data_room` cannot hold a full-size
+    /// frame of some port (`mtus` by port index, as in [`Self::mtu_problem`]),
+    /// if they cannot: such frames are dropped. None without the key.
+    pub fn mbuf_room_problem(&self, mtus: &[u16]) -> Option<String> {
+        let room = self.config.dpdk.mbuf_data_room?;
+        let fits = room.saturating_sub(MBUF_HEADROOM);
+        self.config.ports.iter().zip(mtus).find_map(|(p, &mtu)| {
+            let frame = mtu as u32 + ETHERNET_VLAN_HEADER;
+            (frame > fits as u32).then(|| {
+                format!(
+                    "dpdk.mbuf_data_room: {room} bytes hold frames of up to {fits} bytes, but port `{}` (MTU {mtu}) \
+                     takes frames of {frame}: longer frames than {fits} bytes are dropped",
+                    p.name
+                )
+            })
+        })
+    }
+
     /// Why this machine cannot run the configuration's lcore map (an lcore
     /// pinned to a CPU it does not have), if it cannot.
     pub fn cpu_problem(&self) -> Option<String> {
@@ -253,3 +271,8 @@ pub const MAX_IFNAME: usize = 15;
 pub fn device_name(spec: &str) -> &str {
     spec.split(',').next().unwrap_or(spec).trim()
 }
+
+/// DPDK's headroom at the front of each packet buffer (`RTE_PKTMBUF_HEADROOM`).
+const MBUF_HEADROOM: u16 = 128;
+/// An Ethernet header with one VLAN tag, on top of the MTU.
+const ETHERNET_VLAN_HEADER: u32 = 18;
