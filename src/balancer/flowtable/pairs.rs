@@ -182,8 +182,8 @@ mod tests {
         /// IPv4 and IPv6 flows in one small table, inserted (with and without
         /// hints, some hints gone stale), refreshed, rebound, removed, swept
         /// and evicted, against a model: every flow that leaves names its
-        /// own backend once, the counts of flows and slots agree, and every
-        /// live flow is found whole.
+        /// own backend once, the counts of flows and slots agree, every live
+        /// flow is found whole and no other.
         #[test]
         fn ipv4_and_ipv6_flows_share_a_table(
             ops in proptest::collection::vec((0u8..10, 0u32..400, 0u64..3_000), 1..1_200)
@@ -197,6 +197,11 @@ mod tests {
                 let key = mixed(i);
                 let h = key.hash();
                 let found = t.lookup(&key, h, now);
+                // Found exactly while live: no freed or moved slot still
+                // answers for its old flow (the lookup reads the preferred
+                // slot before the signatures).
+                let live = model.values().any(|e| e.key == key && e.expires_ms > now);
+                proptest::prop_assert_eq!(found.is_some(), live, "key {}", i);
                 let mut gone = Vec::new();
                 match (op, found) {
                     (0..=3, None) => {
@@ -235,7 +240,10 @@ mod tests {
                         next_backend += 1;
                         model.insert(e.backend, e);
                     }
-                    (7, Some(s)) => t.remove(s, &mut |b| gone.push(b)),
+                    (7, Some(s)) => {
+                        t.remove(s, &mut |b| gone.push(b));
+                        proptest::prop_assert_eq!(gone.len(), 1, "removing a found flow frees it");
+                    }
                     (8, _) => {
                         t.sweep(now, 1 + i as usize % 8, &mut |b| gone.push(b));
                     }

@@ -4,21 +4,22 @@
 
 use super::*;
 
+/// The most keys [`FlowTable::lookup_burst`] takes at once.
+pub const LOOKUP_BURST: usize = 64;
+
 impl FlowTable {
     /// The first stage of a burst lookup: prefetches the primary signature
-    /// line of `hash` and the entry in the key's preferred slot there.
-    #[inline(always)]
-    pub fn prefetch<P: Prefetch>(&self, hash: u64, p: &P) {
-        self.prefetch_place(&self.place_of_hash(hash), p)
-    }
-
-    /// As [`FlowTable::prefetch`] for a computed place. The preferred entry,
-    /// where most keys live, is fetched beside the signature line rather than
-    /// after it.
+    /// line of the key's place and the entry in its preferred slot there,
+    /// where most keys live, beside the signature line rather than after
+    /// it. In a table whose buckets outgrow the caches (`entry_first`), the
+    /// entry alone: the lookup compares it first, and most tracked flows are
+    /// found there without their bucket (68.5% of 10M flows in 16M slots).
     #[inline(always)]
     pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
-        p.prefetch(&self.sigs[b1]);
+        if !self.entry_first {
+            p.prefetch(&self.sigs[b1]);
+        }
         p.prefetch(self.at(b1 * BUCKET_SLOTS + at.pref()));
     }
 
@@ -44,17 +45,20 @@ impl FlowTable {
     /// bucket's signature line and its preferred entry (the key most likely
     /// lives there: at half load 4.5% of keys do, 58% of those in that slot)
     /// and, when the primary's preferred slot is taken, the primary's first
-    /// free entry (where a new flow will most likely be written).
-    #[inline(always)]
-    pub fn prefetch_entry<P: Prefetch>(&self, hash: u64, p: &P) {
-        self.prefetch_entry_place(&self.place_of_hash(hash), p)
-    }
-
-    /// As [`FlowTable::prefetch_entry`] for a computed place.
+    /// free entry (where a new flow will most likely be written). In an
+    /// `entry_first` table the first stage fetched the preferred entry
+    /// alone: where it is not the key's, the primary's signature line, so
+    /// the lookup waits on the entry it then finds, not on both.
     #[inline(always)]
     pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
         let pref = at.pref();
+        if self.entry_first {
+            if !self.at(b1 * BUCKET_SLOTS + pref).holds(&at.key) {
+                p.prefetch(&self.sigs[b1]);
+            }
+            return;
+        }
         if self.sigs[b1].sig[pref] == at.sig {
             return; // prefetched in the first stage
         }
@@ -121,10 +125,10 @@ impl FlowTable {
         })
     }
 
-    /// Looks up a whole burst: first prefetches every primary signature line,
-    /// then every candidate entry (or second line, see
-    /// [`FlowTable::prefetch_entry`]), then compares keys. `out[i]` is the slot of
-    /// `keys[i]`, if live.
+    /// Looks up a burst of up to [`LOOKUP_BURST`] keys (the rest are left
+    /// alone): both prefetch stages for every key
+    /// ([`FlowTable::prefetch_place`], [`FlowTable::prefetch_entry_place`]),
+    /// then the lookups. `out[i]` is the slot of `keys[i]`, if live.
     pub fn lookup_burst<P: Prefetch>(
         &self,
         keys: &[FlowKey],
@@ -133,15 +137,17 @@ impl FlowTable {
         out: &mut [Option<usize>],
         p: &P,
     ) {
-        let n = keys.len().min(hashes.len()).min(out.len());
-        for &h in &hashes[..n] {
-            self.prefetch(h, p);
+        let n = keys.len().min(hashes.len()).min(out.len()).min(LOOKUP_BURST);
+        let mut at = [Place::default(); LOOKUP_BURST];
+        for i in 0..n {
+            at[i] = self.place_of(&keys[i], hashes[i]);
+            self.prefetch_place(&at[i], p);
         }
-        for &h in &hashes[..n] {
-            self.prefetch_entry(h, p);
+        for a in &at[..n] {
+            self.prefetch_entry_place(a, p);
         }
         for i in 0..n {
-            out[i] = self.lookup(&keys[i], hashes[i], now_ms);
+            out[i] = self.lookup_place(&keys[i], &at[i], now_ms);
         }
     }
 
