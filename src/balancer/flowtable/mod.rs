@@ -169,12 +169,19 @@ pub struct Place {
     b1: u32,
     b2: u32,
     sig: u16,
-    /// The key's preferred slot in a bucket (see [`FlowTable::insert`]).
+    /// The key's preferred slot in a bucket (see [`FlowTable::insert`]),
+    /// and [`LIKELY_NEW`].
     pref: u8,
     /// Packed once here for the lookup and the insert (default where only
     /// the hash was known: such a place only prefetches).
     key: Packed,
 }
+
+/// In [`Place::pref`]: made for a key that is most likely new
+/// ([`FlowTable::place_of_new`]), whose lookup reads the signature before the
+/// preferred entry (the first prefetch stage fetched that entry only below
+/// the high-water mark). A bit of the slot index, so a place stays 24 bytes.
+const LIKELY_NEW: u8 = 0x80;
 
 impl Place {
     /// The preferred slot as an index: masked, so indexing a bucket's
@@ -441,6 +448,14 @@ impl FlowTable {
         Place { key: p, pref: at.pref & !(p.v6() as u8), ..at }
     }
 
+    /// As [`FlowTable::place_of`] for a key that is most likely new (a TCP
+    /// SYN; see [`FlowTable::prefetch_place_new`]).
+    #[inline(always)]
+    pub fn place_of_new(&self, key: &FlowKey, hash: u64) -> Place {
+        let at = self.place_of(key, hash);
+        Place { pref: at.pref | LIKELY_NEW, ..at }
+    }
+
     /// A place for prefetching only (no key).
     #[inline(always)]
     fn place_of_hash(&self, hash: u64) -> Place {
@@ -501,9 +516,11 @@ impl FlowTable {
         // entry is compared before the signatures are read, as no slot but
         // a live flow's head holds a key that way (slot.rs). A burst lookup
         // of a table whose buckets outgrow the caches fetches that entry
-        // alone (prefetch.rs).
-        let s = b1 * BUCKET_SLOTS + at.pref();
-        if self.holds(s, p, key, now_ms) {
+        // alone (prefetch.rs). A likely new key's entry may not have been
+        // fetched: its signature first.
+        let i = at.pref();
+        let s = b1 * BUCKET_SLOTS + i;
+        if (at.pref & LIKELY_NEW == 0 || self.sigs[b1].sig[i] == at.sig) && self.holds(s, p, key, now_ms) {
             return Some(s);
         }
         self.find_in(b1, at.sig, p, key, now_ms).or_else(|| self.find_in(b2, at.sig, p, key, now_ms))

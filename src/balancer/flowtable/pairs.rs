@@ -202,6 +202,7 @@ mod tests {
                 // slot before the signatures).
                 let live = model.values().any(|e| e.key == key && e.expires_ms > now);
                 proptest::prop_assert_eq!(found.is_some(), live, "key {}", i);
+                proptest::prop_assert_eq!(t.lookup_place(&key, &t.place_of_new(&key, h), now), found);
                 let mut gone = Vec::new();
                 match (op, found) {
                     (0..=3, None) => {
