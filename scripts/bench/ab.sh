@@ -10,12 +10,17 @@
 #   e.g. cp target/release/l4lb /tmp/l4lb-before; (change, build)
 #        scripts/bench/ab.sh /tmp/l4lb-bench/l4lb.toml 6 /tmp/l4lb-before target/release/l4lb
 #
-# Each run is scripts/bench/rate.sh CONFIG 2 3 (2 s warm-up, 3 s measured) with
-# L4LB_BIN set to the build; CONFIG is one scripts/bench/testpmd.sh wrote (it keeps its
-# inputs and configurations in /tmp/l4lb-bench).
+# Each run is scripts/bench/rate.sh CONFIG $WARM $MEASURE (default 2 s warm-up,
+# 3 s measured) with L4LB_BIN set to the build; CONFIG is one scripts/bench/testpmd.sh
+# or cycles.sh wrote (they keep their inputs and configurations in /tmp/l4lb-bench).
+# Ten million flows need a longer warm-up, for the table to take every flow:
+#   scripts/bench/cycles.sh --flows 10000000 --table 16777216 --mbuf-room 256
+#   cp /tmp/l4lb-bench/cycles.toml /tmp/c10m.toml
+#   scripts/setup-hugepages.sh 6200        (cycles.sh gives its hugepages back)
+#   WARM=8 MEASURE=5 scripts/bench/ab.sh /tmp/c10m.toml 4 /tmp/l4lb-before target/release/l4lb
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-[ $# -ge 4 ] || { sed -n '2,15p' "$0" >&2; exit 2; }
+[ $# -ge 4 ] || { sed -n '2,20p' "$0" >&2; exit 2; }
 cfg=$1
 rounds=$2
 shift 2
@@ -28,7 +33,7 @@ for round in $(seq 1 "$rounds"); do
     for ((i = ${#bins[@]} - 1; i >= 0; i--)); do order+=("${bins[$i]}"); done
   fi
   for bin in "${order[@]}"; do
-    r=$(L4LB_BIN=$bin scripts/bench/rate.sh "$cfg" 2 3 | cut -d' ' -f1)
+    r=$(L4LB_BIN=$bin scripts/bench/rate.sh "$cfg" "${WARM:-2}" "${MEASURE:-3}" | cut -d' ' -f1)
     rates[$bin]="${rates[$bin]:-} $r"
   done
 done

@@ -169,19 +169,12 @@ pub struct Place {
     b1: u32,
     b2: u32,
     sig: u16,
-    /// The key's preferred slot in a bucket (see [`FlowTable::insert`]),
-    /// and [`LIKELY_NEW`].
+    /// The key's preferred slot in a bucket (see [`FlowTable::insert`]).
     pref: u8,
     /// Packed once here for the lookup and the insert (default where only
     /// the hash was known: such a place only prefetches).
     key: Packed,
 }
-
-/// In [`Place::pref`]: made for a key that is most likely new
-/// ([`FlowTable::place_of_new`]), whose lookup reads the signature before the
-/// preferred entry (the first prefetch stage fetched that entry only below
-/// the high-water mark). A bit of the slot index, so a place stays 24 bytes.
-const LIKELY_NEW: u8 = 0x80;
 
 impl Place {
     /// The preferred slot as an index: masked, so indexing a bucket's
@@ -307,22 +300,6 @@ pub struct FlowTable {
     /// Slots freed by `remove` and `sweep`, wrapping: an eviction hint
     /// made at the same count knows its buckets are still full.
     frees: u32,
-    /// Whether the burst lookup of a tracked flow fetches its preferred
-    /// entry alone, the buckets only where that entry is not the flow's:
-    /// for tables whose buckets outgrow [`ENTRY_FIRST_BUCKET_BYTES`]
-    /// (prefetch.rs).
-    entry_first: bool,
-}
-
-/// Above this many bytes of buckets (4M slots and more) they no longer stay
-/// in a server's last-level cache beside everything else, and reading a
-/// bucket costs a trip to memory as the entry does: the burst lookup then
-/// fetches a tracked flow's preferred entry first (`entry_first`).
-pub const ENTRY_FIRST_BUCKET_BYTES: usize = 16 << 20;
-
-/// Whether a table of `slots` fetches tracked flows' entries first.
-fn entry_first(slots: usize) -> bool {
-    slots / BUCKET_SLOTS * std::mem::size_of::<Bucket>() > ENTRY_FIRST_BUCKET_BYTES
 }
 
 #[inline(always)]
@@ -359,7 +336,6 @@ impl FlowTable {
             stats: FlowTableStats::default(),
             pinned: false,
             frees: 0,
-            entry_first: entry_first(cap),
         }
     }
 
@@ -448,15 +424,7 @@ impl FlowTable {
         Place { key: p, pref: at.pref & !(p.v6() as u8), ..at }
     }
 
-    /// As [`FlowTable::place_of`] for a key that is most likely new (a TCP
-    /// SYN; see [`FlowTable::prefetch_place_new`]).
-    #[inline(always)]
-    pub fn place_of_new(&self, key: &FlowKey, hash: u64) -> Place {
-        let at = self.place_of(key, hash);
-        Place { pref: at.pref | LIKELY_NEW, ..at }
-    }
-
-    /// A place for prefetching only (no key).
+    /// The place of a hash, less the key ([`FlowTable::place_of`] adds it).
     #[inline(always)]
     fn place_of_hash(&self, hash: u64) -> Place {
         let (b1, b2, sig) = self.place(hash);
@@ -512,16 +480,10 @@ impl FlowTable {
         debug_assert_eq!(at.key, pack(key), "a place made for another key");
         let (b1, b2) = (at.b1 as usize, at.b2 as usize);
         let p = &at.key;
-        // Most keys sit in their preferred slot of the primary bucket: its
-        // entry is compared before the signatures are read, as no slot but
-        // a live flow's head holds a key that way (slot.rs). A burst lookup
-        // of a table whose buckets outgrow the caches fetches that entry
-        // alone (prefetch.rs). A likely new key's entry may not have been
-        // fetched: its signature first.
+        // Most keys sit in their preferred slot of the primary bucket.
         let i = at.pref();
-        let s = b1 * BUCKET_SLOTS + i;
-        if (at.pref & LIKELY_NEW == 0 || self.sigs[b1].sig[i] == at.sig) && self.holds(s, p, key, now_ms) {
-            return Some(s);
+        if self.sigs[b1].sig[i] == at.sig && self.holds(b1 * BUCKET_SLOTS + i, p, key, now_ms) {
+            return Some(b1 * BUCKET_SLOTS + i);
         }
         self.find_in(b1, at.sig, p, key, now_ms).or_else(|| self.find_in(b2, at.sig, p, key, now_ms))
     }
@@ -753,9 +715,6 @@ impl FlowTable {
     /// too) and hands `on_remove` its backend id; returns the slots freed.
     fn clear(&mut self, b: usize, i: usize, on_remove: &mut impl FnMut(u32)) -> usize {
         on_remove(self.owner(b * BUCKET_SLOTS + i));
-        // No lookup may find it in its slot (slot.rs), even before it reads
-        // the signature.
-        self.at_mut(b * BUCKET_SLOTS + i).forget();
         let n = 1 + self.paired(b, i) as usize;
         self.sigs[b].sig[i] = 0;
         if n == 2 {
@@ -840,7 +799,6 @@ impl FlowTable {
     fn move_one(&mut self, from: usize, to: usize) -> usize {
         let (b, i) = (from / BUCKET_SLOTS, from % BUCKET_SLOTS);
         *self.at_mut(to) = *self.at(from);
-        self.at_mut(from).forget();
         let (sig, rank) = (self.sigs[b].sig[i], self.sigs[b].rank[i]);
         self.sigs[to / BUCKET_SLOTS].sig[to % BUCKET_SLOTS] = sig;
         self.sigs[to / BUCKET_SLOTS].rank[to % BUCKET_SLOTS] = rank;

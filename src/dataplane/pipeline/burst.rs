@@ -99,11 +99,10 @@ impl Worker {
             match self.parse(st, &mut pkts[i], in_port, &mut metas[i]) {
                 Some(v) => verdicts[i] = v,
                 None => {
+                    places[i].at = self.flows.place_of(&metas[i].key, metas[i].hash);
                     if metas[i].opens() {
-                        places[i].at = self.flows.place_of_new(&metas[i].key, metas[i].hash);
                         self.flows.prefetch_place_new(&places[i].at, pf);
                     } else {
-                        places[i].at = self.flows.place_of(&metas[i].key, metas[i].hash);
                         self.flows.prefetch_place(&places[i].at, pf);
                     }
                     is_vip[i] = true;
@@ -171,9 +170,6 @@ impl Worker {
                     // A VIP packet is not changed by its parse: parsed again as received.
                     match self.parse(st, &mut pkts[i], in_port, &mut metas[i]) {
                         Some(v) => (is_vip[i], verdicts[i]) = (false, v),
-                        None if metas[i].opens() => {
-                            places[i].at = self.flows.place_of_new(&metas[i].key, metas[i].hash)
-                        }
                         None => places[i].at = self.flows.place_of(&metas[i].key, metas[i].hash),
                     }
                 }
