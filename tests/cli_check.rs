@@ -1,5 +1,7 @@
 //! `l4lb check`: good configs pass; broken ones exit 2 naming file, key, reason.
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const GOOD: &str = r#"
 [dpdk]
@@ -18,11 +20,28 @@ device = "net_tap1"
 forward_to = "outside"
 "#;
 
-fn check(name: &str, text: &str) -> (i32, String, String) {
-    let dir = std::env::temp_dir().join(format!("l4lb-check-{}", std::process::id()));
+/// A directory of one test's files, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `text` written to file `name` in a fresh directory of its own.
+fn scratch(name: &str, text: &str) -> (Scratch, PathBuf) {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("l4lb-check-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
+    (Scratch(dir), path)
+}
+
+fn check(name: &str, text: &str) -> (i32, String, String) {
+    let (_dir, path) = scratch(name, text);
     let out =
         Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["check", "--config"]).arg(&path).output().unwrap();
     (
@@ -122,10 +141,7 @@ fn check_warns_of_lcores_on_cpus_this_machine_lacks() {
 #[cfg(feature = "dpdk")]
 #[test]
 fn run_refuses_lcores_on_cpus_this_machine_lacks_before_eal_starts() {
-    let dir = std::env::temp_dir().join(format!("l4lb-cpus-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("cpus.toml");
-    std::fs::write(&path, GOOD.replace("lcores = \"0@0,1@1\"", "lcores = \"0@0,1@900\"")).unwrap();
+    let (_dir, path) = scratch("cpus.toml", &GOOD.replace("lcores = \"0@0,1@1\"", "lcores = \"0@0,1@900\""));
     let out = Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["run", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -138,14 +154,10 @@ fn run_refuses_lcores_on_cpus_this_machine_lacks_before_eal_starts() {
 #[cfg(feature = "dpdk")]
 #[test]
 fn run_with_a_missing_device_fails_with_one_clear_error() {
-    let dir = std::env::temp_dir().join(format!("l4lb-run-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("missing.toml");
-    std::fs::write(
-        &path,
+    let (_dir, path) = scratch(
+        "missing.toml",
         "[dpdk]\nlcores = \"0@0,1@0\"\ndevices = [\"net_nosuchdriver0\"]\nhugepages = false\n\n[[ports]]\nname = \"a\"\ndevice = \"net_nosuchdriver0\"\n",
-    )
-    .unwrap();
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_l4lb")).args(["run", "--config"]).arg(&path).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
