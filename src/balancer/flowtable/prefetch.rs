@@ -4,7 +4,7 @@
 
 use super::*;
 
-/// The most keys [`FlowTable::lookup_burst`] takes at once.
+/// How many keys [`FlowTable::lookup_burst`] prefetches at once.
 pub const LOOKUP_BURST: usize = 64;
 
 impl FlowTable {
@@ -111,10 +111,10 @@ impl FlowTable {
         })
     }
 
-    /// Looks up a burst of up to [`LOOKUP_BURST`] keys (the rest are left
-    /// alone): both prefetch stages for every key
-    /// ([`FlowTable::prefetch_place`], [`FlowTable::prefetch_entry_place`]),
-    /// then the lookups. `out[i]` is the slot of `keys[i]`, if live.
+    /// Looks up a burst, [`LOOKUP_BURST`] keys at a time: both prefetch
+    /// stages for each of them ([`FlowTable::prefetch_place`],
+    /// [`FlowTable::prefetch_entry_place`]), then their lookups. `out[i]` is
+    /// the slot of `keys[i]`, if live.
     pub fn lookup_burst<P: Prefetch>(
         &self,
         keys: &[FlowKey],
@@ -123,17 +123,20 @@ impl FlowTable {
         out: &mut [Option<usize>],
         p: &P,
     ) {
-        let n = keys.len().min(hashes.len()).min(out.len()).min(LOOKUP_BURST);
+        let n = keys.len().min(hashes.len()).min(out.len());
         let mut at = [Place::default(); LOOKUP_BURST];
-        for i in 0..n {
-            at[i] = self.place_of(&keys[i], hashes[i]);
-            self.prefetch_place(&at[i], p);
-        }
-        for a in &at[..n] {
-            self.prefetch_entry_place(a, p);
-        }
-        for i in 0..n {
-            out[i] = self.lookup_place(&keys[i], &at[i], now_ms);
+        for from in (0..n).step_by(LOOKUP_BURST) {
+            let m = (n - from).min(LOOKUP_BURST);
+            for i in 0..m {
+                at[i] = self.place_of(&keys[from + i], hashes[from + i]);
+                self.prefetch_place(&at[i], p);
+            }
+            for a in &at[..m] {
+                self.prefetch_entry_place(a, p);
+            }
+            for i in 0..m {
+                out[from + i] = self.lookup_place(&keys[from + i], &at[i], now_ms);
+            }
         }
     }
 

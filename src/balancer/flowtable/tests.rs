@@ -684,7 +684,8 @@ fn sweep_frees_exactly_the_expired_entries() {
 #[test]
 fn burst_lookup_matches_single_lookups() {
     let mut t = FlowTable::with_capacity(4096);
-    let keys: Vec<FlowKey> = (0..32).map(key).collect();
+    // More than one batch of LOOKUP_BURST.
+    let keys: Vec<FlowKey> = (0..150).map(key).collect();
     let hashes: Vec<u64> = keys.iter().map(|k| k.hash()).collect();
     for (i, k) in keys.iter().enumerate().step_by(2) {
         t.insert(
@@ -694,9 +695,9 @@ fn burst_lookup_matches_single_lookups() {
             &mut |_| {},
         );
     }
-    let mut out = [None; 32];
+    let mut out = [Some(usize::MAX); 150];
     t.lookup_burst(&keys, &hashes, 10, &mut out, &NoPrefetch);
-    for i in 0..32 {
+    for i in 0..150 {
         assert_eq!(out[i].is_some(), i % 2 == 0);
         assert_eq!(out[i], t.lookup(&keys[i], hashes[i], 10));
     }
