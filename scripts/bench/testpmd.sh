@@ -136,7 +136,10 @@ for spec in "${INPUTS[@]}"; do
   # every SYN misses and is inserted, evicting another unconfirmed flow
   # (with 512k entries about half the capture's SYNs find their flow still
   # tracked from its last turn: the "new flows" column says how many).
-  table=$(( FLOWS_N * 2 / WORKERS )); [ "$table" -lt 65536 ] && table=65536
+  # An IPv6 flow takes two slots: its table is twice the size, so both
+  # families' tables are half full.
+  slots=$([ "$FAMILY" = v6 ] && echo 4 || echo 2)
+  table=$(( FLOWS_N * slots / WORKERS )); [ "$table" -lt 65536 ] && table=65536
   [ "$MIX" = syn ] && table=65536
   [ -n "$TABLE" ] && table=$TABLE
   for fwd in ipip l2; do
