@@ -152,8 +152,9 @@ impl ServiceMemoV6 {
 
 /// The IPv6 common case, as [`fast_v4`]: an untagged IPv6 packet to our MAC
 /// whose next header is TCP (with a whole header) or UDP, to a service. No
-/// extension headers, no hop limit 0, no multicast or own destination; the
-/// rest — and every malformed packet — takes the general path.
+/// extension headers, no hop limit 0, no multicast, IPv4-mapped or own
+/// destination; the rest — and every malformed packet — takes the general
+/// path.
 #[inline(always)]
 pub(super) fn fast_v6(
     st: &ForwardingState,
@@ -200,8 +201,9 @@ pub(super) fn fast_v6(
     let service = if last.tag == tag && last.vip == dst {
         last.service
     } else {
-        // The port's own address is never balanced (checked before storing).
-        if port.ipv6.is_some_and(|a| a.octets() == dst) {
+        // The port's own address is never balanced, nor an IPv4-mapped one
+        // (the general path drops it): checked before storing.
+        if port.ipv6.is_some_and(|a| a.octets() == dst) || key.is_v4() {
             return None;
         }
         let s = st.find_service(&dst, p, key.dst_port)?;

@@ -190,6 +190,13 @@ impl Worker {
             Ok(k) => k,
             Err(_) => return Some(Verdict::Drop(Malformed)),
         };
+        // An IPv4-mapped destination (in the header, or an ICMPv6 error's
+        // embedded source) is no IPv6 VIP, and such a key would be stored
+        // as an IPv4 flow's (`FlowKey::is_v4`): with its source cut to its
+        // last four bytes it could pass for an IPv4 client's flow.
+        if key.is_v4() {
+            return Some(Verdict::Drop(NotForUs));
+        }
         let service = match upper.fragment {
             Some(f) if kind == KeyKind::Fragment => {
                 let first = (f.offset == 0).then(|| dst_port(upper.protocol, l4)).flatten();

@@ -302,3 +302,39 @@ fn a_kernel_port_hands_the_box_link_local_multicast_and_configured_vip_ports() {
         }
     }
 }
+
+#[test]
+fn an_ipv6_packet_to_an_ipv4_mapped_address_is_dropped_and_touches_no_ipv4_flow() {
+    // An IPv6 key with a mapped destination would be stored as an IPv4
+    // flow's, its source cut to its last four bytes: this packet would then
+    // be the IPv4 client's flow 7 (whose address ends with the same bytes),
+    // and its RST would close that flow.
+    use crate::dataplane::packet::TestPacket;
+    use crate::dataplane::testframes;
+    let st = testframes::state(Forwarding::IpIp, false, proto::TCP);
+    let mut w =
+        Worker::new(WorkerConfig { flow_capacity: 64, persist_capacity: 64, ..WorkerConfig::default() });
+    let v4 = testframes::tcp(7, false, tcp::ACK);
+    assert!(matches!(w.process(&st, &mut TestPacket::new(&v4), 0, 0), Verdict::Forward { .. }));
+    // The same client address bytes, ports and VIP, as IPv6 with the VIP
+    // mapped; once a SYN (the fast path's first sight of the VIP), then an RST.
+    let v6_as = |flags: u8| {
+        let mut f = testframes::tcp(7, true, flags);
+        let (ip, l4) = (&v4[14..34], &v4[34..]);
+        let (src, dst) = (&ip[12..16], &ip[16..20]);
+        f[14 + 8..14 + 20].copy_from_slice(&[0x20, 1, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0]);
+        f[14 + 20..14 + 24].copy_from_slice(src);
+        f[14 + 24..14 + 36].copy_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        f[14 + 36..14 + 40].copy_from_slice(dst);
+        f[54..58].copy_from_slice(&l4[..4]);
+        f
+    };
+    for flags in [tcp::SYN, tcp::RST | tcp::ACK] {
+        let f = v6_as(flags);
+        assert_eq!(w.process(&st, &mut TestPacket::new(&f), 0, 0), Verdict::Drop(DropReason::NotForUs));
+        let key = crate::balancer::flow::key_v4(&ipv4::Packet::new_checked(&v4[14..]).unwrap()).unwrap().0;
+        let at = w.flows.place_of(&key, key.hash());
+        let (_, flow) = w.flows.find(&key, &at, 0).expect("the IPv4 flow is still there");
+        assert_eq!(flow.state(), FlowState::Established, "after flags {flags:#x}");
+    }
+}
