@@ -351,14 +351,13 @@ fn control_api_metrics_lookup_whatif_drain_and_reloads_under_load() {
 
     // Every packet received is accounted for: sent on, answered, or counted
     // as dropped — none lost to the state swaps.
-    let Managed { l4lb, dir, .. } = m;
+    let Managed { l4lb, .. } = m;
     let (status, out) = l4lb.stop();
     assert!(status.success(), "{out}");
     let f = |k: &str| balancing_field(&out, k);
     assert_eq!(f("rx"), f("forwarded") + f("replied") + f("local") + f("dropped"), "{out}");
     assert_eq!(drop_count(&out, "tx_full"), 0);
     assert_eq!(drop_count(&out, "no_backend"), 0);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -401,8 +400,7 @@ fn lookup_names_the_backend_a_persisted_client_is_kept_on() {
     assert!(why.starts_with("new flow of a persisted client: l4lb keeps 198.18.0.2"), "{v}");
     assert_eq!(connect(other), first);
 
-    let Managed { l4lb, dir, .. } = m;
+    let Managed { l4lb, .. } = m;
     let (status, out) = l4lb.stop();
     assert!(status.success(), "{out}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -14,7 +14,7 @@ use common::lan::{
     ctl_json, http_load, managed, service, spawn_script, start_long_stream, start_server, stop_long_stream,
     Managed,
 };
-use common::netns::Netns;
+use common::netns::{Netns, Scratch};
 use common::wait_for;
 use serde_json::Value;
 
@@ -95,7 +95,8 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
         &format!("forwarding = \"l2\"\nslow_start_s = 4\nmaglev_table_size = 65537\n{HTTP_CHECK}"),
         &weighted,
     );
-    let Managed { lan: mut t, mut l4lb, socket, dir, mg: _mg, .. } = managed(&["198.18.100.1"], &svc, None);
+    let Managed { lan: mut t, mut l4lb, socket, dir: _dir, mg: _mg, .. } =
+        managed(&["198.18.100.1"], &svc, None);
     let addrs: Vec<String> = t.backends.iter().map(|b| b.v4.clone()).collect();
     assert!(
         wait_for(Duration::from_secs(10), || addrs.iter().all(|a| health_of(&socket, "web", a) == "up")),
@@ -191,7 +192,6 @@ fn dead_backend_leaves_and_returns_with_slow_start() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     let (status, out) = l4lb.stop();
     assert!(status.success(), "{out}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
@@ -226,7 +226,7 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
         ),
     ];
     let vips = ["198.18.100.1", "198.18.100.4", "198.18.100.5", "2001:db8:100::1", "2001:db8:100::5"];
-    let Managed { lan: t, l4lb, socket, dir, mg: _mg, .. } = managed(&vips, &services.join("\n"), None);
+    let Managed { lan: t, l4lb, socket, dir: _dir, mg: _mg, .. } = managed(&vips, &services.join("\n"), None);
     let all_up = |svc: &str| {
         t.backends
             .iter()
@@ -281,7 +281,6 @@ fn http_udp_and_icmp_checks_mark_backends_down_and_up() {
     );
     let (status, out) = l4lb.stop();
     assert!(status.success(), "{out}");
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A CA (written as ca.pem in `dir`) and a certificate it signs for
@@ -344,8 +343,7 @@ s.serve_forever()
 
 #[test]
 fn https_status_body_and_command_checks_mark_backends_down_and_up() {
-    let dir = std::env::temp_dir().join(format!("l4lb-checks-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("l4lb-checks-");
     backend_pki(&dir, "other-ca");
     backend_pki(&dir, "ca"); // the one that signed server.pem
     let d = dir.display();
@@ -392,7 +390,7 @@ fn https_status_body_and_command_checks_mark_backends_down_and_up() {
         ),
     ];
     let vips = ["198.18.100.1", "198.18.100.2", "198.18.100.3", "198.18.100.4", "198.18.100.5"];
-    let Managed { lan: mut t, l4lb, socket, dir: mgdir, mg: _mg, .. } =
+    let Managed { lan: mut t, l4lb, socket, dir: _mgdir, mg: _mg, .. } =
         managed(&vips, &services.join("\n"), None);
     let states: Vec<std::path::PathBuf> = (1..=3).map(|i| dir.join(format!("state-{i}"))).collect();
     for (b, state) in t.backends.iter().zip(&states) {
@@ -447,8 +445,6 @@ fn https_status_body_and_command_checks_mark_backends_down_and_up() {
     assert!(wait_for(Duration::from_secs(5), || ["tlsoff", "tlson", "cmd"].iter().all(|s| all(s, "up"))));
     let (status, out) = l4lb.stop();
     assert!(status.success(), "{out}");
-    let _ = std::fs::remove_dir_all(mgdir);
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::process::Child;
 
-use super::netns::{sh, unique, L4lb, Netns};
+use super::netns::{sh, unique, L4lb, Netns, Scratch};
 
 pub const PY: &str = "/usr/bin/python3";
 
@@ -288,6 +288,8 @@ pub fn start_server(b: &Backend, udp_vip: Option<&str>) -> Child {
         std::fs::write(&path, script.join("\n")).unwrap();
         let mut child = b.ns.spawn(&format!("exec {PY} {}", path.display()));
         wait_ready(&mut child, &b.name);
+        // Python has read it.
+        let _ = std::fs::remove_file(&path);
         child
     }
 }
@@ -404,6 +406,8 @@ pub fn spawn_script(ns: &Netns, script: &str, tag: &str) -> Child {
         .spawn()
         .unwrap();
     wait_ready(&mut child, tag);
+    // Python has read it.
+    let _ = std::fs::remove_file(&path);
     child
 }
 
@@ -454,7 +458,8 @@ pub struct Managed {
     pub mg: Netns,
     pub lan: Lan,
     pub socket: std::path::PathBuf,
-    pub dir: std::path::PathBuf,
+    /// Its configuration and control socket; removed when dropped.
+    pub dir: Scratch,
     pub tap: String,
     /// Each worker's flow-table capacity.
     pub flows: usize,
@@ -496,8 +501,7 @@ pub fn managed_sized(vips: &[&str], services: &str, udp_vip: Option<&str>, flows
     start_servers(&mut lan, udp_vip);
     let mg = management(&lan);
     let tap = unique("l4bh");
-    let dir = std::env::temp_dir().join(unique("l4lb-mg-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("l4lb-mg-");
     let socket = dir.join("ctl.sock");
     let l4lb = L4lb::start_in(Some(&mg), &managed_config(&tap, &socket, services, flows), &dir);
     attach_tap_from(&lan, &mg, &tap);

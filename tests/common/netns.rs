@@ -2,7 +2,7 @@
 //! when its guard drops — also when the test panics.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{channel, Receiver};
 use std::sync::{Arc, Mutex};
@@ -44,6 +44,38 @@ pub fn require_root() {
 /// limited to 15 bytes).
 pub fn unique(tag: &str) -> String {
     format!("{tag}{}", std::process::id() % 100_000)
+}
+
+/// A directory of this test's own in the temporary directory, removed with
+/// everything in it when dropped (also when the test fails).
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    /// Creates `$TMPDIR/<tag><unique>`.
+    pub fn new(tag: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl std::ops::Deref for Scratch {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Scratch {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 /// A network namespace, deleted on drop.
