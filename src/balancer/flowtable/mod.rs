@@ -641,8 +641,9 @@ impl FlowTable {
         // lookup reads one signature line (at half load 95.7% of keys sit in
         // their primary bucket); after that the emptier of the two, which
         // keeps the table filling past 90% before any insert has to evict.
-        // Within a bucket, the key's preferred slot if free: the burst lookup
-        // prefetches that entry together with the signature line.
+        // Within a bucket, the key's preferred slot or the other slot of its
+        // line if free: the burst lookup prefetches that line together with
+        // the signature line.
         let pick = self.free_pick(b1, b2, pref);
         // Moving an entry to its other bucket needs room there: worth its 16
         // random reads only while the table has room to speak of. Above the
@@ -763,9 +764,17 @@ impl FlowTable {
         }
         let (f1, f2) = (m1.count_ones() as usize, m2.count_ones() as usize);
         let (b, m) = if f1 >= PRIMARY_FREE || (f1 >= f2 && f1 > 0) { (b1, m1) } else { (b2, m2) };
-        // The preferred slot if free, else the first free one (the bucket
-        // chosen has one: the other is picked only when it has more).
-        let i = if m >> pref & 1 != 0 { pref } else { m.trailing_zeros() as usize };
+        // The preferred slot if free, else the other slot of its line (the
+        // line the lookup's first stage fetches), else the first free one
+        // (the bucket chosen has one: the other is picked only when it has
+        // more).
+        let i = if m >> pref & 1 != 0 {
+            pref
+        } else if m >> (pref ^ 1) & 1 != 0 {
+            pref ^ 1
+        } else {
+            m.trailing_zeros() as usize
+        };
         Some(b * BUCKET_SLOTS + i)
     }
 

@@ -49,7 +49,8 @@ impl FlowTable {
             return; // prefetched in the first stage
         }
         if let Some(i) = self.first(b1, at.sig) {
-            if i != pref {
+            // (The preferred slot's line holds the slot beside it too.)
+            if i ^ pref > 1 {
                 p.prefetch(self.at(b1 * BUCKET_SLOTS + i));
             }
             return;

@@ -151,6 +151,19 @@ fn at_half_load_nearly_every_key_sits_in_its_primary_bucket() {
     let share = preferred as f64 / (cap / 2) as f64;
     println!("at half load: {share:.3} of keys in their preferred slot");
     assert!(share > 0.7, "only {share:.3} in the preferred slot");
+    // ...and more in that slot's line (the other slot of the line is an
+    // insert's second choice): the line the first stage fetches.
+    let in_line = (0..(cap / 2) as u32)
+        .filter(|&i| {
+            let k = key(i);
+            let at = t.place_of(&k, k.hash());
+            let slot = t.lookup(&k, k.hash(), 1).expect("present");
+            slot / 2 == (at.b1 as usize * BUCKET_SLOTS + at.pref as usize) / 2
+        })
+        .count();
+    let share = in_line as f64 / (cap / 2) as f64;
+    println!("at half load: {share:.3} of keys in their preferred slot's line");
+    assert!(share > 0.85, "only {share:.3} in the preferred slot's line");
 }
 
 /// The address of a table line, as a prefetch sees it.
@@ -207,17 +220,19 @@ fn a_tracked_flow_finds_its_lines_prefetched() {
             let rec = Recorded::default();
             t.prefetch_place(&at, &rec);
             t.prefetch_entry_place(&at, &rec);
-            let got = rec.0.into_inner();
+            // Compared as cache lines: a prefetch fetches the line it points into.
+            let line = |a: usize| a & !63;
+            let got: Vec<usize> = rec.0.into_inner().into_iter().map(line).collect();
             let b = slot / BUCKET_SLOTS;
-            assert!(got.contains(&addr(&t.sigs[b])), "key {i}: its bucket line");
-            assert!(got.contains(&addr(&t.sigs[at.b1 as usize])), "key {i}: the primary line");
+            assert!(got.contains(&line(addr(&t.sigs[b]))), "key {i}: its bucket line");
+            assert!(got.contains(&line(addr(&t.sigs[at.b1 as usize]))), "key {i}: the primary line");
             assert!(got.len() <= 5, "key {i}: {} lines", got.len());
             if b == at.b1 as usize {
-                assert!(got.contains(&addr(t.at(slot))), "key {i}: its entry in the primary");
+                assert!(got.contains(&line(addr(t.at(slot)))), "key {i}: its entry in the primary");
             } else {
                 second += 1;
                 if slot % BUCKET_SLOTS == at.pref as usize {
-                    assert!(got.contains(&addr(t.at(slot))), "key {i}: its entry in the second");
+                    assert!(got.contains(&line(addr(t.at(slot)))), "key {i}: its entry in the second");
                     covered += 1;
                 }
             }
@@ -405,6 +420,26 @@ fn an_eviction_hint_is_taken_only_while_it_holds() {
     assert_eq!(got, hint.slot as usize);
     assert_eq!(t.stats().evicted_unconfirmed, evicted + 1);
     assert_eq!(t.lookup(&k, k.hash(), 0), Some(got));
+}
+
+#[test]
+fn a_new_flow_whose_preferred_slot_is_taken_takes_the_other_slot_of_that_line() {
+    // The first prefetch stage fetches the preferred slot's line, which holds
+    // two slots: the second is the next best place, ahead of the bucket's
+    // first free slot.
+    let mut t = FlowTable::with_capacity(1024);
+    let (b1, b2) = (3, 10);
+    for (taken, pref, want) in [
+        (&[4][..], 4, 5),       // the line's other slot, not slot 0
+        (&[5][..], 5, 4),       // either way round
+        (&[4, 5][..], 4, 0),    // that line full: the first free slot
+        (&[0, 1, 2][..], 2, 3), // free slots only after it
+    ] {
+        for i in 0..BUCKET_SLOTS {
+            t.sigs[b1].sig[i] = if taken.contains(&i) { 0x8001 } else { 0 };
+        }
+        assert_eq!(t.free_pick(b1, b2, pref), Some(b1 * BUCKET_SLOTS + want), "{taken:?} taken");
+    }
 }
 
 #[test]
