@@ -10,6 +10,7 @@
 #![cfg(feature = "dpdk")]
 mod common;
 
+use std::path::Path;
 use std::time::Duration;
 
 use common::bird::Bird;
@@ -17,7 +18,7 @@ use common::lan::{
     attach_tap_from, ctl_json, http_load, l4lb_config_port, service, start_servers, topology, veth_into, Lan,
     PY,
 };
-use common::netns::{require_root, unique, L4lb, Netns};
+use common::netns::{require_root, unique, L4lb, Netns, Scratch};
 use common::wait_for;
 
 const VIP: &str = "198.18.100.1";
@@ -29,7 +30,7 @@ struct Box_ {
     ns: Netns,
     lan: Lan,
     socket: std::path::PathBuf,
-    dir: std::path::PathBuf,
+    dir: Scratch,
 }
 
 fn start_box(kernel_extra: &str) -> Box_ {
@@ -43,8 +44,7 @@ fn start_box_with(kernel_extra: &str, sections: &str) -> Box_ {
     start_servers(&mut lan, None);
     let ns = Netns::new(&unique("l4b-box"));
     let tap = unique("l4bk");
-    let dir = std::env::temp_dir().join(unique("l4lb-box-"));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("l4lb-box-");
     let socket = dir.join("ctl.sock");
     // Metrics inside the box's own namespace.
     let control = format!(
@@ -78,8 +78,9 @@ fn start_box_with(kernel_extra: &str, sections: &str) -> Box_ {
 }
 
 /// A dual-stack HTTP server in `ns` on `port`, serving "box" at /.
-fn start_http(ns: &Netns, port: u16) -> std::process::Child {
-    let root = std::env::temp_dir().join(unique("l4b-www-"));
+/// Its document root is in `dir`.
+fn start_http(ns: &Netns, dir: &Path, port: u16) -> std::process::Child {
+    let root = dir.join(format!("www-{port}"));
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("index.html"), "box\n").unwrap();
     let child =
@@ -104,7 +105,7 @@ fn healths(socket: &std::path::Path) -> Vec<(String, String)> {
 #[test]
 fn the_boxs_kernel_talks_through_the_dpdk_port_while_vips_balance() {
     let b = start_box("");
-    let mut server = start_http(&b.ns, 8080);
+    let mut server = start_http(&b.ns, &b.dir, 8080);
     // A client reaches a TCP server on the box's own address, both families.
     let out = b.lan.client.exec("curl -s --max-time 5 http://198.18.0.1:8080/");
     assert_eq!(out.trim(), "box", "IPv4 to the box's kernel");
@@ -162,7 +163,6 @@ fn the_boxs_kernel_talks_through_the_dpdk_port_while_vips_balance() {
     let (status, transcript) = b.l4lb.stop();
     assert!(status.success(), "{transcript}");
     assert!(!b.ns.exec("ip -br link").contains("lan"), "the kernel interface went with l4lb");
-    let _ = std::fs::remove_dir_all(&b.dir);
 }
 
 #[test]
@@ -170,7 +170,7 @@ fn unknown_vip_ports_reach_the_kernel_where_the_port_says_so() {
     let b = start_box(", punt_unknown_vip_ports = true");
     // The box serves the VIP itself on a port no service covers.
     b.ns.exec(&format!("ip addr add {VIP}/32 dev lo"));
-    let mut server = start_http(&b.ns, 8080);
+    let mut server = start_http(&b.ns, &b.dir, 8080);
     let out = b.lan.client.exec("curl -s --max-time 5 http://198.18.100.1:8080/");
     assert_eq!(out.trim(), "box", "the VIP's unknown port reached the box's kernel");
     // The service's own port is still balanced.
@@ -182,7 +182,6 @@ fn unknown_vip_ports_reach_the_kernel_where_the_port_says_so() {
     let _ = server.wait();
     let (status, transcript) = b.l4lb.stop();
     assert!(status.success(), "{transcript}");
-    let _ = std::fs::remove_dir_all(&b.dir);
 }
 
 /// BGP between BIRD on the box (its kernel interface) and BIRD in a router
@@ -219,13 +218,13 @@ fn router(b: &Box_) -> (Netns, Bird) {
 }
 
 /// Sends UDP datagrams from `ns` to `dst` as fast as one Python process
-/// can, for `secs` seconds; prints how many it sent.
-fn flood(ns: &Netns, dst: &str, secs: u32) -> std::process::Child {
+/// can, for `secs` seconds; prints how many it sent. Its script is in `dir`.
+fn flood(ns: &Netns, dir: &Path, dst: &str, secs: u32) -> std::process::Child {
     let script = format!(
         "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nend = time.time() + {secs}\nn = 0\n\
          while time.time() < end:\n    for _ in range(1000):\n        s.sendto(b'flood', ('{dst}', 9))\n    n += 1000\nprint(n)\n"
     );
-    let path = std::env::temp_dir().join(format!("{}.py", unique("l4b-flood-")));
+    let path = dir.join("flood.py");
     std::fs::write(&path, script).unwrap();
     ns.spawn(&format!("exec {PY} {}", path.display()))
 }
@@ -262,7 +261,7 @@ fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
     let wrk = |secs: u32| b.lan.client.exec(&format!("wrk -t2 -c32 -d{secs}s --timeout 2s http://{VIP}/"));
     let out = wrk(3);
     assert!(out.contains("Requests/sec") && !out.contains("Socket errors"), "wrk: {out}");
-    let f = flood(&b.lan.client, "198.18.0.1", 9);
+    let f = flood(&b.lan.client, &b.dir, "198.18.0.1", 9);
     let out = wrk(8);
     let sent = f
         .wait_with_output()
@@ -291,7 +290,6 @@ fn bgp_from_the_box_comes_up_through_the_port_and_survives_load_and_a_flood() {
     drop(on_router);
     let (status, transcript) = b.l4lb.stop();
     assert!(status.success(), "{transcript}");
-    let _ = std::fs::remove_dir_all(&b.dir);
 }
 
 #[test]
@@ -345,5 +343,4 @@ fn a_vip_is_announced_while_its_service_has_backends_and_withdrawn_when_not() {
     assert!(wait_for(Duration::from_secs(10), || !learnt()), "still announced after the stop");
     drop(on_box);
     drop(on_router);
-    let _ = std::fs::remove_dir_all(&b.dir);
 }

@@ -39,6 +39,8 @@ impl Drop for Browser {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
+        // Chromium's output, which tests/status_page.py writes beside the profile.
+        let _ = std::fs::remove_file(format!("{}.log", self.profile.display()));
     }
 }
 
