@@ -1,7 +1,10 @@
 //! `l4lb check`: good configs pass; broken ones exit 2 naming file, key, reason.
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::netns::Scratch;
 
 const GOOD: &str = r#"
 [dpdk]
@@ -20,24 +23,12 @@ device = "net_tap1"
 forward_to = "outside"
 "#;
 
-/// A directory of one test's files, removed when dropped.
-struct Scratch(PathBuf);
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// `text` written to file `name` in a fresh directory of its own.
 fn scratch(name: &str, text: &str) -> (Scratch, PathBuf) {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("l4lb-check-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = Scratch::new("l4lb-check-");
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    (Scratch(dir), path)
+    (dir, path)
 }
 
 fn check(name: &str, text: &str) -> (i32, String, String) {

@@ -51,9 +51,11 @@ pub fn unique(tag: &str) -> String {
 pub struct Scratch(PathBuf);
 
 impl Scratch {
-    /// Creates `$TMPDIR/<tag><unique>`.
+    /// Creates `$TMPDIR/<tag><unique>-<n>`, a new one at every call.
     pub fn new(tag: &str) -> Scratch {
-        let dir = std::env::temp_dir().join(unique(tag));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("{}-{n}", unique(tag)));
         std::fs::create_dir_all(&dir).unwrap();
         Scratch(dir)
     }
